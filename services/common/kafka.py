@@ -1,0 +1,107 @@
+"""Kafka clients built from settings (aiokafka), and topic creation from the registry.
+
+Producers are idempotent with ``acks=all``; consumers never auto-commit: the pipeline
+commits offsets only after the write they cover.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from services.common.registry import SchemaRegistry, default_registry
+from services.common.settings import KafkaSettings
+
+
+def client_kwargs(k: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by producers, consumers and admin clients."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": k.bootstrap_servers,
+        "client_id": k.client_id,
+        "security_protocol": k.security_protocol,
+    }
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        kw["ssl_context"] = create_ssl_context(
+            cafile=str(k.ssl_cafile) if k.ssl_cafile else None,
+            certfile=str(k.ssl_certfile) if k.ssl_certfile else None,
+            keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None,
+            password=k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
+        )
+    if k.security_protocol.startswith("SASL"):
+        if not (k.sasl_mechanism and k.sasl_username and k.sasl_password):
+            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+        kw["sasl_mechanism"] = k.sasl_mechanism
+        kw["sasl_plain_username"] = k.sasl_username
+        kw["sasl_plain_password"] = k.sasl_password.get_secret_value()
+    return kw
+
+
+def make_producer(k: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    opts: dict[str, Any] = {
+        **client_kwargs(k),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "request_timeout_ms": 30000,
+    }
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)
+
+
+def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    opts: dict[str, Any] = {
+        **client_kwargs(k),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "session_timeout_ms": 10000,
+        "heartbeat_interval_ms": 1000,
+        "max_poll_interval_ms": 300000,
+    }
+    opts.update(overrides)
+    return AIOKafkaConsumer(*topics, **opts)
+
+
+async def ensure_topics(
+    k: KafkaSettings,
+    registry: SchemaRegistry | None = None,
+    keys: list[str] | None = None,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create every registry topic (or ``keys``) that does not exist yet, with the
+    partitions and config the registry gives. Idempotent. Returns the names created."""
+    reg = registry or default_registry()
+    wanted = {k.topic_prefix + reg.topic(key).name: reg.topic(key) for key in (keys or list(reg.topics))}
+    admin = AIOKafkaAdminClient(**client_kwargs(k), request_timeout_ms=int(timeout_s * 1000))
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, spec.partitions, replication_factor, topic_configs=dict(spec.config))
+            for name, spec in wanted.items()
+            if name not in existing
+        ]
+        for topic in new:  # one at a time: a concurrent creator must not fail the rest
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    return created

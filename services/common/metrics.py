@@ -1,0 +1,77 @@
+"""One catalogue of the platform's metric names, with type and meaning, exposed in
+Prometheus format. Code talks to :class:`Metrics` by catalogue name, so a typo is an
+error at start-up rather than a silently missing series."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...]
+
+
+CATALOGUE: dict[str, MetricDef] = {
+    "argus_messages_consumed_total": MetricDef("counter", "Messages read from Kafka.", ("service", "topic")),
+    "argus_messages_produced_total": MetricDef("counter", "Messages written to Kafka.", ("service", "topic")),
+    "argus_messages_dead_lettered_total": MetricDef(
+        "counter", "Messages sent to a dead-letter topic, by error type.", ("service", "topic", "error_type")
+    ),
+    "argus_batch_size": MetricDef(
+        "histogram", "Messages per sink batch.", ("service", "topic")
+    ),
+    "argus_sink_seconds": MetricDef("histogram", "Time a sink batch (e.g. a ClickHouse insert) took.", ("service", "sink")),
+    "argus_sink_retries_total": MetricDef("counter", "Transient sink failures that were retried.", ("service", "sink")),
+    "argus_commits_total": MetricDef("counter", "Offset commits after a sink batch.", ("service",)),
+    "argus_consumer_lag": MetricDef("gauge", "High watermark minus committed position.", ("service", "topic", "partition")),
+    "argus_in_flight": MetricDef("gauge", "Requests or records being processed.", ("service",)),
+    "argus_last_poll_timestamp_seconds": MetricDef("gauge", "Unix time the poll loop last advanced.", ("service",)),
+}
+
+_BUCKETS = {
+    "argus_batch_size": (1, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
+    "argus_sink_seconds": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+}
+
+
+class Metrics:
+    """Per-process metrics with their own registry (so tests can make many)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self._m: dict[str, object] = {}
+        for name, d in CATALOGUE.items():
+            cls = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[d.kind]
+            kwargs = {"buckets": _BUCKETS[name]} if name in _BUCKETS else {}
+            self._m[name] = cls(name.removesuffix("_total") if d.kind == "counter" else name, d.help, d.labels, registry=self.registry, **kwargs)
+
+    def _get(self, name: str, labels: dict[str, str]):
+        if name not in CATALOGUE:
+            raise KeyError(f"metric {name!r} is not in the catalogue")
+        return self._m[name].labels(service=self.service, **labels)  # type: ignore[attr-defined]
+
+    def inc(self, name: str, n: float = 1, **labels: str) -> None:
+        self._get(name, labels).inc(n)
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self._get(name, labels).set(value)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self._get(name, labels).observe(value)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a counter or gauge sample (for status displays and tests)."""
+        sample_name = name if CATALOGUE[name].kind != "counter" else name
+        for metric in self.registry.collect():
+            for s in metric.samples:
+                if s.name == sample_name and all(s.labels.get(k) == v for k, v in {"service": self.service, **labels}.items()):
+                    return s.value
+        return 0.0
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

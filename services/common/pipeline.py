@@ -1,0 +1,366 @@
+"""The consumer pipeline every Argus consumer is built from:
+
+    decode/validate -> transform (pure) -> batch -> sink -> commit offsets
+
+- ``decode`` turns bytes into a record with the topic's codec; a
+  :class:`~services.common.codec.SerializationError` becomes an :class:`InvalidMessage`.
+- ``transform`` is a pure function of one message; it raises :class:`InvalidMessage`
+  for input it cannot accept and returns ``None`` to skip a message on purpose.
+- Invalid messages go to the topic's dead-letter topic (value: a DeadLetter record;
+  headers: original topic, partition, offset, reason) and processing goes on; a
+  :class:`DeadLetterRatio` guard stops a consumer that dead-letters nearly everything.
+- Batches are flushed by size or age. The sink is retried with capped exponential
+  backoff while it raises :class:`TransientError` (or ``OSError``); meanwhile the
+  consumer is paused but keeps polling, so it stays in its group and memory stays
+  bounded by one batch.
+- Offsets are committed only after the sink returned (and after the dead letters of
+  the batch were acknowledged by the broker): at-least-once delivery. Sinks make
+  their writes idempotent to turn that into exactly-once rows.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from services.common.codec import AvroCodec, SerializationError
+from services.common.logging import get_logger
+from services.common.metrics import Metrics
+from services.common.registry import SchemaRegistry, default_registry
+from services.common.settings import KafkaSettings, PipelineSettings
+
+T = TypeVar("T")
+
+
+class InvalidMessage(Exception):
+    """This message can never be processed: dead-letter it, do not retry."""
+
+    def __init__(self, reason: str, error_type: str = "InvalidMessage") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error_type = error_type
+
+
+class TransientError(Exception):
+    """A failure worth retrying (store down, timeout): the batch is retried with backoff."""
+
+
+class DeadLetterRatioExceeded(RuntimeError):
+    """Too many recent messages were invalid: stop rather than dead-letter a whole topic."""
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+    value: Any = None
+
+
+@dataclass
+class Batch(Generic[T]):
+    items: list[T] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    messages: int = 0
+
+    def add(self, tp: TopicPartition, offset: int, item: T | None) -> None:
+        if item is not None:
+            self.items.append(item)
+        self.offsets[tp] = offset + 1
+        self.messages += 1
+
+    def drop_partitions(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            self.offsets.pop(tp, None)
+
+
+class DeadLetterRatio:
+    """Sliding window over the last ``window`` outcomes; trips when the share of dead
+    letters exceeds ``limit`` once at least ``min_messages`` were seen."""
+
+    def __init__(self, limit: float, window: int, min_messages: int) -> None:
+        self.limit = limit
+        self.min_messages = min_messages
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._bad = 0
+
+    def record(self, invalid: bool) -> None:
+        if len(self._outcomes) == self._outcomes.maxlen and self._outcomes[0]:
+            self._bad -= 1
+        self._outcomes.append(invalid)
+        self._bad += invalid
+
+    @property
+    def ratio(self) -> float:
+        return self._bad / len(self._outcomes) if self._outcomes else 0.0
+
+    def exceeded(self) -> bool:
+        return len(self._outcomes) >= self.min_messages and self.ratio > self.limit
+
+
+def dead_letter_record(msg: Message, reason: str, error_type: str, group: str, service: str) -> dict[str, Any]:
+    return {
+        "original_topic": msg.topic,
+        "original_partition": msg.partition,
+        "original_offset": msg.offset,
+        "original_key": msg.key,
+        "original_value": msg.raw,
+        "original_timestamp": msg.timestamp_ms if msg.timestamp_ms and msg.timestamp_ms > 0 else None,
+        "reason": reason[:4000],
+        "error_type": error_type,
+        "consumer_group": group,
+        "service": service,
+        "failed_at": int(time.time() * 1000),
+    }
+
+
+def dead_letter_headers(msg: Message, reason: str, error_type: str) -> list[tuple[str, bytes]]:
+    return [
+        ("argus.original_topic", msg.topic.encode()),
+        ("argus.original_partition", str(msg.partition).encode()),
+        ("argus.original_offset", str(msg.offset).encode()),
+        ("argus.reason", reason[:1000].encode()),
+        ("argus.error_type", error_type.encode()),
+    ]
+
+
+class Pipeline(Generic[T]):
+    """Runs one consumer group over one registry topic.
+
+    Example::
+
+        pipeline = Pipeline(kafka=settings.kafka, policy=settings.pipeline, topic_key="feedback",
+                            group_id="argus-ingest", service="ingest",
+                            transform=feedback_row, sink=insert_rows, metrics=metrics)
+        await pipeline.run(stop)
+    """
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        policy: PipelineSettings,
+        topic_key: str,
+        group_id: str,
+        service: str,
+        transform: Callable[[Message], T | None],
+        sink: Callable[[list[T]], Awaitable[None]],
+        metrics: Metrics | None = None,
+        registry: SchemaRegistry | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.policy = policy
+        self.registry = registry or default_registry()
+        self.spec = self.registry.topic(topic_key)
+        self.topic = kafka.topic_prefix + self.spec.name
+        self.codec: AvroCodec = self.registry.codec(topic_key)
+        self.dlq_codec: AvroCodec | None = None
+        self.dlq_topic: str | None = None
+        if self.spec.dead_letter_topic:
+            self.dlq_topic = kafka.topic_prefix + self.registry.topic(self.spec.dead_letter_topic).name
+            self.dlq_codec = self.registry.codec(self.spec.dead_letter_topic)
+        self.group_id = group_id
+        self.service = service
+        self.transform = transform
+        self.sink = sink
+        self.metrics = metrics or Metrics(service)
+        self.log = get_logger(f"argus.{service}.pipeline", topic=self.topic, group=group_id)
+        self.ratio = DeadLetterRatio(policy.dlq_ratio_limit, policy.dlq_ratio_window, policy.dlq_ratio_min_messages)
+        self._consumer_overrides = consumer_overrides or {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._batch: Batch[T] = Batch()
+        self._pending_dlq: list[asyncio.Future] = []
+        self.last_progress = time.time()
+        self.sink_healthy = True
+        self.committed: dict[TopicPartition, int] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        from services.common.kafka import make_consumer, make_producer
+
+        self.producer = make_producer(self.kafka)
+        await self.producer.start()
+        self.consumer = make_consumer(self.kafka, self.group_id, **self._consumer_overrides)
+        self.consumer.subscribe([self.topic], listener=_FlushOnRevoke(self))
+        await self.consumer.start()
+        self.log.info("pipeline.started", dlq_topic=self.dlq_topic)
+
+    async def stop(self) -> None:
+        try:
+            if self.consumer is not None and self._batch.messages:
+                await self._flush()
+        finally:
+            if self.consumer is not None:
+                await self.consumer.stop()
+            if self.producer is not None:
+                await self.producer.stop()
+            self.log.info("pipeline.stopped")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set (then flush, commit and leave the group)."""
+        await self.start()
+        try:
+            while not stop.is_set():
+                await self.step(timeout_ms=200)
+        finally:
+            await self.stop()
+
+    # -- one poll ------------------------------------------------------------
+    async def step(self, timeout_ms: int = 200) -> None:
+        assert self.consumer is not None
+        records = await self.consumer.getmany(
+            timeout_ms=timeout_ms, max_records=max(1, self.policy.batch_max_messages - self._batch.messages)
+        )
+        self.last_progress = time.time()
+        self.metrics.set("argus_last_poll_timestamp_seconds", self.last_progress)
+        for tp, msgs in records.items():
+            for rec in msgs:
+                self._handle(tp, rec)
+        if self._batch.messages and (
+            self._batch.messages >= self.policy.batch_max_messages
+            or time.monotonic() - self._batch.started >= self.policy.batch_max_seconds
+        ):
+            await self._flush()
+
+    def _handle(self, tp: TopicPartition, rec: Any) -> None:
+        msg = Message(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            raw=rec.value,
+            timestamp_ms=rec.timestamp,
+            headers=tuple(rec.headers or ()),
+        )
+        self.metrics.inc("argus_messages_consumed_total", topic=msg.topic)
+        try:
+            try:
+                msg.value = self.codec.decode(msg.raw)
+            except SerializationError as exc:
+                raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
+            item = self.transform(msg)
+        except InvalidMessage as exc:
+            self._dead_letter(msg, exc.reason, exc.error_type)
+            self._batch.add(tp, msg.offset, None)
+            return
+        self.ratio.record(False)
+        self._batch.add(tp, msg.offset, item)
+
+    def _dead_letter(self, msg: Message, reason: str, error_type: str) -> None:
+        log = self.log.bind(partition=msg.partition, offset=msg.offset)
+        self.ratio.record(True)
+        if self.ratio.exceeded():
+            log.error("pipeline.dlq_ratio_exceeded", ratio=self.ratio.ratio, limit=self.policy.dlq_ratio_limit)
+            raise DeadLetterRatioExceeded(
+                f"{self.ratio.ratio:.0%} of the last messages on {self.topic} were invalid (limit "
+                f"{self.policy.dlq_ratio_limit:.0%}); stopping instead of dead-lettering the topic"
+            )
+        if self.dlq_topic is None or self.dlq_codec is None or self.producer is None:
+            raise RuntimeError(f"{self.topic} has no dead-letter topic; cannot drop invalid message at offset {msg.offset}: {reason}")
+        value = self.dlq_codec.encode(dead_letter_record(msg, reason, error_type, self.group_id, self.service))
+        fut = asyncio.ensure_future(
+            self.producer.send_and_wait(self.dlq_topic, value=value, key=msg.key, headers=dead_letter_headers(msg, reason, error_type))
+        )
+        self._pending_dlq.append(fut)
+        self.metrics.inc("argus_messages_dead_lettered_total", topic=msg.topic, error_type=error_type)
+        log.warning("pipeline.dead_lettered", reason=reason, error_type=error_type, dlq_topic=self.dlq_topic)
+
+    async def _flush(self) -> None:
+        """Sink the batch (retrying transient failures), then commit its offsets."""
+        assert self.consumer is not None
+        batch, self._batch = self._batch, Batch()
+        if batch.items:
+            await self._sink_with_retry(batch)
+        if self._pending_dlq:
+            pending, self._pending_dlq = self._pending_dlq, []
+            await asyncio.gather(*pending)  # a failed DLQ write raises: no commit, redelivery
+        assignment = self.consumer.assignment()
+        offsets = {tp: off for tp, off in batch.offsets.items() if tp in assignment}
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except CommitFailedError:
+                # partitions moved to another member mid-batch; it re-reads from the last
+                # commit and the idempotent sink absorbs the overlap
+                self.log.warning("pipeline.commit_failed_rebalance", offsets={str(k): v for k, v in offsets.items()})
+                return
+            self.committed.update(offsets)
+            self.metrics.inc("argus_commits_total")
+        self.metrics.observe("argus_batch_size", batch.messages, topic=self.topic)
+
+    async def _sink_with_retry(self, batch: Batch[T]) -> None:
+        assert self.consumer is not None
+        backoff = self.policy.retry_initial_backoff_s
+        paused: set[TopicPartition] = set()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                await self.sink(batch.items)
+            except (TransientError, OSError, asyncio.TimeoutError) as exc:
+                self.sink_healthy = False
+                self.metrics.inc("argus_sink_retries_total", sink=self.topic)
+                self.log.warning("pipeline.sink_retry", attempt=attempt, backoff_s=backoff, error=repr(exc))
+                if not paused:
+                    paused = set(self.consumer.assignment())
+                    self.consumer.pause(*paused)
+                await asyncio.sleep(backoff)
+                # keep polling while paused: heartbeats and poll interval stay healthy,
+                # no records are fetched, memory stays bounded by this one batch
+                await self.consumer.getmany(timeout_ms=0)
+                self.last_progress = time.time()
+                backoff = min(backoff * 2, self.policy.retry_max_backoff_s)
+                continue
+            self.sink_healthy = True
+            self.metrics.observe("argus_sink_seconds", time.perf_counter() - started, sink=self.topic)
+            if paused:
+                self.consumer.resume(*(paused & set(self.consumer.assignment())))
+            return
+
+    # -- readiness -----------------------------------------------------------
+    async def lag(self) -> dict[str, int]:
+        """Per-partition lag: high watermark minus committed offset (what a new member would resume from)."""
+        if self.consumer is None:
+            return {}
+        out: dict[str, int] = {}
+        parts = sorted(self.consumer.assignment(), key=lambda t: t.partition)
+        if not parts:
+            return out
+        ends = await self.consumer.end_offsets(parts)
+        for tp in parts:
+            committed = await self.consumer.committed(tp)
+            lag = max(0, ends[tp] - (committed or 0))
+            out[f"{tp.topic}[{tp.partition}]"] = lag
+            self.metrics.set("argus_consumer_lag", lag, topic=tp.topic, partition=str(tp.partition))
+        return out
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):
+    """Before partitions leave this member, sink and commit what was read from them."""
+
+    def __init__(self, pipeline: Pipeline[Any]) -> None:
+        self.pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.pipeline._batch.messages:
+            try:
+                await self.pipeline._flush()
+            except KafkaError as exc:
+                self.pipeline.log.warning("pipeline.flush_on_revoke_failed", error=repr(exc))
+                self.pipeline._batch = Batch()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.pipeline.log.info("pipeline.assigned", partitions=sorted(str(tp) for tp in assigned))

@@ -1,0 +1,211 @@
+"""The topic and schema registry: ``schemas/`` at the repository root is the single
+contract between services.
+
+- ``schemas/topics/<key>.yaml``: one topic (name, partitions, config, value schema and
+  version, compatibility mode, producers, consumers, dead-letter topic).
+- ``schemas/avro/<schema>.v<N>.avsc``: one file per released record version.
+- ``schemas/avro/ids.yaml``: the wire-format schema id of every version.
+- ``schemas/examples/<key>/<N>/*.json``: golden messages.
+
+Everything is parsed once and cached; services call :func:`get_codec` and
+:func:`get_topic` and never read schema files themselves.
+
+Example::
+
+    >>> codec = get_codec("inference-requests")
+    >>> codec.name, codec.version, codec.schema_id
+    ('inference_request', 1, 1)
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import yaml
+
+from services.common.codec import AvroCodec, from_json
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+_AVSC = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
+
+
+class RegistryError(RuntimeError):
+    """The contracts in ``schemas/`` are inconsistent (missing file, unknown topic...)."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    key: str
+    name: str
+    description: str
+    partitions: int
+    config: dict[str, str]
+    schema: str
+    version: int
+    compatibility: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    dead_letter_topic: str | None
+    message_key: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SchemaRegistry:
+    """Parsed view of one ``schemas/`` directory. Thread-safe and cached."""
+
+    def __init__(self, root: Path = SCHEMAS_DIR) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._parsed: dict[tuple[str, int], Any] = {}
+        self._codecs: dict[tuple[str, int | None], AvroCodec] = {}
+        self._remote_ids: dict[tuple[str, int], int] = {}
+        self._remote_writers: dict[int, Any] = {}
+        self._remote = None
+        ids_file = self.root / "avro" / "ids.yaml"
+        raw_ids = yaml.safe_load(ids_file.read_text()) or {}
+        self.ids: dict[tuple[str, int], int] = {}
+        for key, schema_id in raw_ids.items():
+            name, _, ver = key.rpartition(".v")
+            self.ids[(name, int(ver))] = int(schema_id)
+        if len(set(self.ids.values())) != len(self.ids):
+            raise RegistryError(f"{ids_file}: schema ids must be unique")
+        self._by_id = {v: k for k, v in self.ids.items()}
+        self.topics: dict[str, TopicSpec] = {}
+        for path in sorted((self.root / "topics").glob("*.yaml")):
+            self.topics[path.stem] = self._load_topic(path)
+        for spec in self.topics.values():
+            if spec.dead_letter_topic and spec.dead_letter_topic not in self.topics:
+                raise RegistryError(f"topic {spec.key}: dead-letter topic {spec.dead_letter_topic!r} is not in the registry")
+
+    def _load_topic(self, path: Path) -> TopicSpec:
+        d = yaml.safe_load(path.read_text())
+        try:
+            spec = TopicSpec(
+                key=path.stem,
+                name=d["name"],
+                description=d.get("description", ""),
+                partitions=int(d["partitions"]),
+                config={k: str(v) for k, v in (d.get("config") or {}).items()},
+                schema=d["value"]["schema"],
+                version=int(d["value"]["version"]),
+                compatibility=d.get("compatibility", "BACKWARD").upper(),
+                producers=tuple(d.get("producers") or ()),
+                consumers=tuple(d.get("consumers") or ()),
+                dead_letter_topic=d.get("dead_letter_topic"),
+                message_key=d.get("key", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RegistryError(f"{path}: invalid topic definition: {exc!r}") from exc
+        if spec.compatibility not in ("BACKWARD", "FORWARD", "FULL", "NONE"):
+            raise RegistryError(f"{path}: unknown compatibility mode {spec.compatibility}")
+        if (spec.schema, spec.version) not in self.ids:
+            raise RegistryError(f"{path}: {spec.schema}.v{spec.version} has no schema id in avro/ids.yaml")
+        return spec
+
+    # -- schemas -------------------------------------------------------------
+    def schema_file(self, name: str, version: int) -> Path:
+        return self.root / "avro" / f"{name}.v{version}.avsc"
+
+    def versions(self, name: str) -> list[int]:
+        out = []
+        for path in (self.root / "avro").glob(f"{name}.v*.avsc"):
+            m = _AVSC.match(path.name)
+            if m and m["name"] == name:
+                out.append(int(m["version"]))
+        return sorted(out)
+
+    def schema_json(self, name: str, version: int) -> dict[str, Any]:
+        path = self.schema_file(name, version)
+        if not path.exists():
+            raise RegistryError(f"no schema file {path}")
+        return json.loads(path.read_text())
+
+    def parsed(self, name: str, version: int) -> Any:
+        key = (name, version)
+        with self._lock:
+            if key not in self._parsed:
+                # _named_schemas isolated per version: v1 and v2 define the same record names
+                self._parsed[key] = fastavro.parse_schema(self.schema_json(name, version), named_schemas={})
+            return self._parsed[key]
+
+    def writer_schema(self, schema_id: int) -> Any:
+        """Parsed schema for a wire-format id (local ids first, then the remote registry)."""
+        if schema_id in self._by_id:
+            return self.parsed(*self._by_id[schema_id])
+        if schema_id in self._remote_writers:
+            return self._remote_writers[schema_id]
+        for (name, ver), rid in self._remote_ids.items():
+            if rid == schema_id:
+                return self.parsed(name, ver)
+        if self._remote is not None:
+            raw = self._remote.get_schema(schema_id)
+            parsed = fastavro.parse_schema(json.loads(raw), named_schemas={})
+            self._remote_writers[schema_id] = parsed
+            return parsed
+        raise KeyError(schema_id)
+
+    # -- topics and codecs ---------------------------------------------------
+    def topic(self, key: str) -> TopicSpec:
+        try:
+            return self.topics[key]
+        except KeyError:
+            raise RegistryError(f"unknown topic {key!r}; known: {', '.join(sorted(self.topics))}") from None
+
+    def codec(self, topic: str, version: int | None = None) -> AvroCodec:
+        spec = self.topic(topic)
+        ver = spec.version if version is None else version
+        with self._lock:
+            cached = self._codecs.get((spec.schema, ver))
+        if cached:
+            return cached
+        schema_id = self._remote_ids.get((spec.schema, ver)) or self.ids.get((spec.schema, ver))
+        if schema_id is None:
+            raise RegistryError(f"{spec.schema}.v{ver} has no schema id")
+        codec = AvroCodec(spec.schema, ver, schema_id, self.parsed(spec.schema, ver), self.writer_schema)
+        with self._lock:
+            self._codecs[(spec.schema, ver)] = codec
+        return codec
+
+    def examples(self, topic: str) -> dict[int, list[tuple[Path, dict[str, Any]]]]:
+        """Golden examples of a topic by schema version, converted for fastavro."""
+        spec = self.topic(topic)
+        out: dict[int, list[tuple[Path, dict[str, Any]]]] = {}
+        base = self.root / "examples" / topic
+        for vdir in sorted(base.glob("*")):
+            if not vdir.is_dir() or not vdir.name.isdigit():
+                continue
+            ver = int(vdir.name)
+            schema = self.schema_json(spec.schema, ver)
+            out[ver] = [(p, from_json(schema, json.loads(p.read_text()))) for p in sorted(vdir.glob("*.json"))]
+        return out
+
+    def use_remote(self, client: Any) -> None:
+        """Register every topic's current schema in a Confluent-compatible registry
+        (subject ``<topic name>-value``, TopicNameStrategy) and use its ids on the wire."""
+        self._remote = client
+        for spec in self.topics.values():
+            for ver in self.versions(spec.schema):
+                sid = client.register(f"{spec.name}-value", json.dumps(self.schema_json(spec.schema, ver)))
+                self._remote_ids[(spec.schema, ver)] = sid
+        with self._lock:
+            self._codecs.clear()
+
+
+@lru_cache(maxsize=None)
+def default_registry() -> SchemaRegistry:
+    return SchemaRegistry(SCHEMAS_DIR)
+
+
+def get_topic(key: str) -> TopicSpec:
+    return default_registry().topic(key)
+
+
+def get_codec(topic: str, version: int | None = None) -> AvroCodec:
+    """The cached codec of a topic's value schema (its current version by default)."""
+    return default_registry().codec(topic, version)

@@ -1,0 +1,174 @@
+"""Settings: one frozen pydantic ``BaseSettings`` per service, read from the environment
+once at start-up and passed down.
+
+Every service's settings class is built by :func:`service_settings`, which gives it the
+env prefix ``ARGUS_<SERVICE>_`` and ``__`` as the nested delimiter, so for the ingest
+service ``ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` sets
+``settings.kafka.bootstrap_servers``. Credentials are ``SecretStr``: they print as
+``**********`` and are only unwrapped where a client is built.
+
+Example::
+
+    >>> s = IngestSettings()            # doctest: +SKIP
+    >>> s.kafka.topic("inference-requests")
+    'argus.inference.requests'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the Kafka cluster (and optionally a Confluent-compatible schema registry)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "argus"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    topic_prefix: str = Field(
+        default="",
+        description="Prepended to every registry topic name: isolates environments and tests on one cluster.",
+    )
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+
+    def topic(self, key: str) -> str:
+        """Kafka topic name for a registry key, e.g. ``inference-requests``."""
+        from services.common.registry import get_topic
+
+        return self.topic_prefix + get_topic(key).name
+
+
+class ClickHouseSettings(BaseModel):
+    """One DSN: ``http(s)://user:password@host:port/database`` or ``chdb:///abs/dir``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dsn: SecretStr = SecretStr("http://default@127.0.0.1:8123/argus")
+    connect_timeout_s: float = 10.0
+    send_receive_timeout_s: float = 300.0
+
+    @field_validator("dsn")
+    @classmethod
+    def _known_scheme(cls, v: SecretStr) -> SecretStr:
+        scheme = urlsplit(v.get_secret_value()).scheme
+        if scheme not in ("http", "https", "chdb"):
+            raise ValueError(f"ClickHouse DSN scheme must be http, https or chdb, not {scheme!r}")
+        return v
+
+    @property
+    def database(self) -> str:
+        parts = urlsplit(self.dsn.get_secret_value())
+        if parts.scheme == "chdb":
+            return "argus"
+        return unquote(parts.path.lstrip("/")) or "default"
+
+    def masked_dsn(self) -> str:
+        parts = urlsplit(self.dsn.get_secret_value())
+        if parts.password is None:
+            return parts.geturl()
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+
+
+class HealthSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port (tests); services set a fixed one in deployment
+    liveness_timeout_s: float = 30.0
+
+
+class PipelineSettings(BaseModel):
+    """Batching, retry and dead-letter policy of a consumer pipeline."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_max_messages: int = 5000
+    batch_max_seconds: float = 1.0
+    retry_initial_backoff_s: float = 0.2
+    retry_max_backoff_s: float = 10.0
+    dlq_ratio_limit: float = 0.5
+    dlq_ratio_window: int = 1000
+    dlq_ratio_min_messages: int = 100
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has; subclasses add their own."""
+
+    model_config = SettingsConfigDict(frozen=True, env_nested_delimiter="__", extra="ignore")
+
+    service_name: str = "argus"
+    log_level: str = "INFO"
+    log_json: bool = True
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    health: HealthSettings = HealthSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict fit for a log line: secrets stay masked."""
+        data = self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        data["clickhouse"]["dsn"] = self.clickhouse.masked_dsn()
+        return data
+
+
+def service_settings(service: str, base: type[ServiceSettings] = ServiceSettings) -> type[ServiceSettings]:
+    """Build the settings class of ``service`` with env prefix ``ARGUS_<SERVICE>_``."""
+    prefix = f"ARGUS_{service.upper().replace('-', '_')}_"
+    return type(
+        f"{service.title().replace('-', '')}Settings",
+        (base,),
+        {
+            "model_config": SettingsConfigDict(
+                env_prefix=prefix, frozen=True, env_nested_delimiter="__", extra="ignore"
+            ),
+            "__annotations__": {"service_name": str},
+            "service_name": service,
+        },
+    )
+
+
+class StackSettings(BaseSettings):
+    """The local stack (``argus stack up``): Apache Kafka from Maven Central and the
+    ClickHouse engine (chdb) behind the ClickHouse HTTP interface, both on loopback."""
+
+    model_config = SettingsConfigDict(env_prefix="ARGUS_STACK_", frozen=True, env_nested_delimiter="__")
+
+    home: Path = Path(".argus")
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+    kafka_version: str = "4.4.0"
+    clickhouse_port: int = 8123
+    clickhouse_database: str = "argus"
+    clickhouse_password: SecretStr = SecretStr("")
+    clickhouse_readonly_user: str = "sre"
+    clickhouse_readonly_password: SecretStr = SecretStr("")
+    java: str = "java"
+    maven: str = "mvn"
+    start_timeout_s: float = 90.0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    def clickhouse_dsn(self, user: str = "default", password: SecretStr | None = None) -> SecretStr:
+        pw = (password or (self.clickhouse_password if user == "default" else self.clickhouse_readonly_password))
+        cred = user + (f":{pw.get_secret_value()}" if pw.get_secret_value() else "")
+        return SecretStr(f"http://{cred}@{self.host}:{self.clickhouse_port}/{self.clickhouse_database}")

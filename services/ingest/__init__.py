@@ -1,0 +1,2 @@
+"""The logging (ingest) service: Kafka -> ClickHouse. Its migrations define the
+tables SREs query."""

@@ -1,0 +1,526 @@
+"""The ClickHouse HTTP interface in front of the ClickHouse engine (chdb).
+
+The local stack has no ClickHouse server binary, but it has the current ClickHouse
+engine (``chdb-core``). This process owns the data directory and speaks ClickHouse's
+HTTP protocol on loopback, so services, ``clickhouse-connect``, ``curl`` and SREs use a
+plain ``http://`` DSN exactly as against a production server. It implements the parts
+of the protocol stock clients use and nothing a real server would not do:
+
+- ``GET /ping`` and ``GET /`` answer ``Ok.``; ``GET /?query=`` runs read-only queries.
+- ``POST /``: query in ``?query=`` and/or the body (concatenated, as ClickHouse does);
+  for ``INSERT ... FORMAT X`` the rest of the body is the data, streamed into the engine.
+- URL parameters: ``database``, ``default_format``, ``query_id``, ``session_id``,
+  ``param_<name>`` (server-side query parameters), ``user``/``password``; every other
+  parameter that is not a transport option is a ClickHouse setting for this query.
+- Request bodies compressed with lz4 (every frame), zstd (every frame), gzip, deflate.
+  Responses compressed when ``enable_http_compression=1`` and the client accepts it.
+- Headers ``X-ClickHouse-Summary``, ``-Query-Id``, ``-Format``, ``-Timezone``,
+  ``-Server-Display-Name``; errors as ClickHouse text with its code, a non-200 status and
+  ``X-ClickHouse-Exception-Code``.
+- Users: ``default`` and a read-only user forced to ``readonly=1``; HTTP sessions keep
+  ``SET`` state, and a session used concurrently is refused (``SESSION_IS_LOCKED``).
+
+Run: ``python -m services.stack.clickhouse_http --data-dir .argus/clickhouse --port 8123``
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import hmac
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import chdb
+import lz4.frame
+import zstandard
+
+# URL parameters that steer the HTTP transport rather than the query engine.
+TRANSPORT_PARAMS = frozenset(
+    {
+        "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
+        "user", "password", "quota_key", "compress", "decompress", "buffer_size", "wait_end_of_query",
+        "send_progress_in_http_headers", "http_headers_progress_interval_ms", "enable_http_compression",
+        "http_zlib_compression_level", "client_protocol_version", "http_native_compression_disable_checksumming_on_decompress",
+        "add_http_cors_header", "role", "http_response_buffer_size", "cancel_http_readonly_queries_on_client_close",
+    }
+)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CODE = re.compile(r"Code:\s*(\d+)")
+_LEADING = re.compile(rb"^(\s+|--[^\n]*\n|/\*.*?\*/)+", re.S)
+_INSERT = re.compile(rb"^\s*INSERT\s", re.I)
+_FORMAT_DATA = re.compile(rb"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)[ \t]*(\r?\n)?", re.I)
+_TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.I)
+_VALUES = re.compile(rb"\bVALUES\b", re.I)
+_SETTINGS_KW = re.compile(r"\bSETTINGS\b", re.I)
+_READ_ONLY_KINDS = re.compile(r"^\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN|CHECK)\b", re.I)
+
+# ClickHouse's own mapping of error codes to HTTP statuses (HTTPHandler), for the codes
+# a client meets in practice; everything else is 500.
+_HTTP_STATUS = {
+    516: 401,  # AUTHENTICATION_FAILED
+    192: 401,  # UNKNOWN_USER
+    164: 403,  # READONLY
+    497: 403,  # ACCESS_DENIED
+    62: 400, 27: 400, 6: 400, 26: 400, 38: 400, 36: 400, 43: 400, 53: 400, 70: 400, 72: 400, 115: 400,
+    117: 400, 33: 400, 32: 400, 41: 400, 47: 400, 69: 400,
+    60: 404, 81: 404, 16: 404, 46: 404, 107: 404,  # UNKNOWN_TABLE/DATABASE/IDENTIFIER/FUNCTION, FILE_DOESNT_EXIST
+    48: 501,  # NOT_IMPLEMENTED
+    159: 504,  # TIMEOUT_EXCEEDED
+}
+_CONTENT_TYPES = {
+    "TabSeparated": "text/tab-separated-values; charset=UTF-8",
+    "TSV": "text/tab-separated-values; charset=UTF-8",
+    "TabSeparatedWithNames": "text/tab-separated-values; charset=UTF-8",
+    "TabSeparatedWithNamesAndTypes": "text/tab-separated-values; charset=UTF-8",
+    "CSV": "text/csv; charset=UTF-8; header=absent",
+    "CSVWithNames": "text/csv; charset=UTF-8; header=present",
+    "JSON": "application/json; charset=UTF-8",
+    "JSONCompact": "application/json; charset=UTF-8",
+    "JSONEachRow": "application/x-ndjson; charset=UTF-8",
+    "Pretty": "text/plain; charset=UTF-8",
+    "PrettyCompact": "text/plain; charset=UTF-8",
+}
+
+
+class ClickHouseError(Exception):
+    def __init__(self, code: int, name: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+        self.message = message
+
+    def body(self, version: str) -> bytes:
+        return f"Code: {self.code}. DB::Exception: {self.message}. ({self.name}) (version {version})\n".encode()
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str
+    readonly: bool
+
+
+# -- request parsing (pure, unit-tested) ------------------------------------
+def decompress_body(body: bytes, encoding: str | None) -> bytes:
+    """Decode a request body by ``Content-Encoding``. lz4 and zstd bodies may hold
+    several frames back to back (clickhouse-connect streams one frame per block):
+    all of them are decoded."""
+    enc = (encoding or "").strip().lower()
+    if not enc or enc == "identity" or not body:
+        return body
+    if enc == "gzip":
+        return gzip.decompress(body)  # handles concatenated members
+    if enc == "deflate":
+        return zlib.decompress(body)
+    if enc == "lz4":
+        out = []
+        rest = body
+        while rest:
+            d = lz4.frame.LZ4FrameDecompressor()
+            out.append(d.decompress(rest))
+            if not d.eof:
+                raise ClickHouseError(27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "truncated lz4 frame in request body")
+            rest = d.unused_data
+        return b"".join(out)
+    if enc == "zstd":
+        return _zstd_all(body)
+    raise ClickHouseError(48, "NOT_IMPLEMENTED", f"Unknown HTTP Content-Encoding: {encoding}")
+
+
+def _zstd_all(body: bytes) -> bytes:
+    out = []
+    rest = body
+    while rest:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        out.append(d.decompress(rest))
+        rest = d.unused_data
+    return b"".join(out)
+
+
+def compress_response(data: bytes, accept: str | None) -> tuple[bytes, str | None]:
+    """Pick an encoding the client accepts, in ClickHouse's order of preference."""
+    accepted = [a.split(";")[0].strip().lower() for a in (accept or "").split(",") if a.strip()]
+    for enc in ("lz4", "zstd", "gzip", "deflate"):
+        if enc in accepted:
+            if enc == "lz4":
+                return lz4.frame.compress(data), enc
+            if enc == "zstd":
+                return zstandard.ZstdCompressor().compress(data), enc
+            if enc == "gzip":
+                return gzip.compress(data, compresslevel=3), enc
+            return zlib.compress(data, 3), enc
+    return data, None
+
+
+def strip_leading_comments(q: bytes) -> bytes:
+    m = _LEADING.match(q)
+    return q[m.end():] if m else q
+
+
+@dataclass(frozen=True)
+class ParsedQuery:
+    sql: str  # for INSERT with data: the statement up to (not including) FORMAT
+    insert_format: str | None  # set when ``data`` is the rows of an INSERT
+    data: bytes
+
+
+def split_query(url_query: str | None, body: bytes) -> ParsedQuery:
+    """ClickHouse semantics: the query is ``?query=`` followed by the body. For an
+    ``INSERT ... FORMAT X`` whatever follows the format name (and one line break) is
+    the data; with the statement in ``?query=`` the body is exactly the data.
+    ``INSERT ... VALUES (...)`` and every other statement run as they are."""
+    if url_query is not None:
+        head = strip_leading_comments(url_query.encode())
+        m = _FORMAT_DATA.search(head) if _INSERT.match(head) else None
+        if m and not _VALUES.search(head, 0, m.start()) and not head[m.end():].strip():
+            return ParsedQuery(head[: m.start()].decode().strip(), m.group(1).decode(), body)
+        full = url_query.encode() + (b"\n" + body if body else b"")
+    else:
+        full = body
+    head = strip_leading_comments(full)
+    if _INSERT.match(head):
+        m = _FORMAT_DATA.search(head)
+        if m and not _VALUES.search(head, 0, m.start()):
+            return ParsedQuery(head[: m.start()].decode().strip(), m.group(1).decode(), head[m.end():])
+    return ParsedQuery(sql=full.decode("utf-8").strip().rstrip(";").strip(), insert_format=None, data=b"")
+
+
+def result_format(sql: str, default_format: str) -> str:
+    m = _TRAILING_FORMAT.search(sql)
+    return m.group(1) if m else default_format
+
+
+def engine_error(exc: BaseException) -> ClickHouseError:
+    text = str(exc)
+    m = _CODE.search(text)
+    code = int(m.group(1)) if m else 1001
+    name_m = re.search(r"\(([A-Z_]+)\)\s*$", text.strip())
+    name = name_m.group(1) if name_m else "STD_EXCEPTION"
+    msg = re.sub(r"^.*?DB::Exception:\s*", "", text.strip(), flags=re.S)
+    msg = re.sub(r"\s*\([A-Z_]+\)\s*$", "", msg).rstrip(".")
+    return ClickHouseError(code, name, msg)
+
+
+def summary(result: Any, result_bytes: int, elapsed_ns: int) -> dict[str, str]:
+    """``X-ClickHouse-Summary`` from a chdb query or insert result."""
+
+    def stat(name: str) -> int:
+        v = getattr(result, name, 0)
+        return int(v() if callable(v) else v)
+
+    return {
+        "read_rows": str(stat("rows_read")),
+        "read_bytes": str(stat("bytes_read")),
+        "written_rows": str(stat("rows_written")),
+        "written_bytes": str(stat("bytes_written")),
+        "total_rows_to_read": "0",
+        "result_rows": str(stat("rows_read") if result_bytes else 0),
+        "result_bytes": str(result_bytes),
+        "elapsed_ns": str(elapsed_ns),
+    }
+
+
+# -- the engine --------------------------------------------------------------
+class Engine:
+    """Owns the chdb data directory; hands out per-request or per-session connections."""
+
+    def __init__(self, data_dir: Path, users: dict[str, User], session_timeout_s: float = 60.0) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.users = users
+        self._root = chdb.connect(str(self.data_dir))  # keeps the engine alive for the process
+        self.version = self._scalar("SELECT version()")
+        self.timezone = self._scalar("SELECT timezone()")
+        self.session_timeout_s = session_timeout_s
+        self._sessions: dict[tuple[str, str], tuple[Any, threading.Lock, float]] = {}
+        self._sessions_lock = threading.Lock()
+
+    def _scalar(self, sql: str) -> str:
+        return self._root.query(sql, "TabSeparated").bytes().decode().strip()
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for conn, _, _ in self._sessions.values():
+                conn.close()
+            self._sessions.clear()
+        self._root.close()
+
+    def authenticate(self, name: str, password: str) -> User:
+        user = self.users.get(name)
+        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
+            raise ClickHouseError(
+                516, "AUTHENTICATION_FAILED",
+                f"{name}: Authentication failed: password is incorrect, or there is no user with such name",
+            )
+        return user
+
+    def new_connection(self, user: User) -> Any:
+        conn = chdb.connect(str(self.data_dir))
+        if user.readonly:
+            conn.query("SET readonly = 1", "TabSeparated")
+        return conn
+
+    def session(self, user: User, session_id: str, timeout_s: float | None) -> tuple[Any, threading.Lock]:
+        now = time.monotonic()
+        with self._sessions_lock:
+            for key, (conn, lock, expires) in list(self._sessions.items()):
+                if expires < now and not lock.locked():
+                    conn.close()
+                    del self._sessions[key]
+            key = (user.name, session_id)
+            if key not in self._sessions:
+                self._sessions[key] = (self.new_connection(user), threading.Lock(), 0.0)
+            conn, lock, _ = self._sessions[key]
+            self._sessions[key] = (conn, lock, now + (timeout_s or self.session_timeout_s))
+            return conn, lock
+
+
+# -- HTTP ---------------------------------------------------------------------
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ClickHouse"
+    engine: Engine  # set on the subclass by serve()
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        return  # access logs would drown the stack log; errors are returned to clients
+
+    # body reading: Content-Length or chunked transfer encoding
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size_line = self.rfile.readline()
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path in ("/ping",):
+            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        params = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+        if path == "/" and "query" not in params:
+            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        if path not in ("/", "/query"):
+            self._send(404, b"There is no handle " + path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        self._execute(params, b"", http_readonly=True)
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path not in ("/", "/query"):
+            self._read_body()
+            self._send(404, b"There is no handle " + parts.path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        body = self._read_body()
+        self._execute(params, body, http_readonly=False)
+
+    def _credentials(self, params: dict[str, str]) -> tuple[str, str]:
+        user = self.headers.get("X-ClickHouse-User")
+        key = self.headers.get("X-ClickHouse-Key")
+        auth = self.headers.get("Authorization", "")
+        if user is None and auth.lower().startswith("basic "):
+            try:
+                user, _, key = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user, key = None, None
+        if user is None and "user" in params:
+            user, key = params.get("user"), params.get("password", "")
+        return user or "default", key or ""
+
+    def _execute(self, params: dict[str, str], raw_body: bytes, http_readonly: bool) -> None:
+        engine = self.engine
+        query_id = params.get("query_id") or str(uuid.uuid4())
+        default_format = params.get("default_format", "TabSeparated")
+        headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": engine.timezone,
+                   "X-ClickHouse-Server-Display-Name": "argus-local"}
+        session_lock: threading.Lock | None = None
+        conn = None
+        owned = False
+        started = time.perf_counter_ns()
+        try:
+            user = engine.authenticate(*self._credentials(params))
+            body = decompress_body(raw_body, self.headers.get("Content-Encoding"))
+            parsed = split_query(params.get("query"), body)
+            if not parsed.sql:
+                raise ClickHouseError(62, "SYNTAX_ERROR", "Empty query")
+            if http_readonly and (parsed.insert_format or not _READ_ONLY_KINDS.match(parsed.sql)):
+                raise ClickHouseError(164, "READONLY", "Cannot execute query in readonly mode. For queries over HTTP, method GET implies readonly. You should use method POST for modifying queries")
+            if "session_id" in params:
+                timeout = float(params["session_timeout"]) if params.get("session_timeout") else None
+                conn, session_lock = engine.session(user, params["session_id"], timeout)
+                if not session_lock.acquire(blocking=False):
+                    session_lock = None
+                    raise ClickHouseError(373, "SESSION_IS_LOCKED", f"Session {params['session_id']} is locked by a concurrent client")
+            else:
+                conn = engine.new_connection(user)
+                owned = True
+            settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
+            applied = self._apply_settings(conn, settings)
+            if "database" in params:
+                if not _IDENT.match(params["database"]):
+                    raise ClickHouseError(81, "UNKNOWN_DATABASE", f"Database {params['database']} does not exist")
+                conn.query(f"USE {params['database']}", "TabSeparated")
+            qparams = {k[6:]: v for k, v in params.items() if k.startswith("param_")} or None
+            try:
+                if parsed.insert_format:
+                    fmt = parsed.insert_format
+                    result = self._insert(conn, parsed, qparams)
+                    payload = b""
+                else:
+                    fmt = result_format(parsed.sql, default_format)
+                    result = conn.query(parsed.sql, default_format, params=qparams)
+                    payload = result.bytes() or b""
+            finally:
+                if session_lock is not None and applied:
+                    # settings from the URL apply to this request only, not the session
+                    for name in applied:
+                        conn.query(f"SET {name} = DEFAULT", "TabSeparated")
+            elapsed = time.perf_counter_ns() - started
+            headers["X-ClickHouse-Format"] = fmt
+            headers["X-ClickHouse-Summary"] = json.dumps(summary(result, len(payload), elapsed), separators=(",", ":"))
+            headers["Content-Type"] = _CONTENT_TYPES.get(fmt, "application/octet-stream")
+            if params.get("enable_http_compression") == "1" and payload:
+                payload, enc = compress_response(payload, self.headers.get("Accept-Encoding"))
+                if enc:
+                    headers["Content-Encoding"] = enc
+            self._send(200, payload, headers)
+        except ClickHouseError as exc:
+            self._error(exc, headers)
+        except (chdb.ChdbError, RuntimeError) as exc:
+            self._error(engine_error(exc), headers)
+        except (ValueError, OSError, zstandard.ZstdError, EOFError, UnicodeDecodeError) as exc:
+            self._error(ClickHouseError(27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", f"Cannot read request: {exc}"), headers)
+        except Exception as exc:  # server boundary: answer with an error, never drop the connection
+            print(json.dumps({"event": "clickhouse_http.internal_error", "error": repr(exc)}), file=sys.stderr, flush=True)
+            self._error(ClickHouseError(1001, "STD_EXCEPTION", f"internal error: {exc!r}"), headers)
+        finally:
+            if session_lock is not None:
+                session_lock.release()
+            if owned and conn is not None:
+                conn.close()
+
+    def _apply_settings(self, conn: Any, settings: dict[str, str]) -> list[str]:
+        applied = []
+        for name, value in settings.items():
+            if not _IDENT.match(name):
+                raise ClickHouseError(115, "UNKNOWN_SETTING", f"Setting {name} is neither a builtin setting nor started with the prefix 'custom_'")
+            literal = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            conn.query(f"SET {name} = {literal}", "TabSeparated")
+            applied.append(name)
+        return applied
+
+    @staticmethod
+    def _insert(conn: Any, parsed: ParsedQuery, qparams: dict[str, str] | None) -> Any:
+        sql = parsed.sql
+        settings_clause = ""
+        m = _SETTINGS_KW.search(sql)
+        if m:  # INSERT INTO t (...) SETTINGS a=1 FORMAT X: settings go after the data source
+            sql, settings_clause = sql[: m.start()].rstrip(), sql[m.start():]
+        if qparams or settings_clause:
+            raise ClickHouseError(48, "NOT_IMPLEMENTED", "query parameters and SETTINGS inside INSERT with data are not supported by this endpoint; pass settings as URL parameters")
+        inserter = conn.send_insert(sql, parsed.insert_format)
+        try:
+            view = memoryview(parsed.data)
+            step = 8 << 20
+            for i in range(0, len(view), step):
+                inserter.append(bytes(view[i : i + step]))
+        except BaseException:
+            inserter.cancel()
+            raise
+        return inserter.finish()
+
+    def _error(self, exc: ClickHouseError, headers: dict[str, str]) -> None:
+        headers = {k: v for k, v in headers.items() if k in ("X-ClickHouse-Query-Id", "X-ClickHouse-Timezone", "X-ClickHouse-Server-Display-Name")}
+        headers["X-ClickHouse-Exception-Code"] = str(exc.code)
+        headers["Content-Type"] = "text/plain; charset=UTF-8"
+        self._send(_HTTP_STATUS.get(exc.code, 500), exc.body(self.engine.version), headers)
+
+    def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status, HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else None)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Keep-Alive", "timeout=10")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def serve(engine: Engine, host: str, port: int) -> Server:
+    handler = type("BoundHandler", (Handler,), {"engine": engine})
+    return Server((host, port), handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from services.common.settings import StackSettings
+
+    stack = StackSettings()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=stack.home / "clickhouse")
+    ap.add_argument("--host", default=stack.host)
+    ap.add_argument("--port", type=int, default=stack.clickhouse_port)
+    args = ap.parse_args(argv)
+    users = {
+        "default": User("default", stack.clickhouse_password.get_secret_value(), readonly=False),
+        stack.clickhouse_readonly_user: User(
+            stack.clickhouse_readonly_user, stack.clickhouse_readonly_password.get_secret_value(), readonly=True
+        ),
+    }
+    engine = Engine(args.data_dir, users)
+    server = serve(engine, args.host, args.port)
+
+    def _stop(*_: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(
+        json.dumps({"event": "clickhouse_http.listening", "host": args.host, "port": server.server_address[1],
+                    "engine_version": engine.version, "data_dir": str(engine.data_dir)}),
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
