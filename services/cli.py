@@ -1,0 +1,332 @@
+"""``argus``: the one command of the platform.
+
+    argus stack up | down | status     the local stack (Kafka + ClickHouse endpoint)
+    argus topics list | create         topics from the registry
+    argus schemas check                golden examples and compatibility of every schema
+    argus migrate                      apply ClickHouse migrations to the configured DSN
+    argus produce TOPIC [FILE]         JSON lines -> Avro wire format -> Kafka
+    argus consume TOPIC                Kafka -> decoded JSON lines
+    argus sql "SELECT ..."             query ClickHouse (table, CSV or JSON)
+    argus demo                         the end-to-end demo on the local stack
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.common.settings import ServiceSettings, StackSettings, service_settings
+
+app = typer.Typer(help="Argus: event-driven LLMOps on Kafka, ClickHouse and Ray Serve.", no_args_is_help=True)
+stack_app = typer.Typer(help="The local stack: Apache Kafka (KRaft) and the ClickHouse engine over HTTP.", no_args_is_help=True)
+topics_app = typer.Typer(help="Topics from the registry in schemas/topics.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The Avro contracts in schemas/.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+console = Console()
+err = Console(stderr=True)
+
+CliSettings = service_settings("cli")
+
+
+def _settings() -> ServiceSettings:
+    return CliSettings()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+# -- stack -----------------------------------------------------------------------
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka and the ClickHouse endpoint (idempotent), create topics, apply migrations."""
+    from services.stack.manager import Stack, StackError
+
+    try:
+        Stack(StackSettings()).up(progress=lambda m: console.print(f"[green]✓[/] {m}"))
+    except StackError as exc:
+        _fail(str(exc))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `argus stack up` started (by pid). Data stays on disk."""
+    from services.stack.manager import Stack
+
+    Stack(StackSettings()).down(progress=lambda m: console.print(m))
+
+
+@stack_app.command("status")
+def stack_status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Health of each component; exits 1 if any is unhealthy."""
+    from dataclasses import asdict
+
+    from services.stack.manager import Stack
+
+    rows = Stack(StackSettings()).status()
+    if json_out:
+        console.print_json(json.dumps([asdict(r) for r in rows]))
+    else:
+        table = Table(title="argus stack")
+        for col in ("component", "health", "pid", "address", "detail"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r.name, "[green]healthy[/]" if r.healthy else "[red]DOWN[/]", str(r.pid or "-"), r.address, r.detail)
+        console.print(table)
+    if not all(r.healthy for r in rows):
+        raise typer.Exit(1)
+
+
+# -- topics and schemas ----------------------------------------------------------
+@topics_app.command("list")
+def topics_list() -> None:
+    """Every topic of the registry with its schema, partitions and dead-letter topic."""
+    from services.common.registry import default_registry
+
+    s = _settings()
+    reg = default_registry()
+    table = Table(title="topic registry")
+    for col in ("key", "kafka topic", "schema", "partitions", "compat", "dead-letter topic"):
+        table.add_column(col)
+    for key, spec in sorted(reg.topics.items()):
+        table.add_row(key, s.kafka.topic_prefix + spec.name, f"{spec.schema}.v{spec.version}", str(spec.partitions),
+                      spec.compatibility, spec.dead_letter_topic or "-")
+    console.print(table)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the registry's topics that do not exist yet on the configured cluster."""
+    from services.common.kafka import ensure_topics
+
+    created = asyncio.run(ensure_topics(_settings().kafka))
+    console.print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else ""))
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Validate golden examples and check every version reads every older example."""
+    from services.common.compat import check_registry
+    from services.common.registry import default_registry
+
+    problems = check_registry(default_registry())
+    for p in problems:
+        err.print(f"[red]✗[/] {p}")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {len(default_registry().topics)} topics: examples valid, versions compatible")
+
+
+@app.command("migrate")
+def migrate() -> None:
+    """Apply pending ClickHouse migrations to the configured DSN."""
+    from services.common import migrations
+    from services.common.clickhouse import get_client
+
+    s = _settings()
+    client = get_client(s.clickhouse, database="default")
+    applied = migrations.apply(client, s.clickhouse.database)
+    console.print(f"applied {len(applied)} migrations" + (": " + ", ".join(applied) if applied else " (up to date)"))
+
+
+# -- produce / consume -------------------------------------------------------------
+@app.command("produce")
+def produce(
+    topic: str = typer.Argument(..., help="Registry key, e.g. inference-requests."),
+    file: Optional[Path] = typer.Argument(None, help="JSON lines; stdin when omitted."),
+    key_field: Optional[str] = typer.Option(None, help="Record field used as the Kafka key."),
+) -> None:
+    """Encode JSON records with the topic's schema (Confluent wire format) and produce them.
+    A record that does not match the schema is reported with its line number and not sent."""
+    from services.common.codec import SerializationError, from_json
+    from services.common.kafka import make_producer
+    from services.common.registry import default_registry
+
+    s = _settings()
+    reg = default_registry()
+    spec = reg.topic(topic)
+    codec = reg.codec(topic)
+    schema = reg.schema_json(spec.schema, spec.version)
+    lines = (file.open() if file else sys.stdin)
+
+    async def run() -> tuple[int, int]:
+        producer = make_producer(s.kafka)
+        await producer.start()
+        sent = bad = 0
+        try:
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = from_json(schema, json.loads(line))
+                    value = codec.encode(record)
+                except (json.JSONDecodeError, SerializationError) as exc:
+                    err.print(f"line {n}: {exc}")
+                    bad += 1
+                    continue
+                key = str(record.get(key_field)).encode() if key_field and record.get(key_field) is not None else None
+                await producer.send(s.kafka.topic_prefix + spec.name, value, key=key)
+                sent += 1
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return sent, bad
+
+    sent, bad = asyncio.run(run())
+    console.print(f"produced {sent} records to {s.kafka.topic_prefix + spec.name}" + (f", {bad} rejected" if bad else ""), highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("consume")
+def consume(
+    topic: str = typer.Argument(..., help="Registry key, e.g. inference-responses."),
+    from_beginning: bool = typer.Option(False, "--from-beginning"),
+    max_messages: int = typer.Option(0, "--max", help="Stop after this many (0: follow)."),
+    idle_timeout: float = typer.Option(0.0, help="Stop after this many seconds without a message (0: never)."),
+) -> None:
+    """Print decoded records as JSON lines (no consumer group: nothing is committed)."""
+    from aiokafka import TopicPartition
+
+    from services.common.codec import SerializationError, to_json
+    from services.common.kafka import make_consumer
+    from services.common.registry import default_registry
+
+    s = _settings()
+    reg = default_registry()
+    name = s.kafka.topic_prefix + reg.topic(topic).name
+    codec = reg.codec(topic)
+
+    async def run() -> None:
+        consumer = make_consumer(s.kafka, None)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(name) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()  # first metadata fetch for this topic
+                parts = consumer.partitions_for_topic(name) or set()
+            tps = [TopicPartition(name, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            if from_beginning:
+                await consumer.seek_to_beginning(*tps)
+            else:
+                await consumer.seek_to_end(*tps)
+            seen = 0
+            idle = 0.0
+            while not max_messages or seen < max_messages:
+                batch = await consumer.getmany(timeout_ms=500)
+                if not batch:
+                    idle += 0.5
+                    if idle_timeout and idle >= idle_timeout:
+                        return
+                    continue
+                idle = 0.0
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        try:
+                            out = {"partition": tp.partition, "offset": m.offset, "value": to_json(codec.decode(m.value))}
+                        except SerializationError as exc:
+                            out = {"partition": tp.partition, "offset": m.offset, "error": str(exc)}
+                        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+                        seen += 1
+                        if max_messages and seen >= max_messages:
+                            return
+                sys.stdout.flush()
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+# -- sql -----------------------------------------------------------------------------
+@app.command("sql")
+def sql(
+    query: str = typer.Argument(..., help="SQL to run against the configured ClickHouse DSN."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
+) -> None:
+    """Run a query against ClickHouse (ARGUS_CLI_CLICKHOUSE__DSN; the local stack by default)."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError as CHError
+
+    from services.common.clickhouse import get_client
+    from services.common.codec import to_json
+
+    s = _settings()
+    try:
+        result = get_client(s.clickhouse).query(query)
+    except CHError as exc:
+        _fail(str(exc).split("(for url")[0].strip())
+        return
+    names = list(result.column_names)
+    rows = result.result_rows
+    if fmt == "json":
+        for row in rows:
+            sys.stdout.write(json.dumps(to_json(dict(zip(names, row))), default=str, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(names)
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(show_lines=False)
+        for n in names:
+            table.add_column(n)
+        for row in rows:
+            table.add_row(*("NULL" if v is None else str(v) for v in row))
+        console.print(table)
+        err.print(f"{len(rows)} rows")
+
+
+# -- demo ----------------------------------------------------------------------------
+@app.command("demo")
+def demo() -> None:
+    """Bring up the local stack and show the platform's contracts working end to end.
+
+    Until the services land this round-trips every golden example through the real
+    broker in the Confluent wire format and shows the ClickHouse endpoint answering."""
+    from services.common.roundtrip import roundtrip_examples
+    from services.stack.manager import Stack, StackError
+
+    stack = Stack(StackSettings())
+    try:
+        stack.up(progress=lambda m: console.print(f"[green]✓[/] {m}"))
+    except StackError as exc:
+        _fail(str(exc))
+    results = asyncio.run(roundtrip_examples(stack.kafka_settings))
+    table = Table(title="golden examples through Kafka (Confluent wire format)")
+    for col in ("topic", "example", "partition", "offset", "round trip"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.topic, r.example, str(r.partition), str(r.offset), "[green]equal[/]" if r.equal else "[red]DIFFERENT[/]")
+    console.print(table)
+    for r in stack.status():
+        console.print(f"{'[green]✓' if r.healthy else '[red]✗'}[/] {r.name}: {r.address} — {r.detail}")
+    console.print("\nNext, as an SRE:  [bold]argus sql \"SELECT name, engine FROM system.tables WHERE database = 'argus'\"[/]")
+    console.print("Stop the stack:    [bold]argus stack down[/]")
+    if not all(r.equal for r in results):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    from services.common.logging import configure_logging
+
+    configure_logging("WARNING", json=False)
+    app()
+
+
+if __name__ == "__main__":
+    main()

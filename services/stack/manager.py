@@ -1,0 +1,182 @@
+"""``argus stack up | down | status``: the local default stack.
+
+- Apache Kafka 4.4 in KRaft mode from Maven Central (:mod:`services.stack.kafka_local`).
+- The ClickHouse engine behind the ClickHouse HTTP interface
+  (:mod:`services.stack.clickhouse_http`) on ``127.0.0.1:8123``.
+- Every registry topic created, every ClickHouse migration applied.
+
+``up`` is idempotent (what runs is left running), ``down`` stops by pid what ``up``
+started, ``status`` checks each component for real (a metadata request to the broker,
+``/ping`` and a query to ClickHouse).
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from services.common.settings import ClickHouseSettings, KafkaSettings, StackSettings
+from services.stack.kafka_local import KafkaLocal, _port_open
+from services.stack.process import ManagedProcess, StackError
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    healthy: bool
+    pid: int | None
+    address: str
+    detail: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class ClickHouseLocal:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.root = Path(settings.home).resolve() / "clickhouse"
+        self.process = ManagedProcess("clickhouse", self.root / "clickhouse.pid", self.root / "clickhouse.out")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.clickhouse_port}"
+
+    def start(self, timeout_s: float = 60.0) -> int:
+        if self.process.alive():
+            return self.process.pid() or 0
+        if _port_open(self.settings.host, self.settings.clickhouse_port):
+            raise StackError(
+                f"port {self.settings.host}:{self.settings.clickhouse_port} is taken by another process; "
+                "set ARGUS_STACK_CLICKHOUSE_PORT"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "services.stack.clickhouse_http",
+            "--data-dir", str(self.root / "data"),
+            "--host", self.settings.host, "--port", str(self.settings.clickhouse_port),
+        ]
+        repo = Path(__file__).resolve().parents[2]
+        pid = self.process.spawn(cmd, cwd=repo, env={"ARGUS_STACK_HOME": str(Path(self.settings.home).resolve())})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise StackError(f"the ClickHouse endpoint exited during start-up:\n{self.process.tail()}")
+            if self.ping():
+                return pid
+            time.sleep(0.2)
+        raise StackError(f"the ClickHouse endpoint did not answer /ping within {timeout_s:.0f}s")
+
+    def ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
+                return r.read().strip() == b"Ok."
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> bool:
+        return self.process.stop(30.0)
+
+
+class Stack:
+    def __init__(self, settings: StackSettings | None = None) -> None:
+        self.settings = settings or StackSettings()
+        s = self.settings
+        self.kafka = KafkaLocal(
+            home=Path(s.home), host=s.host, port=s.kafka_port, controller_port=s.kafka_controller_port,
+            heap=s.kafka_heap, version=s.kafka_version, java=s.java, maven=s.maven,
+        )
+        self.clickhouse = ClickHouseLocal(s)
+
+    @property
+    def kafka_settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.settings.bootstrap)
+
+    @property
+    def clickhouse_settings(self) -> ClickHouseSettings:
+        return ClickHouseSettings(dsn=self.settings.clickhouse_dsn())
+
+    def up(self, progress=print) -> dict[str, object]:  # noqa: ANN001 - a print-like callable
+        from services.common import migrations
+        from services.common.clickhouse import get_client
+        from services.common.kafka import ensure_topics
+
+        Path(self.settings.home).mkdir(parents=True, exist_ok=True)
+        if self.kafka.fetch():
+            progress(f"fetched Apache Kafka {self.settings.kafka_version} from Maven Central into {self.kafka.libs}")
+        kafka_pid = self.kafka.start(self.settings.start_timeout_s)
+        progress(f"kafka      pid {kafka_pid}  {self.kafka.bootstrap}")
+        ch_pid = self.clickhouse.start(self.settings.start_timeout_s)
+        progress(f"clickhouse pid {ch_pid}  {self.clickhouse.url}")
+        created = asyncio.run(ensure_topics(self.kafka_settings))
+        progress(f"topics     {len(created)} created" + (f": {', '.join(created)}" if created else " (all exist)"))
+        client = get_client(self.clickhouse_settings, database="default")
+        try:
+            applied = migrations.apply(client, self.settings.clickhouse_database)
+        finally:
+            client.close()
+        progress(f"migrations {len(applied)} applied" + (f": {', '.join(applied)}" if applied else " (up to date)"))
+        return {"kafka_pid": kafka_pid, "clickhouse_pid": ch_pid, "topics_created": created, "migrations": applied}
+
+    def down(self, progress=print) -> list[str]:  # noqa: ANN001
+        stopped = []
+        if self.clickhouse.stop():
+            stopped.append("clickhouse")
+        if self.kafka.stop():
+            stopped.append("kafka")
+        progress("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        out = [self._kafka_status(), self._clickhouse_status()]
+        return out
+
+    def _kafka_status(self) -> ComponentStatus:
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.errors import KafkaError
+
+        pid = self.kafka.process.pid() if self.kafka.process.alive() else None
+
+        async def probe() -> tuple[bool, str, dict[str, str]]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap, request_timeout_ms=3000)
+            try:
+                await admin.start()
+                topics = await admin.list_topics()
+                groups = await admin.list_consumer_groups()
+                argus = [t for t in topics if t.startswith("argus.")]
+                return True, f"{len(argus)} argus topics, {len(groups)} consumer groups", {"topics": str(len(argus))}
+            except (KafkaError, OSError) as exc:
+                return False, f"broker not reachable: {exc!r}", {}
+            finally:
+                await admin.close()
+
+        healthy, detail, extra = asyncio.run(probe())
+        return ComponentStatus("kafka", healthy, pid, self.kafka.bootstrap, detail, extra)
+
+    def _clickhouse_status(self) -> ComponentStatus:
+        from services.common.clickhouse import get_client
+
+        pid = self.clickhouse.process.pid() if self.clickhouse.process.alive() else None
+        if not self.clickhouse.ping():
+            return ComponentStatus("clickhouse", False, pid, self.clickhouse.url, "no answer to /ping")
+        try:
+            client = get_client(self.clickhouse_settings, database="default")
+            version = client.server_version
+            db = self.settings.clickhouse_database
+            rows = client.query(f"SELECT count() FROM system.tables WHERE database = '{db}'").result_rows
+            client.close()
+        except Exception as exc:  # status reports any failure rather than raising
+            return ComponentStatus("clickhouse", False, pid, self.clickhouse.url, f"query failed: {exc}")
+        return ComponentStatus(
+            "clickhouse", True, pid, self.clickhouse.url, f"engine {version}, {rows[0][0]} tables in {db}",
+            {"version": version},
+        )
+
+
+def stack_from_env() -> Stack:
+    return Stack(StackSettings())
+
+
