@@ -13,7 +13,7 @@ import struct
 from typing import Any, Callable
 
 import fastavro
-from fastavro.validation import validate
+from fastavro.validation import ValidationError, validate
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -75,6 +75,9 @@ class AvroCodec:
             buf = io.BytesIO()
             buf.write(self._header)
             fastavro.schemaless_writer(buf, self.schema, record)
+        except ValidationError as exc:
+            detail = "; ".join(str(e).split(" expected ")[0] for e in exc.errors)[:1000]
+            raise SerializationError(f"record does not match {self.name}.v{self.version}: {detail}") from exc
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise SerializationError(f"record does not match {self.name}.v{self.version}: {exc}") from exc
         return buf.getvalue()

@@ -43,7 +43,7 @@ def check_registry(reg: SchemaRegistry) -> list[CompatProblem]:
             for path, record in items:
                 try:
                     fastavro.validation.validate(record, writer, raise_errors=True)
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, fastavro.validation.ValidationError) as exc:
                     problems.append(CompatProblem(key, f"{path.name} is not a valid v{ver} record: {exc}"))
                     continue
                 buf = io.BytesIO()

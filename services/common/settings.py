@@ -155,6 +155,7 @@ class StackSettings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
     kafka_version: str = "4.4.0"
+    kafka_libs: Path | None = Field(default=None, description="Where Maven puts Kafka's jars; default <home>/kafka/libs.")
     clickhouse_port: int = 8123
     clickhouse_database: str = "argus"
     clickhouse_password: SecretStr = SecretStr("")

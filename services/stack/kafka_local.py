@@ -50,6 +50,7 @@ class KafkaLocal:
     java: str = "java"
     maven: str = "mvn"
     log_level: str = "WARN"
+    libs_dir: Path | None = None  # shared jar cache; default <home>/kafka/libs
 
     @property
     def root(self) -> Path:
@@ -57,7 +58,7 @@ class KafkaLocal:
 
     @property
     def libs(self) -> Path:
-        return self.root / "libs"
+        return Path(self.libs_dir).resolve() if self.libs_dir else self.root / "libs"
 
     @property
     def data(self) -> Path:

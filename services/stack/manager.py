@@ -87,7 +87,7 @@ class Stack:
         s = self.settings
         self.kafka = KafkaLocal(
             home=Path(s.home), host=s.host, port=s.kafka_port, controller_port=s.kafka_controller_port,
-            heap=s.kafka_heap, version=s.kafka_version, java=s.java, maven=s.maven,
+            heap=s.kafka_heap, version=s.kafka_version, java=s.java, maven=s.maven, libs_dir=s.kafka_libs,
         )
         self.clickhouse = ClickHouseLocal(s)
 

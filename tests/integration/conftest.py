@@ -1,0 +1,119 @@
+"""Session-scoped real infrastructure for integration tests.
+
+- Kafka: ``--kafka-bootstrap`` if given, else Apache Kafka 4.4 (KRaft) from Maven Central
+  started in a temporary directory on free loopback ports.
+- ClickHouse: ``--clickhouse-dsn`` if given, else the ClickHouse HTTP endpoint over the
+  chdb engine started as its own process on a free port.
+
+Each test gets its own topics (a unique topic prefix) and its own database.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from services.common.kafka import ensure_topics
+from services.common.settings import ClickHouseSettings, KafkaSettings
+from services.stack.kafka_local import KafkaLocal, free_port
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items) -> None:  # noqa: ANN001
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = request.config.getoption("--kafka-bootstrap")
+    if given:
+        yield given
+        return
+    kafka = KafkaLocal(
+        home=tmp_path_factory.mktemp("kafka-home"), port=free_port(), controller_port=free_port(),
+        libs_dir=REPO / ".argus" / "kafka" / "libs",
+    )
+    kafka.start(timeout_s=120)
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base DSN without a database: ``http://default@host:port``."""
+    given = request.config.getoption("--clickhouse-dsn")
+    if given:
+        yield given.rstrip("/")
+        return
+    port = free_port()
+    data = tmp_path_factory.mktemp("clickhouse-data")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(data), "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "ARGUS_STACK_CLICKHOUSE_READONLY_USER": "sre"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=1) as r:
+                if r.read().strip() == b"Ok.":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"ClickHouse endpoint did not start:\n{out}")
+        time.sleep(0.2)
+    try:
+        yield f"http://default@127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str, topic_prefix: str) -> KafkaSettings:
+    """Settings with a unique topic prefix; every registry topic created under it."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, client_id="argus-tests")
+    asyncio.run(ensure_topics(settings))
+    return settings
+
+
+@pytest.fixture
+def ch_database(clickhouse_url: str) -> Iterator[str]:
+    from services.common.clickhouse import get_client
+
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    admin = get_client(clickhouse_url + "/default")
+    admin.command(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+@pytest.fixture
+def clickhouse_settings(clickhouse_url: str, ch_database: str) -> ClickHouseSettings:
+    return ClickHouseSettings(dsn=SecretStr(f"{clickhouse_url}/{ch_database}"))

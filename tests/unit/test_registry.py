@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.common.compat import check_registry
+from services.common.registry import SCHEMAS_DIR, RegistryError, SchemaRegistry, default_registry
+
+REG = default_registry()
+
+
+def test_registry_has_the_platform_topics() -> None:
+    for key in ("inference-requests", "inference-responses", "feedback", "drift-events", "alerts", "retraining-triggers"):
+        spec = REG.topic(key)
+        assert spec.dead_letter_topic, f"{key} has no dead-letter topic"
+        assert REG.topic(spec.dead_letter_topic).schema == "dead_letter"
+        assert spec.producers and spec.consumers
+
+
+def test_every_schema_file_has_an_id_and_every_topic_examples() -> None:
+    for path in (SCHEMAS_DIR / "avro").glob("*.avsc"):
+        name, ver = path.stem.rsplit(".v", 1)
+        assert (name, int(ver)) in REG.ids, f"{path.name} has no id in ids.yaml"
+    for key in REG.topics:
+        assert any(REG.examples(key).values()), f"{key} has no golden examples"
+
+
+def test_unknown_topic_error_lists_known_topics() -> None:
+    with pytest.raises(RegistryError, match="inference-requests"):
+        REG.topic("inference-request")
+
+
+def test_released_schemas_are_compatible_and_examples_valid() -> None:
+    assert check_registry(REG) == []
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS_DIR, root)
+    return root
+
+
+def _add_feedback_v2(root: Path, new_field: str) -> None:
+    schema = (root / "avro" / "feedback.v1.avsc").read_text()
+    v2 = schema.replace('"namespace": "io.argus.v1"', '"namespace": "io.argus.v2"').replace(
+        '"fields": [', '"fields": [\n    ' + new_field + ","
+    , 1)
+    (root / "avro" / "feedback.v2.avsc").write_text(v2)
+    ids = (root / "avro" / "ids.yaml").read_text() + "feedback.v2: 99\n"
+    (root / "avro" / "ids.yaml").write_text(ids)
+    topic = (root / "topics" / "feedback.yaml").read_text().replace("version: 1", "version: 2")
+    (root / "topics" / "feedback.yaml").write_text(topic)
+
+
+def test_compatible_new_version_passes(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _add_feedback_v2(root, '{"name": "channel", "type": "string", "default": "web"}')
+    assert check_registry(SchemaRegistry(root)) == []
+
+
+def test_incompatible_new_version_is_caught(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _add_feedback_v2(root, '{"name": "channel", "type": "string"}')  # required field, no default
+    problems = check_registry(SchemaRegistry(root))
+    assert problems and "v2 cannot read thumbs_down.json written as v1" in str(problems[0])
+
+
+def test_invalid_golden_example_is_caught(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    (root / "examples" / "feedback" / "1" / "bad.json").write_text('{"feedback_id": "x"}')
+    problems = check_registry(SchemaRegistry(root))
+    assert any("bad.json is not a valid v1 record" in str(p) for p in problems)
