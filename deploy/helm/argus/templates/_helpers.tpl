@@ -1,0 +1,30 @@
+{{- define "argus.fullname" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "argus.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "argus.secretName" -}}
+{{- default (printf "%s-clickhouse" (include "argus.fullname" .)) .Values.clickhouse.existingSecret -}}
+{{- end -}}
+
+{{/* Environment shared by every service: prefix is ARGUS_<SERVICE>_ */}}
+{{- define "argus.env" -}}
+- name: ARGUS_{{ .service }}_KAFKA__BOOTSTRAP_SERVERS
+  value: {{ .root.Values.kafka.bootstrapServers | quote }}
+- name: ARGUS_{{ .service }}_KAFKA__TOPIC_PREFIX
+  value: {{ .root.Values.kafka.topicPrefix | quote }}
+- name: ARGUS_{{ .service }}_KAFKA__SECURITY_PROTOCOL
+  value: {{ .root.Values.kafka.securityProtocol | quote }}
+- name: ARGUS_{{ .service }}_CLICKHOUSE__DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "argus.secretName" .root }}
+      key: dsn
+{{- end -}}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is needed, then runs every tier.
+# Integration and e2e fixtures start their own real Apache Kafka broker and ClickHouse
+# endpoint on free loopback ports (or use --kafka-bootstrap / --clickhouse-dsn).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export RAY_AUTH_MODE=disabled
+.venv/bin/argus schemas check
+exec .venv/bin/python -m pytest tests "$@"

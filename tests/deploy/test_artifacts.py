@@ -1,0 +1,65 @@
+"""Deployment artifacts, checked offline: the Helm chart lints and renders into valid
+Kubernetes manifests; docker-compose.yml validates against the compose-spec schema."""
+from __future__ import annotations
+
+import json
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CHART = REPO / "deploy" / "helm" / "argus"
+COMPOSE_SCHEMA = REPO / ".argus" / "cache" / "compose-spec.json"
+
+
+def render(values: dict | None = None) -> list[dict]:
+    chart = helm_python.Chart.load(str(CHART))
+    out = chart.render(values or {}, name="argus", namespace="llmops")
+    docs = []
+    for text in out.values():
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def test_chart_lints_without_errors() -> None:
+    result = helm_python.lint(str(CHART))
+    assert result["errors"] == []
+    assert not [m for m in result["messages"] if m["severity"] >= 3], result["messages"]
+
+
+@pytest.mark.parametrize("values", [{}, {"clickhouse": {"existingSecret": "ch-creds"}}])
+def test_rendered_manifests_are_valid_kubernetes(values: dict) -> None:
+    docs = render(values)
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.33", strict=True)
+    kinds = {d["kind"] for d in docs}
+    assert "Job" in kinds
+    assert ("Secret" in kinds) == (not values)
+
+
+def test_pods_run_as_non_root_with_secrets_from_a_secret() -> None:
+    for doc in render():
+        if doc["kind"] != "Job":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for c in pod["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["resources"]["limits"]
+            dsn = [e for e in c["env"] if e["name"].endswith("CLICKHOUSE__DSN")][0]
+            assert "valueFrom" in dsn and "value" not in dsn
+
+
+def test_docker_compose_is_valid_against_the_compose_spec() -> None:
+    assert COMPOSE_SCHEMA.exists(), "run scripts/setup.sh: it fetches the compose-spec schema from npm"
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    jsonschema.validate(compose, schema, cls=jsonschema.Draft7Validator)
+    assert compose["services"]["argus-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for svc in ("kafka", "clickhouse"):
+        assert all(p.startswith("127.0.0.1:") for p in compose["services"][svc]["ports"]), "bind to loopback"
