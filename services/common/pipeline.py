@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -33,6 +33,9 @@ from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.registry import SchemaRegistry, default_registry
 from services.common.settings import KafkaSettings, PipelineSettings
+
+if TYPE_CHECKING:
+    from services.common.health import Readiness
 
 T = TypeVar("T")
 
@@ -346,6 +349,29 @@ class Pipeline(Generic[T]):
             out[f"{tp.topic}[{tp.partition}]"] = lag
             self.metrics.set("argus_consumer_lag", lag, topic=tp.topic, partition=str(tp.partition))
         return out
+
+
+async def pipeline_readiness(pipeline: "Pipeline[Any]") -> "Readiness":
+    """Readiness of a pipeline: connected to the broker with partitions assigned (or
+    legitimately none, when a group has more members than partitions), lag known, and
+    the sink accepting writes."""
+    from services.common.health import Readiness
+
+    consumer = pipeline.consumer
+    if consumer is None:
+        return Readiness(False, pipeline.service, False, pipeline.sink_healthy, detail="not started")
+    try:
+        lag = await pipeline.lag()
+        connected = True
+        detail = ""
+    except KafkaError as exc:
+        lag, connected, detail = {}, False, f"broker: {exc!r}"
+    assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment())
+    committed = {f"{tp.topic}[{tp.partition}]": off for tp, off in pipeline.committed.items()}
+    ready = connected and pipeline.sink_healthy
+    if not pipeline.sink_healthy:
+        detail = "sink failing; retrying with backoff"
+    return Readiness(ready, pipeline.service, connected, pipeline.sink_healthy, assigned, lag, committed, detail)
 
 
 class _FlushOnRevoke(ConsumerRebalanceListener):

@@ -192,6 +192,7 @@ class SchemaRegistry:
         for spec in self.topics.values():
             for ver in self.versions(spec.schema):
                 sid = client.register(f"{spec.name}-value", json.dumps(self.schema_json(spec.schema, ver)))
+                # a registry gives one global id per distinct schema text, whatever the subject
                 self._remote_ids[(spec.schema, ver)] = sid
         with self._lock:
             self._codecs.clear()

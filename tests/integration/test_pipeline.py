@@ -220,3 +220,45 @@ async def test_clickhouse_outage_is_retried_and_nothing_is_lost(
         assert pipeline.metrics.value("argus_sink_retries_total", sink=pipeline.topic) >= 1
     finally:
         subprocess.run(["pkill", "-f", f"--port {port}"], check=False)
+
+
+async def test_health_endpoint_reports_liveness_readiness_lag_and_metrics(
+    kafka_settings: KafkaSettings, clickhouse_settings: ClickHouseSettings
+) -> None:
+    import httpx
+
+    from services.common.health import HealthServer
+    from services.common.pipeline import pipeline_readiness
+    from services.common.settings import HealthSettings
+
+    codec = get_codec("feedback")
+    await produce(kafka_settings, [codec.encode(feedback(i)) for i in range(12)] + [b"junk"])
+    client, sink = clickhouse_sink(clickhouse_settings)
+    pipeline = Pipeline(kafka=kafka_settings, policy=PipelineSettings(batch_max_messages=5, batch_max_seconds=0.2),
+                        topic_key="feedback", group_id="g-" + uuid.uuid4().hex[:6], service="test",
+                        transform=feedback_row, sink=sink)
+    health = HealthServer(HealthSettings(port=0, liveness_timeout_s=2), pipeline.metrics,
+                          lambda: pipeline.last_progress, lambda: pipeline_readiness(pipeline))
+    port = await health.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(base + "/readyz")
+            assert r.status_code == 503 and r.json()["detail"] == "not started"
+
+            async def drained() -> bool:
+                assert (await http.get(base + "/healthz")).status_code == 200
+                r = await http.get(base + "/readyz")
+                body = r.json()
+                return r.status_code == 200 and body["assigned_partitions"] and sum(body["lag"].values()) == 0 \
+                    and sum(body["committed"].values()) == 13
+
+            await run_until(pipeline, drained)
+            metrics = (await http.get(base + "/metrics")).text
+            assert 'argus_messages_consumed_total{service="test",topic="' in metrics
+            assert "argus_messages_dead_lettered_total" in metrics and "argus_commits_total" in metrics
+            # the loop has stopped: liveness turns red once the timeout passes
+            await asyncio.sleep(2.2)
+            assert (await http.get(base + "/healthz")).status_code == 503
+    finally:
+        await health.stop()
