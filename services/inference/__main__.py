@@ -1,0 +1,87 @@
+"""Entry point: ``python -m services.inference [serve|bridge|deploy]``.
+
+- ``serve`` (default): start or join Ray, deploy the Serve application, run the Kafka
+  bridge and the health endpoint until SIGTERM/SIGINT.
+- ``deploy``: (re)deploy the application with the current settings and exit. With only
+  weights or tunables changed this reconfigures running replicas: it is how a canary
+  is widened or a version rolled back without a restart.
+- ``bridge``: run only the Kafka bridge against an application already deployed on the
+  Ray cluster at ``ARGUS_INFERENCE_RAY_ADDRESS``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from services.common.health import HealthServer
+from services.common.logging import configure_logging, get_logger
+from services.inference.settings import InferenceSettings
+
+
+def _init_ray(settings: InferenceSettings) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters; production sets its own
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace="serve", ignore_reinit_error=True, log_to_driver=False)
+    else:
+        ray.init(num_cpus=settings.ray_num_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+
+
+def _start_serve(settings: InferenceSettings) -> None:
+    from ray import serve
+
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+
+
+async def _run_bridge(settings: InferenceSettings, router) -> None:  # noqa: ANN001
+    from services.inference.bridge import InferenceBridge
+
+    bridge = InferenceBridge(settings, router)
+    health = HealthServer(settings.health, bridge.metrics, lambda: bridge.last_progress, bridge.readiness)
+    port = await health.start()
+    log = get_logger("argus.inference")
+    log.info("inference.health", port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await bridge.run(stop)
+    finally:
+        await health.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", nargs="?", default="serve", choices=["serve", "bridge", "deploy"])
+    args = ap.parse_args(argv)
+    settings = InferenceSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    log = get_logger("argus.inference")
+    log.info("inference.settings", **settings.masked())
+
+    from ray import serve
+
+    from services.common.schema_registry import configure_registry
+    from services.inference.app import deploy
+
+    configure_registry(settings.kafka)
+    _init_ray(settings)
+    if args.command in ("serve", "deploy"):
+        _start_serve(settings)
+        router = deploy(settings)
+        log.info("inference.deployed", app=settings.app_name, routing=settings.routing_config())
+        if args.command == "deploy":
+            return 0
+    else:
+        router = serve.get_app_handle(settings.app_name)
+    asyncio.run(_run_bridge(settings, router))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

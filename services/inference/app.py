@@ -1,0 +1,204 @@
+"""The Ray Serve application.
+
+- ``LLMServer``: one deployment per model version (``llm-<version>``). Loads its engine
+  in ``__init__`` (verifying the artifact's digest), batches with ``@serve.batch``, keeps
+  tunables in ``user_config`` (``reconfigure``: max tokens, batch size, system prompt)
+  and raises from ``check_health`` when the engine is unusable.
+- ``Router``: the ingress. Routes each request by weight with sticky assignment, mirrors
+  it to shadow versions, and serves ``POST /v1/chat/completions`` (OpenAI-compatible)
+  and ``GET /v1/models``. Its ``user_config`` is the routing table: redeploying with new
+  weights calls ``reconfigure`` on the running replicas, so a rollback (weight 0) takes
+  effect with no restart and no dropped request.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from fastapi import Body, FastAPI, HTTPException
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from services.inference.responses import chat_params
+from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
+from services.inference.settings import InferenceSettings, ModelVersion
+
+
+async def _awaited(resp: Any) -> Any:
+    """A DeploymentResponse as a coroutine (for asyncio.wait_for)."""
+    return await resp
+
+
+class LLMServer:
+    """One model version on one replica."""
+
+    def __init__(self, model_name: str, version: dict[str, Any], engine: dict[str, Any]) -> None:
+        from services.inference.engine import LlamaCppEngine
+
+        self.model_name = model_name
+        self.version = ModelVersion(**version)
+        if engine["kind"] != "llama_cpp":
+            raise ValueError("LLMServer runs the llama.cpp engine; GPU nodes use services.inference.gpu (Ray Serve LLM)")
+        self.engine = LlamaCppEngine(
+            model_path=self.version.model_path, sha256=self.version.sha256,
+            n_ctx=engine["n_ctx"], n_threads=engine["n_threads"],
+        )
+        ctx = serve.get_replica_context()
+        self.replica = f"{ctx.deployment}#{ctx.replica_id.unique_id}" if ctx else f"local#{uuid.uuid4().hex[:6]}"
+        self.max_tokens = engine["max_tokens"]
+        self.system_prompt = engine["system_prompt"]
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.max_tokens = int(config.get("max_tokens", self.max_tokens))
+        self.system_prompt = config.get("system_prompt", self.system_prompt)
+        if "max_batch_size" in config:
+            self.generate.set_max_batch_size(int(config["max_batch_size"]))
+        if "batch_wait_timeout_s" in config:
+            self.generate.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    def check_health(self) -> None:
+        if not self.engine.healthy():
+            raise RuntimeError(f"{self.replica}: engine unusable (model file missing or repeated failures)")
+
+    def info(self) -> dict[str, Any]:
+        return {"version": self.version.version, "replica": self.replica, "digest": self.engine.digest,
+                "model_file": self.engine.model_file, "max_tokens": self.max_tokens}
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    async def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # llama.cpp's Python API generates one sequence at a time, so a batch is served in
+        # order on one worker thread; batching still amortises the hop to that thread.
+        return await asyncio.to_thread(lambda: [self._generate_one(r) for r in requests])
+
+    def _generate_one(self, request: dict[str, Any]) -> dict[str, Any]:
+        from services.inference.engine import GenerationParams, process_memory
+
+        params = GenerationParams(**chat_params(request, self.max_tokens, self.system_prompt))
+        try:
+            gen = self.engine.generate(params)
+        except (RuntimeError, ValueError) as exc:
+            return {"error_type": type(exc).__name__, "error_message": str(exc), "version": self.version.version,
+                    "replica": self.replica}
+        rss, gpu = process_memory()
+        return {
+            **gen.to_dict(), "version": self.version.version, "replica": self.replica,
+            "response_model": self.engine.model_file, "replica_cpu_memory_bytes": rss,
+            "replica_gpu_memory_bytes": gpu,
+        }
+
+
+api = FastAPI(title="Argus inference", description="OpenAI-compatible chat completions over the Argus router")
+
+
+@serve.ingress(api)
+class Router:
+    def __init__(self, model_name: str, versions: dict[str, DeploymentHandle]) -> None:
+        self.model_name = model_name
+        self.handles = versions
+        self.table = RoutingTable.from_config({"weights": {v: 1.0 for v in versions}})
+        self.reloads = 0
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        table = RoutingTable.from_config(config)
+        unknown = (set(table.weights) | set(table.shadows)) - set(self.handles)
+        if unknown:
+            raise ValueError(f"routing names versions that are not deployed: {sorted(unknown)}")
+        self.table = table
+        self.reloads += 1
+
+    def routing(self) -> dict[str, Any]:
+        return {"weights": self.table.weights, "shadows": list(self.table.shadows), "reloads": self.reloads}
+
+    async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one InferenceRequest (as a dict). Returns the primary answer and the
+        shadow answers; errors come back as values, never as silence."""
+        try:
+            plan = self.table.plan(sticky_key(request))
+        except NoServingVersion as exc:
+            return {"primary": {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"},
+                    "shadows": []}
+        primary = self.handles[plan.primary].generate.remote(request)
+        shadows = {v: self.handles[v].generate.remote(request) for v in plan.shadows}
+        try:
+            result = await primary
+        except Exception as exc:  # a replica died or Serve refused: the caller gets an error response
+            result = {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": plan.primary}
+        shadow_results = []
+        grace = self.table.shadow_grace_s
+        for version, resp in shadows.items():
+            started = time.monotonic()
+            try:
+                shadow_results.append(await asyncio.wait_for(_awaited(resp), timeout=grace))
+            except asyncio.TimeoutError:
+                resp.cancel()
+                shadow_results.append({"error_type": "ShadowTimeout", "version": version,
+                                       "error_message": f"shadow answer trailed the primary by more than {grace}s"})
+            except Exception as exc:  # shadow failures are reported, never affect the primary
+                shadow_results.append({"error_type": type(exc).__name__, "error_message": str(exc)[:2000],
+                                       "version": version, "latency_ms": (time.monotonic() - started) * 1000})
+        return {"primary": result, "shadows": shadow_results}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "owned_by": "argus", "versions": sorted(self.handles)}
+        ]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: dict = Body(...)) -> dict[str, Any]:  # noqa: B008
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise HTTPException(status_code=400, detail="messages must be a non-empty list")
+        if body.get("stream"):
+            raise HTTPException(status_code=400, detail="stream=true is not supported on this route")
+        request = {
+            "request_id": str(uuid.uuid4()), "model": body.get("model") or self.model_name,
+            "messages": body["messages"], "max_tokens": body.get("max_tokens"),
+            "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+            "stop_sequences": [body["stop"]] if isinstance(body.get("stop"), str) else (body.get("stop") or []),
+            "seed": body.get("seed"), "tenant": "http", "user": body.get("user"),
+        }
+        out = (await self.infer(request))["primary"]
+        if "error_type" in out:
+            raise HTTPException(status_code=503, detail=f"{out['error_type']}: {out.get('error_message')}")
+        return {
+            "id": "chatcmpl-" + request["request_id"], "object": "chat.completion", "created": int(time.time()),
+            "model": request["model"], "system_fingerprint": out["version"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
+                         "finish_reason": out["finish_reason"]}],
+            "usage": {"prompt_tokens": out["input_tokens"], "completion_tokens": out["output_tokens"],
+                      "total_tokens": out["input_tokens"] + out["output_tokens"]},
+            "argus": {"model_version": out["version"], "replica": out["replica"], "mean_logprob": out["mean_logprob"],
+                      "time_to_first_token_ms": out["time_to_first_token_ms"], "latency_ms": out["latency_ms"]},
+        }
+
+
+def build_app(settings: InferenceSettings) -> serve.Application:
+    """The application for ``serve.run``: one LLMServer deployment per version behind
+    the Router. Only ``user_config`` differs between two builds that change weights or
+    tunables, so redeploying reconfigures replicas in place."""
+    e = settings.engine
+    engine = e.model_dump(mode="json")
+    handles = {}
+    for v in settings.versions:
+        dep = serve.deployment(LLMServer).options(
+            name=f"llm-{v.version}",
+            max_ongoing_requests=e.max_ongoing_requests,
+            autoscaling_config={"min_replicas": v.min_replicas, "max_replicas": v.max_replicas,
+                                "target_ongoing_requests": v.target_ongoing_requests},
+            ray_actor_options={"num_cpus": e.replica_num_cpus, "num_gpus": e.num_gpus},
+            user_config=settings.engine_user_config(),
+            health_check_period_s=10,
+        )
+        handles[v.version] = dep.bind(settings.model_name, v.model_dump(mode="json"), engine)
+    router = serve.deployment(Router).options(
+        name="router", num_replicas=1, max_ongoing_requests=max(64, settings.bridge.max_in_flight * 4),
+        ray_actor_options={"num_cpus": 0}, user_config=settings.routing_config(),
+    )
+    return router.bind(settings.model_name, handles)
+
+
+def deploy(settings: InferenceSettings, blocking: bool = False) -> DeploymentHandle:
+    """Start (or update) the application on the current Ray cluster."""
+    return serve.run(build_app(settings), name=settings.app_name, route_prefix=settings.route_prefix, blocking=blocking)

@@ -1,0 +1,65 @@
+"""Building InferenceResponse records (pure): one per request, errors included."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+
+def response_record(
+    request: dict[str, Any],
+    *,
+    model_version: str,
+    generation: dict[str, Any] | None = None,
+    status: str = "ok",
+    error_type: str | None = None,
+    error_message: str | None = None,
+    latency_ms: float | None = None,
+    shadow: bool = False,
+) -> dict[str, Any]:
+    """The InferenceResponse for ``request``. ``generation`` is what an LLMServer replica
+    returned; without it the response carries the error."""
+    g = generation or {}
+    return {
+        "request_id": str(request["request_id"]),
+        "response_id": str(uuid.uuid4()),
+        "model": request["model"],
+        "response_model": g.get("response_model") or request["model"],
+        "model_version": model_version,
+        "tenant": request["tenant"],
+        "user": request.get("user"),
+        "output": g.get("text") if generation else None,
+        "finish_reason": g.get("finish_reason") if generation else "error",
+        "input_tokens": int(g.get("input_tokens") or 0),
+        "output_tokens": int(g.get("output_tokens") or 0),
+        "latency_ms": float(g.get("latency_ms") if generation else (latency_ms or 0.0)),
+        "time_to_first_token_ms": g.get("time_to_first_token_ms"),
+        "mean_logprob": g.get("mean_logprob"),
+        "status": status,
+        "error_type": error_type,
+        "error_message": (error_message or "")[:2000] or None,
+        "replica": g.get("replica"),
+        "replica_cpu_memory_bytes": g.get("replica_cpu_memory_bytes"),
+        "replica_gpu_memory_bytes": g.get("replica_gpu_memory_bytes"),
+        "shadow": shadow,
+        "trace_id": request.get("trace_id"),
+        "span_id": request.get("span_id"),
+        "served_at": int(time.time() * 1000),
+    }
+
+
+def chat_params(request: dict[str, Any], max_tokens_cap: int, system_prompt: str) -> dict[str, Any]:
+    """Generation parameters for a request: the service caps max_tokens, and adds a
+    system prompt when the caller sent none (a 135M model answers nonsense without)."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in request["messages"]]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    requested = request.get("max_tokens")
+    return {
+        "messages": messages,
+        "max_tokens": min(requested, max_tokens_cap) if requested else max_tokens_cap,
+        "temperature": request.get("temperature") if request.get("temperature") is not None else 0.0,
+        "top_p": request.get("top_p") if request.get("top_p") is not None else 1.0,
+        "stop": list(request.get("stop_sequences") or []),
+        "seed": request.get("seed"),
+    }

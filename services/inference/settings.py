@@ -1,0 +1,111 @@
+"""Settings of the inference service (env prefix ``ARGUS_INFERENCE_``).
+
+Example: 90/10 canary plus a shadow candidate::
+
+    ARGUS_INFERENCE_VERSIONS='[{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10},
+                               {"version": "v3", "shadow": true}]'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class ModelVersion(BaseModel):
+    """One servable version of the model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    weight: float = Field(default=1.0, ge=0, description="Share of live traffic (relative to the other weights).")
+    shadow: bool = Field(default=False, description="Mirror every request to this version; log its answer, never return it.")
+    model_path: Path | None = Field(default=None, description="GGUF file (llama.cpp) or model id/path (vLLM); default: the packaged SmolLM2 GGUF.")
+    sha256: str | None = Field(default=None, description="Expected digest of the artifact: the replica refuses to load another file.")
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 2.0
+
+    @model_validator(mode="after")
+    def _shadow_takes_no_traffic(self) -> "ModelVersion":
+        if self.shadow and self.weight not in (0, 1.0):
+            raise ValueError(f"version {self.version}: a shadow version takes no live traffic; leave its weight out")
+        return self
+
+    @property
+    def live_weight(self) -> float:
+        return 0.0 if self.shadow else self.weight
+
+
+class EngineSettings(BaseModel):
+    """Tunables; everything but ``kind`` and ``n_ctx`` is reloaded live through Ray Serve's
+    ``user_config`` (``reconfigure``) without restarting replicas."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["llama_cpp", "vllm"] = "llama_cpp"
+    n_ctx: int = 2048
+    n_threads: int = 1
+    max_tokens: int = 64
+    max_batch_size: int = 4
+    batch_wait_timeout_s: float = 0.005
+    max_ongoing_requests: int = 4
+    replica_num_cpus: float = Field(default=0.5, description="Ray CPU reservation per replica (llama.cpp uses n_threads cores while generating).")
+    system_prompt: str = "You are a helpful, concise assistant. Answer in one or two sentences."
+    # GPU nodes (vLLM through Ray Serve LLM)
+    num_gpus: float = 0.0
+    accelerator_type: str | None = None
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+
+
+class BridgeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group_id: str = "argus-inference"
+    max_in_flight: int = Field(default=8, ge=1, description="Requests dispatched to Serve and not yet answered.")
+    default_timeout_s: float = Field(default=120.0, description="Per-request limit when a request carries no deadline.")
+    shadow_grace_s: float = Field(default=30.0, description="How long a shadow answer may trail its primary.")
+    commit_interval_s: float = 0.5
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ARGUS_INFERENCE_", frozen=True, env_nested_delimiter="__", extra="ignore")
+
+    service_name: str = "inference"
+    model_name: str = "smollm2-135m-instruct"
+    versions: tuple[ModelVersion, ...] = (ModelVersion(version="v1"),)
+    engine: EngineSettings = EngineSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    app_name: str = "argus-inference"
+    route_prefix: str = "/"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    ray_address: str | None = Field(default=None, description="Existing Ray cluster; default: start a local one.")
+    ray_num_cpus: int = 2
+
+    @model_validator(mode="after")
+    def _versions_are_servable(self) -> "InferenceSettings":
+        names = [v.version for v in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model versions: {names}")
+        if not any(v.live_weight > 0 for v in self.versions):
+            raise ValueError("at least one non-shadow version needs a weight above 0")
+        return self
+
+    def routing_config(self) -> dict:
+        """The Router's ``user_config``: changing only this reloads without a restart."""
+        return {
+            "weights": {v.version: v.live_weight for v in self.versions},
+            "shadows": [v.version for v in self.versions if v.shadow],
+            "shadow_grace_s": self.bridge.shadow_grace_s,
+        }
+
+    def engine_user_config(self) -> dict:
+        e = self.engine
+        return {"max_tokens": e.max_tokens, "max_batch_size": e.max_batch_size,
+                "batch_wait_timeout_s": e.batch_wait_timeout_s, "system_prompt": e.system_prompt}
