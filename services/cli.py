@@ -191,7 +191,7 @@ def produce(
 
 @app.command("consume")
 def consume(
-    topic: str = typer.Argument(..., help="Registry key, e.g. inference-responses."),
+    topic: str = typer.Argument(..., help="Registry key, e.g. inference-responses (or: responses, requests)."),
     from_beginning: bool = typer.Option(False, "--from-beginning"),
     max_messages: int = typer.Option(0, "--max", help="Stop after this many (0: follow)."),
     idle_timeout: float = typer.Option(0.0, help="Stop after this many seconds without a message (0: never)."),
@@ -205,6 +205,7 @@ def consume(
 
     s = _settings()
     reg = default_registry()
+    topic = {"requests": "inference-requests", "responses": "inference-responses"}.get(topic, topic)
     name = s.kafka.topic_prefix + reg.topic(topic).name
     codec = reg.codec(topic)
 
@@ -250,6 +251,45 @@ def consume(
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+
+
+@app.command("loadgen")
+def loadgen(
+    rate: float = typer.Option(5.0, help="Requests per second."),
+    duration: float = typer.Option(60.0, help="Seconds to run."),
+    mix: str = typer.Option("general=0.7,support=0.3", help="Topic mix, e.g. general=0.5,support=0.3,legal=0.2"),
+    drift: str = typer.Option("none", help="none | length | language | topic"),
+    drift_at: float = typer.Option(30.0, help="Seconds after the start when the drift begins."),
+    max_tokens: int = typer.Option(32),
+    seed: int = typer.Option(7),
+) -> None:
+    """Produce a realistic request stream, optionally with a drift injected at a known time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.sdk.loadgen import TOPICS, LoadProfile, run_load
+    from services.sdk.producer import ArgusProducer
+
+    try:
+        pairs = tuple((k, float(v)) for k, v in (item.split("=") for item in mix.split(",")))
+    except ValueError:
+        _fail(f"--mix must look like general=0.7,support=0.3, got {mix!r}")
+        return
+    unknown = [k for k, _ in pairs if k not in TOPICS]
+    if unknown or drift not in ("none", "length", "language", "topic"):
+        _fail(f"unknown topics {unknown} (known: {sorted(TOPICS)}) or drift {drift!r}")
+    profile = LoadProfile(rate_per_s=rate, duration_s=duration, mix=pairs, drift=drift, drift_at_s=drift_at,  # type: ignore[arg-type]
+                          max_tokens=max_tokens, seed=seed)
+    s = _settings()
+
+    async def run() -> dict[str, int]:
+        with Progress(TextColumn("loadgen"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
+                      TimeRemainingColumn(), console=console) as progress:
+            task = progress.add_task("send", total=int(rate * duration), phase="baseline")
+            async with ArgusProducer(s.kafka) as producer:
+                return await run_load(producer, profile, lambda n, phase: progress.update(task, completed=n, phase=phase))
+
+    counts = asyncio.run(run())
+    console.print(f"sent {sum(counts.values())} requests: {counts['baseline']} baseline, {counts['drift']} after the drift")
 
 
 # -- sql -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from typing import Any
 
@@ -47,8 +48,11 @@ class LLMServer:
         )
         ctx = serve.get_replica_context()
         self.replica = f"{ctx.deployment}#{ctx.replica_id.unique_id}" if ctx else f"local#{uuid.uuid4().hex[:6]}"
-        self.max_tokens = engine["max_tokens"]
-        self.system_prompt = engine["system_prompt"]
+        from services.inference.settings import EngineSettings
+
+        defaults = EngineSettings()  # until reconfigure() delivers the user_config
+        self.max_tokens = defaults.max_tokens
+        self.system_prompt = defaults.system_prompt
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.max_tokens = int(config.get("max_tokens", self.max_tokens))
@@ -174,31 +178,87 @@ class Router:
         }
 
 
-def build_app(settings: InferenceSettings) -> serve.Application:
-    """The application for ``serve.run``: one LLMServer deployment per version behind
-    the Router. Only ``user_config`` differs between two builds that change weights or
-    tunables, so redeploying reconfigures replicas in place."""
+def static_args(settings: InferenceSettings) -> dict[str, Any]:
+    """What the application is built from: only what needs new replicas when it
+    changes (which versions exist, their artifacts, the engine's load-time settings)."""
     e = settings.engine
-    engine = e.model_dump(mode="json")
+    return {
+        "model_name": settings.model_name,
+        "versions": [v.model_dump(mode="json", include={"version", "model_path", "sha256"}) for v in settings.versions],
+        "engine": e.model_dump(mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}),
+        "router_max_ongoing_requests": max(64, settings.bridge.max_in_flight * 4),
+    }
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Application builder for Serve's declarative config (``import_path``
+    ``services.inference.app:app_builder``), as used by ``serve deploy`` and KubeRay."""
+    engine = dict(args["engine"])
     handles = {}
-    for v in settings.versions:
+    for artifact in args["versions"]:
         dep = serve.deployment(LLMServer).options(
-            name=f"llm-{v.version}",
-            max_ongoing_requests=e.max_ongoing_requests,
-            autoscaling_config={"min_replicas": v.min_replicas, "max_replicas": v.max_replicas,
-                                "target_ongoing_requests": v.target_ongoing_requests},
-            ray_actor_options={"num_cpus": e.replica_num_cpus, "num_gpus": e.num_gpus},
-            user_config=settings.engine_user_config(),
+            name=f"llm-{artifact['version']}",
+            max_ongoing_requests=engine["max_ongoing_requests"],
+            ray_actor_options={"num_cpus": engine["replica_num_cpus"], "num_gpus": engine["num_gpus"]},
             health_check_period_s=10,
         )
-        handles[v.version] = dep.bind(settings.model_name, v.model_dump(mode="json"), engine)
+        handles[artifact["version"]] = dep.bind(args["model_name"], artifact, engine)
     router = serve.deployment(Router).options(
-        name="router", num_replicas=1, max_ongoing_requests=max(64, settings.bridge.max_in_flight * 4),
-        ray_actor_options={"num_cpus": 0}, user_config=settings.routing_config(),
+        name="router", num_replicas=1, max_ongoing_requests=args["router_max_ongoing_requests"],
+        ray_actor_options={"num_cpus": 0},
     )
-    return router.bind(settings.model_name, handles)
+    return router.bind(args["model_name"], handles)
 
 
-def deploy(settings: InferenceSettings, blocking: bool = False) -> DeploymentHandle:
-    """Start (or update) the application on the current Ray cluster."""
-    return serve.run(build_app(settings), name=settings.app_name, route_prefix=settings.route_prefix, blocking=blocking)
+def serve_config(settings: InferenceSettings) -> dict[str, Any]:
+    """The Serve application config (the ``applications[]`` entry of a ``serve deploy``
+    file or a KubeRay RayService ``serveConfigV2``). Weights, shadows and engine
+    tunables are per-deployment ``user_config``; changing only those reconfigures the
+    running replicas in place: no restart, no dropped request."""
+    engine_user_config = settings.engine_user_config()
+    return {
+        "name": settings.app_name,
+        "route_prefix": settings.route_prefix,
+        "import_path": "services.inference.app:app_builder",
+        "args": static_args(settings),
+        "deployments": [{"name": "router", "user_config": settings.routing_config()}] + [
+            {
+                "name": f"llm-{v.version}",
+                "user_config": engine_user_config,
+                "autoscaling_config": {"min_replicas": v.min_replicas, "max_replicas": v.max_replicas,
+                                       "target_ongoing_requests": v.target_ongoing_requests},
+            }
+            for v in settings.versions
+        ],
+    }
+
+
+def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentHandle:
+    """Apply :func:`serve_config` to the running Serve instance (what ``serve deploy``
+    does through the dashboard's REST API) and wait until the application is running."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    client = _get_global_client()
+    apps = [ServeApplicationSchema(**serve_config(settings))]
+    # keep the other applications of this Serve instance as they are
+    for name, status in serve.status().applications.items():
+        if name != settings.app_name and getattr(status, "deployed_app_config", None) is not None:
+            apps.append(status.deployed_app_config)
+    client.deploy_apps(ServeDeploySchema(applications=apps), _blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(settings.app_name)
+        target = settings.routing_config()
+        if app is not None and app.status == "RUNNING":
+            handle = serve.get_app_handle(settings.app_name)
+            # a blocking handle call must not run on a caller's event loop: use a thread
+            with ThreadPoolExecutor(1) as pool:
+                routing = pool.submit(lambda: handle.routing.remote().result()).result()
+            if routing["weights"] == target["weights"] and routing["shadows"] == target["shadows"]:
+                return handle
+        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"{settings.app_name}: {app.status}: {app.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{settings.app_name} not running after {timeout_s:.0f}s: {app.status if app else 'absent'}")
+        time.sleep(0.25)

@@ -117,3 +117,21 @@ def ch_database(clickhouse_url: str) -> Iterator[str]:
 @pytest.fixture
 def clickhouse_settings(clickhouse_url: str, ch_database: str) -> ClickHouseSettings:
     return ClickHouseSettings(dsn=SecretStr(f"{clickhouse_url}/{ch_database}"))
+
+
+@pytest.fixture(scope="session")
+def ray_serve() -> Iterator[dict]:
+    """One real Ray cluster with Serve for the session (2 CPUs, loopback HTTP)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0")
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield {"http_port": port, "address": ray.get_runtime_context().gcs_address}
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,218 @@
+"""The inference service on the real broker and real Ray Serve with the real SmolLM2
+model (llama.cpp on CPU)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+from aiokafka import TopicPartition
+
+from services.common.codec import wire_header
+from services.common.kafka import make_consumer, make_producer
+from services.common.registry import default_registry, get_codec
+from services.common.settings import KafkaSettings
+from services.inference.app import deploy
+from services.inference.bridge import InferenceBridge
+from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings, ModelVersion
+from services.sdk.producer import ArgusProducer
+from tests.conftest import REPO
+
+REG = default_registry()
+SHORT = EngineSettings(max_tokens=8, max_batch_size=2)
+
+
+def settings(kafka: KafkaSettings, *versions: ModelVersion, **kw) -> InferenceSettings:  # noqa: ANN003
+    return InferenceSettings(kafka=kafka, versions=versions or (ModelVersion(version="v1"),), engine=SHORT,
+                             bridge=BridgeSettings(group_id="bridge-" + uuid.uuid4().hex[:6], max_in_flight=4), **kw)
+
+
+async def read_topic(kafka: KafkaSettings, key: str, want: int, timeout_s: float = 120.0) -> list[dict]:
+    codec = get_codec(key)
+    name = kafka.topic(key)
+    consumer = make_consumer(kafka, None)
+    await consumer.start()
+    out: list[dict] = []
+    try:
+        tps = [TopicPartition(name, p) for p in range(REG.topic(key).partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while len(out) < want and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(codec.decode(m.value) | {"_key": m.key} for m in msgs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def send_requests(kafka: KafkaSettings, n: int, **fields) -> list[str]:  # noqa: ANN003
+    async with ArgusProducer(kafka) as p:
+        ids = [await p.request([{"role": "user", "content": f"What is {i} plus {i}?"}], tenant=f"t{i % 3}",
+                               user=f"u{i}", max_tokens=4, **fields) for i in range(n)]
+        await p.flush()
+    return ids
+
+
+async def run_bridge(s: InferenceSettings, router, until, timeout_s: float = 180.0) -> InferenceBridge:  # noqa: ANN001
+    bridge = InferenceBridge(s, router)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not await until(bridge):
+            if task.done():
+                task.result()
+            assert time.monotonic() < deadline, "bridge did not finish in time"
+            await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await task
+    return bridge
+
+
+async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered(ray_serve, kafka_settings) -> None:
+    s = settings(kafka_settings)
+    router = deploy(s)
+    ids = await send_requests(kafka_settings, 50)
+    async with ArgusProducer(kafka_settings) as p:
+        late = await p.request([{"role": "user", "content": "too late"}], tenant="t0", deadline_s=-1.0)
+        empty = p.build_request([], tenant="t0")
+        await p.send_record(empty)
+        await p.flush()
+    producer = make_producer(kafka_settings)
+    await producer.start()
+    await producer.send_and_wait(kafka_settings.topic("inference-requests"), b"not avro at all", key=b"x")
+    await producer.send_and_wait(kafka_settings.topic("inference-requests"), wire_header(1) + b"\x01", key=b"y")
+    await producer.stop()
+
+    bridge = await run_bridge(s, router, lambda b: asyncio.sleep(0, b.answered >= 51 and b.tracker.in_flight() == 0))
+    responses = await read_topic(kafka_settings, "inference-responses", 51)
+    by_id = {str(r["request_id"]): r for r in responses}
+    assert set(ids) | {late} == set(by_id) and len(responses) == 51
+    for rid in ids:
+        r = by_id[rid]
+        assert r["status"] == "ok" and r["_key"] == rid.encode()
+        assert 5 < r["input_tokens"] < 200 and 1 <= r["output_tokens"] <= 4
+        assert r["mean_logprob"] is not None and r["mean_logprob"] < 0
+        assert r["model_version"] == "v1" and r["replica"].startswith("llm-v1#")
+        assert r["latency_ms"] > 0 and r["time_to_first_token_ms"] is not None
+        assert r["replica_cpu_memory_bytes"] > 50_000_000
+    assert by_id[late]["status"] == "deadline_exceeded" and by_id[late]["error_type"] == "DeadlineExceeded"
+
+    dead = await read_topic(kafka_settings, "inference-requests-dlq", 3)
+    reasons = sorted(d["reason"] for d in dead)
+    assert len(dead) == 3
+    assert any("messages is empty" in r for r in reasons) and any("magic byte" in r for r in reasons)
+    assert any("cannot decode" in r for r in reasons)
+    assert sum(bridge.tracker.committable().values()) == 54  # every offset committed, bad ones included
+
+
+async def test_killed_bridge_loses_no_request(ray_serve, kafka_settings) -> None:
+    s = settings(kafka_settings)
+    deploy(s)
+    ids = await send_requests(kafka_settings, 40)
+    env = {
+        **os.environ, "ARGUS_INFERENCE_RAY_ADDRESS": ray_serve["address"],
+        "ARGUS_INFERENCE_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "ARGUS_INFERENCE_KAFKA__TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "ARGUS_INFERENCE_BRIDGE__GROUP_ID": s.bridge.group_id, "ARGUS_INFERENCE_BRIDGE__MAX_IN_FLIGHT": "4",
+        "ARGUS_INFERENCE_LOG_LEVEL": "WARNING", "RAY_AUTH_MODE": "disabled",
+    }
+    cmd = [sys.executable, "-m", "services.inference", "bridge"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        got = await read_topic(kafka_settings, "inference-responses", 8, timeout_s=120)
+        assert len(got) >= 8, first.stderr.read().decode()[-3000:] if first.poll() is not None else "too slow"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    partial = len(await read_topic(kafka_settings, "inference-responses", 40, timeout_s=2))
+    assert partial < 40, "the kill came too late to test anything"
+    second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            responses = await read_topic(kafka_settings, "inference-responses", 40, timeout_s=5)
+            answered = {str(r["request_id"]) for r in responses}
+            if set(ids) <= answered or time.monotonic() > deadline:
+                break
+    finally:
+        second.terminate()
+        second.wait(60)
+    assert set(ids) <= answered, f"{len(set(ids) - answered)} requests never answered"
+    assert answered <= set(ids)  # duplicates, if any, carry a known request_id
+
+
+async def test_weights_route_within_tolerance_and_rollback_reloads_without_restart(ray_serve, kafka_settings) -> None:
+    from ray import serve
+
+    s = settings(kafka_settings, ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))
+    router = deploy(s)
+    base = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    calls = [router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant=f"t{i % 5}", user=f"user-{i}"))
+             for i in range(500)]
+    results = [await c for c in calls]
+    versions = Counter(r["primary"]["version"] for r in results)
+    assert sum(versions.values()) == 500 and all("error_type" not in r["primary"] for r in results)
+    # binomial(500, 0.1): mean 50, sd 6.7; 25..75 is beyond 3.5 sd
+    assert 25 <= versions["v2"] <= 75, versions
+    # sticky: the same user lands on the same version again
+    again = await router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t3", user="user-3"))
+    assert again["primary"]["version"] == results[3]["primary"]["version"]
+
+    v2 = serve.get_deployment_handle("llm-v2", app_name=s.app_name)
+    replica_before = (await v2.info.remote())["replica"]
+    reloads_before = (await router.routing.remote())["reloads"]
+    in_flight = [router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t", user=f"x{i}")) for i in range(40)]
+    rolled_back = settings(kafka_settings, ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=0))
+    deploy(rolled_back)  # only the router's user_config changed: reconfigure, no restart
+    during = [await c for c in in_flight]
+    assert all("error_type" not in r["primary"] for r in during), "a request was dropped during the reload"
+    assert (await router.routing.remote())["reloads"] == reloads_before + 1
+    after = [await router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t", user=f"y{i}")) for i in range(60)]
+    assert Counter(r["primary"]["version"] for r in after) == {"v1": 60}
+    assert (await v2.info.remote())["replica"] == replica_before, "v2 replica was restarted"
+
+
+async def test_shadow_answers_are_logged_but_never_returned(ray_serve, kafka_settings) -> None:
+    s = settings(kafka_settings, ModelVersion(version="v1"), ModelVersion(version="v2", shadow=True))
+    router = deploy(s)
+    ids = await send_requests(kafka_settings, 10)
+    await run_bridge(s, router, lambda b: asyncio.sleep(0, b.answered >= 10 and b.tracker.in_flight() == 0))
+    responses = await read_topic(kafka_settings, "inference-responses", 10)
+    shadows = await read_topic(kafka_settings, "inference-shadow-responses", 10)
+    assert sorted(str(r["request_id"]) for r in responses) == sorted(ids)
+    assert {(r["model_version"], r["shadow"]) for r in responses} == {("v1", False)}
+    assert sorted(str(r["request_id"]) for r in shadows) == sorted(ids)
+    assert {(r["model_version"], r["shadow"]) for r in shadows} == {("v2", True)}
+    assert all(r["output"] for r in shadows)
+
+
+async def test_openai_compatible_http_route(ray_serve, kafka_settings) -> None:
+    deploy(settings(kafka_settings))
+    async with httpx.AsyncClient(timeout=60) as http:
+        url = f"http://127.0.0.1:{ray_serve['http_port']}/v1"
+        r = await http.post(url + "/chat/completions", json={"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
+        assert 0 < body["usage"]["completion_tokens"] <= 5 and body["argus"]["model_version"] == "v1"
+        assert (await http.post(url + "/chat/completions", json={"messages": []})).status_code == 400
+        assert (await http.get(url + "/models")).json()["data"][0]["versions"] == ["v1"]
+
+
+def test_engine_refuses_an_artifact_whose_digest_does_not_match() -> None:
+    from services.inference.engine import ArtifactDigestMismatch, LlamaCppEngine, packaged_model_path, sha256_of
+
+    with pytest.raises(ArtifactDigestMismatch):
+        LlamaCppEngine(sha256="0" * 64)
+    engine = LlamaCppEngine(sha256=sha256_of(packaged_model_path()))
+    assert engine.healthy()
