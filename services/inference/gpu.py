@@ -1,0 +1,149 @@
+"""The GPU engine: vLLM through Ray Serve LLM (``ray.serve.llm``), with the same
+request/response semantics as the llama.cpp engine.
+
+Each model version becomes a Ray Serve LLM ``LLMServer`` (vLLM, continuous batching on
+the GPU) built with ``build_llm_deployment`` from an ``LLMConfig``, fronted by a small
+``VLLMAdapter`` deployment named ``llm-<version>`` that speaks what the Router and the
+Kafka bridge expect (``generate(request) -> dict``: text, finish reason, token counts,
+time to first token, latency, mean token logprob). The Router, weights, shadows and the
+bridge are unchanged.
+
+vLLM is installed only in the GPU image (``pip install 'ray[llm]==2.60.0'``), never in
+CI: this module imports ``ray.serve.llm`` lazily, and its configuration builders are
+plain dicts so they are tested without a GPU.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import serve
+
+from services.inference.responses import chat_params
+from services.inference.settings import InferenceSettings, ModelVersion
+
+
+def llm_config(settings: InferenceSettings, version: ModelVersion) -> dict[str, Any]:
+    """Keyword arguments of ``ray.serve.llm.LLMConfig`` for one model version."""
+    e = settings.engine
+    cfg: dict[str, Any] = {
+        "model_loading_config": {
+            "model_id": f"{settings.model_name}-{version.version}",
+            "model_source": str(version.model_path) if version.model_path else "HuggingFaceTB/SmolLM2-135M-Instruct",
+        },
+        "deployment_config": {
+            "autoscaling_config": {
+                "min_replicas": version.min_replicas, "max_replicas": version.max_replicas,
+                "target_ongoing_requests": version.target_ongoing_requests,
+            },
+            "max_ongoing_requests": max(e.max_ongoing_requests, 32),  # vLLM batches continuously
+        },
+        "engine_kwargs": {
+            "max_model_len": e.n_ctx,
+            "tensor_parallel_size": e.tensor_parallel_size,
+            "gpu_memory_utilization": e.gpu_memory_utilization,
+            "max_logprobs": 1,  # the mean token logprob is the platform's confidence score
+        },
+        "runtime_env": {"env_vars": {"VLLM_USE_V1": "1"}},
+    }
+    if e.accelerator_type:
+        cfg["accelerator_type"] = e.accelerator_type
+    return cfg
+
+
+class VLLMAdapter:
+    """``llm-<version>``: the Router's contract over a Ray Serve LLM server."""
+
+    def __init__(self, model_id: str, version: str, llm: Any, max_tokens: int, system_prompt: str) -> None:
+        self.model_id = model_id
+        self.version = version
+        self.llm = llm.options(stream=True)
+        self.max_tokens = max_tokens
+        self.system_prompt = system_prompt
+        ctx = serve.get_replica_context()
+        self.replica = f"{ctx.deployment}#{ctx.replica_id.unique_id}" if ctx else "local"
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.max_tokens = int(config.get("max_tokens", self.max_tokens))
+        self.system_prompt = config.get("system_prompt", self.system_prompt)
+
+    async def info(self) -> dict[str, Any]:
+        return {"version": self.version, "replica": self.replica, "model_id": self.model_id, "max_tokens": self.max_tokens}
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        p = chat_params(request, self.max_tokens, self.system_prompt)
+        body = ChatCompletionRequest(
+            model=self.model_id, messages=p["messages"], max_tokens=p["max_tokens"], temperature=p["temperature"],
+            top_p=p["top_p"], stop=p["stop"] or None, seed=p["seed"], stream=True, logprobs=True,
+            stream_options={"include_usage": True},
+        )
+        started = time.perf_counter()
+        first = None
+        parts: list[str] = []
+        logprobs: list[float] = []
+        finish, usage = "length", {}
+        try:
+            async for chunk in self.llm.chat.remote(body):
+                data = chunk if isinstance(chunk, dict) else getattr(chunk, "model_dump", lambda: {})()
+                for choice in data.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        first = first or time.perf_counter()
+                        parts.append(text)
+                    for item in ((choice.get("logprobs") or {}).get("content") or []):
+                        logprobs.append(float(item["logprob"]))
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                if data.get("usage"):
+                    usage = data["usage"]
+        except Exception as exc:  # the adapter reports engine failures as values, like LLMServer
+            return {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": self.version,
+                    "replica": self.replica}
+        ended = time.perf_counter()
+        from services.inference.engine import process_memory
+
+        rss, gpu = process_memory()
+        return {
+            "text": "".join(parts), "finish_reason": finish,
+            "input_tokens": int(usage.get("prompt_tokens", 0)), "output_tokens": int(usage.get("completion_tokens", len(logprobs))),
+            "time_to_first_token_ms": (first - started) * 1000 if first else None, "latency_ms": (ended - started) * 1000,
+            "mean_logprob": sum(logprobs) / len(logprobs) if logprobs else None, "version": self.version,
+            "replica": self.replica, "response_model": self.model_id, "replica_cpu_memory_bytes": rss,
+            "replica_gpu_memory_bytes": gpu,
+        }
+
+
+def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
+    """Serve config builder for GPU nodes (``import_path:
+    services.inference.gpu:gpu_app_builder``); same args as the CPU builder plus the
+    ``llm_configs`` computed by :func:`llm_config`."""
+    from ray.serve.llm import LLMConfig, build_llm_deployment
+
+    from services.inference.app import Router
+
+    settings_engine = args["engine"]
+    handles = {}
+    for artifact, cfg in zip(args["versions"], args["llm_configs"]):
+        llm_app = build_llm_deployment(LLMConfig(**cfg), name_prefix=f"vllm-{artifact['version']}-")
+        adapter = serve.deployment(VLLMAdapter).options(
+            name=f"llm-{artifact['version']}", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1},
+        )
+        handles[artifact["version"]] = adapter.bind(
+            cfg["model_loading_config"]["model_id"], artifact["version"], llm_app,
+            settings_engine.get("max_tokens", 256), settings_engine.get("system_prompt", ""),
+        )
+    router = serve.deployment(Router).options(name="router", num_replicas=1, max_ongoing_requests=1024,
+                                              ray_actor_options={"num_cpus": 0})
+    return router.bind(args["model_name"], handles)
+
+
+def gpu_serve_config(settings: InferenceSettings) -> dict[str, Any]:
+    """The Serve application config for GPU nodes (for ``serve deploy`` / KubeRay)."""
+    from services.inference.app import serve_config
+
+    cfg = serve_config(settings)
+    cfg["import_path"] = "services.inference.gpu:gpu_app_builder"
+    cfg["args"]["llm_configs"] = [llm_config(settings, v) for v in settings.versions]
+    return cfg

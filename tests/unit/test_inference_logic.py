@@ -1,0 +1,145 @@
+"""Pure parts of the inference service: routing, offsets, response records, settings,
+and the GPU (Ray Serve LLM) configuration, which is tested without a GPU."""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pydantic
+import pytest
+from aiokafka import TopicPartition
+
+from services.common.offsets import OffsetTracker
+from services.common.registry import get_codec
+from services.inference.responses import chat_params, response_record
+from services.inference.routing import NoServingVersion, RoutingTable, sticky_key, unit_hash
+from services.inference.settings import EngineSettings, InferenceSettings, ModelVersion
+
+
+def test_weighted_routing_splits_traffic_in_proportion() -> None:
+    table = RoutingTable.from_config({"weights": {"v1": 90, "v2": 10}})
+    counts = Counter(table.plan(f"acme/user-{i}").primary for i in range(20000))
+    assert abs(counts["v2"] / 20000 - 0.10) < 0.01
+
+
+def test_routing_is_sticky_and_weight_zero_is_a_rollback() -> None:
+    table = RoutingTable.from_config({"weights": {"v1": 50, "v2": 50}})
+    assert all(table.plan("acme/alice").primary == table.plan("acme/alice").primary for _ in range(10))
+    rolled_back = RoutingTable.from_config({"weights": {"v1": 50, "v2": 0}})
+    assert {rolled_back.plan(f"k{i}").primary for i in range(1000)} == {"v1"}
+    with pytest.raises(NoServingVersion):
+        RoutingTable.from_config({"weights": {"v1": 0}}).plan("x")
+
+
+def test_moving_weight_moves_only_the_users_in_the_slice() -> None:
+    before = RoutingTable.from_config({"weights": {"v1": 90, "v2": 10}})
+    after = RoutingTable.from_config({"weights": {"v1": 80, "v2": 20}})
+    moved = [k for k in (f"u{i}" for i in range(5000)) if before.plan(k).primary != after.plan(k).primary]
+    assert all(before.plan(k).primary == "v1" and after.plan(k).primary == "v2" for k in moved)
+
+
+def test_shadows_never_include_the_primary() -> None:
+    table = RoutingTable.from_config({"weights": {"v1": 1}, "shadows": ["v2"]})
+    assert table.plan("k").shadows == ("v2",)
+    assert RoutingTable.from_config({"weights": {"v1": 1}, "shadows": ["v1"]}).plan("k").shadows == ()
+
+
+def test_sticky_key_and_hash() -> None:
+    assert sticky_key({"tenant": "acme", "user": "u1"}) == "acme/u1"
+    assert sticky_key({"tenant": "acme", "request_id": "r"}) == "request/r"
+    assert 0 <= unit_hash("x") < 1 and unit_hash("x") == unit_hash("x")
+
+
+def test_offsets_commit_only_the_finished_prefix() -> None:
+    t = OffsetTracker()
+    tp = TopicPartition("t", 0)
+    for o in (5, 6, 7, 8):
+        t.started(tp, o)
+    t.finished(tp, 7)
+    t.finished(tp, 6)
+    assert t.committable() == {tp: 5}  # 5 still running: nothing beyond it may be committed
+    t.finished(tp, 5)
+    assert t.committable() == {tp: 8}
+    t.finished(tp, 8)
+    assert t.committable() == {tp: 9} and t.in_flight() == 0
+
+
+def test_offsets_tolerate_gaps() -> None:
+    t = OffsetTracker()
+    tp = TopicPartition("t", 1)
+    t.started(tp, 10)
+    t.started(tp, 13)  # 11, 12 were transaction markers
+    t.finished(tp, 10)
+    t.finished(tp, 13)
+    assert t.committable() == {tp: 14}
+
+
+def request(**kw) -> dict:  # noqa: ANN003
+    base = {"request_id": str(uuid.uuid4()), "created_at": 1764000000000, "model": "m", "tenant": "acme",
+            "messages": [{"role": "user", "content": "hi"}]}
+    return base | kw
+
+
+def test_response_record_is_valid_for_ok_and_error() -> None:
+    codec = get_codec("inference-responses")
+    gen = {"text": "hello", "finish_reason": "stop", "input_tokens": 10, "output_tokens": 2, "latency_ms": 12.5,
+           "time_to_first_token_ms": 5.0, "mean_logprob": -0.3, "replica": "llm-v1#a", "response_model": "x.gguf"}
+    ok = response_record(request(), model_version="v1", generation=gen)
+    err = response_record(request(), model_version="v2", status="error", error_type="RayActorError",
+                          error_message="replica died", latency_ms=3.0)
+    for rec in (ok, err):
+        assert codec.decode(codec.encode(rec))["request_id"]
+    assert err["output"] is None and err["finish_reason"] == "error" and err["status"] == "error"
+
+
+def test_chat_params_cap_tokens_and_add_a_system_prompt() -> None:
+    p = chat_params(request(max_tokens=500, temperature=None), max_tokens_cap=64, system_prompt="Be brief.")
+    assert p["max_tokens"] == 64 and p["temperature"] == 0.0
+    assert p["messages"][0] == {"role": "system", "content": "Be brief."}
+    own = chat_params(request(messages=[{"role": "system", "content": "Mine"}, {"role": "user", "content": "q"}]), 64, "Be brief.")
+    assert [m["content"] for m in own["messages"]] == ["Mine", "q"]
+
+
+def test_settings_reject_unservable_configurations() -> None:
+    with pytest.raises(pydantic.ValidationError, match="weight above 0"):
+        InferenceSettings(versions=(ModelVersion(version="v1", weight=0),))
+    with pytest.raises(pydantic.ValidationError, match="duplicate"):
+        InferenceSettings(versions=(ModelVersion(version="v1"), ModelVersion(version="v1")))
+    with pytest.raises(pydantic.ValidationError, match="shadow"):
+        ModelVersion(version="v3", shadow=True, weight=5)
+
+
+def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARGUS_INFERENCE_VERSIONS", '[{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}, {"version": "v3", "shadow": true}]')
+    s = InferenceSettings()
+    assert s.routing_config() == {"weights": {"v1": 90.0, "v2": 10.0, "v3": 0.0}, "shadows": ["v3"], "shadow_grace_s": 30.0}
+
+
+def test_serve_config_keeps_weights_out_of_the_build_args() -> None:
+    from services.inference.app import serve_config
+
+    a = serve_config(InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))))
+    b = serve_config(InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=0)),
+                                       engine=EngineSettings(max_tokens=16)))
+    # only user_config differs, so Serve reconfigures running replicas instead of replacing them
+    assert a["args"] == b["args"] and a["import_path"] == "services.inference.app:app_builder"
+    assert a["deployments"][0]["user_config"]["weights"] != b["deployments"][0]["user_config"]["weights"]
+
+
+def test_gpu_configuration_for_ray_serve_llm() -> None:
+    from services.inference.gpu import gpu_serve_config, llm_config
+
+    s = InferenceSettings(
+        versions=(ModelVersion(version="v1", weight=90, model_path="/models/smollm2", max_replicas=4),
+                  ModelVersion(version="v2", weight=10, model_path="/models/smollm2-ft")),
+        engine=EngineSettings(kind="vllm", num_gpus=1, accelerator_type="H100", tensor_parallel_size=1, n_ctx=4096),
+    )
+    cfg = llm_config(s, s.versions[0])
+    assert cfg["model_loading_config"] == {"model_id": "smollm2-135m-instruct-v1", "model_source": "/models/smollm2"}
+    assert cfg["accelerator_type"] == "H100" and cfg["engine_kwargs"]["max_model_len"] == 4096
+    assert cfg["deployment_config"]["autoscaling_config"]["max_replicas"] == 4
+    full = gpu_serve_config(s)
+    assert full["import_path"] == "services.inference.gpu:gpu_app_builder"
+    assert [c["model_loading_config"]["model_id"] for c in full["args"]["llm_configs"]] == [
+        "smollm2-135m-instruct-v1", "smollm2-135m-instruct-v2"]
+    assert full["args"]["engine"]["num_gpus"] == 1
