@@ -42,10 +42,10 @@ def test_rendered_manifests_are_valid_kubernetes(values: dict) -> None:
     assert ("Secret" in kinds) == (not values)
 
 
-def test_pods_run_as_non_root_with_secrets_from_a_secret() -> None:
-    for doc in render():
-        if doc["kind"] != "Job":
-            continue
+def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
+    workloads = [d for d in render() if d["kind"] in ("Job", "Deployment")]
+    assert {d["kind"] for d in workloads} == {"Job", "Deployment"}
+    for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         for c in pod["containers"]:
@@ -53,6 +53,22 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret() -> None:
             assert c["resources"]["limits"]
             dsn = [e for e in c["env"] if e["name"].endswith("CLICKHOUSE__DSN")][0]
             assert "valueFrom" in dsn and "value" not in dsn
+            if doc["kind"] == "Deployment":
+                assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+                assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_services_are_switched_on_and_sized_from_values() -> None:
+    off = [d["metadata"]["name"] for d in render({"inference": {"enabled": False}}) if d["kind"] == "Deployment"]
+    assert not any(name.endswith("-inference") for name in off)
+    gpu = [d for d in render({"inference": {"engine": {"kind": "vllm", "numGpus": 1}}}) if d["kind"] == "Deployment"]
+    container = gpu[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "argus-gpu" in container["image"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ARGUS_INFERENCE_ENGINE__KIND"] == "vllm" and env["ARGUS_INFERENCE_ENGINE__NUM_GPUS"] == "1"
+    import json as _json
+
+    assert _json.loads(env["ARGUS_INFERENCE_VERSIONS"]) == [{"version": "v1", "weight": 100}]
 
 
 def test_docker_compose_is_valid_against_the_compose_spec() -> None:
