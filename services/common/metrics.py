@@ -30,6 +30,8 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_consumer_lag": MetricDef("gauge", "High watermark minus committed position.", ("service", "topic", "partition")),
     "argus_in_flight": MetricDef("gauge", "Requests or records being processed.", ("service",)),
     "argus_last_poll_timestamp_seconds": MetricDef("gauge", "Unix time the poll loop last advanced.", ("service",)),
+    "argus_rows_inserted_total": MetricDef("counter", "Rows written to ClickHouse.", ("service", "table")),
+    "argus_pii_findings_total": MetricDef("counter", "PII found (and redacted, hashed or dropped) before storage.", ("service", "kind", "mode")),
 }
 
 _BUCKETS = {

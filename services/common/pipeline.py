@@ -161,6 +161,7 @@ class Pipeline(Generic[T]):
         metrics: Metrics | None = None,
         registry: SchemaRegistry | None = None,
         consumer_overrides: dict[str, Any] | None = None,
+        resume_offsets: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]] | None = None,
     ) -> None:
         self.kafka = kafka
         self.policy = policy
@@ -181,6 +182,7 @@ class Pipeline(Generic[T]):
         self.log = get_logger(f"argus.{service}.pipeline", topic=self.topic, group=group_id)
         self.ratio = DeadLetterRatio(policy.dlq_ratio_limit, policy.dlq_ratio_window, policy.dlq_ratio_min_messages)
         self._consumer_overrides = consumer_overrides or {}
+        self.resume_offsets = resume_offsets
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._batch: Batch[T] = Batch()
@@ -389,4 +391,16 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
                 self.pipeline._batch = Batch()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.pipeline.log.info("pipeline.assigned", partitions=sorted(str(tp) for tp in assigned))
+        p = self.pipeline
+        p.log.info("pipeline.assigned", partitions=sorted(str(tp) for tp in assigned))
+        if p.resume_offsets is None or not assigned or p.consumer is None:
+            return
+        # The sink knows what it already stored: resume after it when it is ahead of the
+        # committed offset (a crash between the write and the commit), so no row is
+        # written twice.
+        stored = await p.resume_offsets(list(assigned))
+        for tp, offset in stored.items():
+            committed = await p.consumer.committed(tp)
+            if committed is None or offset > committed:
+                p.consumer.seek(tp, offset)
+                p.log.info("pipeline.resume_from_sink", partition=tp.partition, committed=committed, offset=offset)

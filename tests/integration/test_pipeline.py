@@ -179,10 +179,12 @@ async def test_clickhouse_outage_is_retried_and_nothing_is_lost(
     from tests.conftest import REPO
 
     port = free_port()
+    procs: list[subprocess.Popen] = []
 
     def start() -> subprocess.Popen:
         p = subprocess.Popen([sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(tmp_path / "ch"),
                               "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
         for _ in range(200):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
@@ -219,7 +221,9 @@ async def test_clickhouse_outage_is_retried_and_nothing_is_lost(
         assert client.query("SELECT count(), uniqExact(feedback_id) FROM fb FINAL").result_rows == [(30, 30)]
         assert pipeline.metrics.value("argus_sink_retries_total", sink=pipeline.topic) >= 1
     finally:
-        subprocess.run(["pkill", "-f", f"--port {port}"], check=False)
+        for p in procs:
+            p.terminate()
+            p.wait(30)
 
 
 async def test_health_endpoint_reports_liveness_readiness_lag_and_metrics(

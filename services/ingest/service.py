@@ -1,0 +1,101 @@
+"""The logging (ingest) service: every platform topic into ClickHouse, exactly once.
+
+One :class:`~services.common.pipeline.Pipeline` per topic (consumer group
+``<group_id>.<topic key>``): decode -> PII-protecting transform -> batch (size/time) ->
+insert -> commit. On partition assignment each pipeline resumes after the last offset
+already stored in its table, so an insert that landed just before a crash is not
+repeated; transient ClickHouse failures pause consumption and are retried with backoff
+(memory bounded by one batch per pipeline); poison messages go to the topic's
+dead-letter topic (and from there into ``dead_letters``).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from services.common import migrations
+from services.common.clickhouse import get_client
+from services.common.health import HealthServer, Readiness
+from services.common.logging import get_logger
+from services.common.metrics import Metrics
+from services.common.pipeline import Pipeline, pipeline_readiness
+from services.ingest.settings import IngestSettings
+from services.ingest.sink import ClickHouseSink
+from services.ingest.transforms import Protector, table_for
+
+
+class IngestService:
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.service_name)
+        self.log = get_logger("argus.ingest")
+        key = settings.pii.hmac_key.get_secret_value().encode() if settings.pii.hmac_key else b""
+        self.protector = Protector(settings.pii.default, dict(settings.pii.tenants), key)
+        self.pipelines: list[Pipeline] = []
+        for topic_key in settings.topics:
+            spec = table_for(topic_key)
+            sink = ClickHouseSink(settings.clickhouse, spec, self.metrics)
+            self.pipelines.append(Pipeline(
+                kafka=settings.kafka, policy=settings.pipeline, topic_key=topic_key,
+                group_id=f"{settings.group_id}.{topic_key}", service=settings.service_name,
+                transform=spec.transform(self.protector), sink=sink, metrics=self.metrics,
+                resume_offsets=sink.resume_offsets,
+                consumer_overrides={"max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20},
+            ))
+
+    def migrate(self) -> list[str]:
+        client = get_client(self.settings.clickhouse, database="default")
+        try:
+            return migrations.apply(client, self.settings.clickhouse.database)
+        finally:
+            client.close()
+
+    @property
+    def last_progress(self) -> float:
+        return min((p.last_progress for p in self.pipelines), default=time.time())
+
+    async def readiness(self) -> Readiness:
+        parts = [await pipeline_readiness(p) for p in self.pipelines]
+        return Readiness(
+            ready=all(r.ready for r in parts), service=self.settings.service_name,
+            kafka_connected=all(r.kafka_connected for r in parts), sink_healthy=all(r.sink_healthy for r in parts),
+            assigned_partitions=[a for r in parts for a in r.assigned_partitions],
+            lag={k: v for r in parts for k, v in r.lag.items()},
+            committed={k: v for r in parts for k, v in r.committed.items()},
+            detail="; ".join(r.detail for r in parts if r.detail),
+        )
+
+    def _drain_pii_counts(self) -> None:
+        counts, self.protector.counts = self.protector.counts, type(self.protector.counts)()
+        for (kind, mode), n in counts.items():
+            self.metrics.inc("argus_pii_findings_total", n, kind=kind, mode=mode)
+
+    async def run(self, stop: asyncio.Event, health: bool = True) -> None:
+        if self.settings.apply_migrations:
+            applied = await asyncio.to_thread(self.migrate)
+            self.log.info("ingest.migrations", applied=applied)
+        server = None
+        if health:
+            server = HealthServer(self.settings.health, self.metrics, lambda: self.last_progress, self.readiness)
+            port = await server.start()
+            self.log.info("ingest.health", port=port)
+        tasks = [asyncio.create_task(p.run(stop), name=p.topic) for p in self.pipelines]
+
+        async def pii_metrics() -> None:
+            while not stop.is_set():
+                self._drain_pii_counts()
+                await asyncio.sleep(1)
+
+        tasks.append(asyncio.create_task(pii_metrics()))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    stop.set()
+                    raise t.exception()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._drain_pii_counts()
+            if server is not None:
+                await server.stop()

@@ -1,0 +1,46 @@
+"""Settings of the logging (ingest) service, env prefix ``ARGUS_INGEST_``.
+
+PII policy per tenant, e.g.::
+
+    ARGUS_INGEST_PII__DEFAULT='{"mode": "redact"}'
+    ARGUS_INGEST_PII__TENANTS='{"bank": {"mode": "hash"}, "clinic": {"store_text": false}}'
+    ARGUS_INGEST_PII__HMAC_KEY=...   # required for "hash"; keep it stable so hashes join
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import PipelineSettings, ServiceSettings
+from services.ingest.pii import PiiPolicy
+from services.ingest.transforms import TABLES
+
+
+class PiiSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    default: PiiPolicy = PiiPolicy()
+    tenants: dict[str, PiiPolicy] = Field(default_factory=dict)
+    hmac_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _hash_needs_a_key(self) -> "PiiSettings":
+        uses_hash = self.default.mode == "hash" or any(p.mode == "hash" for p in self.tenants.values())
+        if uses_hash and not (self.hmac_key and self.hmac_key.get_secret_value()):
+            raise ValueError("a PII policy uses mode 'hash': set ARGUS_INGEST_PII__HMAC_KEY")
+        return self
+
+
+def _all_topics() -> tuple[str, ...]:
+    return tuple(t for spec in TABLES.values() for t in spec.topics)
+
+
+class IngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ARGUS_INGEST_", frozen=True, env_nested_delimiter="__", extra="ignore")
+
+    service_name: str = "ingest"
+    group_id: str = "argus-ingest"
+    topics: tuple[str, ...] = Field(default_factory=_all_topics, description="Registry keys to ingest.")
+    pii: PiiSettings = PiiSettings()
+    pipeline: PipelineSettings = PipelineSettings(batch_max_messages=20000, batch_max_seconds=0.5)
+    apply_migrations: bool = True

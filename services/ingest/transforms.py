@@ -1,0 +1,193 @@
+"""Pure transforms: one decoded Kafka message -> one ClickHouse row, with PII protected
+per tenant. No I/O here; the golden examples are fed through these in the tests."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+from services.common.pipeline import InvalidMessage, Message
+from services.ingest.pii import PiiPolicy, scrub
+
+
+class Protector:
+    """Applies the tenant's PII policy and counts what it found."""
+
+    def __init__(self, default: PiiPolicy, tenants: dict[str, PiiPolicy], key: bytes) -> None:
+        self.default = default
+        self.tenants = tenants
+        self.key = key
+        self.counts: Counter = Counter()  # (kind, mode) -> n, drained by the service into metrics
+
+    def policy(self, tenant: str | None) -> PiiPolicy:
+        return self.tenants.get(tenant or "", self.default)
+
+    def __call__(self, text: str | None, tenant: str | None, pii: Counter) -> str | None:
+        if text is None:
+            return None
+        policy = self.policy(tenant)
+        out = scrub(text, policy, self.key)
+        if out.counts:
+            pii.update(out.counts)
+            mode = "drop" if out.dropped else policy.mode
+            for kind, n in out.counts.items():
+                self.counts[(kind, mode)] += n
+        return out.text
+
+
+Row = tuple
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    table: str
+    topics: tuple[str, ...]
+    columns: tuple[str, ...]
+    build: Callable[[Message, Protector], Row]
+
+    def transform(self, protector: Protector) -> Callable[[Message], Row]:
+        def run(msg: Message) -> Row:
+            try:
+                return self.build(msg, protector)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidMessage(f"cannot map to {self.table}: {exc!r}", "InvalidMessage.Mapping") from exc
+
+        return run
+
+
+def _coords(msg: Message) -> tuple[str, int, int]:
+    return msg.topic, msg.partition, msg.offset
+
+
+def _request(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: Counter = Counter()
+    tenant = v["tenant"]
+    system = "\n".join(m["content"] for m in v["messages"] if m["role"] == "system") or None
+    convo = "\n\n".join(f"{m['role']}: {m['content']}" for m in v["messages"] if m["role"] != "system")
+    prompt = protect(convo, tenant, pii)
+    system = protect(system, tenant, pii)
+    metadata = {k: protect(val, tenant, pii) or "" for k, val in v["metadata"].items()}
+    return (
+        v["request_id"], v["created_at"], v["model"], tenant, v["user"], prompt, system, len(v["messages"]),
+        len(convo), v["max_tokens"], v["temperature"], v["top_p"], v["deadline"], v["trace_id"], v["span_id"],
+        metadata, dict(pii), *_coords(msg),
+    )
+
+
+def _response(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: Counter = Counter()
+    tenant = v["tenant"]
+    output = protect(v["output"], tenant, pii)
+    error = protect(v["error_message"], tenant, pii)
+    return (
+        v["request_id"], v["response_id"], v["served_at"], v["model"], v["response_model"], v["model_version"], tenant,
+        v["user"], output, len(v["output"] or ""), v["finish_reason"], v["input_tokens"], v["output_tokens"],
+        v["latency_ms"], v["time_to_first_token_ms"], v["mean_logprob"], v["status"], v["error_type"], error,
+        v["replica"], v["replica_cpu_memory_bytes"], v["replica_gpu_memory_bytes"], v["shadow"], v["trace_id"],
+        v["span_id"], dict(pii), *_coords(msg),
+    )
+
+
+def _feedback(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: Counter = Counter()
+    t = v["tenant"]
+    return (
+        v["feedback_id"], v["request_id"], v["created_at"], t, v["user"], v["kind"], v["score"],
+        protect(v["label"], t, pii), protect(v["comment"], t, pii), v["source"], dict(pii), *_coords(msg),
+    )
+
+
+def _drift(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    return (
+        v["event_id"], v["detected_at"], v["model"], v["model_version"], v["feature"], v["detector"], v["statistic"],
+        v["threshold"], v["p_value"], v["severity"], v["reference_window_size"], v["current_window_size"],
+        v["reference_summary"], v["current_summary"], v["change_offset"], v["change_time"], v["example_request_ids"],
+        v["detector_params"], *_coords(msg),
+    )
+
+
+def _alert(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    return (
+        v["event_id"], v["fingerprint"], v["rule"], v["status"], v["severity"], v["labels"], v["annotations"],
+        v["value"], v["starts_at"], v["ends_at"], v["group_key"], v["receiver"], v["generator_url"], v["emitted_at"],
+        *_coords(msg),
+    )
+
+
+def _trigger(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: Counter = Counter()
+    return (
+        v["event_id"], v["trigger_id"], v["sequence"], v["model"], v["model_version"], v["policy"], v["state"],
+        v["reason"], v["actor"], protect(v["comment"], None, pii), v["drift_event_ids"], v["alert_event_ids"],
+        v["dataset_spec"], v["candidate_version"], v["occurred_at"], *_coords(msg),
+    )
+
+
+def _dead_letter(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: Counter = Counter()
+
+    def text(b: bytes | None) -> str | None:
+        # the broker keeps the original bytes; ClickHouse gets a PII-protected rendering
+        return None if b is None else protect(b.decode("utf-8", errors="replace"), None, pii)
+
+    return (
+        v["original_topic"], v["original_partition"], v["original_offset"], text(v["original_key"]),
+        text(v["original_value"]), v["original_timestamp"], protect(v["reason"], None, pii), v["error_type"],
+        v["consumer_group"], v["service"], v["failed_at"], *_coords(msg),
+    )
+
+
+_K = ("_topic", "_partition", "_offset")
+DLQ_TOPICS = tuple(f"{k}-dlq" for k in ("inference-requests", "inference-responses", "inference-shadow-responses",
+                                          "feedback", "drift-events", "alerts", "retraining-triggers"))
+
+TABLES: dict[str, TableSpec] = {
+    spec.table: spec
+    for spec in (
+        TableSpec("inference_requests", ("inference-requests",), (
+            "request_id", "created_at", "model", "tenant", "user", "prompt", "system_prompt", "message_count",
+            "prompt_chars", "max_tokens", "temperature", "top_p", "deadline", "trace_id", "span_id", "metadata",
+            "pii_counts", *_K), _request),
+        TableSpec("inference_responses", ("inference-responses", "inference-shadow-responses"), (
+            "request_id", "response_id", "served_at", "model", "response_model", "model_version", "tenant", "user",
+            "output", "output_chars", "finish_reason", "input_tokens", "output_tokens", "latency_ms",
+            "time_to_first_token_ms", "mean_logprob", "status", "error_type", "error_message", "replica",
+            "replica_cpu_memory_bytes", "replica_gpu_memory_bytes", "shadow", "trace_id", "span_id", "pii_counts",
+            *_K), _response),
+        TableSpec("feedback", ("feedback",), (
+            "feedback_id", "request_id", "created_at", "tenant", "user", "kind", "score", "label", "comment", "source",
+            "pii_counts", *_K), _feedback),
+        TableSpec("drift_events", ("drift-events",), (
+            "event_id", "detected_at", "model", "model_version", "feature", "detector", "statistic", "threshold",
+            "p_value", "severity", "reference_window_size", "current_window_size", "reference_summary",
+            "current_summary", "change_offset", "change_time", "example_request_ids", "detector_params", *_K), _drift),
+        TableSpec("alerts", ("alerts",), (
+            "event_id", "fingerprint", "rule", "status", "severity", "labels", "annotations", "value", "starts_at",
+            "ends_at", "group_key", "receiver", "generator_url", "emitted_at", *_K), _alert),
+        TableSpec("retraining_triggers", ("retraining-triggers",), (
+            "event_id", "trigger_id", "sequence", "model", "model_version", "policy", "state", "reason", "actor",
+            "comment", "drift_event_ids", "alert_event_ids", "dataset_spec", "candidate_version", "occurred_at",
+            *_K), _trigger),
+        TableSpec("dead_letters", DLQ_TOPICS, (
+            "original_topic", "original_partition", "original_offset", "original_key", "original_value",
+            "original_timestamp", "reason", "error_type", "consumer_group", "service", "failed_at", *_K),
+            _dead_letter),
+    )
+}
+
+
+def table_for(topic_key: str) -> TableSpec:
+    for spec in TABLES.values():
+        if topic_key in spec.topics:
+            return spec
+    raise KeyError(f"no ClickHouse table for topic {topic_key!r}")
+
+
+__all__ = ["TABLES", "TableSpec", "Protector", "table_for"]
