@@ -18,6 +18,7 @@ from bench.common import Result, machine
 BENCHMARKS = {
     "codec": "bench.codec_bench",
     "inference": "bench.inference_overhead",
+    "ingest": "bench.ingest_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -65,6 +65,7 @@ class AvroCodec:
         self.schema = parsed_schema
         self._writer_lookup = writer_lookup
         self._header = wire_header(schema_id)
+        self._plain_reader: Any = None
 
     def __repr__(self) -> str:
         return f"AvroCodec({self.name}.v{self.version}, id={self.schema_id})"
@@ -82,6 +83,17 @@ class AvroCodec:
             raise SerializationError(f"record does not match {self.name}.v{self.version}: {exc}") from exc
         return buf.getvalue()
 
+    def decode_plain(self, data: bytes) -> dict[str, Any]:
+        """Like :meth:`decode` without logical-type conversion: uuids stay strings and
+        timestamps epoch milliseconds. Sinks that write those as they are (ClickHouse
+        takes both) skip building ``UUID`` and ``datetime`` objects per message."""
+        if self._plain_reader is None:
+            self._plain_reader = fastavro.parse_schema(_strip_logical(self.schema), named_schemas={})
+        if len(data or b"") >= HEADER.size and data[0] == MAGIC_BYTE and HEADER.unpack_from(data)[1] == self.schema_id:
+            # same binary layout as our own schema: read it as the plain schema directly
+            return self._read(self.schema_id, memoryview(data)[HEADER.size:], self._plain_reader, None)
+        return self.decode(data)  # other writer versions: resolve, with logical types
+
     def decode(self, data: bytes) -> dict[str, Any]:
         schema_id, body = split_wire(data)
         if schema_id == self.schema_id:
@@ -91,9 +103,12 @@ class AvroCodec:
                 writer = self._writer_lookup(schema_id)
             except KeyError as exc:
                 raise SerializationError(f"unknown schema id {schema_id}") from exc
+        return self._read(schema_id, body, writer, self.schema)
+
+    def _read(self, schema_id: int, body: memoryview, writer: Any, reader: Any) -> dict[str, Any]:
         stream = io.BytesIO(body)
         try:
-            record = fastavro.schemaless_reader(stream, writer, self.schema)
+            record = fastavro.schemaless_reader(stream, writer, reader)
         except (ValueError, TypeError, EOFError, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SerializationError(
                 f"cannot decode {self.name}.v{self.version} from writer schema id {schema_id}: {exc!r}"
@@ -105,6 +120,18 @@ class AvroCodec:
                 f"{len(body) - stream.tell()} trailing bytes after the {self.name} record (wrong schema id?)"
             )
         return record
+
+
+def _strip_logical(schema: Any) -> Any:
+    """A copy of a (parsed) schema without logical types."""
+    if isinstance(schema, list):
+        return [_strip_logical(s) for s in schema]
+    if isinstance(schema, dict):
+        out = {k: _strip_logical(v) for k, v in schema.items() if k != "logicalType"}
+        if "fields" in schema:
+            out["fields"] = [dict(f, type=_strip_logical(f["type"])) for f in schema["fields"]]
+        return out
+    return schema
 
 
 def from_json(schema: Any, value: Any) -> Any:

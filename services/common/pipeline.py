@@ -75,6 +75,7 @@ class Batch(Generic[T]):
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     messages: int = 0
+    dead_letters: list[asyncio.Future] = field(default_factory=list)  # broker acks of this batch's dead letters
 
     def add(self, tp: TopicPartition, offset: int, item: T | None) -> None:
         if item is not None:
@@ -162,6 +163,7 @@ class Pipeline(Generic[T]):
         registry: SchemaRegistry | None = None,
         consumer_overrides: dict[str, Any] | None = None,
         resume_offsets: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]] | None = None,
+        logical_types: bool = True,
     ) -> None:
         self.kafka = kafka
         self.policy = policy
@@ -183,10 +185,11 @@ class Pipeline(Generic[T]):
         self.ratio = DeadLetterRatio(policy.dlq_ratio_limit, policy.dlq_ratio_window, policy.dlq_ratio_min_messages)
         self._consumer_overrides = consumer_overrides or {}
         self.resume_offsets = resume_offsets
+        self._decode = self.codec.decode if logical_types else self.codec.decode_plain
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._batch: Batch[T] = Batch()
-        self._pending_dlq: list[asyncio.Future] = []
+        self._in_flight: asyncio.Task | None = None  # the previous batch: sink + commit
         self.last_progress = time.time()
         self.sink_healthy = True
         self.committed: dict[TopicPartition, int] = {}
@@ -204,8 +207,8 @@ class Pipeline(Generic[T]):
 
     async def stop(self) -> None:
         try:
-            if self.consumer is not None and self._batch.messages:
-                await self._flush()
+            if self.consumer is not None:
+                await self.drain()
         finally:
             if self.consumer is not None:
                 await self.consumer.stop()
@@ -233,6 +236,7 @@ class Pipeline(Generic[T]):
         for tp, msgs in records.items():
             for rec in msgs:
                 self._handle(tp, rec)
+            self.metrics.inc("argus_messages_consumed_total", len(msgs), topic=tp.topic)
         if self._batch.messages and (
             self._batch.messages >= self.policy.batch_max_messages
             or time.monotonic() - self._batch.started >= self.policy.batch_max_seconds
@@ -249,10 +253,9 @@ class Pipeline(Generic[T]):
             timestamp_ms=rec.timestamp,
             headers=tuple(rec.headers or ()),
         )
-        self.metrics.inc("argus_messages_consumed_total", topic=msg.topic)
         try:
             try:
-                msg.value = self.codec.decode(msg.raw)
+                msg.value = self._decode(msg.raw)
             except SerializationError as exc:
                 raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
             item = self.transform(msg)
@@ -278,19 +281,48 @@ class Pipeline(Generic[T]):
         fut = asyncio.ensure_future(
             self.producer.send_and_wait(self.dlq_topic, value=value, key=msg.key, headers=dead_letter_headers(msg, reason, error_type))
         )
-        self._pending_dlq.append(fut)
+        self._batch.dead_letters.append(fut)
         self.metrics.inc("argus_messages_dead_lettered_total", topic=msg.topic, error_type=error_type)
         log.warning("pipeline.dead_lettered", reason=reason, error_type=error_type, dlq_topic=self.dlq_topic)
 
     async def _flush(self) -> None:
-        """Sink the batch (retrying transient failures), then commit its offsets."""
+        """Hand the batch to the sink and go on consuming: at most one batch is being
+        written while the next one fills (memory stays bounded by two batches). Its
+        offsets are committed once its write returned."""
         assert self.consumer is not None
         batch, self._batch = self._batch, Batch()
+        await self._wait_in_flight()
+        self._in_flight = asyncio.create_task(self._complete(batch))
+
+    async def _wait_in_flight(self) -> None:
+        task = self._in_flight
+        if task is None:
+            return
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            if not task.done() and not self.sink_healthy and self.consumer is not None:
+                # the sink is retrying with the partitions paused: keep polling so this member
+                # stays in its group (max.poll.interval); paused partitions return nothing, and
+                # anything from a newly assigned partition joins the next batch
+                for tp, msgs in (await self.consumer.getmany(timeout_ms=0)).items():
+                    for rec in msgs:
+                        self._handle(tp, rec)
+                self.last_progress = time.time()
+        self._in_flight = None
+        await task  # re-raises a non-transient sink failure: nothing more is committed
+
+    async def drain(self) -> None:
+        """Write and commit everything read so far (before a stop or a rebalance)."""
+        if self._batch.messages:
+            await self._flush()
+        await self._wait_in_flight()
+
+    async def _complete(self, batch: Batch[T]) -> None:
+        assert self.consumer is not None
         if batch.items:
             await self._sink_with_retry(batch)
-        if self._pending_dlq:
-            pending, self._pending_dlq = self._pending_dlq, []
-            await asyncio.gather(*pending)  # a failed DLQ write raises: no commit, redelivery
+        if batch.dead_letters:
+            await asyncio.gather(*batch.dead_letters)  # a failed DLQ write raises: no commit, redelivery
         assignment = self.consumer.assignment()
         offsets = {tp: off for tp, off in batch.offsets.items() if tp in assignment}
         if offsets:
@@ -316,17 +348,14 @@ class Pipeline(Generic[T]):
             try:
                 await self.sink(batch.items)
             except (TransientError, OSError, asyncio.TimeoutError) as exc:
-                self.sink_healthy = False
                 self.metrics.inc("argus_sink_retries_total", sink=self.topic)
                 self.log.warning("pipeline.sink_retry", attempt=attempt, backoff_s=backoff, error=repr(exc))
                 if not paused:
+                    # no more fetching until the store is back: memory stays bounded
                     paused = set(self.consumer.assignment())
                     self.consumer.pause(*paused)
+                self.sink_healthy = False
                 await asyncio.sleep(backoff)
-                # keep polling while paused: heartbeats and poll interval stay healthy,
-                # no records are fetched, memory stays bounded by this one batch
-                await self.consumer.getmany(timeout_ms=0)
-                self.last_progress = time.time()
                 backoff = min(backoff * 2, self.policy.retry_max_backoff_s)
                 continue
             self.sink_healthy = True
@@ -383,12 +412,11 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
         self.pipeline = pipeline
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        if self.pipeline._batch.messages:
-            try:
-                await self.pipeline._flush()
-            except KafkaError as exc:
-                self.pipeline.log.warning("pipeline.flush_on_revoke_failed", error=repr(exc))
-                self.pipeline._batch = Batch()
+        try:
+            await self.pipeline.drain()
+        except KafkaError as exc:
+            self.pipeline.log.warning("pipeline.flush_on_revoke_failed", error=repr(exc))
+            self.pipeline._batch = Batch()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         p = self.pipeline

@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -52,7 +51,7 @@ class Finding:
 @dataclass
 class Scrubbed:
     text: str | None
-    counts: Counter = field(default_factory=Counter)
+    counts: dict[str, int] = field(default_factory=dict)
     dropped: bool = False
 
 
@@ -127,8 +126,27 @@ _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
 ]
 
 
+# Cheap checks that every detector's match needs to pass: most prompts and answers
+# contain nothing that could be PII and skip the ten detectors entirely.
+_MAYBE_DIGITS = re.compile(r"\d[\d\s().+-]{6,}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d|[A-Z]{2}\d{2}|\d{7}[A-Za-z]")
+_MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:")
+_KEYWORDS = ("akia", "asia", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox", "aiza", "eyj", "private key",
+             "api", "secret", "token", "passw")
+
+
+def _maybe_pii(text: str) -> bool:
+    if "@" in text or _MAYBE_DIGITS.search(text):
+        return True
+    if ":" in text and _MAYBE_IPV6.search(text):
+        return True
+    lower = text.lower()
+    return any(k in lower for k in _KEYWORDS)
+
+
 def find_pii(text: str) -> list[Finding]:
     """Non-overlapping findings, earliest detector first."""
+    if not _maybe_pii(text):
+        return []
     taken: list[tuple[int, int]] = []
     out: list[Finding] = []
     for kind, pattern, check in _DETECTORS:
@@ -148,7 +166,9 @@ def scrub(text: str | None, policy: PiiPolicy, key: bytes = b"") -> Scrubbed:
     if text is None:
         return Scrubbed(None)
     findings = find_pii(text)
-    counts = Counter(f.kind for f in findings)
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
     if not policy.store_text:
         return Scrubbed(None, counts, dropped=True)
     if not findings:

@@ -39,7 +39,7 @@ class IngestService:
                 kafka=settings.kafka, policy=settings.pipeline, topic_key=topic_key,
                 group_id=f"{settings.group_id}.{topic_key}", service=settings.service_name,
                 transform=spec.transform(self.protector), sink=sink, metrics=self.metrics,
-                resume_offsets=sink.resume_offsets,
+                resume_offsets=sink.resume_offsets, logical_types=False,  # ClickHouse takes str uuids, int ms
                 consumer_overrides={"max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20},
             ))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+import re
+from typing import Any, Callable
 
 from services.common.pipeline import InvalidMessage, Message
 from services.ingest.pii import PiiPolicy, scrub
@@ -22,13 +23,14 @@ class Protector:
     def policy(self, tenant: str | None) -> PiiPolicy:
         return self.tenants.get(tenant or "", self.default)
 
-    def __call__(self, text: str | None, tenant: str | None, pii: Counter) -> str | None:
+    def __call__(self, text: str | None, tenant: str | None, pii: dict[str, int]) -> str | None:
         if text is None:
             return None
         policy = self.policy(tenant)
         out = scrub(text, policy, self.key)
         if out.counts:
-            pii.update(out.counts)
+            for kind, n in out.counts.items():
+                pii[kind] = pii.get(kind, 0) + n
             mode = "drop" if out.dropped else policy.mode
             for kind, n in out.counts.items():
                 self.counts[(kind, mode)] += n
@@ -55,13 +57,30 @@ class TableSpec:
         return run
 
 
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def _id(value: Any, field: str) -> Any:
+    """A UUID column value; a malformed one is the message's fault (dead letter), not
+    an insert error that would stall the whole batch."""
+    if isinstance(value, str) and not _UUID.match(value):
+        raise InvalidMessage(f"{field} is not a UUID: {value[:64]!r}", "InvalidMessage.BadUUID")
+    return value
+
+
+def _unsigned(value: int | None, field: str) -> int | None:
+    if value is not None and value < 0:
+        raise InvalidMessage(f"{field} must not be negative, got {value}", "InvalidMessage.OutOfRange")
+    return value
+
+
 def _coords(msg: Message) -> tuple[str, int, int]:
     return msg.topic, msg.partition, msg.offset
 
 
 def _request(msg: Message, protect: Protector) -> Row:
     v = msg.value
-    pii: Counter = Counter()
+    pii: dict[str, int] = {}
     tenant = v["tenant"]
     system = "\n".join(m["content"] for m in v["messages"] if m["role"] == "system") or None
     convo = "\n\n".join(f"{m['role']}: {m['content']}" for m in v["messages"] if m["role"] != "system")
@@ -69,43 +88,46 @@ def _request(msg: Message, protect: Protector) -> Row:
     system = protect(system, tenant, pii)
     metadata = {k: protect(val, tenant, pii) or "" for k, val in v["metadata"].items()}
     return (
-        v["request_id"], v["created_at"], v["model"], tenant, v["user"], prompt, system, len(v["messages"]),
-        len(convo), v["max_tokens"], v["temperature"], v["top_p"], v["deadline"], v["trace_id"], v["span_id"],
-        metadata, dict(pii), *_coords(msg),
+        _id(v["request_id"], "request_id"), v["created_at"], v["model"], tenant, v["user"], prompt, system,
+        len(v["messages"]), len(convo), _unsigned(v["max_tokens"], "max_tokens"), v["temperature"], v["top_p"], v["deadline"], v["trace_id"], v["span_id"],
+        metadata, pii, *_coords(msg),
     )
 
 
 def _response(msg: Message, protect: Protector) -> Row:
     v = msg.value
-    pii: Counter = Counter()
+    pii: dict[str, int] = {}
     tenant = v["tenant"]
     output = protect(v["output"], tenant, pii)
     error = protect(v["error_message"], tenant, pii)
     return (
-        v["request_id"], v["response_id"], v["served_at"], v["model"], v["response_model"], v["model_version"], tenant,
-        v["user"], output, len(v["output"] or ""), v["finish_reason"], v["input_tokens"], v["output_tokens"],
+        _id(v["request_id"], "request_id"), _id(v["response_id"], "response_id"), v["served_at"], v["model"],
+        v["response_model"], v["model_version"], tenant, v["user"], output, len(v["output"] or ""), v["finish_reason"],
+        _unsigned(v["input_tokens"], "input_tokens"), _unsigned(v["output_tokens"], "output_tokens"),
         v["latency_ms"], v["time_to_first_token_ms"], v["mean_logprob"], v["status"], v["error_type"], error,
-        v["replica"], v["replica_cpu_memory_bytes"], v["replica_gpu_memory_bytes"], v["shadow"], v["trace_id"],
-        v["span_id"], dict(pii), *_coords(msg),
+        v["replica"], _unsigned(v["replica_cpu_memory_bytes"], "replica_cpu_memory_bytes"),
+        _unsigned(v["replica_gpu_memory_bytes"], "replica_gpu_memory_bytes"), v["shadow"], v["trace_id"],
+        v["span_id"], pii, *_coords(msg),
     )
 
 
 def _feedback(msg: Message, protect: Protector) -> Row:
     v = msg.value
-    pii: Counter = Counter()
+    pii: dict[str, int] = {}
     t = v["tenant"]
     return (
-        v["feedback_id"], v["request_id"], v["created_at"], t, v["user"], v["kind"], v["score"],
-        protect(v["label"], t, pii), protect(v["comment"], t, pii), v["source"], dict(pii), *_coords(msg),
+        _id(v["feedback_id"], "feedback_id"), _id(v["request_id"], "request_id"), v["created_at"], t, v["user"], v["kind"], v["score"],
+        protect(v["label"], t, pii), protect(v["comment"], t, pii), v["source"], pii, *_coords(msg),
     )
 
 
 def _drift(msg: Message, protect: Protector) -> Row:
     v = msg.value
     return (
-        v["event_id"], v["detected_at"], v["model"], v["model_version"], v["feature"], v["detector"], v["statistic"],
-        v["threshold"], v["p_value"], v["severity"], v["reference_window_size"], v["current_window_size"],
-        v["reference_summary"], v["current_summary"], v["change_offset"], v["change_time"], v["example_request_ids"],
+        _id(v["event_id"], "event_id"), v["detected_at"], v["model"], v["model_version"], v["feature"], v["detector"], v["statistic"],
+        v["threshold"], v["p_value"], v["severity"], _unsigned(v["reference_window_size"], "reference_window_size"),
+        _unsigned(v["current_window_size"], "current_window_size"), v["reference_summary"], v["current_summary"],
+        _unsigned(v["change_offset"], "change_offset"), v["change_time"], v["example_request_ids"],
         v["detector_params"], *_coords(msg),
     )
 
@@ -113,7 +135,7 @@ def _drift(msg: Message, protect: Protector) -> Row:
 def _alert(msg: Message, protect: Protector) -> Row:
     v = msg.value
     return (
-        v["event_id"], v["fingerprint"], v["rule"], v["status"], v["severity"], v["labels"], v["annotations"],
+        _id(v["event_id"], "event_id"), v["fingerprint"], v["rule"], v["status"], v["severity"], v["labels"], v["annotations"],
         v["value"], v["starts_at"], v["ends_at"], v["group_key"], v["receiver"], v["generator_url"], v["emitted_at"],
         *_coords(msg),
     )
@@ -121,9 +143,9 @@ def _alert(msg: Message, protect: Protector) -> Row:
 
 def _trigger(msg: Message, protect: Protector) -> Row:
     v = msg.value
-    pii: Counter = Counter()
+    pii: dict[str, int] = {}
     return (
-        v["event_id"], v["trigger_id"], v["sequence"], v["model"], v["model_version"], v["policy"], v["state"],
+        _id(v["event_id"], "event_id"), _id(v["trigger_id"], "trigger_id"), _unsigned(v["sequence"], "sequence"), v["model"], v["model_version"], v["policy"], v["state"],
         v["reason"], v["actor"], protect(v["comment"], None, pii), v["drift_event_ids"], v["alert_event_ids"],
         v["dataset_spec"], v["candidate_version"], v["occurred_at"], *_coords(msg),
     )
@@ -131,14 +153,15 @@ def _trigger(msg: Message, protect: Protector) -> Row:
 
 def _dead_letter(msg: Message, protect: Protector) -> Row:
     v = msg.value
-    pii: Counter = Counter()
+    pii: dict[str, int] = {}
 
     def text(b: bytes | None) -> str | None:
         # the broker keeps the original bytes; ClickHouse gets a PII-protected rendering
         return None if b is None else protect(b.decode("utf-8", errors="replace"), None, pii)
 
     return (
-        v["original_topic"], v["original_partition"], v["original_offset"], text(v["original_key"]),
+        v["original_topic"], _unsigned(v["original_partition"], "original_partition"),
+        _unsigned(v["original_offset"], "original_offset"), text(v["original_key"]),
         text(v["original_value"]), v["original_timestamp"], protect(v["reason"], None, pii), v["error_type"],
         v["consumer_group"], v["service"], v["failed_at"], *_coords(msg),
     )

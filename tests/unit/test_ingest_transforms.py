@@ -95,3 +95,27 @@ def test_protector_counts_per_kind_and_tenant_policy() -> None:
     cols = table_for("inference-requests").columns
     assert "4111" not in row[cols.index("prompt")] and row[cols.index("pii_counts")] == {"CARD": 1}
     assert to_json(row[0]) == record["request_id"]
+
+
+def test_values_clickhouse_would_refuse_are_dead_lettered_not_inserted() -> None:
+    """Plain decoding keeps uuids as strings: a malformed one must fail the message,
+    not the batch's insert."""
+    codec = get_codec("inference-responses")
+    record = dict(REG.examples("inference-responses")[1][1][1], request_id="not-a-uuid")
+    msg = Message(topic="t", partition=0, offset=1, key=None, raw=b"", timestamp_ms=0,
+                  value=codec.decode_plain(codec.encode(record)))
+    with pytest.raises(InvalidMessage, match="request_id is not a UUID"):
+        table_for("inference-responses").transform(Protector(PiiPolicy(), {}, b""))(msg)
+    record = dict(REG.examples("inference-responses")[1][1][1], input_tokens=-3)
+    msg.value = codec.decode_plain(codec.encode(record))
+    with pytest.raises(InvalidMessage, match="input_tokens"):
+        table_for("inference-responses").transform(Protector(PiiPolicy(), {}, b""))(msg)
+
+
+def test_plain_decoding_matches_rich_decoding() -> None:
+    for key in REG.topics:
+        codec = get_codec(key)
+        for items in REG.examples(key).values():
+            for _, rec in items:
+                data = codec.encode(rec)
+                assert to_json(codec.decode_plain(data)) == to_json(codec.decode(data))

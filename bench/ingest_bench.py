@@ -1,0 +1,161 @@
+"""Ingest throughput and freshness, in one run, on the real broker and ClickHouse endpoint.
+
+- sustained events/s into ClickHouse for one ingest process (decode, PII protection,
+  transform, batch, insert, commit), against a raw pipe in the same run: aiokafka
+  consuming the same messages and clickhouse-connect inserting the same rows (built
+  beforehand) with no processing at all;
+- freshness: events produced at a fixed rate; p99 of (row inserted) - (event produced),
+  i.e. how long until an SRE can query an event.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from bench.common import Result
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _event(i: int, served_at: int) -> dict:
+    return {
+        "request_id": str(uuid.uuid4()), "response_id": str(uuid.uuid4()), "model": "smollm2-135m-instruct",
+        "response_model": "SmolLM2.gguf", "model_version": "v1" if i % 10 else "v2", "tenant": f"t{i % 8}",
+        "user": f"u{i % 1000}", "output": f"The answer to question {i % 97} is {i % 13}.", "finish_reason": "stop",
+        "input_tokens": 30 + i % 50, "output_tokens": 10 + i % 40, "latency_ms": 150.0 + i % 300,
+        "time_to_first_token_ms": 50.0 + i % 40, "mean_logprob": -0.5 - (i % 10) / 20, "status": "ok",
+        "shadow": False, "served_at": served_at,
+    }
+
+
+def run(n: int = 200_000, rate: int = 5000, freshness_s: int = 15) -> list[Result]:
+    from services.stack.kafka_local import KafkaLocal, free_port
+
+    home = Path(tempfile.mkdtemp(prefix="argus-bench-ingest-"))
+    kafka = KafkaLocal(home=home, port=free_port(), controller_port=free_port(), libs_dir=REPO / ".argus/kafka/libs")
+    kafka.start()
+    ch_port = free_port()
+    ch = subprocess.Popen([sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(home / "ch"),
+                           "--port", str(ch_port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/ping", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        return asyncio.run(_run(kafka.bootstrap, f"http://default@127.0.0.1:{ch_port}/argus", n, rate, freshness_s))
+    finally:
+        ch.terminate()
+        ch.wait(30)
+        kafka.stop()
+
+
+async def _run(bootstrap: str, dsn: str, n: int, rate: int, freshness_s: int) -> list[Result]:
+    from aiokafka import TopicPartition
+
+    from services.common import migrations
+    from services.common.clickhouse import get_client
+    from services.common.kafka import ensure_topics, make_consumer, make_producer
+    from services.common.pipeline import Message
+    from services.common.registry import get_codec
+    from services.common.settings import KafkaSettings
+    from services.ingest.pii import PiiPolicy
+    from services.ingest.transforms import Protector, table_for
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
+    await ensure_topics(kafka, keys=["inference-responses", "inference-responses-dlq"])
+    migrations.apply(get_client(dsn.rsplit("/", 1)[0] + "/default"), "argus")
+    client = get_client(dsn)
+    client.command("CREATE TABLE argus.raw_pipe AS argus.inference_responses")
+    codec = get_codec("inference-responses")
+    topic = kafka.topic("inference-responses")
+    spec = table_for("inference-responses")
+
+    now = int(time.time() * 1000)
+    events = [_event(i, now) for i in range(n)]
+    payloads = [codec.encode(e) for e in events]
+    producer = make_producer(kafka, linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    for i, p in enumerate(payloads):
+        await producer.send(topic, p, key=str(i).encode())
+    await producer.flush()
+    # the raw pipe's rows, built before timing: it does no processing at all
+    protector = Protector(PiiPolicy(), {}, b"")
+    rows_by_pos: dict[tuple[int, int], tuple] = {}
+    consumer = make_consumer(kafka, None)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    while len(rows_by_pos) < n:
+        for tp, msgs in (await consumer.getmany(timeout_ms=500, max_records=20000)).items():
+            for m in msgs:
+                msg = Message(topic, tp.partition, m.offset, m.key, m.value, m.timestamp, value=codec.decode(m.value))
+                rows_by_pos[(tp.partition, m.offset)] = spec.build(msg, protector)
+
+    # raw pipe: consume the same messages, insert the prepared rows, same batch size
+    await consumer.seek_to_beginning(*tps)
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        batch = []
+        for tp, msgs in (await consumer.getmany(timeout_ms=500, max_records=20000)).items():
+            batch.extend(rows_by_pos[(tp.partition, m.offset)] for m in msgs)
+        if batch:
+            await asyncio.to_thread(client.insert, "argus.raw_pipe", batch, column_names=list(spec.columns))
+            done += len(batch)
+    raw_rate = n / (time.perf_counter() - t0)
+    await consumer.stop()
+    del rows_by_pos
+
+    # Argus ingest, one process
+    env = {
+        **os.environ, "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "ARGUS_INGEST_KAFKA__TOPIC_PREFIX": "bench.",
+        "ARGUS_INGEST_CLICKHOUSE__DSN": dsn, "ARGUS_INGEST_TOPICS": '["inference-responses"]',
+        "ARGUS_INGEST_LOG_LEVEL": "WARNING", "ARGUS_INGEST_GROUP_ID": "bench-ingest",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    table = "argus.inference_responses"
+    count = lambda: client.query(f"SELECT count() FROM {table}").result_rows[0][0]  # noqa: E731
+    try:
+        while count() == 0:
+            await asyncio.sleep(0.05)
+        t0, c0 = time.perf_counter(), count()
+        while (c := count()) < n:
+            await asyncio.sleep(0.05)
+        ingest_rate = (c - c0) / (time.perf_counter() - t0)
+
+        # freshness at a fixed rate
+        t_start = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - t_start < freshness_s:
+            due = int((time.perf_counter() - t_start) * rate)
+            while sent < due:
+                await producer.send(topic, codec.encode(_event(sent, int(time.time() * 1000))), key=b"f")
+                sent += 1
+            await asyncio.sleep(0.005)
+        await producer.flush()
+        while count() < n + sent:
+            await asyncio.sleep(0.1)
+        p50, p99 = client.query(
+            f"SELECT quantileExact(0.5)(d), quantileExact(0.99)(d) FROM (SELECT dateDiff('millisecond', served_at, ingested_at) AS d "
+            f"FROM {table} ORDER BY served_at DESC LIMIT {sent})").result_rows[0]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        await producer.stop()
+    return [
+        Result("ingest", "sustained events/s into ClickHouse, one process", ingest_rate, "raw pipe (consume + insert prepared rows)",
+               raw_rate, "events/s", ">= 40k/s and ratio >= 0.75"),
+        Result("ingest", f"freshness p99 at {rate}/s (produced -> queryable)", float(p99), "freshness p50", float(p50), "ms",
+               "p99 <= 1000 ms", False),
+    ]
