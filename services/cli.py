@@ -292,6 +292,14 @@ def loadgen(
     console.print(f"sent {sum(counts.values())} requests: {counts['baseline']} baseline, {counts['drift']} after the drift")
 
 
+@app.command("ingest")
+def ingest() -> None:
+    """Run the logging service (Kafka -> ClickHouse); settings from ARGUS_INGEST_*."""
+    from services.ingest.__main__ import main as ingest_main
+
+    ingest_main()
+
+
 # -- sql -----------------------------------------------------------------------------
 @app.command("sql")
 def sql(
