@@ -341,31 +341,32 @@ def sql(
 
 # -- demo ----------------------------------------------------------------------------
 @app.command("demo")
-def demo() -> None:
-    """Bring up the local stack and show the platform's contracts working end to end.
-
-    Until the services land this round-trips every golden example through the real
-    broker in the Confluent wire format and shows the ClickHouse endpoint answering."""
+def demo(
+    rate: float = typer.Option(3.0, help="Requests per second from the load generator."),
+    duration: float = typer.Option(40.0, help="Seconds of load."),
+    drift_at: float = typer.Option(20.0, help="When the prompt-length drift starts."),
+) -> None:
+    """The platform end to end on the local stack: stack up, inference and logging
+    services, load with a drift injected half-way, live progress, a report from
+    ClickHouse. Also round-trips every golden example through the broker first."""
     from services.common.roundtrip import roundtrip_examples
+    from services.demo import DemoOptions, run_demo
     from services.stack.manager import Stack, StackError
 
-    stack = Stack(StackSettings())
     try:
-        stack.up(progress=lambda m: console.print(f"[green]✓[/] {m}"))
+        Stack(StackSettings()).up(progress=lambda m: None)
     except StackError as exc:
         _fail(str(exc))
-    results = asyncio.run(roundtrip_examples(stack.kafka_settings))
-    table = Table(title="golden examples through Kafka (Confluent wire format)")
-    for col in ("topic", "example", "partition", "offset", "round trip"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(r.topic, r.example, str(r.partition), str(r.offset), "[green]equal[/]" if r.equal else "[red]DIFFERENT[/]")
-    console.print(table)
-    for r in stack.status():
-        console.print(f"{'[green]✓' if r.healthy else '[red]✗'}[/] {r.name}: {r.address} — {r.detail}")
-    console.print("\nNext, as an SRE:  [bold]argus sql \"SELECT name, engine FROM system.tables WHERE database = 'argus'\"[/]")
-    console.print("Stop the stack:    [bold]argus stack down[/]")
-    if not all(r.equal for r in results):
+    results = asyncio.run(roundtrip_examples(Stack(StackSettings()).kafka_settings))
+    bad = [r for r in results if not r.equal]
+    console.print(f"{'[green]✓' if not bad else '[red]✗'}[/] {len(results) - len(bad)}/{len(results)} golden examples "
+                  "round-tripped through Kafka in the Confluent wire format")
+    try:
+        ok = run_demo(console, DemoOptions(rate=rate, duration_s=duration, drift_at_s=drift_at))
+    except (RuntimeError, StackError) as exc:
+        _fail(str(exc))
+        return
+    if bad or not ok:
         raise typer.Exit(1)
 
 

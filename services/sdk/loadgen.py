@@ -69,6 +69,7 @@ class LoadProfile:
     max_tokens: int = 32
     deadline_s: float | None = 120.0
     seed: int = 7
+    run_id: str = ""
 
 
 def render(template: str, rng: random.Random) -> str:
@@ -108,7 +109,7 @@ async def run_load(producer: ArgusProducer, profile: LoadProfile,
         await producer.request(
             [{"role": "user", "content": make_prompt(profile, rng, drifted)}], tenant=tenant,
             user=f"{tenant}-u{rng.randrange(profile.users_per_tenant)}", max_tokens=profile.max_tokens,
-            deadline_s=profile.deadline_s, metadata={"loadgen_phase": phase, "loadgen_seq": str(i)},
+            deadline_s=profile.deadline_s, metadata={"loadgen_phase": phase, "loadgen_seq": str(i), "loadgen_run": profile.run_id},
         )
         counts[phase] += 1
         if on_sent:
