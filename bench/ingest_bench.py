@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -36,20 +35,14 @@ def _event(i: int, served_at: int) -> dict:
 
 
 def run(n: int = 200_000, rate: int = 5000, freshness_s: int = 15) -> list[Result]:
+    from services.stack.clickhouse_http import spawn
     from services.stack.kafka_local import KafkaLocal, free_port
 
     home = Path(tempfile.mkdtemp(prefix="argus-bench-ingest-"))
     kafka = KafkaLocal(home=home, port=free_port(), controller_port=free_port(), libs_dir=REPO / ".argus/kafka/libs")
     kafka.start()
     ch_port = free_port()
-    ch = subprocess.Popen([sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(home / "ch"),
-                           "--port", str(ch_port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/ping", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
+    ch = spawn(home / "ch", ch_port)
     try:
         return asyncio.run(_run(kafka.bootstrap, f"http://default@127.0.0.1:{ch_port}/argus", n, rate, freshness_s))
     finally:

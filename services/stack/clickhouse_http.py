@@ -486,6 +486,30 @@ def serve(engine: Engine, host: str, port: int) -> Server:
     return Server((host, port), handler)
 
 
+def spawn(data_dir: Path, port: int, host: str = "127.0.0.1", timeout_s: float = 60.0, quiet: bool = True):  # noqa: ANN201
+    """Start this endpoint as its own process and wait until it answers ``/ping``
+    (tests and benchmarks; ``argus stack up`` manages it by pid file instead)."""
+    import subprocess
+    import urllib.request
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen([sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(data_dir),
+                             "--host", host, "--port", str(port)], cwd=repo, stdout=out, stderr=out)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=1) as r:
+                if r.read().strip() == b"Ok.":
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the ClickHouse endpoint on port {port} did not start")
+        time.sleep(0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
     from services.common.settings import StackSettings
 

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -60,26 +55,10 @@ def clickhouse_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     if given:
         yield given.rstrip("/")
         return
+    from services.stack.clickhouse_http import spawn
+
     port = free_port()
-    data = tmp_path_factory.mktemp("clickhouse-data")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(data), "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "ARGUS_STACK_CLICKHOUSE_READONLY_USER": "sre"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=1) as r:
-                if r.read().strip() == b"Ok.":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"ClickHouse endpoint did not start:\n{out}")
-        time.sleep(0.2)
+    proc = spawn(tmp_path_factory.mktemp("clickhouse-data"), port)
     try:
         yield f"http://default@127.0.0.1:{port}"
     finally:

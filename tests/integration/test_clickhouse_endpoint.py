@@ -68,9 +68,9 @@ def test_stock_client_table_with_every_type_100k_rows(endpoint, ch_database: str
     assert "TTL" in ddl and "Map(String, String)" in ddl and "Enum8(" in ddl
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_curl_against_the_same_endpoint(endpoint, ch_database: str) -> None:
     host, port = endpoint
+    assert shutil.which("curl"), "curl is needed for this test (apt-get install curl)"
     url = f"http://{host}:{port}/"
     run = lambda *a: subprocess.run(["curl", "-sS", *a], capture_output=True, text=True, check=True).stdout  # noqa: E731
     assert run(url + "ping") == "Ok.\n"

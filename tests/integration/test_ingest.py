@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 from pydantic import SecretStr
 
 from services.common import migrations
@@ -24,6 +22,7 @@ from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.ingest.pii import PiiPolicy
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings, PiiSettings
+from services.stack.clickhouse_http import spawn
 from services.stack.kafka_local import free_port
 from tests.conftest import REPO
 
@@ -257,16 +256,7 @@ async def test_clickhouse_down_30s_no_loss_bounded_memory_lag_drains(kafka_setti
     procs: list[subprocess.Popen] = []
 
     def start_clickhouse() -> None:
-        p = subprocess.Popen([sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(tmp_path / "ch"),
-                              "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(p)
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("ClickHouse endpoint did not start")
+        procs.append(spawn(tmp_path / "ch", port))
 
     start_clickhouse()
     dsn = f"http://default@127.0.0.1:{port}/argus"

@@ -169,29 +169,17 @@ async def test_clickhouse_outage_is_retried_and_nothing_is_lost(
 ) -> None:
     """A private ClickHouse endpoint is stopped mid-stream and started again."""
     import subprocess
-    import sys
-    import time
-    import urllib.request
-
     from pydantic import SecretStr
 
+    from services.stack.clickhouse_http import spawn
     from services.stack.kafka_local import free_port
-    from tests.conftest import REPO
 
     port = free_port()
     procs: list[subprocess.Popen] = []
 
     def start() -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(tmp_path / "ch"),
-                              "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(p)
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
-                return p
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("endpoint did not start")
+        procs.append(spawn(tmp_path / "ch", port))
+        return procs[-1]
 
     proc = start()
     settings = ClickHouseSettings(dsn=SecretStr(f"http://default@127.0.0.1:{port}/default"), connect_timeout_s=1, send_receive_timeout_s=5)
