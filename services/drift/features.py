@@ -1,0 +1,88 @@
+"""Features per event (pure functions of one decoded record).
+
+Requests (per model): prompt length in characters and words, the script and a language
+guess of the last user message, the tenant. Responses (per model and version): output
+tokens, latency, time to first token, confidence (mean token logprob), error, empty or
+refusal answers, finish reason. Feedback: negative judgement.
+
+Numeric features feed river detectors and windowed tests, categorical ones chi-squared
+tests, binary ones Bernoulli-rate detectors.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+REFUSAL = re.compile(r"\b(I can(?:no|')t|I am unable|I'm unable|I won't|as an AI)\b", re.I)
+_STOPWORDS = {
+    "en": {"the", "is", "what", "how", "a", "of", "and", "to", "in", "my", "for", "does", "do", "can"},
+    "fr": {"le", "la", "les", "est", "quelle", "quel", "de", "des", "un", "une", "et", "combien", "pour"},
+    "es": {"el", "la", "los", "es", "cuál", "cual", "de", "una", "un", "y", "qué", "que", "para"},
+    "de": {"der", "die", "das", "ist", "was", "wie", "ein", "eine", "und", "hat", "von", "viele"},
+}
+
+
+@dataclass(frozen=True)
+class Features:
+    stream: str  # detector key: "model|version" (responses, feedback) or "model|*" (requests)
+    numeric: dict[str, float] = field(default_factory=dict)
+    categorical: dict[str, str] = field(default_factory=dict)
+    binary: dict[str, bool] = field(default_factory=dict)
+    request_id: str = ""
+
+
+def script_of(text: str) -> str:
+    counts: dict[str, int] = {}
+    for ch in text:
+        if ch.isalpha():
+            name = unicodedata.name(ch, "")
+            s = ("latin" if "LATIN" in name else "cyrillic" if "CYRILLIC" in name else "cjk" if "CJK" in name or
+                 "HIRAGANA" in name or "KATAKANA" in name or "HANGUL" in name else "arabic" if "ARABIC" in name else "other")
+            counts[s] = counts.get(s, 0) + 1
+    return max(counts, key=counts.get) if counts else "none"
+
+
+def language_of(text: str) -> str:
+    words = re.findall(r"[^\W\d_]+", text.lower())
+    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
+    best = max(scores, key=scores.get)
+    return best if scores[best] > 0 else "other"
+
+
+def request_features(v: dict[str, Any]) -> Features:
+    user = [m["content"] for m in v["messages"] if m["role"] == "user"]
+    last = user[-1] if user else ""
+    return Features(
+        stream=f"{v['model']}|*",
+        numeric={"prompt_chars": float(len(last)), "prompt_words": float(len(last.split()))},
+        categorical={"prompt_script": script_of(last), "prompt_language": language_of(last), "tenant": v["tenant"]},
+        request_id=str(v["request_id"]),
+    )
+
+
+def response_features(v: dict[str, Any]) -> Features | None:
+    if v.get("shadow"):
+        return None  # shadow answers are compared offline, not monitored as live traffic
+    out = v.get("output") or ""
+    numeric = {"output_tokens": float(v["output_tokens"]), "latency_ms": float(v["latency_ms"])}
+    if v.get("time_to_first_token_ms") is not None:
+        numeric["ttft_ms"] = float(v["time_to_first_token_ms"])
+    if v.get("mean_logprob") is not None:
+        numeric["confidence"] = float(v["mean_logprob"])
+    return Features(
+        stream=f"{v['model']}|{v['model_version']}",
+        numeric=numeric,
+        categorical={"finish_reason": v.get("finish_reason") or "none"},
+        binary={"error": v["status"] != "ok", "empty_output": v["status"] == "ok" and not out.strip(),
+                "refusal": bool(REFUSAL.search(out))},
+        request_id=str(v["request_id"]),
+    )
+
+
+def feedback_features(v: dict[str, Any], model: str = "*", version: str = "*") -> Features | None:
+    if v["kind"] not in ("thumbs", "rating") or v.get("score") is None:
+        return None
+    negative = v["score"] == 0 if v["kind"] == "thumbs" else v["score"] <= 2
+    return Features(stream=f"{model}|{version}", binary={"negative_feedback": negative}, request_id=str(v["request_id"]))
