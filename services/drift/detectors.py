@@ -38,6 +38,8 @@ class Alarm:
 
     @property
     def severity(self) -> str:
+        if self.threshold <= 0:  # river detectors decide without a comparable threshold
+            return "warning"
         return "critical" if self.statistic >= 1.5 * self.threshold else "warning"
 
 

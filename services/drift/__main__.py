@@ -1,0 +1,40 @@
+"""Entry point: ``python -m services.drift`` runs a faust worker (no web server).
+
+``python -m services.drift reset-reference MODEL VERSION`` pins a new reference window
+for one stream (``VERSION`` ``*`` for prompt features)."""
+from __future__ import annotations
+
+import sys
+
+from services.common.logging import configure_logging
+from services.common.schema_registry import configure_registry
+from services.drift.settings import DriftSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = DriftSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    configure_registry(settings.kafka)
+    from services.drift.app import create_app, request_reference_reset
+
+    app = create_app(settings)
+    if argv[:1] == ["reset-reference"]:
+        import asyncio
+
+        async def send() -> None:
+            await app.producer.start()
+            await request_reference_reset(app, f"{argv[1]}|{argv[2]}")
+            await app.producer.flush()
+            await app.producer.stop()
+
+        asyncio.run(send())
+        return 0
+    from faust.worker import Worker
+
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

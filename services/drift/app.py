@@ -1,0 +1,124 @@
+"""The drift service as a faust-streaming application.
+
+    requests / responses / feedback topics
+        -> extract (decode, features; invalid -> dead-letter topic)
+        -> <app id>-features (internal topic keyed by model|version: one stream in order per key)
+        -> detect (StreamMonitor per key; state checkpointed in a faust table backed by a
+           changelog topic) -> DriftEvents on argus.drift.events
+
+State: each stream's monitor is written to the ``drift-state`` table (changelog-backed)
+every ``checkpoint_every`` events and immediately after any alarm, so a restarted or
+rebalanced worker resumes with the detectors' windows and references (no re-warm-up)
+and with the alarm already raised (no second event for the same change). DriftEvent
+ids are derived from the change, so a replay is idempotent downstream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import time
+from typing import Any
+
+import faust
+
+from services.common.codec import SerializationError
+from services.common.logging import get_logger
+from services.common.pipeline import Message, dead_letter_headers, dead_letter_record
+from services.common.registry import get_codec
+from services.drift.calibration import load as load_calibration
+from services.drift.features import Features, feedback_features, request_features, response_features
+from services.drift.monitor import StreamMonitor
+from services.drift.settings import DriftSettings
+
+CONTROL_RESET = "reset-reference"
+
+
+def create_app(settings: DriftSettings) -> faust.App:
+    k = settings.kafka
+    log = get_logger("argus.drift")
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{k.bootstrap_servers}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        producer_acks=-1,
+    )
+    calibration = load_calibration()
+    codecs = {key: get_codec(key) for key in ("inference-requests", "inference-responses", "feedback")}
+    drift_codec = get_codec("drift-events")
+    topics = {key: app.topic(k.topic(key), key_type=bytes, value_type=bytes) for key in codecs}
+    dlqs = {key: app.topic(k.topic(f"{key}-dlq"), key_type=bytes, value_type=bytes) for key in codecs}
+    features_topic = app.topic(f"{k.topic_prefix}{settings.app_id}-features", internal=True,
+                               partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    drift_topic = app.topic(k.topic("drift-events"), key_type=bytes, value_type=bytes)
+    # bytes keys and values: faust then uses the raw serializer for the changelog too
+    state = app.Table("drift-state", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    monitors: dict[str, StreamMonitor] = {}
+
+    async def dead_letter(key: str, event: Any, reason: str) -> None:
+        m = event.message
+        msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000) if m.timestamp else 0)
+        value = get_codec(f"{key}-dlq").encode(
+            dead_letter_record(msg, reason, "InvalidMessage.SerializationError", settings.app_id, "drift"))
+        await dlqs[key].send(key=m.key, value=value, headers=dead_letter_headers(msg, reason, "InvalidMessage.SerializationError"))
+        log.warning("drift.dead_lettered", topic=m.topic, partition=m.partition, offset=m.offset, reason=reason)
+
+    def make_extractor(key: str, extract):  # noqa: ANN001, ANN202
+        async def extractor(stream: Any) -> None:
+            async for event in stream.events():
+                try:
+                    record = codecs[key].decode(event.value)
+                except SerializationError as exc:
+                    await dead_letter(key, event, str(exc))
+                    continue
+                f = extract(record)
+                if f is not None:
+                    await features_topic.send(key=f.stream.encode(), value=json.dumps(dataclasses.asdict(f)).encode())
+
+        extractor.__name__ = f"extract_{key.replace('-', '_')}"
+        return app.agent(topics[key], name=f"{settings.app_id}.extract.{key}")(extractor)
+
+    make_extractor("inference-requests", request_features)
+    make_extractor("inference-responses", response_features)
+    make_extractor("feedback", feedback_features)
+
+    def monitor_for(stream_key: str) -> StreamMonitor:
+        if stream_key not in monitors:
+            saved = state.get(stream_key.encode())
+            monitors[stream_key] = pickle.loads(saved) if saved else StreamMonitor(stream_key, calibration)
+        return monitors[stream_key]
+
+    @app.agent(features_topic, name=f"{settings.app_id}.detect")
+    async def detect(stream: Any) -> None:
+        async for key, value in stream.items():
+            stream_key = key.decode()
+            payload = json.loads(value)
+            mon = monitor_for(stream_key)
+            if payload.get("control") == CONTROL_RESET:
+                mon.reset_reference()
+                state[stream_key.encode()] = pickle.dumps(mon)
+                log.info("drift.reference_reset", stream=stream_key)
+                continue
+            alarms = mon.observe(Features(**payload))
+            for alarm in alarms:
+                event = mon.drift_event(alarm, int(time.time() * 1000))
+                await drift_topic.send(key=stream_key.encode(), value=drift_codec.encode(event))
+                log.info("drift.detected", stream=stream_key, feature=alarm.feature, detector=alarm.detector,
+                         statistic=alarm.statistic, position=alarm.position)
+            if alarms or mon.position % settings.checkpoint_every == 0:
+                state[stream_key.encode()] = pickle.dumps(mon)
+
+    app.argus_features_topic = features_topic  # for the reset command
+    return app
+
+
+async def request_reference_reset(app: faust.App, stream_key: str) -> None:
+    """Ask the worker owning ``stream_key`` (``model|version``) to pin a new reference."""
+    await app.argus_features_topic.send(key=stream_key.encode(), value=json.dumps({"control": CONTROL_RESET}).encode())

@@ -1,0 +1,166 @@
+"""The drift worker (faust-streaming) on the real broker: a loadgen stream with a
+prompt-length drift at a known point, restarts, dead letters."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from services.common.kafka import make_consumer, make_producer
+from services.common.registry import get_codec
+from services.common.settings import KafkaSettings
+from services.sdk.loadgen import LoadProfile, make_prompt
+from services.sdk.producer import ArgusProducer
+from tests.conftest import REPO
+
+DOCUMENTED_DELAY = 300  # events after the change, see docs/drift.md
+
+
+async def send_prompts(kafka: KafkaSettings, n: int, drifted: bool, seed: int) -> None:
+    rng = random.Random(seed)
+    profile = LoadProfile(drift="length")
+    async with ArgusProducer(kafka) as producer:
+        for _ in range(n):
+            await producer.request([{"role": "user", "content": make_prompt(profile, rng, drifted)}], tenant="acme",
+                                   model="m-drift", user=f"u{rng.randrange(50)}")
+        await producer.flush()
+
+
+def start_worker(kafka: KafkaSettings, app_id: str) -> subprocess.Popen:
+    env = {**os.environ, "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "ARGUS_DRIFT_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "ARGUS_DRIFT_APP_ID": app_id,
+           "ARGUS_DRIFT_LOG_LEVEL": "WARNING", "ARGUS_DRIFT_CHECKPOINT_EVERY": "100"}
+    return subprocess.Popen([sys.executable, "-m", "services.drift"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def processed(kafka: KafkaSettings, app_id: str, topic_key: str, timeout_s: float = 120) -> None:
+    """Wait until the worker's extract agent committed everything on a topic."""
+    name = kafka.topic(topic_key)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    consumer = make_consumer(kafka, None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(name, p) for p in range(3)]
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                offsets = await admin.list_consumer_group_offsets(app_id, partitions=tps)
+            except KafkaError:  # the group does not exist yet
+                offsets = {}
+            if offsets and all(offsets.get(tp) and offsets[tp].offset >= ends[tp] for tp in tps):
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"worker did not process {name}")
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def drift_events(kafka: KafkaSettings) -> list[dict]:
+    codec = get_codec("drift-events")
+    consumer = make_consumer(kafka, None)
+    await consumer.start()
+    try:
+        tp = TopicPartition(kafka.topic("drift-events"), 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out = []
+        while len(out) < end:
+            out += [codec.decode(m.value) for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])]
+        return [e for e in out if e["model"] == "m-drift"]
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_events(kafka: KafkaSettings, at_least: int, timeout_s: float = 90) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        events = await drift_events(kafka)
+        if len(events) >= at_least:
+            return events
+        await asyncio.sleep(1)
+    return await drift_events(kafka)
+
+
+def position(event: dict) -> int:
+    return int(event["detector_params"]["detected_at_position"])
+
+
+async def test_drift_found_after_the_change_and_state_survives_restarts(kafka_settings: KafkaSettings) -> None:
+    app_id = "drift-" + uuid.uuid4().hex[:6]
+    baseline = 1500
+    await send_prompts(kafka_settings, baseline, drifted=False, seed=1)
+    worker = start_worker(kafka_settings, app_id)
+    try:
+        await processed(kafka_settings, app_id, "inference-requests")
+        await asyncio.sleep(4)  # let the table checkpoint reach its changelog
+        assert await drift_events(kafka_settings) == [], "false alarm before the change"
+        # restart mid-stream: the new worker must not warm up again
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        worker = start_worker(kafka_settings, app_id)
+        await send_prompts(kafka_settings, 600, drifted=True, seed=2)
+        events = await wait_for_events(kafka_settings, 2)
+        prompt_events = [e for e in events if e["feature"] in ("prompt_chars", "prompt_words")]
+        assert prompt_events, f"no drift event for the drifted feature: {events}"
+        assert all(baseline - 100 < position(e) for e in events), [(e["feature"], position(e)) for e in events]
+        first = min(position(e) for e in prompt_events)
+        assert first - baseline <= DOCUMENTED_DELAY + 100, first  # + at most one checkpoint interval lost to SIGKILL
+        e = prompt_events[0]
+        assert e["reference_summary"]["mean"] < e["current_summary"]["mean"] and e["example_request_ids"]
+        await processed(kafka_settings, app_id, "inference-requests")
+        await asyncio.sleep(4)
+        # restart after the alarm: more drifted traffic is the same change, no second event
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        worker = start_worker(kafka_settings, app_id)
+        await send_prompts(kafka_settings, 400, drifted=True, seed=3)
+        await processed(kafka_settings, app_id, "inference-requests")
+        await asyncio.sleep(3)
+        after = await drift_events(kafka_settings)
+        ks = [x for x in after if x["detector"] == "ks"]
+        assert len({x["event_id"] for x in ks}) == len({(x["feature"]) for x in ks}), ks
+    finally:
+        worker.terminate()
+        worker.wait(60)
+
+
+async def test_malformed_request_is_dead_lettered_and_the_worker_goes_on(kafka_settings: KafkaSettings) -> None:
+    app_id = "drift-" + uuid.uuid4().hex[:6]
+    producer = make_producer(kafka_settings)
+    await producer.start()
+    await producer.send_and_wait(kafka_settings.topic("inference-requests"), b"\x01not avro", key=b"bad")
+    await producer.stop()
+    await send_prompts(kafka_settings, 50, drifted=False, seed=4)
+    worker = start_worker(kafka_settings, app_id)
+    try:
+        await processed(kafka_settings, app_id, "inference-requests")
+        codec = get_codec("inference-requests-dlq")
+        consumer = make_consumer(kafka_settings, None)
+        await consumer.start()
+        tp = TopicPartition(kafka_settings.topic("inference-requests-dlq"), 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + 30
+        letters = []
+        while not letters and time.monotonic() < deadline:
+            letters = [codec.decode(m.value) for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])]
+        await consumer.stop()
+        assert letters and "magic byte" in letters[0]["reason"] and letters[0]["service"] == "drift"
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(60)

@@ -1,0 +1,110 @@
+"""Drift features and detectors without I/O: golden examples through feature
+extraction, detectors on synthetic streams with known change points."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from services.common.registry import default_registry, get_codec
+from services.drift.calibration import load
+from services.drift.features import feedback_features, language_of, request_features, response_features, script_of
+from services.drift.monitor import StreamMonitor
+
+REG = default_registry()
+
+
+def decoded(key: str):  # noqa: ANN201
+    codec = get_codec(key)
+    return [codec.decode(codec.encode(r)) for items in REG.examples(key).values() for _, r in items]
+
+
+def test_golden_examples_through_feature_extraction() -> None:
+    for rec in decoded("inference-requests"):
+        f = request_features(rec)
+        assert f.stream == "smollm2-135m-instruct|*" and f.numeric["prompt_chars"] > 0
+        assert f.categorical["prompt_script"] == "latin"
+    by_status = {r["status"]: response_features(r) for r in decoded("inference-responses")}
+    assert by_status["ok"].binary == {"error": False, "empty_output": False, "refusal": False}
+    assert by_status["deadline_exceeded"].binary["error"] is True
+    assert by_status["ok"].numeric["confidence"] < 0
+    assert all(response_features(r) is None for r in decoded("inference-shadow-responses"))
+    fb = feedback_features(decoded("feedback")[0])
+    assert fb.binary == {"negative_feedback": True}
+
+
+def test_language_and_script() -> None:
+    assert language_of("What is the capital of France?") == "en"
+    assert language_of("Quelle est la capitale de la France ?") == "fr"
+    assert language_of("¿Cuál es la capital de Japón?") == "es"
+    assert script_of("Привет мир") == "cyrillic" and script_of("東京は") == "cjk"
+
+
+def feed(mon: StreamMonitor, values: np.ndarray, feature: str = "x", kind: str = "numeric") -> list:
+    from services.drift.features import Features
+
+    out = []
+    for v in values:
+        f = Features("m|v1", numeric={feature: float(v)} if kind == "numeric" else {},
+                     categorical={feature: str(v)} if kind == "categorical" else {},
+                     binary={feature: bool(v)} if kind == "binary" else {})
+        out += [(mon.position, a) for a in mon.observe(f)]
+    return out
+
+
+@pytest.mark.parametrize("shift", ["mean", "variance"])
+def test_numeric_change_is_found_after_it_and_not_before(shift: str) -> None:
+    rng = np.random.default_rng(4)
+    before = rng.lognormal(3.5, 0.6, 3000)
+    after = rng.lognormal(4.3, 0.6, 1500) if shift == "mean" else rng.lognormal(3.5, 1.4, 1500)
+    mon = StreamMonitor("m|v1", load())
+    alarms = feed(mon, np.concatenate([before, after]))
+    assert alarms, "no detection"
+    assert all(pos > 3000 for pos, _ in alarms), [(p, a.detector) for p, a in alarms]
+    assert min(pos for pos, _ in alarms) - 3000 <= 300
+
+
+def test_categorical_mix_change_and_one_event_per_episode() -> None:
+    rng = np.random.default_rng(5)
+    cats = np.array(["en", "fr", "es", "de", "other"])
+    before = cats[rng.choice(5, 3000, p=[0.7, 0.1, 0.1, 0.05, 0.05])]
+    after = cats[rng.choice(5, 3000, p=[0.3, 0.4, 0.2, 0.05, 0.05])]
+    mon = StreamMonitor("m|v1", load())
+    alarms = feed(mon, np.concatenate([before, after]), "prompt_language", "categorical")
+    assert len(alarms) == 1 and alarms[0][0] > 3000 and alarms[0][1].detector == "chi2"
+
+
+def test_error_rate_rise_is_found_by_the_bernoulli_detector() -> None:
+    rng = np.random.default_rng(6)
+    stream = np.concatenate([rng.random(4000) < 0.05, rng.random(2000) < 0.25])
+    mon = StreamMonitor("m|v1", load())
+    alarms = feed(mon, stream, "error", "binary")
+    assert alarms and all(pos > 4000 for pos, _ in alarms)
+
+
+def test_monitor_state_survives_pickling_without_rewarming_or_realerting() -> None:
+    rng = np.random.default_rng(7)
+    mon = StreamMonitor("m|v1", load())
+    feed(mon, rng.lognormal(3.5, 0.6, 2000))
+    restored = pickle.loads(pickle.dumps(mon))
+    first = feed(restored, rng.lognormal(4.3, 0.6, 400))
+    assert first and min(p for p, _ in first) <= 2000 + 300  # no second warm-up
+    again = pickle.loads(pickle.dumps(restored))
+    assert [a.detector for _, a in feed(again, rng.lognormal(4.3, 0.6, 400)) if a.detector == "ks"] == []  # same change
+
+
+def test_drift_event_is_a_valid_record_with_a_stable_id() -> None:
+    rng = np.random.default_rng(8)
+    mon = StreamMonitor("m|v1", load())
+    (pos, alarm), *_ = feed(mon, np.concatenate([rng.lognormal(3.5, 0.6, 2000), rng.lognormal(4.5, 0.6, 500)]))
+    event = mon.drift_event(alarm, 1764000000000)
+    codec = get_codec("drift-events")
+    assert codec.decode(codec.encode(event))["feature"] == "x"
+    assert mon.drift_event(alarm, 1764000009999)["event_id"] == event["event_id"]
+
+
+def test_calibration_meets_the_false_alarm_budget() -> None:
+    cal = load()
+    for name, d in cal["detectors"].items():
+        assert d["false_alarms_per_100k"] <= 1.0, (name, d)
