@@ -19,6 +19,7 @@ BENCHMARKS = {
     "codec": "bench.codec_bench",
     "inference": "bench.inference_overhead",
     "ingest": "bench.ingest_bench",
+    "drift": "bench.drift_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
