@@ -164,3 +164,51 @@ async def test_malformed_request_is_dead_lettered_and_the_worker_goes_on(kafka_s
     finally:
         worker.terminate()
         worker.wait(60)
+
+
+async def test_two_workers_share_partitions_and_find_what_one_finds(kafka_settings: KafkaSettings) -> None:
+    """Three models' streams, drift in two of them; one worker, then two workers of
+    another app id on the same input: the same (model, feature, detector) events."""
+    rng = random.Random(9)
+    profile = LoadProfile(drift="length")
+    async with ArgusProducer(kafka_settings) as producer:
+        for phase, n in (("baseline", 1200), ("drift", 500)):
+            for _ in range(n):
+                for model in ("m-a", "m-b", "m-c"):
+                    drifted = phase == "drift" and model != "m-c"
+                    await producer.request([{"role": "user", "content": make_prompt(profile, rng, drifted)}],
+                                           tenant="acme", model=model)
+        await producer.flush()
+
+    async def run(workers: int) -> list[dict]:
+        app_id = "drift-" + uuid.uuid4().hex[:6]
+        procs = [start_worker(kafka_settings, app_id)]
+        for _ in range(workers - 1):
+            await asyncio.sleep(8)  # join one at a time, as a scale-out does
+            procs.append(start_worker(kafka_settings, app_id))
+        try:
+            await processed(kafka_settings, app_id, "inference-requests", timeout_s=180)
+            await asyncio.sleep(5)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(60)
+        codec = get_codec("drift-events")
+        consumer = make_consumer(kafka_settings, None)
+        await consumer.start()
+        tp = TopicPartition(kafka_settings.topic("drift-events"), 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        got = []
+        while len(got) < end:
+            got += [codec.decode(m.value) for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])]
+        await consumer.stop()
+        return got
+
+    one = await run(1)
+    both = (await run(2))[len(one):]  # the drift topic holds the first run's events first
+    found_one = {(e["model"], e["feature"], e["detector"]) for e in one}
+    found_two = {(e["model"], e["feature"], e["detector"]) for e in both}
+    assert {m for m, _, _ in found_one} == {"m-a", "m-b"}, found_one  # the stable model raised nothing
+    assert found_two == found_one, (found_two, found_one)
