@@ -23,6 +23,8 @@ from typing import Any
 import faust
 
 from services.common.codec import SerializationError
+from services.common.health import HealthServer, Readiness
+from services.common.metrics import Metrics
 from services.common.logging import get_logger
 from services.common.pipeline import Message, dead_letter_headers, dead_letter_record
 from services.common.registry import get_codec
@@ -114,6 +116,30 @@ def create_app(settings: DriftSettings) -> faust.App:
                          statistic=alarm.statistic, position=alarm.position)
             if alarms or mon.position % settings.checkpoint_every == 0:
                 state[stream_key.encode()] = pickle.dumps(mon)
+
+    # Health: liveness = faust's event loop advances (a 1 s timer), readiness = not
+    # rebalancing and the table recovered; metrics in Prometheus format.
+    metrics = Metrics(settings.service_name)
+    progress = {"t": time.time(), "events": 0}
+
+    @app.timer(1.0)
+    async def heartbeat() -> None:
+        progress["t"] = time.time()
+
+    async def readiness() -> Readiness:
+        recovered = app.tables.recovery.completed.is_set()
+        ready = recovered and not app.rebalancing
+        detail = "" if ready else ("rebalancing" if app.rebalancing else "recovering tables")
+        return Readiness(ready, settings.service_name, True, True,
+                         [str(tp) for tp in app.consumer.assignment()] if ready else [], {}, {}, detail)
+
+    health = HealthServer(settings.health, metrics, lambda: progress["t"], readiness)
+
+    if settings.health_enabled:
+        @app.task
+        async def serve_health() -> None:
+            port = await health.start()
+            log.info("drift.health", port=port)
 
     app.argus_features_topic = features_topic  # for the reset command
     return app

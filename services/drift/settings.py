@@ -14,3 +14,4 @@ class DriftSettings(ServiceSettings):
     partitions: int = 3
     checkpoint_every: int = 200  # events per stream between state checkpoints to the faust table
     broker_session_timeout_s: float = 10.0
+    health_enabled: bool = True

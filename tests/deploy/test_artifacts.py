@@ -45,6 +45,8 @@ def test_rendered_manifests_are_valid_kubernetes(values: dict) -> None:
 def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
     workloads = [d for d in render() if d["kind"] in ("Job", "Deployment")]
     assert {d["kind"] for d in workloads} == {"Job", "Deployment"}
+    names = {d["metadata"]["name"] for d in workloads}
+    assert {"argus-argus-inference", "argus-argus-ingest", "argus-argus-drift"} <= names, names
     for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -61,7 +63,8 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
 def test_services_are_switched_on_and_sized_from_values() -> None:
     off = [d["metadata"]["name"] for d in render({"inference": {"enabled": False}}) if d["kind"] == "Deployment"]
     assert not any(name.endswith("-inference") for name in off)
-    gpu = [d for d in render({"inference": {"engine": {"kind": "vllm", "numGpus": 1}}}) if d["kind"] == "Deployment"]
+    gpu = [d for d in render({"inference": {"engine": {"kind": "vllm", "numGpus": 1}}})
+           if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
     container = gpu[0]["spec"]["template"]["spec"]["containers"][0]
     assert "argus-gpu" in container["image"]
     env = {e["name"]: e.get("value") for e in container["env"]}

@@ -127,10 +127,12 @@ async def test_killed_bridge_loses_no_request(ray_serve, kafka_settings) -> None
         "ARGUS_INFERENCE_LOG_LEVEL": "WARNING", "RAY_AUTH_MODE": "disabled",
     }
     cmd = [sys.executable, "-m", "services.inference", "bridge"]
-    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = REPO / ".argus" / f"test-bridge-{uuid.uuid4().hex[:6]}.log"
+    log.parent.mkdir(exist_ok=True)
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     try:
         got = await read_topic(kafka_settings, "inference-responses", 8, timeout_s=120)
-        assert len(got) >= 8, first.stderr.read().decode()[-3000:] if first.poll() is not None else "too slow"
+        assert len(got) >= 8, log.read_text()[-3000:] if first.poll() is not None else "too slow"
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

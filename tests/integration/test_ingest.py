@@ -225,7 +225,7 @@ async def test_100k_events_exactly_once_through_five_sigkills(kafka_settings, cl
     cmd = [sys.executable, "-m", "services.ingest"]
     kills = 0
     while kills < 5:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = count(client, table)
         await asyncio.sleep(rng.uniform(1.5, 3.5))
         proc.send_signal(signal.SIGKILL)
@@ -234,7 +234,7 @@ async def test_100k_events_exactly_once_through_five_sigkills(kafka_settings, cl
         after = count(client, table)
         assert after < n, "the run finished before all five kills: make the kills earlier"
         assert after >= before
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
         while count(client, table) < n and time.monotonic() < deadline:
@@ -263,8 +263,9 @@ async def test_clickhouse_down_30s_no_loss_bounded_memory_lag_drains(kafka_setti
     env = _ingest_env(kafka_settings, dsn, "ingest-" + uuid.uuid4().hex[:6], '["inference-responses"]', health, 2000)
     env["ARGUS_INGEST_CLICKHOUSE__CONNECT_TIMEOUT_S"] = "1"
     env["ARGUS_INGEST_CLICKHOUSE__SEND_RECEIVE_TIMEOUT_S"] = "5"
+    log = tmp_path / "ingest.log"
     ingest = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # a file: an unread pipe could stall it
     client = None
     total = 0
     try:
@@ -315,7 +316,7 @@ async def test_clickhouse_down_30s_no_loss_bounded_memory_lag_drains(kafka_setti
         assert r["ready"] and sum(r["lag"].values()) == 0
         # while ~60k events arrived during the outage, memory grew by far less than they would take
         assert rss_max - rss_before < 150 * 1024 * 1024, (rss_before, rss_max)
-        assert ingest.poll() is None, ingest.stderr.read().decode()[-2000:]
+        assert ingest.poll() is None, log.read_text()[-2000:]
     finally:
         ingest.terminate()
         ingest.wait(60)
