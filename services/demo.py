@@ -98,6 +98,11 @@ def run_demo(console: Console, opts: DemoOptions | None = None) -> bool:
         0, home / "logs" / "inference.log")
     inference.health_port = int(inference.env["ARGUS_INFERENCE_HEALTH__PORT"])
     services = [ingest, inference]
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # run the cleanup below on SIGTERM too, not only Ctrl-C
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         for s in services:
             s.start()
@@ -118,6 +123,7 @@ def run_demo(console: Console, opts: DemoOptions | None = None) -> bool:
     finally:
         for s in services:
             s.stop()
+        signal.signal(signal.SIGTERM, previous)
         console.print("stopped the demo's services; the stack is still up: [bold]argus stack down[/] stops it")
 
 
