@@ -70,35 +70,30 @@ def argus(values: Any, categorical: bool) -> list[int]:
     return out
 
 
-def plain_adwin(values: Any, categorical: bool) -> list[int] | None:
+def adwin_only(values: Any, categorical: bool, delta: float = 0.002) -> list[int] | None:
+    """river ADWIN alone (default delta 0.002 unless given), numeric streams only."""
     if categorical:
         return None
     from river import drift
 
-    d = drift.ADWIN()
+    d = drift.ADWIN(delta=delta)
     out = []
     for i, v in enumerate(values, 1):
         d.update(float(v))
         if d.drift_detected:
             out.append(i)
     return out
+
+
+def plain_adwin(values: Any, categorical: bool) -> list[int] | None:
+    return adwin_only(values, categorical)
 
 
 def calibrated_adwin(values: Any, categorical: bool) -> list[int] | None:
     """river ADWIN alone, at the delta calibrated for the false-alarm budget."""
-    if categorical:
-        return None
-    from river import drift
-
     from services.drift.calibration import load
 
-    d = drift.ADWIN(delta=load()["detectors"]["adwin"]["delta"])
-    out = []
-    for i, v in enumerate(values, 1):
-        d.update(float(v))
-        if d.drift_detected:
-            out.append(i)
-    return out
+    return adwin_only(values, categorical, load()["detectors"]["adwin"]["delta"])
 
 
 def batch_test(values: Any, categorical: bool, size: int = 1000) -> list[int]:

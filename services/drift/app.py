@@ -63,6 +63,7 @@ def create_app(settings: DriftSettings) -> faust.App:
     # bytes keys and values: faust then uses the raw serializer for the changelog too
     state = app.Table("drift-state", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes)
     monitors: dict[str, StreamMonitor] = {}
+    sink = {"healthy": True}  # last DriftEvent write to the broker succeeded
 
     async def dead_letter(key: str, event: Any, reason: str) -> None:
         m = event.message
@@ -111,7 +112,12 @@ def create_app(settings: DriftSettings) -> faust.App:
             alarms = mon.observe(Features(**payload))
             for alarm in alarms:
                 event = mon.drift_event(alarm, int(time.time() * 1000))
-                await drift_topic.send(key=stream_key.encode(), value=drift_codec.encode(event))
+                try:
+                    await (await drift_topic.send(key=stream_key.encode(), value=drift_codec.encode(event)))
+                except Exception:  # recorded for readiness, then re-raised: faust restarts the agent, nothing is acked
+                    sink["healthy"] = False
+                    raise
+                sink["healthy"] = True
                 log.info("drift.detected", stream=stream_key, feature=alarm.feature, detector=alarm.detector,
                          statistic=alarm.statistic, position=alarm.position)
             if alarms or mon.position % settings.checkpoint_every == 0:
@@ -128,10 +134,13 @@ def create_app(settings: DriftSettings) -> faust.App:
 
     async def readiness() -> Readiness:
         recovered = app.tables.recovery.completed.is_set()
-        ready = recovered and not app.rebalancing
-        detail = "" if ready else ("rebalancing" if app.rebalancing else "recovering tables")
-        return Readiness(ready, settings.service_name, True, True,
-                         [str(tp) for tp in app.consumer.assignment()] if ready else [], {}, {}, detail)
+        assigned = [str(tp) for tp in app.consumer.assignment()]
+        # connected: the table was recovered from the broker and the group gave us partitions
+        connected = recovered and bool(assigned)
+        ready = connected and not app.rebalancing and sink["healthy"]
+        detail = ("rebalancing" if app.rebalancing else "recovering tables" if not recovered
+                  else "no partitions assigned" if not assigned else "DriftEvent writes failing" if not sink["healthy"] else "")
+        return Readiness(ready, settings.service_name, connected, sink["healthy"], assigned, {}, {}, detail)
 
     health = HealthServer(settings.health, metrics, lambda: progress["t"], readiness)
 

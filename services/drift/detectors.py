@@ -79,19 +79,40 @@ def psi_and_js(ref_sorted: np.ndarray, cur: np.ndarray, bins: int = 10) -> tuple
     return psi, js
 
 
-class WindowKS:
-    name = "ks"
+class _Windowed:
+    """What the windowed tests share: a pinned reference, a sliding current window
+    tested every ``step`` events once full, and one alarm per episode (hysteresis)."""
 
     def __init__(self, threshold: float, reference_size: int = 500, window: int = 200, step: int = 20) -> None:
         self.threshold = threshold
         self.reference_size = reference_size
         self.window = window
         self.step = step
-        self.reference: list[float] = []
-        self._ref_sorted: np.ndarray | None = None
-        self.current: deque[float] = deque(maxlen=window)
+        self.current: deque[Any] = deque(maxlen=window)
         self.seen = 0
         self.in_alarm = False
+
+    def _due(self) -> bool:
+        return len(self.current) >= self.window and self.seen % self.step == 0
+
+    def _new_episode(self, statistic: float) -> bool:
+        """True only for the first check over the threshold; re-armed once back under it."""
+        if statistic <= self.threshold:
+            self.in_alarm = False
+            return False
+        if self.in_alarm:
+            return False
+        self.in_alarm = True
+        return True
+
+
+class WindowKS(_Windowed):
+    name = "ks"
+
+    def __init__(self, threshold: float, reference_size: int = 500, window: int = 200, step: int = 20) -> None:
+        super().__init__(threshold, reference_size, window, step)
+        self.reference: list[float] = []
+        self._ref_sorted: np.ndarray | None = None
 
     def reset_reference(self) -> None:
         self.reference, self._ref_sorted, self.in_alarm = [], None, False
@@ -105,16 +126,12 @@ class WindowKS:
         if self._ref_sorted is None:
             self._ref_sorted = np.sort(np.asarray(self.reference, dtype=float))
         self.current.append(x)
-        if len(self.current) < self.window or self.seen % self.step:
+        if not self._due():
             return None
         cur = np.asarray(self.current, dtype=float)
         d = ks_statistic(self._ref_sorted, cur)
-        if d <= self.threshold:
-            self.in_alarm = False  # recovered (or never drifted): re-armed
+        if not self._new_episode(d):
             return None
-        if self.in_alarm:
-            return None
-        self.in_alarm = True
         psi, js = psi_and_js(self._ref_sorted, cur)
         return Alarm(
             self.name, feature, d, self.threshold, ks_p_value(d, self._ref_sorted.size, cur.size),
@@ -123,18 +140,12 @@ class WindowKS:
         )
 
 
-class WindowChi2:
+class WindowChi2(_Windowed):
     name = "chi2"
 
     def __init__(self, threshold: float, reference_size: int = 500, window: int = 200, step: int = 20) -> None:
-        self.threshold = threshold
-        self.reference_size = reference_size
-        self.window = window
-        self.step = step
+        super().__init__(threshold, reference_size, window, step)
         self.reference: Counter = Counter()
-        self.current: deque[str] = deque(maxlen=window)
-        self.seen = 0
-        self.in_alarm = False
 
     def reset_reference(self) -> None:
         self.reference, self.in_alarm = Counter(), False
@@ -146,7 +157,7 @@ class WindowChi2:
             self.reference[x] += 1
             return None
         self.current.append(x)
-        if len(self.current) < self.window or self.seen % self.step:
+        if not self._due():
             return None
         cur = Counter(self.current)
         cats = sorted(set(self.reference) | set(cur))
@@ -156,12 +167,8 @@ class WindowChi2:
         obs = np.array([cur[c] for c in cats], dtype=float)
         exp = probs * len(self.current)
         stat = float(np.sum((obs - exp) ** 2 / exp))
-        if stat <= self.threshold:
-            self.in_alarm = False
+        if not self._new_episode(stat):
             return None
-        if self.in_alarm:
-            return None
-        self.in_alarm = True
         ref_share = {f"share:{c}": (self.reference[c]) / n_ref for c in cats}
         cur_share = {f"share:{c}": cur[c] / len(self.current) for c in cats}
         return Alarm(self.name, feature, stat, self.threshold, None, n_ref, len(self.current), ref_share, cur_share,

@@ -70,7 +70,7 @@ async def processed(kafka: KafkaSettings, app_id: str, topic_key: str, timeout_s
         await admin.close()
 
 
-async def drift_events(kafka: KafkaSettings) -> list[dict]:
+async def drift_events(kafka: KafkaSettings, model: str | None = "m-drift") -> list[dict]:
     codec = get_codec("drift-events")
     consumer = make_consumer(kafka, None)
     await consumer.start()
@@ -82,7 +82,7 @@ async def drift_events(kafka: KafkaSettings) -> list[dict]:
         out = []
         while len(out) < end:
             out += [codec.decode(m.value) for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])]
-        return [e for e in out if e["model"] == "m-drift"]
+        return [e for e in out if model is None or e["model"] == model]
     finally:
         await consumer.stop()
 
@@ -193,18 +193,7 @@ async def test_two_workers_share_partitions_and_find_what_one_finds(kafka_settin
             for p in procs:
                 p.terminate()
                 p.wait(60)
-        codec = get_codec("drift-events")
-        consumer = make_consumer(kafka_settings, None)
-        await consumer.start()
-        tp = TopicPartition(kafka_settings.topic("drift-events"), 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        got = []
-        while len(got) < end:
-            got += [codec.decode(m.value) for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])]
-        await consumer.stop()
-        return got
+        return await drift_events(kafka_settings, model=None)
 
     one = await run(1)
     both = (await run(2))[len(one):]  # the drift topic holds the first run's events first
