@@ -32,11 +32,13 @@ class HealthServer:
         metrics: Metrics,
         last_progress: Callable[[], float],
         readiness: Callable[[], Awaitable[Readiness]],
+        routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._last_progress = last_progress
         self._readiness = readiness
+        self._routes = routes or {}  # extra GET routes, e.g. the alerting API
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -45,6 +47,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        for path, handler in self._routes.items():
+            app.router.add_get(path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)

@@ -105,3 +105,30 @@ async def ensure_topics(
     finally:
         await admin.close()
     return created
+
+
+async def group_lag(k: KafkaSettings, groups: tuple[str, ...] | list[str] = ()) -> dict[str, dict[str, int]]:
+    """Lag of consumer groups (every group when ``groups`` is empty): group -> topic ->
+    sum over partitions of (end offset - committed offset). For lag alerts and status."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**client_kwargs(k))
+    consumer = make_consumer(k, None)
+    await admin.start()
+    await consumer.start()
+    try:
+        names = list(groups) or sorted(g[0] for g in await admin.list_consumer_groups())
+        out: dict[str, dict[str, int]] = {}
+        for group in names:
+            offsets = {tp: m.offset for tp, m in (await admin.list_consumer_group_offsets(group)).items() if m.offset >= 0}
+            if not offsets:
+                continue
+            ends = await consumer.end_offsets(list(offsets))
+            per_topic: dict[str, int] = {}
+            for tp, committed in offsets.items():
+                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(ends.get(tp, committed) - committed, 0)
+            out[group] = per_topic
+        return out
+    finally:
+        await consumer.stop()
+        await admin.close()

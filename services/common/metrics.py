@@ -31,11 +31,18 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_in_flight": MetricDef("gauge", "Requests or records being processed.", ("service",)),
     "argus_last_poll_timestamp_seconds": MetricDef("gauge", "Unix time the poll loop last advanced.", ("service",)),
     "argus_rows_inserted_total": MetricDef("counter", "Rows written to ClickHouse.", ("service", "table")),
+    "argus_signals_total": MetricDef("counter", "Signals the alerting engine observed, by source.", ("service", "source")),
+    "argus_alert_transitions_total": MetricDef("counter", "Alert state changes (pending, firing, resolved, suppressed).", ("service", "rule", "status")),
+    "argus_alerts_active": MetricDef("gauge", "Alerts held by the alerting engine, by state.", ("service", "state")),
+    "argus_silences_active": MetricDef("gauge", "Silences in force.", ("service",)),
+    "argus_notifications_total": MetricDef("counter", "Notification attempts by outcome (delivered, retried, rejected, gave_up).", ("service", "receiver", "outcome")),
+    "argus_notification_seconds": MetricDef("histogram", "From a group's flush to the receiver's acknowledgement.", ("service", "receiver")),
     "argus_pii_findings_total": MetricDef("counter", "PII found (and redacted, hashed or dropped) before storage.", ("service", "kind", "mode")),
 }
 
 _BUCKETS = {
     "argus_batch_size": (1, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
+    "argus_notification_seconds": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     "argus_sink_seconds": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 }
 

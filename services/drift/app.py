@@ -26,7 +26,7 @@ from services.common.codec import SerializationError
 from services.common.health import HealthServer, Readiness
 from services.common.metrics import Metrics
 from services.common.logging import get_logger
-from services.common.pipeline import Message, dead_letter_headers, dead_letter_record
+from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app
 from services.common.registry import get_codec
 from services.drift.calibration import load as load_calibration
 from services.drift.features import Features, feedback_features, request_features, response_features
@@ -39,24 +39,11 @@ CONTROL_RESET = "reset-reference"
 def create_app(settings: DriftSettings) -> faust.App:
     k = settings.kafka
     log = get_logger("argus.drift")
-    app = faust.App(
-        settings.app_id,
-        broker=f"kafka://{k.bootstrap_servers}",
-        store="memory://",
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        broker_session_timeout=settings.broker_session_timeout_s,
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        producer_acks=-1,
-    )
+    app = make_app(settings.app_id, k, settings.partitions, settings.broker_session_timeout_s)
     calibration = load_calibration()
     codecs = {key: get_codec(key) for key in ("inference-requests", "inference-responses", "feedback")}
     drift_codec = get_codec("drift-events")
     topics = {key: app.topic(k.topic(key), key_type=bytes, value_type=bytes) for key in codecs}
-    dlqs = {key: app.topic(k.topic(f"{key}-dlq"), key_type=bytes, value_type=bytes) for key in codecs}
     features_topic = app.topic(f"{k.topic_prefix}{settings.app_id}-features", internal=True,
                                partitions=settings.partitions, key_type=bytes, value_type=bytes)
     drift_topic = app.topic(k.topic("drift-events"), key_type=bytes, value_type=bytes)
@@ -65,13 +52,8 @@ def create_app(settings: DriftSettings) -> faust.App:
     monitors: dict[str, StreamMonitor] = {}
     sink = {"healthy": True}  # last DriftEvent write to the broker succeeded
 
-    async def dead_letter(key: str, event: Any, reason: str) -> None:
-        m = event.message
-        msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000) if m.timestamp else 0)
-        value = get_codec(f"{key}-dlq").encode(
-            dead_letter_record(msg, reason, "InvalidMessage.SerializationError", settings.app_id, "drift"))
-        await dlqs[key].send(key=m.key, value=value, headers=dead_letter_headers(msg, reason, "InvalidMessage.SerializationError"))
-        log.warning("drift.dead_lettered", topic=m.topic, partition=m.partition, offset=m.offset, reason=reason)
+    metrics = Metrics(settings.service_name)
+    dlq = DeadLetterWriter(app, k, "drift", settings.app_id, metrics)
 
     def make_extractor(key: str, extract):  # noqa: ANN001, ANN202
         async def extractor(stream: Any) -> None:
@@ -79,7 +61,7 @@ def create_app(settings: DriftSettings) -> faust.App:
                 try:
                     record = codecs[key].decode(event.value)
                 except SerializationError as exc:
-                    await dead_letter(key, event, str(exc))
+                    await dlq.send(key, event, str(exc))
                     continue
                 f = extract(record)
                 if f is not None:
@@ -125,22 +107,10 @@ def create_app(settings: DriftSettings) -> faust.App:
 
     # Health: liveness = faust's event loop advances (a 1 s timer), readiness = not
     # rebalancing and the table recovered; metrics in Prometheus format.
-    metrics = Metrics(settings.service_name)
-    progress = {"t": time.time(), "events": 0}
-
-    @app.timer(1.0)
-    async def heartbeat() -> None:
-        progress["t"] = time.time()
+    progress = heartbeat(app)
 
     async def readiness() -> Readiness:
-        recovered = app.tables.recovery.completed.is_set()
-        assigned = [str(tp) for tp in app.consumer.assignment()]
-        # connected: the table was recovered from the broker and the group gave us partitions
-        connected = recovered and bool(assigned)
-        ready = connected and not app.rebalancing and sink["healthy"]
-        detail = ("rebalancing" if app.rebalancing else "recovering tables" if not recovered
-                  else "no partitions assigned" if not assigned else "DriftEvent writes failing" if not sink["healthy"] else "")
-        return Readiness(ready, settings.service_name, connected, sink["healthy"], assigned, {}, {}, detail)
+        return faust_readiness(app, settings.service_name, sink["healthy"], "DriftEvent writes failing")
 
     health = HealthServer(settings.health, metrics, lambda: progress["t"], readiness)
 

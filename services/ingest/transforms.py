@@ -141,6 +141,15 @@ def _alert(msg: Message, protect: Protector) -> Row:
     )
 
 
+def _silence(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: dict[str, int] = {}
+    return (
+        _id(v["event_id"], "event_id"), _id(v["silence_id"], "silence_id"), v["action"], v["matchers"], v["starts_at"],
+        v["ends_at"], v["created_by"], protect(v["comment"], None, pii) or "", v["emitted_at"], *_coords(msg),
+    )
+
+
 def _trigger(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
@@ -169,7 +178,8 @@ def _dead_letter(msg: Message, protect: Protector) -> Row:
 
 _K = ("_topic", "_partition", "_offset")
 DLQ_TOPICS = tuple(f"{k}-dlq" for k in ("inference-requests", "inference-responses", "inference-shadow-responses",
-                                          "feedback", "drift-events", "alerts", "retraining-triggers"))
+                                          "feedback", "drift-events", "alerts", "alert-silences",
+                                          "retraining-triggers"))
 
 TABLES: dict[str, TableSpec] = {
     spec.table: spec
@@ -194,6 +204,9 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("alerts", ("alerts",), (
             "event_id", "fingerprint", "rule", "status", "severity", "labels", "annotations", "value", "starts_at",
             "ends_at", "group_key", "receiver", "generator_url", "emitted_at", *_K), _alert),
+        TableSpec("alert_silences", ("alert-silences",), (
+            "event_id", "silence_id", "action", "matchers", "starts_at", "ends_at", "created_by", "comment",
+            "emitted_at", *_K), _silence),
         TableSpec("retraining_triggers", ("retraining-triggers",), (
             "event_id", "trigger_id", "sequence", "model", "model_version", "policy", "state", "reason", "actor",
             "comment", "drift_event_ids", "alert_event_ids", "dataset_spec", "candidate_version", "occurred_at",
