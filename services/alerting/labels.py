@@ -39,7 +39,7 @@ def format_labels(labels: Mapping[str, str]) -> str:
     return "{" + ", ".join(f'{k}="{labels[k]}"' for k in sorted(labels)) + "}"
 
 
-_MATCHER = re.compile(r'^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^"\s]*)\s*$')
+_MATCHER = re.compile(r"""^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^"'\s=~!][^"'\s]*|)\s*$""")
 
 
 class MatcherError(ValueError):

@@ -1,0 +1,39 @@
+"""Entry point: ``python -m services.alerting`` (also ``argus alerting``) runs a faust
+worker; ``python -m services.alerting check [FILE]`` validates a configuration."""
+from __future__ import annotations
+
+import sys
+
+from services.alerting.config import ConfigError, load_config
+from services.alerting.settings import AlertingSettings
+from services.common.logging import configure_logging, get_logger
+from services.common.schema_registry import configure_registry
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = AlertingSettings()
+    path = argv[1] if argv[:1] == ["check"] and len(argv) > 1 else settings.config_file
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if argv[:1] == ["check"]:
+        print(f"{path}: {len(config.rules)} rules, {len(config.receivers)} receivers, "
+              f"{len(config.inhibit_rules)} inhibition rules: valid")
+        return 0
+    configure_logging(settings.log_level, settings.log_json)
+    get_logger("argus.alerting").info("alerting.settings", **settings.masked())
+    configure_registry(settings.kafka)
+    from faust.worker import Worker
+
+    from services.alerting.app import create_app
+
+    app = create_app(settings, config)
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
