@@ -91,6 +91,23 @@ def dead_letter_signal(d: dict[str, Any] | None, topic: str, now: float) -> Sign
                                         "error_type": d["error_type"], "consumer_group": d["consumer_group"]}, {})
 
 
+def _seconds(v: Any) -> float:
+    """A timestamp-millis field as seconds (epoch ms, or a datetime from another writer version)."""
+    return v.timestamp() if hasattr(v, "timestamp") else v / 1000
+
+
+def silence_from_record(s: dict[str, Any]) -> dict[str, Any]:
+    """A Silence record as the engine's JSON (matchers checked: a bad one raises MatcherError)."""
+    out = {"id": str(s["silence_id"]), "action": s["action"], "matchers": list(s["matchers"]),
+           "starts_at": _seconds(s["starts_at"]), "ends_at": _seconds(s["ends_at"]),
+           "created_by": s["created_by"], "comment": s["comment"]}
+    if out["action"] != "expire":
+        if not out["matchers"]:
+            raise MatcherError("a silence needs at least one matcher (it would mute every alert)")
+        Silence(out["id"], out["matchers"], 0, 0, "", "").parsed()
+    return out
+
+
 def alert_record(a: AlertState, status: str, at: float, receiver: str | None = None, group_key: str | None = None,
                  external_url: str = "") -> dict[str, Any]:
     return {
@@ -150,7 +167,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     async def extract_responses(stream: Any) -> None:
         async for event in stream.events():
             try:
-                r = codecs["inference-responses"].decode(event.value)
+                r = codecs["inference-responses"].decode_plain(event.value)
             except SerializationError as exc:
                 await dlq.send("inference-responses", event, str(exc))
                 continue
@@ -163,7 +180,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
         # count, so the response a feedback item is about was seen by this worker
         async for event in stream.events():
             try:
-                f = codecs["feedback"].decode(event.value)
+                f = codecs["feedback"].decode_plain(event.value)
             except SerializationError as exc:
                 await dlq.send("feedback", event, str(exc))
                 continue
@@ -173,7 +190,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     async def extract_drift(stream: Any) -> None:
         async for event in stream.events():
             try:
-                d = codecs["drift-events"].decode(event.value)
+                d = codecs["drift-events"].decode_plain(event.value)
             except SerializationError as exc:
                 await dlq.send("drift-events", event, str(exc))
                 continue
@@ -183,7 +200,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     async def extract_dead_letters(stream: Any) -> None:
         async for event in stream.events():
             try:
-                d = dl_codec.decode(event.value)
+                d = dl_codec.decode_plain(event.value)
             except SerializationError:
                 d = None
             await emit(dead_letter_signal(d, event.message.topic, time.time()))
@@ -192,10 +209,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     async def extract_silences(stream: Any) -> None:
         async for event in stream.events():
             try:
-                s = codecs["alert-silences"].decode(event.value)
-                if s["action"] != "expire":
-                    Silence(s["silence_id"], list(s["matchers"]), s["starts_at"] / 1000, s["ends_at"] / 1000,
-                            s["created_by"], s["comment"]).parsed()
+                s = silence_from_record(codecs["alert-silences"].decode_plain(event.value))
             except (SerializationError, MatcherError) as exc:
                 await dlq.send("alert-silences", event, str(exc))
                 continue
@@ -237,11 +251,10 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
             if "silence" in body:
                 s = body["silence"]
                 if s["action"] == "expire":
-                    eng.expire_silence(s["silence_id"], now)
+                    eng.expire_silence(s["id"], now)
                 else:
-                    eng.add_silence(Silence(s["silence_id"], list(s["matchers"]), s["starts_at"] / 1000, s["ends_at"] / 1000,
-                                            s["created_by"], s["comment"]), now)
-                log.info("alerting.silence", id=s["silence_id"], action=s["action"], by=s["created_by"])
+                    eng.add_silence(Silence(s["id"], s["matchers"], s["starts_at"], s["ends_at"], s["created_by"], s["comment"]), now)
+                log.info("alerting.silence", id=s["id"], action=s["action"], by=s["created_by"], matchers=s["matchers"])
             else:
                 sig = Signal.from_json(body)
                 eng.observe(sig, now)
@@ -259,19 +272,23 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
                 else:
                     table[key.encode()] = json.dumps(v, separators=(",", ":")).encode()
 
+    publish_lock = asyncio.Lock()
+
     async def publish(records: list[dict[str, Any]]) -> None:
-        """Alert records to argus.alerts, in order; what fails stays queued and is retried."""
+        """Alert records to argus.alerts, in order; what fails stays queued and is retried
+        with the next records (the driver and delivery callbacks both publish: one at a time)."""
         state["outbox"].extend(records)
-        while state["outbox"]:
-            rec = state["outbox"][0]
-            try:
-                await (await alerts_topic.send(key=rec["fingerprint"].encode(), value=alerts_codec.encode(rec)))
-            except KafkaError as exc:
-                state["sink_healthy"] = False
-                log.warning("alerting.publish_failed", error=str(exc), queued=len(state["outbox"]))
-                return
-            state["outbox"].pop(0)
-            state["sink_healthy"] = True
+        async with publish_lock:
+            while state["outbox"]:
+                rec = state["outbox"][0]
+                try:
+                    await (await alerts_topic.send(key=rec["fingerprint"].encode(), value=alerts_codec.encode(rec)))
+                except KafkaError as exc:
+                    state["sink_healthy"] = False
+                    log.warning("alerting.publish_failed", error=str(exc), queued=len(state["outbox"]))
+                    return
+                state["outbox"].pop(0)
+                state["sink_healthy"] = True
 
     async def delivered(note: Notification, ok: bool, info: dict[str, Any]) -> None:
         eng = state["engine"]
