@@ -7,6 +7,8 @@
     argus produce TOPIC [FILE]         JSON lines -> Avro wire format -> Kafka
     argus consume TOPIC                Kafka -> decoded JSON lines
     argus sql "SELECT ..."             query ClickHouse (table, CSV or JSON)
+    argus alerting                     run the alerting service
+    argus alerts list | silences | silence | expire | tail
     argus demo                         the end-to-end demo on the local stack
 """
 from __future__ import annotations
@@ -189,6 +191,55 @@ def produce(
         raise typer.Exit(1)
 
 
+async def _follow(topic: str, from_beginning: bool, max_messages: int, idle_timeout: float):  # noqa: ANN202
+    """Yield ``(partition, offset, record or None, error or None)`` from a registry topic,
+    without a consumer group (nothing is committed)."""
+    from aiokafka import TopicPartition
+
+    from services.common.codec import SerializationError
+    from services.common.kafka import make_consumer
+    from services.common.registry import default_registry
+
+    s = _settings()
+    reg = default_registry()
+    name = s.kafka.topic_prefix + reg.topic(topic).name
+    codec = reg.codec(topic)
+    consumer = make_consumer(s.kafka, None)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(name) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()  # first metadata fetch for this topic
+            parts = consumer.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        seen = 0
+        idle = 0.0
+        while not max_messages or seen < max_messages:
+            batch = await consumer.getmany(timeout_ms=500)
+            if not batch:
+                idle += 0.5
+                if idle_timeout and idle >= idle_timeout:
+                    return
+                continue
+            idle = 0.0
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    try:
+                        yield tp.partition, m.offset, codec.decode(m.value), None
+                    except SerializationError as exc:
+                        yield tp.partition, m.offset, None, str(exc)
+                    seen += 1
+                    if max_messages and seen >= max_messages:
+                        return
+    finally:
+        await consumer.stop()
+
+
 @app.command("consume")
 def consume(
     topic: str = typer.Argument(..., help="Registry key, e.g. inference-responses (or: responses, requests)."),
@@ -197,55 +248,16 @@ def consume(
     idle_timeout: float = typer.Option(0.0, help="Stop after this many seconds without a message (0: never)."),
 ) -> None:
     """Print decoded records as JSON lines (no consumer group: nothing is committed)."""
-    from aiokafka import TopicPartition
+    from services.common.codec import to_json
 
-    from services.common.codec import SerializationError, to_json
-    from services.common.kafka import make_consumer
-    from services.common.registry import default_registry
-
-    s = _settings()
-    reg = default_registry()
     topic = {"requests": "inference-requests", "responses": "inference-responses"}.get(topic, topic)
-    name = s.kafka.topic_prefix + reg.topic(topic).name
-    codec = reg.codec(topic)
 
     async def run() -> None:
-        consumer = make_consumer(s.kafka, None)
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(name) or set()
-            if not parts:
-                await consumer._client.force_metadata_update()  # first metadata fetch for this topic
-                parts = consumer.partitions_for_topic(name) or set()
-            tps = [TopicPartition(name, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            if from_beginning:
-                await consumer.seek_to_beginning(*tps)
-            else:
-                await consumer.seek_to_end(*tps)
-            seen = 0
-            idle = 0.0
-            while not max_messages or seen < max_messages:
-                batch = await consumer.getmany(timeout_ms=500)
-                if not batch:
-                    idle += 0.5
-                    if idle_timeout and idle >= idle_timeout:
-                        return
-                    continue
-                idle = 0.0
-                for tp, msgs in batch.items():
-                    for m in msgs:
-                        try:
-                            out = {"partition": tp.partition, "offset": m.offset, "value": to_json(codec.decode(m.value))}
-                        except SerializationError as exc:
-                            out = {"partition": tp.partition, "offset": m.offset, "error": str(exc)}
-                        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-                        seen += 1
-                        if max_messages and seen >= max_messages:
-                            return
-                sys.stdout.flush()
-        finally:
-            await consumer.stop()
+        async for partition, offset, record, error in _follow(topic, from_beginning, max_messages, idle_timeout):
+            out = {"partition": partition, "offset": offset}
+            out.update({"value": to_json(record)} if error is None else {"error": error})
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
 
     try:
         asyncio.run(run())
@@ -340,6 +352,162 @@ def sql(
 
 
 # -- demo ----------------------------------------------------------------------------
+# -- alerting ---------------------------------------------------------------------------
+alerts_app = typer.Typer(help="Alerts and silences of the alerting service.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+_ALERTING_URL = typer.Option("http://127.0.0.1:9095", "--url", envvar="ARGUS_CLI_ALERTING_URL",
+                             help="The alerting service's API (its health port).")
+
+
+@app.command("alerting")
+def alerting() -> None:
+    """Run the alerting service (a faust worker); settings from ARGUS_ALERTING_*."""
+    from services.alerting.__main__ import main as alerting_main
+
+    raise typer.Exit(alerting_main([]))
+
+
+def _api(url: str, path: str) -> list[dict]:
+    import httpx
+
+    try:
+        r = httpx.get(url.rstrip("/") + path, timeout=10)
+    except httpx.HTTPError as exc:
+        _fail(f"the alerting service at {url} is not reachable: {exc}")
+    if r.status_code != 200:
+        _fail(f"{url}{path}: HTTP {r.status_code}: {r.text[:300]}")
+    return r.json()
+
+
+def _when(t: float | None) -> str:
+    from datetime import datetime, timezone
+
+    return "" if t is None else datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@alerts_app.command("list")
+def alerts_list(url: str = _ALERTING_URL, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Alerts the engine holds now (pending, firing, resolved-not-yet-notified)."""
+    alerts = _api(url, "/api/v2/alerts")
+    if json_out:
+        console.print_json(json.dumps(alerts))
+        return
+    table = Table("state", "alert", "severity", "labels", "value", "since", "muted by")
+    for a in alerts:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items()) if k not in ("alertname", "severity"))
+        muted = ", ".join(a["silenced_by"]) + ("inhibited" if a["inhibited"] else "")
+        value = "" if a["value"] is None else f"{a['value']:.4g}"
+        table.add_row(a["state"], a["rule"], a["severity"], labels, value, _when(a["starts_at"] or a["active_at"]), muted)
+    console.print(table if alerts else "no alerts")
+
+
+@alerts_app.command("silences")
+def alerts_silences(url: str = _ALERTING_URL, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Silences known to the engine (active and recently expired)."""
+    silences = _api(url, "/api/v2/silences")
+    if json_out:
+        console.print_json(json.dumps(silences))
+        return
+    table = Table("id", "active", "matchers", "ends", "by", "comment")
+    for x in sorted(silences, key=lambda x: -x["ends_at"]):
+        table.add_row(x["id"], "yes" if x["active"] else "no", " ".join(x["matchers"]), _when(x["ends_at"]), x["created_by"], x["comment"])
+    console.print(table if silences else "no silences")
+
+
+def _publish_silence(record: dict) -> None:
+    from services.common.kafka import make_producer
+    from services.common.registry import get_codec
+
+    s = _settings()
+
+    async def run() -> None:
+        producer = make_producer(s.kafka)
+        await producer.start()
+        try:
+            await producer.send_and_wait(s.kafka.topic("alert-silences"), get_codec("alert-silences").encode(record),
+                                         key=record["silence_id"].encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+@alerts_app.command("silence")
+def alerts_silence(
+    matcher: list[str] = typer.Option(..., "--matcher", "-m", help='Alertmanager matcher, e.g. -m \'alertname="Drift"\' -m \'model=~"smollm2.*"\'.'),
+    duration: str = typer.Option("2h", help="How long, e.g. 30m, 2h, 1d."),
+    author: str = typer.Option(..., help="Who silences (kept with the silence)."),
+    comment: str = typer.Option(..., help="Why."),
+) -> None:
+    """Create a silence (published on argus.alerts.silences; the service applies it)."""
+    import time
+
+    from services.alerting.app import new_silence_record
+    from services.alerting.config import parse_duration
+    from services.alerting.labels import Matcher, MatcherError
+
+    try:
+        for m in matcher:
+            Matcher.parse(m)
+        seconds = parse_duration(duration)
+    except (MatcherError, ValueError) as exc:
+        _fail(str(exc), 2)
+    now = time.time()
+    record = new_silence_record(list(matcher), now, now + seconds, author, comment)
+    _publish_silence(record)
+    console.print(f"silence {record['silence_id']} until {_when(now + seconds)} UTC", highlight=False)
+
+
+@alerts_app.command("expire")
+def alerts_expire(silence_id: str = typer.Argument(...), author: str = typer.Option(..., help="Who expires it.")) -> None:
+    """End a silence now."""
+    import time
+    import uuid as _uuid
+
+    from services.alerting.app import new_silence_record
+
+    try:
+        _uuid.UUID(silence_id)
+    except ValueError:
+        _fail(f"{silence_id!r} is not a silence id (a UUID)", 2)
+    now = time.time()
+    _publish_silence(new_silence_record([], now, now, author, "expired", silence_id=silence_id, action="expire"))
+    console.print(f"silence {silence_id} expired", highlight=False)
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    from_beginning: bool = typer.Option(False, "--from-beginning"),
+    max_messages: int = typer.Option(0, "--max", help="Stop after this many (0: follow)."),
+    idle_timeout: float = typer.Option(0.0, help="Stop after this many seconds without a message (0: never)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Follow argus.alerts: state changes and notifications as they happen."""
+    from services.common.codec import to_json
+
+    colors = {"firing": "red", "resolved": "green", "pending": "yellow", "suppressed": "blue"}
+
+    async def run() -> None:
+        async for _p, _o, rec, error in _follow("alerts", from_beginning, max_messages, idle_timeout):
+            if error is not None:
+                err.print(f"undecodable alert record: {error}")
+                continue
+            if json_out:
+                sys.stdout.write(json.dumps(to_json(rec), ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+                continue
+            labels = " ".join(f"{k}={v}" for k, v in sorted(rec["labels"].items()) if k not in ("alertname", "severity"))
+            to = f" -> {rec['receiver']}" if rec["receiver"] else ""
+            c = colors.get(rec["status"], "white")
+            console.print(f"{rec['emitted_at']:%H:%M:%S} [{c}]{rec['status']:<10}[/] {rec['rule']} ({rec['severity']}) "
+                          f"{labels}{to}  {rec['annotations'].get('summary', '')}", highlight=False)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command("demo")
 def demo(
     rate: float = typer.Option(3.0, help="Requests per second from the load generator."),

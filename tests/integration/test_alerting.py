@@ -21,7 +21,6 @@ import yaml
 from aiohttp import web
 from aiokafka import TopicPartition
 
-from services.alerting.app import new_silence_record
 from services.alerting.notify import verify_signature
 from services.common.kafka import make_consumer, make_producer
 from services.common.registry import default_registry, get_codec
@@ -148,6 +147,16 @@ async def until(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+async def cli(kafka: KafkaSettings, *args: str) -> str:
+    env = {**os.environ, "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "ARGUS_CLI_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", *args, env=env, cwd=REPO,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, errout = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, errout.decode()
+    return out.decode()
+
+
 async def wait_ready(port: int, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as client:
@@ -192,8 +201,9 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         assert len(receiver.groups("HighErrorRate")) == 1, receiver.groups("HighErrorRate")
         assert [g["groupLabels"]["model"] for g in receiver.groups("DriftDetected")] == ["m2"]
         # a silence (published as the CLI does) suppresses a new breach on m3
-        silence = new_silence_record(['model="m3"'], time.time() - 1, time.time() + 3600, "alice", "maintenance")
-        await produce(kafka_settings, "alert-silences", [silence], "silence_id")
+        out = await cli(kafka_settings, "alerts", "silence", "-m", 'model="m3"', "--duration", "1h", "--author", "alice",
+                        "--comment", "maintenance")
+        silence_id = out.split()[1]
         await asyncio.sleep(1)
         await breach(kafka_settings, "m3")
         # a malformed response is dead-lettered (and the dead letter raises its own alert)
@@ -224,17 +234,21 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         worker.wait()
         worker = start_worker(kafka_settings, app_id, config, health)
         await wait_ready(health)
-        async with httpx.AsyncClient() as client:
-            silences = (await client.get(f"http://127.0.0.1:{health}/api/v2/silences")).json()
-            alerts = (await client.get(f"http://127.0.0.1:{health}/api/v2/alerts")).json()
-        assert [s["id"] for s in silences] == [silence["silence_id"]] and silences[0]["active"]
+        url = f"http://127.0.0.1:{health}"
+        silences = json.loads(await cli(kafka_settings, "alerts", "silences", "--url", url, "--json"))
+        alerts = json.loads(await cli(kafka_settings, "alerts", "list", "--url", url, "--json"))
+        assert [s["id"] for s in silences] == [silence_id] and silences[0]["active"] and silences[0]["created_by"] == "alice"
         assert any(a["labels"].get("model") == "m4" and a["state"] == "firing" for a in alerts), alerts
         await breach(kafka_settings, "m3")  # still silenced after the restart
         await asyncio.sleep(6)  # group_wait + group_interval: a resend would show up by now
         assert len(receiver.requests) == sent_before, [r["json"]["groupLabels"] for r in receiver.requests[sent_before:]]
+        # expiring the silence lets the m3 alert through at its group's next flush
+        await cli(kafka_settings, "alerts", "expire", silence_id, "--author", "bob")
+        await until(lambda: any(g["groupLabels"].get("model") == "m3" for g in receiver.groups()), 30, "m3 after expiry")
 
-        # every state change and notification is on argus.alerts for the logging service
-        records = await read_topic(kafka_settings, "alerts")
+        # every state change and notification is on argus.alerts for the logging service (and `alerts tail`)
+        records = [json.loads(line) for line in (await cli(kafka_settings, "alerts", "tail", "--from-beginning", "--json",
+                                                           "--idle-timeout", "3")).splitlines()]
         statuses = {(r["rule"], r["labels"].get("model"), r["status"], r["receiver"]) for r in records}
         assert ("HighErrorRate", "m1", "firing", None) in statuses and ("HighErrorRate", "m1", "resolved", "hook") in statuses
         assert ("HighErrorRate", "m3", "suppressed", None) in statuses
