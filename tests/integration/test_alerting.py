@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import yaml
-from aiohttp import web
 from aiokafka import TopicPartition
 
 from services.alerting.notify import verify_signature
+from services.alerting.receiver import WebhookReceiver
 from services.common.kafka import make_consumer, make_producer
 from services.common.registry import default_registry, get_codec
 from services.common.settings import KafkaSettings
@@ -31,35 +31,11 @@ from tests.conftest import REPO
 SECRET = "test-secret-0123456789"
 
 
-class Receiver:
-    """A webhook subscriber: records every request; fails every other one when flaky."""
+class Receiver(WebhookReceiver):
+    """The project's webhook subscriber, checking signatures; every other request fails when flaky."""
 
     def __init__(self, flaky: bool = False) -> None:
-        self.flaky = flaky
-        self.requests: list[dict[str, Any]] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/alerts", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        fail = self.flaky and len(self.requests) % 2 == 0
-        self.requests.append({"headers": dict(request.headers), "body": body, "json": json.loads(body),
-                              "at": time.time(), "status": 503 if fail else 200})
-        return web.Response(status=503 if fail else 200)
-
-    def delivered(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["status"] == 200]
+        super().__init__(port=free_port(), secret=SECRET.encode(), fail_every=2 if flaky else 0)
 
     def groups(self, alertname: str | None = None) -> list[dict[str, Any]]:
         return [r["json"] for r in self.delivered() if alertname is None or r["json"]["groupLabels"].get("alertname") == alertname]
@@ -279,6 +255,7 @@ async def test_flaky_receiver_gets_every_notification_with_stable_keys(kafka_set
             by_group.setdefault(r["json"]["groupKey"], set()).add(r["headers"]["Idempotency-Key"])
             assert verify_signature(SECRET.encode(), r["headers"], r["body"])
         assert len(by_group) == len(models) and all(len(keys) == 1 for keys in by_group.values()), by_group
+        assert receiver.bad_signatures == 0
     finally:
         worker.terminate()
         worker.wait(60)
