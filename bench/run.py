@@ -20,6 +20,7 @@ BENCHMARKS = {
     "inference": "bench.inference_overhead",
     "ingest": "bench.ingest_bench",
     "drift": "bench.drift_bench",
+    "alerting": "bench.alerting_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

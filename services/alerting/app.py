@@ -338,24 +338,28 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
 
     @app.task
     async def driver() -> None:
+        """Steps the engine: when a group's flush is due (exactly then), when new signals
+        arrived (at most every ``min_evaluation_gap_s``) and every ``evaluation_interval_s``."""
         await deliverer.start()
         while True:
+            wake.clear()
             eng = engine()
             if eng is not None:
                 await step(eng)
-                due = eng.next_due()
-            else:
-                due = None
             now = time.time()
-            timeout = settings.evaluation_interval_s - (now - state["last_full"])
+            earliest_eval = now + settings.min_evaluation_gap_s
+            deadline = state["last_full"] + settings.evaluation_interval_s
+            due = eng.next_due() if eng is not None else None
             if due is not None:
-                timeout = min(timeout, due - now)
-            wake.clear()
-            await asyncio.sleep(settings.min_evaluation_gap_s)
+                deadline = min(deadline, due)
             try:
-                await asyncio.wait_for(wake.wait(), timeout=max(timeout - settings.min_evaluation_gap_s, 0.0))
+                await asyncio.wait_for(wake.wait(), timeout=max(deadline - now, 0.0))
             except asyncio.TimeoutError:
-                pass
+                continue  # a flush or the periodic evaluation is due now
+            # new signals: evaluate them, but not more often than the gap (and never past a due flush)
+            pause = min(earliest_eval, deadline) - time.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
 
     @app.timer(settings.lag_interval_s, name=f"{settings.app_id}.lag")
     async def watch_lag() -> None:

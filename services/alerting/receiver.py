@@ -40,9 +40,9 @@ class ReceiverSettings(BaseSettings):
 
 class WebhookReceiver:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, path: str = "/alerts", secret: bytes | None = None,
-                 output: Path | None = None, fail_every: int = 0) -> None:
+                 output: Path | None = None, fail_every: int = 0, echo: bool = False) -> None:
         self.host, self.port, self.path, self.secret = host, port, path, secret
-        self.output, self.fail_every = output, fail_every
+        self.output, self.fail_every, self.echo = output, fail_every, echo
         self.requests: list[dict[str, Any]] = []  # every attempt, with the status answered
         self.notifications: dict[str, dict[str, Any]] = {}  # idempotency key -> first accepted request
         self.duplicates = 0
@@ -105,6 +105,8 @@ class WebhookReceiver:
             with self.output.open("a") as f:
                 f.write(json.dumps({"received_at": entry["at"], "idempotency_key": entry["headers"].get("Idempotency-Key"),
                                     "payload": p}) + "\n")
+        if not self.echo:
+            return
         names = ", ".join(sorted({a["labels"].get("alertname", "?") for a in p.get("alerts", [])}))
         print(f"{time.strftime('%H:%M:%S')} {p.get('status', '?'):<8} {names} {p.get('groupLabels', {})}", flush=True)
 
@@ -116,7 +118,7 @@ class WebhookReceiver:
 async def _main() -> None:
     s = ReceiverSettings()
     r = WebhookReceiver(s.host, s.port, s.path, s.secret.get_secret_value().encode() if s.secret else None, s.output,
-                        s.fail_every)
+                        s.fail_every, echo=True)
     await r.start()
     print(f"receiving webhooks on {r.url}" + (" (signatures checked)" if s.secret else ""), flush=True)
     stop = asyncio.Event()
