@@ -14,7 +14,8 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "alerting" / "alerting.yaml"
+# the Helm chart ships the same file as its default ConfigMap
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "argus" / "files" / "alerting.yaml"
 
 
 class AlertingSettings(ServiceSettings):

@@ -46,7 +46,7 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
     workloads = [d for d in render() if d["kind"] in ("Job", "Deployment")]
     assert {d["kind"] for d in workloads} == {"Job", "Deployment"}
     names = {d["metadata"]["name"] for d in workloads}
-    assert {"argus-argus-inference", "argus-argus-ingest", "argus-argus-drift"} <= names, names
+    assert {"argus-argus-inference", "argus-argus-ingest", "argus-argus-drift", "argus-argus-alerting"} <= names, names
     for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -82,3 +82,16 @@ def test_docker_compose_is_valid_against_the_compose_spec() -> None:
     assert compose["services"]["argus-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     for svc in ("kafka", "clickhouse"):
         assert all(p.startswith("127.0.0.1:") for p in compose["services"][svc]["ports"]), "bind to loopback"
+
+
+def test_alerting_config_map_is_the_shipped_config_and_valid() -> None:
+    from services.alerting.config import load_config
+
+    docs = render()
+    cm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-alerting")][0]
+    cfg = yaml.safe_load(cm["data"]["alerting.yaml"])
+    assert cfg == yaml.safe_load((CHART / "files" / "alerting.yaml").read_text())
+    load_config(cfg)
+    custom = {"rules": [], "route": {"receiver": "r"}, "receivers": [{"name": "r"}]}
+    cm = [d for d in render({"alerting": {"config": custom}}) if d["kind"] == "ConfigMap"][0]
+    assert yaml.safe_load(cm["data"]["alerting.yaml"]) == custom
