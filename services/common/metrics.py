@@ -31,6 +31,7 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_in_flight": MetricDef("gauge", "Requests or records being processed.", ("service",)),
     "argus_last_poll_timestamp_seconds": MetricDef("gauge", "Unix time the poll loop last advanced.", ("service",)),
     "argus_rows_inserted_total": MetricDef("counter", "Rows written to ClickHouse.", ("service", "table")),
+    "argus_drift_embeddings_total": MetricDef("counter", "Prompts embedded for semantic drift, or skipped by the rate limit.", ("service", "outcome")),
     "argus_signals_total": MetricDef("counter", "Signals the alerting engine observed, by source.", ("service", "source")),
     "argus_alert_transitions_total": MetricDef("counter", "Alert state changes (pending, firing, resolved, suppressed).", ("service", "rule", "status")),
     "argus_alerts_active": MetricDef("gauge", "Alerts held by the alerting engine, by state.", ("service", "state")),

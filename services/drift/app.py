@@ -14,6 +14,7 @@ ids are derived from the change, so a replay is idempotent downstream.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import pickle
@@ -30,6 +31,7 @@ from services.common.faust_support import DeadLetterWriter, faust_readiness, hea
 from services.common.registry import get_codec
 from services.drift.calibration import load as load_calibration
 from services.drift.features import Features, feedback_features, request_features, response_features
+from services.drift.embeddings import unpack
 from services.drift.monitor import StreamMonitor
 from services.drift.settings import DriftSettings
 
@@ -55,6 +57,8 @@ def create_app(settings: DriftSettings) -> faust.App:
     metrics = Metrics(settings.service_name)
     dlq = DeadLetterWriter(app, k, "drift", settings.app_id, metrics)
 
+    extract_hooks: dict[str, Any] = {}  # topic key -> called with each decoded record (semantic sampling)
+
     def make_extractor(key: str, extract):  # noqa: ANN001, ANN202
         async def extractor(stream: Any) -> None:
             async for event in stream.events():
@@ -63,6 +67,8 @@ def create_app(settings: DriftSettings) -> faust.App:
                 except SerializationError as exc:
                     await dlq.send(key, event, str(exc))
                     continue
+                if key in extract_hooks:
+                    extract_hooks[key](record)
                 f = extract(record)
                 if f is not None:
                     await features_topic.send(key=f.stream.encode(), value=json.dumps(dataclasses.asdict(f)).encode())
@@ -73,6 +79,44 @@ def create_app(settings: DriftSettings) -> faust.App:
     make_extractor("inference-requests", request_features)
     make_extractor("inference-responses", response_features)
     make_extractor("feedback", feedback_features)
+
+    if settings.semantic.enabled:
+        from services.drift.embeddings import PromptEmbedder, TokenBucket, pack
+
+        sem = settings.semantic
+        embedder = PromptEmbedder()  # loaded at start-up: a missing model fails the worker now, not later
+        bucket = TokenBucket(sem.max_per_s, burst=max(sem.batch, sem.max_per_s))
+        pending: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=sem.queue)
+
+        def sample_prompt(record: dict[str, Any]) -> None:
+            """Called by the request extractor: a rate-limited sample of prompts is queued
+            for embedding; the rest are counted as skipped (the queue never blocks the
+            stream, so embedding cannot hold back offsets or the numeric features)."""
+            if pending.full() or not bucket.take(1):
+                metrics.inc("argus_drift_embeddings_total", outcome="skipped")
+                return
+            user = [m["content"] for m in record["messages"] if m["role"] == "user"]
+            pending.put_nowait((f"{record['model']}|*", str(record["request_id"]), user[-1] if user else ""))
+
+        extract_hooks["inference-requests"] = sample_prompt
+
+        @app.task
+        async def embed_prompts() -> None:
+            """Sampled prompts -> embeddings (in batches, off the event loop) -> the
+            stream's MMD test, through the features topic like every other feature."""
+            while True:
+                batch = [await pending.get()]
+                deadline = time.monotonic() + 0.5
+                while len(batch) < sem.batch and (left := deadline - time.monotonic()) > 0:
+                    try:
+                        batch.append(await asyncio.wait_for(pending.get(), left))
+                    except asyncio.TimeoutError:
+                        break
+                vectors = await asyncio.to_thread(embedder.embed, [text for _, _, text in batch])
+                for (stream_key, request_id, _), vec in zip(batch, vectors):
+                    await features_topic.send(key=stream_key.encode(), value=json.dumps(
+                        {"embedding": pack(vec), "request_id": request_id}).encode())
+                metrics.inc("argus_drift_embeddings_total", len(batch), outcome="embedded")
 
     def monitor_for(stream_key: str) -> StreamMonitor:
         if stream_key not in monitors:
@@ -91,7 +135,10 @@ def create_app(settings: DriftSettings) -> faust.App:
                 state[stream_key.encode()] = pickle.dumps(mon)
                 log.info("drift.reference_reset", stream=stream_key)
                 continue
-            alarms = mon.observe(Features(**payload))
+            if "embedding" in payload:
+                alarms = mon.observe_embedding(unpack(payload["embedding"]), payload["request_id"], settings.semantic)
+            else:
+                alarms = mon.observe(Features(**payload))
             for alarm in alarms:
                 event = mon.drift_event(alarm, int(time.time() * 1000))
                 try:

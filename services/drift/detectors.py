@@ -235,3 +235,121 @@ class RiverBinary:
         rate_now = sum(self.recent) / len(self.recent)
         return Alarm(self.name, feature, rate_now - rate_before, 0.0, None, self.n, len(self.recent),
                      {"rate": rate_before}, {"rate": rate_now}, position, {k: str(v) for k, v in self.params.items()})
+
+
+def rbf_kernel(z: np.ndarray, sigma: float) -> np.ndarray:
+    sq = np.sum(z * z, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
+    return np.exp(-d2 / (2.0 * sigma * sigma))
+
+
+def mmd_permutation_test(ref: np.ndarray, cur: np.ndarray, sigma: float, permutations: int,
+                         rng: np.random.Generator) -> tuple[float, float, float]:
+    """Squared MMD (biased V-statistic, RBF kernel) of two samples and its permutation
+    p-value: ``(statistic, p_value, null_p99)``. The statistic is ``sᵀKs`` with
+    ``s = +1/n`` on the reference and ``-1/m`` on the current sample, so all
+    permutations are evaluated at once as ``diag(Sᵀ K S)``."""
+    n, m = len(ref), len(cur)
+    k = rbf_kernel(np.vstack([ref, cur]), sigma)
+    s = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
+    stat = float(s @ k @ s)
+    perms = np.stack([rng.permutation(s) for _ in range(permutations)], axis=1)
+    null = np.einsum("ij,ij->j", perms, k @ perms)
+    p = (1.0 + float(np.sum(null >= stat))) / (permutations + 1.0)
+    return stat, p, float(np.quantile(null, 0.99))
+
+
+class WindowMMD(_Windowed):
+    """Semantic drift of prompts: a multivariate two-sample test (MMD with an RBF
+    kernel) of the current window of prompt embeddings against a pinned reference.
+
+    Embeddings of small LMs are strongly anisotropic, so at pin time the reference is
+    centred and projected on its top ``dims`` principal components plus the distance to
+    that subspace (both kept, so every later embedding goes through the same map), and the kernel bandwidth is the median
+    pairwise distance of the projected reference. The threshold is a permutation
+    threshold: an alarm needs a p-value ``<= alpha`` (default ``1/(permutations+1)``:
+    the statistic above every permutation). Tested every ``step`` embeddings, that is at
+    most ``100_000/step`` tests per 100k embeddings, so ``alpha <= step/100_000`` keeps
+    the false alarms within the 1 per 100k budget even if the tests were independent.
+    """
+
+    name = "mmd"
+
+    def __init__(self, reference_size: int = 200, window: int = 100, step: int = 50, permutations: int = 4000,
+                 dims: int = 16, alpha: float | None = None) -> None:
+        self.permutations = permutations
+        self.alpha = alpha if alpha is not None else 1.0 / (permutations + 1)
+        self.rearm_p = 0.05
+        super().__init__(self.alpha, reference_size, window, step)
+        self.dims = dims
+        self.reference: list[np.ndarray] = []
+        self.mean: np.ndarray | None = None
+        self.basis: np.ndarray | None = None
+        self.ref_z: np.ndarray | None = None
+        self.sigma = 1.0
+        self.positions: deque[int] = deque(maxlen=window)
+
+    def reset_reference(self) -> None:
+        self.reference, self.mean, self.basis, self.ref_z, self.in_alarm = [], None, None, None, False
+        self.current.clear()
+        self.positions.clear()
+
+    def _pin(self) -> None:
+        ref = np.asarray(self.reference, dtype=np.float64)
+        self.mean = ref.mean(axis=0)
+        centred = ref - self.mean
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        self.basis = vt[: self.dims].T
+        self.ref_z = self._project(centred)
+        d = np.sqrt(np.maximum(((self.ref_z[:, None, :] - self.ref_z[None, :, :]) ** 2).sum(-1), 0.0))
+        self.sigma = float(np.median(d[np.triu_indices(len(d), 1)])) or 1.0
+        self.reference = []  # the projection is all that is needed from now on
+
+    @property
+    def pinned(self) -> bool:
+        return self.ref_z is not None
+
+    def distance_to_reference(self, x: Any) -> float:
+        """Euclidean distance of an embedding to the reference centroid (a novelty score)."""
+        return float(np.linalg.norm(np.asarray(x, dtype=np.float64) - self.mean))
+
+    def _project(self, centred: np.ndarray) -> np.ndarray:
+        """Coordinates on the reference's principal components plus the distance to
+        that subspace: content the reference never had (a new topic) lies mostly
+        outside it, and would vanish from a plain projection."""
+        z = centred @ self.basis
+        residual = np.linalg.norm(centred - z @ self.basis.T, axis=1, keepdims=True)
+        return np.hstack([z, residual])
+
+    def update(self, x: Any, feature: str, position: int) -> Alarm | None:
+        self.seen += 1
+        if self.ref_z is None:
+            self.reference.append(np.asarray(x, dtype=np.float64))
+            if len(self.reference) >= self.reference_size:
+                self._pin()
+            return None
+        z = self._project((np.asarray(x, dtype=np.float64) - self.mean)[None, :])[0]
+        self.current.append(z)
+        self.positions.append(position)
+        if not self._due():
+            return None
+        cur = np.asarray(self.current)
+        stat, p, null99 = mmd_permutation_test(self.ref_z, cur, self.sigma, self.permutations,
+                                               np.random.default_rng(position))
+        # one alarm per episode: re-armed only once the windows look alike again (p > rearm_p)
+        if self.in_alarm:
+            self.in_alarm = p <= self.rearm_p
+            return None
+        if p > self.alpha:
+            return None
+        self.in_alarm = True
+        ref_centroid = self.ref_z.mean(axis=0)
+        return Alarm(
+            self.name, feature, stat, null99, p, len(self.ref_z), len(cur),
+            {"mmd2_null_p99": null99, "bandwidth": self.sigma, "spread": float(np.linalg.norm(self.ref_z - ref_centroid, axis=1).mean())},
+            {"mmd2": stat, "centroid_shift": float(np.linalg.norm(cur.mean(axis=0) - ref_centroid)),
+             "spread": float(np.linalg.norm(cur - cur.mean(axis=0), axis=1).mean())},
+            self.positions[len(self.positions) // 2],  # embeddings are a sample: locate by stream position
+            {"reference": str(self.reference_size), "window": str(self.window), "permutations": str(self.permutations),
+             "alpha": f"{self.alpha:.3g}", "dims": str(self.dims)},
+        )

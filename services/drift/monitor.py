@@ -8,7 +8,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from services.drift.detectors import Alarm, RiverBinary, RiverNumeric, WindowChi2, WindowKS
+from services.drift.detectors import Alarm, RiverBinary, RiverNumeric, WindowChi2, WindowKS, WindowMMD
 from services.drift.features import Features
 
 EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-0b7d-4c55-9a43-1d2e3f405162")
@@ -41,6 +41,29 @@ class StreamMonitor:
         if feature not in self.detectors:
             self.detectors[feature] = [RiverBinary({"drift_threshold": self.cal["ddm"]["drift_threshold"], "warm_start": 100})]
         return self.detectors[feature]
+
+    def observe_embedding(self, vector: Any, request_id: str, semantic: Any, position: int | None = None) -> list[Alarm]:
+        """A prompt embedding (a sample of the stream's prompts): the multivariate MMD
+        test, and, once its reference is pinned, the embedding's distance to the
+        reference centroid as a numeric feature (river ADWIN + windowed KS), which finds
+        a new, far-away topic sooner than a windowed test can."""
+        pos = self.position if position is None else position
+        if "prompt_embedding" not in self.detectors:
+            self.detectors["prompt_embedding"] = [WindowMMD(semantic.reference_size, semantic.window, semantic.step,
+                                                            semantic.permutations, semantic.dims)]
+        if request_id:
+            self.recent_ids.append(request_id)
+        mmd: WindowMMD = self.detectors["prompt_embedding"][0]
+        pinned = mmd.pinned
+        alarms = [a for a in [mmd.update(vector, "prompt_embedding", pos)] if a is not None]
+        if pinned:
+            dist = mmd.distance_to_reference(vector)
+            alarms += [a for d in self._numeric("prompt_embedding_distance")
+                       if (a := d.update(dist, "prompt_embedding_distance", pos)) is not None]
+        for a in alarms:
+            a.params["embeddings_seen"] = str(mmd.seen)
+        self.alarms += len(alarms)
+        return alarms
 
     def reset_reference(self) -> None:
         """Pin a new reference (after a deliberate change, e.g. a new model version)."""

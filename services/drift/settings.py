@@ -1,9 +1,26 @@
 """Settings of the drift service (env prefix ``ARGUS_DRIFT_``)."""
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+
+
+class SemanticSettings(BaseModel):
+    """Semantic drift of prompts: embeddings (local GGUF) + MMD permutation test."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    max_per_s: float = 8.0  # embeddings per second per worker (a sample of the prompts)
+    batch: int = 16
+    queue: int = 256  # sampled prompts waiting for the embedder; beyond it, bursts are skipped
+    reference_size: int = 200
+    window: int = 100
+    step: int = 50
+    permutations: int = 4000  # alpha = 1/(permutations+1): <= 0.5 false alarms per 100k at step 50 (union bound)
+    dims: int = 16
 
 
 class DriftSettings(ServiceSettings):
@@ -15,3 +32,4 @@ class DriftSettings(ServiceSettings):
     checkpoint_every: int = 200  # events per stream between state checkpoints to the faust table
     broker_session_timeout_s: float = 10.0
     health_enabled: bool = True
+    semantic: SemanticSettings = SemanticSettings()

@@ -25,9 +25,9 @@ from tests.conftest import REPO
 DOCUMENTED_DELAY = 300  # events after the change, see docs/drift.md
 
 
-async def send_prompts(kafka: KafkaSettings, n: int, drifted: bool, seed: int) -> None:
+async def send_prompts(kafka: KafkaSettings, n: int, drifted: bool, seed: int, drift: str = "length") -> None:
     rng = random.Random(seed)
-    profile = LoadProfile(drift="length")
+    profile = LoadProfile(drift=drift)  # type: ignore[arg-type]
     async with ArgusProducer(kafka) as producer:
         for _ in range(n):
             await producer.request([{"role": "user", "content": make_prompt(profile, rng, drifted)}], tenant="acme",
@@ -35,10 +35,13 @@ async def send_prompts(kafka: KafkaSettings, n: int, drifted: bool, seed: int) -
         await producer.flush()
 
 
-def start_worker(kafka: KafkaSettings, app_id: str) -> subprocess.Popen:
+def start_worker(kafka: KafkaSettings, app_id: str, semantic: bool = False) -> subprocess.Popen:
     env = {**os.environ, "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "ARGUS_DRIFT_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "ARGUS_DRIFT_APP_ID": app_id,
            "ARGUS_DRIFT_LOG_LEVEL": "WARNING", "ARGUS_DRIFT_CHECKPOINT_EVERY": "100",
+           # semantic drift (embeddings) has its own test; elsewhere it would only compete for the CPU
+           "ARGUS_DRIFT_SEMANTIC__ENABLED": "true" if semantic else "false",
+           "ARGUS_DRIFT_SEMANTIC__MAX_PER_S": "1000", "ARGUS_DRIFT_SEMANTIC__QUEUE": "1000",  # embed every prompt
            }
     # output to a file, never an unread pipe: a full pipe would stall the worker
     log = open(f"/tmp/{app_id}-{uuid.uuid4().hex[:4]}.log", "wb")
@@ -201,3 +204,31 @@ async def test_two_workers_share_partitions_and_find_what_one_finds(kafka_settin
     found_two = {(e["model"], e["feature"], e["detector"]) for e in both}
     assert {m for m, _, _ in found_one} == {"m-a", "m-b"}, found_one  # the stable model raised nothing
     assert found_two == found_one, (found_two, found_one)
+
+
+async def test_semantic_drift_of_prompts_is_found_from_real_embeddings(kafka_settings: KafkaSettings) -> None:
+    """Same lengths, same language, another subject: only the prompt embeddings (the
+    GGUF model in embedding mode) and the MMD test can tell."""
+    app_id = "drift-" + uuid.uuid4().hex[:6]
+    await send_prompts(kafka_settings, 300, drifted=False, seed=5, drift="topic")
+    worker = start_worker(kafka_settings, app_id, semantic=True)
+    try:
+        await processed(kafka_settings, app_id, "inference-requests", timeout_s=180)
+        await asyncio.sleep(15)  # let the embedding sample catch up
+        assert [e for e in await drift_events(kafka_settings) if e["detector"] == "mmd"] == [], "false alarm"
+        await send_prompts(kafka_settings, 200, drifted=True, seed=6, drift="topic")
+        deadline = time.monotonic() + 150
+        mmd: list[dict] = []
+        while not mmd and time.monotonic() < deadline:
+            await asyncio.sleep(2)
+            mmd = [e for e in await drift_events(kafka_settings) if e["detector"] == "mmd"]
+        assert mmd, "no semantic drift event"
+        e = mmd[0]
+        assert e["feature"] == "prompt_embedding" and e["model_version"] == "*"
+        assert e["p_value"] <= 1 / 4001 + 1e-12 and e["statistic"] > e["threshold"]
+        assert e["change_offset"] > 300 - 50, e["change_offset"]  # located after the change (within half a window)
+        assert e["current_summary"]["centroid_shift"] > 0 and e["example_request_ids"]
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(60)

@@ -108,3 +108,48 @@ def test_calibration_meets_the_false_alarm_budget() -> None:
     cal = load()
     for name, d in cal["detectors"].items():
         assert d["false_alarms_per_100k"] <= 1.0, (name, d)
+
+
+def _clusters(seed: int):  # noqa: ANN202
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (5, 576)) * 0.3
+    common = rng.normal(0, 1, 576) * 3  # anisotropic, like small-LM embeddings
+
+    def emb(mix):  # noqa: ANN001, ANN202
+        return common + centers[rng.choice(5, p=mix)] + rng.normal(0, 0.2, 576)
+
+    return emb
+
+
+def test_mmd_finds_a_new_embedding_cluster_once_and_not_on_stationary_streams() -> None:
+    from services.drift.detectors import WindowMMD
+
+    emb = _clusters(0)
+    det = WindowMMD(reference_size=200, window=100, step=50, permutations=500)
+    alarms = []
+    for i in range(1, 3001):
+        mix = [0.4, 0.3, 0.3, 0, 0] if i <= 2000 else [0.3, 0.2, 0.2, 0.3, 0]
+        a = det.update(emb(mix), "prompt_embedding", i)
+        if a:
+            alarms.append(a)
+    assert len(alarms) == 1, [(a.position, a.p_value) for a in alarms]
+    a = alarms[0]
+    assert 2000 - 50 <= a.position <= 2100 and a.p_value <= 1 / 501 and a.statistic > a.threshold
+    assert a.current_summary["centroid_shift"] > a.reference_summary["spread"] * 0.05
+
+    emb = _clusters(1)
+    det = WindowMMD(reference_size=200, window=100, step=50, permutations=500)
+    assert not [i for i in range(3000) if det.update(emb([0.4, 0.3, 0.3, 0, 0]), "prompt_embedding", i)]
+
+
+def test_embedding_transport_and_rate_limit() -> None:
+    import numpy as np
+
+    from services.drift.embeddings import TokenBucket, pack, unpack
+
+    v = np.linspace(-1, 1, 576)
+    assert np.allclose(unpack(pack(v)), v, atol=1e-3) and len(pack(v)) < 1600
+    b = TokenBucket(rate=10, burst=16)
+    assert b.take(100) == 16 and b.take(5) == 0
