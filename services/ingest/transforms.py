@@ -150,6 +150,16 @@ def _silence(msg: Message, protect: Protector) -> Row:
     )
 
 
+def _model_version(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: dict[str, int] = {}
+    return (
+        _id(v["event_id"], "event_id"), v["model"], v["version"], v["status"], v["artifact_uri"], v["sha256"], v["card"],
+        v["parent_version"], v["trigger_id"], v["actor"], protect(v["comment"], None, pii) or "", v["occurred_at"],
+        *_coords(msg),
+    )
+
+
 def _trigger(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
@@ -179,7 +189,7 @@ def _dead_letter(msg: Message, protect: Protector) -> Row:
 _K = ("_topic", "_partition", "_offset")
 DLQ_TOPICS = tuple(f"{k}-dlq" for k in ("inference-requests", "inference-responses", "inference-shadow-responses",
                                           "feedback", "drift-events", "alerts", "alert-silences",
-                                          "retraining-triggers"))
+                                          "retraining-triggers", "model-registry"))
 
 TABLES: dict[str, TableSpec] = {
     spec.table: spec
@@ -211,6 +221,9 @@ TABLES: dict[str, TableSpec] = {
             "event_id", "trigger_id", "sequence", "model", "model_version", "policy", "state", "reason", "actor",
             "comment", "drift_event_ids", "alert_event_ids", "dataset_spec", "candidate_version", "occurred_at",
             *_K), _trigger),
+        TableSpec("model_registry", ("model-registry",), (
+            "event_id", "model", "version", "status", "artifact_uri", "sha256", "card", "parent_version", "trigger_id",
+            "actor", "comment", "occurred_at", *_K), _model_version),
         TableSpec("dead_letters", DLQ_TOPICS, (
             "original_topic", "original_partition", "original_offset", "original_key", "original_value",
             "original_timestamp", "reason", "error_type", "consumer_group", "service", "failed_at", *_K),

@@ -116,7 +116,8 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settin
     db = clickhouse_settings.database
     expected = {
         "inference_requests": 2 + 300, "inference_responses": 2 + 300 + 1 + 100, "feedback": 1 + 60,
-        "drift_events": 1, "alerts": 2, "alert_silences": 2, "retraining_triggers": 2, "dead_letters": 8 + 1,
+        "drift_events": 1, "alerts": 2, "alert_silences": 2, "retraining_triggers": 2, "model_registry": 2,
+        "dead_letters": 9 + 1,
     }
 
     def done() -> bool:

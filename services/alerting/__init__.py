@@ -1,0 +1,1 @@
+"""The alerting service: rules, Alertmanager semantics, signed delivery (see docs/alerting.md)."""

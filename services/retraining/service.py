@@ -1,0 +1,348 @@
+"""The retraining service: evidence -> trigger -> human approval -> dispatch -> candidate
+-> validation gate -> canary -> promoted or rolled back.
+
+Inputs: ``argus.drift.events`` and ``argus.alerts`` (evidence, consumer group, offsets
+committed after handling), ``argus.retraining.triggers`` (the lifecycle: this service's
+transitions and the approvals/rejections ``argus retrain approve|reject`` publishes) and
+``argus.models.registry`` (candidates a training pipeline registers), both read from the
+beginning at start-up so the state is rebuilt from its history; plus timers for
+schedule and metric policies and for the canary's observation period.
+
+Outputs: one ``RetrainingTrigger`` record per transition (the logging service stores
+them in ClickHouse, in order); ``ModelVersion`` records for status changes; the job for
+the training pipeline is the ``dispatched`` record itself (a jobs topic), optionally also
+POSTed to a webhook (HMAC-signed, idempotency key ``<trigger id>:<sequence>``); traffic
+changes through the inference service's Serve config.
+
+After a restart every open trigger is advanced from the state its history left it in,
+so nothing is dispatched twice (the transition is the record) and nothing is forgotten.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.alerting.notify import sign
+from services.common.clickhouse import get_client
+from services.common.codec import SerializationError, to_json
+from services.common.kafka import make_consumer, make_producer
+from services.common.logging import get_logger
+from services.common.registry import get_codec
+from services.retraining.config import RetrainingConfig
+from services.retraining.evaluation import evaluate, holdout
+from services.retraining.lifecycle import PolicyEngine, Proposal, TransitionError, Trigger, TriggerBook, record
+from services.retraining.registry import ModelRegistry, with_status
+from services.retraining.rollout import ServeRollout
+from services.retraining.settings import RetrainingSettings
+
+
+def dataset_spec(client: Any, db: str, model: str, version: str, window_s: float, where: str) -> dict[str, str]:
+    """What to retrain on, counted in ClickHouse: the time range, the filter, the rows
+    and the feedback labels available for them."""
+    now = time.time()
+    cond = f"model = {{m:String}} AND NOT shadow AND served_at >= now64(3) - toIntervalSecond({int(window_s)}) AND ({where})"
+    if version != "*":
+        cond += " AND model_version = {v:String}"
+    params = {"m": model, "v": version}
+    rows, first, last = client.query(f"SELECT count(), min(served_at), max(served_at) FROM {db}.inference_responses "
+                                     f"WHERE {cond}", parameters=params).result_rows[0]
+    labelled, negative = client.query(
+        f"SELECT count(), countIf((kind = 'thumbs' AND score < 0.5) OR (kind = 'rating' AND score <= 2)) FROM {db}.feedback "
+        f"WHERE request_id IN (SELECT request_id FROM {db}.inference_responses WHERE {cond})", parameters=params).result_rows[0]
+    return {"table": f"{db}.inference_log", "model": model, "model_version": version, "filter": where,
+            "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - window_s)),
+            "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "rows": str(rows),
+            "first_row": str(first), "last_row": str(last), "feedback_rows": str(labelled), "negative_feedback": str(negative)}
+
+
+class RetrainingService:
+    def __init__(self, settings: RetrainingSettings, config: RetrainingConfig, rollout: ServeRollout | None) -> None:
+        self.settings, self.config, self.rollout = settings, config, rollout
+        self.k = settings.kafka
+        self.log = get_logger("argus.retraining")
+        self.book = TriggerBook()
+        self.registry = ModelRegistry()
+        self.policies = PolicyEngine(config, self.book)
+        self.codecs = {key: get_codec(key) for key in ("retraining-triggers", "model-registry", "drift-events", "alerts")}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.rollback_reasons: dict[str, str] = {}
+        self.failed_dispatch: dict[str, float] = {}
+        self.metric_due: dict[str, float] = {}
+        self.producer = make_producer(self.k)
+        self.caught_up = False
+        self.last_progress = time.time()
+
+    # -- writing --------------------------------------------------------------------
+    async def emit(self, rec: dict[str, Any]) -> Trigger:
+        """Publish a transition (acks=all), then fold it in (the echo is ignored)."""
+        await self.producer.send_and_wait(self.k.topic("retraining-triggers"), self.codecs["retraining-triggers"].encode(rec),
+                                          key=rec["trigger_id"].encode())
+        t = self.book.apply(rec)
+        self.log.info("retraining.transition", trigger=t.trigger_id, state=t.state, sequence=t.sequence, model=t.model,
+                      version=t.model_version, actor=rec.get("actor"), comment=rec.get("comment"))
+        return t
+
+    async def emit_version(self, rec: dict[str, Any]) -> None:
+        await self.producer.send_and_wait(self.k.topic("model-registry"), self.codecs["model-registry"].encode(rec),
+                                          key=f"{rec['model']}/{rec['version']}".encode())
+        self.registry.apply(rec)
+
+    def _clickhouse(self) -> Any:
+        return get_client(self.settings.clickhouse)
+
+    # -- proposals --------------------------------------------------------------------
+    async def propose(self, p: Proposal) -> None:
+        version = p.model_version
+        if version == "*":  # request-side evidence: the version to retrain is the one serving now
+            active = self.registry.active(p.model)
+            version = active["version"] if active else "*"
+        if self.book.open_for(p.policy.name, p.model, version):
+            return
+        client = await asyncio.to_thread(self._clickhouse)
+        try:
+            spec = await asyncio.to_thread(dataset_spec, client, self.settings.clickhouse.database, p.model, version,
+                                           self.config.dataset.window, self.config.dataset.filter)
+        finally:
+            client.close()
+        import uuid
+
+        tid = str(uuid.uuid4())
+        await self.emit(record(tid, 1, p.model, version, p.policy.name, "proposed", p.reason, self.settings.actor, None,
+                               drift_event_ids=p.drift_event_ids, alert_event_ids=p.alert_event_ids, dataset_spec=spec))
+        await self.advance(tid)
+
+    # -- the lifecycle ----------------------------------------------------------------
+    async def advance(self, tid: str) -> None:
+        """Do what the trigger's current state asks of this service (idempotent)."""
+        lock = self.locks.setdefault(tid, asyncio.Lock())
+        async with lock:
+            while True:
+                t = self.book.triggers[tid]
+                before = t.sequence
+                await self._step(t)
+                if self.book.triggers[tid].sequence == before:
+                    return
+
+    async def _step(self, t: Trigger) -> None:
+        actor = self.settings.actor
+        if t.state == "proposed":
+            await self.emit(self.book.next_record(t.trigger_id, "awaiting_approval", actor,
+                                                  "waiting for a person: argus retrain approve|reject"))
+        elif t.state == "approved":
+            if await self.dispatch(t):
+                await self.emit(self.book.next_record(t.trigger_id, "dispatched", actor, "job sent to the training pipeline"))
+        elif t.state == "dispatched":
+            cand = self.registry.candidate_for(t.trigger_id)
+            if cand is not None:
+                await self.emit(self.book.next_record(t.trigger_id, "candidate_registered", actor,
+                                                      f"{cand['version']} sha256 {cand['sha256'][:12]}…",
+                                                      candidate_version=cand["version"]))
+        elif t.state == "candidate_registered":
+            await self.validate(t)
+        elif t.state == "validated":
+            cand = self.registry.get(t.model, t.candidate_version or "")
+            if cand is None:
+                return
+            if self.rollout is not None:
+                await self.rollout.canary(cand["version"], cand["artifact_uri"], cand["sha256"], self.config.canary.weight)
+            await self.emit_version(with_status(cand, "canary", actor, f"{self.config.canary.weight:g}% of traffic"))
+            await self.emit(self.book.next_record(t.trigger_id, "canary", actor,
+                                                  f"{cand['version']} takes {self.config.canary.weight:g}% of traffic"))
+        elif t.state == "canary":
+            cand = self.registry.get(t.model, t.candidate_version or "")
+            if cand is None:
+                return
+            if t.trigger_id in self.rollback_reasons:
+                if self.rollout is not None:
+                    await self.rollout.rollback(cand["version"])
+                await self.emit_version(with_status(cand, "rejected", actor, self.rollback_reasons[t.trigger_id]))
+                await self.emit(self.book.next_record(t.trigger_id, "rolled_back", actor, self.rollback_reasons.pop(t.trigger_id)))
+            elif time.time() - t.updated_at >= self.config.canary.observe_for:
+                drained = await self.rollout.promote(cand["version"]) if self.rollout is not None else []
+                previous = self.registry.active(t.model)
+                await self.emit_version(with_status(cand, "active", actor, f"canary clean for {self.config.canary.observe_for:.0f}s"))
+                if previous is not None and previous["version"] != cand["version"]:
+                    await self.emit_version(with_status(previous, "deprecated", actor, f"replaced by {cand['version']}"))
+                await self.emit(self.book.next_record(t.trigger_id, "promoted", actor,
+                                                      f"{cand['version']} takes all traffic; drained: {', '.join(drained) or 'none'}"))
+
+    async def dispatch(self, t: Trigger) -> bool:
+        hook = self.config.dispatch.webhook
+        if hook is None:
+            return True  # the `dispatched` record on the triggers topic is the job
+        job = to_json(self.book.next_record(t.trigger_id, "dispatched", self.settings.actor))
+        body = json.dumps({"job": job, "evidence": {"drift_event_ids": t.drift_event_ids, "alert_event_ids": t.alert_event_ids},
+                           "dataset_spec": t.dataset_spec}, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": f"{t.trigger_id}:{t.sequence + 1}"}
+        if hook.secret:
+            ts = str(int(time.time()))
+            headers |= {"X-Argus-Timestamp": ts,
+                        "X-Argus-Signature": sign(self.settings.webhook_secrets[hook.secret].get_secret_value().encode(), ts, body)}
+        backoff = 0.2
+        for attempt in range(5):
+            try:
+                async with httpx.AsyncClient() as client:
+                    r = await client.post(hook.url, content=body, headers=headers, timeout=10)
+                if 200 <= r.status_code < 300:
+                    return True
+                error = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            self.log.warning("retraining.dispatch_retry", trigger=t.trigger_id, error=error, attempt=attempt + 1)
+            await asyncio.sleep(backoff)
+            backoff *= 2
+        self.failed_dispatch[t.trigger_id] = time.time()  # retried by the timer; the trigger stays approved
+        return False
+
+    async def validate(self, t: Trigger) -> None:
+        cand = self.registry.get(t.model, t.candidate_version or "")
+        if cand is None:
+            return
+        active = self.registry.active(t.model)
+        base_version = active["version"] if active else t.model_version
+        client = await asyncio.to_thread(self._clickhouse)
+        try:
+            examples = await asyncio.to_thread(holdout, client, self.settings.clickhouse.database, t.model, base_version,
+                                               self.config.validation.holdout_size)
+        finally:
+            client.close()
+        result = await asyncio.to_thread(evaluate, Path(cand["artifact_uri"]), cand["sha256"], examples, self.config.validation)
+        self.log.info("retraining.validation", trigger=t.trigger_id, candidate=cand["version"], result=result.summary())
+        if result.passed:
+            await self.emit(self.book.next_record(t.trigger_id, "validated", self.settings.actor, result.summary()))
+        else:
+            await self.emit_version(with_status(cand, "rejected", self.settings.actor, result.summary()))
+            await self.emit(self.book.next_record(t.trigger_id, "validation_failed", self.settings.actor, result.summary()))
+
+    # -- inputs -----------------------------------------------------------------------
+    async def on_state_record(self, key: str, rec: dict[str, Any]) -> None:
+        if key == "model-registry":
+            self.registry.apply(rec)
+            if self.caught_up and rec.get("trigger_id") and rec["trigger_id"] in self.book.triggers:
+                await self.advance(rec["trigger_id"])
+            return
+        try:
+            t = self.book.apply(rec)
+        except TransitionError as exc:
+            self.log.warning("retraining.transition_ignored", error=str(exc), actor=rec.get("actor"))
+            return
+        if self.caught_up:
+            await self.advance(t.trigger_id)
+
+    async def on_evidence(self, key: str, rec: dict[str, Any]) -> None:
+        now = time.time()
+        if key == "drift-events":
+            proposals = self.policies.on_drift(rec, now)
+        else:
+            proposals = self.policies.on_alert(rec, now)
+            labels = rec["labels"]
+            if rec["status"] == "firing" and not rec.get("receiver"):
+                for t in self.book.triggers.values():  # an alert about a canary rolls it back
+                    if t.state == "canary" and labels.get("model") == t.model and labels.get("model_version") == t.candidate_version:
+                        self.rollback_reasons[t.trigger_id] = f"alert {rec['rule']} fired for the canary: " \
+                                                             f"{rec['annotations'].get('summary', '')}".strip()
+                        await self.advance(t.trigger_id)
+        for p in proposals:
+            await self.propose(p)
+
+    async def _follow_state(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(self.k, None)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.k.topic(key), 0) for key in ("retraining-triggers", "model-registry")]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            keys = {tp.topic: key for tp, key in zip(tps, ("retraining-triggers", "model-registry"))}
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        try:
+                            rec = self.codecs[keys[tp.topic]].decode_plain(m.value)
+                        except SerializationError as exc:
+                            self.log.warning("retraining.undecodable", topic=tp.topic, offset=m.offset, error=str(exc))
+                            continue
+                        await self.on_state_record(keys[tp.topic], rec)
+                if not self.caught_up and all(await consumer.position(tp) >= ends[tp] for tp in tps):
+                    self.caught_up = True
+                    self.log.info("retraining.state_rebuilt", triggers=len(self.book.triggers),
+                                  open=sum(t.open for t in self.book.triggers.values()), versions=len(self.registry.versions))
+                    for tid, t in list(self.book.triggers.items()):
+                        if t.open:
+                            await self.advance(tid)
+                self.last_progress = time.time()
+        finally:
+            await consumer.stop()
+
+    async def _follow_evidence(self, stop: asyncio.Event) -> None:
+        while not self.caught_up and not stop.is_set():
+            await asyncio.sleep(0.1)  # cooldowns and dedup need the rebuilt book
+        topics = {self.k.topic("drift-events"): "drift-events", self.k.topic("alerts"): "alerts"}
+        consumer = make_consumer(self.k, self.settings.group_id, *topics)
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        try:
+                            rec = self.codecs[topics[tp.topic]].decode_plain(m.value)
+                        except SerializationError as exc:
+                            self.log.warning("retraining.undecodable", topic=tp.topic, offset=m.offset, error=str(exc))
+                            continue
+                        await self.on_evidence(topics[tp.topic], rec)
+                    if msgs:
+                        await consumer.commit({tp: msgs[-1].offset + 1})  # after the proposals they caused were written
+                self.last_progress = time.time()
+        finally:
+            await consumer.stop()
+
+    async def _timers(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            if not self.caught_up:
+                continue
+            now = time.time()
+            for p in self.policies.due_schedules(now):
+                await self.propose(p)
+            for p in self.config.policies:
+                if p.kind == "metric" and now >= self.metric_due.get(p.name, 0.0):
+                    self.metric_due[p.name] = now + p.every
+                    value = await asyncio.to_thread(self._metric, p.query or "")
+                    if value is not None and (prop := self.policies.on_metric(p, value, now)) is not None:
+                        await self.propose(prop)
+            for tid, t in list(self.book.triggers.items()):
+                if t.state == "canary" or (t.state == "approved" and now - self.failed_dispatch.get(tid, 0) > 30):
+                    await self.advance(tid)
+
+    def _metric(self, query: str) -> float | None:
+        client = self._clickhouse()
+        try:
+            rows = client.query(query.replace("{db}", self.settings.clickhouse.database)).result_rows
+        finally:
+            client.close()
+        return float(rows[0][0]) if rows and rows[0] and rows[0][0] is not None else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.producer.start()
+        try:
+            tasks = [asyncio.create_task(c(stop)) for c in (self._follow_state, self._follow_evidence, self._timers)]
+            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+        finally:
+            try:
+                await self.producer.stop()
+            except KafkaError:
+                pass
