@@ -173,8 +173,11 @@ class PolicyEngine:
             episode = [e for e in self.episodes.get(key, []) if now - e["at"] <= max(p.sustained_for, 0) + 3600]
             episode.append({"id": str(ev["event_id"]), "at": now, "feature": ev["feature"], "severity": ev["severity"]})
             self.episodes[key] = episode
+            if not self._allowed(p, *key[1:], now):
+                del self.episodes[key]  # evidence of the episode a trigger already covers (open or cooling down)
+                continue
             span = episode[-1]["at"] - episode[0]["at"]
-            if len(episode) < p.min_events or span < p.sustained_for or not self._allowed(p, *key[1:], now):
+            if len(episode) < p.min_events or span < p.sustained_for:
                 continue
             features = sorted({e["feature"] for e in episode})
             worst = max((e["severity"] for e in episode), key=SEVERITY_RANK.get)
