@@ -677,17 +677,22 @@ def models_register(
     card: list[str] = typer.Option([], help="Model card entries key=value (data window, metrics, limitations, owner)."),
     by: str = typer.Option(..., help="Who registers it."),
     comment: str = typer.Option(""),
+    sha256: Optional[str] = typer.Option(None, help="The digest the pipeline built (default: computed from ARTIFACT now)."),
 ) -> None:
-    """Register a model version with its artifact's digest and model card."""
+    """Register a model version with its artifact's digest and model card. Whatever
+    loads the version later (validation, inference) refuses a file with another digest."""
     from services.inference.engine import sha256_of
     from services.retraining.registry import version_record
 
     entries = dict(c.split("=", 1) for c in card if "=" in c)
     if len(entries) != len(card):
         _fail("card entries are key=value", 2)
-    digest = sha256_of(artifact)
-    rec = version_record(model, version, status, str(artifact.resolve()), digest, actor=by, card=entries,
-                         parent_version=parent, trigger_id=trigger, comment=comment)
+    digest = sha256 or sha256_of(artifact)
+    try:
+        rec = version_record(model, version, status, str(artifact.resolve()), digest, actor=by, card=entries,
+                             parent_version=parent, trigger_id=trigger, comment=comment)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     _publish("model-registry", rec, f"{model}/{version}")
     console.print(f"registered {model} {version} ({status}) sha256 {digest}", highlight=False)
 

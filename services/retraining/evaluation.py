@@ -28,15 +28,16 @@ class Evaluation:
         return ("passed" if self.passed else "failed: " + "; ".join(self.reasons)) + (f" ({figures})" if figures else "")
 
 
-def holdout(client: Any, db: str, model: str, version: str, n: int) -> list[dict[str, Any]]:
-    """The last ``n`` prompts ``model``/``version`` answered successfully, with the
-    confidence it had (text as stored: PII already protected)."""
+def holdout(client: Any, db: str, model: str, n: int) -> list[dict[str, Any]]:
+    """The last ``n`` prompts the model answered successfully in production (any live
+    version; a version promoted minutes ago has little history of its own), with the
+    confidence they were answered with (text as stored: PII already protected)."""
     rows = client.query(
         f"SELECT q.prompt, r.mean_logprob FROM {db}.inference_requests AS q FINAL "
         f"INNER JOIN {db}.inference_responses AS r FINAL ON r.request_id = q.request_id "
-        "WHERE r.model = {m:String} AND r.model_version = {v:String} AND NOT r.shadow AND r.status = 'ok' "
+        "WHERE r.model = {m:String} AND NOT r.shadow AND r.status = 'ok' "
         "AND q.prompt IS NOT NULL ORDER BY r.served_at DESC LIMIT {n:UInt32}",
-        parameters={"m": model, "v": version, "n": n}).result_rows
+        parameters={"m": model, "n": n}).result_rows
     out = []
     for prompt, confidence in rows:
         last_user = prompt.rsplit("user: ", 1)[-1] if "user: " in prompt else prompt

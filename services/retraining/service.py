@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from services.alerting.notify import sign
 from services.common.clickhouse import get_client
@@ -111,8 +113,6 @@ class RetrainingService:
                                            self.config.dataset.window, self.config.dataset.filter)
         finally:
             client.close()
-        import uuid
-
         tid = str(uuid.uuid4())
         await self.emit(record(tid, 1, p.model, version, p.policy.name, "proposed", p.reason, self.settings.actor, None,
                                drift_event_ids=p.drift_event_ids, alert_event_ids=p.alert_event_ids, dataset_spec=spec))
@@ -205,11 +205,9 @@ class RetrainingService:
         cand = self.registry.get(t.model, t.candidate_version or "")
         if cand is None:
             return
-        active = self.registry.active(t.model)
-        base_version = active["version"] if active else t.model_version
         client = await asyncio.to_thread(self._clickhouse)
         try:
-            examples = await asyncio.to_thread(holdout, client, self.settings.clickhouse.database, t.model, base_version,
+            examples = await asyncio.to_thread(holdout, client, self.settings.clickhouse.database, t.model,
                                                self.config.validation.holdout_size)
         finally:
             client.close()
@@ -271,7 +269,8 @@ class RetrainingService:
                             self.log.warning("retraining.undecodable", topic=tp.topic, offset=m.offset, error=str(exc))
                             continue
                         await self.on_state_record(keys[tp.topic], rec)
-                if not self.caught_up and all(await consumer.position(tp) >= ends[tp] for tp in tps):
+                positions = [await consumer.position(tp) for tp in tps]
+                if not self.caught_up and all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
                     self.caught_up = True
                     self.log.info("retraining.state_rebuilt", triggers=len(self.book.triggers),
                                   open=sum(t.open for t in self.book.triggers.values()), versions=len(self.registry.versions))
@@ -316,7 +315,11 @@ class RetrainingService:
             for p in self.config.policies:
                 if p.kind == "metric" and now >= self.metric_due.get(p.name, 0.0):
                     self.metric_due[p.name] = now + p.every
-                    value = await asyncio.to_thread(self._metric, p.query or "")
+                    try:
+                        value = await asyncio.to_thread(self._metric, p.query or "")
+                    except ClickHouseError as exc:  # a bad query or ClickHouse down: logged, tried again next time
+                        self.log.warning("retraining.metric_failed", policy=p.name, error=str(exc)[:500])
+                        continue
                     if value is not None and (prop := self.policies.on_metric(p, value, now)) is not None:
                         await self.propose(prop)
             for tid, t in list(self.book.triggers.items()):
