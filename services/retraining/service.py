@@ -35,7 +35,9 @@ from services.alerting.notify import sign
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
 from services.common.kafka import make_consumer, make_producer
+from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
+from services.common.metrics import Metrics
 from services.common.registry import get_codec
 from services.retraining.config import RetrainingConfig
 from services.retraining.evaluation import evaluate, holdout
@@ -80,6 +82,7 @@ class RetrainingService:
         self.producer = make_producer(self.k)
         self.caught_up = False
         self.last_progress = time.time()
+        self.metrics = Metrics(settings.service_name)
 
     # -- writing --------------------------------------------------------------------
     async def emit(self, rec: dict[str, Any]) -> Trigger:
@@ -334,8 +337,18 @@ class RetrainingService:
             client.close()
         return float(rows[0][0]) if rows and rows[0] and rows[0][0] is not None else None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def readiness(self) -> Readiness:
+        """Ready once the triggers and the registry are rebuilt from their topics."""
+        detail = (f"{sum(t.open for t in self.book.triggers.values())} open triggers" if self.caught_up
+                  else f"rebuilding state from the topics ({len(self.book.triggers)} triggers so far)")
+        return Readiness(self.caught_up, self.settings.service_name, self.caught_up, True, [], {}, {}, detail)
+
+    async def run(self, stop: asyncio.Event, health: bool = True) -> None:
         await self.producer.start()
+        server = HealthServer(self.settings.health, self.metrics, lambda: self.last_progress, self.readiness) if health else None
+        if server is not None:
+            port = await server.start()
+            self.log.info("retraining.health", port=port)
         try:
             tasks = [asyncio.create_task(c(stop)) for c in (self._follow_state, self._follow_evidence, self._timers)]
             done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -345,6 +358,8 @@ class RetrainingService:
                 if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                     raise r
         finally:
+            if server is not None:
+                await server.stop()
             try:
                 await self.producer.stop()
             except KafkaError:

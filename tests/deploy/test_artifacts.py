@@ -46,7 +46,7 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
     workloads = [d for d in render() if d["kind"] in ("Job", "Deployment")]
     assert {d["kind"] for d in workloads} == {"Job", "Deployment"}
     names = {d["metadata"]["name"] for d in workloads}
-    assert {"argus-argus-inference", "argus-argus-ingest", "argus-argus-drift", "argus-argus-alerting"} <= names, names
+    assert {"argus-argus-inference", "argus-argus-ingest", "argus-argus-drift", "argus-argus-alerting", "argus-argus-retraining"} <= names, names
     for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -88,10 +88,14 @@ def test_alerting_config_map_is_the_shipped_config_and_valid() -> None:
     from services.alerting.config import load_config
 
     docs = render()
+    from services.retraining.config import load_config as load_policies
+
+    rcm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-retraining")][0]
+    load_policies(yaml.safe_load(rcm["data"]["retraining.yaml"]))
     cm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-alerting")][0]
     cfg = yaml.safe_load(cm["data"]["alerting.yaml"])
     assert cfg == yaml.safe_load((CHART / "files" / "alerting.yaml").read_text())
     load_config(cfg)
     custom = {"rules": [], "route": {"receiver": "r"}, "receivers": [{"name": "r"}]}
-    cm = [d for d in render({"alerting": {"config": custom}}) if d["kind"] == "ConfigMap"][0]
+    cm = [d for d in render({"alerting": {"config": custom}}) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-alerting")][0]
     assert yaml.safe_load(cm["data"]["alerting.yaml"]) == custom

@@ -171,7 +171,7 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_
         rs = RetrainingSettings(kafka=k, clickhouse=clickhouse_settings, group_id="retraining-" + uuid.uuid4().hex[:6],
                                 webhook_secrets={"pipeline": SECRET})
         service = RetrainingService(rs, load_config(retraining_config(pipeline.port)), ServeRollout(inference))
-        tasks.append(asyncio.create_task(service.run(asyncio.Event()), name="retraining"))
+        tasks.append(asyncio.create_task(service.run(asyncio.Event(), health=False), name="retraining"))
 
         async with ArgusProducer(k) as p:
             for i in range(460):
