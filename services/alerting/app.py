@@ -163,38 +163,34 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
         await signals.send(key=b"signals", value=json.dumps(body, separators=(",", ":")).encode())
 
     # -- extract: one agent per source topic ------------------------------------------
-    @app.agent(sources["inference-responses"], name=f"{settings.app_id}.extract.responses")
-    async def extract_responses(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                r = codecs["inference-responses"].decode_plain(event.value)
-            except SerializationError as exc:
-                await dlq.send("inference-responses", event, str(exc))
-                continue
-            recent_models.put(r["request_id"], (r["model"], r["model_version"]))
-            await emit(response_signal(r, time.time()))
+    def remember_model(r: dict[str, Any]) -> Signal:
+        recent_models.put(r["request_id"], (r["model"], r["model_version"]))
+        return response_signal(r, time.time())
 
-    @app.agent(sources["feedback"], name=f"{settings.app_id}.extract.feedback")
-    async def extract_feedback(stream: Any) -> None:
-        # feedback and responses are both keyed by request_id with the same partition
-        # count, so the response a feedback item is about was seen by this worker
-        async for event in stream.events():
-            try:
-                f = codecs["feedback"].decode_plain(event.value)
-            except SerializationError as exc:
-                await dlq.send("feedback", event, str(exc))
-                continue
-            await emit(feedback_signal(f, recent_models.get(f["request_id"]), time.time()))
+    # feedback and responses are both keyed by request_id with the same partition count,
+    # so the response a feedback item is about was seen by this worker
+    to_signal = {
+        "inference-responses": remember_model,
+        "feedback": lambda f: feedback_signal(f, recent_models.get(f["request_id"]), time.time()),
+        "drift-events": lambda d: drift_signal(d, time.time()),
+        "alert-silences": lambda s: {"silence": silence_from_record(s)},  # a bad matcher raises MatcherError
+    }
 
-    @app.agent(sources["drift-events"], name=f"{settings.app_id}.extract.drift")
-    async def extract_drift(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                d = codecs["drift-events"].decode_plain(event.value)
-            except SerializationError as exc:
-                await dlq.send("drift-events", event, str(exc))
-                continue
-            await emit(drift_signal(d, time.time()))
+    def make_extractor(key: str) -> None:
+        async def extract(stream: Any) -> None:
+            async for event in stream.events():
+                try:
+                    signal = to_signal[key](codecs[key].decode_plain(event.value))
+                except (SerializationError, MatcherError) as exc:
+                    await dlq.send(key, event, str(exc))
+                    continue
+                await emit(signal)
+
+        extract.__name__ = f"extract_{key.replace('-', '_')}"
+        app.agent(sources[key], name=f"{settings.app_id}.extract.{key}")(extract)
+
+    for key in to_signal:
+        make_extractor(key)
 
     @app.agent(app.topic(*dlq_topic_names, key_type=bytes, value_type=bytes), name=f"{settings.app_id}.extract.dead-letters")
     async def extract_dead_letters(stream: Any) -> None:
@@ -202,18 +198,8 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
             try:
                 d = dl_codec.decode_plain(event.value)
             except SerializationError:
-                d = None
+                d = None  # even an undecodable dead letter is a dead letter
             await emit(dead_letter_signal(d, event.message.topic, time.time()))
-
-    @app.agent(sources["alert-silences"], name=f"{settings.app_id}.extract.silences")
-    async def extract_silences(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                s = silence_from_record(codecs["alert-silences"].decode_plain(event.value))
-            except (SerializationError, MatcherError) as exc:
-                await dlq.send("alert-silences", event, str(exc))
-                continue
-            await emit({"silence": s})
 
     # -- the engine, on the owner of the signals partition ------------------------------
     signals_tp = TopicPartition(signals.get_topic_name(), 0)

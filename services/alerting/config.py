@@ -42,10 +42,10 @@ import string
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.alerting.labels import Matcher, MatcherError
+from services.common.configfile import ConfigError, load_yaml_config  # noqa: F401 (ConfigError is part of this API)
 
 # metrics each source can compute, and the labels its signals carry (what `by` and
 # rule matchers may use)
@@ -68,10 +68,6 @@ SEVERITIES = ("info", "warning", "critical", "page")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-class ConfigError(ValueError):
-    """The alerting configuration is invalid; the message names where and why."""
 
 
 def parse_duration(value: Any) -> float:
@@ -246,24 +242,4 @@ class AlertingConfig(_Strict):
 
 def load_config(source: str | Path | dict[str, Any]) -> AlertingConfig:
     """Parse and validate a config file (or an already-loaded mapping)."""
-    where = "<mapping>"
-    if isinstance(source, dict):
-        data = source
-    else:
-        where = str(source)
-        try:
-            data = yaml.safe_load(Path(source).read_text())
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping with rules, route and receivers")
-    try:
-        return AlertingConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for e in exc.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {e['msg']}")
-        raise ConfigError(f"{where}: invalid alerting configuration:\n" + "\n".join(lines)) from exc
+    return load_yaml_config(source, AlertingConfig, "alerting configuration")

@@ -30,11 +30,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.alerting.config import ConfigError, parse_duration
+from services.alerting.config import parse_duration
 from services.alerting.labels import Matcher, MatcherError
+from services.common.configfile import load_yaml_config
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -145,15 +145,4 @@ class RetrainingConfig(_Strict):
 
 
 def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
-    where = "<mapping>" if isinstance(source, dict) else str(source)
-    try:
-        data = source if isinstance(source, dict) else yaml.safe_load(Path(source).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{where}: cannot read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping with policies")
-    try:
-        return RetrainingConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{where}: invalid retraining configuration:\n" + "\n".join(lines)) from exc
+    return load_yaml_config(source, RetrainingConfig, "retraining configuration")

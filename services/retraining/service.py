@@ -38,6 +38,7 @@ from services.common.kafka import make_consumer, make_producer
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
+from services.common.pipeline import Message, dead_letter_headers, dead_letter_record
 from services.common.registry import get_codec
 from services.retraining.config import RetrainingConfig
 from services.retraining.evaluation import evaluate, holdout
@@ -253,6 +254,28 @@ class RetrainingService:
         for p in proposals:
             await self.propose(p)
 
+    async def _handle(self, batch: dict[TopicPartition, list[Any]], keys: dict[str, str], handler: Any) -> dict[TopicPartition, int]:
+        """Decode each record with its topic's codec and hand it over; returns the next
+        offset per partition. An undecodable record goes to the topic's dead-letter
+        topic with the reason (before its offset counts as done)."""
+        done: dict[TopicPartition, int] = {}
+        for tp, msgs in batch.items():
+            for m in msgs:
+                try:
+                    rec = self.codecs[keys[tp.topic]].decode_plain(m.value)
+                except SerializationError as exc:
+                    msg = Message(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
+                    error = "InvalidMessage.SerializationError"
+                    await self.producer.send_and_wait(
+                        self.k.topic(f"{keys[tp.topic]}-dlq"),
+                        get_codec(f"{keys[tp.topic]}-dlq").encode(dead_letter_record(msg, str(exc), error, self.settings.group_id, "retraining")),
+                        key=m.key, headers=dead_letter_headers(msg, str(exc), error))
+                    self.log.warning("retraining.dead_lettered", topic=tp.topic, partition=tp.partition, offset=m.offset, reason=str(exc))
+                else:
+                    await handler(keys[tp.topic], rec)
+                done[tp] = m.offset + 1
+        return done
+
     async def _follow_state(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self.k, None)
         await consumer.start()
@@ -263,15 +286,7 @@ class RetrainingService:
             ends = await consumer.end_offsets(tps)
             keys = {tp.topic: key for tp, key in zip(tps, ("retraining-triggers", "model-registry"))}
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                for tp, msgs in batch.items():
-                    for m in msgs:
-                        try:
-                            rec = self.codecs[keys[tp.topic]].decode_plain(m.value)
-                        except SerializationError as exc:
-                            self.log.warning("retraining.undecodable", topic=tp.topic, offset=m.offset, error=str(exc))
-                            continue
-                        await self.on_state_record(keys[tp.topic], rec)
+                await self._handle(await consumer.getmany(timeout_ms=200), keys, self.on_state_record)
                 positions = [await consumer.position(tp) for tp in tps]
                 if not self.caught_up and all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
                     self.caught_up = True
@@ -292,17 +307,9 @@ class RetrainingService:
         await consumer.start()
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                for tp, msgs in batch.items():
-                    for m in msgs:
-                        try:
-                            rec = self.codecs[topics[tp.topic]].decode_plain(m.value)
-                        except SerializationError as exc:
-                            self.log.warning("retraining.undecodable", topic=tp.topic, offset=m.offset, error=str(exc))
-                            continue
-                        await self.on_evidence(topics[tp.topic], rec)
-                    if msgs:
-                        await consumer.commit({tp: msgs[-1].offset + 1})  # after the proposals they caused were written
+                handled = await self._handle(await consumer.getmany(timeout_ms=200), topics, self.on_evidence)
+                if handled:
+                    await consumer.commit(handled)  # after the proposals they caused were written
                 self.last_progress = time.time()
         finally:
             await consumer.stop()

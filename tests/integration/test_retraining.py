@@ -40,7 +40,7 @@ from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.inference.app import deploy
 from services.inference.bridge import InferenceBridge
 from services.inference.engine import packaged_model_path, sha256_of
-from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings, ModelVersion
+from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.retraining.config import load_config
