@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 REFUSAL = re.compile(r"\b(I can(?:no|')t|I am unable|I'm unable|I won't|as an AI)\b", re.I)
@@ -33,13 +34,24 @@ class Features:
     request_id: str = ""
 
 
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+
+
+@lru_cache(maxsize=8192)
+def _script_of_char(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return ("latin" if "LATIN" in name else "cyrillic" if "CYRILLIC" in name else "cjk" if "CJK" in name or
+            "HIRAGANA" in name or "KATAKANA" in name or "HANGUL" in name else "arabic" if "ARABIC" in name else "other")
+
+
 def script_of(text: str) -> str:
+    """The dominant script of the letters in ``text`` (most prompts are ASCII: a fast path)."""
+    if text.isascii():
+        return "latin" if _ASCII_LETTER.search(text) else "none"
     counts: dict[str, int] = {}
     for ch in text:
         if ch.isalpha():
-            name = unicodedata.name(ch, "")
-            s = ("latin" if "LATIN" in name else "cyrillic" if "CYRILLIC" in name else "cjk" if "CJK" in name or
-                 "HIRAGANA" in name or "KATAKANA" in name or "HANGUL" in name else "arabic" if "ARABIC" in name else "other")
+            s = _script_of_char(ch)
             counts[s] = counts.get(s, 0) + 1
     return max(counts, key=counts.get) if counts else "none"
 
