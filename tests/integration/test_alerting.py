@@ -27,6 +27,7 @@ from services.common.registry import default_registry, get_codec
 from services.common.settings import KafkaSettings
 from services.stack.kafka_local import free_port
 from tests.conftest import REPO
+from tests.integration.helpers import cli
 
 SECRET = "test-secret-0123456789"
 
@@ -121,16 +122,6 @@ async def until(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-async def cli(kafka: KafkaSettings, *args: str) -> str:
-    env = {**os.environ, "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "ARGUS_CLI_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "COLUMNS": "200"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", *args, env=env, cwd=REPO,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, errout = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, errout.decode()
-    return out.decode()
 
 
 async def wait_ready(port: int, timeout_s: float = 90) -> None:

@@ -51,6 +51,7 @@ from services.sdk.loadgen import LoadProfile, make_prompt
 from services.sdk.producer import ArgusProducer
 from services.stack.kafka_local import free_port
 from tests.conftest import REPO
+from tests.integration.helpers import cli
 
 MODEL = "smollm2-135m-instruct"
 SECRET = "pipeline-secret"
@@ -91,16 +92,6 @@ def worker(module: str, prefix: str, kafka: KafkaSettings, extra: dict[str, str]
            f"ARGUS_{prefix}_BROKER_SESSION_TIMEOUT_S": "6", **extra}
     log = open(f"/tmp/{name}-{uuid.uuid4().hex[:4]}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-async def cli(kafka: KafkaSettings, *args: str) -> str:
-    env = {**os.environ, "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "ARGUS_CLI_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "COLUMNS": "200"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", *args, env=env, cwd=REPO,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, errout = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 0, (args, errout.decode())
-    return out.decode()
 
 
 RUNNING: list[asyncio.Task] = []  # in-process services: a crash fails the wait at once, with its error
