@@ -230,8 +230,9 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     async def evaluate_signals(stream: Any) -> None:
         async for value in stream:
             eng = engine()
-            if eng is None:  # not the owner (a rebalance is under way): faust redelivers to the owner
-                continue
+            while eng is None:  # tables still recovering or a rebalance under way: wait, never drop a signal
+                await asyncio.sleep(0.1)
+                eng = engine()
             body = json.loads(value)
             now = time.time()
             if "silence" in body:
