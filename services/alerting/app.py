@@ -28,7 +28,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import faust
@@ -157,6 +157,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
 
     state: dict[str, Any] = {"engine": None, "sink_healthy": True, "last_full": 0.0, "outbox": []}
     wake = asyncio.Event()
+    held: deque[dict[str, Any]] = deque(maxlen=100_000)  # signals that arrived while no engine was running
 
     async def emit(sig: Signal | dict[str, Any]) -> None:
         body = sig.to_json() if isinstance(sig, Signal) else sig
@@ -222,6 +223,8 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
                 now=now,
             )
             state["engine"] = eng
+            while held:
+                apply_signal(eng, held.popleft())
             log.info("alerting.engine_started", alerts=len(eng.alerts), silences=len(eng.silences),
                      notification_log=len(eng.nflog))
         return state["engine"]
@@ -229,24 +232,29 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     @app.agent(signals, name=f"{settings.app_id}.engine")
     async def evaluate_signals(stream: Any) -> None:
         async for value in stream:
-            eng = engine()
-            while eng is None:  # tables still recovering or a rebalance under way: wait, never drop a signal
-                await asyncio.sleep(0.1)
-                eng = engine()
             body = json.loads(value)
-            now = time.time()
-            if "silence" in body:
-                s = body["silence"]
-                if s["action"] == "expire":
-                    eng.expire_silence(s["id"], now)
-                else:
-                    eng.add_silence(Silence(s["id"], s["matchers"], s["starts_at"], s["ends_at"], s["created_by"], s["comment"]), now)
-                log.info("alerting.silence", id=s["id"], action=s["action"], by=s["created_by"], matchers=s["matchers"])
-            else:
-                sig = Signal.from_json(body)
-                eng.observe(sig, now)
-                metrics.inc("argus_signals_total", source=sig.source)
+            eng = engine()
+            if eng is None:
+                # a rebalance began while this event was in flight: keep it for the engine
+                # (waiting here would hold the rebalance up; dropping it would lose a signal)
+                held.append(body)
+                continue
+            apply_signal(eng, body)
             wake.set()
+
+    def apply_signal(eng: AlertEngine, body: dict[str, Any]) -> None:
+        now = time.time()
+        if "silence" in body:
+            s = body["silence"]
+            if s["action"] == "expire":
+                eng.expire_silence(s["id"], now)
+            else:
+                eng.add_silence(Silence(s["id"], s["matchers"], s["starts_at"], s["ends_at"], s["created_by"], s["comment"]), now)
+            log.info("alerting.silence", id=s["id"], action=s["action"], by=s["created_by"], matchers=s["matchers"])
+        else:
+            sig = Signal.from_json(body)
+            eng.observe(sig, now)
+            metrics.inc("argus_signals_total", source=sig.source)
 
     # -- delivery and the driver ----------------------------------------------------------
     def persist(eng: AlertEngine) -> None:
