@@ -148,14 +148,16 @@ class WindowChi2(_Windowed):
         self.reference: Counter = Counter()
 
     def reset_reference(self) -> None:
-        self.reference, self.in_alarm = Counter(), False
+        self.reference, self.in_alarm, self.pinned = Counter(), False, False
         self.current.clear()
 
     def update(self, x: str, feature: str, position: int) -> Alarm | None:
         self.seen += 1
-        if sum(self.reference.values()) < self.reference_size:
-            self.reference[x] += 1
-            return None
+        if not getattr(self, "pinned", False):  # checkpoints from before the flag: recomputed once
+            if sum(self.reference.values()) < self.reference_size:
+                self.reference[x] += 1
+                return None
+            self.pinned = True
         self.current.append(x)
         if not self._due():
             return None

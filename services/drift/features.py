@@ -56,9 +56,17 @@ def script_of(text: str) -> str:
     return max(counts, key=counts.get) if counts else "none"
 
 
+_WORD_LANGS: dict[str, tuple[str, ...]] = {}
+for _lang, _words in _STOPWORDS.items():
+    for _w in _words:
+        _WORD_LANGS[_w] = _WORD_LANGS.get(_w, ()) + (_lang,)
+
+
 def language_of(text: str) -> str:
-    words = re.findall(r"[^\W\d_]+", text.lower())
-    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
+    scores = dict.fromkeys(_STOPWORDS, 0)
+    for w in re.findall(r"[^\W\d_]+", text.lower()):
+        for lang in _WORD_LANGS.get(w, ()):
+            scores[lang] += 1
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else "other"
 
