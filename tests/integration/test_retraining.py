@@ -180,7 +180,8 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_
             alerts = ch.query(f"SELECT rule, status, labels FROM {db}.alerts").result_rows
             raise AssertionError(f"no trigger: drift events {drift}, alerts {alerts}, book {service.book.triggers}")
         t = trig[0]
-        assert t.state == "awaiting_approval" and t.model == MODEL and t.model_version == "v1" and t.alert_event_ids
+        await until(lambda: t.state == "awaiting_approval", 30, "the trigger to await approval")
+        assert t.model == MODEL and t.model_version == "v1" and t.alert_event_ids
         assert int(t.dataset_spec["rows"]) >= 8 and t.dataset_spec["model_version"] == "v1"
         shown = await cli(k, "retrain", "show", t.trigger_id[:8])
         assert "awaiting_approval" in shown and "DriftDetected" in shown
