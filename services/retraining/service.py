@@ -82,14 +82,20 @@ class RetrainingService:
         self.metric_due: dict[str, float] = {}
         self.producer = make_producer(self.k)
         self.caught_up = False
+        self.sink_healthy = True  # the last write of a transition was acknowledged by the broker
         self.last_progress = time.time()
         self.metrics = Metrics(settings.service_name)
 
     # -- writing --------------------------------------------------------------------
     async def emit(self, rec: dict[str, Any]) -> Trigger:
         """Publish a transition (acks=all), then fold it in (the echo is ignored)."""
-        await self.producer.send_and_wait(self.k.topic("retraining-triggers"), self.codecs["retraining-triggers"].encode(rec),
-                                          key=rec["trigger_id"].encode())
+        try:
+            await self.producer.send_and_wait(self.k.topic("retraining-triggers"),
+                                              self.codecs["retraining-triggers"].encode(rec), key=rec["trigger_id"].encode())
+        except KafkaError:
+            self.sink_healthy = False  # readiness reports it; the error stops the service (nothing is half-applied)
+            raise
+        self.sink_healthy = True
         t = self.book.apply(rec)
         self.log.info("retraining.transition", trigger=t.trigger_id, state=t.state, sequence=t.sequence, model=t.model,
                       version=t.model_version, actor=rec.get("actor"), comment=rec.get("comment"))
@@ -348,7 +354,10 @@ class RetrainingService:
         """Ready once the triggers and the registry are rebuilt from their topics."""
         detail = (f"{sum(t.open for t in self.book.triggers.values())} open triggers" if self.caught_up
                   else f"rebuilding state from the topics ({len(self.book.triggers)} triggers so far)")
-        return Readiness(self.caught_up, self.settings.service_name, self.caught_up, True, [], {}, {}, detail)
+        if not self.sink_healthy:
+            detail = "writing transitions to the broker failed"
+        return Readiness(self.caught_up and self.sink_healthy, self.settings.service_name, self.caught_up,
+                         self.sink_healthy, [], {}, {}, detail)
 
     async def run(self, stop: asyncio.Event, health: bool = True) -> None:
         await self.producer.start()
