@@ -43,7 +43,7 @@ from services.alerting.notify import Deliverer, DeliveryPolicy
 from services.alerting.settings import AlertingSettings
 from services.alerting.windows import Signal
 from services.common.codec import SerializationError
-from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app
+from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app, report_lag
 from services.common.kafka import group_lag
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
@@ -180,6 +180,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     def make_extractor(key: str) -> None:
         async def extract(stream: Any) -> None:
             async for event in stream.events():
+                metrics.inc("argus_messages_consumed_total", topic=event.message.topic)
                 try:
                     signal = to_signal[key](codecs[key].decode_plain(event.value))
                 except (SerializationError, MatcherError) as exc:
@@ -196,6 +197,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     @app.agent(app.topic(*dlq_topic_names, key_type=bytes, value_type=bytes), name=f"{settings.app_id}.extract.dead-letters")
     async def extract_dead_letters(stream: Any) -> None:
         async for event in stream.events():
+            metrics.inc("argus_messages_consumed_total", topic=event.message.topic)
             try:
                 d = dl_codec.decode_plain(event.value)
             except SerializationError:
@@ -284,6 +286,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
                     return
                 state["outbox"].pop(0)
                 state["sink_healthy"] = True
+                metrics.inc("argus_messages_produced_total", topic=alerts_topic.get_topic_name())
 
     async def delivered(note: Notification, ok: bool, info: dict[str, Any]) -> None:
         eng = state["engine"]
@@ -372,9 +375,10 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
 
     # -- health and the API the CLI reads -------------------------------------------------
     progress = heartbeat(app)
+    lag = report_lag(app, k, metrics)
 
     async def readiness() -> Readiness:
-        return faust_readiness(app, settings.service_name, state["sink_healthy"], "writes to argus.alerts failing")
+        return faust_readiness(app, settings.service_name, state["sink_healthy"], "writes to argus.alerts failing", lag=lag)
 
     async def api_alerts(request: web.Request) -> web.Response:
         eng = engine()

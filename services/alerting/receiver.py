@@ -57,6 +57,7 @@ class WebhookReceiver:
         app = web.Application()
         app.router.add_post(self.path, self._handle)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -70,6 +71,11 @@ class WebhookReceiver:
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"alive": True, "notifications": len(self.notifications)})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        return web.json_response({"ready": True, "service": "subscriber", "notifications": len(self.notifications),
+                                  "detail": f"{len(self.notifications)} notifications, {self.duplicates} duplicates, "
+                                            f"{self.bad_signatures} bad signatures"})
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

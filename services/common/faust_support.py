@@ -11,7 +11,10 @@ Example::
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import faust
@@ -25,9 +28,16 @@ from services.common.settings import KafkaSettings
 
 def make_app(app_id: str, kafka: KafkaSettings, partitions: int, session_timeout_s: float) -> faust.App:
     """A faust app on raw bytes (Avro is decoded by the registry codecs), acks=all,
-    no web server (each service runs the platform's health endpoint instead)."""
+    no web server (each service runs the platform's health endpoint instead).
+
+    Its state lives in changelog topics (memory store); faust's own data directory
+    holds only a version marker, kept out of the working directory
+    (``ARGUS_FAUST_DATADIR``, the temp dir by default)."""
+    root = Path(os.environ.get("ARGUS_FAUST_DATADIR") or Path(tempfile.gettempdir()) / "argus-faust")
+    (root / app_id).mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id,
+        datadir=str(root / app_id),
         broker=f"kafka://{kafka.bootstrap_servers}",
         store="memory://",
         key_serializer="raw",
@@ -64,8 +74,42 @@ class DeadLetterWriter:
         self.log.warning(f"{self.service}.dead_lettered", topic=m.topic, partition=m.partition, offset=m.offset, reason=reason)
 
 
+def report_lag(app: faust.App, kafka: KafkaSettings, metrics: Any, interval_s: float = 5.0) -> dict[str, int]:
+    """Every ``interval_s``: the app's consumer-group lag per topic, as the broker sees it
+    (``argus_consumer_lag`` with ``partition="all"``, and the returned dict, which
+    :func:`faust_readiness` reports). Errors are logged and the last figures kept."""
+    from aiokafka.errors import KafkaError
+
+    from services.common.kafka import LagProbe
+
+    lag: dict[str, int] = {}
+    probe = LagProbe(kafka)
+    log = get_logger(f"argus.{metrics.service}")
+
+    @app.timer(interval_s, name=f"{app.conf.id}.report-lag")
+    async def _report() -> None:
+        try:
+            if probe._admin is None:
+                await probe.start()
+            per_topic = (await probe.lag([app.conf.id])).get(app.conf.id, {})
+        except (KafkaError, OSError) as exc:
+            log.warning("lag_unavailable", error=str(exc))
+            await probe.close()
+            return
+        lag.clear()
+        lag.update(per_topic)
+        for topic, n in per_topic.items():
+            metrics.set("argus_consumer_lag", n, topic=topic, partition="all")
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **_: Any) -> None:  # noqa: ARG001
+        await probe.close()
+
+    return lag
+
+
 def faust_readiness(app: faust.App, service: str, sink_healthy: bool, sink_problem: str,
-                    extra_check: Callable[[], str] | None = None) -> Readiness:
+                    extra_check: Callable[[], str] | None = None, lag: dict[str, int] | None = None) -> Readiness:
     """Ready = tables recovered, partitions assigned, not rebalancing, writes succeeding."""
     recovered = app.tables.recovery.completed.is_set()
     assigned = sorted(str(tp) for tp in app.consumer.assignment())
@@ -74,7 +118,7 @@ def faust_readiness(app: faust.App, service: str, sink_healthy: bool, sink_probl
     detail = ("rebalancing" if app.rebalancing else "recovering tables" if not recovered
               else "no partitions assigned" if not assigned else sink_problem if not sink_healthy else extra)
     ready = connected and not app.rebalancing and sink_healthy and not extra
-    return Readiness(ready, service, connected, sink_healthy, assigned, {}, {}, detail)
+    return Readiness(ready, service, connected, sink_healthy, assigned, dict(lag or {}), {}, detail)
 
 
 def heartbeat(app: faust.App, interval_s: float = 1.0) -> dict[str, float]:

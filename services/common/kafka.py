@@ -107,28 +107,66 @@ async def ensure_topics(
     return created
 
 
-async def group_lag(k: KafkaSettings, groups: tuple[str, ...] | list[str] = ()) -> dict[str, dict[str, int]]:
-    """Lag of consumer groups (every group when ``groups`` is empty): group -> topic ->
-    sum over partitions of (end offset - committed offset). For lag alerts and status."""
-    from aiokafka.admin import AIOKafkaAdminClient
+class LagProbe:
+    """Consumer-group lag as the broker sees it: per group and topic, the sum over
+    partitions of (end offset - committed offset). Keeps one admin client and one
+    consumer open between probes (for services that report their lag every few seconds).
 
-    admin = AIOKafkaAdminClient(**client_kwargs(k))
-    consumer = make_consumer(k, None)
-    await admin.start()
-    await consumer.start()
-    try:
-        names = list(groups) or sorted(g[0] for g in await admin.list_consumer_groups())
+    ``prefix=True`` matches every group whose name starts with one of ``groups``
+    (the ingest service runs one group per topic: ``argus-ingest.<topic>``)."""
+
+    def __init__(self, k: KafkaSettings) -> None:
+        self.k = k
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> "LagProbe":
+        self._admin = AIOKafkaAdminClient(**client_kwargs(self.k))
+        self._consumer = make_consumer(self.k, None)
+        await self._admin.start()
+        await self._consumer.start()
+        return self
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+        self._admin = self._consumer = None
+
+    async def __aenter__(self) -> "LagProbe":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def groups(self) -> list[str]:
+        assert self._admin is not None, "LagProbe not started"
+        return sorted(g[0] for g in await self._admin.list_consumer_groups())
+
+    async def lag(self, groups: tuple[str, ...] | list[str] = (), prefix: bool = False) -> dict[str, dict[str, int]]:
+        assert self._admin is not None and self._consumer is not None, "LagProbe not started"
+        if not groups or prefix:
+            every = await self.groups()
+            names = [g for g in every if not groups or any(g == p or g.startswith(p + ".") for p in groups)]
+        else:
+            names = list(groups)
         out: dict[str, dict[str, int]] = {}
         for group in names:
-            offsets = {tp: m.offset for tp, m in (await admin.list_consumer_group_offsets(group)).items() if m.offset >= 0}
+            committed = await self._admin.list_consumer_group_offsets(group)
+            offsets = {tp: m.offset for tp, m in committed.items() if m.offset >= 0}
             if not offsets:
                 continue
-            ends = await consumer.end_offsets(list(offsets))
+            ends = await self._consumer.end_offsets(list(offsets))
             per_topic: dict[str, int] = {}
-            for tp, committed in offsets.items():
-                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(ends.get(tp, committed) - committed, 0)
+            for tp, c in offsets.items():
+                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(ends.get(tp, c) - c, 0)
             out[group] = per_topic
         return out
-    finally:
-        await consumer.stop()
-        await admin.close()
+
+
+async def group_lag(k: KafkaSettings, groups: tuple[str, ...] | list[str] = (), prefix: bool = False) -> dict[str, dict[str, int]]:
+    """Lag of consumer groups (every group when ``groups`` is empty): group -> topic ->
+    sum over partitions of (end offset - committed offset). For lag alerts and status."""
+    async with LagProbe(k) as probe:
+        return await probe.lag(groups, prefix)

@@ -38,6 +38,9 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_silences_active": MetricDef("gauge", "Silences in force.", ("service",)),
     "argus_notifications_total": MetricDef("counter", "Notification attempts by outcome (delivered, retried, rejected, gave_up).", ("service", "receiver", "outcome")),
     "argus_notification_seconds": MetricDef("histogram", "From a group's flush to the receiver's acknowledgement.", ("service", "receiver")),
+    "argus_detector_updates_total": MetricDef("counter", "Observations fed to drift detectors, by feature kind.", ("service", "kind")),
+    "argus_drift_events_total": MetricDef("counter", "Drift events published, by feature and detector.", ("service", "feature", "detector")),
+    "argus_retraining_transitions_total": MetricDef("counter", "Retraining trigger state changes written, by policy and state.", ("service", "policy", "state")),
     "argus_pii_findings_total": MetricDef("counter", "PII found (and redacted, hashed or dropped) before storage.", ("service", "kind", "mode")),
 }
 

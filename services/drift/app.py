@@ -27,7 +27,7 @@ from services.common.codec import SerializationError
 from services.common.health import HealthServer, Readiness
 from services.common.metrics import Metrics
 from services.common.logging import get_logger
-from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app
+from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app, report_lag
 from services.common.registry import get_codec
 from services.drift.calibration import load as load_calibration
 from services.drift.features import Features, feedback_features, request_features, response_features
@@ -61,7 +61,9 @@ def create_app(settings: DriftSettings) -> faust.App:
 
     def make_extractor(key: str, extract):  # noqa: ANN001, ANN202
         async def extractor(stream: Any) -> None:
+            topic_name = k.topic(key)
             async for event in stream.events():
+                metrics.inc("argus_messages_consumed_total", topic=topic_name)
                 try:
                     record = codecs[key].decode(event.value)
                 except SerializationError as exc:
@@ -137,8 +139,13 @@ def create_app(settings: DriftSettings) -> faust.App:
                 continue
             if "embedding" in payload:
                 alarms = mon.observe_embedding(unpack(payload["embedding"]), payload["request_id"], settings.semantic)
+                metrics.inc("argus_detector_updates_total", kind="embedding")
             else:
-                alarms = mon.observe(Features(**payload))
+                f = Features(**payload)
+                alarms = mon.observe(f)
+                for kind, values in (("numeric", f.numeric), ("categorical", f.categorical), ("binary", f.binary)):
+                    if values:
+                        metrics.inc("argus_detector_updates_total", len(values), kind=kind)
             for alarm in alarms:
                 event = mon.drift_event(alarm, int(time.time() * 1000))
                 try:
@@ -147,6 +154,8 @@ def create_app(settings: DriftSettings) -> faust.App:
                     sink["healthy"] = False
                     raise
                 sink["healthy"] = True
+                metrics.inc("argus_messages_produced_total", topic=drift_topic.get_topic_name())
+                metrics.inc("argus_drift_events_total", feature=alarm.feature, detector=alarm.detector)
                 log.info("drift.detected", stream=stream_key, feature=alarm.feature, detector=alarm.detector,
                          statistic=alarm.statistic, position=alarm.position)
             if alarms or mon.position % settings.checkpoint_every == 0:
@@ -155,9 +164,10 @@ def create_app(settings: DriftSettings) -> faust.App:
     # Health: liveness = faust's event loop advances (a 1 s timer), readiness = not
     # rebalancing and the table recovered; metrics in Prometheus format.
     progress = heartbeat(app)
+    lag = report_lag(app, k, metrics)
 
     async def readiness() -> Readiness:
-        return faust_readiness(app, settings.service_name, sink["healthy"], "DriftEvent writes failing")
+        return faust_readiness(app, settings.service_name, sink["healthy"], "DriftEvent writes failing", lag=lag)
 
     health = HealthServer(settings.health, metrics, lambda: progress["t"], readiness)
 

@@ -34,7 +34,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from services.alerting.notify import sign
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
-from services.common.kafka import make_consumer, make_producer
+from services.common.kafka import LagProbe, make_consumer, make_producer
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
@@ -85,6 +85,7 @@ class RetrainingService:
         self.sink_healthy = True  # the last write of a transition was acknowledged by the broker
         self.last_progress = time.time()
         self.metrics = Metrics(settings.service_name)
+        self.lag: dict[str, int] = {}  # evidence group: topic -> lag
 
     # -- writing --------------------------------------------------------------------
     async def emit(self, rec: dict[str, Any]) -> Trigger:
@@ -96,6 +97,8 @@ class RetrainingService:
             self.sink_healthy = False  # readiness reports it; the error stops the service (nothing is half-applied)
             raise
         self.sink_healthy = True
+        self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("retraining-triggers"))
+        self.metrics.inc("argus_retraining_transitions_total", policy=rec["policy"], state=rec["state"])
         t = self.book.apply(rec)
         self.log.info("retraining.transition", trigger=t.trigger_id, state=t.state, sequence=t.sequence, model=t.model,
                       version=t.model_version, actor=rec.get("actor"), comment=rec.get("comment"))
@@ -104,6 +107,7 @@ class RetrainingService:
     async def emit_version(self, rec: dict[str, Any]) -> None:
         await self.producer.send_and_wait(self.k.topic("model-registry"), self.codecs["model-registry"].encode(rec),
                                           key=f"{rec['model']}/{rec['version']}".encode())
+        self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("model-registry"))
         self.registry.apply(rec)
 
     def _clickhouse(self) -> Any:
@@ -266,6 +270,7 @@ class RetrainingService:
         topic with the reason (before its offset counts as done)."""
         done: dict[TopicPartition, int] = {}
         for tp, msgs in batch.items():
+            self.metrics.inc("argus_messages_consumed_total", len(msgs), topic=tp.topic)
             for m in msgs:
                 try:
                     rec = self.codecs[keys[tp.topic]].decode_plain(m.value)
@@ -276,6 +281,7 @@ class RetrainingService:
                         self.k.topic(f"{keys[tp.topic]}-dlq"),
                         get_codec(f"{keys[tp.topic]}-dlq").encode(dead_letter_record(msg, str(exc), error, self.settings.group_id, "retraining")),
                         key=m.key, headers=dead_letter_headers(msg, str(exc), error))
+                    self.metrics.inc("argus_messages_dead_lettered_total", topic=tp.topic, error_type=error)
                     self.log.warning("retraining.dead_lettered", topic=tp.topic, partition=tp.partition, offset=m.offset, reason=str(exc))
                 else:
                     await handler(keys[tp.topic], rec)
@@ -357,7 +363,29 @@ class RetrainingService:
         if not self.sink_healthy:
             detail = "writing transitions to the broker failed"
         return Readiness(self.caught_up and self.sink_healthy, self.settings.service_name, self.caught_up,
-                         self.sink_healthy, [], {}, {}, detail)
+                         self.sink_healthy, [], dict(self.lag), {}, detail)
+
+    async def _report_lag(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
+        """The evidence group's lag per topic as the broker sees it (readiness and metrics)."""
+        probe = LagProbe(self.k)
+        try:
+            while not stop.is_set():
+                try:
+                    if probe._admin is None:
+                        await probe.start()
+                    per_topic = (await probe.lag([self.settings.group_id])).get(self.settings.group_id, {})
+                    self.lag = per_topic
+                    for topic, n in per_topic.items():
+                        self.metrics.set("argus_consumer_lag", n, topic=topic, partition="all")
+                except (KafkaError, OSError) as exc:
+                    self.log.warning("retraining.lag_unavailable", error=str(exc))
+                    await probe.close()
+                try:
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await probe.close()
 
     async def run(self, stop: asyncio.Event, health: bool = True) -> None:
         await self.producer.start()
@@ -366,7 +394,7 @@ class RetrainingService:
             port = await server.start()
             self.log.info("retraining.health", port=port)
         try:
-            tasks = [asyncio.create_task(c(stop)) for c in (self._follow_state, self._follow_evidence, self._timers)]
+            tasks = [asyncio.create_task(c(stop)) for c in (self._follow_state, self._follow_evidence, self._timers, self._report_lag)]
             done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
             stop.set()
             results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -53,23 +53,30 @@ class ManagedProcess:
         self.pidfile.write_text(f"{proc.pid}\n")
         return proc.pid
 
-    def stop(self, timeout_s: float = 30.0) -> bool:
-        """SIGTERM, wait, then SIGKILL. Returns True if a process was stopped."""
+    def stop(self, timeout_s: float = 30.0, group: bool = False) -> bool:
+        """SIGTERM, wait, then SIGKILL. Returns True if a process was stopped. With
+        ``group``, the signals go to its process group (it was started as a session
+        leader), and what is left of the group after it exited is killed too (e.g. Ray's
+        workers of the inference service)."""
         pid = self.pid()
         if pid is None or not self.alive():
             self.pidfile.unlink(missing_ok=True)
+            if group and pid is not None:
+                _killpg(pid, signal.SIGKILL)
             return False
-        os.kill(pid, signal.SIGTERM)
+        (_killpg if group else os.kill)(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.alive():
             _reap(pid)
             time.sleep(0.1)
         if self.alive():
-            os.kill(pid, signal.SIGKILL)
+            (_killpg if group else os.kill)(pid, signal.SIGKILL)
             while self.alive():
                 _reap(pid)
                 time.sleep(0.05)
         _reap(pid)
+        if group:
+            _killpg(pid, signal.SIGKILL)
         self.pidfile.unlink(missing_ok=True)
         return True
 
@@ -78,6 +85,13 @@ class ManagedProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return ""
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _reap(pid: int) -> None:
