@@ -1,198 +1,263 @@
-"""``argus demo``: the platform end to end on the local stack.
+"""``argus demo``: the whole platform end to end on the local stack.
 
 1. ``argus stack up`` (Kafka from Maven Central, the ClickHouse endpoint, topics, migrations);
-2. the services as separate processes: inference (Ray Serve + SmolLM2 on CPU + the
-   Kafka bridge) and logging (ingest);
-3. the load generator, with a prompt-length drift injected half-way;
-4. live progress (requests sent, answered, rows in ClickHouse, consumer lag), then a
-   report from ClickHouse and the SQL an SRE can run next.
+2. every service as a separate process through the local services registry
+   (:mod:`services.stack.services`): inference (Ray Serve + SmolLM2 on CPU + the Kafka
+   bridge), ingest, drift, alerting, retraining and a local webhook subscriber;
+3. the load generator, with a prompt-length drift injected part-way;
+4. live progress (requests sent and answered, rows in ClickHouse, lag per service, drift
+   events, alerts delivered, retraining triggers);
+5. a report in the terminal and as a self-contained HTML file with plots, and the SQL an
+   SRE can run next.
 
-The services it started are stopped on exit or Ctrl-C; the stack stays up so the data
-can be queried (``argus stack down`` stops it).
+The services it started are stopped on exit, Ctrl-C or SIGTERM; the stack stays up so the
+data can be queried (``argus stack down`` stops it, and any service a killed demo left).
+
+The demo's alerting and retraining configurations are the shipped ones with two changes
+written next to the report: the DriftDetected window and the retraining cooldown are
+short, so that a second demo within the hour raises its own alert and trigger.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from services.common.settings import StackSettings
-from services.stack.kafka_local import free_port
+from services.stack.services import ORDER, SERVICES, LocalServices, _get_json
 
-REPO = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
 
 
 @dataclass
 class DemoOptions:
-    rate: float = 3.0
-    duration_s: float = 40.0
-    drift_at_s: float = 20.0
-    max_tokens: int = 24
-    ready_timeout_s: float = 240.0
+    rate: float = 2.0
+    duration_s: float = 80.0
+    drift_at_s: float = 35.0
+    max_tokens: int = 16
+    ready_timeout_s: float = 300.0
+    settle_timeout_s: float = 180.0
+    report: Path | None = None
 
 
-class Service:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], health_port: int, log: Path) -> None:
-        self.name, self.cmd, self.env, self.health_port, self.log = name, cmd, env, health_port, log
-        self.proc: subprocess.Popen | None = None
+@dataclass
+class Outcome:
+    sent: int = 0
+    logged: int = 0
+    answered: int = 0
+    drift_events: int = 0
+    drift_after_start: int = 0
+    alerts_delivered: int = 0
+    triggers: int = 0
+    report_path: Path | None = None
+    checks: dict[str, bool] = field(default_factory=dict)
 
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env={**os.environ, **self.env}, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
 
-    def readiness(self) -> dict | None:
+
+def _demo_configs(out: Path, run_id: str, subscriber_port: int) -> dict[str, Path]:
+    """The shipped alerting and retraining configurations, with a short DriftDetected
+    window, and the retraining policies named after the run (an open trigger of an
+    earlier demo, still awaiting a person's decision, would otherwise absorb this run's
+    evidence, as it should in production)."""
+    from services.alerting.settings import DEFAULT_CONFIG as ALERTING
+    from services.retraining.settings import DEFAULT_CONFIG as RETRAINING
+
+    alerting = yaml.safe_load(Path(ALERTING).read_text())
+    for rule in alerting["rules"]:
+        if rule["name"] == "DriftDetected":
+            # the run in the labels: an alert of an earlier demo (restored as firing when
+            # alerting restarts) must not absorb this run's drift, as it would in production
+            rule["window"] = "90s"
+            rule["labels"] = {**rule.get("labels", {}), "demo_run": run_id}
+    for receiver in alerting["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            if hook["url"].startswith("http://127.0.0.1:9096/"):
+                hook["url"] = hook["url"].replace(":9096/", f":{subscriber_port}/")  # the demo's own subscriber
+    retraining = yaml.safe_load(Path(RETRAINING).read_text())
+    for p in retraining["policies"]:
+        p["name"] = f"demo-{run_id}-{p['name']}"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"alerting": out / "alerting.yaml", "retraining": out / "retraining.yaml"}
+    paths["alerting"].write_text(f"# argus demo: the shipped config, DriftDetected window 90s, delivered to the demo's subscriber, labelled demo_run={run_id}\n" + yaml.safe_dump(alerting, sort_keys=False))
+    paths["retraining"].write_text(f"# argus demo: the shipped policies, named for run {run_id}\n" + yaml.safe_dump(retraining, sort_keys=False))
+    return paths
+
+
+class Demo:
+    def __init__(self, console: Console, opts: DemoOptions) -> None:
+        from services.common.clickhouse import get_client
+        from services.stack.manager import Stack
+
+        self.console, self.opts = console, opts
+        self.settings = StackSettings()
+        self.stack = Stack(self.settings)
+        self.services = LocalServices(self.settings)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.dir = Path(self.settings.home).resolve() / "demo" / self.run_id
+        self.total = int(opts.rate * opts.duration_s)
+        self.client = get_client(self.stack.clickhouse_settings)
+        self.started: list[str] = []
+        self.t_start = time.time()  # events from this run only (drift, alerts, triggers)
+        self.t_load = 0.0
+        self.state = {"sent": 0, "phase": "waiting"}
+        self.alerts_file = self.dir / "subscriber.jsonl"
+
+    # -- services ------------------------------------------------------------------
+    def start_services(self) -> None:
+        from services.stack.kafka_local import free_port
+
+        subscriber_port = free_port()
+        cfg = _demo_configs(self.dir, self.run_id, subscriber_port)
+        common_log = {"LOG_LEVEL": "INFO"}
+        env = {
+            "ingest": {},
+            # the model's CPU time goes to inference; prompt-length drift needs no embeddings
+            "drift": {"ARGUS_DRIFT_SEMANTIC__ENABLED": "false"},
+            "alerting": {"ARGUS_ALERTING_CONFIG_FILE": str(cfg["alerting"])},
+            "retraining": {"ARGUS_RETRAINING_CONFIG_FILE": str(cfg["retraining"])},
+            "subscriber": {"ARGUS_RECEIVER_OUTPUT": str(self.alerts_file), "ARGUS_RECEIVER_PORT": str(subscriber_port)},
+            "inference": {"ARGUS_INFERENCE_ENGINE__MAX_TOKENS": str(self.opts.max_tokens)},
+        }
+        for name in ORDER:
+            if self.services.alive(name):
+                self.console.print(f"[yellow]![/] {name} was running: restarting it with the demo's settings")
+                self.services.stop(name)
+            extra = dict(env[name])
+            if SERVICES[name].env_prefix:
+                extra |= {SERVICES[name].env_prefix + k: v for k, v in common_log.items()}
+            rec = self.services.start(name, extra)
+            self.started.append(name)
+            self.console.print(f"[green]✓[/] started {name:<10} pid {rec['pid']:<7} log {rec['log']}", highlight=False)
+        with self.console.status("waiting for every service to be ready (Ray Serve and the model take a minute)...") as st:
+            self.services.wait_ready(self.started, self.opts.ready_timeout_s,
+                                     on_wait=lambda pending: st.update(f"waiting for: {', '.join(pending)}"))
+        self.console.print("[green]✓[/] all services ready")
+        self._reset_drift_reference()
+
+    def _reset_drift_reference(self) -> None:
+        """A fresh reference for the demo's streams: a rerun is judged against its own
+        baseline, not the drifted end of the last run."""
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": self.settings.bootstrap,
+               "ARGUS_DRIFT_SEMANTIC__ENABLED": "false", "ARGUS_DRIFT_HEALTH_ENABLED": "false",
+               "ARGUS_FAUST_DATADIR": str(self.services.root / "faust-cli")}
+        for version in ("*", "v1"):
+            subprocess.run([sys.executable, "-m", "services.drift", "reset-reference", MODEL, version], env=env,
+                           check=True, capture_output=True, timeout=60)
+
+    def stop_services(self) -> None:
+        for name in reversed(self.started):
+            self.services.stop(name)
+
+    # -- progress ------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        r = self.client.query(
+            "SELECT (SELECT count() FROM argus.inference_requests WHERE metadata['loadgen_run'] = {r:String}), "
+            "(SELECT uniqExact(request_id) FROM argus.inference_responses WHERE NOT shadow AND request_id IN "
+            "  (SELECT request_id FROM argus.inference_requests WHERE metadata['loadgen_run'] = {r:String})), "
+            "(SELECT uniqExact(event_id) FROM argus.drift_events WHERE detected_at >= fromUnixTimestamp64Milli({t:Int64})), "
+            "(SELECT uniqExact(trigger_id) FROM argus.retraining_triggers WHERE startsWith(policy, {p:String}))",
+            parameters={"r": self.run_id, "t": int(self.t_start * 1000), "p": f"demo-{self.run_id}-"}).result_rows[0]
+        return {"logged": r[0], "answered": r[1], "drift": r[2], "triggers": r[3], "alerts": len(self.firing())}
+
+    def firing(self) -> list[dict[str, Any]]:
+        """Firing notifications at the subscriber about this run's DriftDetected alert."""
+        return [w for w in self.webhooks() if w["payload"].get("status") == "firing" and any(
+            a["labels"].get("demo_run") == self.run_id for a in w["payload"].get("alerts", []))]
+
+    def webhooks(self) -> list[dict[str, Any]]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=10) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return json.loads(exc.read() or b"{}")
-        except (OSError, ValueError):
-            return None
+            return [json.loads(line) for line in self.alerts_file.read_text().splitlines() if line.strip()]
+        except FileNotFoundError:
+            return []
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+    def lags(self) -> dict[str, int]:
+        out = {}
+        for name in self.started:
+            answer = _get_json((self.services.record(name) or {}).get("health_url", ""), timeout=2)
+            out[name] = sum((answer or {}).get("lag", {}).values()) if answer and "lag" in answer else -1
+        return out
+
+    def table(self) -> Table:
+        c = self.counts()
+        lag = self.lags()
+        t = Table(title=f"argus demo, run {self.run_id} ({time.time() - self.t_load:.0f}s)", show_header=False)
+        t.add_column("what")
+        t.add_column("now", justify="right")
+        for what, now in (
+            ("requests sent", f"{self.state['sent']}/{self.total} ({self.state['phase']})"),
+            ("requests in ClickHouse", str(c["logged"])),
+            ("answered and logged", str(c["answered"])),
+            ("drift events", str(c["drift"])),
+            ("alerts delivered to the subscriber", str(c["alerts"])),
+            ("retraining triggers", str(c["triggers"])),
+            ("consumer lag", " ".join(f"{k}={'?' if v < 0 else v}" for k, v in lag.items() if k != "subscriber")),
+        ):
+            t.add_row(what, now)
+        self.last = c
+        return t
+
+    async def load(self) -> None:
+        from services.sdk.loadgen import LoadProfile, run_load
+        from services.sdk.producer import ArgusProducer
+
+        o = self.opts
+        profile = LoadProfile(rate_per_s=o.rate, duration_s=o.duration_s, drift="length", drift_at_s=o.drift_at_s,
+                              max_tokens=o.max_tokens, run_id=self.run_id)
+        async with ArgusProducer(self.stack.kafka_settings) as producer:
+            self.t_load = time.time()
+            task = asyncio.create_task(run_load(producer, profile, lambda n, phase: self.state.update(sent=n, phase=phase)))
+            with Live(await asyncio.to_thread(self.table), console=self.console, refresh_per_second=1) as live:
+                while not task.done():
+                    await asyncio.sleep(1.5)
+                    live.update(await asyncio.to_thread(self.table))
+                await task
+                self.state["phase"] = "settling"
+                deadline = time.monotonic() + o.settle_timeout_s
+                while time.monotonic() < deadline:
+                    live.update(await asyncio.to_thread(self.table))
+                    c = self.last
+                    if c["logged"] >= self.total and c["answered"] >= self.total and c["drift"] and c["alerts"] and c["triggers"]:
+                        break
+                    await asyncio.sleep(1.5)
+                self.state["phase"] = "done"
+                live.update(await asyncio.to_thread(self.table))
+
+    # -- the report ----------------------------------------------------------------
+    def report(self) -> Outcome:
+        from services.demo_report import build_report
+
+        return build_report(self)
 
 
-def run_demo(console: Console, opts: DemoOptions | None = None) -> bool:
-    from services.common.clickhouse import get_client
-    from services.stack.manager import Stack
-
-    opts = opts or DemoOptions()
-    stack_settings = StackSettings()
-    stack = Stack(stack_settings)
-    stack.up(progress=lambda m: console.print(f"[green]✓[/] {m}"))
-    kafka, ch = stack.kafka_settings, stack.clickhouse_settings
-    home = Path(stack_settings.home).resolve()
-    run_id = uuid.uuid4().hex[:8]
-    common = {"RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    ingest = Service("ingest", [sys.executable, "-m", "services.ingest"], {
-        **common, "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "ARGUS_INGEST_CLICKHOUSE__DSN": ch.dsn.get_secret_value(), "ARGUS_INGEST_HEALTH__PORT": str(free_port()),
-        "ARGUS_INGEST_LOG_LEVEL": "WARNING"}, 0, home / "logs" / "ingest.log")
-    ingest.health_port = int(ingest.env["ARGUS_INGEST_HEALTH__PORT"])
-    inference = Service("inference", [sys.executable, "-m", "services.inference", "serve"], {
-        **common, "ARGUS_INFERENCE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "ARGUS_INFERENCE_HEALTH__PORT": str(free_port()), "ARGUS_INFERENCE_HTTP_PORT": str(free_port()),
-        "ARGUS_INFERENCE_ENGINE__MAX_TOKENS": str(opts.max_tokens), "ARGUS_INFERENCE_LOG_LEVEL": "WARNING"},
-        0, home / "logs" / "inference.log")
-    inference.health_port = int(inference.env["ARGUS_INFERENCE_HEALTH__PORT"])
-    services = [ingest, inference]
+def run_demo(console: Console, opts: DemoOptions | None = None) -> Outcome:
+    demo = Demo(console, opts or DemoOptions())
 
     def _terminate(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)  # run the cleanup below on SIGTERM too, not only Ctrl-C
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        for s in services:
-            s.start()
-            console.print(f"[green]✓[/] started {s.name} (pid {s.proc.pid}, log {s.log})")
-        deadline = time.monotonic() + opts.ready_timeout_s
-        with console.status("waiting for the services to be ready (Ray, the model, consumer groups)..."):
-            while not all((s.readiness() or {}).get("ready") for s in services):
-                for s in services:
-                    if s.proc.poll() is not None:
-                        raise RuntimeError(f"{s.name} exited ({s.proc.returncode}); see {s.log}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("services not ready in time; see " + ", ".join(str(s.log) for s in services))
-                time.sleep(1)
-        console.print("[green]✓[/] services ready")
-        client = get_client(ch)
-        sent = asyncio.run(_load(console, kafka, opts, run_id, services, client))
-        return _report(console, client, run_id, sent)
+        demo.start_services()
+        asyncio.run(demo.load())
+        return demo.report()
     finally:
-        for s in services:
-            s.stop()
+        demo.stop_services()
         signal.signal(signal.SIGTERM, previous)
         console.print("stopped the demo's services; the stack is still up: [bold]argus stack down[/] stops it")
-
-
-def _counts(client, run_id: str) -> tuple[int, int]:  # noqa: ANN001
-    rows = client.query(
-        "SELECT count(), (SELECT count() FROM argus.inference_responses WHERE NOT shadow AND request_id IN "
-        "(SELECT request_id FROM argus.inference_requests WHERE metadata['loadgen_run'] = {r:String})) "
-        "FROM argus.inference_requests WHERE metadata['loadgen_run'] = {r:String}", parameters={"r": run_id}
-    ).result_rows
-    return rows[0][0], rows[0][1]
-
-
-async def _load(console: Console, kafka, opts: DemoOptions, run_id: str, services, client) -> int:  # noqa: ANN001
-    from services.sdk.loadgen import LoadProfile, run_load
-    from services.sdk.producer import ArgusProducer
-
-    profile = LoadProfile(rate_per_s=opts.rate, duration_s=opts.duration_s, drift="length", drift_at_s=opts.drift_at_s,
-                          max_tokens=opts.max_tokens, run_id=run_id)
-    total = int(opts.rate * opts.duration_s)
-    state = {"sent": 0, "phase": "baseline"}
-
-    def table() -> Table:
-        logged, answered = _counts(client, run_id)
-        lag = {s.name: sum(((s.readiness() or {}).get("lag") or {}).values()) for s in services}
-        t = Table(title=f"argus demo (run {run_id})")
-        for col in ("requests sent", "phase", "requests in ClickHouse", "answered + logged", "ingest lag", "inference lag"):
-            t.add_column(col)
-        t.add_row(f"{state['sent']}/{total}", state["phase"], str(logged), str(answered), str(lag["ingest"]),
-                  str(lag["inference"]))
-        return t
-
-    async with ArgusProducer(kafka) as producer:
-        task = asyncio.create_task(run_load(producer, profile, lambda n, phase: state.update(sent=n, phase=phase)))
-        with Live(table(), console=console, refresh_per_second=2) as live:
-            while not task.done():
-                await asyncio.sleep(1)
-                live.update(await asyncio.to_thread(table))
-            await task
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                logged, answered = await asyncio.to_thread(_counts, client, run_id)
-                live.update(await asyncio.to_thread(table))
-                if logged >= total and answered >= total:
-                    break
-                await asyncio.sleep(1)
-    return total
-
-
-def _report(console: Console, client, run_id: str, sent: int) -> bool:  # noqa: ANN001
-    logged, answered = _counts(client, run_id)
-    t = Table(title="what reached ClickHouse")
-    for col in ("phase", "requests", "answered", "mean prompt chars", "p50 latency ms", "p95 latency ms", "mean confidence"):
-        t.add_column(col)
-    rows = client.query(
-        "SELECT q.metadata['loadgen_phase'] AS phase, count(), countIf(r.status = 'ok'), round(avg(q.prompt_chars)), "
-        "round(quantile(0.5)(r.latency_ms)), round(quantile(0.95)(r.latency_ms)), round(avg(r.mean_logprob), 3) "
-        "FROM argus.inference_requests AS q INNER JOIN argus.inference_responses AS r ON r.request_id = q.request_id "
-        "WHERE q.metadata['loadgen_run'] = {r:String} AND NOT r.shadow GROUP BY phase ORDER BY phase",
-        parameters={"r": run_id}).result_rows
-    for row in rows:
-        t.add_row(*(str(v) for v in row))
-    console.print(t)
-    ok = logged == sent and answered == sent
-    console.print(f"{'[green]✓' if ok else '[red]✗'}[/] {sent} requests sent, {logged} logged, {answered} answered and logged")
-    console.print("\nNext, as an SRE (see docs/sre-queries.md):")
-    for q in (
-        "SELECT model_version, count(), round(quantile(0.95)(latency_ms)) AS p95_ms FROM argus.inference_log GROUP BY ALL",
-        "SELECT toStartOfMinute(served_at) AS t, round(avg(confidence), 3) FROM argus.inference_log GROUP BY t ORDER BY t",
-        "SELECT original_topic, reason, count() FROM argus.dead_letters GROUP BY ALL",
-    ):
-        console.print(f'  argus sql "{q}"', highlight=False, soft_wrap=True)
-    return ok

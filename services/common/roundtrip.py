@@ -1,5 +1,10 @@
 """Golden examples through the real broker: encode each in the wire format, produce it
-to its topic, consume it back, decode, compare. Used by ``argus demo`` and the tests."""
+to a copy of its topic, consume it back, decode, compare. Used by ``argus demo`` and the
+tests.
+
+The copies carry the prefix ``selftest.`` (same partitions and config, created here):
+the examples are fixtures (an approved retraining trigger, a model version, alerts), and
+on the real topics the running services would act on them."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +19,9 @@ from services.common.registry import SchemaRegistry, default_registry
 from services.common.settings import KafkaSettings
 
 
+SELFTEST_PREFIX = "selftest."
+
+
 @dataclass
 class RoundTrip:
     topic: str
@@ -26,7 +34,11 @@ class RoundTrip:
 async def roundtrip_examples(
     kafka: KafkaSettings, registry: SchemaRegistry | None = None, timeout_s: float = 30.0
 ) -> list[RoundTrip]:
+    from services.common.kafka import ensure_topics
+
     reg = registry or default_registry()
+    kafka = kafka.model_copy(update={"topic_prefix": f"{kafka.topic_prefix}{SELFTEST_PREFIX}"})
+    await ensure_topics(kafka, reg)
     producer = make_producer(kafka)
     await producer.start()
     sent: dict[tuple[str, int, int], tuple[str, str, Any]] = {}
