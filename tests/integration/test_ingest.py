@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import json
 import random
 import re
 import signal
@@ -139,6 +140,14 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settin
     for number, title, sql in queries:
         rows = sre.query(sql.replace("argus.", f"{db}.")).result_rows
         assert rows, f"cookbook query {number} ({title}) returned nothing"
+
+    # the Grafana dashboard's ClickHouse panels, with the plugin's time macro expanded
+    dashboard = json.loads((REPO / "deploy/grafana/argus-dashboard.json").read_text())
+    panels = [(p["title"], t["rawSql"]) for p in dashboard["panels"] for t in p["targets"] if "rawSql" in t]
+    assert len(panels) >= 6
+    for title, sql in panels:
+        sql = re.sub(r"\$__timeFilter\((\w+)\)", r"\1 >= now() - INTERVAL 1 HOUR", sql).replace("argus.", f"{db}.")
+        assert sre.query(sql).result_rows, f"dashboard panel {title!r} returned nothing"
 
 
 async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clickhouse_settings) -> None:
