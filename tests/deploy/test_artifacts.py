@@ -58,6 +58,11 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
             if doc["kind"] == "Deployment":
                 assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
                 assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+                # Prometheus scrapes /metrics on the port the probes use
+                notes = doc["spec"]["template"]["metadata"]["annotations"]
+                ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+                assert notes["prometheus.io/scrape"] == "true"
+                assert int(notes["prometheus.io/port"]) == ports[c["readinessProbe"]["httpGet"]["port"]], doc["metadata"]["name"]
 
 
 def test_services_are_switched_on_and_sized_from_values() -> None:
