@@ -158,8 +158,10 @@ class Demo:
                "ARGUS_DRIFT_SEMANTIC__ENABLED": "false", "ARGUS_DRIFT_HEALTH_ENABLED": "false",
                "ARGUS_FAUST_DATADIR": str(self.services.root / "faust-cli")}
         for version in ("*", "v1"):
-            subprocess.run([sys.executable, "-m", "services.drift", "reset-reference", MODEL, version], env=env,
-                           check=True, capture_output=True, timeout=60)
+            done = subprocess.run([sys.executable, "-m", "services.drift", "reset-reference", MODEL, version], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise RuntimeError(f"resetting the drift reference of {MODEL} {version} failed: {done.stderr[-2000:]}")
 
     def stop_services(self) -> None:
         for name in reversed(self.started):

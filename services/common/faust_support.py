@@ -77,35 +77,20 @@ class DeadLetterWriter:
 def report_lag(app: faust.App, kafka: KafkaSettings, metrics: Any, interval_s: float = 5.0) -> dict[str, int]:
     """Every ``interval_s``: the app's consumer-group lag per topic, as the broker sees it
     (``argus_consumer_lag`` with ``partition="all"``, and the returned dict, which
-    :func:`faust_readiness` reports). Errors are logged and the last figures kept."""
-    from aiokafka.errors import KafkaError
+    :func:`faust_readiness` reports)."""
+    from services.common.kafka import GroupLagReporter
 
-    from services.common.kafka import LagProbe
-
-    lag: dict[str, int] = {}
-    probe = LagProbe(kafka)
-    log = get_logger(f"argus.{metrics.service}")
+    reporter = GroupLagReporter(kafka, app.conf.id, metrics, get_logger(f"argus.{metrics.service}"))
 
     @app.timer(interval_s, name=f"{app.conf.id}.report-lag")
     async def _report() -> None:
-        try:
-            if probe._admin is None:
-                await probe.start()
-            per_topic = (await probe.lag([app.conf.id])).get(app.conf.id, {})
-        except (KafkaError, OSError) as exc:
-            log.warning("lag_unavailable", error=str(exc))
-            await probe.close()
-            return
-        lag.clear()
-        lag.update(per_topic)
-        for topic, n in per_topic.items():
-            metrics.set("argus_consumer_lag", n, topic=topic, partition="all")
+        await reporter.refresh()
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **_: Any) -> None:  # noqa: ARG001
-        await probe.close()
+        await reporter.close()
 
-    return lag
+    return reporter.lag
 
 
 def faust_readiness(app: faust.App, service: str, sink_healthy: bool, sink_problem: str,

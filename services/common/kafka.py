@@ -165,6 +165,42 @@ class LagProbe:
         return out
 
 
+class GroupLagReporter:
+    """A service's own consumer-group lag, refreshed by :meth:`refresh` (every few
+    seconds): ``lag`` (topic -> lag, what readiness reports) and the
+    ``argus_consumer_lag`` gauge with ``partition="all"``. A broker error is logged, the
+    last figures are kept and the clients are reopened on the next refresh."""
+
+    def __init__(self, k: KafkaSettings, group: str, metrics: Any, log: Any) -> None:
+        self.group, self.metrics, self.log = group, metrics, log
+        self.probe = LagProbe(k)
+        self.lag: dict[str, int] = {}
+        self._started = False
+
+    async def refresh(self) -> dict[str, int]:
+        from aiokafka.errors import KafkaError
+
+        try:
+            if not self._started:
+                await self.probe.start()
+                self._started = True
+            per_topic = (await self.probe.lag([self.group])).get(self.group, {})
+        except (KafkaError, OSError) as exc:
+            self.log.warning("lag_unavailable", group=self.group, error=str(exc))
+            await self.close()
+            return self.lag
+        self.lag.clear()
+        self.lag.update(per_topic)
+        for topic, n in per_topic.items():
+            self.metrics.set("argus_consumer_lag", n, topic=topic, partition="all")
+        return self.lag
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self.probe.close()
+
+
 async def group_lag(k: KafkaSettings, groups: tuple[str, ...] | list[str] = (), prefix: bool = False) -> dict[str, dict[str, int]]:
     """Lag of consumer groups (every group when ``groups`` is empty): group -> topic ->
     sum over partitions of (end offset - committed offset). For lag alerts and status."""

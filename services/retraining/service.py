@@ -34,7 +34,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from services.alerting.notify import sign
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
-from services.common.kafka import LagProbe, make_consumer, make_producer
+from services.common.kafka import GroupLagReporter, make_consumer, make_producer
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
@@ -367,25 +367,17 @@ class RetrainingService:
 
     async def _report_lag(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
         """The evidence group's lag per topic as the broker sees it (readiness and metrics)."""
-        probe = LagProbe(self.k)
+        reporter = GroupLagReporter(self.k, self.settings.group_id, self.metrics, self.log)
+        self.lag = reporter.lag
         try:
             while not stop.is_set():
-                try:
-                    if probe._admin is None:
-                        await probe.start()
-                    per_topic = (await probe.lag([self.settings.group_id])).get(self.settings.group_id, {})
-                    self.lag = per_topic
-                    for topic, n in per_topic.items():
-                        self.metrics.set("argus_consumer_lag", n, topic=topic, partition="all")
-                except (KafkaError, OSError) as exc:
-                    self.log.warning("retraining.lag_unavailable", error=str(exc))
-                    await probe.close()
+                await reporter.refresh()
                 try:
                     await asyncio.wait_for(stop.wait(), interval_s)
                 except asyncio.TimeoutError:
                     pass
         finally:
-            await probe.close()
+            await reporter.close()
 
     async def run(self, stop: asyncio.Event, health: bool = True) -> None:
         await self.producer.start()

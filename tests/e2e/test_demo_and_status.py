@@ -19,6 +19,8 @@ import pytest
 from services.stack.kafka_local import free_port
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.e2e
+
 ARGUS = [sys.executable, "-m", "services.cli"]
 
 
