@@ -29,6 +29,7 @@ class RoundTrip:
     partition: int
     offset: int
     equal: bool
+    kafka_topic: str = ""  # where it went (the ``selftest.`` copy of the registry topic)
 
 
 async def roundtrip_examples(
@@ -74,10 +75,10 @@ async def roundtrip_examples(
                     decoded = reg.codec(key).decode(m.value)
                     spec = reg.topic(key)
                     expected = fill_defaults(reg.schema_json(spec.schema, spec.version), original)
-                    results.append(RoundTrip(key, example, tp.partition, m.offset, to_json(decoded) == to_json(expected)))
+                    results.append(RoundTrip(key, example, tp.partition, m.offset, to_json(decoded) == to_json(expected), tp.topic))
         for k in pending:
             key, example, _ = sent[k]
-            results.append(RoundTrip(key, example, k[1], k[2], False))
+            results.append(RoundTrip(key, example, k[1], k[2], False, k[0]))
     finally:
         await consumer.stop()
     return sorted(results, key=lambda r: (r.topic, r.example))

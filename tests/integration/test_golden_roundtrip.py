@@ -24,7 +24,7 @@ async def test_every_golden_example_round_trips_through_kafka(kafka_settings: Ka
     assert len(results) == expected
     assert [r for r in results if not r.equal] == []
     # fixtures never reach the topics the services consume
-    assert all(r.topic.startswith(f"{kafka_settings.topic_prefix}selftest.") for r in results)
+    assert all(r.kafka_topic.startswith(f"{kafka_settings.topic_prefix}selftest.argus.") for r in results)
 
 
 async def test_message_from_apache_avro_decodes_after_the_broker(kafka_settings: KafkaSettings) -> None:
