@@ -73,9 +73,18 @@ class WebhookReceiver:
         return web.json_response({"alive": True, "notifications": len(self.notifications)})
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        return web.json_response({"ready": True, "service": "subscriber", "notifications": len(self.notifications),
-                                  "detail": f"{len(self.notifications)} notifications, {self.duplicates} duplicates, "
-                                            f"{self.bad_signatures} bad signatures"})
+        """Ready when a notification can be kept: the output file (if any) can be appended to."""
+        problem = ""
+        if self.output is not None:
+            try:
+                with self.output.open("a"):
+                    pass
+            except OSError as exc:
+                problem = f"cannot append to {self.output}: {exc.strerror}"
+        detail = problem or (f"{len(self.notifications)} notifications, {self.duplicates} duplicates, "
+                             f"{self.bad_signatures} bad signatures")
+        return web.json_response({"ready": not problem, "service": "subscriber", "notifications": len(self.notifications),
+                                  "detail": detail}, status=503 if problem else 200)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -65,7 +65,8 @@ class ServiceStatus:
     pid: int | None
     health_url: str
     detail: str
-    lag: int | None = None  # sum over the service's consumer groups, from the broker
+    lag: int | None = None  # sum over the service's consumer groups, from the broker; None: unknown
+    # (broker unreachable, or the group has committed nothing yet)
     lag_by_group: dict[str, int] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)  # from /metrics
     log: str = ""
@@ -211,10 +212,11 @@ class LocalServices:
                 detail = "health endpoint not answering"
             else:
                 detail = answer.get("detail") or ("ready" if answer.get("ready") else "not ready")
-            by_group = {g: total for g, total in lag.items() if any(g == p or g.startswith(p + ".") for p in rec.get("groups", []))}
+            by_group = {g: total for g, total in (lag or {}).items()
+                        if any(g == p or g.startswith(p + ".") for p in rec.get("groups", []))}
             out.append(ServiceStatus(
                 n, running, bool(answer and answer.get("ready")), pid, rec.get("health_url", ""), detail,
-                sum(by_group.values()) if rec.get("groups") else None, by_group,
+                sum(by_group.values()) if by_group else None, by_group,
                 _counters(rec.get("metrics_url", "")) if running else {}, rec.get("log", "")))
         return out
 
@@ -261,9 +263,9 @@ def _counters(url: str) -> dict[str, float]:
     return out
 
 
-def _broker_lag(settings: StackSettings, prefixes: list[str]) -> dict[str, int]:
-    """group -> total lag, for every group matching one of ``prefixes`` (empty if the
-    broker cannot be reached: the services then show their own health only)."""
+def _broker_lag(settings: StackSettings, prefixes: list[str]) -> dict[str, int] | None:
+    """group -> total lag, for every group matching one of ``prefixes``; None if the
+    broker cannot be reached (lag is then shown as unknown, never as 0)."""
     if not prefixes:
         return {}
     from aiokafka.errors import KafkaError
@@ -274,7 +276,7 @@ def _broker_lag(settings: StackSettings, prefixes: list[str]) -> dict[str, int]:
     try:
         lag = asyncio.run(asyncio.wait_for(group_lag(KafkaSettings(bootstrap_servers=settings.bootstrap), prefixes, prefix=True), 15))
     except (KafkaError, OSError, asyncio.TimeoutError):
-        return {}
+        return None
     return {g: sum(t.values()) for g, t in lag.items()}
 
 
