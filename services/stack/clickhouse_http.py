@@ -8,7 +8,8 @@ of the protocol stock clients use and nothing a real server would not do:
 
 - ``GET /ping`` and ``GET /`` answer ``Ok.``; ``GET /?query=`` runs read-only queries.
 - ``POST /``: query in ``?query=`` and/or the body (concatenated, as ClickHouse does);
-  for ``INSERT ... FORMAT X`` the rest of the body is the data, streamed into the engine.
+  for ``INSERT ... FORMAT X`` the rest of the body is the data, inserted as one statement
+  (``FROM INFILE`` a spooled copy), so a write the engine refuses is an error here too.
 - URL parameters: ``database``, ``default_format``, ``query_id``, ``session_id``,
   ``param_<name>`` (server-side query parameters), ``user``/``password``; every other
   parameter that is not a transport option is a ClickHouse setting for this query.
@@ -63,6 +64,7 @@ _CODE = re.compile(r"Code:\s*(\d+)")
 _LEADING = re.compile(rb"^(\s+|--[^\n]*\n|/\*.*?\*/)+", re.S)
 _INSERT = re.compile(rb"^\s*INSERT\s", re.I)
 _FORMAT_DATA = re.compile(rb"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)[ \t]*(\r?\n)?", re.I)
+_SELECT = re.compile(r"\bSELECT\b", re.I)
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.I)
 _VALUES = re.compile(rb"\bVALUES\b", re.I)
 _SETTINGS_KW = re.compile(r"\bSETTINGS\b", re.I)
@@ -438,8 +440,7 @@ class Handler(BaseHTTPRequestHandler):
             applied.append(name)
         return applied
 
-    @staticmethod
-    def _insert(conn: Any, parsed: ParsedQuery, qparams: dict[str, str] | None) -> Any:
+    def _insert(self, conn: Any, parsed: ParsedQuery, qparams: dict[str, str] | None) -> Any:
         sql = parsed.sql
         settings_clause = ""
         m = _SETTINGS_KW.search(sql)
@@ -447,6 +448,23 @@ class Handler(BaseHTTPRequestHandler):
             sql, settings_clause = sql[: m.start()].rstrip(), sql[m.start():]
         if qparams or settings_clause:
             raise ClickHouseError(48, "NOT_IMPLEMENTED", "query parameters and SETTINGS inside INSERT with data are not supported by this endpoint; pass settings as URL parameters")
+        if _SELECT.search(sql):  # INSERT ... SELECT ... FROM input(): only the streaming path takes it
+            return self._insert_streaming(conn, sql, parsed)
+        # Not chdb's streaming inserter: it reports success when the write itself fails
+        # (a violated CONSTRAINT, a failing materialized view: rows_written says N, none
+        # are stored). FROM INFILE runs as one statement and raises what the server would.
+        spool = self.engine.data_dir / ".http-inserts"
+        spool.mkdir(exist_ok=True)
+        path = spool / f"{uuid.uuid4().hex}.{parsed.insert_format}"
+        try:
+            path.write_bytes(parsed.data)
+            literal = str(path).replace("\\", "\\\\").replace("'", "\\'")
+            return conn.query(f"{sql} FROM INFILE '{literal}' COMPRESSION 'none' FORMAT {parsed.insert_format}", "TabSeparated")
+        finally:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _insert_streaming(conn: Any, sql: str, parsed: ParsedQuery) -> Any:
         inserter = conn.send_insert(sql, parsed.insert_format)
         try:
             view = memoryview(parsed.data)

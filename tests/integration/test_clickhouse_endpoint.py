@@ -151,3 +151,20 @@ def test_concurrent_requests_and_sessions(endpoint) -> None:
     httpx.post(base, params={"session_id": sid}, content="SET max_block_size = 1234").raise_for_status()
     assert httpx.post(base, params={"session_id": sid}, content="SELECT getSetting('max_block_size')").text.strip() == "1234"
     assert httpx.post(base, content="SELECT getSetting('max_block_size')").text.strip() != "1234"
+
+
+def test_a_failed_write_is_an_error_not_a_success(endpoint, ch_database: str) -> None:
+    """A write the engine refuses after parsing (a violated CONSTRAINT) must come back as
+    the server's error: chdb's streaming inserter reports such an insert as written
+    while storing nothing, which would let a consumer commit offsets for lost rows."""
+    host, port = endpoint
+    client = clickhouse_connect.get_client(host=host, port=port, database=ch_database)
+    client.command("CREATE TABLE checked (n UInt32, CONSTRAINT small CHECK n < 100) ENGINE = MergeTree ORDER BY n")
+    with pytest.raises(DatabaseError, match="Code: 469") as err:
+        client.insert("checked", [[1], [500]], column_names=["n"])
+    assert "small" in str(err.value)
+    with pytest.raises(DatabaseError, match="Code: 469"):
+        client.raw_insert("checked", ["n"], insert_block=b"2\n700\n", fmt="CSV")
+    assert client.query("SELECT count() FROM checked").result_rows == [(0,)]
+    assert client.insert("checked", [[3], [4]], column_names=["n"]).written_rows == 2
+    assert client.query("SELECT groupArray(n) FROM (SELECT n FROM checked ORDER BY n)").result_rows == [([3, 4],)]
