@@ -164,6 +164,7 @@ class Pipeline(Generic[T]):
         consumer_overrides: dict[str, Any] | None = None,
         resume_offsets: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]] | None = None,
         logical_types: bool = True,
+        fast_path: Callable[[Any], T | None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.policy = policy
@@ -186,6 +187,10 @@ class Pipeline(Generic[T]):
         self._consumer_overrides = consumer_overrides or {}
         self.resume_offsets = resume_offsets
         self._decode = self.codec.decode if logical_types else self.codec.decode_plain
+        # ``fast_path(record)`` may turn a raw Kafka record straight into a sink item (it
+        # must accept only what decode + transform would accept and produce the same
+        # item); ``None`` sends the record through decode + transform as usual
+        self.fast_path = fast_path
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._batch: Batch[T] = Batch()
@@ -244,6 +249,12 @@ class Pipeline(Generic[T]):
             await self._flush()
 
     def _handle(self, tp: TopicPartition, rec: Any) -> None:
+        if self.fast_path is not None:
+            item = self.fast_path(rec)
+            if item is not None:
+                self.ratio.record(False)
+                self._batch.add(tp, rec.offset, item)
+                return
         msg = Message(
             topic=rec.topic,
             partition=rec.partition,

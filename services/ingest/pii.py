@@ -128,24 +128,33 @@ _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
 
 # Cheap checks that every detector's match needs to pass: most prompts and answers
 # contain nothing that could be PII and skip the ten detectors entirely.
-_MAYBE_DIGITS = re.compile(r"\d[\d\s().+-]{6,}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d|[A-Z]{2}\d{2}|\d{7}[A-Za-z]")
+# digit runs (cards, phones, national ids), dotted quads, digits before a letter (DNI);
+# every branch starts with a digit, so the engine skips to digits (much faster than an
+# alternation of branches with different first characters)
+_MAYBE_DIGITS = re.compile(r"\d(?:[\d\s().+-]{6,}|\d{0,2}\.\d{1,3}\.\d{1,3}\.\d|\d{6}[A-Za-z])")
+_MAYBE_IBAN = re.compile(r"[A-Z]{2}\d{2}")
 _MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:")
-_KEYWORDS = ("akia", "asia", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox", "aiza", "eyj", "private key",
-             "api", "secret", "token", "passw")
+_KEYWORDS = re.compile(r"akia|asia|sk-|gh[pousr]_|xox|aiza|eyj|private key|api|secret|token|passw")
+# Under IGNORECASE these four match ASCII letters (Python's re documents exactly these):
+# a keyword spelt with one of them is still a keyword to the SECRET detector.
+_FOLDS_TO_ASCII = re.compile("[\u0130\u0131\u017f\u212a]")
 
 
-def _maybe_pii(text: str) -> bool:
-    if "@" in text or _MAYBE_DIGITS.search(text):
+def maybe_pii(text: str) -> bool:
+    """False only when no detector can find anything in ``text`` (a superset check:
+    every detector's match contains something this looks for)."""
+    if "@" in text or _MAYBE_DIGITS.search(text) or _MAYBE_IBAN.search(text):
         return True
     if ":" in text and _MAYBE_IPV6.search(text):
         return True
-    lower = text.lower()
-    return any(k in lower for k in _KEYWORDS)
+    if _KEYWORDS.search(text.lower()):
+        return True
+    return not text.isascii() and _FOLDS_TO_ASCII.search(text) is not None
 
 
 def find_pii(text: str) -> list[Finding]:
     """Non-overlapping findings, earliest detector first."""
-    if not _maybe_pii(text):
+    if not maybe_pii(text):
         return []
     taken: list[tuple[int, int]] = []
     out: list[Finding] = []

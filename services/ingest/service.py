@@ -12,16 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Callable
 
 from services.common import migrations
 from services.common.clickhouse import get_client
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
-from services.common.pipeline import Pipeline, pipeline_readiness
+from services.common.pipeline import Message, Pipeline, pipeline_readiness
 from services.ingest.settings import IngestSettings
 from services.ingest.sink import ClickHouseSink
-from services.ingest.transforms import Protector, table_for
+from services.ingest.avro_rows import AvroRows, avro_rows_for
+from services.ingest.transforms import Protector, Row, table_for
+
+
+def _encoded(transform: Callable[[Message], Row], rows: AvroRows) -> Callable[[Message], bytes]:
+    def run(msg: Message) -> bytes:
+        return rows.encode(transform(msg))
+
+    return run
+
+
+def _passthrough(rows: AvroRows) -> Callable[[Any], bytes | None]:
+    def run(rec: Any) -> bytes | None:
+        return rows.passthrough(rec.value, rec.topic, rec.partition, rec.offset)
+
+    return run
 
 
 class IngestService:
@@ -34,11 +50,19 @@ class IngestService:
         self.pipelines: list[Pipeline] = []
         for topic_key in settings.topics:
             spec = table_for(topic_key)
-            sink = ClickHouseSink(settings.clickhouse, spec, self.metrics)
+            transform = spec.transform(self.protector)
+            rows = avro_rows_for(topic_key, spec, self.protector) if settings.avro_passthrough else None
+            fast_path = None
+            if rows is not None:
+                # clean messages in the current schema pass through as the producer wrote
+                # them; the rest are decoded, protected and re-encoded in the same layout
+                transform = _encoded(transform, rows)
+                fast_path = _passthrough(rows)
+            sink = ClickHouseSink(settings.clickhouse, spec, self.metrics, avro=rows)
             self.pipelines.append(Pipeline(
                 kafka=settings.kafka, policy=settings.pipeline, topic_key=topic_key,
                 group_id=f"{settings.group_id}.{topic_key}", service=settings.service_name,
-                transform=spec.transform(self.protector), sink=sink, metrics=self.metrics,
+                transform=transform, sink=sink, metrics=self.metrics, fast_path=fast_path,
                 resume_offsets=sink.resume_offsets, logical_types=False,  # ClickHouse takes str uuids, int ms
                 consumer_overrides={"max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20},
             ))

@@ -44,3 +44,6 @@ class IngestSettings(ServiceSettings):
     pii: PiiSettings = PiiSettings()
     pipeline: PipelineSettings = PipelineSettings(batch_max_messages=20000, batch_max_seconds=0.5)
     apply_migrations: bool = True
+    avro_passthrough: bool = Field(
+        True, description="Pass clean response messages to ClickHouse as the producer's Avro bytes "
+        "(ClickHouse decodes them); off: every message is decoded and re-built in Python.")

@@ -12,6 +12,7 @@ from services.common.clickhouse import get_client
 from services.common.metrics import Metrics
 from services.common.pipeline import TransientError
 from services.common.settings import ClickHouseSettings
+from services.ingest.avro_rows import AvroRows
 from services.ingest.transforms import Row, TableSpec
 
 # ClickHouse errors worth retrying: the server is overloaded or restarting, not the data wrong.
@@ -24,9 +25,10 @@ def _is_transient(exc: DatabaseError) -> bool:
 
 
 class ClickHouseSink:
-    def __init__(self, settings: ClickHouseSettings, spec: TableSpec, metrics: Metrics) -> None:
+    def __init__(self, settings: ClickHouseSettings, spec: TableSpec, metrics: Metrics, avro: AvroRows | None = None) -> None:
         self.settings = settings
         self.spec = spec
+        self.avro = avro  # rows arrive Avro-encoded: one container block per insert, ClickHouse decodes it
         self.metrics = metrics
         self.database = settings.database
         self._client = None
@@ -36,10 +38,14 @@ class ClickHouseSink:
             self._client = get_client(self.settings)
         return self._client
 
-    def _insert(self, rows: list[Row]) -> None:
+    def _insert(self, rows: list[Row] | list[bytes]) -> None:
+        table = f"{self.database}.{self.spec.table}"
         try:
-            self._get().insert(f"{self.database}.{self.spec.table}", rows, column_names=list(self.spec.columns),
-                               settings={"async_insert": 0})
+            if self.avro is not None:
+                self._get().raw_insert(table, column_names=self.avro.columns, insert_block=self.avro.block(rows),
+                                       settings={"async_insert": 0}, fmt="Avro")
+            else:
+                self._get().insert(table, rows, column_names=list(self.spec.columns), settings={"async_insert": 0})
         except OperationalError as exc:
             self._client = None  # reconnect next time
             raise TransientError(f"ClickHouse unreachable: {exc}") from exc

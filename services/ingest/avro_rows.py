@@ -1,0 +1,267 @@
+"""Rows for ClickHouse as Avro: the producer's own bytes, passed through when they are clean.
+
+ClickHouse reads Avro itself (``INSERT ... FORMAT Avro``). An Avro record is the
+concatenation of its fields' encodings, so a row for a table is the message body as the
+producer wrote it followed by the encodings of the columns ingest adds (``pii_counts``,
+derived lengths, ``_topic``, ``_partition``, ``_offset``), and a batch is one Avro
+object container block of such rows. For a message in the topic's current schema this
+needs no decoding into Python objects and no re-encoding.
+
+A message goes that way only when :meth:`AvroRows.passthrough` has walked its whole
+body field by field and found it exactly as the full path would accept it:
+
+- written with this codec's schema id, every field well framed, no byte left over;
+- union branches and enum symbols in range, UUID fields canonical, unsigned fields
+  not negative, every string valid UTF-8;
+- the tenant's policy stores text, and no text field the PII policy covers could
+  contain anything a detector finds (:func:`~services.ingest.pii.maybe_pii`, a
+  superset of every detector, applied to the decoded text).
+
+Anything else (a PII candidate, an older or newer writer schema, a malformed body)
+takes the full path: decode, validate (dead letter), protect, build the row, encode it.
+Both paths produce rows of the same layout, so one batch is one insert and the
+per-partition resume point (``max(_offset)``) stays exact.
+"""
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, Callable
+
+import fastavro
+
+from services.common.codec import HEADER, MAGIC_BYTE, AvroCodec, _strip_logical
+from services.ingest.pii import maybe_pii
+from services.ingest.transforms import Protector, Row, TableSpec
+
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+_UUID36 = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+# field kinds the walker knows; a schema with anything else has no passthrough
+_STR, _NSTR, _INT, _NINT, _DBL, _NDBL, _FLT, _NFLT, _BOOL, _ENUM = range(10)
+
+
+def zigzag(n: int) -> bytes:
+    """Avro's int/long encoding."""
+    n = (n << 1) ^ (n >> 63)
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _kind(t: Any) -> tuple[int, int] | None:
+    if isinstance(t, dict):
+        if t.get("type") == "enum":
+            return _ENUM, len(t["symbols"])
+        t = t.get("type")
+    if isinstance(t, list):
+        if len(t) == 2 and t[0] == "null":
+            inner = _kind(t[1])
+            if inner is None:
+                return None
+            nullable = {_STR: _NSTR, _INT: _NINT, _DBL: _NDBL, _FLT: _NFLT}.get(inner[0])
+            return (nullable, 0) if nullable is not None else None
+        return None
+    return {"string": (_STR, 0), "int": (_INT, 0), "long": (_INT, 0), "double": (_DBL, 0), "float": (_FLT, 0),
+            "boolean": (_BOOL, 0)}.get(t)
+
+
+def _clean(schema: Any) -> Any:
+    """A parsed fastavro schema back to plain JSON-able Avro."""
+    if isinstance(schema, dict):
+        return {k: _clean(v) for k, v in schema.items() if not k.startswith("__")}
+    if isinstance(schema, list):
+        return [_clean(s) for s in schema]
+    return schema
+
+
+class AvroRows:
+    """The Avro row format of one table fed by one topic's schema (see the module doc).
+
+    ``extra`` are the columns ingest adds after the message's own fields, in order,
+    with their Avro types; ``derived(texts)`` computes their encodings for a clean
+    message from the raw bytes of its text fields (in schema order, ``None`` for null).
+    """
+
+    def __init__(self, spec: TableSpec, codec: AvroCodec, protector: Protector, *, text_fields: tuple[str, ...],
+                 uuid_fields: tuple[str, ...], unsigned_fields: tuple[str, ...], tenant_field: str = "tenant",
+                 extra: list[dict[str, Any]], derived: Callable[[list[bytes | None]], bytes]) -> None:
+        self.spec = spec
+        self.codec = codec
+        self.protector = protector
+        source = _clean(codec.schema)
+        fields = source["fields"] + extra
+        self.columns = [f["name"] for f in fields]
+        missing = set(self.columns) ^ set(spec.columns)
+        if missing:
+            raise ValueError(f"{spec.table}: Avro row fields and table columns differ: {sorted(missing)}")
+        row_schema = {"type": "record", "name": f"{spec.table}_row", "namespace": "io.argus.ingest", "fields": fields}
+        self._header, self._sync = _container_header(fastavro.parse_schema(row_schema, named_schemas={}))
+        self._plain = fastavro.parse_schema(_strip_logical(row_schema), named_schemas={})
+        self._order = [spec.columns.index(c) for c in self.columns]  # row tuple position of each Avro field
+        self._wire = HEADER.pack(MAGIC_BYTE, codec.schema_id)
+        self._derived = derived
+        self._walk: list[tuple[int, int, int]] | None = []  # (kind, arg, role)
+        roles = {**{f: 1 for f in text_fields}, **{f: 2 for f in uuid_fields}, **{f: 3 for f in unsigned_fields}}
+        for f in source["fields"]:
+            k = _kind(f["type"])
+            if k is None:
+                self._walk = None  # a type the walker does not frame: every message takes the full path
+                break
+            self._walk.append((k[0], k[1], 4 if f["name"] == tenant_field else roles.get(f["name"], 0)))
+        self._text_names = [f["name"] for f in source["fields"] if f["name"] in text_fields]
+        self._tail_cache: dict[tuple[str, int], bytes] = {}
+        self._walker = None if self._walk is None else _compile_walker(self._walk, self._stores_text)
+
+    def _stores_text(self, tenant: bytes) -> bool:
+        return self.protector.policy(tenant.decode()).store_text
+
+    # -- a batch -------------------------------------------------------------
+    def block(self, rows: list[bytes]) -> bytes:
+        """One Avro object container file holding ``rows`` (each an encoded row)."""
+        data = b"".join(rows)
+        return b"".join((self._header, zigzag(len(rows)), zigzag(len(data)), data, self._sync))
+
+    # -- the full path -------------------------------------------------------
+    def encode(self, row: Row) -> bytes:
+        """A row built by the table's transform (validated, PII protected), as Avro."""
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self._plain, {c: row[i] for c, i in zip(self.columns, self._order)})
+        return buf.getvalue()
+
+    # -- the passthrough -----------------------------------------------------
+    def passthrough(self, value: bytes | None, topic: str, partition: int, offset: int) -> bytes | None:
+        """The row for a clean message in the current schema, or ``None`` (full path)."""
+        if self._walker is None or value is None or value[:5] != self._wire:
+            return None
+        texts = self._scan(value)
+        if texts is None:
+            return None
+        key = (topic, partition)
+        tail = self._tail_cache.get(key)
+        if tail is None:
+            t = topic.encode()
+            tail = self._tail_cache[key] = zigzag(len(t)) + t + zigzag(partition)
+        return b"".join((value[5:], self._derived(texts), tail, zigzag(offset)))
+
+    def _scan(self, buf: bytes) -> list[bytes | None] | None:
+        texts = self._walker(buf)
+        if texts is None:
+            return None
+        for s in texts:
+            if s is not None and maybe_pii(s.decode()):
+                return None
+        return texts
+
+
+def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
+    """A zigzag varint at ``pos``: (value, next position)."""
+    n, shift = 0, 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint longer than 10 bytes")
+
+
+def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool]) -> Callable[[bytes], Any]:
+    """Straight-line Python for one schema: frames every field of a wire-format body,
+    checks what the full path would check, and returns the raw text fields (in order),
+    or ``None`` when the message must take the full path."""
+    lines = ["def walk(buf):", "    pos = 5", "    end = len(buf)", "    texts = []", "    try:"]
+    put = lambda code, depth: lines.extend("    " * depth + c for c in code.splitlines())  # noqa: E731
+
+    def varint(depth: int, var: str) -> None:
+        put(f"b = buf[pos]\npos += 1\nif b < 0x80:\n    {var} = (b >> 1) ^ -(b & 1)\nelse:\n    {var}, pos = _long_at(buf, pos - 1)", depth)
+
+    for kind, arg, role in walk:
+        depth = 2
+        if kind in (_NSTR, _NINT, _NDBL, _NFLT):
+            put("u = buf[pos]\npos += 1", depth)
+            if role == 1:
+                put("if u == 0:\n    texts.append(None)", depth)
+                put("elif u != 2:\n    return None\nelse:", depth)
+            else:
+                put("if u != 0:\n    if u != 2:\n        return None", depth)
+            depth += 1
+            kind -= 1
+        if kind == _STR:
+            varint(depth, "n")
+            put("e = pos + n\nif n < 0 or e > end:\n    return None\ns = buf[pos:e]\npos = e", depth)
+            if role == 2:
+                put("if n != 36 or not _UUID36.fullmatch(s):\n    return None", depth)
+            else:
+                put("if not s.isascii():\n    s.decode()", depth)
+                if role == 1:
+                    put("texts.append(s)", depth)
+                elif role == 4:
+                    put("if not stores_text(s):\n    return None", depth)
+        elif kind in (_INT, _ENUM):
+            varint(depth, "n")
+            if kind == _ENUM:
+                put(f"if not 0 <= n < {arg}:\n    return None", depth)
+            elif role == 3:
+                put("if n < 0:\n    return None", depth)
+        elif kind in (_DBL, _FLT):
+            put(f"pos += {8 if kind == _DBL else 4}", depth)
+        elif kind == _BOOL:
+            put("if buf[pos] > 1:\n    return None\npos += 1", depth)
+    lines += ["    except (IndexError, UnicodeDecodeError):", "        return None",
+              "    return texts if pos == end else None"]
+    scope = {"_long_at": _long_at, "_UUID36": _UUID36, "stores_text": stores_text}
+    exec(compile("\n".join(lines), f"<avro walker {len(walk)} fields>", "exec"), scope)  # noqa: S102 - code built above from the schema
+    return scope["walk"]
+
+
+def _container_header(schema: Any) -> tuple[bytes, bytes]:
+    """The header (magic, metadata with the writer schema, sync marker) of an Avro object
+    container file and its sync marker, from fastavro itself."""
+    buf = io.BytesIO()
+    fastavro.writer(buf, schema, [], codec="null")
+    head = buf.getvalue()
+    return head, head[-16:]
+
+
+def _chars(s: bytes | None) -> int:
+    if s is None:
+        return 0
+    return len(s) if s.isascii() else len(s.decode())
+
+
+def response_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> AvroRows:
+    """The row format of ``inference_responses``: the response as produced, then
+    ``output_chars``, ``pii_counts`` (empty: a passed-through message has no findings)
+    and the Kafka coordinates."""
+
+    def derived(texts: list[bytes | None]) -> bytes:  # texts: output, error_message
+        return zigzag(_chars(texts[0])) + b"\x00"
+
+    return AvroRows(
+        spec, codec, protector,
+        text_fields=("output", "error_message"), uuid_fields=("request_id", "response_id"),
+        unsigned_fields=("input_tokens", "output_tokens", "replica_cpu_memory_bytes", "replica_gpu_memory_bytes"),
+        extra=[{"name": "output_chars", "type": "long"},
+               {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
+               {"name": "_topic", "type": "string"}, {"name": "_partition", "type": "int"},
+               {"name": "_offset", "type": "long"}],
+        derived=derived,
+    )
+
+
+def avro_rows_for(topic_key: str, spec: TableSpec, protector: Protector) -> AvroRows | None:
+    """The Avro row format of a topic's table, where ingest has one (the response topics:
+    the highest-volume table whose rows are the message plus added columns)."""
+    from services.common.registry import default_registry
+
+    if spec.table == "inference_responses":
+        return response_rows(spec, default_registry().codec(topic_key), protector)
+    return None

@@ -1,0 +1,185 @@
+"""Avro rows for ClickHouse: a message passed through as the producer wrote it gives the
+byte-identical row the full path (decode, validate, protect, build, encode) gives, and
+everything the full path would change or refuse takes the full path."""
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from services.common.codec import HEADER, MAGIC_BYTE
+from services.common.pipeline import InvalidMessage, Message
+from services.common.registry import default_registry, get_codec
+from services.ingest.avro_rows import avro_rows_for, zigzag
+from services.ingest.pii import PiiPolicy, find_pii, maybe_pii
+from services.ingest.transforms import Protector, table_for
+from tests.unit.test_ingest_transforms import CORPUS
+
+REG = default_registry()
+KEY = "inference-responses"
+TOPIC = "argus.inference.responses"
+
+
+def response(i: int, **kw) -> dict:  # noqa: ANN003
+    base = {
+        "request_id": str(uuid.UUID(int=i + 1)), "response_id": str(uuid.uuid4()), "model": "m",
+        "response_model": "m.gguf", "model_version": "v1", "tenant": f"t{i % 3}", "user": f"u{i}",
+        "output": f"Answer {i}: the largest city is Paris.", "finish_reason": "stop", "input_tokens": 20 + i,
+        "output_tokens": 5 + i, "latency_ms": 100.5 + i, "time_to_first_token_ms": 40.0, "mean_logprob": -0.25,
+        "status": "ok", "shadow": bool(i % 2), "served_at": 1_790_000_000_000 + i,
+    }
+    base.update(kw)
+    return base
+
+
+def both(rows, protector: Protector, data: bytes, offset: int = 5):  # noqa: ANN001, ANN201
+    """(passthrough row or None, full-path row or the InvalidMessage it raised)."""
+    codec = get_codec(KEY)
+    fast = rows.passthrough(data, TOPIC, 2, offset)
+    msg = Message(TOPIC, 2, offset, None, data, 0, value=codec.decode_plain(data))
+    try:
+        full = rows.encode(table_for(KEY).transform(protector)(msg))
+    except InvalidMessage as exc:
+        full = exc
+    return fast, full
+
+
+@pytest.fixture
+def protector() -> Protector:
+    return Protector(PiiPolicy(mode="redact"), {"clinic": PiiPolicy(store_text=False), "bank": PiiPolicy(mode="hash")}, b"k")
+
+
+@pytest.fixture
+def rows(protector):  # noqa: ANN001, ANN201
+    return avro_rows_for(KEY, table_for(KEY), protector)
+
+
+def test_clean_messages_pass_through_byte_identical_to_the_full_path(rows, protector) -> None:
+    codec = get_codec(KEY)
+    records = [response(i) for i in range(50)]
+    records += [rec for items in REG.examples(KEY).values() for _, rec in items]
+    records += [
+        response(1, output=None, status="error", finish_reason=None, error_type="Timeout", error_message="took too long"),
+        response(2, output="Ünïcödé ✓ – 東京 answer", user=None, trace_id="a" * 32, span_id="b" * 16),
+        response(3, output="", replica="replica-1", replica_cpu_memory_bytes=2**40, replica_gpu_memory_bytes=0),
+        response(4, tenant="bank"),  # hash mode: nothing to hash in a clean text
+        response(5, input_tokens=0, output_tokens=2**31 - 1, latency_ms=-0.0, mean_logprob=None),
+    ]
+    passed = 0
+    for i, rec in enumerate(records):
+        fast, full = both(rows, protector, codec.encode(rec), offset=10**12 + i)
+        texts = [rec.get("output") or "", rec.get("error_message") or ""]
+        if fast is None:  # the screen may send clean text the full way; it must have had a reason
+            assert any(maybe_pii(t) for t in texts), rec
+            continue
+        assert not any(find_pii(t) for t in texts)
+        assert fast == full, rec
+        passed += 1
+    assert passed >= len(records) - 2
+
+
+def test_a_block_is_an_avro_container_of_the_rows(rows, protector) -> None:
+    import io
+
+    import fastavro
+
+    codec = get_codec(KEY)
+    data = [rows.passthrough(codec.encode(response(i)), TOPIC, 1, 100 + i) for i in range(3)]
+    back = list(fastavro.reader(io.BytesIO(rows.block(data))))
+    assert [r["_offset"] for r in back] == [100, 101, 102]
+    assert back[0]["output_chars"] == len(response(0)["output"]) and back[0]["pii_counts"] == {}
+    assert back[2]["_topic"] == TOPIC and back[2]["_partition"] == 1
+    assert str(back[1]["request_id"]) == response(1)["request_id"]
+
+
+@pytest.mark.parametrize("field", ["output", "error_message"])
+@pytest.mark.parametrize("kind", sorted(CORPUS))
+def test_pii_takes_the_full_path(rows, protector, field, kind) -> None:
+    codec = get_codec(KEY)
+    for value in CORPUS[kind]:
+        fast, full = both(rows, protector, codec.encode(response(1, **{field: f"see {value} please"})))
+        assert fast is None, (kind, value)
+        assert value.encode() not in full
+
+
+def test_tenant_without_text_storage_takes_the_full_path(rows, protector) -> None:
+    codec = get_codec(KEY)
+    fast, full = both(rows, protector, codec.encode(response(1, tenant="clinic")))
+    assert fast is None and b"Paris" not in full
+    assert rows.passthrough(codec.encode(response(1, tenant="acme")), TOPIC, 0, 0) is not None
+
+
+def _with_schema_id(data: bytes, schema_id: int) -> bytes:
+    return HEADER.pack(MAGIC_BYTE, schema_id) + data[HEADER.size:]
+
+
+def test_what_the_full_path_refuses_or_resolves_never_passes_through(rows, protector) -> None:
+    codec = get_codec(KEY)
+    good = codec.encode(response(1))
+    assert rows.passthrough(good, TOPIC, 0, 0) is not None
+    bad = {
+        "non-canonical uuid": codec.encode(response(1, request_id=uuid.UUID(int=5).hex)),
+        "malformed uuid": codec.encode(response(1, response_id="not-a-uuid")),
+        "negative tokens": codec.encode(response(1, input_tokens=-3)),
+        "negative memory": codec.encode(response(1, replica_cpu_memory_bytes=-1)),
+        "other schema id": _with_schema_id(good, codec.schema_id + 1000),
+        "not wire format": b"\x01" + good[1:],
+        "truncated": good[:-3],
+        "trailing bytes": good + b"\x00",
+        "tombstone": None,
+    }
+    # hand-made corruptions at known places: the status enum index, a union branch, UTF-8
+    rec = response(1, model="MODEL", trace_id="T")
+    data = bytearray(codec.encode(rec))
+    bad["invalid utf-8"] = bytes(data.replace(b"MODEL", b"MOD\xffL"))
+    i = bytes(data).index(b"\x02\x02T")  # trace_id: union branch 1, then the 1-char string "T"
+    bad["union branch out of range"] = bytes(data[:i] + b"\x04" + data[i + 1:])
+    for name, value in bad.items():
+        assert rows.passthrough(value, TOPIC, 0, 0) is None, name
+    for name in ("malformed uuid", "negative tokens", "negative memory"):
+        assert isinstance(both(rows, protector, bad[name])[1], InvalidMessage), name
+    enum_rec = codec.encode(response(1, status="rejected"))
+    status_at = enum_rec.index(zigzag(3) + b"\x00\x00\x00")  # status index 3, then three null unions
+    forged = enum_rec[:status_at] + zigzag(9) + enum_rec[status_at + 1:]
+    assert rows.passthrough(forged, TOPIC, 0, 0) is None
+
+
+def test_maybe_pii_is_a_superset_of_every_detector() -> None:
+    """Random texts built from the characters detectors look at (digits of several
+    scripts, separators, letters, the four letters IGNORECASE folds to ASCII): whenever
+    a detector finds something, the screen said 'maybe'."""
+    rng = random.Random(11)
+    pieces = ["4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00", "a.b@c.io", "10.0.0.1", "fe80::1:2", "+44 20 7946 0958",
+              "123-45-6789", "AB 12 34 56 C", "12345678Z", "sk-" + "a" * 24, "AKIA" + "B" * 16, "passwοrd", "ſecret: hunter22",
+              "toKen=abcdefghij", "apı_key=abcdefgh", "٤١١١١١١١١١١١١١١١", "１２３-４５-６７８９", "-----BEGIN RSA PRIVATE KEY-----x-----END RSA PRIVATE KEY-----"]
+    alphabet = "0123456789 -.()+:@abcdefABCDEFXYZ٤١٢\u00a0\u2009İıſK_=eyJ"
+    hits = 0
+    for _ in range(4000):
+        parts = [rng.choice(pieces) if rng.random() < 0.3 else "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 25)))
+                 for _ in range(rng.randrange(1, 4))]
+        text = rng.choice([" ", "", "\n"]).join(parts)
+        if find_pii(text):
+            hits += 1
+            assert maybe_pii(text), text
+    assert hits > 500
+    assert not maybe_pii("The answer to question 42 is 7.")
+
+
+def test_row_fields_match_the_table_columns() -> None:
+    spec = table_for(KEY)
+    rows = avro_rows_for(KEY, spec, Protector(PiiPolicy(), {}, b""))
+    assert sorted(rows.columns) == sorted(spec.columns)
+    for other in ("inference-requests", "feedback", "alerts"):
+        assert avro_rows_for(other, table_for(other), Protector(PiiPolicy(), {}, b"")) is None
+
+
+def test_zigzag_matches_avro() -> None:
+    import io
+
+    import fastavro
+
+    for n in (0, 1, -1, 63, -64, 64, 2**31 - 1, -(2**31), 2**62, 10**12):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, "long", n)
+        assert zigzag(n) == buf.getvalue(), n
