@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from itertools import islice, repeat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
@@ -77,12 +78,6 @@ class Batch(Generic[T]):
     messages: int = 0
     dead_letters: list[asyncio.Future] = field(default_factory=list)  # broker acks of this batch's dead letters
 
-    def add(self, tp: TopicPartition, offset: int, item: T | None) -> None:
-        if item is not None:
-            self.items.append(item)
-        self.offsets[tp] = offset + 1
-        self.messages += 1
-
     def drop_partitions(self, revoked: Iterable[TopicPartition]) -> None:
         for tp in revoked:
             self.offsets.pop(tp, None)
@@ -97,6 +92,15 @@ class DeadLetterRatio:
         self.min_messages = min_messages
         self._outcomes: deque[bool] = deque(maxlen=window)
         self._bad = 0
+
+    def record_valid(self, n: int) -> None:
+        """Record ``n`` valid outcomes at once."""
+        if n <= 0:
+            return
+        evicted = len(self._outcomes) + n - (self._outcomes.maxlen or 0)
+        if evicted > 0:
+            self._bad -= sum(islice(self._outcomes, min(evicted, len(self._outcomes))))
+        self._outcomes.extend(repeat(False, n))
 
     def record(self, invalid: bool) -> None:
         if len(self._outcomes) == self._outcomes.maxlen and self._outcomes[0]:
@@ -198,6 +202,8 @@ class Pipeline(Generic[T]):
         self.last_progress = time.time()
         self.sink_healthy = True
         self.committed: dict[TopicPartition, int] = {}
+        self._position: dict[TopicPartition, int] = {}  # next offset expected per assigned partition
+        self._ready: set[TopicPartition] = set()  # assigned partitions whose resume point is decided
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -239,8 +245,7 @@ class Pipeline(Generic[T]):
         self.last_progress = time.time()
         self.metrics.set("argus_last_poll_timestamp_seconds", self.last_progress)
         for tp, msgs in records.items():
-            for rec in msgs:
-                self._handle(tp, rec)
+            self._process(tp, msgs)
             self.metrics.inc("argus_messages_consumed_total", len(msgs), topic=tp.topic)
         if self._batch.messages and (
             self._batch.messages >= self.policy.batch_max_messages
@@ -248,34 +253,72 @@ class Pipeline(Generic[T]):
         ):
             await self._flush()
 
-    def _handle(self, tp: TopicPartition, rec: Any) -> None:
-        if self.fast_path is not None:
-            item = self.fast_path(rec)
-            if item is not None:
-                self.ratio.record(False)
-                self._batch.add(tp, rec.offset, item)
-                return
-        msg = Message(
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-            key=rec.key,
-            raw=rec.value,
-            timestamp_ms=rec.timestamp,
-            headers=tuple(rec.headers or ()),
-        )
-        try:
-            try:
-                msg.value = self._decode(msg.raw)
-            except SerializationError as exc:
-                raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
-            item = self.transform(msg)
-        except InvalidMessage as exc:
-            self._dead_letter(msg, exc.reason, exc.error_type)
-            self._batch.add(tp, msg.offset, None)
+    def _process(self, tp: TopicPartition, msgs: list[Any]) -> None:
+        """Add one partition's records (in offset order) to the batch: through the fast
+        path where it takes them, else decoded and transformed; invalid ones are
+        dead-lettered (their offsets still advance: the dead letter is the record)."""
+        if not msgs:
             return
-        self.ratio.record(False)
-        self._batch.add(tp, msg.offset, item)
+        if self.resume_offsets is not None and tp not in self._ready:
+            # fetched from the group's committed offset before the assignment listener
+            # decided where this partition resumes (aiokafka fetches while the listener
+            # awaits the sink): the listener seeks explicitly, so these come again from there
+            return
+        expected = self._position.get(tp)
+        if (expected is not None and msgs[0].offset < expected) or msgs[-1].offset - msgs[0].offset + 1 != len(msgs):
+            # not one contiguous run after what was delivered: gaps (compaction, transaction
+            # markers) are fine; a record delivered again within this assignment would be a
+            # duplicate row, so offsets are kept strictly increasing (defensive: the client
+            # should never do it, and a warning says if it did)
+            kept, nxt = [], -1 if expected is None else expected
+            for r in msgs:
+                if r.offset >= nxt:
+                    kept.append(r)
+                    nxt = r.offset + 1
+            if len(kept) != len(msgs):
+                self.log.warning("pipeline.redelivered_skipped", partition=tp.partition, first=msgs[0].offset,
+                                 expected=expected, skipped=len(msgs) - len(kept))
+            msgs = kept
+            if not msgs:
+                return
+        self._position[tp] = msgs[-1].offset + 1
+        batch = self._batch
+        append = batch.items.append
+        fast = self.fast_path
+        valid = 0  # valid outcomes not yet recorded in the dead-letter ratio
+        for rec in msgs:
+            if fast is not None:
+                item = fast(rec)
+                if item is not None:
+                    append(item)
+                    valid += 1
+                    continue
+            msg = Message(
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                key=rec.key,
+                raw=rec.value,
+                timestamp_ms=rec.timestamp,
+                headers=tuple(rec.headers or ()),
+            )
+            try:
+                try:
+                    msg.value = self._decode(msg.raw)
+                except SerializationError as exc:
+                    raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
+                item = self.transform(msg)
+            except InvalidMessage as exc:
+                self.ratio.record_valid(valid)  # keep the ratio's window in offset order
+                valid = 0
+                self._dead_letter(msg, exc.reason, exc.error_type)
+                continue
+            valid += 1
+            if item is not None:
+                append(item)
+        self.ratio.record_valid(valid)
+        batch.offsets[tp] = msgs[-1].offset + 1
+        batch.messages += len(msgs)
 
     def _dead_letter(self, msg: Message, reason: str, error_type: str) -> None:
         log = self.log.bind(partition=msg.partition, offset=msg.offset)
@@ -316,8 +359,7 @@ class Pipeline(Generic[T]):
                 # stays in its group (max.poll.interval); paused partitions return nothing, and
                 # anything from a newly assigned partition joins the next batch
                 for tp, msgs in (await self.consumer.getmany(timeout_ms=0)).items():
-                    for rec in msgs:
-                        self._handle(tp, rec)
+                    self._process(tp, msgs)
                 self.last_progress = time.time()
         self._in_flight = None
         await task  # re-raises a non-transient sink failure: nothing more is committed
@@ -426,6 +468,9 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
         self.pipeline = pipeline
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.pipeline._position.pop(tp, None)
+            self.pipeline._ready.discard(tp)
         try:
             await self.pipeline.drain()
         except KafkaError as exc:
@@ -435,14 +480,33 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: Any) -> None:
         p = self.pipeline
         p.log.info("pipeline.assigned", partitions=sorted(str(tp) for tp in assigned))
+        for tp in assigned:
+            p._position.pop(tp, None)
+            p._ready.discard(tp)
         if p.resume_offsets is None or not assigned or p.consumer is None:
             return
         # The sink knows what it already stored: resume after it when it is ahead of the
         # committed offset (a crash between the write and the commit), so no row is
-        # written twice.
+        # written twice. Every partition is positioned explicitly: records fetched
+        # before this decision were dropped by the pipeline and come again from here.
         stored = await p.resume_offsets(list(assigned))
-        for tp, offset in stored.items():
+        unknown = []
+        for tp in assigned:
             committed = await p.consumer.committed(tp)
-            if committed is None or offset > committed:
-                p.consumer.seek(tp, offset)
+            offset = stored.get(tp)
+            if committed is not None and (offset is None or committed >= offset):
+                offset = committed
+            elif offset is not None:
                 p.log.info("pipeline.resume_from_sink", partition=tp.partition, committed=committed, offset=offset)
+            if offset is None:
+                unknown.append(tp)
+                continue
+            p.consumer.seek(tp, offset)
+            p._position[tp] = offset
+        if unknown:  # nothing committed, nothing stored: where the group's reset policy starts
+            latest = p._consumer_overrides.get("auto_offset_reset", "earliest") == "latest"
+            starts = await p.consumer.end_offsets(unknown) if latest else await p.consumer.beginning_offsets(unknown)
+            for tp, offset in starts.items():
+                p.consumer.seek(tp, offset)
+                p._position[tp] = offset
+        p._ready.update(assigned)

@@ -173,6 +173,10 @@ def strip_leading_comments(q: bytes) -> bytes:
     return q[m.end():] if m else q
 
 
+class _IncompleteBody(Exception):
+    """The request body ended before the length it announced."""
+
+
 @dataclass(frozen=True)
 class ParsedQuery:
     sql: str  # for INSERT with data: the statement up to (not including) FORMAT
@@ -304,22 +308,35 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return  # access logs would drown the stack log; errors are returned to clients
 
-    # body reading: Content-Length or chunked transfer encoding
+    # body reading: Content-Length or chunked transfer encoding. A body cut short (the
+    # client died or the connection broke mid-request) is never executed: an INSERT of
+    # the rows that did arrive would store part of a batch its sender never saw succeed.
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks = []
             while True:
                 size_line = self.rfile.readline()
+                if not size_line.endswith(b"\n"):
+                    raise _IncompleteBody("the connection closed inside the chunked body")
                 size = int(size_line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+                    while True:
+                        trailer = self.rfile.readline()
+                        if trailer in (b"\r\n", b"\n"):
+                            break
+                        if not trailer:
+                            raise _IncompleteBody("the connection closed before the end of the chunked body")
                     break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
+                chunk = self.rfile.read(size)
+                if len(chunk) != size or not self.rfile.readline().endswith(b"\n"):
+                    raise _IncompleteBody(f"a chunk of {size} bytes arrived incomplete")
+                chunks.append(chunk)
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise _IncompleteBody(f"{len(body)} of {length} bytes arrived")
+        return body
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -342,7 +359,16 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, b"There is no handle " + parts.path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"})
             return
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except (_IncompleteBody, ValueError, OSError) as exc:
+            self.close_connection = True
+            try:
+                self._send(400, f"Code: 33. DB::Exception: Incomplete request body: {exc}. (CANNOT_READ_ALL_DATA)\n".encode(),
+                           {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": "33"})
+            except OSError:
+                pass  # nobody is listening any more
+            return
         self._execute(params, body, http_readonly=False)
 
     def _credentials(self, params: dict[str, str]) -> tuple[str, str]:

@@ -9,16 +9,22 @@ from services.common.pipeline import Batch, DeadLetterRatio, Message, dead_lette
 from services.common.registry import get_codec
 
 
-def test_batch_commits_the_offset_after_the_last_message_per_partition() -> None:
-    b: Batch[str] = Batch()
-    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
-    b.add(tp0, 10, "a")
-    b.add(tp0, 11, None)  # dead-lettered: no item, but its offset is covered
-    b.add(tp1, 3, "b")
-    assert b.items == ["a", "b"] and b.messages == 3
-    assert b.offsets == {tp0: 12, tp1: 4}
-    b.drop_partitions([tp1])
-    assert b.offsets == {tp0: 12}
+def test_dead_letter_ratio_records_runs_of_valid_outcomes_like_one_by_one() -> None:
+    import random
+
+    rng = random.Random(5)
+    for _ in range(200):
+        one, many = DeadLetterRatio(0.5, 7, 3), DeadLetterRatio(0.5, 7, 3)
+        for _ in range(rng.randrange(1, 8)):
+            if rng.random() < 0.5:
+                n = rng.randrange(0, 12)
+                for _ in range(n):
+                    one.record(False)
+                many.record_valid(n)
+            else:
+                one.record(True)
+                many.record(True)
+            assert (one.ratio, one.exceeded(), list(one._outcomes)) == (many.ratio, many.exceeded(), list(many._outcomes))
 
 
 def test_dead_letter_ratio_trips_only_after_enough_messages() -> None:
