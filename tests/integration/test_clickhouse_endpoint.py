@@ -168,3 +168,29 @@ def test_a_failed_write_is_an_error_not_a_success(endpoint, ch_database: str) ->
     assert client.query("SELECT count() FROM checked").result_rows == [(0,)]
     assert client.insert("checked", [[3], [4]], column_names=["n"]).written_rows == 2
     assert client.query("SELECT groupArray(n) FROM (SELECT n FROM checked ORDER BY n)").result_rows == [([3, 4],)]
+
+
+def test_a_body_cut_short_is_never_inserted(endpoint, ch_database: str) -> None:
+    """A client that dies mid-upload (SIGKILL, broken connection) must not leave part of
+    its batch behind: the rows that did arrive are not inserted."""
+    import socket
+    import time
+
+    host, port = endpoint
+    client = clickhouse_connect.get_client(host=host, port=port, database=ch_database)
+    client.command("CREATE TABLE cut (n UInt32) ENGINE = MergeTree ORDER BY n")
+    query = f"INSERT INTO {ch_database}.cut FORMAT CSV".replace(" ", "%20")
+    rows = b"".join(f"{i}\n".encode() for i in range(1000))
+    for head, body in (
+        (f"Content-Length: {len(rows) + 500}\r\n", rows),
+        ("Transfer-Encoding: chunked\r\n", f"{len(rows):x}\r\n".encode() + rows + b"\r\n" + b"400\r\n12\n13\n"),
+    ):
+        with socket.create_connection((host, port)) as s:
+            s.sendall(f"POST /?query={query} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body)
+            s.shutdown(socket.SHUT_WR)  # the sender is gone; what arrived is all there is
+            answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400") or answer == b"", answer[:200]
+    time.sleep(0.5)
+    assert client.query("SELECT count() FROM cut").result_rows == [(0,)]
+    client.raw_insert("cut", ["n"], insert_block=rows, fmt="CSV")  # the same rows, complete, go in
+    assert client.query("SELECT count() FROM cut").result_rows == [(1000,)]
