@@ -31,11 +31,12 @@ from typing import Any, Callable
 import fastavro
 
 from services.common.codec import HEADER, MAGIC_BYTE, AvroCodec, _strip_logical
-from services.ingest.pii import maybe_pii
+from services.ingest.pii import maybe_pii_utf8
 from services.ingest.transforms import Protector, Row, TableSpec
 
 _ONE_BYTE = [bytes((i,)) for i in range(0x80)]
-_UUID36 = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# a uuid string field as Avro writes it: length 36 (zigzag 72 = "H"), then the canonical text
+_UUID_FIELD = re.compile(rb"H[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 # field kinds the walker knows; a schema with anything else has no passthrough
 _STR, _NSTR, _INT, _NINT, _DBL, _NDBL, _FLT, _NFLT, _BOOL, _ENUM = range(10)
@@ -46,6 +47,12 @@ def zigzag(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
     if n < 0x80:
         return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
     out = bytearray()
     while n & ~0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -116,7 +123,9 @@ class AvroRows:
             self._walk.append((k[0], k[1], 4 if f["name"] == tenant_field else roles.get(f["name"], 0)))
         self._text_names = [f["name"] for f in source["fields"] if f["name"] in text_fields]
         self._tail_cache: dict[tuple[str, int], bytes] = {}
-        self._walker = None if self._walk is None else _compile_walker(self._walk, self._stores_text)
+        every_tenant_stores = protector.default.store_text and all(p.store_text for p in protector.tenants.values())
+        self._walker = (None if self._walk is None
+                        else _compile_walker(self._walk, None if every_tenant_stores else self._stores_text))
 
     def _stores_text(self, tenant: bytes) -> bool:
         return self.protector.policy(tenant.decode()).store_text
@@ -139,7 +148,7 @@ class AvroRows:
         """The row for a clean message in the current schema, or ``None`` (full path)."""
         if self._walker is None or value is None or value[:5] != self._wire:
             return None
-        texts = self._scan(value)
+        texts = self._walker(value)
         if texts is None:
             return None
         key = (topic, partition)
@@ -148,16 +157,6 @@ class AvroRows:
             t = topic.encode()
             tail = self._tail_cache[key] = zigzag(len(t)) + t + zigzag(partition)
         return b"".join((value[5:], self._derived(texts), tail, zigzag(offset)))
-
-    def _scan(self, buf: bytes) -> list[bytes | None] | None:
-        texts = self._walker(buf)
-        if texts is None:
-            return None
-        for s in texts:
-            if s is not None and maybe_pii(s.decode()):
-                return None
-        return texts
-
 
 def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
     """A zigzag varint at ``pos``: (value, next position)."""
@@ -173,15 +172,24 @@ def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
             raise IndexError("varint longer than 10 bytes")
 
 
-def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool]) -> Callable[[bytes], Any]:
+def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None) -> Callable[[bytes], Any]:
     """Straight-line Python for one schema: frames every field of a wire-format body,
     checks what the full path would check, and returns the raw text fields (in order),
-    or ``None`` when the message must take the full path."""
+    or ``None`` when the message must take the full path. ``stores_text`` is ``None``
+    when every tenant's policy stores text (no tenant check needed)."""
     lines = ["def walk(buf):", "    pos = 5", "    end = len(buf)", "    texts = []", "    try:"]
     put = lambda code, depth: lines.extend("    " * depth + c for c in code.splitlines())  # noqa: E731
 
-    def varint(depth: int, var: str) -> None:
-        put(f"b = buf[pos]\npos += 1\nif b < 0x80:\n    {var} = (b >> 1) ^ -(b & 1)\nelse:\n    {var}, pos = _long_at(buf, pos - 1)", depth)
+    def length(depth: int) -> None:  # a string's length: one byte up to 63, two up to 8191
+        put("b = buf[pos]\n"
+            "if b < 0x80:\n    n = (b >> 1) ^ -(b & 1)\n    pos += 1\n"
+            "elif buf[pos + 1] < 0x80:\n    n = (b & 0x7F | buf[pos + 1] << 7)\n    n = (n >> 1) ^ -(n & 1)\n    pos += 2\n"
+            "else:\n    n, pos = _long_at(buf, pos)", depth)
+
+    def skip_varint(depth: int, unsigned: bool) -> None:
+        if unsigned:  # zigzag: the sign is the lowest bit of the first byte
+            put("if buf[pos] & 1:\n    return None", depth)
+        put("while buf[pos] > 0x7F:\n    pos += 1\npos += 1", depth)
 
     for kind, arg, role in walk:
         depth = 2
@@ -194,30 +202,28 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
                 put("if u != 0:\n    if u != 2:\n        return None", depth)
             depth += 1
             kind -= 1
-        if kind == _STR:
-            varint(depth, "n")
+        if kind == _STR and role == 2:  # a canonical UUID: length 36, then the text
+            put("if not _UUID_FIELD.match(buf, pos):\n    return None\npos += 37", depth)
+        elif kind == _STR:
+            length(depth)
             put("e = pos + n\nif n < 0 or e > end:\n    return None\ns = buf[pos:e]\npos = e", depth)
-            if role == 2:
-                put("if n != 36 or not _UUID36.fullmatch(s):\n    return None", depth)
+            if role == 1:  # a text the PII policy covers: it must be clean to pass through
+                put("if maybe_pii(s):\n    return None\ntexts.append(s)", depth)
             else:
                 put("if not s.isascii():\n    s.decode()", depth)
-                if role == 1:
-                    put("texts.append(s)", depth)
-                elif role == 4:
-                    put("if not stores_text(s):\n    return None", depth)
-        elif kind in (_INT, _ENUM):
-            varint(depth, "n")
-            if kind == _ENUM:
-                put(f"if not 0 <= n < {arg}:\n    return None", depth)
-            elif role == 3:
-                put("if n < 0:\n    return None", depth)
+            if role == 4 and stores_text is not None:
+                put("if not stores_text(s):\n    return None", depth)
+        elif kind == _ENUM:  # an index below 64 is one even byte
+            put(f"b = buf[pos]\nif b > 0x7F or b & 1 or b >> 1 >= {arg}:\n    return None\npos += 1", depth)
+        elif kind == _INT:
+            skip_varint(depth, role == 3)
         elif kind in (_DBL, _FLT):
             put(f"pos += {8 if kind == _DBL else 4}", depth)
         elif kind == _BOOL:
             put("if buf[pos] > 1:\n    return None\npos += 1", depth)
     lines += ["    except (IndexError, UnicodeDecodeError):", "        return None",
               "    return texts if pos == end else None"]
-    scope = {"_long_at": _long_at, "_UUID36": _UUID36, "stores_text": stores_text}
+    scope = {"_long_at": _long_at, "_UUID_FIELD": _UUID_FIELD, "stores_text": stores_text, "maybe_pii": maybe_pii_utf8}
     exec(compile("\n".join(lines), f"<avro walker {len(walk)} fields>", "exec"), scope)  # noqa: S102 - code built above from the schema
     return scope["walk"]
 

@@ -140,6 +140,25 @@ _KEYWORDS = re.compile(r"akia|asia|sk-|gh[pousr]_|xox|aiza|eyj|private key|api|s
 _FOLDS_TO_ASCII = re.compile("[\u0130\u0131\u017f\u212a]")
 
 
+# The same screen over ASCII bytes (no decoding): for ASCII the patterns mean the same,
+# except that str's \s also matches \x1c-\x1f, spelt out here.
+_MAYBE_DIGITS_B = re.compile(rb"\d(?:[\d\s\x1c-\x1f().+-]{6,}|\d{0,2}\.\d{1,3}\.\d{1,3}\.\d|\d{6}[A-Za-z])")
+_MAYBE_IBAN_B = re.compile(_MAYBE_IBAN.pattern.encode())
+_MAYBE_IPV6_B = re.compile(_MAYBE_IPV6.pattern.encode())
+_KEYWORDS_B = re.compile(_KEYWORDS.pattern.encode())
+
+
+def maybe_pii_utf8(raw: bytes) -> bool:
+    """:func:`maybe_pii` of UTF-8 bytes (``UnicodeDecodeError`` when they are not)."""
+    if not raw.isascii():
+        return maybe_pii(raw.decode())
+    if b"@" in raw or _MAYBE_DIGITS_B.search(raw) or _MAYBE_IBAN_B.search(raw):
+        return True
+    if b":" in raw and _MAYBE_IPV6_B.search(raw):
+        return True
+    return _KEYWORDS_B.search(raw.lower()) is not None
+
+
 def maybe_pii(text: str) -> bool:
     """False only when no detector can find anything in ``text`` (a superset check:
     every detector's match contains something this looks for)."""

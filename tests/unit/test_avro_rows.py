@@ -12,7 +12,7 @@ from services.common.codec import HEADER, MAGIC_BYTE
 from services.common.pipeline import InvalidMessage, Message
 from services.common.registry import default_registry, get_codec
 from services.ingest.avro_rows import avro_rows_for, zigzag
-from services.ingest.pii import PiiPolicy, find_pii, maybe_pii
+from services.ingest.pii import PiiPolicy, find_pii, maybe_pii, maybe_pii_utf8
 from services.ingest.transforms import Protector, table_for
 from tests.unit.test_ingest_transforms import CORPUS
 
@@ -65,6 +65,8 @@ def test_clean_messages_pass_through_byte_identical_to_the_full_path(rows, prote
         response(3, output="", replica="replica-1", replica_cpu_memory_bytes=2**40, replica_gpu_memory_bytes=0),
         response(4, tenant="bank"),  # hash mode: nothing to hash in a clean text
         response(5, input_tokens=0, output_tokens=2**31 - 1, latency_ms=-0.0, mean_logprob=None),
+        response(6, output="a long answer, " * 20, model="m" * 70),  # two-byte string lengths
+        response(7, output="word " * 3000, replica="r" * 9000),  # three-byte string lengths
     ]
     passed = 0
     for i, rec in enumerate(records):
@@ -153,12 +155,13 @@ def test_maybe_pii_is_a_superset_of_every_detector() -> None:
     pieces = ["4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00", "a.b@c.io", "10.0.0.1", "fe80::1:2", "+44 20 7946 0958",
               "123-45-6789", "AB 12 34 56 C", "12345678Z", "sk-" + "a" * 24, "AKIA" + "B" * 16, "passwοrd", "ſecret: hunter22",
               "toKen=abcdefghij", "apı_key=abcdefgh", "٤١١١١١١١١١١١١١١١", "１２３-４５-６７８９", "-----BEGIN RSA PRIVATE KEY-----x-----END RSA PRIVATE KEY-----"]
-    alphabet = "0123456789 -.()+:@abcdefABCDEFXYZ٤١٢\u00a0\u2009İıſK_=eyJ"
+    alphabet = "0123456789 -.()+:@abcdefABCDEFXYZ٤١٢\u00a0\u2009İıſK_=eyJ\x1c\x1f\t"
     hits = 0
     for _ in range(4000):
         parts = [rng.choice(pieces) if rng.random() < 0.3 else "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 25)))
                  for _ in range(rng.randrange(1, 4))]
         text = rng.choice([" ", "", "\n"]).join(parts)
+        assert maybe_pii_utf8(text.encode()) == maybe_pii(text), text  # the screen on raw bytes is the same screen
         if find_pii(text):
             hits += 1
             assert maybe_pii(text), text
