@@ -178,6 +178,9 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
     tenants = ["acme", "bank", "clinic"]
     requests = [request(i, text, tenant=tenants[i % 3]) for i, text in enumerate(corpus)]
     responses = [response(i, tenant=tenants[i % 3], output=f"Noted: {text}") for i, text in enumerate(corpus)]
+    # clean answers too: they pass through as the producer wrote them, except for a tenant
+    # whose policy stores no text
+    responses += [response(len(corpus) + i, tenant=tenants[i % 3], output=f"Plain answer number {i}") for i in range(30)]
     feedback = [{"feedback_id": str(uuid.uuid4()), "request_id": str(uuid.UUID(int=i + 1)), "tenant": tenants[i % 3],
                  "kind": "correction", "comment": text, "created_at": NOW()} for i, text in enumerate(corpus[:50])]
     await produce(kafka_settings, "inference-requests", requests)
@@ -193,7 +196,7 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
     client = get_client(clickhouse_settings)
     db = clickhouse_settings.database
     service = await run_ingest(settings, lambda: count(client, f"{db}.inference_requests") >= len(corpus)
-                               and count(client, f"{db}.inference_responses") >= len(corpus)
+                               and count(client, f"{db}.inference_responses") >= len(responses)
                                and count(client, f"{db}.feedback") >= 50 and count(client, f"{db}.dead_letters") >= 1)
     dump = ""
     for (table,) in client.query(f"SELECT name FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree'").result_rows:
@@ -202,9 +205,45 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
     assert not leaked, f"PII stored in clear: {leaked}"
     assert "[EMAIL]" in dump and re.search(r"\[EMAIL:[0-9a-f]{12}\]", dump)
     assert client.query(f"SELECT countIf(prompt IS NULL) FROM {db}.inference_requests WHERE tenant = 'clinic'").result_rows[0][0] > 0
+    plain = client.query(f"SELECT tenant, countIf(output IS NULL), countIf(output LIKE 'Plain answer%') FROM {db}.inference_responses "
+                         "WHERE startsWith(coalesce(output, ''), 'Plain') OR (output IS NULL AND tenant = 'clinic') GROUP BY tenant ORDER BY tenant").result_rows
+    assert plain == [("acme", 0, 10), ("bank", 0, 10), ("clinic", len([r for r in responses if r["tenant"] == "clinic"]), 0)]
     found = client.query(f"SELECT sum(arraySum(mapValues(pii_counts))) FROM {db}.inference_requests").result_rows[0][0]
     assert found >= len(corpus)
     assert service.metrics.value("argus_pii_findings_total", kind="EMAIL", mode="redact") > 0
+
+
+async def test_passed_through_rows_equal_rows_built_in_python(kafka_settings, clickhouse_settings) -> None:
+    """The same messages ingested twice, with the Avro passthrough and without it (every
+    message decoded, protected and built in Python): ClickHouse holds the same rows."""
+    records = [response(i, tenant=("acme", "bank")[i % 2], output=out) for i, out in enumerate(
+        ["plain answer", "Ünïcödé ✓ 東京", "", "mail me: bob@example.com", "x" * 300, "call +44 20 7946 0958"] * 20)]
+    records += [response(200 + i, status=("error", "deadline_exceeded", "rejected")[i % 3]) for i in range(30)]
+    records += [dict(response(300 + i, shadow=True), replica="r-1", replica_cpu_memory_bytes=2**33, trace_id="ab" * 16,
+                     user=None, mean_logprob=None) for i in range(30)]
+    records += [dict(rec, served_at=NOW()) for items in REG.examples("inference-responses").values() for _, rec in items]
+    await produce(kafka_settings, "inference-responses", records)
+    pii = PiiSettings(default=PiiPolicy(mode="redact"), tenants={"bank": PiiPolicy(mode="hash")}, hmac_key=SecretStr("k"))
+    dbs = []
+    for passthrough in (True, False):
+        db = f"{clickhouse_settings.database}_{'fast' if passthrough else 'full'}"
+        dbs.append(db)
+        ch = ClickHouseSettings(dsn=SecretStr(clickhouse_settings.dsn.get_secret_value().rsplit("/", 1)[0] + "/" + db))
+        client = get_client(ch, database="default")
+        settings = ingest_settings(kafka_settings, ch, topics=("inference-responses",), pii=pii, avro_passthrough=passthrough)
+        await run_ingest(settings, lambda db=db: count(client, f"{db}.inference_responses") >= len(records))
+    client = get_client(clickhouse_settings, database="default")
+    try:
+        fast, full = (client.query(f"SELECT * EXCEPT ingested_at FROM {db}.inference_responses ORDER BY _partition, _offset").result_rows
+                      for db in dbs)
+        assert len(fast) == len(records) and fast == full
+        assert any("[EMAIL:" in (r[8] or "") for r in fast) and any("東京" in (r[8] or "") for r in fast)
+        rollups = [client.query(f"SELECT * EXCEPT (latency_ms_q, ttft_ms_q, confidence_avg, confidence_q) FROM {db}.inference_rollup_1m "
+                                "ORDER BY ALL").result_rows for db in dbs]
+        assert rollups[0] == rollups[1] and rollups[0]
+    finally:
+        for db in dbs:
+            client.command(f"DROP DATABASE IF EXISTS {db}")
 
 
 def _ingest_env(kafka: KafkaSettings, dsn: str, group: str, topics: str, health_port: int, batch: int) -> dict:
