@@ -7,6 +7,9 @@ already stored in its table, so an insert that landed just before a crash is not
 repeated; transient ClickHouse failures pause consumption and are retried with backoff
 (memory bounded by one batch per pipeline); poison messages go to the topic's
 dead-letter topic (and from there into ``dead_letters``).
+
+Clean responses in the current schema skip decoding altogether: they go to ClickHouse
+as the producer's Avro bytes (see :mod:`services.ingest.avro_rows`).
 """
 from __future__ import annotations
 
