@@ -121,7 +121,6 @@ class AvroRows:
                 self._walk = None  # a type the walker does not frame: every message takes the full path
                 break
             self._walk.append((k[0], k[1], 4 if f["name"] == tenant_field else roles.get(f["name"], 0)))
-        self._text_names = [f["name"] for f in source["fields"] if f["name"] in text_fields]
         self._tail_cache: dict[tuple[str, int], bytes] = {}
         every_tenant_stores = protector.default.store_text and all(p.store_text for p in protector.tenants.values())
         self._walker = (None if self._walk is None
@@ -157,6 +156,7 @@ class AvroRows:
             t = topic.encode()
             tail = self._tail_cache[key] = zigzag(len(t)) + t + zigzag(partition)
         return b"".join((value[5:], self._derived(texts), tail, zigzag(offset)))
+
 
 def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
     """A zigzag varint at ``pos``: (value, next position)."""
