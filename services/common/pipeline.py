@@ -24,7 +24,7 @@ import time
 from collections import deque
 from itertools import islice, repeat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -77,10 +77,6 @@ class Batch(Generic[T]):
     started: float = field(default_factory=time.monotonic)
     messages: int = 0
     dead_letters: list[asyncio.Future] = field(default_factory=list)  # broker acks of this batch's dead letters
-
-    def drop_partitions(self, revoked: Iterable[TopicPartition]) -> None:
-        for tp in revoked:
-            self.offsets.pop(tp, None)
 
 
 class DeadLetterRatio:
