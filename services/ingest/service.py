@@ -22,7 +22,7 @@ from services.common.clickhouse import get_client
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
-from services.common.pipeline import Message, Pipeline, pipeline_readiness
+from services.common.pipeline import InvalidMessage, Message, Pipeline, pipeline_readiness
 from services.ingest.settings import IngestSettings
 from services.ingest.sink import ClickHouseSink
 from services.ingest.avro_rows import AvroRows, avro_rows_for
@@ -31,7 +31,11 @@ from services.ingest.transforms import Protector, Row, table_for
 
 def _encoded(transform: Callable[[Message], Row], rows: AvroRows) -> Callable[[Message], bytes]:
     def run(msg: Message) -> bytes:
-        return rows.encode(transform(msg))
+        row = transform(msg)
+        try:
+            return rows.encode(row)
+        except (ValueError, TypeError, KeyError) as exc:  # a value the row layout cannot hold: this message's fault
+            raise InvalidMessage(f"cannot encode a row of {rows.spec.table}: {exc!r}", "InvalidMessage.Mapping") from exc
 
     return run
 

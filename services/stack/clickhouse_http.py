@@ -249,6 +249,8 @@ class Engine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.users = users
         self._root = chdb.connect(str(self.data_dir))  # keeps the engine alive for the process
+        for stale in (self.data_dir / ".http-inserts").glob("*"):  # spooled bodies of a process that died mid-insert
+            stale.unlink(missing_ok=True)
         self.version = self._scalar("SELECT version()")
         self.timezone = self._scalar("SELECT timezone()")
         self.session_timeout_s = session_timeout_s
