@@ -124,7 +124,7 @@ class AvroRows:
         self._tail_cache: dict[tuple[str, int], bytes] = {}
         every_tenant_stores = protector.default.store_text and all(p.store_text for p in protector.tenants.values())
         self._walker = (None if self._walk is None
-                        else _compile_walker(self._walk, None if every_tenant_stores else self._stores_text))
+                        else make_walker(self._walk, None if every_tenant_stores else self._stores_text))
 
     def _stores_text(self, tenant: bytes) -> bool:
         return self.protector.policy(tenant.decode()).store_text
@@ -226,6 +226,28 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
     scope = {"_long_at": _long_at, "_UUID_FIELD": _UUID_FIELD, "stores_text": stores_text, "maybe_pii": maybe_pii_utf8}
     exec(compile("\n".join(lines), f"<avro walker {len(walk)} fields>", "exec"), scope)  # noqa: S102 - code built above from the schema
     return scope["walk"]
+
+
+try:  # the same walker compiled (setup.py builds it; a machine without a C compiler has only the Python one)
+    from services.ingest._avrowalk import Walker as _NativeWalker
+except ImportError:  # pragma: no cover - depends on the install
+    _NativeWalker = None
+
+#: which walker ingest uses: "native" (compiled) or "python"
+WALKER = "native" if _NativeWalker is not None else "python"
+
+
+def make_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None,
+                native: bool | None = None) -> Callable[[bytes], Any]:
+    """The walker of one schema: the compiled one where it is built (``native=None``),
+    else the straight-line Python of :func:`_compile_walker`; both give the same answers."""
+    if native is None:
+        native = _NativeWalker is not None
+    if native:
+        if _NativeWalker is None:
+            raise RuntimeError("the compiled walker services.ingest._avrowalk is not built (pip install -e .)")
+        return _NativeWalker(walk, maybe_pii_utf8, stores_text)
+    return _compile_walker(walk, stores_text)
 
 
 def _container_header(schema: Any) -> tuple[bytes, bytes]:
