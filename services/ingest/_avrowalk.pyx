@@ -67,11 +67,86 @@ cdef inline bint _word_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, co
     return True
 
 
+cdef inline bint _exact_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, const char* w, Py_ssize_t k) noexcept nogil:
+    if i + k > n:
+        return False
+    return memcmp(p + i, w, k) == 0
+
+
+cdef inline bint _is_word(unsigned char c) noexcept nogil:  # \w of ASCII
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+
+cdef inline bint _is_space(unsigned char c) noexcept nogil:  # str's \s on ASCII
+    return (9 <= c <= 13) or c == 32 or (0x1c <= c <= 0x1f)
+
+
+cdef inline bint _assigned(const unsigned char* p, Py_ssize_t n, Py_ssize_t j) noexcept nogil:
+    """``\\b\\s*[:=]`` at ``j`` (just after a keyword)."""
+    if j >= n or _is_word(p[j]):
+        return False
+    while j < n and _is_space(p[j]):
+        j += 1
+    return j < n and (p[j] == 58 or p[j] == 61)
+
+
+cdef inline bint _in(unsigned char c, const char* chars) noexcept nogil:
+    cdef Py_ssize_t j = 0
+    while chars[j]:
+        if c == <unsigned char>chars[j]:
+            return True
+        j += 1
+    return False
+
+
+cdef bint _keyword_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    """The keyword screen at ``i``, where a word starts: ``(?:AKIA|ASIA|sk-|gh[pousr]_|
+    xox[abprs]-|AIza|eyJ)`` as written, ``(?:api[_-]?key|secret|token|passw(?:or)?d)\\b\\s*[:=]``
+    in any ASCII case."""
+    cdef unsigned char c = p[i]
+    if c == 65:  # A
+        if _exact_at(p, n, i, b"AKIA", 4) or _exact_at(p, n, i, b"ASIA", 4) or _exact_at(p, n, i, b"AIza", 4):
+            return True
+    elif c == 115:  # s
+        if _exact_at(p, n, i, b"sk-", 3):
+            return True
+    elif c == 103:  # g
+        if i + 3 < n and p[i + 1] == 104 and _in(p[i + 2], b"pousr") and p[i + 3] == 95:
+            return True
+    elif c == 120:  # x
+        if i + 4 < n and _exact_at(p, n, i, b"xox", 3) and _in(p[i + 3], b"abprs") and p[i + 4] == 45:
+            return True
+    elif c == 101:  # e
+        if _exact_at(p, n, i, b"eyJ", 3):
+            return True
+    c = _lower(c)
+    if c == 97:  # api[_-]?key
+        if _word_at(p, n, i, b"api", 3):
+            if _word_at(p, n, i + 3, b"key", 3) and _assigned(p, n, i + 6):
+                return True
+            if i + 3 < n and (p[i + 3] == 95 or p[i + 3] == 45) and _word_at(p, n, i + 4, b"key", 3) \
+                    and _assigned(p, n, i + 7):
+                return True
+    elif c == 115:  # secret
+        if _word_at(p, n, i, b"secret", 6) and _assigned(p, n, i + 6):
+            return True
+    elif c == 116:  # token
+        if _word_at(p, n, i, b"token", 5) and _assigned(p, n, i + 5):
+            return True
+    elif c == 112:  # passw(?:or)?d
+        if _word_at(p, n, i, b"passw", 5):
+            if _word_at(p, n, i + 5, b"ord", 3) and _assigned(p, n, i + 8):
+                return True
+            if _word_at(p, n, i + 5, b"d", 1) and _assigned(p, n, i + 6):
+                return True
+    return False
+
+
 cdef bint _ascii_maybe_pii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     """``maybe_pii_utf8`` of ASCII bytes: '@'; a digit followed by six or more of
     ``[\\d\\s\\x1c-\\x1f().+-]`` (which also covers the dotted-quad and digits-then-letter
-    branches); ``[A-Z]{2}\\d{2}``; ``[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:``; a keyword in
-    any ASCII case."""
+    branches); ``[A-Z]{2}\\d{2}``; ``[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:``; ``PRIVATE KEY``;
+    a keyword where a word starts."""
     cdef Py_ssize_t i, j, h, first_digit = -1
     cdef unsigned char c
     for i in range(n):
@@ -95,31 +170,10 @@ cdef bint _ascii_maybe_pii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
                 h += 1
             if j < n and p[j] == 58:
                 return True
-        c = _lower(c)
-        if c == 97:  # a
-            if _word_at(p, n, i, b"akia", 4) or _word_at(p, n, i, b"asia", 4) or _word_at(p, n, i, b"aiza", 4) \
-                    or _word_at(p, n, i, b"api", 3):
-                return True
-        elif c == 115:  # s
-            if _word_at(p, n, i, b"sk-", 3) or _word_at(p, n, i, b"secret", 6):
-                return True
-        elif c == 103:  # g: gh[pousr]_
-            if i + 3 < n and _lower(p[i + 1]) == 104 and p[i + 3] == 95:
-                c = _lower(p[i + 2])
-                if c == 112 or c == 111 or c == 117 or c == 115 or c == 114:
-                    return True
-        elif c == 120:  # x
-            if _word_at(p, n, i, b"xox", 3):
-                return True
-        elif c == 101:  # e
-            if _word_at(p, n, i, b"eyj", 3):
-                return True
-        elif c == 112:  # p
-            if _word_at(p, n, i, b"private key", 11) or _word_at(p, n, i, b"passw", 5):
-                return True
-        elif c == 116:  # t
-            if _word_at(p, n, i, b"token", 5):
-                return True
+        if c == 80 and _exact_at(p, n, i, b"PRIVATE KEY", 11):
+            return True
+        if _is_word(c) and (i == 0 or not _is_word(p[i - 1])) and _keyword_at(p, n, i):
+            return True
     return False
 
 

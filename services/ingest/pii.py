@@ -134,10 +134,15 @@ _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
 _MAYBE_DIGITS = re.compile(r"\d(?:[\d\s().+-]{6,}|\d{0,2}\.\d{1,3}\.\d{1,3}\.\d|\d{6}[A-Za-z])")
 _MAYBE_IBAN = re.compile(r"[A-Z]{2}\d{2}")
 _MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:")
-_KEYWORDS = re.compile(r"akia|asia|sk-|gh[pousr]_|xox|aiza|eyj|private key|api|secret|token|passw")
-# Under IGNORECASE these four match ASCII letters (Python's re documents exactly these):
-# a keyword spelt with one of them is still a keyword to the SECRET detector.
-_FOLDS_TO_ASCII = re.compile("[\u0130\u0131\u017f\u212a]")
+# Where a keyword-led detector (SECRET, PRIVATE_KEY) can match: each of their starts,
+# with the same word boundaries and the same case rules (the keyword branch is case-blind,
+# and under IGNORECASE Python folds the four letters İ ı ſ K to ASCII, for the detector and
+# this screen alike). Ordinary words that merely contain a keyword ("capital", "tokens",
+# "secretary") are not a reason to run the detectors.
+_KEYWORDS = re.compile(
+    r"\b(?:AKIA|ASIA|sk-|gh[pousr]_|xox[abprs]-|AIza|eyJ)|PRIVATE KEY"
+    r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d)\b\s*[:=])"
+)
 
 
 # The same screen over ASCII bytes (no decoding): for ASCII the patterns mean the same,
@@ -145,7 +150,7 @@ _FOLDS_TO_ASCII = re.compile("[\u0130\u0131\u017f\u212a]")
 _MAYBE_DIGITS_B = re.compile(rb"\d(?:[\d\s\x1c-\x1f().+-]{6,}|\d{0,2}\.\d{1,3}\.\d{1,3}\.\d|\d{6}[A-Za-z])")
 _MAYBE_IBAN_B = re.compile(_MAYBE_IBAN.pattern.encode())
 _MAYBE_IPV6_B = re.compile(_MAYBE_IPV6.pattern.encode())
-_KEYWORDS_B = re.compile(_KEYWORDS.pattern.encode())
+_KEYWORDS_B = re.compile(_KEYWORDS.pattern.replace(r"\s*", r"[\s\x1c-\x1f]*").encode())
 
 
 def maybe_pii_utf8(raw: bytes) -> bool:
@@ -156,7 +161,7 @@ def maybe_pii_utf8(raw: bytes) -> bool:
         return True
     if b":" in raw and _MAYBE_IPV6_B.search(raw):
         return True
-    return _KEYWORDS_B.search(raw.lower()) is not None
+    return _KEYWORDS_B.search(raw) is not None
 
 
 def maybe_pii(text: str) -> bool:
@@ -166,9 +171,7 @@ def maybe_pii(text: str) -> bool:
         return True
     if ":" in text and _MAYBE_IPV6.search(text):
         return True
-    if _KEYWORDS.search(text.lower()):
-        return True
-    return not text.isascii() and _FOLDS_TO_ASCII.search(text) is not None
+    return _KEYWORDS.search(text) is not None
 
 
 def find_pii(text: str) -> list[Finding]:

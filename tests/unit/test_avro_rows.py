@@ -164,7 +164,9 @@ def test_maybe_pii_is_a_superset_of_every_detector() -> None:
     rng = random.Random(11)
     pieces = ["4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00", "a.b@c.io", "10.0.0.1", "fe80::1:2", "+44 20 7946 0958",
               "123-45-6789", "AB 12 34 56 C", "12345678Z", "sk-" + "a" * 24, "AKIA" + "B" * 16, "passwοrd", "ſecret: hunter22",
-              "toKen=abcdefghij", "apı_key=abcdefgh", "٤١١١١١١١١١١١١١١١", "１２３-４５-６７８９", "-----BEGIN RSA PRIVATE KEY-----x-----END RSA PRIVATE KEY-----"]
+              "toKen=abcdefghij", "apı_key=abcdefgh", "API-KEY :\x1cabcdefghij", "password=\u2003hunter2222", "xsecret=abcdefghij",
+              "éapi_key=abcdefghij", "ghp_" + "a" * 36, "xoxb-abcdefghijk", "AIza" + "b" * 35, "eyJabcdefghij.eyJabcdefghij.abcdefghij",
+              "capital", "tokens", "secretary", "٤١١١١١١١١١١١١١١١", "１２３-４５-６７８９", "-----BEGIN RSA PRIVATE KEY-----x-----END RSA PRIVATE KEY-----"]
     alphabet = "0123456789 -.()+:@abcdefABCDEFXYZ٤١٢\u00a0\u2009İıſK_=eyJ\x1c\x1f\t"
     hits = 0
     for _ in range(4000):
@@ -177,6 +179,8 @@ def test_maybe_pii_is_a_superset_of_every_detector() -> None:
             assert maybe_pii(text), text
     assert hits > 500
     assert not maybe_pii("The answer to question 42 is 7.")
+    # words that merely contain a keyword do not send a text to the detectors
+    assert not maybe_pii("What is the capital of France? Count the tokens; the secretary knows the password.")
 
 
 def test_row_fields_match_the_table_columns() -> None:
@@ -248,8 +252,10 @@ def test_compiled_screen_equals_the_regex_screen() -> None:
 
     rng = random.Random(3)
     alphabet = "0123456789 -.()+:@_=abcdefgkostxyzABCDEFGHIJKXYZ\t\n\x0b\x0c\r\x1c\x1f"
-    words = ["akia", "ASIA", "sk-", "ghp_", "GHO_", "ghx_", "xox", "AiZa", "eyJ", "private key", "PRIVATE  KEY", "api",
-             "secret", "tOkEn", "passw", "DE89", "fe80::1", "a:12345:", "1.2.3.4", "(555) 1234"]
+    words = ["akia", "AKIA", "ASIA", "sk-", "SK-", "ghp_", "GHO_", "ghx_", "xoxb-", "xoxz-", "xox", "AiZa", "AIza", "eyJ", "EYJ",
+             "private key", "PRIVATE KEY", "PRIVATE  KEY", "api", "api_key", "API-KEY", "apikey", "secret", "Secret", "tOkEn",
+             "passw", "passwd", "PassWord", "passwordd", "capital", "tokens", "secretary", ":", "=", " =", "\x1c:", "_", "x",
+             "DE89", "fe80::1", "a:12345:", "1.2.3.4", "(555) 1234"]
     hits = 0
     for _ in range(30000):
         parts = [rng.choice(words) if rng.random() < 0.2 else "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
@@ -258,4 +264,4 @@ def test_compiled_screen_equals_the_regex_screen() -> None:
         expected = maybe_pii_utf8(raw)
         assert ascii_maybe_pii(raw) == expected, raw
         hits += expected
-    assert 5000 < hits < 25000
+    assert 3000 < hits < 25000
