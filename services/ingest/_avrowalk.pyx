@@ -27,6 +27,9 @@ cdef enum:
     K_NFLT = 7
     K_BOOL = 8
     K_ENUM = 9
+    K_ARR_REC = 10  # array of records of ``arg`` strings
+    K_ARR_STR = 11  # array of strings
+    K_MAP_STR = 12  # map of strings
 
 cdef enum:
     R_PLAIN = 0
@@ -211,11 +214,37 @@ cdef inline bint _uuid_at(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end
     return True
 
 
+cdef inline Py_ssize_t _varint(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end, long long* out) noexcept nogil:
+    """A zigzag varint of at most 10 bytes at ``pos``: its value in ``out``, the next
+    position returned, or -1 (cut short, longer than 10 bytes or beyond 64 bits)."""
+    cdef unsigned long long u64 = 0
+    cdef int shift = 0
+    cdef unsigned char b
+    while True:
+        if pos >= end or shift > 63:
+            return -1
+        b = p[pos]
+        pos += 1
+        if shift == 63 and b & 0x7E:
+            return -1
+        u64 |= (<unsigned long long>(b & 0x7F)) << shift
+        if b < 0x80:
+            break
+        shift += 7
+    out[0] = <long long>(u64 >> 1) ^ -(<long long>(u64 & 1))
+    return pos
+
+
 cdef class Walker:
     """One schema's walker: ``program`` is ``avro_rows``' list of (kind, arg, role);
     ``screen(raw)`` is the Python PII screen for a text that is not ASCII (it raises
     ``UnicodeDecodeError`` for invalid UTF-8); ``stores_text(tenant)`` is ``None`` when
-    every tenant stores text."""
+    every tenant stores text.
+
+    Texts returned: a text field's raw bytes (``None`` for null), screened here; for an
+    array of records with the text role, every string of every record in order, not
+    screened (the caller screens what it assembles from them); a map with the text role
+    has its values screened and returns nothing."""
 
     cdef int n
     cdef int kinds[MAX_FIELDS]
@@ -229,22 +258,88 @@ cdef class Walker:
             raise ValueError(f"more than {MAX_FIELDS} fields")
         self.n = len(program)
         for i, (kind, arg, role) in enumerate(program):
-            if not 0 <= kind <= K_ENUM or not 0 <= role <= R_TENANT or not 0 <= arg < 2**31:
+            if not 0 <= kind <= K_MAP_STR or not 0 <= role <= R_TENANT or not 0 <= arg < 2**31:
                 raise ValueError(f"field {i}: unknown kind or role {(kind, arg, role)}")
             self.kinds[i], self.args[i], self.roles[i] = kind, arg, role
         self.screen = screen
         self.stores_text = stores_text
 
+    cdef Py_ssize_t _string(self, bytes buf, const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                            bint screen, Py_ssize_t* start):
+        """A string at ``pos``: valid UTF-8 and, with ``screen``, clean; its first byte in
+        ``start``; the next position, or -1."""
+        cdef long long n
+        cdef Py_ssize_t e
+        pos = _varint(p, pos, end, &n)
+        if pos < 0 or n < 0 or n > end - pos:
+            return -1
+        e = pos + <Py_ssize_t>n
+        start[0] = pos
+        if _ascii(p + pos, e - pos):
+            if screen and _ascii_maybe_pii(p + pos, e - pos):
+                return -1
+        elif screen:
+            try:
+                if self.screen(buf[pos:e]):
+                    return -1
+            except UnicodeDecodeError:
+                return -1
+        else:
+            try:
+                buf[pos:e].decode()
+            except UnicodeDecodeError:
+                return -1
+        return e
+
+    cdef Py_ssize_t _collection(self, bytes buf, const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                int kind, int arg, int role, list texts):
+        """An array or map: blocks of (count, items), a negative count followed by the
+        block's size in bytes, until a count of 0. The next position, or -1."""
+        cdef long long count, size
+        cdef long long i
+        cdef int j
+        cdef Py_ssize_t start
+        while True:
+            pos = _varint(p, pos, end, &count)
+            if pos < 0:
+                return -1
+            if count == 0:
+                return pos
+            if count < 0:
+                count = -count
+                pos = _varint(p, pos, end, &size)
+                if pos < 0 or size < 0:
+                    return -1
+            if count > end - pos:  # every item takes at least one byte
+                return -1
+            for i in range(count):
+                if kind == K_ARR_REC:
+                    for j in range(arg):
+                        pos = self._string(buf, p, pos, end, False, &start)
+                        if pos < 0:
+                            return -1
+                        if role == R_TEXT:
+                            texts.append(buf[start:pos])
+                elif kind == K_ARR_STR:
+                    pos = self._string(buf, p, pos, end, False, &start)
+                    if pos < 0:
+                        return -1
+                else:  # map: a key, then its value (screened when the map is text)
+                    pos = self._string(buf, p, pos, end, False, &start)
+                    if pos < 0:
+                        return -1
+                    pos = self._string(buf, p, pos, end, role == R_TEXT, &start)
+                    if pos < 0:
+                        return -1
+
     def __call__(self, bytes buf):
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
         cdef Py_ssize_t end = PyBytes_GET_SIZE(buf)
-        cdef Py_ssize_t pos = 5, e
-        cdef long long n
-        cdef unsigned long long u64
-        cdef int f, kind, role, shift
+        cdef Py_ssize_t pos = 5, start
+        cdef long long v
+        cdef int f, kind, role
         cdef unsigned char b
         cdef list texts = []
-        cdef bytes s
         for f in range(self.n):
             kind = self.kinds[f]
             role = self.roles[f]
@@ -265,45 +360,14 @@ cdef class Walker:
                     return None
                 pos += 37
             elif kind == K_STR:
-                # the length: a zigzag varint of at most 10 bytes
-                u64 = 0
-                shift = 0
-                while True:
-                    if pos >= end or shift > 63:
-                        return None
-                    b = p[pos]
-                    pos += 1
-                    if shift == 63 and b & 0x7E:  # beyond 64 bits: a length no body can hold
-                        return None
-                    u64 |= (<unsigned long long>(b & 0x7F)) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-                n = <long long>(u64 >> 1) ^ -(<long long>(u64 & 1))
-                if n < 0 or n > end - pos:
+                pos = self._string(buf, p, pos, end, role == R_TEXT, &start)
+                if pos < 0:
                     return None
-                e = pos + <Py_ssize_t>n
                 if role == R_TEXT:
-                    s = buf[pos:e]
-                    if _ascii(p + pos, e - pos):
-                        if _ascii_maybe_pii(p + pos, e - pos):
-                            return None
-                    else:
-                        try:
-                            if self.screen(s):
-                                return None
-                        except UnicodeDecodeError:
-                            return None
-                    texts.append(s)
-                elif not _ascii(p + pos, e - pos):
-                    try:
-                        buf[pos:e].decode()
-                    except UnicodeDecodeError:
+                    texts.append(buf[start:pos])
+                elif role == R_TENANT and self.stores_text is not None:
+                    if not self.stores_text(buf[start:pos]):
                         return None
-                if role == R_TENANT and self.stores_text is not None:
-                    if not self.stores_text(buf[pos:e]):
-                        return None
-                pos = e
             elif kind == K_ENUM:  # an index below 64 is one even byte
                 if pos >= end:
                     return None
@@ -311,16 +375,12 @@ cdef class Walker:
                 if b > 0x7F or b & 1 or (b >> 1) >= self.args[f]:
                     return None
                 pos += 1
-            elif kind == K_INT:
-                if pos >= end:
+            elif kind == K_INT:  # in the range of an int (arg 32) or a long (64); unsigned: not negative
+                pos = _varint(p, pos, end, &v)
+                if pos < 0 or (role == R_UNSIGNED and v < 0):
                     return None
-                if role == R_UNSIGNED and p[pos] & 1:  # zigzag: the sign is the lowest bit
+                if self.args[f] == 32 and not -2147483648 <= v <= 2147483647:
                     return None
-                while pos < end and p[pos] > 0x7F:
-                    pos += 1
-                if pos >= end:
-                    return None
-                pos += 1
             elif kind == K_DBL:
                 pos += 8
             elif kind == K_FLT:
@@ -329,6 +389,10 @@ cdef class Walker:
                 if pos >= end or p[pos] > 1:
                     return None
                 pos += 1
+            else:
+                pos = self._collection(buf, p, pos, end, kind, self.args[f], role, texts)
+                if pos < 0:
+                    return None
             if pos > end:
                 return None
         return texts if pos == end else None

@@ -11,11 +11,17 @@ A message goes that way only when :meth:`AvroRows.passthrough` has walked its wh
 body field by field and found it exactly as the full path would accept it:
 
 - written with this codec's schema id, every field well framed, no byte left over;
-- union branches and enum symbols in range, UUID fields canonical, unsigned fields
-  not negative, every string valid UTF-8;
+- union branches and enum symbols in range, UUID fields canonical, ints within 32 and
+  longs within 64 bits, unsigned fields not negative, every string valid UTF-8;
 - the tenant's policy stores text, and no text field the PII policy covers could
   contain anything a detector finds (:func:`~services.ingest.pii.maybe_pii`, a
   superset of every detector, applied to the decoded text).
+
+Responses and requests have row formats (:func:`response_rows`, :func:`request_rows`;
+a request row carries the message's ``messages``, which ClickHouse skips, and the prompt
+columns built from them). The walker is compiled (``_avrowalk.pyx``) where the install
+could build it; the straight-line Python version gives the same answers for flat
+schemas, and without the compiled one requests take the full path.
 
 Anything else (a PII candidate, an older or newer writer schema, a malformed body)
 takes the full path: decode, validate (dead letter), protect, build the row, encode it.
@@ -38,8 +44,10 @@ _ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 # a uuid string field as Avro writes it: length 36 (zigzag 72 = "H"), then the canonical text
 _UUID_FIELD = re.compile(rb"H[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
-# field kinds the walker knows; a schema with anything else has no passthrough
-_STR, _NSTR, _INT, _NINT, _DBL, _NDBL, _FLT, _NFLT, _BOOL, _ENUM = range(10)
+# field kinds the walker knows; a schema with anything else has no passthrough. The
+# collections (arrays of records of strings, arrays of strings, maps of strings) only the
+# compiled walker frames.
+_STR, _NSTR, _INT, _NINT, _DBL, _NDBL, _FLT, _NFLT, _BOOL, _ENUM, _ARR_REC, _ARR_STR, _MAP_STR = range(13)
 
 
 def zigzag(n: int) -> bytes:
@@ -65,6 +73,16 @@ def _kind(t: Any) -> tuple[int, int] | None:
     if isinstance(t, dict):
         if t.get("type") == "enum":
             return _ENUM, len(t["symbols"])
+        if t.get("type") == "map":
+            return (_MAP_STR, 0) if _kind(t["values"]) == (_STR, 0) else None
+        if t.get("type") == "array":
+            items = t["items"]
+            if _kind(items) == (_STR, 0):
+                return _ARR_STR, 0
+            if isinstance(items, dict) and items.get("type") == "record" and items["fields"] \
+                    and all(_kind(f["type"]) == (_STR, 0) for f in items["fields"]):
+                return _ARR_REC, len(items["fields"])
+            return None
         t = t.get("type")
     if isinstance(t, list):
         if len(t) == 2 and t[0] == "null":
@@ -72,9 +90,9 @@ def _kind(t: Any) -> tuple[int, int] | None:
             if inner is None:
                 return None
             nullable = {_STR: _NSTR, _INT: _NINT, _DBL: _NDBL, _FLT: _NFLT}.get(inner[0])
-            return (nullable, 0) if nullable is not None else None
+            return (nullable, inner[1]) if nullable is not None else None
         return None
-    return {"string": (_STR, 0), "int": (_INT, 0), "long": (_INT, 0), "double": (_DBL, 0), "float": (_FLT, 0),
+    return {"string": (_STR, 0), "int": (_INT, 32), "long": (_INT, 64), "double": (_DBL, 0), "float": (_FLT, 0),
             "boolean": (_BOOL, 0)}.get(t)
 
 
@@ -92,7 +110,10 @@ class AvroRows:
 
     ``extra`` are the columns ingest adds after the message's own fields, in order,
     with their Avro types; ``derived(texts)`` computes their encodings for a clean
-    message from the raw bytes of its text fields (in schema order, ``None`` for null).
+    message from what the walker returns for its text fields (in schema order: a text's
+    raw bytes or ``None`` for null; every string of an array of records), or returns
+    ``None`` to send the message the full way. Message fields the table has no column
+    for stay in the row; ClickHouse skips them (the insert names its columns).
     """
 
     def __init__(self, spec: TableSpec, codec: AvroCodec, protector: Protector, *, text_fields: tuple[str, ...],
@@ -103,10 +124,13 @@ class AvroRows:
         self.protector = protector
         source = _clean(codec.schema)
         fields = source["fields"] + extra
-        self.columns = [f["name"] for f in fields]
-        missing = set(self.columns) ^ set(spec.columns)
-        if missing:
+        names = [f["name"] for f in fields]
+        self.columns = [c for c in names if c in spec.columns]  # what the insert names
+        missing = set(spec.columns) - set(names)
+        if missing or set(f["name"] for f in extra) - set(spec.columns):
             raise ValueError(f"{spec.table}: Avro row fields and table columns differ: {sorted(missing)}")
+        # a skipped field's value in a full-path row (the table does not keep it)
+        self._skipped = {f["name"]: _empty(f) for f in source["fields"] if f["name"] not in spec.columns}
         row_schema = {"type": "record", "name": f"{spec.table}_row", "namespace": "io.argus.ingest", "fields": fields}
         self._header, self._sync = _container_header(fastavro.parse_schema(row_schema, named_schemas={}))
         self._plain = fastavro.parse_schema(_strip_logical(row_schema), named_schemas={})
@@ -139,7 +163,7 @@ class AvroRows:
     def encode(self, row: Row) -> bytes:
         """A row built by the table's transform (validated, PII protected), as Avro."""
         buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, self._plain, {c: row[i] for c, i in zip(self.columns, self._order)})
+        fastavro.schemaless_writer(buf, self._plain, {**self._skipped, **{c: row[i] for c, i in zip(self.columns, self._order)}})
         return buf.getvalue()
 
     # -- the passthrough -----------------------------------------------------
@@ -150,12 +174,25 @@ class AvroRows:
         texts = self._walker(value)
         if texts is None:
             return None
+        derived = self._derived(texts)
+        if derived is None:
+            return None
         key = (topic, partition)
         tail = self._tail_cache.get(key)
         if tail is None:
             t = topic.encode()
             tail = self._tail_cache[key] = zigzag(len(t)) + t + zigzag(partition)
-        return b"".join((value[5:], self._derived(texts), tail, zigzag(offset)))
+        return b"".join((value[5:], derived, tail, zigzag(offset)))
+
+
+def _empty(field: dict[str, Any]) -> Any:
+    """A valid value for a field a full-path row leaves empty: its default, else empty."""
+    if "default" in field:
+        return field["default"]
+    t = field["type"]
+    kind = t.get("type") if isinstance(t, dict) else t
+    return {"array": [], "map": {}, "string": "", "long": 0, "int": 0, "double": 0.0, "float": 0.0,
+            "boolean": False}.get(kind) if not isinstance(t, list) else None
 
 
 def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
@@ -166,17 +203,22 @@ def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         n |= (b & 0x7F) << shift
         if b < 0x80:
+            if n >> 64:
+                raise IndexError("varint beyond 64 bits")
             return (n >> 1) ^ -(n & 1), pos
         shift += 7
         if shift > 63:
             raise IndexError("varint longer than 10 bytes")
 
 
-def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None) -> Callable[[bytes], Any]:
+def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None) -> Callable[[bytes], Any] | None:
     """Straight-line Python for one schema: frames every field of a wire-format body,
     checks what the full path would check, and returns the raw text fields (in order),
     or ``None`` when the message must take the full path. ``stores_text`` is ``None``
-    when every tenant's policy stores text (no tenant check needed)."""
+    when every tenant's policy stores text (no tenant check needed). A schema with
+    collections has no Python walker (``None``): only the compiled one frames them."""
+    if any(kind >= _ARR_REC for kind, _, _ in walk):
+        return None
     lines = ["def walk(buf):", "    pos = 5", "    end = len(buf)", "    texts = []", "    try:"]
     put = lambda code, depth: lines.extend("    " * depth + c for c in code.splitlines())  # noqa: E731
 
@@ -186,10 +228,11 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
             "elif buf[pos + 1] < 0x80:\n    n = (b & 0x7F | buf[pos + 1] << 7)\n    n = (n >> 1) ^ -(n & 1)\n    pos += 2\n"
             "else:\n    n, pos = _long_at(buf, pos)", depth)
 
-    def skip_varint(depth: int, unsigned: bool) -> None:
-        if unsigned:  # zigzag: the sign is the lowest bit of the first byte
-            put("if buf[pos] & 1:\n    return None", depth)
-        put("while buf[pos] > 0x7F:\n    pos += 1\npos += 1", depth)
+    def int_in_range(depth: int, bits: int, unsigned: bool) -> None:  # an int or long the full path can store
+        put("b = buf[pos]\n"
+            "if b < 0x80:\n    pos += 1\n    v = (b >> 1) ^ -(b & 1)\n"
+            "else:\n    v, pos = _long_at(buf, pos)", depth)
+        put(f"if not {0 if unsigned else -(1 << (bits - 1))} <= v < {1 << (bits - 1)}:\n    return None", depth)
 
     for kind, arg, role in walk:
         depth = 2
@@ -216,7 +259,7 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
         elif kind == _ENUM:  # an index below 64 is one even byte
             put(f"b = buf[pos]\nif b > 0x7F or b & 1 or b >> 1 >= {arg}:\n    return None\npos += 1", depth)
         elif kind == _INT:
-            skip_varint(depth, role == 3)
+            int_in_range(depth, arg, role == 3)
         elif kind in (_DBL, _FLT):
             put(f"pos += {8 if kind == _DBL else 4}", depth)
         elif kind == _BOOL:
@@ -230,15 +273,16 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
 
 try:  # the same walker compiled (setup.py builds it; a machine without a C compiler has only the Python one)
     from services.ingest._avrowalk import Walker as _NativeWalker
+    from services.ingest._avrowalk import ascii_maybe_pii as _native_ascii_screen
 except ImportError:  # pragma: no cover - depends on the install
-    _NativeWalker = None
+    _NativeWalker = _native_ascii_screen = None
 
 #: which walker ingest uses: "native" (compiled) or "python"
 WALKER = "native" if _NativeWalker is not None else "python"
 
 
 def make_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None,
-                native: bool | None = None) -> Callable[[bytes], Any]:
+                native: bool | None = None) -> Callable[[bytes], Any] | None:
     """The walker of one schema: the compiled one where it is built (``native=None``),
     else the straight-line Python of :func:`_compile_walker`; both give the same answers."""
     if native is None:
@@ -285,11 +329,60 @@ def response_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Av
     )
 
 
+def _screen(raw: bytes) -> bool:
+    """The PII screen of UTF-8 bytes, compiled for ASCII where it is built."""
+    if _native_ascii_screen is not None and raw.isascii():
+        return _native_ascii_screen(raw)
+    return maybe_pii_utf8(raw)
+
+
+def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> AvroRows:
+    """The row format of ``inference_requests``: the request as produced (ClickHouse skips
+    ``messages``, ``stop_sequences`` and ``seed``, which the table does not keep), then
+    the columns the full path computes from the messages: ``prompt`` (the non-system
+    messages as ``role: content`` joined by blank lines), ``system_prompt`` (the system
+    messages joined by newlines, null when that is empty), ``message_count``,
+    ``prompt_chars``, and an empty ``pii_counts`` and the Kafka coordinates. A request
+    passes through only when the walker found every metadata value clean and the
+    assembled prompt and system prompt are clean too: the screen sees exactly the texts
+    the full path protects."""
+
+    def derived(texts: list[bytes]) -> bytes | None:  # texts: role, content of every message, in order
+        convo, system = [], []
+        for i in range(0, len(texts), 2):
+            if texts[i] == b"system":
+                system.append(texts[i + 1])
+            else:
+                convo.append(texts[i] + b": " + texts[i + 1])
+        prompt = b"\n\n".join(convo)
+        system_prompt = b"\n".join(system)
+        if _screen(prompt) or (system_prompt and _screen(system_prompt)):
+            return None
+        return b"".join((
+            b"\x02", zigzag(len(prompt)), prompt,
+            b"\x02" + zigzag(len(system_prompt)) + system_prompt if system_prompt else b"\x00",
+            zigzag(len(texts) >> 1), zigzag(_chars(prompt)), b"\x00",
+        ))
+
+    return AvroRows(
+        spec, codec, protector,
+        text_fields=("messages", "metadata"), uuid_fields=("request_id",), unsigned_fields=("max_tokens",),
+        extra=[{"name": "prompt", "type": ["null", "string"]}, {"name": "system_prompt", "type": ["null", "string"]},
+               {"name": "message_count", "type": "int"}, {"name": "prompt_chars", "type": "long"},
+               {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
+               {"name": "_topic", "type": "string"}, {"name": "_partition", "type": "int"},
+               {"name": "_offset", "type": "long"}],
+        derived=derived,
+    )
+
+
 def avro_rows_for(topic_key: str, spec: TableSpec, protector: Protector) -> AvroRows | None:
-    """The Avro row format of a topic's table, where ingest has one (the response topics:
-    the highest-volume table whose rows are the message plus added columns)."""
+    """The Avro row format of a topic's table, where ingest has one: the request and
+    response topics, the high-volume tables (one row per inference)."""
     from services.common.registry import default_registry
 
     if spec.table == "inference_responses":
         return response_rows(spec, default_registry().codec(topic_key), protector)
+    if spec.table == "inference_requests":
+        return request_rows(spec, default_registry().codec(topic_key), protector)
     return None

@@ -214,15 +214,28 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
 
 
 async def test_passed_through_rows_equal_rows_built_in_python(kafka_settings, clickhouse_settings) -> None:
-    """The same messages ingested twice, with the Avro passthrough and without it (every
-    message decoded, protected and built in Python): ClickHouse holds the same rows."""
+    """The same requests and responses ingested twice, with the Avro passthrough and without
+    it (every message decoded, protected and built in Python, inserted as Python rows):
+    ClickHouse holds the same rows and rollups."""
     records = [response(i, tenant=("acme", "bank")[i % 2], output=out) for i, out in enumerate(
         ["plain answer", "Ünïcödé ✓ 東京", "", "mail me: bob@example.com", "x" * 300, "call +44 20 7946 0958"] * 20)]
     records += [response(200 + i, status=("error", "deadline_exceeded", "rejected")[i % 3]) for i in range(30)]
     records += [dict(response(300 + i, shadow=True), replica="r-1", replica_cpu_memory_bytes=2**33, trace_id="ab" * 16,
                      user=None, mean_logprob=None) for i in range(30)]
     records += [dict(rec, served_at=NOW()) for items in REG.examples("inference-responses").values() for _, rec in items]
+    m = lambda role, content: {"role": role, "content": content}  # noqa: E731
+    conversations = [
+        [m("user", "What is the capital of France?")], [m("system", "Be brief."), m("user", "Ünïcödé ✓ 東京")], [],
+        [m("system", ""), m("user", "a"), m("assistant", "b"), m("system", "second"), m("tool", "")],
+        [m("user", "mail me: bob@example.com")], [m("system", "key: sk-" + "a" * 30), m("user", "hi")], [m("user", "w " * 2000)],
+    ]
+    requests = [dict(request(1000 + i, "", tenant=("acme", "bank")[i % 2]), messages=conversations[i % len(conversations)],
+                     temperature=(None, 0.1, 0.7, 1.3333333)[i % 4], top_p=(None, 0.95)[i % 2], max_tokens=(None, 64)[i % 2],
+                     deadline=(None, NOW() + 5000)[i % 2], stop_sequences=["\n"] * (i % 2), seed=(None, 7)[i % 2],
+                     metadata=({}, {"app": "chat", "ip": "10.1.2.3"}, {"app": "x"})[i % 3]) for i in range(140)]
+    requests += [dict(rec, created_at=NOW()) for items in REG.examples("inference-requests").values() for _, rec in items]
     await produce(kafka_settings, "inference-responses", records)
+    await produce(kafka_settings, "inference-requests", requests)
     pii = PiiSettings(default=PiiPolicy(mode="redact"), tenants={"bank": PiiPolicy(mode="hash")}, hmac_key=SecretStr("k"))
     dbs = []
     for passthrough in (True, False):
@@ -230,14 +243,21 @@ async def test_passed_through_rows_equal_rows_built_in_python(kafka_settings, cl
         dbs.append(db)
         ch = ClickHouseSettings(dsn=SecretStr(clickhouse_settings.dsn.get_secret_value().rsplit("/", 1)[0] + "/" + db))
         client = get_client(ch, database="default")
-        settings = ingest_settings(kafka_settings, ch, topics=("inference-responses",), pii=pii, avro_passthrough=passthrough)
-        await run_ingest(settings, lambda db=db: count(client, f"{db}.inference_responses") >= len(records))
+        settings = ingest_settings(kafka_settings, ch, topics=("inference-responses", "inference-requests"), pii=pii,
+                                   avro_passthrough=passthrough)
+        await run_ingest(settings, lambda db=db: count(client, f"{db}.inference_responses") >= len(records)
+                         and count(client, f"{db}.inference_requests") >= len(requests))
     client = get_client(clickhouse_settings, database="default")
     try:
         fast, full = (client.query(f"SELECT * EXCEPT ingested_at FROM {db}.inference_responses ORDER BY _partition, _offset").result_rows
                       for db in dbs)
         assert len(fast) == len(records) and fast == full
         assert any("[EMAIL:" in (r[8] or "") for r in fast) and any("東京" in (r[8] or "") for r in fast)
+        fast, full = (client.query(f"SELECT * EXCEPT ingested_at FROM {db}.inference_requests ORDER BY _partition, _offset").result_rows
+                      for db in dbs)
+        assert len(fast) == len(requests) and fast == full
+        assert any("[EMAIL" in (r[5] or "") for r in fast) and any("[SECRET" in (r[6] or "") for r in fast)
+        assert any("capital of France" in (r[5] or "") for r in fast)
         rollups = [client.query(f"SELECT * EXCEPT (latency_ms_q, ttft_ms_q, confidence_avg, confidence_q) FROM {db}.inference_rollup_1m "
                                 "ORDER BY ALL").result_rows for db in dbs]
         assert rollups[0] == rollups[1] and rollups[0]

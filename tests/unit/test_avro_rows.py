@@ -147,6 +147,12 @@ def test_what_the_full_path_refuses_or_resolves_never_passes_through(rows, prote
     bad["invalid utf-8"] = bytes(data.replace(b"MODEL", b"MOD\xffL"))
     i = bytes(data).index(b"\x02\x02T")  # trace_id: union branch 1, then the 1-char string "T"
     bad["union branch out of range"] = bytes(data[:i] + b"\x04" + data[i + 1:])
+    # an int field holding more than 32 bits (ClickHouse would not store what was sent)
+    counts = codec.encode(response(1, input_tokens=55, output_tokens=57))
+    assert counts.count(b"stop" + zigzag(55) + zigzag(57)) == 1
+    bad["int beyond 32 bits"] = counts.replace(b"stop" + zigzag(55), b"stop" + zigzag(2**33))
+    bad["int beyond 32 bits, negative"] = counts.replace(b"stop" + zigzag(55), b"stop" + zigzag(-(2**31) - 1))
+    bad["varint beyond 64 bits"] = counts.replace(b"stop" + zigzag(55), b"stop" + b"\xff" * 9 + b"\x7f")
     for name, value in bad.items():
         assert rows.passthrough(value, TOPIC, 0, 0) is None, name
     for name in ("malformed uuid", "negative tokens", "negative memory"):
@@ -184,10 +190,11 @@ def test_maybe_pii_is_a_superset_of_every_detector() -> None:
 
 
 def test_row_fields_match_the_table_columns() -> None:
-    spec = table_for(KEY)
-    rows = avro_rows_for(KEY, spec, Protector(PiiPolicy(), {}, b""))
-    assert sorted(rows.columns) == sorted(spec.columns)
-    for other in ("inference-requests", "feedback", "alerts"):
+    for key in (KEY, "inference-shadow-responses", RKEY):
+        spec = table_for(key)
+        rows = avro_rows_for(key, spec, Protector(PiiPolicy(), {}, b""))
+        assert sorted(rows.columns) == sorted(spec.columns)
+    for other in ("feedback", "alerts"):
         assert avro_rows_for(other, table_for(other), Protector(PiiPolicy(), {}, b"")) is None
 
 
@@ -265,3 +272,157 @@ def test_compiled_screen_equals_the_regex_screen() -> None:
         assert ascii_maybe_pii(raw) == expected, raw
         hits += expected
     assert 3000 < hits < 25000
+
+
+# -- requests -----------------------------------------------------------------
+RKEY = "inference-requests"
+RTOPIC = "argus.inference.requests"
+
+
+def request(i: int, **kw) -> dict:  # noqa: ANN003
+    base = {
+        "request_id": str(uuid.UUID(int=i + 7)), "created_at": 1_790_000_000_000 + i, "model": "m",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Question {i}: why is the sky blue?"}],
+        "temperature": 0.7, "top_p": None, "max_tokens": 64, "stop_sequences": ["\n\n"], "seed": None,
+        "tenant": f"t{i % 3}", "user": f"u{i}", "trace_id": None, "span_id": None, "deadline": None,
+        "metadata": {"app": "chat"},
+    }
+    base.update(kw)
+    return base
+
+
+@pytest.fixture
+def request_rows(protector):  # noqa: ANN001, ANN201
+    return avro_rows_for(RKEY, table_for(RKEY), protector)
+
+
+def stored(rows, row: bytes | None) -> dict | None:  # noqa: ANN001
+    """What ClickHouse stores of an Avro row: the columns the insert names (a request row
+    also carries the message's own ``messages``, ``stop_sequences`` and ``seed``, which
+    ClickHouse skips), read back with the row schema; no byte may be left over."""
+    import io
+
+    import fastavro
+
+    if row is None:
+        return None
+    buf = io.BytesIO(row)
+    rec = fastavro.schemaless_reader(buf, rows._plain, None)
+    assert buf.tell() == len(row)
+    return {c: rec[c] for c in rows.columns}
+
+
+def both_request(rows, protector: Protector, data: bytes, offset: int = 5):  # noqa: ANN001, ANN201
+    """(stored columns of the passthrough row or None, of the full-path row or what it raised)."""
+    fast = stored(rows, rows.passthrough(data, RTOPIC, 1, offset))
+    try:
+        msg = Message(RTOPIC, 1, offset, None, data, 0, value=get_codec(RKEY).decode_plain(data))
+        full = stored(rows, rows.encode(table_for(RKEY).transform(protector)(msg)))
+    except Exception as exc:  # noqa: BLE001 - undecodable or refused: the passthrough must have refused too
+        full = exc
+    return fast, full
+
+
+def test_clean_requests_pass_through_byte_identical_to_the_full_path(request_rows, protector) -> None:
+    codec = get_codec(RKEY)
+    m = lambda role, content: {"role": role, "content": content}  # noqa: E731
+    records = [request(i) for i in range(30)]
+    records += [rec for items in REG.examples(RKEY).values() for _, rec in items]
+    records += [
+        request(1, messages=[]),  # no messages: an empty prompt, no system prompt
+        request(2, messages=[m("system", "")]),  # an empty system prompt is no system prompt
+        request(3, messages=[m("system", ""), m("system", "")]),  # ... but two of them join to a newline
+        request(4, messages=[m("system", "a"), m("user", "b"), m("system", "c"), m("assistant", "d"), m("tool", "")]),
+        request(5, messages=[m("user", "Ünïcödé ✓ – 東京 " * 10)], metadata={}, user=None, stop_sequences=[]),
+        request(6, messages=[m("user", "word " * 3000)], metadata={"k" * 70: "v" * 9000, "é": "ü"}),
+        request(7, temperature=None, top_p=0.123456789, max_tokens=None, seed=-5, deadline=1_790_000_100_000,
+                trace_id="a" * 32, span_id="b" * 16),
+        request(8, tenant="bank"),
+    ]
+    passed = 0
+    for i, rec in enumerate(records):
+        fast, full = both_request(request_rows, protector, codec.encode(rec), offset=10**12 + i)
+        if fast is None:
+            convo = "\n\n".join(f"{x['role']}: {x['content']}" for x in rec["messages"] if x["role"] != "system")
+            system = "\n".join(x["content"] for x in rec["messages"] if x["role"] == "system")
+            assert any(maybe_pii(t) for t in [convo, system, *rec["metadata"].values()]), rec
+            continue
+        assert fast == full, rec
+        passed += 1
+    assert passed >= len(records) - 3
+
+
+@pytest.mark.parametrize("where", ["content", "role", "system", "metadata"])
+@pytest.mark.parametrize("kind", sorted(CORPUS))
+def test_requests_with_pii_take_the_full_path(request_rows, protector, where, kind) -> None:
+    codec = get_codec(RKEY)
+    for value in CORPUS[kind]:
+        text = f"see {value} please"
+        rec = {
+            "content": request(1, messages=[{"role": "user", "content": text}]),
+            "role": request(1, messages=[{"role": text, "content": "hello"}]),
+            "system": request(1, messages=[{"role": "system", "content": text}, {"role": "user", "content": "hi"}]),
+            "metadata": request(1, metadata={"note": text}),
+        }[where]
+        fast, full = both_request(request_rows, protector, codec.encode(rec))
+        assert fast is None, (kind, value)
+        assert value not in repr(full)
+
+
+def test_pii_split_across_messages_is_screened_as_the_full_path_joins_it(request_rows, protector) -> None:
+    # each part alone is clean; joined as the full path joins them ("user: a\n\nuser: b")
+    # the prompt holds an e-mail-like run across the boundary only if the screen sees the join
+    codec = get_codec(RKEY)
+    rec = request(1, messages=[{"role": "user", "content": "x"}, {"role": "ab@c.io", "content": "y"}])
+    assert both_request(request_rows, protector, codec.encode(rec))[0] is None
+
+
+def test_request_tenant_without_text_storage_takes_the_full_path(request_rows, protector) -> None:
+    codec = get_codec(RKEY)
+    fast, full = both_request(request_rows, protector, codec.encode(request(1, tenant="clinic")))
+    assert fast is None and "sky" not in repr(full) and full["prompt"] is None
+
+
+def test_corrupted_requests_pass_through_only_as_the_full_path_would_store_them(request_rows, protector) -> None:
+    """Generated requests, each corrupted many ways (a byte changed, cut short, a byte
+    inserted, arrays written in blocks with byte sizes as other writers do): whatever
+    the passthrough accepts, the full path decodes and stores byte for byte the same."""
+    codec = get_codec(RKEY)
+    rng = random.Random(13)
+    accepted = refused = 0
+    for i in range(600):
+        msgs = [{"role": rng.choice(["system", "user", "assistant", "é"]), "content": _random_text(rng) or ""}
+                for _ in range(rng.randrange(0, 4))]
+        rec = request(i, messages=msgs, metadata={f"k{j}": _random_text(rng) or "" for j in range(rng.randrange(0, 3))},
+                      max_tokens=rng.choice([None, 0, 64, 2**31 - 1]), tenant=rng.choice(["t0", "clinic", "bank"]))
+        good = codec.encode(rec)
+        variants = [good]
+        for _ in range(6):
+            j = rng.randrange(5, len(good))
+            variants.append(good[:j] + bytes([rng.randrange(256)]) + good[j + 1:])
+            variants.append(good[:j])
+            variants.append(good[:j] + bytes([rng.choice([0x00, 0x01, 0x02, 0x7F, 0x80])]) + good[j:])
+        for v in variants:
+            fast, full = both_request(request_rows, protector, v, offset=i)
+            if fast is None:
+                refused += 1
+            else:
+                assert fast == full, v
+                accepted += 1
+    assert accepted > 600 and refused > 2000
+
+
+def test_blocked_arrays_and_maps_are_framed(request_rows, protector) -> None:
+    """Avro lets a writer split an array or map into blocks, a negative count followed by
+    the block's size in bytes (Java's blocking encoder does): the walker frames them."""
+    codec = get_codec(RKEY)
+    rec = request(1, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], stop_sequences=[],
+                  metadata={})
+    plain = codec.encode(rec)
+    items = zigzag(4) + b"user" + zigzag(2) + b"hi" + zigzag(9) + b"assistant" + zigzag(2) + b"yo"
+    assert items in plain
+    blocked = plain.replace(zigzag(2) + items + b"\x00", zigzag(-1) + zigzag(8) + items[:8] + zigzag(-1) + zigzag(len(items) - 8)
+                            + items[8:] + b"\x00", 1)
+    assert blocked != plain and codec.decode_plain(blocked) == codec.decode_plain(plain)
+    fast, full = both_request(request_rows, protector, blocked)
+    assert fast is not None and fast == full
