@@ -1,7 +1,8 @@
 """Ingest throughput and freshness, in one run, on the real broker and ClickHouse endpoint.
 
 - sustained events/s into ClickHouse for one ingest process (decode, PII protection,
-  transform, batch, insert, commit), against a raw pipe in the same run: aiokafka
+  transform, batch, insert, commit), for responses and for requests (the two tables
+  with one row per inference), each against a raw pipe in the same run: aiokafka
   consuming the same messages and clickhouse-connect inserting the same rows (built
   beforehand) with no processing at all. Both rates are read from ClickHouse's own
   insert timestamps (``ingested_at``): rows after the first insert over the time from the
@@ -37,6 +38,17 @@ def _event(i: int, served_at: int) -> dict:
     }
 
 
+def _request(i: int, created_at: int) -> dict:
+    return {
+        "request_id": str(uuid.uuid4()), "created_at": created_at, "model": "smollm2-135m-instruct",
+        "messages": [{"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+                     {"role": "user", "content": f"What is the capital of country number {i % 97}? Answer in one sentence."}],
+        "temperature": 0.7, "top_p": None, "max_tokens": 64, "stop_sequences": [], "seed": None, "tenant": f"t{i % 8}",
+        "user": f"u{i % 1000}", "trace_id": None, "span_id": None, "deadline": None,
+        "metadata": {"app": "chat", "experiment": "b" if i % 2 else "a"},
+    }
+
+
 def _insert_rate(client, table: str) -> float:  # noqa: ANN001 - clickhouse-connect Client
     """Rows per second as ClickHouse stored them: the rows of every insert after the first,
     over the time from the first insert to the last (``ingested_at`` is set per insert)."""
@@ -64,34 +76,46 @@ def run(n: int = 400_000, rate: int = 5000, freshness_s: int = 15) -> list[Resul
 
 
 async def _run(bootstrap: str, dsn: str, n: int, rate: int, freshness_s: int) -> list[Result]:
-    from aiokafka import TopicPartition
-
     from services.common import migrations
     from services.common.clickhouse import get_client
-    from services.common.kafka import ensure_topics, make_consumer, make_producer
+    from services.common.kafka import ensure_topics
+    from services.common.settings import KafkaSettings
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
+    await ensure_topics(kafka, keys=["inference-responses", "inference-responses-dlq", "inference-requests",
+                                     "inference-requests-dlq"])
+    migrations.apply(get_client(dsn.rsplit("/", 1)[0] + "/default"), "argus")
+    client = get_client(dsn)
+    out = []
+    for key, event, freshness in (("inference-responses", _event, True), ("inference-requests", _request, False)):
+        out += await _topic(kafka, client, dsn, key, event, n, rate, freshness_s if freshness else 0)
+    return out
+
+
+async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, freshness_s: int) -> list[Result]:  # noqa: ANN001
+    from aiokafka import TopicPartition
+
+    from services.common.kafka import make_consumer, make_producer
     from services.common.pipeline import Message
     from services.common.registry import get_codec
-    from services.common.settings import KafkaSettings
     from services.ingest.pii import PiiPolicy
     from services.ingest.transforms import Protector, table_for
 
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
-    await ensure_topics(kafka, keys=["inference-responses", "inference-responses-dlq"])
-    migrations.apply(get_client(dsn.rsplit("/", 1)[0] + "/default"), "argus")
-    client = get_client(dsn)
-    client.command("CREATE TABLE argus.raw_pipe AS argus.inference_responses")
-    codec = get_codec("inference-responses")
-    topic = kafka.topic("inference-responses")
-    spec = table_for("inference-responses")
+    spec = table_for(key)
+    table = f"argus.{spec.table}"
+    raw_table = f"argus.raw_pipe_{spec.table}"
+    client.command(f"CREATE TABLE {raw_table} AS {table}")
+    codec = get_codec(key)
+    topic = kafka.topic(key)
 
     now = int(time.time() * 1000)
-    events = [_event(i, now) for i in range(n)]
-    payloads = [codec.encode(e) for e in events]
+    payloads = [codec.encode(event(i, now)) for i in range(n)]
     producer = make_producer(kafka, linger_ms=20, max_batch_size=512 * 1024)
     await producer.start()
     for i, p in enumerate(payloads):
         await producer.send(topic, p, key=str(i).encode())
     await producer.flush()
+    del payloads
     # the raw pipe's rows, built before timing: it does no processing at all
     protector = Protector(PiiPolicy(), {}, b"")
     rows_by_pos: dict[tuple[int, int], tuple] = {}
@@ -114,49 +138,47 @@ async def _run(bootstrap: str, dsn: str, n: int, rate: int, freshness_s: int) ->
         for tp, msgs in (await consumer.getmany(timeout_ms=500, max_records=20000)).items():
             batch.extend(rows_by_pos[(tp.partition, m.offset)] for m in msgs)
         if batch:
-            await asyncio.to_thread(client.insert, "argus.raw_pipe", batch, column_names=list(spec.columns))
+            await asyncio.to_thread(client.insert, raw_table, batch, column_names=list(spec.columns))
             done += len(batch)
-    raw_rate = _insert_rate(client, "argus.raw_pipe")
+    raw_rate = _insert_rate(client, raw_table)
     await consumer.stop()
     del rows_by_pos
 
     # Argus ingest, one process
     env = {
-        **os.environ, "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "ARGUS_INGEST_KAFKA__TOPIC_PREFIX": "bench.",
-        "ARGUS_INGEST_CLICKHOUSE__DSN": dsn, "ARGUS_INGEST_TOPICS": '["inference-responses"]',
+        **os.environ, "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ARGUS_INGEST_KAFKA__TOPIC_PREFIX": "bench.",
+        "ARGUS_INGEST_CLICKHOUSE__DSN": dsn, "ARGUS_INGEST_TOPICS": f'["{key}"]',
         "ARGUS_INGEST_LOG_LEVEL": "WARNING", "ARGUS_INGEST_GROUP_ID": "bench-ingest",
     }
     proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    table = "argus.inference_responses"
     count = lambda: client.query(f"SELECT count() FROM {table}").result_rows[0][0]  # noqa: E731
+    what = "responses" if spec.table == "inference_responses" else "requests"
     try:
         while count() < n:
             await asyncio.sleep(0.5)
         ingest_rate = _insert_rate(client, table)
-
-        # freshness at a fixed rate
-        t_start = time.perf_counter()
-        sent = 0
-        while time.perf_counter() - t_start < freshness_s:
-            due = int((time.perf_counter() - t_start) * rate)
-            while sent < due:
-                await producer.send(topic, codec.encode(_event(sent, int(time.time() * 1000))), key=b"f")
-                sent += 1
-            await asyncio.sleep(0.005)
-        await producer.flush()
-        while count() < n + sent:
-            await asyncio.sleep(0.1)
-        p50, p99 = client.query(
-            f"SELECT quantileExact(0.5)(d), quantileExact(0.99)(d) FROM (SELECT dateDiff('millisecond', served_at, ingested_at) AS d "
-            f"FROM {table} ORDER BY served_at DESC LIMIT {sent})").result_rows[0]
+        out = [Result("ingest", f"sustained events/s into ClickHouse, one process ({what})", ingest_rate,
+                      "raw pipe (consume + insert prepared rows)", raw_rate, "events/s", ">= 40k/s and ratio >= 0.75")]
+        if freshness_s:  # freshness at a fixed rate
+            t_start = time.perf_counter()
+            sent = 0
+            while time.perf_counter() - t_start < freshness_s:
+                due = int((time.perf_counter() - t_start) * rate)
+                while sent < due:
+                    await producer.send(topic, codec.encode(event(sent, int(time.time() * 1000))), key=b"f")
+                    sent += 1
+                await asyncio.sleep(0.005)
+            await producer.flush()
+            while count() < n + sent:
+                await asyncio.sleep(0.1)
+            p50, p99 = client.query(
+                f"SELECT quantileExact(0.5)(d), quantileExact(0.99)(d) FROM (SELECT dateDiff('millisecond', served_at, ingested_at) AS d "
+                f"FROM {table} ORDER BY served_at DESC LIMIT {sent})").result_rows[0]
+            out.append(Result("ingest", f"freshness p99 at {rate}/s (produced -> queryable)", float(p99), "freshness p50",
+                              float(p50), "ms", "p99 <= 1000 ms", False))
+        return out
     finally:
         proc.terminate()
         proc.wait(60)
         await producer.stop()
-    return [
-        Result("ingest", "sustained events/s into ClickHouse, one process", ingest_rate, "raw pipe (consume + insert prepared rows)",
-               raw_rate, "events/s", ">= 40k/s and ratio >= 0.75"),
-        Result("ingest", f"freshness p99 at {rate}/s (produced -> queryable)", float(p99), "freshness p50", float(p50), "ms",
-               "p99 <= 1000 ms", False),
-    ]

@@ -13,7 +13,8 @@ The unit tests hold this walker and the Python one to the same answer on generat
 golden, corrupted and random bodies, and this screen to the regex screen.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 # field kinds and roles: the numbering of avro_rows (_STR ... _ENUM; roles 0-4)
 cdef enum:
@@ -396,3 +397,116 @@ cdef class Walker:
             if pos > end:
                 return None
         return texts if pos == end else None
+
+
+cdef inline Py_ssize_t _put_long(unsigned char* out, long long v) noexcept nogil:
+    """Avro's zigzag varint of ``v`` at ``out``; the number of bytes written."""
+    cdef unsigned long long u = (<unsigned long long>v << 1) ^ <unsigned long long>(v >> 63)
+    cdef Py_ssize_t k = 0
+    while u >= 0x80:
+        out[k] = <unsigned char>((u & 0x7F) | 0x80)
+        u >>= 7
+        k += 1
+    out[k] = <unsigned char>u
+    return k + 1
+
+
+cdef inline Py_ssize_t _long_size(long long v) noexcept nogil:
+    cdef unsigned char scratch[10]
+    return _put_long(scratch, v)
+
+
+cdef inline long long _utf8_chars(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Characters in valid UTF-8: every byte but continuation bytes starts one."""
+    cdef Py_ssize_t i
+    cdef long long chars = 0
+    for i in range(n):
+        if (p[i] & 0xC0) != 0x80:
+            chars += 1
+    return chars
+
+
+cdef bint _screened(const unsigned char* p, Py_ssize_t n, object screen) except -1:
+    if _ascii(p, n):
+        return _ascii_maybe_pii(p, n)
+    return bool(screen((<const char*>p)[:n]))
+
+
+def request_columns(list texts, screen):
+    """``avro_rows.request_rows``' derived columns, compiled: from the role and content of
+    every message (``texts``, valid UTF-8 as the walker returns them), the encodings of
+    ``prompt`` (non-system messages as ``role: content`` joined by blank lines),
+    ``system_prompt`` (system contents joined by newlines; null when that is empty),
+    ``message_count``, ``prompt_chars`` and an empty ``pii_counts``; ``None`` when the
+    screen finds a possible PII in the prompt or the system prompt. ``screen`` screens a
+    text that is not ASCII. The Python ``derived`` of ``request_rows`` is the reference."""
+    cdef Py_ssize_t k = len(texts), i, convo_len = 0, sys_len = 0, size, at, n
+    cdef Py_ssize_t nconvo = 0, nsys = 0
+    cdef bytes role, content, out
+    cdef unsigned char* o
+    cdef Py_ssize_t convo_at, sys_at
+    if k & 1:
+        raise ValueError("texts hold role, content pairs")
+    for i in range(0, k, 2):
+        if type(texts[i]) is not bytes or type(texts[i + 1]) is not bytes:
+            raise TypeError("texts hold bytes")
+        role = <bytes>texts[i]
+        content = <bytes>texts[i + 1]
+        if role == b"system":
+            sys_len += len(content) + (1 if nsys else 0)
+            nsys += 1
+        else:
+            convo_len += len(role) + 2 + len(content) + (2 if nconvo else 0)
+            nconvo += 1
+    size = 1 + _long_size(convo_len) + convo_len + (1 + _long_size(sys_len) + sys_len if sys_len else 1) \
+        + _long_size(k >> 1) + 10 + 1
+    out = PyBytes_FromStringAndSize(NULL, size)
+    o = <unsigned char*>PyBytes_AS_STRING(out)
+    o[0] = 2
+    at = 1 + _put_long(o + 1, convo_len)
+    convo_at = at
+    if sys_len:
+        sys_at = convo_at + convo_len + 1 + _long_size(sys_len)
+    nconvo = nsys = 0
+    for i in range(0, k, 2):
+        role = <bytes>texts[i]
+        content = <bytes>texts[i + 1]
+        if role == b"system":
+            if nsys:
+                o[sys_at] = 10
+                sys_at += 1
+            n = len(content)
+            memcpy(o + sys_at, PyBytes_AS_STRING(content), n)
+            sys_at += n
+            nsys += 1
+        else:
+            if nconvo:
+                o[at] = 10
+                o[at + 1] = 10
+                at += 2
+            n = len(role)
+            memcpy(o + at, PyBytes_AS_STRING(role), n)
+            at += n
+            o[at] = 58  # ':'
+            o[at + 1] = 32
+            at += 2
+            n = len(content)
+            memcpy(o + at, PyBytes_AS_STRING(content), n)
+            at += n
+            nconvo += 1
+    if _screened(o + convo_at, convo_len, screen):
+        return None
+    if sys_len:
+        o[at] = 2
+        at += 1 + _put_long(o + at + 1, sys_len)
+        if _screened(o + at, sys_len, screen):
+            return None
+        at += sys_len
+    else:
+        o[at] = 0
+        at += 1
+    at += _put_long(o + at, k >> 1)
+    at += _put_long(o + at, _utf8_chars(o + convo_at, convo_len))
+    o[at] = 0
+    at += 1
+    return out[:at]

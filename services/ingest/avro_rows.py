@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import re
+from functools import partial
 from typing import Any, Callable
 
 import fastavro
@@ -274,8 +275,9 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
 try:  # the same walker compiled (setup.py builds it; a machine without a C compiler has only the Python one)
     from services.ingest._avrowalk import Walker as _NativeWalker
     from services.ingest._avrowalk import ascii_maybe_pii as _native_ascii_screen
+    from services.ingest._avrowalk import request_columns as _native_request_columns
 except ImportError:  # pragma: no cover - depends on the install
-    _NativeWalker = _native_ascii_screen = None
+    _NativeWalker = _native_ascii_screen = _native_request_columns = None
 
 #: which walker ingest uses: "native" (compiled) or "python"
 WALKER = "native" if _NativeWalker is not None else "python"
@@ -336,6 +338,27 @@ def _screen(raw: bytes) -> bool:
     return maybe_pii_utf8(raw)
 
 
+def request_columns(texts: list[bytes]) -> bytes | None:
+    """The derived columns of a request row (see :func:`request_rows`) from the role and
+    content of every message, in order; ``None`` when the prompt or system prompt may hold
+    PII. ``_avrowalk.request_columns`` is the same, compiled, and used where it is built."""
+    convo, system = [], []
+    for i in range(0, len(texts), 2):
+        if texts[i] == b"system":
+            system.append(texts[i + 1])
+        else:
+            convo.append(texts[i] + b": " + texts[i + 1])
+    prompt = b"\n\n".join(convo)
+    system_prompt = b"\n".join(system)
+    if _screen(prompt) or (system_prompt and _screen(system_prompt)):
+        return None
+    return b"".join((
+        b"\x02", zigzag(len(prompt)), prompt,
+        b"\x02" + zigzag(len(system_prompt)) + system_prompt if system_prompt else b"\x00",
+        zigzag(len(texts) >> 1), zigzag(_chars(prompt)), b"\x00",
+    ))
+
+
 def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> AvroRows:
     """The row format of ``inference_requests``: the request as produced (ClickHouse skips
     ``messages``, ``stop_sequences`` and ``seed``, which the table does not keep), then
@@ -347,23 +370,7 @@ def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Avr
     assembled prompt and system prompt are clean too: the screen sees exactly the texts
     the full path protects."""
 
-    def derived(texts: list[bytes]) -> bytes | None:  # texts: role, content of every message, in order
-        convo, system = [], []
-        for i in range(0, len(texts), 2):
-            if texts[i] == b"system":
-                system.append(texts[i + 1])
-            else:
-                convo.append(texts[i] + b": " + texts[i + 1])
-        prompt = b"\n\n".join(convo)
-        system_prompt = b"\n".join(system)
-        if _screen(prompt) or (system_prompt and _screen(system_prompt)):
-            return None
-        return b"".join((
-            b"\x02", zigzag(len(prompt)), prompt,
-            b"\x02" + zigzag(len(system_prompt)) + system_prompt if system_prompt else b"\x00",
-            zigzag(len(texts) >> 1), zigzag(_chars(prompt)), b"\x00",
-        ))
-
+    derived = request_columns if _native_request_columns is None else partial(_native_request_columns, screen=maybe_pii_utf8)
     return AvroRows(
         spec, codec, protector,
         text_fields=("messages", "metadata"), uuid_fields=("request_id",), unsigned_fields=("max_tokens",),

@@ -426,3 +426,22 @@ def test_blocked_arrays_and_maps_are_framed(request_rows, protector) -> None:
     assert blocked != plain and codec.decode_plain(blocked) == codec.decode_plain(plain)
     fast, full = both_request(request_rows, protector, blocked)
     assert fast is not None and fast == full
+
+
+def test_compiled_request_columns_equal_the_python_ones() -> None:
+    from services.ingest._avrowalk import request_columns as compiled
+    from services.ingest.avro_rows import request_columns
+
+    rng = random.Random(17)
+    roles = [b"system", b"user", b"assistant", b"tool", b"", "rôle".encode(), b"Sys tem", b"a@b.io"]
+    refused = 0
+    for _ in range(5000):
+        texts = []
+        for _ in range(rng.randrange(0, 6)):
+            texts += [rng.choice(roles), (_random_text(rng) or "").encode()]
+        want = request_columns(texts)
+        assert compiled(texts, screen=maybe_pii_utf8) == want, texts
+        refused += want is None
+    assert 100 < refused < 4000
+    with pytest.raises(TypeError):
+        compiled([b"user", None], screen=maybe_pii_utf8)
