@@ -369,12 +369,17 @@ def test_requests_with_pii_take_the_full_path(request_rows, protector, where, ki
         assert value not in repr(full)
 
 
-def test_pii_split_across_messages_is_screened_as_the_full_path_joins_it(request_rows, protector) -> None:
-    # each part alone is clean; joined as the full path joins them ("user: a\n\nuser: b")
-    # the prompt holds an e-mail-like run across the boundary only if the screen sees the join
+def test_the_prompt_is_screened_as_the_full_path_joins_it(request_rows, protector) -> None:
+    """The full path protects the joined prompt ("role: content" blocks), so what only the
+    join holds must stop the passthrough too: a role, or a digit run across messages."""
     codec = get_codec(RKEY)
-    rec = request(1, messages=[{"role": "user", "content": "x"}, {"role": "ab@c.io", "content": "y"}])
-    assert both_request(request_rows, protector, codec.encode(rec))[0] is None
+    m = lambda role, content: {"role": role, "content": content}  # noqa: E731
+    in_role = request(1, messages=[m("user", "x"), m("ab@c.io", "y")])
+    assert both_request(request_rows, protector, codec.encode(in_role))[0] is None
+    # each content alone has too few digits for the screen; joined: "user: 1234\n\n5678: 90"
+    across = request(1, messages=[m("user", "1234"), m("5678", "90")])
+    assert not maybe_pii("1234") and not maybe_pii("90") and maybe_pii("user: 1234\n\n5678: 90")
+    assert both_request(request_rows, protector, codec.encode(across))[0] is None
 
 
 def test_request_tenant_without_text_storage_takes_the_full_path(request_rows, protector) -> None:
