@@ -8,8 +8,8 @@ repeated; transient ClickHouse failures pause consumption and are retried with b
 (memory bounded by one batch per pipeline); poison messages go to the topic's
 dead-letter topic (and from there into ``dead_letters``).
 
-Clean responses in the current schema skip decoding altogether: they go to ClickHouse
-as the producer's Avro bytes (see :mod:`services.ingest.avro_rows`).
+Clean requests and responses in the current schema skip decoding altogether: they go
+to ClickHouse as the producer's Avro bytes (see :mod:`services.ingest.avro_rows`).
 """
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ class IngestService:
     async def run(self, stop: asyncio.Event, health: bool = True) -> None:
         if self.settings.avro_passthrough:
             # the compiled walker is several times faster; without a C compiler at install
-            # time ingest uses the Python one (same answers) and says so
+            # time responses use the Python one (same answers), requests take the full
+            # path, and the service says so
             (self.log.info if WALKER == "native" else self.log.warning)("ingest.avro_walker", walker=WALKER)
         if self.settings.apply_migrations:
             applied = await asyncio.to_thread(self.migrate)

@@ -225,6 +225,18 @@ def _random_response(rng: random.Random, i: int) -> dict:
     return rec
 
 
+def _corrupted(rng: random.Random, good: bytes, times: int) -> list[bytes]:
+    """``good`` and, ``times`` over, a copy with a byte changed, one cut short and one with a
+    byte inserted (after the 5-byte wire header)."""
+    out = [good]
+    for _ in range(times):
+        j = rng.randrange(5, len(good))
+        out.append(good[:j] + bytes([rng.randrange(256)]) + good[j + 1:])
+        out.append(good[:j])
+        out.append(good[:j] + bytes([rng.choice([0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF])]) + good[j:])
+    return out
+
+
 def test_compiled_and_python_walkers_agree(protector) -> None:
     """Generated bodies, then each corrupted (a byte changed, cut short, a byte
     inserted, a length forged): the two walkers return the same texts or both refuse."""
@@ -236,12 +248,7 @@ def test_compiled_and_python_walkers_agree(protector) -> None:
     passed = refused = 0
     for i in range(1500):
         good = codec.encode(_random_response(rng, i))
-        variants = [good]
-        for _ in range(4):
-            j = rng.randrange(5, len(good))
-            variants.append(good[:j] + bytes([rng.randrange(256)]) + good[j + 1:])
-            variants.append(good[:j])
-            variants.append(good[:j] + bytes([rng.choice([0x00, 0x02, 0x7F, 0x80, 0xFF])]) + good[j:])
+        variants = _corrupted(rng, good, 4)
         variants.append(good[:5] + b"\xff" * 10 + b"\x01" + good[5:])  # an 11-byte varint where a length is
         variants.append(good[:5] + b"\x80" * 9 + b"\x00" + good[6:])  # a non-minimal length of the first uuid
         for v in variants:
@@ -400,14 +407,7 @@ def test_corrupted_requests_pass_through_only_as_the_full_path_would_store_them(
                 for _ in range(rng.randrange(0, 4))]
         rec = request(i, messages=msgs, metadata={f"k{j}": _random_text(rng) or "" for j in range(rng.randrange(0, 3))},
                       max_tokens=rng.choice([None, 0, 64, 2**31 - 1]), tenant=rng.choice(["t0", "clinic", "bank"]))
-        good = codec.encode(rec)
-        variants = [good]
-        for _ in range(6):
-            j = rng.randrange(5, len(good))
-            variants.append(good[:j] + bytes([rng.randrange(256)]) + good[j + 1:])
-            variants.append(good[:j])
-            variants.append(good[:j] + bytes([rng.choice([0x00, 0x01, 0x02, 0x7F, 0x80])]) + good[j:])
-        for v in variants:
+        for v in _corrupted(rng, codec.encode(rec), 6):
             fast, full = both_request(request_rows, protector, v, offset=i)
             if fast is None:
                 refused += 1
