@@ -30,7 +30,7 @@ def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Resul
     import ray
     from ray import serve
 
-    from services.inference.engine import GenerationParams, LlamaCppEngine
+    from services.common.llm import GenerationParams, LlamaCppEngine
     from services.inference.responses import chat_params
     from services.inference.settings import EngineSettings
     from services.stack.kafka_local import KafkaLocal, free_port

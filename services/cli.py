@@ -504,8 +504,8 @@ def alerts_silence(
     import time
 
     from services.alerting.app import new_silence_record
-    from services.alerting.config import parse_duration
-    from services.alerting.labels import Matcher, MatcherError
+    from services.common.durations import parse_duration
+    from services.common.labels import Matcher, MatcherError
 
     try:
         for m in matcher:
@@ -739,7 +739,7 @@ def models_register(
 ) -> None:
     """Register a model version with its artifact's digest and model card. Whatever
     loads the version later (validation, inference) refuses a file with another digest."""
-    from services.inference.engine import sha256_of
+    from services.common.llm import sha256_of
     from services.retraining.registry import version_record
 
     entries = dict(c.split("=", 1) for c in card if "=" in c)

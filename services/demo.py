@@ -24,7 +24,7 @@ import json
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from rich.live import Live
 from rich.table import Table
 
 from services.common.settings import StackSettings
+from services.demo_report import Outcome, build_report
 from services.stack.services import ORDER, SERVICES, LocalServices, _get_json
 
 MODEL = "smollm2-135m-instruct"
@@ -48,23 +49,6 @@ class DemoOptions:
     ready_timeout_s: float = 300.0
     settle_timeout_s: float = 180.0
     report: Path | None = None
-
-
-@dataclass
-class Outcome:
-    sent: int = 0
-    logged: int = 0
-    answered: int = 0
-    drift_events: int = 0
-    drift_after_start: int = 0
-    alerts_delivered: int = 0
-    triggers: int = 0
-    report_path: Path | None = None
-    checks: dict[str, bool] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(self.checks.values())
 
 
 def new_run_id() -> str:
@@ -251,7 +235,6 @@ class Demo:
 
     # -- the report ----------------------------------------------------------------
     def report(self) -> Outcome:
-        from services.demo_report import build_report
 
         return build_report(self)
 

@@ -7,15 +7,47 @@ service) and the subscriber's JSON lines (what was delivered)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rich.table import Table
 
 from services import report as r
 
-if TYPE_CHECKING:
-    from services.demo import Demo, Outcome
+
+
+class Demo(Protocol):
+    """What the report reads of a demo run (:class:`services.demo.Demo`)."""
+
+    client: Any
+    run_id: str
+    t_start: float
+    t_load: float
+    total: int
+    dir: Path
+    opts: Any
+    webhooks: Any
+    console: Any
+    firing: Any
+
+
+@dataclass
+class Outcome:
+    sent: int = 0
+    logged: int = 0
+    answered: int = 0
+    drift_events: int = 0
+    drift_after_start: int = 0
+    alerts_delivered: int = 0
+    triggers: int = 0
+    report_path: Path | None = None
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
+
 
 SRE_QUERIES = (
     ("p95 latency by model version, last hour",
@@ -70,7 +102,6 @@ def _drift_start(requests: list[tuple]) -> tuple[int | None, float | None]:
 
 
 def build_report(demo: "Demo") -> "Outcome":
-    from services.demo import Outcome
 
     con = demo.console
     d = collect(demo)

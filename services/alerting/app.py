@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 
 from services.alerting.config import AlertingConfig
 from services.alerting.engine import AlertChange, AlertEngine, AlertState, Notification, Silence, alert_event_id
-from services.alerting.labels import MatcherError
+from services.common.labels import MatcherError
 from services.alerting.notify import Deliverer, DeliveryPolicy
 from services.alerting.settings import AlertingSettings
 from services.alerting.windows import Signal
@@ -48,8 +48,7 @@ from services.common.kafka import group_lag
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
-from services.common.registry import get_codec
-from services.ingest.transforms import DLQ_TOPICS
+from services.common.registry import dead_letter_topics, get_codec
 
 SOURCES = ("inference-responses", "feedback", "drift-events", "alert-silences")
 _NEGATIVE_LABELS = {"bad", "incorrect", "harmful", "unhelpful", "wrong"}
@@ -146,7 +145,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     alerts_codec = get_codec("alerts")
     dl_codec = get_codec("inference-responses-dlq")
     sources = {key: app.topic(k.topic(key), key_type=bytes, value_type=bytes) for key in SOURCES}
-    dlq_topic_names = [k.topic(t) for t in DLQ_TOPICS]
+    dlq_topic_names = [k.topic(t) for t in dead_letter_topics()]
     signals = app.topic(f"{k.topic_prefix}{settings.app_id}-signals", internal=True, partitions=1,
                         key_type=bytes, value_type=bytes)
     alerts_topic = app.topic(k.topic("alerts"), key_type=bytes, value_type=bytes)
@@ -184,8 +183,9 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
                 try:
                     signal = to_signal[key](codecs[key].decode_plain(event.value))
                 except (SerializationError, MatcherError) as exc:
-                    await dlq.send(key, event, str(exc))
+                    await dlq.send(event, str(exc), "InvalidMessage." + type(exc).__name__)
                     continue
+                dlq.valid(event)
                 await emit(signal)
 
         extract.__name__ = f"extract_{key.replace('-', '_')}"

@@ -37,15 +37,15 @@ Webhook secrets are named here and their values come from settings
 """
 from __future__ import annotations
 
-import re
 import string
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.alerting.labels import Matcher, MatcherError
 from services.common.configfile import ConfigError, load_yaml_config  # noqa: F401 (ConfigError is part of this API)
+from services.common.durations import parse_duration
+from services.common.labels import Matcher, MatcherError
 
 # metrics each source can compute, and the labels its signals carry (what `by` and
 # rule matchers may use)
@@ -65,24 +65,6 @@ SOURCE_LABELS: dict[str, tuple[str, ...]] = {
     "consumer_lag": ("group",),  # total lag of the group over its topics
 }
 SEVERITIES = ("info", "warning", "critical", "page")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """``"30s"``, ``"5m"``, ``"250ms"``, ``"4h"`` or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"bad duration {value!r}: use a number with ms, s, m, h or d (e.g. 30s, 5m)")
-        seconds = float(m[1]) * _UNIT[m[2]]
-    if seconds < 0:
-        raise ValueError(f"duration must not be negative, got {value!r}")
-    return seconds
-
 
 def _matchers(values: list[str]) -> tuple[Matcher, ...]:
     try:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from services.alerting.config import AlertingConfig, Route, Rule
-from services.alerting.labels import Matcher, fingerprint, format_labels, matches_all
+from services.common.labels import Matcher, fingerprint, format_labels, matches_all
 from services.alerting.windows import Signal, SlidingWindow
 
 ALERT_NAMESPACE = uuid.UUID("3d4a6c1e-8f20-4b9a-a7c5-2e1f0d9b8c7a")

@@ -1,15 +1,8 @@
 """Delivery to subscribers: Alertmanager webhook payloads (version 4, so receivers
 written for Alertmanager work unchanged) and Slack-compatible payloads, signed with
-HMAC-SHA256 and retried with exponential backoff.
-
-Headers on every request:
-
-- ``Idempotency-Key``: stable for one notification across retries and restarts; a
-  receiver that stores the keys it has seen drops duplicates.
-- ``X-Argus-Timestamp`` and ``X-Argus-Signature: sha256=<hex>`` where the hex digest is
-  ``HMAC-SHA256(secret, "<timestamp>." + body)`` (when the webhook names a secret):
-  a receiver checks it with :func:`verify_signature` (or the same three lines in its
-  own language) and rejects old timestamps to stop replays.
+HMAC-SHA256 and retried with exponential backoff by the platform's one webhook client
+(:mod:`services.common.webhook`: idempotency key, timestamped signature per attempt,
+jittered backoff, no retry of a 4xx other than 408/429).
 
 Each receiver has its own queue and workers, so one receiver that is down never delays
 another; a notification is retried until it is acknowledged (2xx) or ``give_up_after``
@@ -19,19 +12,14 @@ flush with the same idempotency key: at-least-once delivery.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
-import random
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-import httpx
-
 from services.alerting.config import Receiver, SlackConfig, WebhookConfig
 from services.alerting.engine import AlertState, Notification
+from services.common.webhook import RetryPolicy, WebhookClient
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 _COLORS = {"firing": "danger", "resolved": "good"}
@@ -100,25 +88,6 @@ def slack_payload(note: Notification, cfg: SlackConfig, external_url: str) -> di
     return body
 
 
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: bytes, headers: dict[str, str], body: bytes, max_age_s: float = 300.0) -> bool:
-    """What a receiver does: recompute the HMAC over timestamp and body, compare in
-    constant time, refuse stale timestamps."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    ts, sig = lower.get("x-argus-timestamp"), lower.get("x-argus-signature")
-    if not ts or not sig:
-        return False
-    try:
-        if abs(time.time() - float(ts)) > max_age_s:
-            return False
-    except ValueError:
-        return False
-    return hmac.compare_digest(sign(secret, ts, body), sig)
-
-
 @dataclass
 class DeliveryPolicy:
     initial_backoff_s: float = 0.05
@@ -143,11 +112,11 @@ class Deliverer:
         self.log = log
         self.queues: dict[str, asyncio.Queue[Notification]] = {}
         self.tasks: list[asyncio.Task] = []
-        self.client: httpx.AsyncClient | None = None
+        self.webhooks: WebhookClient | None = None
         self.in_flight = 0
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=64))
+        self.webhooks = WebhookClient(user_agent="argus-alerting/1")
         for name in self.receivers:
             q: asyncio.Queue[Notification] = asyncio.Queue()
             self.queues[name] = q
@@ -159,8 +128,8 @@ class Deliverer:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
-        if self.client is not None:
-            await self.client.aclose()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
 
     def submit(self, note: Notification) -> None:
         self.in_flight += 1
@@ -180,56 +149,32 @@ class Deliverer:
                 self.in_flight -= 1
                 q.task_done()
 
-    def request(self, note: Notification, kind: str, cfg: WebhookConfig) -> tuple[bytes, dict[str, str]]:
+    def body(self, note: Notification, kind: str, cfg: WebhookConfig) -> bytes:
         if kind == "slack":
             payload = slack_payload(note, cfg, self.external_url)  # type: ignore[arg-type]
         else:
             payload = webhook_payload(note, self.external_url, cfg.send_resolved)
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", "Idempotency-Key": note.idempotency_key,
-                   "User-Agent": "argus-alerting/1"}
-        if cfg.secret:
-            ts = str(int(time.time()))
-            headers["X-Argus-Timestamp"] = ts
-            headers["X-Argus-Signature"] = sign(self.secrets[cfg.secret], ts, body)
-        return body, headers
+        return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
     async def _deliver(self, note: Notification, kind: str, cfg: WebhookConfig) -> dict[str, Any]:
         if note.status == "resolved" and not cfg.send_resolved:
             return {"ok": True, "attempts": 0}
-        assert self.client is not None
-        deadline = time.monotonic() + self.policy.give_up_after_s
-        backoff = self.policy.initial_backoff_s
-        attempts = 0
-        while True:
-            attempts += 1
-            body, headers = self.request(note, kind, cfg)  # re-signed per attempt (fresh timestamp)
-            error = ""
-            try:
-                resp = await self.client.post(cfg.url, content=body, headers=headers, timeout=cfg.timeout)
-                if 200 <= resp.status_code < 300:
-                    if self.metrics:
-                        self.metrics.inc("argus_notifications_total", receiver=note.receiver, outcome="delivered")
-                    return {"ok": True, "attempts": attempts}
-                error = f"HTTP {resp.status_code}"
-                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 409, 425, 429):
-                    error += " (not retried: the receiver rejects this request)"
-                    if self.log:
-                        self.log.error("alerting.delivery_rejected", receiver=note.receiver, url=cfg.url, error=error,
-                                       idempotency_key=note.idempotency_key)
-                    if self.metrics:
-                        self.metrics.inc("argus_notifications_total", receiver=note.receiver, outcome="rejected")
-                    return {"ok": False, "attempts": attempts}
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+        assert self.webhooks is not None
+
+        def retried(attempt: int, error: str) -> None:
             if self.metrics:
                 self.metrics.inc("argus_notifications_total", receiver=note.receiver, outcome="retried")
             if self.log:
                 self.log.warning("alerting.delivery_retry", receiver=note.receiver, url=cfg.url, error=error,
-                                 attempt=attempts, idempotency_key=note.idempotency_key)
-            if time.monotonic() + backoff > deadline:
-                if self.metrics:
-                    self.metrics.inc("argus_notifications_total", receiver=note.receiver, outcome="gave_up")
-                return {"ok": False, "attempts": attempts}
-            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
-            backoff = min(backoff * 2, self.policy.max_backoff_s)
+                                 attempt=attempt, idempotency_key=note.idempotency_key)
+
+        policy = RetryPolicy(self.policy.initial_backoff_s, self.policy.max_backoff_s, self.policy.give_up_after_s)
+        result = await self.webhooks.post(cfg.url, self.body(note, kind, cfg), idempotency_key=note.idempotency_key,
+                                          secret=self.secrets[cfg.secret] if cfg.secret else None,
+                                          timeout=cfg.timeout, policy=policy, on_retry=retried)
+        if result.outcome == "rejected" and self.log:
+            self.log.error("alerting.delivery_rejected", receiver=note.receiver, url=cfg.url, error=result.error,
+                           idempotency_key=note.idempotency_key)
+        if self.metrics:
+            self.metrics.inc("argus_notifications_total", receiver=note.receiver, outcome=result.outcome)
+        return {"ok": result.ok, "attempts": result.attempts}

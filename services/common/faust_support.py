@@ -7,7 +7,7 @@ Example::
     dlq = DeadLetterWriter(app, settings.kafka, service="drift", group=settings.app_id)
     ...
     except SerializationError as exc:
-        await dlq.send("inference-requests", event, str(exc))
+        await dlq.send(event, str(exc))
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ import faust
 
 from services.common.health import Readiness
 from services.common.logging import get_logger
-from services.common.pipeline import Message, dead_letter_headers, dead_letter_record
-from services.common.registry import get_codec
+from services.common.dlq import DeadLetterPolicy, Message
 from services.common.settings import KafkaSettings
 
 
@@ -52,26 +51,29 @@ def make_app(app_id: str, kafka: KafkaSettings, partitions: int, session_timeout
 
 
 class DeadLetterWriter:
-    """Sends an undecodable event to its topic's dead-letter topic, whole, with the reason."""
+    """The faust side of :class:`~services.common.dlq.DeadLetterPolicy`: sends an
+    undecodable event to its topic's dead-letter topic, whole, with the reason, through
+    the app's producer (retried until acknowledged)."""
 
     def __init__(self, app: faust.App, kafka: KafkaSettings, service: str, group: str, metrics: Any = None) -> None:
-        self.app, self.kafka, self.service, self.group, self.metrics = app, kafka, service, group, metrics
-        self.log = get_logger(f"argus.{service}")
+        self.app = app
+        self.policy = DeadLetterPolicy(kafka=kafka, service=service, group=group, metrics=metrics)
         self._topics: dict[str, Any] = {}
 
-    def topic(self, key: str) -> Any:
-        if key not in self._topics:
-            self._topics[key] = self.app.topic(self.kafka.topic(f"{key}-dlq"), key_type=bytes, value_type=bytes)
-        return self._topics[key]
+    async def _send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        if topic not in self._topics:
+            self._topics[topic] = self.app.topic(topic, key_type=bytes, value_type=bytes)
+        await (await self._topics[topic].send(key=key, value=value, headers=headers))
 
-    async def send(self, key: str, event: Any, reason: str, error_type: str = "InvalidMessage.SerializationError") -> None:
+    async def send(self, event: Any, reason: str, error_type: str = "InvalidMessage.SerializationError") -> None:
         m = event.message
         msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000) if m.timestamp else 0)
-        value = get_codec(f"{key}-dlq").encode(dead_letter_record(msg, reason, error_type, self.group, self.service))
-        await (await self.topic(key).send(key=m.key, value=value, headers=dead_letter_headers(msg, reason, error_type)))
-        if self.metrics is not None:
-            self.metrics.inc("argus_messages_dead_lettered_total", topic=m.topic, error_type=error_type)
-        self.log.warning(f"{self.service}.dead_lettered", topic=m.topic, partition=m.partition, offset=m.offset, reason=reason)
+        await self.policy.send(self._send, msg, reason, error_type)
+
+    def valid(self, event: Any) -> None:
+        """Count a valid event in the storm guard's window."""
+        m = event.message
+        self.policy.record_valid(m.topic, m.partition)
 
 
 def report_lag(app: faust.App, kafka: KafkaSettings, metrics: Any, interval_s: float = 5.0) -> dict[str, int]:

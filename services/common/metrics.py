@@ -21,6 +21,12 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_messages_dead_lettered_total": MetricDef(
         "counter", "Messages sent to a dead-letter topic, by error type.", ("service", "topic", "error_type")
     ),
+    "argus_dead_letter_storm": MetricDef(
+        "gauge", "1 while a partition's share of dead letters is over the policy's limit.", ("service", "topic", "partition")
+    ),
+    "argus_dead_letter_storms_total": MetricDef(
+        "counter", "Dead-letter storms that started (the share of invalid messages crossed the limit).", ("service", "topic")
+    ),
     "argus_batch_size": MetricDef(
         "histogram", "Messages per sink batch.", ("service", "topic")
     ),

@@ -6,9 +6,9 @@
   :class:`~services.common.codec.SerializationError` becomes an :class:`InvalidMessage`.
 - ``transform`` is a pure function of one message; it raises :class:`InvalidMessage`
   for input it cannot accept and returns ``None`` to skip a message on purpose.
-- Invalid messages go to the topic's dead-letter topic (value: a DeadLetter record;
-  headers: original topic, partition, offset, reason) and processing goes on; a
-  :class:`DeadLetterRatio` guard stops a consumer that dead-letters nearly everything.
+- Invalid messages go to the topic's dead-letter topic through the consumer's
+  :class:`~services.common.dlq.DeadLetterPolicy` (one record and header format, retried
+  delivery, a storm guard that raises the alarm but never stops valid traffic).
 - Batches are flushed by size or age. The sink is retried with capped exponential
   backoff while it raises :class:`TransientError` (or ``OSError``); meanwhile the
   consumer is paused but keeps polling, so it stays in its group and memory stays
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from itertools import islice, repeat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, TypeVar
 
@@ -30,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from services.common.codec import AvroCodec, SerializationError
+from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.registry import SchemaRegistry, default_registry
@@ -54,22 +53,6 @@ class TransientError(Exception):
     """A failure worth retrying (store down, timeout): the batch is retried with backoff."""
 
 
-class DeadLetterRatioExceeded(RuntimeError):
-    """Too many recent messages were invalid: stop rather than dead-letter a whole topic."""
-
-
-@dataclass
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    raw: bytes | None
-    timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] = ()
-    value: Any = None
-
-
 @dataclass
 class Batch(Generic[T]):
     items: list[T] = field(default_factory=list)
@@ -77,65 +60,6 @@ class Batch(Generic[T]):
     started: float = field(default_factory=time.monotonic)
     messages: int = 0
     dead_letters: list[asyncio.Future] = field(default_factory=list)  # broker acks of this batch's dead letters
-
-
-class DeadLetterRatio:
-    """Sliding window over the last ``window`` outcomes; trips when the share of dead
-    letters exceeds ``limit`` once at least ``min_messages`` were seen."""
-
-    def __init__(self, limit: float, window: int, min_messages: int) -> None:
-        self.limit = limit
-        self.min_messages = min_messages
-        self._outcomes: deque[bool] = deque(maxlen=window)
-        self._bad = 0
-
-    def record_valid(self, n: int) -> None:
-        """Record ``n`` valid outcomes at once."""
-        if n <= 0:
-            return
-        evicted = len(self._outcomes) + n - (self._outcomes.maxlen or 0)
-        if evicted > 0:
-            self._bad -= sum(islice(self._outcomes, min(evicted, len(self._outcomes))))
-        self._outcomes.extend(repeat(False, n))
-
-    def record(self, invalid: bool) -> None:
-        if len(self._outcomes) == self._outcomes.maxlen and self._outcomes[0]:
-            self._bad -= 1
-        self._outcomes.append(invalid)
-        self._bad += invalid
-
-    @property
-    def ratio(self) -> float:
-        return self._bad / len(self._outcomes) if self._outcomes else 0.0
-
-    def exceeded(self) -> bool:
-        return len(self._outcomes) >= self.min_messages and self.ratio > self.limit
-
-
-def dead_letter_record(msg: Message, reason: str, error_type: str, group: str, service: str) -> dict[str, Any]:
-    return {
-        "original_topic": msg.topic,
-        "original_partition": msg.partition,
-        "original_offset": msg.offset,
-        "original_key": msg.key,
-        "original_value": msg.raw,
-        "original_timestamp": msg.timestamp_ms if msg.timestamp_ms and msg.timestamp_ms > 0 else None,
-        "reason": reason[:4000],
-        "error_type": error_type,
-        "consumer_group": group,
-        "service": service,
-        "failed_at": int(time.time() * 1000),
-    }
-
-
-def dead_letter_headers(msg: Message, reason: str, error_type: str) -> list[tuple[str, bytes]]:
-    return [
-        ("argus.original_topic", msg.topic.encode()),
-        ("argus.original_partition", str(msg.partition).encode()),
-        ("argus.original_offset", str(msg.offset).encode()),
-        ("argus.reason", reason[:1000].encode()),
-        ("argus.error_type", error_type.encode()),
-    ]
 
 
 class Pipeline(Generic[T]):
@@ -172,18 +96,14 @@ class Pipeline(Generic[T]):
         self.spec = self.registry.topic(topic_key)
         self.topic = kafka.topic_prefix + self.spec.name
         self.codec: AvroCodec = self.registry.codec(topic_key)
-        self.dlq_codec: AvroCodec | None = None
-        self.dlq_topic: str | None = None
-        if self.spec.dead_letter_topic:
-            self.dlq_topic = kafka.topic_prefix + self.registry.topic(self.spec.dead_letter_topic).name
-            self.dlq_codec = self.registry.codec(self.spec.dead_letter_topic)
         self.group_id = group_id
         self.service = service
         self.transform = transform
         self.sink = sink
         self.metrics = metrics or Metrics(service)
         self.log = get_logger(f"argus.{service}.pipeline", topic=self.topic, group=group_id)
-        self.ratio = DeadLetterRatio(policy.dlq_ratio_limit, policy.dlq_ratio_window, policy.dlq_ratio_min_messages)
+        self.dlq = DeadLetterPolicy(kafka=kafka, service=service, group=group_id, settings=policy,
+                                    metrics=self.metrics, registry=self.registry)
         self._consumer_overrides = consumer_overrides or {}
         self.resume_offsets = resume_offsets
         self._decode = self.codec.decode if logical_types else self.codec.decode_plain
@@ -210,7 +130,8 @@ class Pipeline(Generic[T]):
         self.consumer = make_consumer(self.kafka, self.group_id, **self._consumer_overrides)
         self.consumer.subscribe([self.topic], listener=_FlushOnRevoke(self))
         await self.consumer.start()
-        self.log.info("pipeline.started", dlq_topic=self.dlq_topic)
+        self._send_dead_letter = producer_sender(self.producer)
+        self.log.info("pipeline.started", dlq_topic=self.spec.dead_letter_topic)
 
     async def stop(self) -> None:
         try:
@@ -305,35 +226,21 @@ class Pipeline(Generic[T]):
                     raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
                 item = self.transform(msg)
             except InvalidMessage as exc:
-                self.ratio.record_valid(valid)  # keep the ratio's window in offset order
+                self.dlq.record_valid(tp.topic, tp.partition, valid)  # keep the ratio's window in offset order
                 valid = 0
                 self._dead_letter(msg, exc.reason, exc.error_type)
                 continue
             valid += 1
             if item is not None:
                 append(item)
-        self.ratio.record_valid(valid)
+        self.dlq.record_valid(tp.topic, tp.partition, valid)
         batch.offsets[tp] = msgs[-1].offset + 1
         batch.messages += len(msgs)
 
     def _dead_letter(self, msg: Message, reason: str, error_type: str) -> None:
-        log = self.log.bind(partition=msg.partition, offset=msg.offset)
-        self.ratio.record(True)
-        if self.ratio.exceeded():
-            log.error("pipeline.dlq_ratio_exceeded", ratio=self.ratio.ratio, limit=self.policy.dlq_ratio_limit)
-            raise DeadLetterRatioExceeded(
-                f"{self.ratio.ratio:.0%} of the last messages on {self.topic} were invalid (limit "
-                f"{self.policy.dlq_ratio_limit:.0%}); stopping instead of dead-lettering the topic"
-            )
-        if self.dlq_topic is None or self.dlq_codec is None or self.producer is None:
-            raise RuntimeError(f"{self.topic} has no dead-letter topic; cannot drop invalid message at offset {msg.offset}: {reason}")
-        value = self.dlq_codec.encode(dead_letter_record(msg, reason, error_type, self.group_id, self.service))
-        fut = asyncio.ensure_future(
-            self.producer.send_and_wait(self.dlq_topic, value=value, key=msg.key, headers=dead_letter_headers(msg, reason, error_type))
-        )
-        self._batch.dead_letters.append(fut)
-        self.metrics.inc("argus_messages_dead_lettered_total", topic=msg.topic, error_type=error_type)
-        log.warning("pipeline.dead_lettered", reason=reason, error_type=error_type, dlq_topic=self.dlq_topic)
+        """Hand an invalid message to the dead-letter policy; the batch's commit waits
+        for the broker's acknowledgement of it."""
+        self._batch.dead_letters.append(self.dlq.send(self._send_dead_letter, msg, reason, error_type))
 
     async def _flush(self) -> None:
         """Hand the batch to the sink and go on consuming: at most one batch is being
@@ -371,7 +278,7 @@ class Pipeline(Generic[T]):
         if batch.items:
             await self._sink_with_retry(batch)
         if batch.dead_letters:
-            await asyncio.gather(*batch.dead_letters)  # a failed DLQ write raises: no commit, redelivery
+            await asyncio.gather(*batch.dead_letters)  # retried until acknowledged: committed only after
         assignment = self.consumer.assignment()
         offsets = {tp: off for tp, off in batch.offsets.items() if tp in assignment}
         if offsets:

@@ -151,6 +151,11 @@ class SchemaRegistry:
         raise KeyError(schema_id)
 
     # -- topics and codecs ---------------------------------------------------
+    def dead_letter_topics(self) -> tuple[str, ...]:
+        """Keys of every topic that is some topic's dead-letter topic, in registry order."""
+        named = {s.dead_letter_topic for s in self.topics.values() if s.dead_letter_topic}
+        return tuple(key for key in self.topics if key in named)
+
     def topic(self, key: str) -> TopicSpec:
         try:
             return self.topics[key]
@@ -205,6 +210,11 @@ def default_registry() -> SchemaRegistry:
 
 def get_topic(key: str) -> TopicSpec:
     return default_registry().topic(key)
+
+
+def dead_letter_topics() -> tuple[str, ...]:
+    """Keys of the registry's dead-letter topics (what ingest stores and alerting watches)."""
+    return default_registry().dead_letter_topics()
 
 
 def get_codec(topic: str, version: int | None = None) -> AvroCodec:

@@ -105,6 +105,10 @@ class PipelineSettings(BaseModel):
     dlq_ratio_limit: float = 0.5
     dlq_ratio_window: int = 1000
     dlq_ratio_min_messages: int = 100
+    dlq_max_original_bytes: int = Field(
+        default=262_144,
+        description="Original values above this size are cut to it in a dead letter (the size is kept in a header).",
+    )
 
 
 class ServiceSettings(BaseSettings):

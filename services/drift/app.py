@@ -6,7 +6,8 @@
         -> detect (StreamMonitor per key; state checkpointed in a faust table backed by a
            changelog topic) -> DriftEvents on argus.drift.events
 
-State: each stream's monitor is written to the ``drift-state`` table (changelog-backed)
+State: each stream's monitor is written to the ``drift-state`` table (changelog-backed) as
+a versioned JSON document (:mod:`services.drift.state`; never pickle)
 every ``checkpoint_every`` events and immediately after any alarm, so a restarted or
 rebalanced worker resumes with the detectors' windows and references (no re-warm-up)
 and with the alarm already raised (no second event for the same change). DriftEvent
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import pickle
 import time
 from typing import Any
 
@@ -33,6 +33,7 @@ from services.drift.calibration import load as load_calibration
 from services.drift.features import Features, feedback_features, request_features, response_features
 from services.drift.embeddings import unpack
 from services.drift.monitor import StreamMonitor
+from services.drift.state import StateError, dump_monitor, load_monitor
 from services.drift.settings import DriftSettings
 
 CONTROL_RESET = "reset-reference"
@@ -67,8 +68,9 @@ def create_app(settings: DriftSettings) -> faust.App:
                 try:
                     record = codecs[key].decode(event.value)
                 except SerializationError as exc:
-                    await dlq.send(key, event, str(exc))
+                    await dlq.send(event, str(exc))
                     continue
+                dlq.valid(event)
                 if key in extract_hooks:
                     extract_hooks[key](record)
                 f = extract(record)
@@ -121,9 +123,18 @@ def create_app(settings: DriftSettings) -> faust.App:
                 metrics.inc("argus_drift_embeddings_total", len(batch), outcome="embedded")
 
     def monitor_for(stream_key: str) -> StreamMonitor:
+        """The stream's monitor: restored from its checkpoint (typed JSON, never code), or
+        new, with the reason logged, when there is none this version can read."""
         if stream_key not in monitors:
             saved = state.get(stream_key.encode())
-            monitors[stream_key] = pickle.loads(saved) if saved else StreamMonitor(stream_key, calibration)
+            mon = None
+            if saved:
+                try:
+                    mon = load_monitor(saved, calibration, settings.semantic)
+                except StateError as exc:
+                    log.warning("drift.state_not_restored", stream=stream_key, reason=str(exc),
+                                action="detectors start afresh and warm up again")
+            monitors[stream_key] = mon if mon is not None and mon.stream == stream_key else StreamMonitor(stream_key, calibration)
         return monitors[stream_key]
 
     @app.agent(features_topic, name=f"{settings.app_id}.detect")
@@ -134,7 +145,7 @@ def create_app(settings: DriftSettings) -> faust.App:
             mon = monitor_for(stream_key)
             if payload.get("control") == CONTROL_RESET:
                 mon.reset_reference()
-                state[stream_key.encode()] = pickle.dumps(mon)
+                state[stream_key.encode()] = dump_monitor(mon)
                 log.info("drift.reference_reset", stream=stream_key)
                 continue
             if "embedding" in payload:
@@ -159,7 +170,7 @@ def create_app(settings: DriftSettings) -> faust.App:
                 log.info("drift.detected", stream=stream_key, feature=alarm.feature, detector=alarm.detector,
                          statistic=alarm.statistic, position=alarm.position)
             if alarms or mon.position % settings.checkpoint_every == 0:
-                state[stream_key.encode()] = pickle.dumps(mon)
+                state[stream_key.encode()] = dump_monitor(mon)
 
     # Health: liveness = faust's event loop advances (a 1 s timer), readiness = not
     # rebalancing and the table recovered; metrics in Prometheus format.

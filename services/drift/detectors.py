@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 
+# values a river detector keeps since its last alarm or reset, so that a checkpoint can
+# rebuild it by replay (river's detectors have no stable serialised form)
+RIVER_HISTORY = 1000
+
 
 @dataclass
 class Alarm:
@@ -187,6 +191,7 @@ class RiverNumeric:
         self.params = dict(params)
         self.detector = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN}[kind](**params)
         self.recent: deque[float] = deque(maxlen=summary_window)
+        self.history: deque[float] = deque(maxlen=RIVER_HISTORY)
         self.before: list[float] = []
 
     @property
@@ -196,11 +201,19 @@ class RiverNumeric:
     def reset_reference(self) -> None:
         self.__init__(self.kind, self.params, self.recent.maxlen or 200)  # type: ignore[misc]
 
+    def replay(self, values: list[float]) -> None:
+        """Rebuild from a checkpoint: feed what it saw since its last alarm (alarms discarded)."""
+        for x in values:
+            self.update(x, "", 0)
+
     def update(self, x: float, feature: str, position: int) -> Alarm | None:
         self.recent.append(x)
         self.detector.update(x)
         if not self.detector.drift_detected:
+            self.history.append(x)
             return None
+        self.history.clear()
+        self.history.append(x)
         width = int(getattr(self.detector, "width", 0) or 0)
         before = list(self.recent)[:-max(1, min(width, len(self.recent) // 2))] or list(self.recent)
         after = list(self.recent)[len(before):] or list(self.recent)
@@ -220,11 +233,20 @@ class RiverBinary:
         self.n = 0
         self.ones = 0
         self.recent: deque[int] = deque(maxlen=500)
+        self.history: deque[bool] = deque(maxlen=RIVER_HISTORY)
 
     name = "river.DDM"
 
     def reset_reference(self) -> None:
         self.__init__(self.params)  # type: ignore[misc]
+
+    def replay(self, values: list[bool]) -> None:
+        """Rebuild from a checkpoint: feed what it saw since its last alarm (alarms discarded)."""
+        for x in values:
+            self.detector.update(bool(x))
+            if self.detector.drift_detected:
+                self.history.clear()
+            self.history.append(bool(x))
 
     def update(self, x: bool, feature: str, position: int) -> Alarm | None:
         self.n += 1
@@ -232,7 +254,10 @@ class RiverBinary:
         self.recent.append(int(x))
         self.detector.update(bool(x))
         if not self.detector.drift_detected:
+            self.history.append(bool(x))
             return None
+        self.history.clear()
+        self.history.append(bool(x))
         rate_before = self.ones / self.n
         rate_now = sum(self.recent) / len(self.recent)
         return Alarm(self.name, feature, rate_now - rate_before, 0.0, None, self.n, len(self.recent),

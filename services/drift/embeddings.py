@@ -30,7 +30,7 @@ class PromptEmbedder:
         except ImportError as exc:  # the cpu extra is not installed
             raise RuntimeError("semantic drift needs llama-cpp-python (pip install -e '.[cpu]'), "
                                "or set ARGUS_DRIFT_SEMANTIC__ENABLED=false") from exc
-        from services.inference.engine import packaged_model_path
+        from services.common.llm import packaged_model_path
 
         self.model_path = model_path or packaged_model_path()
         self._llm = Llama(model_path=str(self.model_path), embedding=True, pooling_type=LLAMA_POOLING_TYPE_MEAN,

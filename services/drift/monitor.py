@@ -1,4 +1,4 @@
-"""One stream's detectors (pure state, picklable for faust tables): every numeric
+"""One stream's detectors (pure state, checkpointed as JSON by :mod:`services.drift.state`): every numeric
 feature gets river's ADWIN and a windowed KS test, every categorical feature a windowed
 chi-squared test, every binary feature river's DDM. Alarms become DriftEvent records."""
 from __future__ import annotations
@@ -21,26 +21,37 @@ class StreamMonitor:
         self.window = calibration["window"]
         self.position = 0
         self.detectors: dict[str, list[Any]] = {}
+        self.kinds: dict[str, str] = {}  # feature -> numeric | categorical | binary | embedding
         self.recent_ids: deque[str] = deque(maxlen=5)
         self.alarms = 0
 
-    def _numeric(self, feature: str) -> list[Any]:
+    def new_detectors(self, feature: str, kind: Any, semantic: Any = None) -> list[Any]:
+        """Fresh detectors of a feature of ``kind``, as the current calibration sets them."""
+        if kind == "numeric":
+            return [RiverNumeric("adwin", {"delta": self.cal["adwin"]["delta"]}),
+                    WindowKS(self.cal["ks"]["threshold"], **self.window)]
+        if kind == "categorical":
+            return [WindowChi2(self.cal["chi2"]["threshold"], **self.window)]
+        if kind == "binary":
+            return [RiverBinary({"drift_threshold": self.cal["ddm"]["drift_threshold"], "warm_start": 100})]
+        if kind == "embedding" and semantic is not None:
+            return [WindowMMD(semantic.reference_size, semantic.window, semantic.step, semantic.permutations, semantic.dims)]
+        raise ValueError(f"feature {feature!r}: no detectors for kind {kind!r}")
+
+    def _for(self, feature: str, kind: str, semantic: Any = None) -> list[Any]:
         if feature not in self.detectors:
-            self.detectors[feature] = [
-                RiverNumeric("adwin", {"delta": self.cal["adwin"]["delta"]}),
-                WindowKS(self.cal["ks"]["threshold"], **self.window),
-            ]
+            self.detectors[feature] = self.new_detectors(feature, kind, semantic)
+            self.kinds[feature] = kind
         return self.detectors[feature]
+
+    def _numeric(self, feature: str) -> list[Any]:
+        return self._for(feature, "numeric")
 
     def _categorical(self, feature: str) -> list[Any]:
-        if feature not in self.detectors:
-            self.detectors[feature] = [WindowChi2(self.cal["chi2"]["threshold"], **self.window)]
-        return self.detectors[feature]
+        return self._for(feature, "categorical")
 
     def _binary(self, feature: str) -> list[Any]:
-        if feature not in self.detectors:
-            self.detectors[feature] = [RiverBinary({"drift_threshold": self.cal["ddm"]["drift_threshold"], "warm_start": 100})]
-        return self.detectors[feature]
+        return self._for(feature, "binary")
 
     def observe_embedding(self, vector: Any, request_id: str, semantic: Any, position: int | None = None) -> list[Alarm]:
         """A prompt embedding (a sample of the stream's prompts): the multivariate MMD
@@ -48,9 +59,7 @@ class StreamMonitor:
         reference centroid as a numeric feature (river ADWIN + windowed KS), which finds
         a new, far-away topic sooner than a windowed test can."""
         pos = self.position if position is None else position
-        if "prompt_embedding" not in self.detectors:
-            self.detectors["prompt_embedding"] = [WindowMMD(semantic.reference_size, semantic.window, semantic.step,
-                                                            semantic.permutations, semantic.dims)]
+        self._for("prompt_embedding", "embedding", semantic)
         if request_id:
             self.recent_ids.append(request_id)
         mmd: WindowMMD = self.detectors["prompt_embedding"][0]

@@ -4,11 +4,11 @@
   in ``__init__`` (verifying the artifact's digest), batches with ``@serve.batch``, keeps
   tunables in ``user_config`` (``reconfigure``: max tokens, batch size, system prompt)
   and raises from ``check_health`` when the engine is unusable.
-- ``Router``: the ingress. Routes each request by weight with sticky assignment, mirrors
-  it to shadow versions, and serves ``POST /v1/chat/completions`` (OpenAI-compatible)
-  and ``GET /v1/models``. Its ``user_config`` is the routing table: redeploying with new
-  weights calls ``reconfigure`` on the running replicas, so a rollback (weight 0) takes
-  effect with no restart and no dropped request.
+- ``Router`` (:mod:`services.inference.router`): the ingress, shared with the GPU
+  builder in :mod:`services.inference.gpu`.
+- :func:`app_builder` builds the application from the declarative config of
+  :mod:`services.inference.serveconfig`; :func:`deploy` applies that config to the
+  running Serve instance.
 """
 from __future__ import annotations
 
@@ -18,25 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 import uuid
 from typing import Any
 
-from fastapi import Body, FastAPI, HTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from services.inference.responses import chat_params
-from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
+from services.inference.router import Router
+from services.inference.serveconfig import serve_config
 from services.inference.settings import InferenceSettings, ModelVersion
-
-
-async def _awaited(resp: Any) -> Any:
-    """A DeploymentResponse as a coroutine (for asyncio.wait_for)."""
-    return await resp
 
 
 class LLMServer:
     """One model version on one replica."""
 
     def __init__(self, model_name: str, version: dict[str, Any], engine: dict[str, Any]) -> None:
-        from services.inference.engine import LlamaCppEngine
+        from services.common.llm import LlamaCppEngine
 
         self.model_name = model_name
         self.version = ModelVersion(**version)
@@ -77,7 +72,7 @@ class LLMServer:
         return await asyncio.to_thread(lambda: [self._generate_one(r) for r in requests])
 
     def _generate_one(self, request: dict[str, Any]) -> dict[str, Any]:
-        from services.inference.engine import GenerationParams, process_memory
+        from services.common.llm import GenerationParams, process_memory
 
         params = GenerationParams(**chat_params(request, self.max_tokens, self.system_prompt))
         try:
@@ -91,103 +86,6 @@ class LLMServer:
             "response_model": self.engine.model_file, "replica_cpu_memory_bytes": rss,
             "replica_gpu_memory_bytes": gpu,
         }
-
-
-api = FastAPI(title="Argus inference", description="OpenAI-compatible chat completions over the Argus router")
-
-
-@serve.ingress(api)
-class Router:
-    def __init__(self, model_name: str, versions: dict[str, DeploymentHandle]) -> None:
-        self.model_name = model_name
-        self.handles = versions
-        self.table = RoutingTable.from_config({"weights": {v: 1.0 for v in versions}})
-        self.reloads = 0
-
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        table = RoutingTable.from_config(config)
-        unknown = (set(table.weights) | set(table.shadows)) - set(self.handles)
-        if unknown:
-            raise ValueError(f"routing names versions that are not deployed: {sorted(unknown)}")
-        self.table = table
-        self.reloads += 1
-
-    def routing(self) -> dict[str, Any]:
-        return {"weights": self.table.weights, "shadows": list(self.table.shadows), "reloads": self.reloads}
-
-    async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer one InferenceRequest (as a dict). Returns the primary answer and the
-        shadow answers; errors come back as values, never as silence."""
-        try:
-            plan = self.table.plan(sticky_key(request))
-        except NoServingVersion as exc:
-            return {"primary": {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"},
-                    "shadows": []}
-        primary = self.handles[plan.primary].generate.remote(request)
-        shadows = {v: self.handles[v].generate.remote(request) for v in plan.shadows}
-        try:
-            result = await primary
-        except Exception as exc:  # a replica died or Serve refused: the caller gets an error response
-            result = {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": plan.primary}
-        shadow_results = []
-        grace = self.table.shadow_grace_s
-        for version, resp in shadows.items():
-            started = time.monotonic()
-            try:
-                shadow_results.append(await asyncio.wait_for(_awaited(resp), timeout=grace))
-            except asyncio.TimeoutError:
-                resp.cancel()
-                shadow_results.append({"error_type": "ShadowTimeout", "version": version,
-                                       "error_message": f"shadow answer trailed the primary by more than {grace}s"})
-            except Exception as exc:  # shadow failures are reported, never affect the primary
-                shadow_results.append({"error_type": type(exc).__name__, "error_message": str(exc)[:2000],
-                                       "version": version, "latency_ms": (time.monotonic() - started) * 1000})
-        return {"primary": result, "shadows": shadow_results}
-
-    @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": self.model_name, "object": "model", "owned_by": "argus", "versions": sorted(self.handles)}
-        ]}
-
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: dict = Body(...)) -> dict[str, Any]:  # noqa: B008
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise HTTPException(status_code=400, detail="messages must be a non-empty list")
-        if body.get("stream"):
-            raise HTTPException(status_code=400, detail="stream=true is not supported on this route")
-        request = {
-            "request_id": str(uuid.uuid4()), "model": body.get("model") or self.model_name,
-            "messages": body["messages"], "max_tokens": body.get("max_tokens"),
-            "temperature": body.get("temperature"), "top_p": body.get("top_p"),
-            "stop_sequences": [body["stop"]] if isinstance(body.get("stop"), str) else (body.get("stop") or []),
-            "seed": body.get("seed"), "tenant": "http", "user": body.get("user"),
-        }
-        out = (await self.infer(request))["primary"]
-        if "error_type" in out:
-            raise HTTPException(status_code=503, detail=f"{out['error_type']}: {out.get('error_message')}")
-        return {
-            "id": "chatcmpl-" + request["request_id"], "object": "chat.completion", "created": int(time.time()),
-            "model": request["model"], "system_fingerprint": out["version"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
-                         "finish_reason": out["finish_reason"]}],
-            "usage": {"prompt_tokens": out["input_tokens"], "completion_tokens": out["output_tokens"],
-                      "total_tokens": out["input_tokens"] + out["output_tokens"]},
-            "argus": {"model_version": out["version"], "replica": out["replica"], "mean_logprob": out["mean_logprob"],
-                      "time_to_first_token_ms": out["time_to_first_token_ms"], "latency_ms": out["latency_ms"]},
-        }
-
-
-def static_args(settings: InferenceSettings) -> dict[str, Any]:
-    """What the application is built from: only what needs new replicas when it
-    changes (which versions exist, their artifacts, the engine's load-time settings)."""
-    e = settings.engine
-    return {
-        "model_name": settings.model_name,
-        "versions": [v.model_dump(mode="json", include={"version", "model_path", "sha256"}) for v in settings.versions],
-        "engine": e.model_dump(mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}),
-        "router_max_ongoing_requests": max(64, settings.bridge.max_in_flight * 4),
-    }
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
@@ -208,29 +106,6 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         ray_actor_options={"num_cpus": 0},
     )
     return router.bind(args["model_name"], handles)
-
-
-def serve_config(settings: InferenceSettings) -> dict[str, Any]:
-    """The Serve application config (the ``applications[]`` entry of a ``serve deploy``
-    file or a KubeRay RayService ``serveConfigV2``). Weights, shadows and engine
-    tunables are per-deployment ``user_config``; changing only those reconfigures the
-    running replicas in place: no restart, no dropped request."""
-    engine_user_config = settings.engine_user_config()
-    return {
-        "name": settings.app_name,
-        "route_prefix": settings.route_prefix,
-        "import_path": "services.inference.app:app_builder",
-        "args": static_args(settings),
-        "deployments": [{"name": "router", "user_config": settings.routing_config()}] + [
-            {
-                "name": f"llm-{v.version}",
-                "user_config": engine_user_config,
-                "autoscaling_config": {"min_replicas": v.min_replicas, "max_replicas": v.max_replicas,
-                                       "target_ongoing_requests": v.target_ongoing_requests},
-            }
-            for v in settings.versions
-        ],
-    }
 
 
 def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentHandle:

@@ -28,7 +28,7 @@ from services.common.kafka import make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.offsets import OffsetTracker
-from services.common.pipeline import Message, dead_letter_headers, dead_letter_record
+from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.registry import default_registry
 from services.inference.responses import response_record
 from services.inference.settings import InferenceSettings
@@ -43,11 +43,11 @@ class InferenceBridge:
         self.requests_topic = k.topic("inference-requests")
         self.responses_topic = k.topic("inference-responses")
         self.shadow_topic = k.topic("inference-shadow-responses")
-        self.dlq_topic = k.topic("inference-requests-dlq")
         self.req_codec = reg.codec("inference-requests")
         self.resp_codec = reg.codec("inference-responses")
-        self.dlq_codec = reg.codec("inference-requests-dlq")
         self.metrics = metrics or Metrics("inference-bridge")
+        self.dlq = DeadLetterPolicy(kafka=k, service="inference-bridge", group=settings.bridge.group_id,
+                                    metrics=self.metrics, registry=reg)
         self.log = get_logger("argus.inference.bridge", topic=self.requests_topic)
         self.tracker = OffsetTracker()
         self.slots = asyncio.Semaphore(settings.bridge.max_in_flight)
@@ -121,6 +121,7 @@ class InferenceBridge:
                 except (SerializationError, InvalidRequest) as exc:
                     await self._dead_letter(tp, msg, str(exc), "InvalidMessage." + type(exc).__name__)
                     continue
+                self.dlq.record_valid(tp.topic, tp.partition)
                 await self.slots.acquire()
                 task = asyncio.create_task(self._answer(tp, msg, request))
                 self.tasks.add(task)
@@ -168,10 +169,7 @@ class InferenceBridge:
 
     async def _dead_letter(self, tp: TopicPartition, msg: Message, reason: str, error_type: str) -> None:
         assert self.producer is not None
-        value = self.dlq_codec.encode(dead_letter_record(msg, reason, error_type, self.settings.bridge.group_id, "inference-bridge"))
-        await self.producer.send_and_wait(self.dlq_topic, value, key=msg.key, headers=dead_letter_headers(msg, reason, error_type))
-        self.metrics.inc("argus_messages_dead_lettered_total", topic=msg.topic, error_type=error_type)
-        self.log.warning("bridge.dead_lettered", partition=msg.partition, offset=msg.offset, reason=reason)
+        await self.dlq.send(producer_sender(self.producer), msg, reason, error_type)
         self.tracker.finished(tp, msg.offset)
 
     async def _commit(self, only: list[TopicPartition] | None = None) -> None:

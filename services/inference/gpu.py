@@ -102,7 +102,7 @@ class VLLMAdapter:
             return {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": self.version,
                     "replica": self.replica}
         ended = time.perf_counter()
-        from services.inference.engine import process_memory
+        from services.common.llm import process_memory
 
         rss, gpu = process_memory()
         return {
@@ -121,7 +121,7 @@ def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
     ``llm_configs`` computed by :func:`llm_config`."""
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
-    from services.inference.app import Router
+    from services.inference.router import Router
 
     settings_engine = args["engine"]
     handles = {}
@@ -141,7 +141,7 @@ def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
 
 def gpu_serve_config(settings: InferenceSettings) -> dict[str, Any]:
     """The Serve application config for GPU nodes (for ``serve deploy`` / KubeRay)."""
-    from services.inference.app import serve_config
+    from services.inference.serveconfig import serve_config
 
     cfg = serve_config(settings)
     cfg["import_path"] = "services.inference.gpu:gpu_app_builder"

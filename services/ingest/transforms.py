@@ -8,6 +8,7 @@ import re
 from typing import Any, Callable
 
 from services.common.pipeline import InvalidMessage, Message
+from services.common.registry import dead_letter_topics
 from services.ingest.pii import PiiPolicy, scrub
 
 
@@ -187,9 +188,7 @@ def _dead_letter(msg: Message, protect: Protector) -> Row:
 
 
 _K = ("_topic", "_partition", "_offset")
-DLQ_TOPICS = tuple(f"{k}-dlq" for k in ("inference-requests", "inference-responses", "inference-shadow-responses",
-                                          "feedback", "drift-events", "alerts", "alert-silences",
-                                          "retraining-triggers", "model-registry"))
+DLQ_TOPICS = dead_letter_topics()  # every topic's dead-letter topic, as the registry names them
 
 TABLES: dict[str, TableSpec] = {
     spec.table: spec

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from services.alerting.config import ConfigError
+from services.common.configfile import ConfigError
 from services.common.logging import configure_logging, get_logger
 from services.common.schema_registry import configure_registry
 from services.retraining.config import load_config

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.alerting.config import parse_duration
-from services.alerting.labels import Matcher, MatcherError
+from services.common.durations import parse_duration
+from services.common.labels import Matcher, MatcherError
 from services.common.configfile import load_yaml_config
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}

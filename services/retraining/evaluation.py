@@ -47,7 +47,7 @@ def holdout(client: Any, db: str, model: str, n: int) -> list[dict[str, Any]]:
 
 def evaluate(artifact: Path, sha256: str, examples: list[dict[str, Any]], gate: Validation,
              system_prompt: str = "You are a helpful, concise assistant. Answer in one or two sentences.") -> Evaluation:
-    from services.inference.engine import ArtifactDigestMismatch, EngineUnavailable, GenerationParams, LlamaCppEngine
+    from services.common.llm import ArtifactDigestMismatch, EngineUnavailable, GenerationParams, LlamaCppEngine
 
     if not examples:
         return Evaluation(False, {}, ["no holdout: the active version has no logged answers in ClickHouse"])

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.alerting.labels import matches_all
+from services.common.labels import matches_all
 from services.retraining.config import SEVERITY_RANK, Policy, RetrainingConfig
 
 NEXT: dict[str, set[str]] = {

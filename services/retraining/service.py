@@ -26,19 +26,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from services.alerting.notify import sign
+from services.common.webhook import RetryPolicy, WebhookClient
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
 from services.common.kafka import GroupLagReporter, make_consumer, make_producer
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
-from services.common.pipeline import Message, dead_letter_headers, dead_letter_record
+from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.registry import get_codec
 from services.retraining.config import RetrainingConfig
 from services.retraining.evaluation import evaluate, holdout
@@ -85,6 +84,7 @@ class RetrainingService:
         self.sink_healthy = True  # the last write of a transition was acknowledged by the broker
         self.last_progress = time.time()
         self.metrics = Metrics(settings.service_name)
+        self.dlq = DeadLetterPolicy(kafka=self.k, service="retraining", group=settings.group_id, metrics=self.metrics)
         self.lag: dict[str, int] = {}  # evidence group: topic -> lag
 
     # -- writing --------------------------------------------------------------------
@@ -194,24 +194,16 @@ class RetrainingService:
         job = to_json(self.book.next_record(t.trigger_id, "dispatched", self.settings.actor))
         body = json.dumps({"job": job, "evidence": {"drift_event_ids": t.drift_event_ids, "alert_event_ids": t.alert_event_ids},
                            "dataset_spec": t.dataset_spec}, sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", "Idempotency-Key": f"{t.trigger_id}:{t.sequence + 1}"}
-        if hook.secret:
-            ts = str(int(time.time()))
-            headers |= {"X-Argus-Timestamp": ts,
-                        "X-Argus-Signature": sign(self.settings.webhook_secrets[hook.secret].get_secret_value().encode(), ts, body)}
-        backoff = 0.2
-        for attempt in range(5):
-            try:
-                async with httpx.AsyncClient() as client:
-                    r = await client.post(hook.url, content=body, headers=headers, timeout=10)
-                if 200 <= r.status_code < 300:
-                    return True
-                error = f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            self.log.warning("retraining.dispatch_retry", trigger=t.trigger_id, error=error, attempt=attempt + 1)
-            await asyncio.sleep(backoff)
-            backoff *= 2
+        secret = self.settings.webhook_secrets[hook.secret].get_secret_value().encode() if hook.secret else None
+        async with WebhookClient(user_agent="argus-retraining/1") as client:
+            result = await client.post(
+                hook.url, body, idempotency_key=f"{t.trigger_id}:{t.sequence + 1}", secret=secret, timeout=10,
+                policy=RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0, give_up_after_s=10.0),
+                on_retry=lambda attempt, error: self.log.warning("retraining.dispatch_retry", trigger=t.trigger_id,
+                                                                 error=error, attempt=attempt))
+        if result.ok:
+            return True
+        self.log.warning("retraining.dispatch_failed", trigger=t.trigger_id, outcome=result.outcome, error=result.error)
         self.failed_dispatch[t.trigger_id] = time.time()  # retried by the timer; the trigger stays approved
         return False
 
@@ -276,14 +268,9 @@ class RetrainingService:
                     rec = self.codecs[keys[tp.topic]].decode_plain(m.value)
                 except SerializationError as exc:
                     msg = Message(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
-                    error = "InvalidMessage.SerializationError"
-                    await self.producer.send_and_wait(
-                        self.k.topic(f"{keys[tp.topic]}-dlq"),
-                        get_codec(f"{keys[tp.topic]}-dlq").encode(dead_letter_record(msg, str(exc), error, self.settings.group_id, "retraining")),
-                        key=m.key, headers=dead_letter_headers(msg, str(exc), error))
-                    self.metrics.inc("argus_messages_dead_lettered_total", topic=tp.topic, error_type=error)
-                    self.log.warning("retraining.dead_lettered", topic=tp.topic, partition=tp.partition, offset=m.offset, reason=str(exc))
+                    await self.dlq.send(producer_sender(self.producer), msg, str(exc), "InvalidMessage.SerializationError")
                 else:
+                    self.dlq.record_valid(tp.topic, tp.partition)
                     await handler(keys[tp.topic], rec)
                 done[tp] = m.offset + 1
         return done

@@ -20,7 +20,7 @@ import httpx
 import yaml
 from aiokafka import TopicPartition
 
-from services.alerting.notify import verify_signature
+from services.common.webhook import verify_signature
 from services.alerting.receiver import WebhookReceiver
 from services.common.kafka import make_consumer, make_producer
 from services.common.registry import default_registry, get_codec

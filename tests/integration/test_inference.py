@@ -212,7 +212,7 @@ async def test_openai_compatible_http_route(ray_serve, kafka_settings) -> None:
 
 
 def test_engine_refuses_an_artifact_whose_digest_does_not_match() -> None:
-    from services.inference.engine import ArtifactDigestMismatch, LlamaCppEngine, packaged_model_path, sha256_of
+    from services.common.llm import ArtifactDigestMismatch, LlamaCppEngine, packaged_model_path, sha256_of
 
     with pytest.raises(ArtifactDigestMismatch):
         LlamaCppEngine(sha256="0" * 64)

@@ -39,7 +39,7 @@ from services.common.registry import get_codec
 from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.inference.app import deploy
 from services.inference.bridge import InferenceBridge
-from services.inference.engine import packaged_model_path, sha256_of
+from services.common.llm import packaged_model_path, sha256_of
 from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings

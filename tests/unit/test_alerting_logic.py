@@ -9,10 +9,12 @@ import time
 import pytest
 
 from services.alerting.app import alert_record, dead_letter_signal, feedback_signal, is_negative, response_signal
-from services.alerting.config import ConfigError, SlackConfig, load_config, parse_duration
+from services.alerting.config import ConfigError, SlackConfig, load_config
+from services.common.durations import parse_duration
 from services.alerting.engine import AlertEngine, Silence
-from services.alerting.labels import Matcher, MatcherError, fingerprint
-from services.alerting.notify import sign, slack_payload, verify_signature, webhook_payload
+from services.common.labels import Matcher, MatcherError, fingerprint
+from services.alerting.notify import slack_payload, webhook_payload
+from services.common.webhook import sign, verify_signature
 from services.alerting.settings import DEFAULT_CONFIG
 from services.alerting.windows import Signal, SlidingWindow
 from services.common.registry import get_codec

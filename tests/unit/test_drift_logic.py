@@ -2,8 +2,6 @@
 extraction, detectors on synthetic streams with known change points."""
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 
@@ -83,15 +81,51 @@ def test_error_rate_rise_is_found_by_the_bernoulli_detector() -> None:
     assert alarms and all(pos > 4000 for pos, _ in alarms)
 
 
-def test_monitor_state_survives_pickling_without_rewarming_or_realerting() -> None:
+def test_monitor_state_survives_a_checkpoint_without_rewarming_or_realerting() -> None:
+    from services.drift.state import dump_monitor, load_monitor
+
     rng = np.random.default_rng(7)
     mon = StreamMonitor("m|v1", load())
     feed(mon, rng.lognormal(3.5, 0.6, 2000))
-    restored = pickle.loads(pickle.dumps(mon))
+    feed(mon, rng.random(300) < 0.05, "error", "binary")
+    feed(mon, rng.choice(["en", "fr"], 700), "lang", "categorical")
+    restored = load_monitor(dump_monitor(mon), load())
+    assert dump_monitor(restored) == dump_monitor(mon)  # windowed state exact, river detectors replayed
     first = feed(restored, rng.lognormal(4.3, 0.6, 400))
-    assert first and min(p for p, _ in first) <= 2000 + 300  # no second warm-up
-    again = pickle.loads(pickle.dumps(restored))
+    assert first and min(p for p, _ in first) <= 3000 + 300  # no second warm-up
+    again = load_monitor(dump_monitor(restored), load())
     assert [a.detector for _, a in feed(again, rng.lognormal(4.3, 0.6, 400)) if a.detector == "ks"] == []  # same change
+
+
+def test_semantic_detector_state_round_trips_exactly() -> None:
+    from services.drift.settings import SemanticSettings
+    from services.drift.state import dump_monitor, load_monitor
+
+    sem = SemanticSettings(reference_size=40, window=20, step=10, permutations=200, dims=4)
+    rng = np.random.default_rng(9)
+    mon = StreamMonitor("m|*", load())
+    for i in range(70):
+        mon.observe_embedding(rng.normal(size=12), f"r{i}", sem)
+    restored = load_monitor(dump_monitor(mon), load(), sem)
+    a, b = mon.detectors["prompt_embedding"][0], restored.detectors["prompt_embedding"][0]
+    assert np.array_equal(a.ref_z, b.ref_z) and np.array_equal(a.basis, b.basis) and a.sigma == b.sigma
+    assert len(b.current) == len(a.current) and dump_monitor(restored) == dump_monitor(mon)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"\x80\x04\x95 pickled bytes", "not a JSON checkpoint"),
+    (b'{"format": "argus.drift.monitor", "version": 0}', "format version 0"),
+    (b'[1, 2]', "not a drift monitor checkpoint"),
+    (b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
+     b' "detectors": {"x": {"kind": "numeric", "detectors": [{"type": "ks"}]}}}', "1 detectors saved, 2 expected"),
+    (b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
+     b' "detectors": {"x": {"kind": "os.system", "detectors": []}}}', "no detectors for kind"),
+])
+def test_a_checkpoint_this_version_cannot_read_is_refused_not_guessed(raw: bytes, reason: str) -> None:
+    from services.drift.state import StateError, load_monitor
+
+    with pytest.raises((StateError, ValueError), match=reason):
+        load_monitor(raw, load())
 
 
 def test_drift_event_is_a_valid_record_with_a_stable_id() -> None:

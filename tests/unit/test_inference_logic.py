@@ -116,7 +116,7 @@ def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_serve_config_keeps_weights_out_of_the_build_args() -> None:
-    from services.inference.app import serve_config
+    from services.inference.serveconfig import serve_config
 
     a = serve_config(InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))))
     b = serve_config(InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=0)),

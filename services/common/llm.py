@@ -1,4 +1,6 @@
-"""The engine interface and its engines.
+"""The GGUF engine and the engine interface, shared by the services that run a model
+(inference answers with it, drift embeds prompts with it, the retraining gate evaluates a
+candidate with it).
 
 An engine turns chat messages into a :class:`Generation` with everything the platform
 monitors: text, finish reason, token counts, time to first token, latency and the mean

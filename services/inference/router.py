@@ -1,0 +1,113 @@
+"""The ingress deployment of the inference application.
+
+``Router`` routes each request by weight with sticky assignment, mirrors it to shadow
+versions, and serves ``POST /v1/chat/completions`` (OpenAI-compatible) and
+``GET /v1/models``. Its ``user_config`` is the routing table: redeploying with new
+weights calls ``reconfigure`` on the running replicas, so a rollback (weight 0) takes
+effect with no restart and no dropped request. The CPU builder
+(:mod:`services.inference.app`) and the GPU builder (:mod:`services.inference.gpu`)
+both put it in front of their model deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from fastapi import Body, FastAPI, HTTPException
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
+
+
+async def _awaited(resp: Any) -> Any:
+    """A DeploymentResponse as a coroutine (for asyncio.wait_for)."""
+    return await resp
+
+
+api = FastAPI(title="Argus inference", description="OpenAI-compatible chat completions over the Argus router")
+
+
+@serve.ingress(api)
+class Router:
+    def __init__(self, model_name: str, versions: dict[str, DeploymentHandle]) -> None:
+        self.model_name = model_name
+        self.handles = versions
+        self.table = RoutingTable.from_config({"weights": {v: 1.0 for v in versions}})
+        self.reloads = 0
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        table = RoutingTable.from_config(config)
+        unknown = (set(table.weights) | set(table.shadows)) - set(self.handles)
+        if unknown:
+            raise ValueError(f"routing names versions that are not deployed: {sorted(unknown)}")
+        self.table = table
+        self.reloads += 1
+
+    def routing(self) -> dict[str, Any]:
+        return {"weights": self.table.weights, "shadows": list(self.table.shadows), "reloads": self.reloads}
+
+    async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one InferenceRequest (as a dict). Returns the primary answer and the
+        shadow answers; errors come back as values, never as silence."""
+        try:
+            plan = self.table.plan(sticky_key(request))
+        except NoServingVersion as exc:
+            return {"primary": {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"},
+                    "shadows": []}
+        primary = self.handles[plan.primary].generate.remote(request)
+        shadows = {v: self.handles[v].generate.remote(request) for v in plan.shadows}
+        try:
+            result = await primary
+        except Exception as exc:  # a replica died or Serve refused: the caller gets an error response
+            result = {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": plan.primary}
+        shadow_results = []
+        grace = self.table.shadow_grace_s
+        for version, resp in shadows.items():
+            started = time.monotonic()
+            try:
+                shadow_results.append(await asyncio.wait_for(_awaited(resp), timeout=grace))
+            except asyncio.TimeoutError:
+                resp.cancel()
+                shadow_results.append({"error_type": "ShadowTimeout", "version": version,
+                                       "error_message": f"shadow answer trailed the primary by more than {grace}s"})
+            except Exception as exc:  # shadow failures are reported, never affect the primary
+                shadow_results.append({"error_type": type(exc).__name__, "error_message": str(exc)[:2000],
+                                       "version": version, "latency_ms": (time.monotonic() - started) * 1000})
+        return {"primary": result, "shadows": shadow_results}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "owned_by": "argus", "versions": sorted(self.handles)}
+        ]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: dict = Body(...)) -> dict[str, Any]:  # noqa: B008
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise HTTPException(status_code=400, detail="messages must be a non-empty list")
+        if body.get("stream"):
+            raise HTTPException(status_code=400, detail="stream=true is not supported on this route")
+        request = {
+            "request_id": str(uuid.uuid4()), "model": body.get("model") or self.model_name,
+            "messages": body["messages"], "max_tokens": body.get("max_tokens"),
+            "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+            "stop_sequences": [body["stop"]] if isinstance(body.get("stop"), str) else (body.get("stop") or []),
+            "seed": body.get("seed"), "tenant": "http", "user": body.get("user"),
+        }
+        out = (await self.infer(request))["primary"]
+        if "error_type" in out:
+            raise HTTPException(status_code=503, detail=f"{out['error_type']}: {out.get('error_message')}")
+        return {
+            "id": "chatcmpl-" + request["request_id"], "object": "chat.completion", "created": int(time.time()),
+            "model": request["model"], "system_fingerprint": out["version"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
+                         "finish_reason": out["finish_reason"]}],
+            "usage": {"prompt_tokens": out["input_tokens"], "completion_tokens": out["output_tokens"],
+                      "total_tokens": out["input_tokens"] + out["output_tokens"]},
+            "argus": {"model_version": out["version"], "replica": out["replica"], "mean_logprob": out["mean_logprob"],
+                      "time_to_first_token_ms": out["time_to_first_token_ms"], "latency_ms": out["latency_ms"]},
+        }

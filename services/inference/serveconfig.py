@@ -1,0 +1,43 @@
+"""The inference application's declarative Serve config: what ``serve deploy``, KubeRay's
+``serveConfigV2`` and :func:`services.inference.app.deploy` apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.inference.settings import InferenceSettings
+
+
+def static_args(settings: InferenceSettings) -> dict[str, Any]:
+    """What the application is built from: only what needs new replicas when it
+    changes (which versions exist, their artifacts, the engine's load-time settings)."""
+    e = settings.engine
+    return {
+        "model_name": settings.model_name,
+        "versions": [v.model_dump(mode="json", include={"version", "model_path", "sha256"}) for v in settings.versions],
+        "engine": e.model_dump(mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}),
+        "router_max_ongoing_requests": max(64, settings.bridge.max_in_flight * 4),
+    }
+
+
+def serve_config(settings: InferenceSettings) -> dict[str, Any]:
+    """The Serve application config (the ``applications[]`` entry of a ``serve deploy``
+    file or a KubeRay RayService ``serveConfigV2``). Weights, shadows and engine
+    tunables are per-deployment ``user_config``; changing only those reconfigures the
+    running replicas in place: no restart, no dropped request."""
+    engine_user_config = settings.engine_user_config()
+    return {
+        "name": settings.app_name,
+        "route_prefix": settings.route_prefix,
+        "import_path": "services.inference.app:app_builder",
+        "args": static_args(settings),
+        "deployments": [{"name": "router", "user_config": settings.routing_config()}] + [
+            {
+                "name": f"llm-{v.version}",
+                "user_config": engine_user_config,
+                "autoscaling_config": {"min_replicas": v.min_replicas, "max_replicas": v.max_replicas,
+                                       "target_ongoing_requests": v.target_ongoing_requests},
+            }
+            for v in settings.versions
+        ],
+    }
