@@ -184,7 +184,7 @@ async def _run(bootstrap: str, home: Path, probes: int, background_rate: int) ->
 
 
 def _signed(body: bytes) -> dict[str, str]:
-    from services.alerting.notify import sign
+    from services.common.webhook import sign
 
     ts = str(int(time.time()))
     return {"X-Argus-Timestamp": ts, "X-Argus-Signature": sign(SECRET.encode(), ts, body)}

@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.alerting.notify import verify_signature
+from services.common.webhook import verify_signature
 
 
 class ReceiverSettings(BaseSettings):
