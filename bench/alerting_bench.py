@@ -11,6 +11,7 @@ beyond ``group_wait``, on the real broker, with background traffic.
 
 Target: p99 <= 500 ms beyond group_wait.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,10 +34,21 @@ SECRET = "bench-secret"
 
 
 def _response(model: str, error: bool) -> dict:
-    return {"request_id": str(uuid.uuid4()), "response_id": str(uuid.uuid4()), "model": model, "response_model": model,
-            "model_version": "v1", "tenant": "bench", "output": None if error else "ok",
-            "finish_reason": "error" if error else "stop", "input_tokens": 20, "output_tokens": 30, "latency_ms": 150.0,
-            "status": "error" if error else "ok", "served_at": int(time.time() * 1000)}
+    return {
+        "request_id": str(uuid.uuid4()),
+        "response_id": str(uuid.uuid4()),
+        "model": model,
+        "response_model": model,
+        "model_version": "v1",
+        "tenant": "bench",
+        "output": None if error else "ok",
+        "finish_reason": "error" if error else "stop",
+        "input_tokens": 20,
+        "output_tokens": 30,
+        "latency_ms": 150.0,
+        "status": "error" if error else "ok",
+        "served_at": int(time.time() * 1000),
+    }
 
 
 def run(probes: int = 60, background_rate: int = 300) -> list[Result]:
@@ -65,20 +77,48 @@ async def _run(bootstrap: str, home: Path, probes: int, background_rate: int) ->
     await ensure_topics(kafka)
     receiver = await WebhookReceiver(port=free_port(), secret=SECRET.encode()).start()
     config = home / "alerting.yaml"
-    config.write_text(yaml.safe_dump({
-        "rules": [{"name": "ErrorRate", "source": "responses", "metric": "error_rate", "by": ["model"], "window": "60s",
-                   "threshold": 0.5, "min_events": 1, "severity": "critical"}],
-        "route": {"receiver": "hook", "group_by": ["alertname", "model"], "group_wait": f"{GROUP_WAIT}s",
-                  "group_interval": "5m", "repeat_interval": "4h"},
-        "receivers": [{"name": "hook", "webhook_configs": [{"url": receiver.url, "secret": "hook"}]}],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "rules": [
+                    {
+                        "name": "ErrorRate",
+                        "source": "responses",
+                        "metric": "error_rate",
+                        "by": ["model"],
+                        "window": "60s",
+                        "threshold": 0.5,
+                        "min_events": 1,
+                        "severity": "critical",
+                    }
+                ],
+                "route": {
+                    "receiver": "hook",
+                    "group_by": ["alertname", "model"],
+                    "group_wait": f"{GROUP_WAIT}s",
+                    "group_interval": "5m",
+                    "repeat_interval": "4h",
+                },
+                "receivers": [{"name": "hook", "webhook_configs": [{"url": receiver.url, "secret": "hook"}]}],
+            }
+        )
+    )
     health = free_port()
-    env = {**os.environ, "ARGUS_ALERTING_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "ARGUS_ALERTING_KAFKA__TOPIC_PREFIX": "bench.",
-           "ARGUS_ALERTING_CONFIG_FILE": str(config), "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),
-           "ARGUS_ALERTING_HEALTH__PORT": str(health), "ARGUS_ALERTING_LOG_LEVEL": "WARNING",
-           "ARGUS_ALERTING_APP_ID": "bench-alerting", "ARGUS_ALERTING_BROKER_SESSION_TIMEOUT_S": "6"}
+    env = {
+        **os.environ,
+        "ARGUS_ALERTING_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "ARGUS_ALERTING_KAFKA__TOPIC_PREFIX": "bench.",
+        "ARGUS_ALERTING_CONFIG_FILE": str(config),
+        "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),
+        "ARGUS_ALERTING_HEALTH__PORT": str(health),
+        "ARGUS_ALERTING_LOG_LEVEL": "WARNING",
+        "ARGUS_ALERTING_APP_ID": "bench-alerting",
+        "ARGUS_ALERTING_BROKER_SESSION_TIMEOUT_S": "6",
+    }
     log = open(home / "alerting.log", "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "services.alerting"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "services.alerting"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     codec = get_codec("inference-responses")
     topic = kafka.topic("inference-responses")
     producer = make_producer(kafka, linger_ms=0)
@@ -155,8 +195,11 @@ async def _run(bootstrap: str, home: Path, probes: int, background_rate: int) ->
                             rec = codec.decode_plain(m.value)
                             if rec["model"].startswith("raw-"):
                                 body = json.dumps({"groupLabels": {"model": rec["model"]}, "alerts": []}).encode()
-                                await client.post(receiver.url, content=body,
-                                                  headers={"Idempotency-Key": rec["request_id"], **_signed(body)})
+                                await client.post(
+                                    receiver.url,
+                                    content=body,
+                                    headers={"Idempotency-Key": rec["request_id"], **_signed(body)},
+                                )
 
         pipe_task = asyncio.create_task(pipe())
         raw = []
@@ -176,10 +219,26 @@ async def _run(bootstrap: str, home: Path, probes: int, background_rate: int) ->
     a, b = ms(argus), ms(raw)
     note = f"{probes} alerts, {background_rate} events/s background"
     return [
-        Result("alerting", f"breach produced -> webhook received, beyond group_wait, p50 ({note})", pct(a, 0.5),
-               "raw pipe: consume + POST, p50", pct(b, 0.5), "ms", "(informational)", higher_is_better=False),
-        Result("alerting", f"breach produced -> webhook received, beyond group_wait, p99 ({note})", pct(a, 0.99),
-               "raw pipe: consume + POST, p99", pct(b, 0.99), "ms", "p99 <= 500 ms", higher_is_better=False),
+        Result(
+            "alerting",
+            f"breach produced -> webhook received, beyond group_wait, p50 ({note})",
+            pct(a, 0.5),
+            "raw pipe: consume + POST, p50",
+            pct(b, 0.5),
+            "ms",
+            "(informational)",
+            higher_is_better=False,
+        ),
+        Result(
+            "alerting",
+            f"breach produced -> webhook received, beyond group_wait, p99 ({note})",
+            pct(a, 0.99),
+            "raw pipe: consume + POST, p99",
+            pct(b, 0.99),
+            "ms",
+            "p99 <= 500 ms",
+            higher_is_better=False,
+        ),
     ]
 
 

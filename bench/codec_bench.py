@@ -1,5 +1,6 @@
 """Wire codec throughput: Argus's codec (fastavro, schema parsed once, Confluent wire
 format) against Apache Avro's reference Python implementation on the same records."""
+
 from __future__ import annotations
 
 import io

@@ -15,6 +15,7 @@ Methods, on the same streams:
 
 Plus events/s per process for the non-embedding features (features + all detectors).
 """
+
 from __future__ import annotations
 
 import time
@@ -52,8 +53,14 @@ def streams(rng: np.random.Generator) -> dict[str, Callable[[], tuple[Any, bool]
         cats = np.array(["en", "fr", "es", "de", "other"])
         return cats[rng.choice(5, N, p=[0.7, 0.1, 0.1, 0.05, 0.05])], False
 
-    return {"abrupt mean": abrupt, "gradual mean": gradual, "variance": variance, "categorical mix": categorical,
-            "control numeric": control_numeric, "control categorical": control_categorical}
+    return {
+        "abrupt mean": abrupt,
+        "gradual mean": gradual,
+        "variance": variance,
+        "categorical mix": categorical,
+        "control numeric": control_numeric,
+        "control categorical": control_categorical,
+    }
 
 
 def argus(values: Any, categorical: bool) -> list[int]:
@@ -100,7 +107,7 @@ def batch_test(values: Any, categorical: bool, size: int = 1000) -> list[int]:
     ref = values[:size]
     out = []
     for start in range(size, len(values) - size + 1, size):
-        cur = values[start:start + size]
+        cur = values[start : start + size]
         if categorical:
             cats = sorted(set(ref) | set(cur))
             table = np.array([[np.sum(ref == c) for c in cats], [np.sum(cur == c) for c in cats]]) + 0.5
@@ -137,8 +144,11 @@ def evaluate(method: Callable, rng_seed: int = 3) -> dict[str, dict[str, float]]
                 false_alarms += len(alarms)
         if skipped:
             continue
-        res[name] = {"delay": float(np.mean(delays)) if delays else float("nan"), "missed": missed,
-                     "fa_per_100k": false_alarms / events * 1e5}
+        res[name] = {
+            "delay": float(np.mean(delays)) if delays else float("nan"),
+            "missed": missed,
+            "fa_per_100k": false_alarms / events * 1e5,
+        }
     return res
 
 
@@ -201,7 +211,7 @@ def batch_mmd(values: np.ndarray, size: int = 500, permutations: int = 200) -> l
     sigma = float(np.median(np.linalg.norm(ref[:, None, :] - ref[None, :, :], axis=-1))) or 1.0
     out = []
     for start in range(size, len(values) - size + 1, size):
-        if mmd_permutation_test(ref, values[start:start + size], sigma, permutations, rng)[1] < 0.05:
+        if mmd_permutation_test(ref, values[start : start + size], sigma, permutations, rng)[1] < 0.05:
             out.append(start + size)
     return out
 
@@ -222,8 +232,12 @@ def evaluate_embeddings(method: Callable, seed: int = 4) -> dict[str, dict[str, 
                     delays.append(after[0] - CHANGE_E)
                 else:
                     missed += 1
-        res[name] = {"delay": float(np.mean(delays)) if delays else float("nan"), "missed": missed,
-                     "fa_per_100k": fa / events * 1e5, "events": events}
+        res[name] = {
+            "delay": float(np.mean(delays)) if delays else float("nan"),
+            "missed": missed,
+            "fa_per_100k": fa / events * 1e5,
+            "events": events,
+        }
     return res
 
 
@@ -233,13 +247,31 @@ def throughput(n: int = 50_000) -> float:
     from services.drift.monitor import StreamMonitor
 
     rng = np.random.default_rng(9)
-    reqs = [{"request_id": str(i), "model": "m", "tenant": f"t{i % 3}",
-             "messages": [{"role": "user", "content": "What is the capital of France? " * int(rng.integers(1, 4))}]}
-            for i in range(n // 2)]
-    resps = [{"request_id": str(i), "model": "m", "model_version": "v1", "output": "Paris.", "status": "ok",
-              "finish_reason": "stop", "output_tokens": int(rng.integers(2, 30)), "latency_ms": float(rng.lognormal(5, 0.3)),
-              "time_to_first_token_ms": 40.0, "mean_logprob": float(-rng.random()), "shadow": False}
-             for i in range(n // 2)]
+    reqs = [
+        {
+            "request_id": str(i),
+            "model": "m",
+            "tenant": f"t{i % 3}",
+            "messages": [{"role": "user", "content": "What is the capital of France? " * int(rng.integers(1, 4))}],
+        }
+        for i in range(n // 2)
+    ]
+    resps = [
+        {
+            "request_id": str(i),
+            "model": "m",
+            "model_version": "v1",
+            "output": "Paris.",
+            "status": "ok",
+            "finish_reason": "stop",
+            "output_tokens": int(rng.integers(2, 30)),
+            "latency_ms": float(rng.lognormal(5, 0.3)),
+            "time_to_first_token_ms": 40.0,
+            "mean_logprob": float(-rng.random()),
+            "shadow": False,
+        }
+        for i in range(n // 2)
+    ]
     mons: dict[str, StreamMonitor] = {}
     cal = load()
     t = time.perf_counter()
@@ -254,40 +286,116 @@ def run() -> list[Result]:
     cal_adwin = evaluate(calibrated_adwin)
     results: list[Result] = []
     for name in ("abrupt mean", "gradual mean", "variance"):
-        results.append(Result("drift", f"{name}: detection delay, Argus", ours[name]["delay"],
-                              f"river ADWIN at the calibrated delta (missed {cal_adwin[name]['missed']}/{REPS}, FA/100k "
-                              f"{cal_adwin[name]['fa_per_100k']:.1f})", cal_adwin[name]["delay"], "events",
-                              "ratio <= 1 at <= 1 FA/100k", False))
-        results.append(Result("drift", f"{name}: detection delay, Argus (missed {ours[name]['missed']}/{REPS}, "
-                              f"FA/100k {ours[name]['fa_per_100k']:.1f})", ours[name]["delay"],
-                              f"plain ADWIN (missed {adwin[name]['missed']}/{REPS}, FA/100k {adwin[name]['fa_per_100k']:.1f})",
-                              adwin[name]["delay"], "events", "(default delta, over the FA budget)", False))
-        results.append(Result("drift", f"{name}: detection delay, Argus", ours[name]["delay"],
-                              f"batch KS, 1000-event windows (missed {batch[name]['missed']}/{REPS}, FA/100k "
-                              f"{batch[name]['fa_per_100k']:.1f})", batch[name]["delay"], "events", "(informational)", False))
+        results.append(
+            Result(
+                "drift",
+                f"{name}: detection delay, Argus",
+                ours[name]["delay"],
+                f"river ADWIN at the calibrated delta (missed {cal_adwin[name]['missed']}/{REPS}, FA/100k "
+                f"{cal_adwin[name]['fa_per_100k']:.1f})",
+                cal_adwin[name]["delay"],
+                "events",
+                "ratio <= 1 at <= 1 FA/100k",
+                False,
+            )
+        )
+        results.append(
+            Result(
+                "drift",
+                f"{name}: detection delay, Argus (missed {ours[name]['missed']}/{REPS}, "
+                f"FA/100k {ours[name]['fa_per_100k']:.1f})",
+                ours[name]["delay"],
+                f"plain ADWIN (missed {adwin[name]['missed']}/{REPS}, FA/100k {adwin[name]['fa_per_100k']:.1f})",
+                adwin[name]["delay"],
+                "events",
+                "(default delta, over the FA budget)",
+                False,
+            )
+        )
+        results.append(
+            Result(
+                "drift",
+                f"{name}: detection delay, Argus",
+                ours[name]["delay"],
+                f"batch KS, 1000-event windows (missed {batch[name]['missed']}/{REPS}, FA/100k "
+                f"{batch[name]['fa_per_100k']:.1f})",
+                batch[name]["delay"],
+                "events",
+                "(informational)",
+                False,
+            )
+        )
     name = "categorical mix"
-    results.append(Result("drift", f"{name}: detection delay, Argus chi2 (missed {ours[name]['missed']}/{REPS}, FA/100k "
-                          f"{ours[name]['fa_per_100k']:.1f})", ours[name]["delay"],
-                          f"batch chi2, 1000-event windows (missed {batch[name]['missed']}/{REPS}, FA/100k "
-                          f"{batch[name]['fa_per_100k']:.1f})", batch[name]["delay"], "events", "(informational)", False))
+    results.append(
+        Result(
+            "drift",
+            f"{name}: detection delay, Argus chi2 (missed {ours[name]['missed']}/{REPS}, FA/100k "
+            f"{ours[name]['fa_per_100k']:.1f})",
+            ours[name]["delay"],
+            f"batch chi2, 1000-event windows (missed {batch[name]['missed']}/{REPS}, FA/100k "
+            f"{batch[name]['fa_per_100k']:.1f})",
+            batch[name]["delay"],
+            "events",
+            "(informational)",
+            False,
+        )
+    )
     for name in ("control numeric", "control categorical"):
         base = adwin.get(name, batch[name])
-        results.append(Result("drift", f"{name}: false alarms per 100k events, Argus", ours[name]["fa_per_100k"],
-                              "plain ADWIN" if name in adwin else "batch chi2", base["fa_per_100k"], "FA/100k",
-                              "Argus <= 1", False))
+        results.append(
+            Result(
+                "drift",
+                f"{name}: false alarms per 100k events, Argus",
+                ours[name]["fa_per_100k"],
+                "plain ADWIN" if name in adwin else "batch chi2",
+                base["fa_per_100k"],
+                "FA/100k",
+                "Argus <= 1",
+                False,
+            )
+        )
     e_ours, e_adwin, e_batch = (evaluate_embeddings(m) for m in (mmd_argus, adwin_on_distance, batch_mmd))
     name = "embedding cluster"
-    for label, base in (("river ADWIN on distance to the reference centroid", e_adwin),
-                        ("batch MMD, 500-embedding windows", e_batch)):
-        results.append(Result(
-            "drift", f"{name}: detection delay, Argus MMD + distance (missed {e_ours[name]['missed']}/{REPS_E}, FA/100k "
-            f"{e_ours[name]['fa_per_100k']:.1f})", e_ours[name]["delay"],
-            f"{label} (missed {base[name]['missed']}/{REPS_E}, FA/100k {base[name]['fa_per_100k']:.1f})",
-            base[name]["delay"], "embeddings", "(informational)", False))
+    for label, base in (
+        ("river ADWIN on distance to the reference centroid", e_adwin),
+        ("batch MMD, 500-embedding windows", e_batch),
+    ):
+        results.append(
+            Result(
+                "drift",
+                f"{name}: detection delay, Argus MMD + distance (missed {e_ours[name]['missed']}/{REPS_E}, FA/100k "
+                f"{e_ours[name]['fa_per_100k']:.1f})",
+                e_ours[name]["delay"],
+                f"{label} (missed {base[name]['missed']}/{REPS_E}, FA/100k {base[name]['fa_per_100k']:.1f})",
+                base[name]["delay"],
+                "embeddings",
+                "(informational)",
+                False,
+            )
+        )
     name = "control embedding"
-    results.append(Result("drift", f"{name}: false alarms per 100k embeddings, Argus MMD + distance ({e_ours[name]['events']:,} "
-                          "stationary embeddings)", e_ours[name]["fa_per_100k"], "batch MMD, 500-embedding windows",
-                          e_batch[name]["fa_per_100k"], "FA/100k", "Argus <= 1 (bound: alpha x tests)", False))
-    results.append(Result("drift", "events/s per process (request + response features, all detectors)", throughput(),
-                          "target", 50_000, "events/s", ">= 50k/s"))
+    results.append(
+        Result(
+            "drift",
+            f"{name}: false alarms per 100k embeddings, Argus MMD + distance ({e_ours[name]['events']:,} "
+            "stationary embeddings)",
+            e_ours[name]["fa_per_100k"],
+            "batch MMD, 500-embedding windows",
+            e_batch[name]["fa_per_100k"],
+            "FA/100k",
+            "Argus <= 1 (bound: alpha x tests)",
+            False,
+        )
+    )
+    results.append(
+        Result(
+            "drift",
+            "events/s per process (request + response features, all detectors)",
+            throughput(),
+            "target",
+            50_000,
+            "events/s",
+            ">= 50k/s",
+        )
+    )
     return results

@@ -6,6 +6,7 @@ image (``pip install 'ray[llm]==2.60.0'``); CI never runs it.
 
 Writes its rows to bench/RESULTS-gpu.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,16 @@ from pathlib import Path
 
 from bench.common import Result, machine
 
-PROMPTS = [f"Explain {x} to a new engineer in three sentences." for x in
-           ("Kafka consumer groups", "ClickHouse MergeTree", "Ray Serve autoscaling", "concept drift", "canary releases")]
+PROMPTS = [
+    f"Explain {x} to a new engineer in three sentences."
+    for x in (
+        "Kafka consumer groups",
+        "ClickHouse MergeTree",
+        "Ray Serve autoscaling",
+        "concept drift",
+        "canary releases",
+    )
+]
 
 
 def standalone(model: str, n: int, max_tokens: int) -> float:
@@ -43,11 +52,21 @@ async def through_serve(model: str, n: int, max_tokens: int) -> float:
     from services.inference.settings import EngineSettings, InferenceSettings, ModelVersion
 
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-    settings = InferenceSettings(versions=(ModelVersion(version="v1", model_path=model),),
-                                 engine=EngineSettings(kind="vllm", num_gpus=1, max_tokens=max_tokens, gpu_memory_utilization=0.45))
+    settings = InferenceSettings(
+        versions=(ModelVersion(version="v1", model_path=model),),
+        engine=EngineSettings(kind="vllm", num_gpus=1, max_tokens=max_tokens, gpu_memory_utilization=0.45),
+    )
     router = deploy(settings, timeout_s=900)
-    reqs = [{"request_id": f"r{i}", "model": settings.model_name, "tenant": "bench", "max_tokens": max_tokens,
-             "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]} for i in range(n)]
+    reqs = [
+        {
+            "request_id": f"r{i}",
+            "model": settings.model_name,
+            "tenant": "bench",
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+        }
+        for i in range(n)
+    ]
     await asyncio.gather(*(router.infer.remote(r) for r in reqs[:8]))
     t = time.perf_counter()
     outs = await asyncio.gather(*(router.infer.remote(r) for r in reqs))
@@ -67,10 +86,20 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(include_dashboard=False)
     ours = asyncio.run(through_serve(args.model, args.requests, args.max_tokens))
-    r = Result("inference-gpu", f"tokens/s, {args.requests} concurrent requests", ours, "standalone vLLM", base, "tok/s", "ratio >= 0.8")
+    r = Result(
+        "inference-gpu",
+        f"tokens/s, {args.requests} concurrent requests",
+        ours,
+        "standalone vLLM",
+        base,
+        "tok/s",
+        "ratio >= 0.8",
+    )
     out = Path(__file__).with_name("RESULTS-gpu.md")
-    out.write_text(f"# GPU inference\n\nMachine: {machine()}.\n\n| figure | value | baseline | ratio |\n|---|---|---|---|\n"
-                   f"| {r.figure} | {r.value:,.0f} tok/s | {r.baseline:,.0f} tok/s ({r.baseline_name}) | {r.ratio:.2f} |\n")
+    out.write_text(
+        f"# GPU inference\n\nMachine: {machine()}.\n\n| figure | value | baseline | ratio |\n|---|---|---|---|\n"
+        f"| {r.figure} | {r.value:,.0f} tok/s | {r.baseline:,.0f} tok/s ({r.baseline_name}) | {r.ratio:.2f} |\n"
+    )
     print(out.read_text())
     return 0
 

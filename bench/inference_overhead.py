@@ -9,6 +9,7 @@ directly, on the same model, prompts and settings, in one run.
   bare engine's sequential throughput (one llama.cpp replica, one thread: the same
   compute).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,10 @@ from pathlib import Path
 
 from bench.common import Result, pct
 
-PROMPTS = [f"In one sentence, what is {x}?" for x in
-           ("Kafka", "ClickHouse", "a GPU", "drift", "an alert", "a canary release", "Python", "a model registry")]
+PROMPTS = [
+    f"In one sentence, what is {x}?"
+    for x in ("Kafka", "ClickHouse", "a GPU", "drift", "an alert", "a canary release", "Python", "a model registry")
+]
 
 
 def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Result]:
@@ -36,9 +39,17 @@ def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Resul
     from services.stack.kafka_local import KafkaLocal, free_port
 
     engine_settings = EngineSettings(max_tokens=max_tokens, max_batch_size=1)
-    reqs = [{"request_id": str(uuid.uuid4()), "model": "smollm2-135m-instruct", "tenant": "bench", "user": f"u{i}",
-             "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens}
-            for i in range(n)]
+    reqs = [
+        {
+            "request_id": str(uuid.uuid4()),
+            "model": "smollm2-135m-instruct",
+            "tenant": "bench",
+            "user": f"u{i}",
+            "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            "max_tokens": max_tokens,
+        }
+        for i in range(n)
+    ]
 
     # baseline: the bare engine
     engine = LlamaCppEngine(n_threads=engine_settings.n_threads)
@@ -80,7 +91,9 @@ async def _measure(bootstrap, reqs, bare, bare_tput, engine_settings, saturation
 
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
     await ensure_topics(kafka)
-    settings = InferenceSettings(kafka=kafka, engine=engine_settings, bridge=BridgeSettings(group_id="bench", max_in_flight=8))
+    settings = InferenceSettings(
+        kafka=kafka, engine=engine_settings, bridge=BridgeSettings(group_id="bench", max_in_flight=8)
+    )
     router = deploy(settings)
     for r in reqs[:3]:
         await router.infer.remote(r)
@@ -102,6 +115,7 @@ async def _measure(bootstrap, reqs, bare, bare_tput, engine_settings, saturation
     codec = get_codec("inference-responses")
     e2e = []
     async with ArgusProducer(kafka) as producer:
+
         async def wait_for(ids: set[str]) -> None:
             while ids:
                 for msgs in (await consumer.getmany(timeout_ms=100)).values():
@@ -113,7 +127,9 @@ async def _measure(bootstrap, reqs, bare, bare_tput, engine_settings, saturation
             await wait_for({rid})
         for r in reqs:
             t = time.perf_counter()
-            rid = await producer.request(r["messages"], tenant="bench", user=r["user"], max_tokens=r["max_tokens"], wait=True)
+            rid = await producer.request(
+                r["messages"], tenant="bench", user=r["user"], max_tokens=r["max_tokens"], wait=True
+            )
             await wait_for({rid})
             e2e.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
@@ -132,10 +148,63 @@ async def _measure(bootstrap, reqs, bare, bare_tput, engine_settings, saturation
         return pct(lat, q) - pct(bare, q)
 
     return [
-        Result("inference", "Serve handle latency p50", pct(serve_lat, 0.5), "bare engine p50", pct(bare, 0.5), "ms", "ratio <= 1.25", False),
-        Result("inference", "Serve handle latency p99", pct(serve_lat, 0.99), "bare engine p99", pct(bare, 0.99), "ms", "ratio <= 1.5", False),
-        Result("inference", "bridge+Serve end-to-end p50", pct(e2e, 0.5), "bare engine p50", pct(bare, 0.5), "ms", "ratio <= 1.5", False),
-        Result("inference", "bridge+Serve end-to-end p99", pct(e2e, 0.99), "bare engine p99", pct(bare, 0.99), "ms", "ratio <= 2.0", False),
-        Result("inference", "bridge+Serve overhead p50 (added ms)", over(e2e, 0.5), "bare engine p50", pct(bare, 0.5), "ms", "(informational)", False),
-        Result("inference", "throughput at saturation", sat_tput, "bare engine, sequential", bare_tput, "req/s", "ratio >= 0.8"),
+        Result(
+            "inference",
+            "Serve handle latency p50",
+            pct(serve_lat, 0.5),
+            "bare engine p50",
+            pct(bare, 0.5),
+            "ms",
+            "ratio <= 1.25",
+            False,
+        ),
+        Result(
+            "inference",
+            "Serve handle latency p99",
+            pct(serve_lat, 0.99),
+            "bare engine p99",
+            pct(bare, 0.99),
+            "ms",
+            "ratio <= 1.5",
+            False,
+        ),
+        Result(
+            "inference",
+            "bridge+Serve end-to-end p50",
+            pct(e2e, 0.5),
+            "bare engine p50",
+            pct(bare, 0.5),
+            "ms",
+            "ratio <= 1.5",
+            False,
+        ),
+        Result(
+            "inference",
+            "bridge+Serve end-to-end p99",
+            pct(e2e, 0.99),
+            "bare engine p99",
+            pct(bare, 0.99),
+            "ms",
+            "ratio <= 2.0",
+            False,
+        ),
+        Result(
+            "inference",
+            "bridge+Serve overhead p50 (added ms)",
+            over(e2e, 0.5),
+            "bare engine p50",
+            pct(bare, 0.5),
+            "ms",
+            "(informational)",
+            False,
+        ),
+        Result(
+            "inference",
+            "throughput at saturation",
+            sat_tput,
+            "bare engine, sequential",
+            bare_tput,
+            "req/s",
+            "ratio >= 0.8",
+        ),
     ]

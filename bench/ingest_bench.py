@@ -11,6 +11,7 @@
 - freshness: events produced at a fixed rate; p99 of (row inserted) - (event produced),
   i.e. how long until an SRE can query an event.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,22 +30,45 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _event(i: int, served_at: int) -> dict:
     return {
-        "request_id": str(uuid.uuid4()), "response_id": str(uuid.uuid4()), "model": "smollm2-135m-instruct",
-        "response_model": "SmolLM2.gguf", "model_version": "v1" if i % 10 else "v2", "tenant": f"t{i % 8}",
-        "user": f"u{i % 1000}", "output": f"The answer to question {i % 97} is {i % 13}.", "finish_reason": "stop",
-        "input_tokens": 30 + i % 50, "output_tokens": 10 + i % 40, "latency_ms": 150.0 + i % 300,
-        "time_to_first_token_ms": 50.0 + i % 40, "mean_logprob": -0.5 - (i % 10) / 20, "status": "ok",
-        "shadow": False, "served_at": served_at,
+        "request_id": str(uuid.uuid4()),
+        "response_id": str(uuid.uuid4()),
+        "model": "smollm2-135m-instruct",
+        "response_model": "SmolLM2.gguf",
+        "model_version": "v1" if i % 10 else "v2",
+        "tenant": f"t{i % 8}",
+        "user": f"u{i % 1000}",
+        "output": f"The answer to question {i % 97} is {i % 13}.",
+        "finish_reason": "stop",
+        "input_tokens": 30 + i % 50,
+        "output_tokens": 10 + i % 40,
+        "latency_ms": 150.0 + i % 300,
+        "time_to_first_token_ms": 50.0 + i % 40,
+        "mean_logprob": -0.5 - (i % 10) / 20,
+        "status": "ok",
+        "shadow": False,
+        "served_at": served_at,
     }
 
 
 def _request(i: int, created_at: int) -> dict:
     return {
-        "request_id": str(uuid.uuid4()), "created_at": created_at, "model": "smollm2-135m-instruct",
-        "messages": [{"role": "system", "content": "You are a helpful assistant. Answer briefly."},
-                     {"role": "user", "content": f"What is the capital of country number {i % 97}? Answer in one sentence."}],
-        "temperature": 0.7, "top_p": None, "max_tokens": 64, "stop_sequences": [], "seed": None, "tenant": f"t{i % 8}",
-        "user": f"u{i % 1000}", "trace_id": None, "span_id": None, "deadline": None,
+        "request_id": str(uuid.uuid4()),
+        "created_at": created_at,
+        "model": "smollm2-135m-instruct",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+            {"role": "user", "content": f"What is the capital of country number {i % 97}? Answer in one sentence."},
+        ],
+        "temperature": 0.7,
+        "top_p": None,
+        "max_tokens": 64,
+        "stop_sequences": [],
+        "seed": None,
+        "tenant": f"t{i % 8}",
+        "user": f"u{i % 1000}",
+        "trace_id": None,
+        "span_id": None,
+        "deadline": None,
         "metadata": {"app": "chat", "experiment": "b" if i % 2 else "a"},
     }
 
@@ -54,7 +78,8 @@ def _insert_rate(client, table: str) -> float:  # noqa: ANN001 - clickhouse-conn
     over the time from the first insert to the last (``ingested_at`` is set per insert)."""
     first, last, total, in_first = client.query(
         f"SELECT min(ingested_at), max(ingested_at), count(), countIf(ingested_at = (SELECT min(ingested_at) FROM {table})) "
-        f"FROM {table}").result_rows[0]
+        f"FROM {table}"
+    ).result_rows[0]
     return (total - in_first) / (last - first).total_seconds()
 
 
@@ -82,8 +107,9 @@ async def _run(bootstrap: str, dsn: str, n: int, rate: int, freshness_s: int) ->
     from services.common.settings import KafkaSettings
 
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
-    await ensure_topics(kafka, keys=["inference-responses", "inference-responses-dlq", "inference-requests",
-                                     "inference-requests-dlq"])
+    await ensure_topics(
+        kafka, keys=["inference-responses", "inference-responses-dlq", "inference-requests", "inference-requests-dlq"]
+    )
     migrations.apply(get_client(dsn.rsplit("/", 1)[0] + "/default"), "argus")
     client = get_client(dsn)
     out = []
@@ -146,20 +172,38 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
 
     # Argus ingest, one process
     env = {
-        **os.environ, "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ARGUS_INGEST_KAFKA__TOPIC_PREFIX": "bench.",
-        "ARGUS_INGEST_CLICKHOUSE__DSN": dsn, "ARGUS_INGEST_TOPICS": f'["{key}"]',
-        "ARGUS_INGEST_LOG_LEVEL": "WARNING", "ARGUS_INGEST_GROUP_ID": "bench-ingest",
+        **os.environ,
+        "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "ARGUS_INGEST_KAFKA__TOPIC_PREFIX": "bench.",
+        "ARGUS_INGEST_CLICKHOUSE__DSN": dsn,
+        "ARGUS_INGEST_TOPICS": f'["{key}"]',
+        "ARGUS_INGEST_LOG_LEVEL": "WARNING",
+        "ARGUS_INGEST_GROUP_ID": "bench-ingest",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.ingest"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     count = lambda: client.query(f"SELECT count() FROM {table}").result_rows[0][0]  # noqa: E731
     what = "responses" if spec.table == "inference_responses" else "requests"
     try:
         while count() < n:
             await asyncio.sleep(0.5)
         ingest_rate = _insert_rate(client, table)
-        out = [Result("ingest", f"sustained events/s into ClickHouse, one process ({what})", ingest_rate,
-                      "raw pipe (consume + insert prepared rows)", raw_rate, "events/s", ">= 40k/s and ratio >= 0.75")]
+        out = [
+            Result(
+                "ingest",
+                f"sustained events/s into ClickHouse, one process ({what})",
+                ingest_rate,
+                "raw pipe (consume + insert prepared rows)",
+                raw_rate,
+                "events/s",
+                ">= 40k/s and ratio >= 0.75",
+            )
+        ]
         if freshness_s:  # freshness at a fixed rate
             t_start = time.perf_counter()
             sent = 0
@@ -174,9 +218,20 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
                 await asyncio.sleep(0.1)
             p50, p99 = client.query(
                 f"SELECT quantileExact(0.5)(d), quantileExact(0.99)(d) FROM (SELECT dateDiff('millisecond', served_at, ingested_at) AS d "
-                f"FROM {table} ORDER BY served_at DESC LIMIT {sent})").result_rows[0]
-            out.append(Result("ingest", f"freshness p99 at {rate}/s (produced -> queryable)", float(p99), "freshness p50",
-                              float(p50), "ms", "p99 <= 1000 ms", False))
+                f"FROM {table} ORDER BY served_at DESC LIMIT {sent})"
+            ).result_rows[0]
+            out.append(
+                Result(
+                    "ingest",
+                    f"freshness p99 at {rate}/s (produced -> queryable)",
+                    float(p99),
+                    "freshness p50",
+                    float(p50),
+                    "ms",
+                    "p99 <= 1000 ms",
+                    False,
+                )
+            )
         return out
     finally:
         proc.terminate()

@@ -6,6 +6,7 @@ same run, ratio, target) with the machine description.
 
 Each benchmark's rows say which run produced them (a ``Produced by`` line per run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,28 +47,37 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if set(args.names) != set(BENCHMARKS) and RESULTS.exists():  # keep the other benchmarks' rows and their runs
         old = RESULTS.read_text().splitlines()
-        kept = [line for line in old if line.startswith("| ") and not line.startswith(("| benchmark", "|---"))
-                and line.split("|")[1].strip() not in args.names]
+        kept = [
+            line
+            for line in old
+            if line.startswith("| ")
+            and not line.startswith(("| benchmark", "|---"))
+            and line.split("|")[1].strip() not in args.names
+        ]
         rows += kept
         kept_names = {line.split("|")[1].strip() for line in kept}
         for line in old:
             if line.startswith("- `python -m bench.run ") or line.startswith("Produced by `python -m bench.run "):
-                text = line.split(" ", 1)[1] if line.startswith("- ") else line[len("Produced by "):].rstrip(".")
+                text = line.split(" ", 1)[1] if line.startswith("- ") else line[len("Produced by ") :].rstrip(".")
                 text = text.split(" (rows: ")[0]
                 names = text.split("`")[1].split()[3:] or list(BENCHMARKS)
                 still = [n for n in names if n in kept_names]
                 if still:
                     if line.startswith("Produced by ") and "machine:" not in text:
                         machine_line = next((m for m in old if m.startswith("Machine: ")), "")
-                        text += f", machine: {machine_line[len('Machine: '):].rstrip('.')}" if machine_line else ""
+                        text += f", machine: {machine_line[len('Machine: ') :].rstrip('.')}" if machine_line else ""
                     if still != names:
                         text += f" (rows: {', '.join(still)})"
                     runs.insert(len(runs) - 1, text)
     for r in results:
-        rows.append(f"| {r.benchmark} | {r.figure} | {fmt(r.value)} {r.unit} | {r.baseline_name} | {fmt(r.baseline)} {r.unit} "
-                    f"| {r.ratio:.2f} | {r.target} |")
+        rows.append(
+            f"| {r.benchmark} | {r.figure} | {fmt(r.value)} {r.unit} | {r.baseline_name} | {fmt(r.baseline)} {r.unit} "
+            f"| {r.ratio:.2f} | {r.target} |"
+        )
     order = list(BENCHMARKS)
-    rows.sort(key=lambda line: order.index(line.split("|")[1].strip()) if line.split("|")[1].strip() in order else len(order))
+    rows.sort(
+        key=lambda line: order.index(line.split("|")[1].strip()) if line.split("|")[1].strip() in order else len(order)
+    )
     lines = [
         "# Benchmark results",
         "",

@@ -1,19 +1,20 @@
 """``argus``: the one command of the platform.
 
-    argus stack up | down | status     the local stack (Kafka + ClickHouse endpoint)
-    argus topics list | create         topics from the registry
-    argus schemas check                golden examples and compatibility of every schema
-    argus migrate                      apply ClickHouse migrations to the configured DSN
-    argus produce TOPIC [FILE]         JSON lines -> Avro wire format -> Kafka
-    argus consume TOPIC                Kafka -> decoded JSON lines
-    argus sql "SELECT ..."             query ClickHouse (table, CSV or JSON)
-    argus alerting                     run the alerting service
-    argus alerts list | silences | silence | expire | tail
-    argus retraining                   run the retraining service
-    argus retrain list | show | approve | reject
-    argus models list | register
-    argus demo                         the end-to-end demo on the local stack
+argus stack up | down | status     the local stack (Kafka + ClickHouse endpoint)
+argus topics list | create         topics from the registry
+argus schemas check                golden examples and compatibility of every schema
+argus migrate                      apply ClickHouse migrations to the configured DSN
+argus produce TOPIC [FILE]         JSON lines -> Avro wire format -> Kafka
+argus consume TOPIC                Kafka -> decoded JSON lines
+argus sql "SELECT ..."             query ClickHouse (table, CSV or JSON)
+argus alerting                     run the alerting service
+argus alerts list | silences | silence | expire | tail
+argus retraining                   run the retraining service
+argus retrain list | show | approve | reject
+argus models list | register
+argus demo                         the end-to-end demo on the local stack
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,9 @@ from rich.table import Table
 from services.common.settings import ServiceSettings, StackSettings, service_settings
 
 app = typer.Typer(help="Argus: event-driven LLMOps on Kafka, ClickHouse and Ray Serve.", no_args_is_help=True)
-stack_app = typer.Typer(help="The local stack: Apache Kafka (KRaft) and the ClickHouse engine over HTTP.", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The local stack: Apache Kafka (KRaft) and the ClickHouse engine over HTTP.", no_args_is_help=True
+)
 topics_app = typer.Typer(help="Topics from the registry in schemas/topics.", no_args_is_help=True)
 schemas_app = typer.Typer(help="The Avro contracts in schemas/.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -79,7 +82,9 @@ def stack_down() -> None:
 
 @stack_app.command("start")
 def stack_start(
-    names: list[str] = typer.Argument(None, help="Services to start (default: all): inference ingest drift alerting retraining subscriber."),
+    names: list[str] = typer.Argument(
+        None, help="Services to start (default: all): inference ingest drift alerting retraining subscriber."
+    ),
     wait: bool = typer.Option(True, help="Wait until each is ready."),
 ) -> None:
     """Start platform services as local processes on the local stack (logs and pids under <home>/services)."""
@@ -93,7 +98,9 @@ def stack_start(
         chosen = list(names or ORDER)
         for n in chosen:
             rec = svc.start(n)
-            console.print(f"[green]✓[/] {n:<10} pid {rec['pid']}  {rec['health_url']}  log {rec['log']}", highlight=False)
+            console.print(
+                f"[green]✓[/] {n:<10} pid {rec['pid']}  {rec['health_url']}  log {rec['log']}", highlight=False
+            )
         if wait:
             with console.status("waiting for readiness..."):
                 svc.wait_ready(chosen, timeout_s=300)
@@ -103,7 +110,9 @@ def stack_start(
 
 
 @stack_app.command("stop")
-def stack_stop(names: list[str] = typer.Argument(..., help="Services to stop; they stay listed (red) in `argus stack status`.")) -> None:
+def stack_stop(
+    names: list[str] = typer.Argument(..., help="Services to stop; they stay listed (red) in `argus stack status`."),
+) -> None:
     """Stop platform services started by `argus stack start` or a demo (SIGTERM, then SIGKILL)."""
     from services.stack.services import LocalServices
 
@@ -125,13 +134,17 @@ def stack_status(json_out: bool = typer.Option(False, "--json", help="Machine-re
     rows = Stack(settings).status()
     services = LocalServices(settings).status()
     if json_out:
-        console.print_json(json.dumps({"components": [asdict(r) for r in rows], "services": [as_dict(s) for s in services]}))
+        console.print_json(
+            json.dumps({"components": [asdict(r) for r in rows], "services": [as_dict(s) for s in services]})
+        )
     else:
         table = Table(title="argus stack")
         for col in ("component", "health", "pid", "address", "detail"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r.name, "[green]healthy[/]" if r.healthy else "[red]DOWN[/]", str(r.pid or "-"), r.address, r.detail)
+            table.add_row(
+                r.name, "[green]healthy[/]" if r.healthy else "[red]DOWN[/]", str(r.pid or "-"), r.address, r.detail
+            )
         console.print(table)
         if services:
             t = Table(title="services")
@@ -140,8 +153,16 @@ def stack_status(json_out: bool = typer.Option(False, "--json", help="Machine-re
             for s in services:
                 health = "[green]ready[/]" if s.healthy else ("[yellow]not ready[/]" if s.running else "[red]DOWN[/]")
                 c = s.counters
-                t.add_row(s.name, health, str(s.pid or "-"), "-" if s.lag is None else str(s.lag),
-                          _n(c.get("consumed")), _n(c.get("produced")), _n(c.get("dead_lettered")), s.detail[:70])
+                t.add_row(
+                    s.name,
+                    health,
+                    str(s.pid or "-"),
+                    "-" if s.lag is None else str(s.lag),
+                    _n(c.get("consumed")),
+                    _n(c.get("produced")),
+                    _n(c.get("dead_lettered")),
+                    s.detail[:70],
+                )
             console.print(t)
     if not all(r.healthy for r in rows) or not all(s.healthy for s in services):
         raise typer.Exit(1)
@@ -163,8 +184,14 @@ def topics_list() -> None:
     for col in ("key", "kafka topic", "schema", "partitions", "compat", "dead-letter topic"):
         table.add_column(col)
     for key, spec in sorted(reg.topics.items()):
-        table.add_row(key, s.kafka.topic_prefix + spec.name, f"{spec.schema}.v{spec.version}", str(spec.partitions),
-                      spec.compatibility, spec.dead_letter_topic or "-")
+        table.add_row(
+            key,
+            s.kafka.topic_prefix + spec.name,
+            f"{spec.schema}.v{spec.version}",
+            str(spec.partitions),
+            spec.compatibility,
+            spec.dead_letter_topic or "-",
+        )
     console.print(table)
 
 
@@ -221,7 +248,7 @@ def produce(
     spec = reg.topic(topic)
     codec = reg.codec(topic)
     schema = reg.schema_json(spec.schema, spec.version)
-    lines = (file.open() if file else sys.stdin)
+    lines = file.open() if file else sys.stdin
 
     async def run() -> tuple[int, int]:
         producer = make_producer(s.kafka)
@@ -247,7 +274,10 @@ def produce(
         return sent, bad
 
     sent, bad = asyncio.run(run())
-    console.print(f"produced {sent} records to {s.kafka.topic_prefix + spec.name}" + (f", {bad} rejected" if bad else ""), highlight=False)
+    console.print(
+        f"produced {sent} records to {s.kafka.topic_prefix + spec.name}" + (f", {bad} rejected" if bad else ""),
+        highlight=False,
+    )
     if bad:
         raise typer.Exit(1)
 
@@ -350,19 +380,36 @@ def loadgen(
     unknown = [k for k, _ in pairs if k not in TOPICS]
     if unknown or drift not in ("none", "length", "language", "topic"):
         _fail(f"unknown topics {unknown} (known: {sorted(TOPICS)}) or drift {drift!r}")
-    profile = LoadProfile(rate_per_s=rate, duration_s=duration, mix=pairs, drift=drift, drift_at_s=drift_at,  # type: ignore[arg-type]
-                          max_tokens=max_tokens, seed=seed)
+    profile = LoadProfile(
+        rate_per_s=rate,
+        duration_s=duration,
+        mix=pairs,
+        drift=drift,
+        drift_at_s=drift_at,  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+        seed=seed,
+    )
     s = _settings()
 
     async def run() -> dict[str, int]:
-        with Progress(TextColumn("loadgen"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
-                      TimeRemainingColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("loadgen"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[phase]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
             task = progress.add_task("send", total=int(rate * duration), phase="baseline")
             async with ArgusProducer(s.kafka) as producer:
-                return await run_load(producer, profile, lambda n, phase: progress.update(task, completed=n, phase=phase))
+                return await run_load(
+                    producer, profile, lambda n, phase: progress.update(task, completed=n, phase=phase)
+                )
 
     counts = asyncio.run(run())
-    console.print(f"sent {sum(counts.values())} requests: {counts['baseline']} baseline, {counts['drift']} after the drift")
+    console.print(
+        f"sent {sum(counts.values())} requests: {counts['baseline']} baseline, {counts['drift']} after the drift"
+    )
 
 
 @app.command("ingest")
@@ -416,8 +463,12 @@ def sql(
 # -- alerting ---------------------------------------------------------------------------
 alerts_app = typer.Typer(help="Alerts and silences of the alerting service.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
-_ALERTING_URL = typer.Option("http://127.0.0.1:9095", "--url", envvar="ARGUS_CLI_ALERTING_URL",
-                             help="The alerting service's API (its health port).")
+_ALERTING_URL = typer.Option(
+    "http://127.0.0.1:9095",
+    "--url",
+    envvar="ARGUS_CLI_ALERTING_URL",
+    help="The alerting service's API (its health port).",
+)
 
 
 @app.command("alerting")
@@ -458,7 +509,9 @@ def alerts_list(url: str = _ALERTING_URL, json_out: bool = typer.Option(False, "
         labels = ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items()) if k not in ("alertname", "severity"))
         muted = ", ".join(a["silenced_by"]) + ("inhibited" if a["inhibited"] else "")
         value = "" if a["value"] is None else f"{a['value']:.4g}"
-        table.add_row(a["state"], a["rule"], a["severity"], labels, value, _when(a["starts_at"] or a["active_at"]), muted)
+        table.add_row(
+            a["state"], a["rule"], a["severity"], labels, value, _when(a["starts_at"] or a["active_at"]), muted
+        )
     console.print(table if alerts else "no alerts")
 
 
@@ -471,7 +524,14 @@ def alerts_silences(url: str = _ALERTING_URL, json_out: bool = typer.Option(Fals
         return
     table = Table("id", "active", "matchers", "ends", "by", "comment")
     for x in sorted(silences, key=lambda x: -x["ends_at"]):
-        table.add_row(x["id"], "yes" if x["active"] else "no", " ".join(x["matchers"]), _when(x["ends_at"]), x["created_by"], x["comment"])
+        table.add_row(
+            x["id"],
+            "yes" if x["active"] else "no",
+            " ".join(x["matchers"]),
+            _when(x["ends_at"]),
+            x["created_by"],
+            x["comment"],
+        )
     console.print(table if silences else "no silences")
 
 
@@ -485,8 +545,11 @@ def _publish_silence(record: dict) -> None:
         producer = make_producer(s.kafka)
         await producer.start()
         try:
-            await producer.send_and_wait(s.kafka.topic("alert-silences"), get_codec("alert-silences").encode(record),
-                                         key=record["silence_id"].encode())
+            await producer.send_and_wait(
+                s.kafka.topic("alert-silences"),
+                get_codec("alert-silences").encode(record),
+                key=record["silence_id"].encode(),
+            )
         finally:
             await producer.stop()
 
@@ -495,7 +558,9 @@ def _publish_silence(record: dict) -> None:
 
 @alerts_app.command("silence")
 def alerts_silence(
-    matcher: list[str] = typer.Option(..., "--matcher", "-m", help='Alertmanager matcher, e.g. -m \'alertname="Drift"\' -m \'model=~"smollm2.*"\'.'),
+    matcher: list[str] = typer.Option(
+        ..., "--matcher", "-m", help="Alertmanager matcher, e.g. -m 'alertname=\"Drift\"' -m 'model=~\"smollm2.*\"'."
+    ),
     duration: str = typer.Option("2h", help="How long, e.g. 30m, 2h, 1d."),
     author: str = typer.Option(..., help="Who silences (kept with the silence)."),
     comment: str = typer.Option(..., help="Why."),
@@ -520,7 +585,9 @@ def alerts_silence(
 
 
 @alerts_app.command("expire")
-def alerts_expire(silence_id: str = typer.Argument(...), author: str = typer.Option(..., help="Who expires it.")) -> None:
+def alerts_expire(
+    silence_id: str = typer.Argument(...), author: str = typer.Option(..., help="Who expires it.")
+) -> None:
     """End a silence now."""
     import time
     import uuid as _uuid
@@ -557,11 +624,16 @@ def alerts_tail(
                 sys.stdout.write(json.dumps(to_json(rec), ensure_ascii=False) + "\n")
                 sys.stdout.flush()
                 continue
-            labels = " ".join(f"{k}={v}" for k, v in sorted(rec["labels"].items()) if k not in ("alertname", "severity"))
+            labels = " ".join(
+                f"{k}={v}" for k, v in sorted(rec["labels"].items()) if k not in ("alertname", "severity")
+            )
             to = f" -> {rec['receiver']}" if rec["receiver"] else ""
             c = colors.get(rec["status"], "white")
-            console.print(f"{rec['emitted_at']:%H:%M:%S} [{c}]{rec['status']:<10}[/] {rec['rule']} ({rec['severity']}) "
-                          f"{labels}{to}  {rec['annotations'].get('summary', '')}", highlight=False)
+            console.print(
+                f"{rec['emitted_at']:%H:%M:%S} [{c}]{rec['status']:<10}[/] {rec['rule']} ({rec['severity']}) "
+                f"{labels}{to}  {rec['annotations'].get('summary', '')}",
+                highlight=False,
+            )
 
     try:
         asyncio.run(run())
@@ -643,15 +715,31 @@ def _publish(key: str, rec: dict, kafka_key: str) -> None:
 
 
 @retrain_app.command("list")
-def retrain_list(all_: bool = typer.Option(False, "--all", help="Closed triggers too."),
-                 json_out: bool = typer.Option(False, "--json")) -> None:
+def retrain_list(
+    all_: bool = typer.Option(False, "--all", help="Closed triggers too."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
     """Open triggers (or all), newest first."""
     triggers = sorted(_book().triggers.values(), key=lambda t: -t.created_at)
     triggers = [t for t in triggers if all_ or t.open]
     if json_out:
-        console.print_json(json.dumps([{"trigger_id": t.trigger_id, "state": t.state, "model": t.model,
-                                        "model_version": t.model_version, "policy": t.policy, "reason": t.reason,
-                                        "candidate_version": t.candidate_version, "created_at": t.created_at} for t in triggers]))
+        console.print_json(
+            json.dumps(
+                [
+                    {
+                        "trigger_id": t.trigger_id,
+                        "state": t.state,
+                        "model": t.model,
+                        "model_version": t.model_version,
+                        "policy": t.policy,
+                        "reason": t.reason,
+                        "candidate_version": t.candidate_version,
+                        "created_at": t.created_at,
+                    }
+                    for t in triggers
+                ]
+            )
+        )
         return
     table = Table("trigger", "state", "model", "version", "policy", "reason", "raised")
     for t in triggers:
@@ -668,11 +756,16 @@ def retrain_show(trigger: str = typer.Argument(..., help="Trigger id or a unique
         t = _book().find(trigger)
     except TransitionError as exc:
         _fail(str(exc))
-    console.print(f"[bold]{t.trigger_id}[/] {t.model} {t.model_version} policy={t.policy} state=[bold]{t.state}[/]"
-                  + (f" candidate={t.candidate_version}" if t.candidate_version else ""), highlight=False)
+    console.print(
+        f"[bold]{t.trigger_id}[/] {t.model} {t.model_version} policy={t.policy} state=[bold]{t.state}[/]"
+        + (f" candidate={t.candidate_version}" if t.candidate_version else ""),
+        highlight=False,
+    )
     console.print(f"reason: {t.reason}", highlight=False)
-    console.print(f"drift events: {', '.join(t.drift_event_ids) or '-'}\nalerts: {', '.join(t.alert_event_ids) or '-'}",
-                  highlight=False)
+    console.print(
+        f"drift events: {', '.join(t.drift_event_ids) or '-'}\nalerts: {', '.join(t.alert_event_ids) or '-'}",
+        highlight=False,
+    )
     console.print("dataset: " + ", ".join(f"{k}={v}" for k, v in sorted(t.dataset_spec.items())), highlight=False)
     table = Table("#", "state", "by", "comment", "at")
     for h in t.history:
@@ -694,15 +787,21 @@ def _decide(trigger: str, state: str, by: str, comment: str) -> None:
 
 
 @retrain_app.command("approve")
-def retrain_approve(trigger: str = typer.Argument(...), by: str = typer.Option(..., help="Who approves."),
-                    comment: str = typer.Option("", help="Why.")) -> None:
+def retrain_approve(
+    trigger: str = typer.Argument(...),
+    by: str = typer.Option(..., help="Who approves."),
+    comment: str = typer.Option("", help="Why."),
+) -> None:
     """Approve a trigger awaiting approval: the service dispatches the job."""
     _decide(trigger, "approved", by, comment)
 
 
 @retrain_app.command("reject")
-def retrain_reject(trigger: str = typer.Argument(...), by: str = typer.Option(..., help="Who rejects."),
-                   comment: str = typer.Option(..., help="Why (kept with the trigger).")) -> None:
+def retrain_reject(
+    trigger: str = typer.Argument(...),
+    by: str = typer.Option(..., help="Who rejects."),
+    comment: str = typer.Option(..., help="Why (kept with the trigger)."),
+) -> None:
     """Reject a trigger awaiting approval: nothing is dispatched."""
     _decide(trigger, "rejected", by, comment)
 
@@ -721,21 +820,28 @@ def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
         return
     table = Table("model", "version", "status", "sha256", "artifact", "by", "comment")
     for r in rows:
-        table.add_row(r["model"], r["version"], r["status"], r["sha256"][:12], r["artifact_uri"], r["actor"], r["comment"])
+        table.add_row(
+            r["model"], r["version"], r["status"], r["sha256"][:12], r["artifact_uri"], r["actor"], r["comment"]
+        )
     console.print(table if rows else "no versions registered")
 
 
 @models_app.command("register")
 def models_register(
-    model: str = typer.Argument(...), version: str = typer.Argument(...),
-    artifact: Path = typer.Argument(..., exists=True, dir_okay=False, help="The artifact file (its sha256 is computed)."),
+    model: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    artifact: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="The artifact file (its sha256 is computed)."
+    ),
     status: str = typer.Option("candidate", help="candidate, or active for the version serving today."),
     trigger: Optional[str] = typer.Option(None, help="The retraining trigger this version answers."),
     parent: Optional[str] = typer.Option(None, help="The version it was trained from."),
     card: list[str] = typer.Option([], help="Model card entries key=value (data window, metrics, limitations, owner)."),
     by: str = typer.Option(..., help="Who registers it."),
     comment: str = typer.Option(""),
-    sha256: Optional[str] = typer.Option(None, help="The digest the pipeline built (default: computed from ARTIFACT now)."),
+    sha256: Optional[str] = typer.Option(
+        None, help="The digest the pipeline built (default: computed from ARTIFACT now)."
+    ),
 ) -> None:
     """Register a model version with its artifact's digest and model card. Whatever
     loads the version later (validation, inference) refuses a file with another digest."""
@@ -747,8 +853,18 @@ def models_register(
         _fail("card entries are key=value", 2)
     digest = sha256 or sha256_of(artifact)
     try:
-        rec = version_record(model, version, status, str(artifact.resolve()), digest, actor=by, card=entries,
-                             parent_version=parent, trigger_id=trigger, comment=comment)
+        rec = version_record(
+            model,
+            version,
+            status,
+            str(artifact.resolve()),
+            digest,
+            actor=by,
+            card=entries,
+            parent_version=parent,
+            trigger_id=trigger,
+            comment=comment,
+        )
     except ValueError as exc:
         _fail(str(exc), 2)
     _publish("model-registry", rec, f"{model}/{version}")
@@ -778,11 +894,15 @@ def demo(
         _fail(str(exc))
     results = asyncio.run(roundtrip_examples(Stack(StackSettings()).kafka_settings))
     bad = [r for r in results if not r.equal]
-    console.print(f"{'[green]✓' if not bad else '[red]✗'}[/] {len(results) - len(bad)}/{len(results)} golden examples "
-                  "round-tripped through Kafka in the Confluent wire format")
+    console.print(
+        f"{'[green]✓' if not bad else '[red]✗'}[/] {len(results) - len(bad)}/{len(results)} golden examples "
+        "round-tripped through Kafka in the Confluent wire format"
+    )
     try:
-        outcome = run_demo(console, DemoOptions(rate=rate, duration_s=duration, drift_at_s=drift_at,
-                                                max_tokens=max_tokens, report=report))
+        outcome = run_demo(
+            console,
+            DemoOptions(rate=rate, duration_s=duration, drift_at_s=drift_at, max_tokens=max_tokens, report=report),
+        )
     except (RuntimeError, StackError) as exc:
         _fail(str(exc))
         return

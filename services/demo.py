@@ -17,6 +17,7 @@ The demo's alerting and retraining configurations are the shipped ones with two 
 written next to the report: the DriftDetected window and the retraining cooldown are
 short, so that a second demo within the hour raises its own alert and trigger.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -83,8 +84,13 @@ def _demo_configs(out: Path, run_id: str, subscriber_port: int) -> dict[str, Pat
         p["name"] = f"demo-{run_id}-{p['name']}"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"alerting": out / "alerting.yaml", "retraining": out / "retraining.yaml"}
-    paths["alerting"].write_text(f"# argus demo: the shipped config, DriftDetected window 90s, delivered to the demo's subscriber, labelled demo_run={run_id}\n" + yaml.safe_dump(alerting, sort_keys=False))
-    paths["retraining"].write_text(f"# argus demo: the shipped policies, named for run {run_id}\n" + yaml.safe_dump(retraining, sort_keys=False))
+    paths["alerting"].write_text(
+        f"# argus demo: the shipped config, DriftDetected window 90s, delivered to the demo's subscriber, labelled demo_run={run_id}\n"
+        + yaml.safe_dump(alerting, sort_keys=False)
+    )
+    paths["retraining"].write_text(
+        f"# argus demo: the shipped policies, named for run {run_id}\n" + yaml.safe_dump(retraining, sort_keys=False)
+    )
     return paths
 
 
@@ -133,9 +139,14 @@ class Demo:
             rec = self.services.start(name, extra)
             self.started.append(name)
             self.console.print(f"[green]✓[/] started {name:<10} pid {rec['pid']:<7} log {rec['log']}", highlight=False)
-        with self.console.status("waiting for every service to be ready (Ray Serve and the model take a minute)...") as st:
-            self.services.wait_ready(self.started, self.opts.ready_timeout_s,
-                                     on_wait=lambda pending: st.update(f"waiting for: {', '.join(pending)}"))
+        with self.console.status(
+            "waiting for every service to be ready (Ray Serve and the model take a minute)..."
+        ) as st:
+            self.services.wait_ready(
+                self.started,
+                self.opts.ready_timeout_s,
+                on_wait=lambda pending: st.update(f"waiting for: {', '.join(pending)}"),
+            )
         self.console.print("[green]✓[/] all services ready")
         self._reset_drift_reference()
 
@@ -146,12 +157,21 @@ class Demo:
         import subprocess
         import sys
 
-        env = {**os.environ, "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": self.settings.bootstrap,
-               "ARGUS_DRIFT_SEMANTIC__ENABLED": "false", "ARGUS_DRIFT_HEALTH_ENABLED": "false",
-               "ARGUS_FAUST_DATADIR": str(self.services.root / "faust-cli")}
+        env = {
+            **os.environ,
+            "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": self.settings.bootstrap,
+            "ARGUS_DRIFT_SEMANTIC__ENABLED": "false",
+            "ARGUS_DRIFT_HEALTH_ENABLED": "false",
+            "ARGUS_FAUST_DATADIR": str(self.services.root / "faust-cli"),
+        }
         for version in ("*", "v1"):
-            done = subprocess.run([sys.executable, "-m", "services.drift", "reset-reference", MODEL, version], env=env,
-                                  capture_output=True, text=True, timeout=120)
+            done = subprocess.run(
+                [sys.executable, "-m", "services.drift", "reset-reference", MODEL, version],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"resetting the drift reference of {MODEL} {version} failed: {done.stderr[-2000:]}")
 
@@ -167,13 +187,18 @@ class Demo:
             "  (SELECT request_id FROM argus.inference_requests WHERE metadata['loadgen_run'] = {r:String})), "
             "(SELECT uniqExact(event_id) FROM argus.drift_events WHERE detected_at >= fromUnixTimestamp64Milli({t:Int64})), "
             "(SELECT uniqExact(trigger_id) FROM argus.retraining_triggers WHERE startsWith(policy, {p:String}))",
-            parameters={"r": self.run_id, "t": int(self.t_start * 1000), "p": f"demo-{self.run_id}-"}).result_rows[0]
+            parameters={"r": self.run_id, "t": int(self.t_start * 1000), "p": f"demo-{self.run_id}-"},
+        ).result_rows[0]
         return {"logged": r[0], "answered": r[1], "drift": r[2], "triggers": r[3], "alerts": len(self.firing())}
 
     def firing(self) -> list[dict[str, Any]]:
         """Firing notifications at the subscriber about this run's DriftDetected alert."""
-        return [w for w in self.webhooks() if w["payload"].get("status") == "firing" and any(
-            a["labels"].get("demo_run") == self.run_id for a in w["payload"].get("alerts", []))]
+        return [
+            w
+            for w in self.webhooks()
+            if w["payload"].get("status") == "firing"
+            and any(a["labels"].get("demo_run") == self.run_id for a in w["payload"].get("alerts", []))
+        ]
 
     def webhooks(self) -> list[dict[str, Any]]:
         try:
@@ -212,11 +237,19 @@ class Demo:
         from services.sdk.producer import ArgusProducer
 
         o = self.opts
-        profile = LoadProfile(rate_per_s=o.rate, duration_s=o.duration_s, drift="length", drift_at_s=o.drift_at_s,
-                              max_tokens=o.max_tokens, run_id=self.run_id)
+        profile = LoadProfile(
+            rate_per_s=o.rate,
+            duration_s=o.duration_s,
+            drift="length",
+            drift_at_s=o.drift_at_s,
+            max_tokens=o.max_tokens,
+            run_id=self.run_id,
+        )
         async with ArgusProducer(self.stack.kafka_settings) as producer:
             self.t_load = time.time()
-            task = asyncio.create_task(run_load(producer, profile, lambda n, phase: self.state.update(sent=n, phase=phase)))
+            task = asyncio.create_task(
+                run_load(producer, profile, lambda n, phase: self.state.update(sent=n, phase=phase))
+            )
             with Live(await asyncio.to_thread(self.table), console=self.console, refresh_per_second=1) as live:
                 while not task.done():
                     await asyncio.sleep(1.5)
@@ -227,7 +260,13 @@ class Demo:
                 while time.monotonic() < deadline:
                     live.update(await asyncio.to_thread(self.table))
                     c = self.last
-                    if c["logged"] >= self.total and c["answered"] >= self.total and c["drift"] and c["alerts"] and c["triggers"]:
+                    if (
+                        c["logged"] >= self.total
+                        and c["answered"] >= self.total
+                        and c["drift"]
+                        and c["alerts"]
+                        and c["triggers"]
+                    ):
                         break
                     await asyncio.sleep(1.5)
                 self.state["phase"] = "done"

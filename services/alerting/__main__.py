@@ -1,5 +1,6 @@
 """Entry point: ``python -m services.alerting`` (also ``argus alerting``) runs a faust
 worker; ``python -m services.alerting check [FILE]`` validates a configuration."""
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if argv[:1] == ["check"]:
-        print(f"{path}: {len(config.rules)} rules, {len(config.receivers)} receivers, "
-              f"{len(config.inhibit_rules)} inhibition rules: valid")
+        print(
+            f"{path}: {len(config.rules)} rules, {len(config.receivers)} receivers, "
+            f"{len(config.inhibit_rules)} inhibition rules: valid"
+        )
         return 0
     configure_logging(settings.log_level, settings.log_json)
     get_logger("argus.alerting").info("alerting.settings", **settings.masked())

@@ -22,6 +22,7 @@ there evaluates windows touched by new signals (at most every ``min_evaluation_g
 re-evaluates every window each ``evaluation_interval_s`` and flushes aggregation groups
 exactly when their ``group_wait``/``group_interval`` is due.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,14 +39,14 @@ from aiokafka.errors import KafkaError
 
 from services.alerting.config import AlertingConfig
 from services.alerting.engine import AlertChange, AlertEngine, AlertState, Notification, Silence, alert_event_id
-from services.common.labels import MatcherError
 from services.alerting.notify import Deliverer, DeliveryPolicy
 from services.alerting.settings import AlertingSettings
 from services.alerting.windows import Signal
 from services.common.codec import SerializationError
 from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app, report_lag
-from services.common.kafka import group_lag
 from services.common.health import HealthServer, Readiness
+from services.common.kafka import group_lag
+from services.common.labels import MatcherError
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.registry import dead_letter_topics, get_codec
@@ -55,10 +56,17 @@ _NEGATIVE_LABELS = {"bad", "incorrect", "harmful", "unhelpful", "wrong"}
 
 
 def response_signal(r: dict[str, Any], now: float) -> Signal:
-    return Signal("responses", now, {"model": r["model"], "model_version": r["model_version"], "tenant": r["tenant"]},
-                  {"error": 0.0 if r["status"] == "ok" else 1.0, "latency_ms": float(r["latency_ms"]),
-                   "tokens": float((r.get("input_tokens") or 0) + (r.get("output_tokens") or 0)),
-                   "confidence": r.get("mean_logprob")})
+    return Signal(
+        "responses",
+        now,
+        {"model": r["model"], "model_version": r["model_version"], "tenant": r["tenant"]},
+        {
+            "error": 0.0 if r["status"] == "ok" else 1.0,
+            "latency_ms": float(r["latency_ms"]),
+            "tokens": float((r.get("input_tokens") or 0) + (r.get("output_tokens") or 0)),
+            "confidence": r.get("mean_logprob"),
+        },
+    )
 
 
 def is_negative(f: dict[str, Any]) -> bool:
@@ -72,22 +80,53 @@ def is_negative(f: dict[str, Any]) -> bool:
 
 def feedback_signal(f: dict[str, Any], model: tuple[str, str] | None, now: float) -> Signal:
     m, v = model or ("unknown", "unknown")
-    return Signal("feedback", now, {"model": m, "model_version": v, "tenant": f["tenant"], "source": f.get("source") or ""},
-                  {"negative": 1.0 if is_negative(f) else 0.0})
+    return Signal(
+        "feedback",
+        now,
+        {"model": m, "model_version": v, "tenant": f["tenant"], "source": f.get("source") or ""},
+        {"negative": 1.0 if is_negative(f) else 0.0},
+    )
 
 
 def drift_signal(d: dict[str, Any], now: float) -> Signal:
-    return Signal("drift", now, {"model": d["model"], "model_version": d["model_version"], "feature": d["feature"],
-                                 "detector": d["detector"], "drift_severity": d["severity"]},
-                  {"statistic": float(d["statistic"]), "threshold": float(d["threshold"])})
+    return Signal(
+        "drift",
+        now,
+        {
+            "model": d["model"],
+            "model_version": d["model_version"],
+            "feature": d["feature"],
+            "detector": d["detector"],
+            "drift_severity": d["severity"],
+        },
+        {"statistic": float(d["statistic"]), "threshold": float(d["threshold"])},
+    )
 
 
 def dead_letter_signal(d: dict[str, Any] | None, topic: str, now: float) -> Signal:
     if d is None:  # even an undecodable dead letter is a dead letter
-        return Signal("dead_letters", now, {"original_topic": topic.removesuffix(".dlq"), "service": "",
-                                            "error_type": "undecodable", "consumer_group": ""}, {})
-    return Signal("dead_letters", now, {"original_topic": d["original_topic"], "service": d["service"],
-                                        "error_type": d["error_type"], "consumer_group": d["consumer_group"]}, {})
+        return Signal(
+            "dead_letters",
+            now,
+            {
+                "original_topic": topic.removesuffix(".dlq"),
+                "service": "",
+                "error_type": "undecodable",
+                "consumer_group": "",
+            },
+            {},
+        )
+    return Signal(
+        "dead_letters",
+        now,
+        {
+            "original_topic": d["original_topic"],
+            "service": d["service"],
+            "error_type": d["error_type"],
+            "consumer_group": d["consumer_group"],
+        },
+        {},
+    )
 
 
 def _seconds(v: Any) -> float:
@@ -97,9 +136,15 @@ def _seconds(v: Any) -> float:
 
 def silence_from_record(s: dict[str, Any]) -> dict[str, Any]:
     """A Silence record as the engine's JSON (matchers checked: a bad one raises MatcherError)."""
-    out = {"id": str(s["silence_id"]), "action": s["action"], "matchers": list(s["matchers"]),
-           "starts_at": _seconds(s["starts_at"]), "ends_at": _seconds(s["ends_at"]),
-           "created_by": s["created_by"], "comment": s["comment"]}
+    out = {
+        "id": str(s["silence_id"]),
+        "action": s["action"],
+        "matchers": list(s["matchers"]),
+        "starts_at": _seconds(s["starts_at"]),
+        "ends_at": _seconds(s["ends_at"]),
+        "created_by": s["created_by"],
+        "comment": s["comment"],
+    }
     if out["action"] != "expire":
         if not out["matchers"]:
             raise MatcherError("a silence needs at least one matcher (it would mute every alert)")
@@ -107,14 +152,27 @@ def silence_from_record(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def alert_record(a: AlertState, status: str, at: float, receiver: str | None = None, group_key: str | None = None,
-                 external_url: str = "") -> dict[str, Any]:
+def alert_record(
+    a: AlertState,
+    status: str,
+    at: float,
+    receiver: str | None = None,
+    group_key: str | None = None,
+    external_url: str = "",
+) -> dict[str, Any]:
     return {
-        "event_id": alert_event_id(a.fingerprint, status, at, receiver), "fingerprint": a.fingerprint, "rule": a.rule,
-        "status": status, "severity": a.severity, "labels": a.labels, "annotations": a.annotations, "value": a.value,
+        "event_id": alert_event_id(a.fingerprint, status, at, receiver),
+        "fingerprint": a.fingerprint,
+        "rule": a.rule,
+        "status": status,
+        "severity": a.severity,
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "value": a.value,
         "starts_at": int((a.starts_at or a.active_at) * 1000),
         "ends_at": int(a.ends_at * 1000) if a.ends_at is not None and a.state == "resolved" else None,
-        "group_key": group_key, "receiver": receiver,
+        "group_key": group_key,
+        "receiver": receiver,
         "generator_url": f"{external_url}/api/v2/alerts?fingerprint={a.fingerprint}" if external_url else None,
         "emitted_at": int(at * 1000),
     }
@@ -137,7 +195,9 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     log = get_logger("argus.alerting")
     missing = config.secrets_needed() - set(settings.webhook_secrets)
     if missing:
-        raise ValueError(f"webhook secrets named in the config are not set in ARGUS_ALERTING_WEBHOOK_SECRETS: {sorted(missing)}")
+        raise ValueError(
+            f"webhook secrets named in the config are not set in ARGUS_ALERTING_WEBHOOK_SECRETS: {sorted(missing)}"
+        )
     app = make_app(settings.app_id, k, settings.partitions, settings.broker_session_timeout_s)
     metrics = Metrics(settings.service_name)
     dlq = DeadLetterWriter(app, k, "alerting", settings.app_id, metrics)
@@ -146,12 +206,16 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     dl_codec = get_codec("inference-responses-dlq")
     sources = {key: app.topic(k.topic(key), key_type=bytes, value_type=bytes) for key in SOURCES}
     dlq_topic_names = [k.topic(t) for t in dead_letter_topics()]
-    signals = app.topic(f"{k.topic_prefix}{settings.app_id}-signals", internal=True, partitions=1,
-                        key_type=bytes, value_type=bytes)
+    signals = app.topic(
+        f"{k.topic_prefix}{settings.app_id}-signals", internal=True, partitions=1, key_type=bytes, value_type=bytes
+    )
     alerts_topic = app.topic(k.topic("alerts"), key_type=bytes, value_type=bytes)
-    tables = {name: app.Table(f"alerting-{name}", default=None, partitions=1, use_partitioner=True,
-                              key_type=bytes, value_type=bytes)
-              for name in ("alerts", "silences", "nflog")}
+    tables = {
+        name: app.Table(
+            f"alerting-{name}", default=None, partitions=1, use_partitioner=True, key_type=bytes, value_type=bytes
+        )
+        for name in ("alerts", "silences", "nflog")
+    }
     recent_models = _LRU(200_000)  # request_id -> (model, version), to label feedback
 
     state: dict[str, Any] = {"engine": None, "sink_healthy": True, "last_full": 0.0, "outbox": []}
@@ -194,7 +258,9 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     for key in to_signal:
         make_extractor(key)
 
-    @app.agent(app.topic(*dlq_topic_names, key_type=bytes, value_type=bytes), name=f"{settings.app_id}.extract.dead-letters")
+    @app.agent(
+        app.topic(*dlq_topic_names, key_type=bytes, value_type=bytes), name=f"{settings.app_id}.extract.dead-letters"
+    )
     async def extract_dead_letters(stream: Any) -> None:
         async for event in stream.events():
             metrics.inc("argus_messages_consumed_total", topic=event.message.topic)
@@ -208,8 +274,9 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     signals_tp = TopicPartition(signals.get_topic_name(), 0)
 
     def engine() -> AlertEngine | None:
-        owner = (signals_tp in app.consumer.assignment() and app.tables.recovery.completed.is_set()
-                 and not app.rebalancing)
+        owner = (
+            signals_tp in app.consumer.assignment() and app.tables.recovery.completed.is_set() and not app.rebalancing
+        )
         if not owner:
             if state["engine"] is not None:
                 log.info("alerting.engine_released")
@@ -227,8 +294,12 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
             state["engine"] = eng
             while held:
                 apply_signal(eng, held.popleft())
-            log.info("alerting.engine_started", alerts=len(eng.alerts), silences=len(eng.silences),
-                     notification_log=len(eng.nflog))
+            log.info(
+                "alerting.engine_started",
+                alerts=len(eng.alerts),
+                silences=len(eng.silences),
+                notification_log=len(eng.nflog),
+            )
         return state["engine"]
 
     @app.agent(signals, name=f"{settings.app_id}.engine")
@@ -251,7 +322,9 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
             if s["action"] == "expire":
                 eng.expire_silence(s["id"], now)
             else:
-                eng.add_silence(Silence(s["id"], s["matchers"], s["starts_at"], s["ends_at"], s["created_by"], s["comment"]), now)
+                eng.add_silence(
+                    Silence(s["id"], s["matchers"], s["starts_at"], s["ends_at"], s["created_by"], s["comment"]), now
+                )
             log.info("alerting.silence", id=s["id"], action=s["action"], by=s["created_by"], matchers=s["matchers"])
         else:
             sig = Signal.from_json(body)
@@ -297,22 +370,51 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
         if ok:
             eng.delivered(note, now)
             persist(eng)
-            log.info("alerting.notified", receiver=note.receiver, group=note.group_key, status=note.status,
-                     firing=len(note.firing), resolved=len(note.resolved), attempts=info.get("attempts"),
-                     idempotency_key=note.idempotency_key)
-            await publish([alert_record(a, "resolved" if a.state == "resolved" else "firing", now, note.receiver,
-                                        note.group_key, settings.external_url) for a in note.alerts])
+            log.info(
+                "alerting.notified",
+                receiver=note.receiver,
+                group=note.group_key,
+                status=note.status,
+                firing=len(note.firing),
+                resolved=len(note.resolved),
+                attempts=info.get("attempts"),
+                idempotency_key=note.idempotency_key,
+            )
+            await publish(
+                [
+                    alert_record(
+                        a,
+                        "resolved" if a.state == "resolved" else "firing",
+                        now,
+                        note.receiver,
+                        note.group_key,
+                        settings.external_url,
+                    )
+                    for a in note.alerts
+                ]
+            )
         else:
             eng.delivery_failed(note)
-            log.error("alerting.notification_not_delivered", receiver=note.receiver, group=note.group_key,
-                      idempotency_key=note.idempotency_key, detail="offered again at the group's next flush")
+            log.error(
+                "alerting.notification_not_delivered",
+                receiver=note.receiver,
+                group=note.group_key,
+                idempotency_key=note.idempotency_key,
+                detail="offered again at the group's next flush",
+            )
         wake.set()
 
-    deliverer = Deliverer(config.receivers, {n: s.get_secret_value().encode() for n, s in settings.webhook_secrets.items()},
-                          settings.external_url,
-                          DeliveryPolicy(settings.delivery_initial_backoff_s, settings.delivery_max_backoff_s,
-                                         settings.delivery_give_up_after_s),
-                          delivered, metrics, log)
+    deliverer = Deliverer(
+        config.receivers,
+        {n: s.get_secret_value().encode() for n, s in settings.webhook_secrets.items()},
+        settings.external_url,
+        DeliveryPolicy(
+            settings.delivery_initial_backoff_s, settings.delivery_max_backoff_s, settings.delivery_give_up_after_s
+        ),
+        delivered,
+        metrics,
+        log,
+    )
 
     async def step(eng: AlertEngine) -> None:
         now = time.time()
@@ -324,11 +426,19 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
         persist(eng)
         for c in changes + muted:
             metrics.inc("argus_alert_transitions_total", rule=c.alert.rule, status=c.status)
-            log.info("alerting.alert", rule=c.alert.rule, status=c.status, fingerprint=c.alert.fingerprint,
-                     labels=c.alert.labels, value=c.alert.value)
+            log.info(
+                "alerting.alert",
+                rule=c.alert.rule,
+                status=c.status,
+                fingerprint=c.alert.fingerprint,
+                labels=c.alert.labels,
+                value=c.alert.value,
+            )
         for n in notes:
             deliverer.submit(n)
-        await publish([alert_record(c.alert, c.status, c.at, external_url=settings.external_url) for c in changes + muted])
+        await publish(
+            [alert_record(c.alert, c.status, c.at, external_url=settings.external_url) for c in changes + muted]
+        )
         for st in ("pending", "firing", "resolved"):
             metrics.set("argus_alerts_active", sum(1 for a in eng.alerts.values() if a.state == st), state=st)
         metrics.set("argus_silences_active", sum(1 for s in eng.silences.values() if s.active(now)))
@@ -378,7 +488,9 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     lag = report_lag(app, k, metrics)
 
     async def readiness() -> Readiness:
-        return faust_readiness(app, settings.service_name, state["sink_healthy"], "writes to argus.alerts failing", lag=lag)
+        return faust_readiness(
+            app, settings.service_name, state["sink_healthy"], "writes to argus.alerts failing", lag=lag
+        )
 
     async def api_alerts(request: web.Request) -> web.Response:
         eng = engine()
@@ -395,9 +507,15 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
         now = time.time()
         return web.json_response([s.to_json() | {"active": s.active(now)} for s in eng.silences.values()])
 
-    health = HealthServer(settings.health, metrics, lambda: progress["t"], readiness,
-                          routes={"/api/v2/alerts": api_alerts, "/api/v2/silences": api_silences})
+    health = HealthServer(
+        settings.health,
+        metrics,
+        lambda: progress["t"],
+        readiness,
+        routes={"/api/v2/alerts": api_alerts, "/api/v2/silences": api_silences},
+    )
     if settings.health_enabled:
+
         @app.task
         async def serve_health() -> None:
             port = await health.start()
@@ -407,10 +525,25 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     return app
 
 
-def new_silence_record(matchers: list[str], starts_at: float, ends_at: float, author: str, comment: str,
-                       silence_id: str | None = None, action: str = "create") -> dict[str, Any]:
+def new_silence_record(
+    matchers: list[str],
+    starts_at: float,
+    ends_at: float,
+    author: str,
+    comment: str,
+    silence_id: str | None = None,
+    action: str = "create",
+) -> dict[str, Any]:
     """A Silence record for ``argus alerts silence`` (published on argus.alerts.silences)."""
     now = time.time()
-    return {"event_id": str(uuid.uuid4()), "silence_id": silence_id or str(uuid.uuid4()), "action": action,
-            "matchers": matchers, "starts_at": int(starts_at * 1000), "ends_at": int(ends_at * 1000),
-            "created_by": author, "comment": comment, "emitted_at": int(now * 1000)}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "silence_id": silence_id or str(uuid.uuid4()),
+        "action": action,
+        "matchers": matchers,
+        "starts_at": int(starts_at * 1000),
+        "ends_at": int(ends_at * 1000),
+        "created_by": author,
+        "comment": comment,
+        "emitted_at": int(now * 1000),
+    }

@@ -35,6 +35,7 @@ One YAML file, validated with pydantic; every error names the place in the file:
 Webhook secrets are named here and their values come from settings
 (``ARGUS_ALERTING_WEBHOOK_SECRETS``), never from this file.
 """
+
 from __future__ import annotations
 
 import string
@@ -50,8 +51,18 @@ from services.common.labels import Matcher, MatcherError
 # metrics each source can compute, and the labels its signals carry (what `by` and
 # rule matchers may use)
 METRICS: dict[str, tuple[str, ...]] = {
-    "responses": ("error_rate", "latency_p50", "latency_p95", "latency_p99", "throughput", "throughput_change",
-                  "tokens_per_s", "tokens_change", "confidence_mean", "count"),
+    "responses": (
+        "error_rate",
+        "latency_p50",
+        "latency_p95",
+        "latency_p99",
+        "throughput",
+        "throughput_change",
+        "tokens_per_s",
+        "tokens_change",
+        "confidence_mean",
+        "count",
+    ),
     "feedback": ("negative_feedback_rate", "count"),
     "drift": ("count", "max_statistic_ratio"),
     "dead_letters": ("count", "rate"),
@@ -65,6 +76,7 @@ SOURCE_LABELS: dict[str, tuple[str, ...]] = {
     "consumer_lag": ("group",),  # total lag of the group over its topics
 }
 SEVERITIES = ("info", "warning", "critical", "page")
+
 
 def _matchers(values: list[str]) -> tuple[Matcher, ...]:
     try:
@@ -106,8 +118,10 @@ class Rule(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Rule":
         if self.metric not in METRICS[self.source]:
-            raise ValueError(f"metric {self.metric!r} is not available for source {self.source!r}; "
-                             f"choose one of {', '.join(METRICS[self.source])}")
+            raise ValueError(
+                f"metric {self.metric!r} is not available for source {self.source!r}; "
+                f"choose one of {', '.join(METRICS[self.source])}"
+            )
         known = SOURCE_LABELS[self.source]
         for name in (*self.by, *(m.name for m in self.matchers)):
             if name not in known:
@@ -121,12 +135,21 @@ class Rule(_Strict):
         for key, template in self.annotations.items():
             for _, field_name, _, _ in string.Formatter().parse(template):
                 if field_name is not None and field_name.split(".")[0].split("[")[0] not in fields and field_name != "":
-                    raise ValueError(f"annotation {key!r} uses {{{field_name}}}; available: {', '.join(sorted(fields))}")
+                    raise ValueError(
+                        f"annotation {key!r} uses {{{field_name}}}; available: {', '.join(sorted(fields))}"
+                    )
         return self
 
     def render(self, template: str, labels: dict[str, str], value: float | None) -> str:
-        fields = {**{k: "" for k in SOURCE_LABELS[self.source]}, **labels, "value": value if value is not None else float("nan"),
-                  "threshold": self.threshold, "window": self.window, "rule": self.name, "severity": self.severity}
+        fields = {
+            **{k: "" for k in SOURCE_LABELS[self.source]},
+            **labels,
+            "value": value if value is not None else float("nan"),
+            "threshold": self.threshold,
+            "window": self.window,
+            "rule": self.name,
+            "severity": self.severity,
+        }
         try:
             return template.format(**fields)
         except (ValueError, TypeError, KeyError, IndexError):  # a format spec that does not fit the value
@@ -135,7 +158,9 @@ class Rule(_Strict):
 
 class WebhookConfig(_Strict):
     url: str = Field(pattern=r"^https?://")
-    secret: str | None = Field(None, description="Name of a secret in settings.webhook_secrets; signs with HMAC-SHA256.")
+    secret: str | None = Field(
+        None, description="Name of a secret in settings.webhook_secrets; signs with HMAC-SHA256."
+    )
     send_resolved: bool = True
     timeout: float = 5.0
 
@@ -214,7 +239,9 @@ class AlertingConfig(_Strict):
         for r in self.rules:
             key = (r.name, r.severity)
             if key in seen:
-                raise ValueError(f"rules: two rules named {r.name!r} with severity {r.severity!r} would share fingerprints")
+                raise ValueError(
+                    f"rules: two rules named {r.name!r} with severity {r.severity!r} would share fingerprints"
+                )
             seen.add(key)
         return self
 

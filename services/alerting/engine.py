@@ -18,6 +18,7 @@ State that must survive a restart (alerts, silences, notification log) is kept a
 ready dicts and the keys changed since the last :meth:`AlertEngine.take_dirty` are
 reported, so the app can write exactly those to its changelog-backed tables.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from services.alerting.config import AlertingConfig, Route, Rule
-from services.common.labels import Matcher, fingerprint, format_labels, matches_all
 from services.alerting.windows import Signal, SlidingWindow
+from services.common.labels import Matcher, fingerprint, format_labels, matches_all
 
 ALERT_NAMESPACE = uuid.UUID("3d4a6c1e-8f20-4b9a-a7c5-2e1f0d9b8c7a")
 SILENCE_RETENTION_S = 5 * 86400.0  # expired silences are kept this long (Alertmanager: 120h)
@@ -141,8 +142,12 @@ def _build_routes(route: Route, parent: _RouteNode | None, index: int) -> _Route
     if group_by is not None and "..." in group_by:
         group_by = None
     node = _RouteNode(
-        route=route, key=key, receiver=inherit("receiver", None), group_by=group_by,
-        group_wait=inherit("group_wait", 30.0), group_interval=inherit("group_interval", 300.0),
+        route=route,
+        key=key,
+        receiver=inherit("receiver", None),
+        group_by=group_by,
+        group_wait=inherit("group_wait", 30.0),
+        group_interval=inherit("group_interval", 300.0),
         repeat_interval=inherit("repeat_interval", 4 * 3600.0),
     )
     node.children = [_build_routes(c, node, i) for i, c in enumerate(route.routes)]
@@ -177,10 +182,14 @@ class AlertEngine:
         self.groups: dict[str, _Group] = {}
         self._dirty: dict[str, set[str]] = {"alerts": set(), "silences": set(), "nflog": set()}
         self._dirty_windows: set[tuple[str, tuple[str, ...]]] = set()
-        self.inhibit = [(tuple(r.source_matchers), tuple(r.target_matchers), tuple(r.equal)) for r in config.inhibit_rules]
+        self.inhibit = [
+            (tuple(r.source_matchers), tuple(r.target_matchers), tuple(r.equal)) for r in config.inhibit_rules
+        ]
 
     # -- state from the tables ------------------------------------------------------
-    def restore(self, alerts: Iterable[dict], silences: Iterable[dict], nflog: Iterable[tuple[str, dict]], now: float) -> None:
+    def restore(
+        self, alerts: Iterable[dict], silences: Iterable[dict], nflog: Iterable[tuple[str, dict]], now: float
+    ) -> None:
         """Load persisted state after a (re)start; groups are rebuilt with ``group_wait``."""
         for d in silences:
             s = Silence(**d)
@@ -197,7 +206,9 @@ class AlertEngine:
         """Changed state since the last call: table -> key -> JSON value (None: delete)."""
         out: dict[str, dict[str, Any | None]] = {}
         out["alerts"] = {k: (self.alerts[k].to_json() if k in self.alerts else None) for k in self._dirty["alerts"]}
-        out["silences"] = {k: (self.silences[k].to_json() if k in self.silences else None) for k in self._dirty["silences"]}
+        out["silences"] = {
+            k: (self.silences[k].to_json() if k in self.silences else None) for k in self._dirty["silences"]
+        }
         out["nflog"] = {k: self.nflog.get(k) for k in self._dirty["nflog"]}
         for s in self._dirty.values():
             s.clear()
@@ -242,8 +253,12 @@ class AlertEngine:
             rid, values = key
             rule = self.rules[rid]
             value, _n = self.windows[key].metric(now)
-            labels = {"alertname": rule.name, "severity": rule.severity, **rule.labels,
-                      **{b: v for b, v in zip(rule.by, values)}}
+            labels = {
+                "alertname": rule.name,
+                "severity": rule.severity,
+                **rule.labels,
+                **{b: v for b, v in zip(rule.by, values)},
+            }
             fp = fingerprint(labels)
             if value is None:
                 continue  # too little data for a verdict: keep the current state
@@ -251,13 +266,20 @@ class AlertEngine:
                 changes += self._transition(rule, fp, labels, value, _OPS[rule.op](value, rule.threshold), now)
             elif _OPS[rule.op](value, rule.threshold):  # warming up after a start: only news of trouble
                 changes += self._transition(rule, fp, labels, value, True, now)
-        for key in [k for k, w in self.windows.items() if not w.samples and now - w.last_update > 2 * w.keep
-                    and fingerprint_for(self.rules[k[0]], k[1]) not in self.alerts]:
+        for key in [
+            k
+            for k, w in self.windows.items()
+            if not w.samples
+            and now - w.last_update > 2 * w.keep
+            and fingerprint_for(self.rules[k[0]], k[1]) not in self.alerts
+        ]:
             del self.windows[key]
         self._gc_silences(now)
         return changes
 
-    def _transition(self, rule: Rule, fp: str, labels: dict[str, str], value: float, cond: bool, now: float) -> list[AlertChange]:
+    def _transition(
+        self, rule: Rule, fp: str, labels: dict[str, str], value: float, cond: bool, now: float
+    ) -> list[AlertChange]:
         a = self.alerts.get(fp)
         if cond:
             if a is None or a.state == "resolved":
@@ -291,7 +313,9 @@ class AlertEngine:
     # -- routing, grouping, muting --------------------------------------------------
     def _route(self, a: AlertState, now: float) -> None:
         for node in self.routes.match(a.labels):
-            glabels = dict(a.labels) if node.group_by is None else {k: a.labels[k] for k in node.group_by if k in a.labels}
+            glabels = (
+                dict(a.labels) if node.group_by is None else {k: a.labels[k] for k in node.group_by if k in a.labels}
+            )
             gkey = f"{node.key}:{format_labels(glabels)}"
             g = self.groups.get(gkey)
             if g is None:
@@ -347,11 +371,19 @@ class AlertEngine:
             if self._needs_update(entry, set(firing), set(resolved), g.node.repeat_interval, now):
                 seq = (entry or {}).get("seq", 0) + 1
                 raw = f"{g.node.receiver}|{g.key}|{','.join(firing)}|{','.join(resolved)}|{seq}"
-                notes.append(Notification(
-                    receiver=g.node.receiver, group_key=g.key, group_labels=g.labels,
-                    alerts=[a for a in shown if a.state == "firing"] + [a for a in shown if a.state == "resolved"],
-                    firing=firing, resolved=resolved, idempotency_key=hashlib.sha256(raw.encode()).hexdigest()[:32],
-                    sequence=seq, created_at=now))
+                notes.append(
+                    Notification(
+                        receiver=g.node.receiver,
+                        group_key=g.key,
+                        group_labels=g.labels,
+                        alerts=[a for a in shown if a.state == "firing"] + [a for a in shown if a.state == "resolved"],
+                        firing=firing,
+                        resolved=resolved,
+                        idempotency_key=hashlib.sha256(raw.encode()).hexdigest()[:32],
+                        sequence=seq,
+                        created_at=now,
+                    )
+                )
                 g.inflight = True
             elif not firing and not [a for a in members if a.state == "firing"]:
                 self._drop_resolved(g, members)

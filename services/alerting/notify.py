@@ -9,6 +9,7 @@ another; a notification is retried until it is acknowledged (2xx) or ``give_up_a
 passes, and then handed back to the engine, which offers it again at the group's next
 flush with the same idempotency key: at-least-once delivery.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +42,8 @@ def _common(dicts: list[dict[str, str]]) -> dict[str, str]:
 def alert_json(a: AlertState, external_url: str) -> dict[str, Any]:
     return {
         "status": "resolved" if a.state == "resolved" else "firing",
-        "labels": a.labels, "annotations": a.annotations,
+        "labels": a.labels,
+        "annotations": a.annotations,
         "startsAt": rfc3339(a.starts_at or a.active_at),
         "endsAt": rfc3339(a.ends_at if a.state == "resolved" else None),
         "generatorURL": f"{external_url}/api/v2/alerts?fingerprint={a.fingerprint}",
@@ -69,19 +71,22 @@ def webhook_payload(note: Notification, external_url: str, send_resolved: bool =
 def slack_payload(note: Notification, cfg: SlackConfig, external_url: str) -> dict[str, Any]:
     """A Slack incoming-webhook message (``text`` plus one attachment per alert)."""
     firing = [a for a in note.alerts if a.state == "firing"]
-    title = f"[{note.status.upper()}{':' + str(len(firing)) if firing else ''}] " + \
-        " ".join(f"{k}={v}" for k, v in sorted(note.group_labels.items()))
+    title = f"[{note.status.upper()}{':' + str(len(firing)) if firing else ''}] " + " ".join(
+        f"{k}={v}" for k, v in sorted(note.group_labels.items())
+    )
     attachments = []
     for a in note.alerts:
-        attachments.append({
-            "color": _COLORS["resolved" if a.state == "resolved" else "firing"],
-            "title": f"{a.labels.get('alertname', a.rule)} ({a.state})",
-            "title_link": f"{external_url}/api/v2/alerts?fingerprint={a.fingerprint}",
-            "text": a.annotations.get("summary") or a.annotations.get("description") or "",
-            "fields": [{"title": k, "value": v, "short": True} for k, v in sorted(a.labels.items())],
-            "footer": a.annotations.get("runbook_url", ""),
-            "ts": int(a.starts_at or a.active_at),
-        })
+        attachments.append(
+            {
+                "color": _COLORS["resolved" if a.state == "resolved" else "firing"],
+                "title": f"{a.labels.get('alertname', a.rule)} ({a.state})",
+                "title_link": f"{external_url}/api/v2/alerts?fingerprint={a.fingerprint}",
+                "text": a.annotations.get("summary") or a.annotations.get("description") or "",
+                "fields": [{"title": k, "value": v, "short": True} for k, v in sorted(a.labels.items())],
+                "footer": a.annotations.get("runbook_url", ""),
+                "ts": int(a.starts_at or a.active_at),
+            }
+        )
     body: dict[str, Any] = {"text": title, "username": cfg.username, "attachments": attachments}
     if cfg.channel:
         body["channel"] = cfg.channel
@@ -100,9 +105,16 @@ class Deliverer:
     """One queue per receiver; each notification goes to every endpoint of its
     receiver, each endpoint retried on its own until it acknowledges."""
 
-    def __init__(self, receivers: tuple[Receiver, ...], secrets: dict[str, bytes], external_url: str,
-                 policy: DeliveryPolicy, on_done: Callable[[Notification, bool, dict[str, Any]], Awaitable[None]],
-                 metrics: Any = None, log: Any = None) -> None:
+    def __init__(
+        self,
+        receivers: tuple[Receiver, ...],
+        secrets: dict[str, bytes],
+        external_url: str,
+        policy: DeliveryPolicy,
+        on_done: Callable[[Notification, bool, dict[str, Any]], Awaitable[None]],
+        metrics: Any = None,
+        log: Any = None,
+    ) -> None:
         self.receivers = {r.name: r for r in receivers}
         self.secrets = secrets
         self.external_url = external_url
@@ -140,8 +152,9 @@ class Deliverer:
             note = await q.get()
             try:
                 receiver = self.receivers[note.receiver]
-                endpoints: list[tuple[str, WebhookConfig]] = [("webhook", c) for c in receiver.webhook_configs] + \
-                    [("slack", c) for c in receiver.slack_configs]
+                endpoints: list[tuple[str, WebhookConfig]] = [("webhook", c) for c in receiver.webhook_configs] + [
+                    ("slack", c) for c in receiver.slack_configs
+                ]
                 results = await asyncio.gather(*(self._deliver(note, kind, cfg) for kind, cfg in endpoints))
                 ok = all(r["ok"] for r in results)
                 await self.on_done(note, ok, {"attempts": sum(r["attempts"] for r in results)})
@@ -165,16 +178,33 @@ class Deliverer:
             if self.metrics:
                 self.metrics.inc("argus_notifications_total", receiver=note.receiver, outcome="retried")
             if self.log:
-                self.log.warning("alerting.delivery_retry", receiver=note.receiver, url=cfg.url, error=error,
-                                 attempt=attempt, idempotency_key=note.idempotency_key)
+                self.log.warning(
+                    "alerting.delivery_retry",
+                    receiver=note.receiver,
+                    url=cfg.url,
+                    error=error,
+                    attempt=attempt,
+                    idempotency_key=note.idempotency_key,
+                )
 
         policy = RetryPolicy(self.policy.initial_backoff_s, self.policy.max_backoff_s, self.policy.give_up_after_s)
-        result = await self.webhooks.post(cfg.url, self.body(note, kind, cfg), idempotency_key=note.idempotency_key,
-                                          secret=self.secrets[cfg.secret] if cfg.secret else None,
-                                          timeout=cfg.timeout, policy=policy, on_retry=retried)
+        result = await self.webhooks.post(
+            cfg.url,
+            self.body(note, kind, cfg),
+            idempotency_key=note.idempotency_key,
+            secret=self.secrets[cfg.secret] if cfg.secret else None,
+            timeout=cfg.timeout,
+            policy=policy,
+            on_retry=retried,
+        )
         if result.outcome == "rejected" and self.log:
-            self.log.error("alerting.delivery_rejected", receiver=note.receiver, url=cfg.url, error=result.error,
-                           idempotency_key=note.idempotency_key)
+            self.log.error(
+                "alerting.delivery_rejected",
+                receiver=note.receiver,
+                url=cfg.url,
+                error=result.error,
+                idempotency_key=note.idempotency_key,
+            )
         if self.metrics:
             self.metrics.inc("argus_notifications_total", receiver=note.receiver, outcome=result.outcome)
         return {"ok": result.ok, "attempts": result.attempts}

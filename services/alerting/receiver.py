@@ -10,6 +10,7 @@ notification to a JSON-lines file and prints a line per notification.
 
 ``fail_every=N`` answers 503 to every N-th request (to see retries work).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,8 +40,16 @@ class ReceiverSettings(BaseSettings):
 
 
 class WebhookReceiver:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, path: str = "/alerts", secret: bytes | None = None,
-                 output: Path | None = None, fail_every: int = 0, echo: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/alerts",
+        secret: bytes | None = None,
+        output: Path | None = None,
+        fail_every: int = 0,
+        echo: bool = False,
+    ) -> None:
         self.host, self.port, self.path, self.secret = host, port, path, secret
         self.output, self.fail_every, self.echo = output, fail_every, echo
         self.requests: list[dict[str, Any]] = []  # every attempt, with the status answered
@@ -81,10 +90,14 @@ class WebhookReceiver:
                     pass
             except OSError as exc:
                 problem = f"cannot append to {self.output}: {exc.strerror}"
-        detail = problem or (f"{len(self.notifications)} notifications, {self.duplicates} duplicates, "
-                             f"{self.bad_signatures} bad signatures")
-        return web.json_response({"ready": not problem, "service": "subscriber", "notifications": len(self.notifications),
-                                  "detail": detail}, status=503 if problem else 200)
+        detail = problem or (
+            f"{len(self.notifications)} notifications, {self.duplicates} duplicates, "
+            f"{self.bad_signatures} bad signatures"
+        )
+        return web.json_response(
+            {"ready": not problem, "service": "subscriber", "notifications": len(self.notifications), "detail": detail},
+            status=503 if problem else 200,
+        )
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -118,8 +131,16 @@ class WebhookReceiver:
         p = entry["json"]
         if self.output is not None:
             with self.output.open("a") as f:
-                f.write(json.dumps({"received_at": entry["at"], "idempotency_key": entry["headers"].get("Idempotency-Key"),
-                                    "payload": p}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "received_at": entry["at"],
+                            "idempotency_key": entry["headers"].get("Idempotency-Key"),
+                            "payload": p,
+                        }
+                    )
+                    + "\n"
+                )
         if not self.echo:
             return
         names = ", ".join(sorted({a["labels"].get("alertname", "?") for a in p.get("alerts", [])}))
@@ -132,8 +153,15 @@ class WebhookReceiver:
 
 async def _main() -> None:
     s = ReceiverSettings()
-    r = WebhookReceiver(s.host, s.port, s.path, s.secret.get_secret_value().encode() if s.secret else None, s.output,
-                        s.fail_every, echo=True)
+    r = WebhookReceiver(
+        s.host,
+        s.port,
+        s.path,
+        s.secret.get_secret_value().encode() if s.secret else None,
+        s.output,
+        s.fail_every,
+        echo=True,
+    )
     await r.start()
     print(f"receiving webhooks on {r.url}" + (" (signatures checked)" if s.secret else ""), flush=True)
     stop = asyncio.Event()

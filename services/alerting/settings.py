@@ -5,6 +5,7 @@ Webhook secrets are named in the alerting config and their values live here::
     ARGUS_ALERTING_CONFIG_FILE=/etc/argus/alerting.yaml
     ARGUS_ALERTING_WEBHOOK_SECRETS='{"oncall": "<random 32 bytes>"}'
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,17 +20,23 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "argu
 
 
 class AlertingSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ARGUS_ALERTING_", frozen=True, env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ARGUS_ALERTING_", frozen=True, env_nested_delimiter="__", extra="ignore"
+    )
 
     service_name: str = "alerting"
     app_id: str = "argus-alerting"
     config_file: Path = DEFAULT_CONFIG
     webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
-    external_url: str = Field("http://127.0.0.1:9095", description="Where the alerting API is reachable (generatorURL, externalURL).")
+    external_url: str = Field(
+        "http://127.0.0.1:9095", description="Where the alerting API is reachable (generatorURL, externalURL)."
+    )
     partitions: int = 3  # of the source topics' extract agents
     evaluation_interval_s: float = 1.0  # every window re-evaluated (time passes, `for`, resolution)
     min_evaluation_gap_s: float = 0.05  # windows touched by new signals: evaluated at most this often
-    lag_groups: tuple[str, ...] = Field(default=(), description="Consumer groups watched by consumer_lag rules; empty: every group.")
+    lag_groups: tuple[str, ...] = Field(
+        default=(), description="Consumer groups watched by consumer_lag rules; empty: every group."
+    )
     lag_interval_s: float = 15.0
     delivery_initial_backoff_s: float = 0.05
     delivery_max_backoff_s: float = 5.0

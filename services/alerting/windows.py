@@ -10,6 +10,7 @@ the last ``window`` seconds (two windows for the ``*_change`` metrics, which com
 current window with the one before it). :meth:`SlidingWindow.metric` returns ``None``
 when there is too little data for a verdict.
 """
+
 from __future__ import annotations
 
 from collections import deque

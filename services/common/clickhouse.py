@@ -5,6 +5,7 @@
 - ``chdb:///abs/dir``: the ClickHouse engine in-process (clickhouse-connect's chdb
   backend); one process may own a directory at a time.
 """
+
 from __future__ import annotations
 
 from typing import Any

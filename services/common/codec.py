@@ -6,6 +6,7 @@ A codec encodes with its topic's current schema and decodes whatever schema id t
 writer used, resolving the writer schema to its own reader schema (Avro schema
 evolution), so consumers keep working while producers move to a newer version.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,7 +37,7 @@ def split_wire(data: bytes) -> tuple[int, memoryview]:
     magic, schema_id = HEADER.unpack_from(data)
     if magic != MAGIC_BYTE:
         raise SerializationError(f"message does not start with the Confluent magic byte 0 (got {magic & 0xFF})")
-    return schema_id, memoryview(data)[HEADER.size:]
+    return schema_id, memoryview(data)[HEADER.size :]
 
 
 class AvroCodec:
@@ -91,7 +92,7 @@ class AvroCodec:
             self._plain_reader = fastavro.parse_schema(_strip_logical(self.schema), named_schemas={})
         if len(data or b"") >= HEADER.size and data[0] == MAGIC_BYTE and HEADER.unpack_from(data)[1] == self.schema_id:
             # same binary layout as our own schema: read it as the plain schema directly
-            return self._read(self.schema_id, memoryview(data)[HEADER.size:], self._plain_reader, None)
+            return self._read(self.schema_id, memoryview(data)[HEADER.size :], self._plain_reader, None)
         return self.decode(data)  # other writer versions: resolve, with logical types
 
     def decode(self, data: bytes) -> dict[str, Any]:
@@ -114,7 +115,9 @@ class AvroCodec:
                 f"cannot decode {self.name}.v{self.version} from writer schema id {schema_id}: {exc!r}"
             ) from exc
         except fastavro.read.SchemaResolutionError as exc:
-            raise SerializationError(f"schema id {schema_id} is not readable as {self.name}.v{self.version}: {exc}") from exc
+            raise SerializationError(
+                f"schema id {schema_id} is not readable as {self.name}.v{self.version}: {exc}"
+            ) from exc
         if stream.tell() != len(body):
             raise SerializationError(
                 f"{len(body) - stream.tell()} trailing bytes after the {self.name} record (wrong schema id?)"

@@ -5,6 +5,7 @@ readable by every version the topic's compatibility mode promises.
 - FORWARD: each older reader reads data written with the newest version.
 - FULL: both. Also, every example must validate against its own version.
 """
+
 from __future__ import annotations
 
 import io
@@ -55,7 +56,9 @@ def check_registry(reg: SchemaRegistry) -> list[CompatProblem]:
                     readers += [v for v in versions if v < ver]
                 for reader_ver in readers:
                     try:
-                        fastavro.schemaless_reader(io.BytesIO(buf.getvalue()), writer, reg.parsed(spec.schema, reader_ver))
+                        fastavro.schemaless_reader(
+                            io.BytesIO(buf.getvalue()), writer, reg.parsed(spec.schema, reader_ver)
+                        )
                     except Exception as exc:  # any failure here is the finding we report
                         problems.append(
                             CompatProblem(key, f"v{reader_ver} cannot read {path.name} written as v{ver}: {exc!r}")

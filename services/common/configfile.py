@@ -5,6 +5,7 @@ Example::
 
     >>> load_yaml_config({"policies": []}, RetrainingConfig, "retraining configuration")  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -184,13 +184,18 @@ class DeadLetterPolicy:
             dlq_key = self.registry.topic(key).dead_letter_topic
             if dlq_key is None:
                 raise RegistryError(f"{topic} has no dead-letter topic in the registry")
-            self._targets[topic] = (self.kafka.topic_prefix + self.registry.topic(dlq_key).name, self.registry.codec(dlq_key))
+            self._targets[topic] = (
+                self.kafka.topic_prefix + self.registry.topic(dlq_key).name,
+                self.registry.codec(dlq_key),
+            )
         return self._targets[topic]
 
     # -- how ---------------------------------------------------------------------
     def encode(self, msg: Message, reason: str, error_type: str) -> tuple[str, bytes, list[tuple[str, bytes]]]:
         topic, codec = self.target(msg.topic)
-        record = dead_letter_record(msg, reason, error_type, self.group, self.service, self.settings.dlq_max_original_bytes)
+        record = dead_letter_record(
+            msg, reason, error_type, self.group, self.service, self.settings.dlq_max_original_bytes
+        )
         return topic, codec.encode(record), dead_letter_headers(msg, record["reason"], error_type)
 
     def send(self, sender: Sender, msg: Message, reason: str, error_type: str) -> asyncio.Future:
@@ -203,20 +208,37 @@ class DeadLetterPolicy:
             # a dead-letter topic's own invalid records have nowhere further to go: they
             # stay where they are (the dead-letter topic keeps them for its retention)
             self.metrics.inc("argus_messages_dead_lettered_total", topic=msg.topic, error_type="Unroutable")
-            self.log.error("dead_letter_unroutable", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                           reason=reason[:HEADER_REASON_MAX_CHARS], error=str(exc))
+            self.log.error(
+                "dead_letter_unroutable",
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                reason=reason[:HEADER_REASON_MAX_CHARS],
+                error=str(exc),
+            )
             done: asyncio.Future = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
         self.metrics.inc("argus_messages_dead_lettered_total", topic=msg.topic, error_type=error_type)
         self.log.warning(
-            "dead_lettered", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-            reason=reason[:HEADER_REASON_MAX_CHARS], error_type=error_type, dlq_topic=topic,
+            "dead_lettered",
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason=reason[:HEADER_REASON_MAX_CHARS],
+            error_type=error_type,
+            dlq_topic=topic,
         )
         return asyncio.ensure_future(self._deliver(sender, topic, value, msg.key, headers, msg))
 
     async def _deliver(
-        self, sender: Sender, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]], msg: Message
+        self,
+        sender: Sender,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        msg: Message,
     ) -> None:
         backoff = self.settings.retry_initial_backoff_s
         attempt = 0
@@ -227,8 +249,13 @@ class DeadLetterPolicy:
                 return
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                 self.log.warning(
-                    "dead_letter_retry", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                    attempt=attempt, backoff_s=backoff, error=type(exc).__name__,
+                    "dead_letter_retry",
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    attempt=attempt,
+                    backoff_s=backoff,
+                    error=type(exc).__name__,
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff_s)
@@ -260,8 +287,12 @@ class DeadLetterPolicy:
             self.metrics.set("argus_dead_letter_storm", 1, topic=topic, partition=str(partition))
             self.metrics.inc("argus_dead_letter_storms_total", topic=topic)
             self.log.error(
-                "dead_letter_storm", topic=topic, partition=partition, ratio=round(r.ratio, 3),
-                limit=r.limit, action="dead-lettering goes on; valid messages keep flowing",
+                "dead_letter_storm",
+                topic=topic,
+                partition=partition,
+                ratio=round(r.ratio, 3),
+                limit=r.limit,
+                action="dead-lettering goes on; valid messages keep flowing",
             )
 
     def in_storm(self, topic: str, partition: int) -> bool:

@@ -9,6 +9,7 @@ Example::
     except SerializationError as exc:
         await dlq.send(event, str(exc))
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,9 @@ from typing import Any, Callable
 
 import faust
 
+from services.common.dlq import DeadLetterPolicy, Message
 from services.common.health import Readiness
 from services.common.logging import get_logger
-from services.common.dlq import DeadLetterPolicy, Message
 from services.common.settings import KafkaSettings
 
 
@@ -95,15 +96,30 @@ def report_lag(app: faust.App, kafka: KafkaSettings, metrics: Any, interval_s: f
     return reporter.lag
 
 
-def faust_readiness(app: faust.App, service: str, sink_healthy: bool, sink_problem: str,
-                    extra_check: Callable[[], str] | None = None, lag: dict[str, int] | None = None) -> Readiness:
+def faust_readiness(
+    app: faust.App,
+    service: str,
+    sink_healthy: bool,
+    sink_problem: str,
+    extra_check: Callable[[], str] | None = None,
+    lag: dict[str, int] | None = None,
+) -> Readiness:
     """Ready = tables recovered, partitions assigned, not rebalancing, writes succeeding."""
     recovered = app.tables.recovery.completed.is_set()
     assigned = sorted(str(tp) for tp in app.consumer.assignment())
     connected = recovered and bool(assigned)
     extra = extra_check() if extra_check else ""
-    detail = ("rebalancing" if app.rebalancing else "recovering tables" if not recovered
-              else "no partitions assigned" if not assigned else sink_problem if not sink_healthy else extra)
+    detail = (
+        "rebalancing"
+        if app.rebalancing
+        else "recovering tables"
+        if not recovered
+        else "no partitions assigned"
+        if not assigned
+        else sink_problem
+        if not sink_healthy
+        else extra
+    )
     ready = connected and not app.rebalancing and sink_healthy and not extra
     return Readiness(ready, service, connected, sink_healthy, assigned, dict(lag or {}), {}, detail)
 

@@ -1,6 +1,7 @@
 """Per-service HTTP endpoint: ``/healthz`` (liveness: the poll loop advanced recently),
 ``/readyz`` (readiness: a typed payload with connection state, lag and offsets; 503
 when not ready) and ``/metrics`` (Prometheus). Binds to loopback unless told otherwise."""
+
 from __future__ import annotations
 
 import time

@@ -3,6 +3,7 @@
 Producers are idempotent with ``acks=all``; consumers never auto-commit: the pipeline
 commits offsets only after the write they cover.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -201,7 +202,9 @@ class GroupLagReporter:
             await self.probe.close()
 
 
-async def group_lag(k: KafkaSettings, groups: tuple[str, ...] | list[str] = (), prefix: bool = False) -> dict[str, dict[str, int]]:
+async def group_lag(
+    k: KafkaSettings, groups: tuple[str, ...] | list[str] = (), prefix: bool = False
+) -> dict[str, dict[str, int]]:
     """Lag of consumer groups (every group when ``groups`` is empty): group -> topic ->
     sum over partitions of (end offset - committed offset). For lag alerts and status."""
     async with LagProbe(k) as probe:

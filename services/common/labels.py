@@ -13,6 +13,7 @@ Example::
     >>> m.matches({"severity": "page"}), m.matches({})
     (True, False)
 """
+
 from __future__ import annotations
 
 import re
@@ -39,7 +40,9 @@ def format_labels(labels: Mapping[str, str]) -> str:
     return "{" + ", ".join(f'{k}="{labels[k]}"' for k in sorted(labels)) + "}"
 
 
-_MATCHER = re.compile(r"""^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^"'\s=~!][^"'\s]*|)\s*$""")
+_MATCHER = re.compile(
+    r"""^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^"'\s=~!][^"'\s]*|)\s*$"""
+)
 
 
 class MatcherError(ValueError):

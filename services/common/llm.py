@@ -13,6 +13,7 @@ use). Engines:
 - vLLM through Ray Serve LLM on GPU nodes: see :mod:`services.inference.gpu` (installed
   only in the GPU image).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -138,15 +139,27 @@ class LlamaCppEngine:
 
     name = "llama_cpp"
 
-    def __init__(self, model_path: Path | None = None, sha256: str | None = None, n_ctx: int = 2048,
-                 n_threads: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        sha256: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int = 1,
+        seed: int = 0,
+    ) -> None:
         from llama_cpp import Llama
 
         self.model_path = Path(model_path) if model_path else packaged_model_path()
         self.digest = verify_digest(self.model_path, sha256)
         self._lock = threading.Lock()
-        self._llm = Llama(model_path=str(self.model_path), n_ctx=n_ctx, n_threads=n_threads,
-                          n_threads_batch=n_threads, seed=seed, verbose=False)
+        self._llm = Llama(
+            model_path=str(self.model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            seed=seed,
+            verbose=False,
+        )
         self.model_file = self.model_path.name
         self._failures = 0
 
@@ -164,9 +177,12 @@ class LlamaCppEngine:
                 self._llm.set_seed(params.seed)
             try:
                 stream = self._llm.create_chat_completion(
-                    messages=params.messages, max_tokens=params.max_tokens,
-                    temperature=max(params.temperature, 0.0), top_p=params.top_p,
-                    stop=params.stop or None, stream=True,
+                    messages=params.messages,
+                    max_tokens=params.max_tokens,
+                    temperature=max(params.temperature, 0.0),
+                    top_p=params.top_p,
+                    stop=params.stop or None,
+                    stream=True,
                     logits_processor=LogitsProcessorList([recorder]),
                 )
                 for chunk in stream:
@@ -187,10 +203,13 @@ class LlamaCppEngine:
         # each processor call precedes one sampled token; a stop ends on an EOS that is not output
         output_tokens = max(recorder.calls - (1 if finish == "stop" else 0), 0)
         return Generation(
-            text="".join(parts), finish_reason=finish, input_tokens=recorder.prompt_tokens or 0,
+            text="".join(parts),
+            finish_reason=finish,
+            input_tokens=recorder.prompt_tokens or 0,
             output_tokens=output_tokens,
             time_to_first_token_ms=(first - started) * 1000 if first else None,
-            latency_ms=(ended - started) * 1000, mean_logprob=recorder.mean,
+            latency_ms=(ended - started) * 1000,
+            mean_logprob=recorder.mean,
         )
 
     def healthy(self) -> bool:

@@ -1,5 +1,6 @@
 """Structured JSON logging with structlog. Bind ``topic``, ``partition`` and ``offset``
 once per message (``log.bind(...)``) so every line about it carries them."""
+
 from __future__ import annotations
 
 import logging as _stdlib_logging

@@ -1,6 +1,7 @@
 """One catalogue of the platform's metric names, with type and meaning, exposed in
 Prometheus format. Code talks to :class:`Metrics` by catalogue name, so a typo is an
 error at start-up rather than a silently missing series."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,32 +23,58 @@ CATALOGUE: dict[str, MetricDef] = {
         "counter", "Messages sent to a dead-letter topic, by error type.", ("service", "topic", "error_type")
     ),
     "argus_dead_letter_storm": MetricDef(
-        "gauge", "1 while a partition's share of dead letters is over the policy's limit.", ("service", "topic", "partition")
+        "gauge",
+        "1 while a partition's share of dead letters is over the policy's limit.",
+        ("service", "topic", "partition"),
     ),
     "argus_dead_letter_storms_total": MetricDef(
-        "counter", "Dead-letter storms that started (the share of invalid messages crossed the limit).", ("service", "topic")
+        "counter",
+        "Dead-letter storms that started (the share of invalid messages crossed the limit).",
+        ("service", "topic"),
     ),
-    "argus_batch_size": MetricDef(
-        "histogram", "Messages per sink batch.", ("service", "topic")
+    "argus_batch_size": MetricDef("histogram", "Messages per sink batch.", ("service", "topic")),
+    "argus_sink_seconds": MetricDef(
+        "histogram", "Time a sink batch (e.g. a ClickHouse insert) took.", ("service", "sink")
     ),
-    "argus_sink_seconds": MetricDef("histogram", "Time a sink batch (e.g. a ClickHouse insert) took.", ("service", "sink")),
     "argus_sink_retries_total": MetricDef("counter", "Transient sink failures that were retried.", ("service", "sink")),
     "argus_commits_total": MetricDef("counter", "Offset commits after a sink batch.", ("service",)),
-    "argus_consumer_lag": MetricDef("gauge", "High watermark minus committed position.", ("service", "topic", "partition")),
+    "argus_consumer_lag": MetricDef(
+        "gauge", "High watermark minus committed position.", ("service", "topic", "partition")
+    ),
     "argus_in_flight": MetricDef("gauge", "Requests or records being processed.", ("service",)),
     "argus_last_poll_timestamp_seconds": MetricDef("gauge", "Unix time the poll loop last advanced.", ("service",)),
     "argus_rows_inserted_total": MetricDef("counter", "Rows written to ClickHouse.", ("service", "table")),
-    "argus_drift_embeddings_total": MetricDef("counter", "Prompts embedded for semantic drift, or skipped by the rate limit.", ("service", "outcome")),
-    "argus_signals_total": MetricDef("counter", "Signals the alerting engine observed, by source.", ("service", "source")),
-    "argus_alert_transitions_total": MetricDef("counter", "Alert state changes (pending, firing, resolved, suppressed).", ("service", "rule", "status")),
+    "argus_drift_embeddings_total": MetricDef(
+        "counter", "Prompts embedded for semantic drift, or skipped by the rate limit.", ("service", "outcome")
+    ),
+    "argus_signals_total": MetricDef(
+        "counter", "Signals the alerting engine observed, by source.", ("service", "source")
+    ),
+    "argus_alert_transitions_total": MetricDef(
+        "counter", "Alert state changes (pending, firing, resolved, suppressed).", ("service", "rule", "status")
+    ),
     "argus_alerts_active": MetricDef("gauge", "Alerts held by the alerting engine, by state.", ("service", "state")),
     "argus_silences_active": MetricDef("gauge", "Silences in force.", ("service",)),
-    "argus_notifications_total": MetricDef("counter", "Notification attempts by outcome (delivered, retried, rejected, gave_up).", ("service", "receiver", "outcome")),
-    "argus_notification_seconds": MetricDef("histogram", "From a group's flush to the receiver's acknowledgement.", ("service", "receiver")),
-    "argus_detector_updates_total": MetricDef("counter", "Observations fed to drift detectors, by feature kind.", ("service", "kind")),
-    "argus_drift_events_total": MetricDef("counter", "Drift events published, by feature and detector.", ("service", "feature", "detector")),
-    "argus_retraining_transitions_total": MetricDef("counter", "Retraining trigger state changes written, by policy and state.", ("service", "policy", "state")),
-    "argus_pii_findings_total": MetricDef("counter", "PII found (and redacted, hashed or dropped) before storage.", ("service", "kind", "mode")),
+    "argus_notifications_total": MetricDef(
+        "counter",
+        "Notification attempts by outcome (delivered, retried, rejected, gave_up).",
+        ("service", "receiver", "outcome"),
+    ),
+    "argus_notification_seconds": MetricDef(
+        "histogram", "From a group's flush to the receiver's acknowledgement.", ("service", "receiver")
+    ),
+    "argus_detector_updates_total": MetricDef(
+        "counter", "Observations fed to drift detectors, by feature kind.", ("service", "kind")
+    ),
+    "argus_drift_events_total": MetricDef(
+        "counter", "Drift events published, by feature and detector.", ("service", "feature", "detector")
+    ),
+    "argus_retraining_transitions_total": MetricDef(
+        "counter", "Retraining trigger state changes written, by policy and state.", ("service", "policy", "state")
+    ),
+    "argus_pii_findings_total": MetricDef(
+        "counter", "PII found (and redacted, hashed or dropped) before storage.", ("service", "kind", "mode")
+    ),
 }
 
 _BUCKETS = {
@@ -67,7 +94,13 @@ class Metrics:
         for name, d in CATALOGUE.items():
             cls = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[d.kind]
             kwargs = {"buckets": _BUCKETS[name]} if name in _BUCKETS else {}
-            self._m[name] = cls(name.removesuffix("_total") if d.kind == "counter" else name, d.help, d.labels, registry=self.registry, **kwargs)
+            self._m[name] = cls(
+                name.removesuffix("_total") if d.kind == "counter" else name,
+                d.help,
+                d.labels,
+                registry=self.registry,
+                **kwargs,
+            )
 
     def _get(self, name: str, labels: dict[str, str]):
         if name not in CATALOGUE:
@@ -88,7 +121,9 @@ class Metrics:
         sample_name = name if CATALOGUE[name].kind != "counter" else name
         for metric in self.registry.collect():
             for s in metric.samples:
-                if s.name == sample_name and all(s.labels.get(k) == v for k, v in {"service": self.service, **labels}.items()):
+                if s.name == sample_name and all(
+                    s.labels.get(k) == v for k, v in {"service": self.service, **labels}.items()
+                ):
                     return s.value
         return 0.0
 

@@ -4,6 +4,7 @@ an applied file that was edited afterwards is an error (add a new migration inst
 
 Statements are separated by lines ending in ``;``. ``{db}`` is replaced with the
 target database."""
+
 from __future__ import annotations
 
 import hashlib
@@ -72,6 +73,10 @@ def apply(client: Client, db: str, directory: Path = MIGRATIONS_DIR) -> list[str
             continue
         for stmt in mig.statements(db):
             client.command(stmt)
-        client.insert(f"{db}.schema_migrations", [[mig.version, mig.name, mig.checksum]], column_names=["version", "name", "checksum"])
+        client.insert(
+            f"{db}.schema_migrations",
+            [[mig.version, mig.name, mig.checksum]],
+            column_names=["version", "name", "checksum"],
+        )
         done.append(f"{mig.version:04d}_{mig.name}")
     return done

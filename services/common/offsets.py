@@ -2,6 +2,7 @@
 
 Messages of one partition may finish out of order; the committable offset is the one
 after the longest finished prefix, so a crash never skips an unfinished message."""
+
 from __future__ import annotations
 
 import heapq

@@ -17,6 +17,7 @@
   the batch were acknowledged by the broker): at-least-once delivery. Sinks make
   their writes idempotent to turn that into exactly-once rows.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -102,8 +103,9 @@ class Pipeline(Generic[T]):
         self.sink = sink
         self.metrics = metrics or Metrics(service)
         self.log = get_logger(f"argus.{service}.pipeline", topic=self.topic, group=group_id)
-        self.dlq = DeadLetterPolicy(kafka=kafka, service=service, group=group_id, settings=policy,
-                                    metrics=self.metrics, registry=self.registry)
+        self.dlq = DeadLetterPolicy(
+            kafka=kafka, service=service, group=group_id, settings=policy, metrics=self.metrics, registry=self.registry
+        )
         self._consumer_overrides = consumer_overrides or {}
         self.resume_offsets = resume_offsets
         self._decode = self.codec.decode if logical_types else self.codec.decode_plain
@@ -193,8 +195,13 @@ class Pipeline(Generic[T]):
                     kept.append(r)
                     nxt = r.offset + 1
             if len(kept) != len(msgs):
-                self.log.warning("pipeline.redelivered_skipped", partition=tp.partition, first=msgs[0].offset,
-                                 expected=expected, skipped=len(msgs) - len(kept))
+                self.log.warning(
+                    "pipeline.redelivered_skipped",
+                    partition=tp.partition,
+                    first=msgs[0].offset,
+                    expected=expected,
+                    skipped=len(msgs) - len(kept),
+                )
             msgs = kept
             if not msgs:
                 return

@@ -16,6 +16,7 @@ Example::
     >>> codec.name, codec.version, codec.schema_id
     ('inference_request', 1, 1)
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,9 @@ class SchemaRegistry:
             self.topics[path.stem] = self._load_topic(path)
         for spec in self.topics.values():
             if spec.dead_letter_topic and spec.dead_letter_topic not in self.topics:
-                raise RegistryError(f"topic {spec.key}: dead-letter topic {spec.dead_letter_topic!r} is not in the registry")
+                raise RegistryError(
+                    f"topic {spec.key}: dead-letter topic {spec.dead_letter_topic!r} is not in the registry"
+                )
 
     def _load_topic(self, path: Path) -> TopicSpec:
         d = yaml.safe_load(path.read_text())

@@ -5,6 +5,7 @@ tests.
 The copies carry the prefix ``selftest.`` (same partitions and config, created here):
 the examples are fixtures (an approved retraining trigger, a model version, alerts), and
 on the real topics the running services would act on them."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,6 @@ from services.common.codec import fill_defaults, to_json
 from services.common.kafka import make_consumer, make_producer
 from services.common.registry import SchemaRegistry, default_registry
 from services.common.settings import KafkaSettings
-
 
 SELFTEST_PREFIX = "selftest."
 
@@ -75,7 +75,9 @@ async def roundtrip_examples(
                     decoded = reg.codec(key).decode(m.value)
                     spec = reg.topic(key)
                     expected = fill_defaults(reg.schema_json(spec.schema, spec.version), original)
-                    results.append(RoundTrip(key, example, tp.partition, m.offset, to_json(decoded) == to_json(expected), tp.topic))
+                    results.append(
+                        RoundTrip(key, example, tp.partition, m.offset, to_json(decoded) == to_json(expected), tp.topic)
+                    )
         for k in pending:
             key, example, _ = sent[k]
             results.append(RoundTrip(key, example, k[1], k[2], False, k[0]))

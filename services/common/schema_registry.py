@@ -7,6 +7,7 @@ the codecs then write the ids that registry assigned, so consumers written with
 Confluent's own deserializers resolve them there. Unknown ids met while decoding are
 looked up with ``GET /schemas/ids/{id}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ class ConfluentSchemaRegistry:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         auth = httpx.BasicAuth(username, password or "") if username else None
-        self._http = httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=timeout_s, transport=transport,
-                                  headers={"Accept": CONTENT_TYPE})
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"),
+            auth=auth,
+            timeout=timeout_s,
+            transport=transport,
+            headers={"Accept": CONTENT_TYPE},
+        )
         self._retries = retries
         self._by_id: dict[int, str] = {}
 
@@ -57,8 +63,12 @@ class ConfluentSchemaRegistry:
 
     def register(self, subject: str, schema: str) -> int:
         """Register (or find) ``schema`` under ``subject``; returns its global id."""
-        r = self._request("POST", f"/subjects/{subject}/versions", content=json.dumps({"schema": schema}),
-                          headers={"Content-Type": CONTENT_TYPE})
+        r = self._request(
+            "POST",
+            f"/subjects/{subject}/versions",
+            content=json.dumps({"schema": schema}),
+            headers={"Content-Type": CONTENT_TYPE},
+        )
         if r.status_code == 409:
             raise SchemaRegistryError(f"{subject}: schema is incompatible with the registered versions: {r.text}")
         if r.status_code != 200:

@@ -13,6 +13,7 @@ Example::
     >>> s.kafka.topic("inference-requests")
     'argus.inference.requests'
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -159,7 +160,9 @@ class StackSettings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
     kafka_version: str = "4.4.0"
-    kafka_libs: Path | None = Field(default=None, description="Where Maven puts Kafka's jars; default <home>/kafka/libs.")
+    kafka_libs: Path | None = Field(
+        default=None, description="Where Maven puts Kafka's jars; default <home>/kafka/libs."
+    )
     clickhouse_port: int = 8123
     clickhouse_database: str = "argus"
     clickhouse_password: SecretStr = SecretStr("")
@@ -174,6 +177,6 @@ class StackSettings(BaseSettings):
         return f"{self.host}:{self.kafka_port}"
 
     def clickhouse_dsn(self, user: str = "default", password: SecretStr | None = None) -> SecretStr:
-        pw = (password or (self.clickhouse_password if user == "default" else self.clickhouse_readonly_password))
+        pw = password or (self.clickhouse_password if user == "default" else self.clickhouse_readonly_password)
         cred = user + (f":{pw.get_secret_value()}" if pw.get_secret_value() else "")
         return SecretStr(f"http://{cred}@{self.host}:{self.clickhouse_port}/{self.clickhouse_database}")

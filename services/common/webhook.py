@@ -105,7 +105,11 @@ class WebhookClient:
             self._client = None
 
     def headers(self, body: bytes, idempotency_key: str, secret: bytes | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key, "User-Agent": self.user_agent}
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": idempotency_key,
+            "User-Agent": self.user_agent,
+        }
         if secret:
             ts = str(int(time.time()))
             headers["X-Argus-Timestamp"] = ts
@@ -130,8 +134,9 @@ class WebhookClient:
         while True:
             attempts += 1
             try:
-                resp = await self.client.post(url, content=body, headers=self.headers(body, idempotency_key, secret),
-                                              timeout=timeout)
+                resp = await self.client.post(
+                    url, content=body, headers=self.headers(body, idempotency_key, secret), timeout=timeout
+                )
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             else:

@@ -2,6 +2,7 @@
 
 ``python -m services.drift reset-reference MODEL VERSION`` pins a new reference window
 for one stream (``VERSION`` ``*`` for prompt features)."""
+
 from __future__ import annotations
 
 import sys

@@ -13,6 +13,7 @@ rebalanced worker resumes with the detectors' windows and references (no re-warm
 and with the alarm already raised (no second event for the same change). DriftEvent
 ids are derived from the change, so a replay is idempotent downstream.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,17 +25,17 @@ from typing import Any
 import faust
 
 from services.common.codec import SerializationError
-from services.common.health import HealthServer, Readiness
-from services.common.metrics import Metrics
-from services.common.logging import get_logger
 from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app, report_lag
+from services.common.health import HealthServer, Readiness
+from services.common.logging import get_logger
+from services.common.metrics import Metrics
 from services.common.registry import get_codec
 from services.drift.calibration import load as load_calibration
-from services.drift.features import Features, feedback_features, request_features, response_features
 from services.drift.embeddings import unpack
+from services.drift.features import Features, feedback_features, request_features, response_features
 from services.drift.monitor import StreamMonitor
-from services.drift.state import StateError, dump_monitor, load_monitor
 from services.drift.settings import DriftSettings
+from services.drift.state import StateError, dump_monitor, load_monitor
 
 CONTROL_RESET = "reset-reference"
 
@@ -47,8 +48,13 @@ def create_app(settings: DriftSettings) -> faust.App:
     codecs = {key: get_codec(key) for key in ("inference-requests", "inference-responses", "feedback")}
     drift_codec = get_codec("drift-events")
     topics = {key: app.topic(k.topic(key), key_type=bytes, value_type=bytes) for key in codecs}
-    features_topic = app.topic(f"{k.topic_prefix}{settings.app_id}-features", internal=True,
-                               partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    features_topic = app.topic(
+        f"{k.topic_prefix}{settings.app_id}-features",
+        internal=True,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+    )
     drift_topic = app.topic(k.topic("drift-events"), key_type=bytes, value_type=bytes)
     # bytes keys and values: faust then uses the raw serializer for the changelog too
     state = app.Table("drift-state", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes)
@@ -118,8 +124,10 @@ def create_app(settings: DriftSettings) -> faust.App:
                         break
                 vectors = await asyncio.to_thread(embedder.embed, [text for _, _, text in batch])
                 for (stream_key, request_id, _), vec in zip(batch, vectors):
-                    await features_topic.send(key=stream_key.encode(), value=json.dumps(
-                        {"embedding": pack(vec), "request_id": request_id}).encode())
+                    await features_topic.send(
+                        key=stream_key.encode(),
+                        value=json.dumps({"embedding": pack(vec), "request_id": request_id}).encode(),
+                    )
                 metrics.inc("argus_drift_embeddings_total", len(batch), outcome="embedded")
 
     def monitor_for(stream_key: str) -> StreamMonitor:
@@ -132,9 +140,15 @@ def create_app(settings: DriftSettings) -> faust.App:
                 try:
                     mon = load_monitor(saved, calibration, settings.semantic)
                 except StateError as exc:
-                    log.warning("drift.state_not_restored", stream=stream_key, reason=str(exc),
-                                action="detectors start afresh and warm up again")
-            monitors[stream_key] = mon if mon is not None and mon.stream == stream_key else StreamMonitor(stream_key, calibration)
+                    log.warning(
+                        "drift.state_not_restored",
+                        stream=stream_key,
+                        reason=str(exc),
+                        action="detectors start afresh and warm up again",
+                    )
+            monitors[stream_key] = (
+                mon if mon is not None and mon.stream == stream_key else StreamMonitor(stream_key, calibration)
+            )
         return monitors[stream_key]
 
     @app.agent(features_topic, name=f"{settings.app_id}.detect")
@@ -167,8 +181,14 @@ def create_app(settings: DriftSettings) -> faust.App:
                 sink["healthy"] = True
                 metrics.inc("argus_messages_produced_total", topic=drift_topic.get_topic_name())
                 metrics.inc("argus_drift_events_total", feature=alarm.feature, detector=alarm.detector)
-                log.info("drift.detected", stream=stream_key, feature=alarm.feature, detector=alarm.detector,
-                         statistic=alarm.statistic, position=alarm.position)
+                log.info(
+                    "drift.detected",
+                    stream=stream_key,
+                    feature=alarm.feature,
+                    detector=alarm.detector,
+                    statistic=alarm.statistic,
+                    position=alarm.position,
+                )
             if alarms or mon.position % settings.checkpoint_every == 0:
                 state[stream_key.encode()] = dump_monitor(mon)
 
@@ -183,6 +203,7 @@ def create_app(settings: DriftSettings) -> faust.App:
     health = HealthServer(settings.health, metrics, lambda: progress["t"], readiness)
 
     if settings.health_enabled:
+
         @app.task
         async def serve_health() -> None:
             port = await health.start()

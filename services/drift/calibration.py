@@ -13,6 +13,7 @@ Windowed tests are checked every ``step`` events, so their statistic is calibrat
 its distribution under no change; river's detectors are calibrated through their own
 parameters (ADWIN's ``delta``, DDM's ``drift_threshold``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def _alarms(make: Callable[[], Any], values: Any, streams: int) -> int:
     chunk = len(values) // streams
     for s in range(streams):
         det = make()
-        for i, x in enumerate(values[s * chunk:(s + 1) * chunk]):
+        for i, x in enumerate(values[s * chunk : (s + 1) * chunk]):
             if det.update(x, "f", i) is not None:
                 total += 1
     return total
@@ -61,7 +62,7 @@ def _max_statistic(kind: str, values: Any, streams: int) -> float:
         det = (WindowKS if kind == "ks" else WindowChi2)(threshold=-1.0, **WINDOW)
         det.in_alarm = False
         orig = det.update
-        for i, x in enumerate(values[s * chunk:(s + 1) * chunk]):
+        for i, x in enumerate(values[s * chunk : (s + 1) * chunk]):
             alarm = orig(x, "f", i)
             det.in_alarm = False
             if alarm is not None:
@@ -84,14 +85,30 @@ def calibrate(events: int = 500_000, budget: float = 1e-5, seed: int = 1, stream
         threshold = _max_statistic(kind, train, streams) * 1.1  # margin over the largest value under no change
         cls = WindowKS if kind == "ks" else WindowChi2
         fa = _alarms(lambda cls=cls, threshold=threshold: cls(threshold=threshold, **WINDOW), test, streams)
-        out["detectors"][kind] = {"threshold": round(threshold, 6), "false_alarms": fa,
-                                  "false_alarms_per_100k": fa / events * 1e5, "seconds": round(time.perf_counter() - t0, 1)}
+        out["detectors"][kind] = {
+            "threshold": round(threshold, 6),
+            "false_alarms": fa,
+            "false_alarms_per_100k": fa / events * 1e5,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
 
     for kind, key, candidates, values, test, make in (
-        ("adwin", "delta", [0.002, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7], num, num2,
-         lambda v: RiverNumeric("adwin", {"delta": v})),
-        ("ddm", "drift_threshold", [3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0], binv, bin2,
-         lambda v: RiverBinary({"drift_threshold": v, "warm_start": 100})),
+        (
+            "adwin",
+            "delta",
+            [0.002, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
+            num,
+            num2,
+            lambda v: RiverNumeric("adwin", {"delta": v}),
+        ),
+        (
+            "ddm",
+            "drift_threshold",
+            [3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0],
+            binv,
+            bin2,
+            lambda v: RiverBinary({"drift_threshold": v, "warm_start": 100}),
+        ),
     ):
         t0 = time.perf_counter()
         chosen = candidates[-1]
@@ -100,8 +117,12 @@ def calibrate(events: int = 500_000, budget: float = 1e-5, seed: int = 1, stream
                 chosen = c
                 break
         fa = _alarms(lambda: make(chosen), test, streams)
-        out["detectors"][kind] = {key: chosen, "false_alarms": fa, "false_alarms_per_100k": fa / events * 1e5,
-                                  "seconds": round(time.perf_counter() - t0, 1)}
+        out["detectors"][kind] = {
+            key: chosen,
+            "false_alarms": fa,
+            "false_alarms_per_100k": fa / events * 1e5,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     return out
 
 

@@ -12,6 +12,7 @@ Windowed tests fire once per change: after an alarm they stay silent until the
 statistic falls back under the threshold (hysteresis), so one episode gives one event.
 Thresholds come from :mod:`services.drift.calibration`.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,14 @@ def summary(values: Any) -> dict[str, float]:
     if a.size == 0:
         return {}
     q = np.quantile(a, [0.05, 0.5, 0.95])
-    return {"mean": float(a.mean()), "std": float(a.std()), "p5": float(q[0]), "p50": float(q[1]), "p95": float(q[2]),
-            "n": float(a.size)}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "p5": float(q[0]),
+        "p50": float(q[1]),
+        "p95": float(q[2]),
+        "n": float(a.size),
+    }
 
 
 def ks_statistic(ref_sorted: np.ndarray, cur: np.ndarray) -> float:
@@ -138,9 +145,17 @@ class WindowKS(_Windowed):
             return None
         psi, js = psi_and_js(self._ref_sorted, cur)
         return Alarm(
-            self.name, feature, d, self.threshold, ks_p_value(d, self._ref_sorted.size, cur.size),
-            self._ref_sorted.size, cur.size, summary(self._ref_sorted), summary(cur) | {"psi": psi, "js": js},
-            position - self.window // 2, {"reference": str(self.reference_size), "window": str(self.window)},
+            self.name,
+            feature,
+            d,
+            self.threshold,
+            ks_p_value(d, self._ref_sorted.size, cur.size),
+            self._ref_sorted.size,
+            cur.size,
+            summary(self._ref_sorted),
+            summary(cur) | {"psi": psi, "js": js},
+            position - self.window // 2,
+            {"reference": str(self.reference_size), "window": str(self.window)},
         )
 
 
@@ -177,8 +192,19 @@ class WindowChi2(_Windowed):
             return None
         ref_share = {f"share:{c}": (self.reference[c]) / n_ref for c in cats}
         cur_share = {f"share:{c}": cur[c] / len(self.current) for c in cats}
-        return Alarm(self.name, feature, stat, self.threshold, None, n_ref, len(self.current), ref_share, cur_share,
-                     position - self.window // 2, {"categories": str(len(cats)), "window": str(self.window)})
+        return Alarm(
+            self.name,
+            feature,
+            stat,
+            self.threshold,
+            None,
+            n_ref,
+            len(self.current),
+            ref_share,
+            cur_share,
+            position - self.window // 2,
+            {"categories": str(len(cats)), "window": str(self.window)},
+        )
 
 
 class RiverNumeric:
@@ -215,11 +241,22 @@ class RiverNumeric:
         self.history.clear()
         self.history.append(x)
         width = int(getattr(self.detector, "width", 0) or 0)
-        before = list(self.recent)[:-max(1, min(width, len(self.recent) // 2))] or list(self.recent)
-        after = list(self.recent)[len(before):] or list(self.recent)
+        before = list(self.recent)[: -max(1, min(width, len(self.recent) // 2))] or list(self.recent)
+        after = list(self.recent)[len(before) :] or list(self.recent)
         stat = abs(float(np.mean(after)) - float(np.mean(before)))
-        return Alarm(self.name, feature, stat, 0.0, None, len(before), len(after), summary(before), summary(after),
-                     position - (width if width else 0), {k: str(v) for k, v in self.params.items()})
+        return Alarm(
+            self.name,
+            feature,
+            stat,
+            0.0,
+            None,
+            len(before),
+            len(after),
+            summary(before),
+            summary(after),
+            position - (width if width else 0),
+            {k: str(v) for k, v in self.params.items()},
+        )
 
 
 class RiverBinary:
@@ -260,8 +297,19 @@ class RiverBinary:
         self.history.append(bool(x))
         rate_before = self.ones / self.n
         rate_now = sum(self.recent) / len(self.recent)
-        return Alarm(self.name, feature, rate_now - rate_before, 0.0, None, self.n, len(self.recent),
-                     {"rate": rate_before}, {"rate": rate_now}, position, {k: str(v) for k, v in self.params.items()})
+        return Alarm(
+            self.name,
+            feature,
+            rate_now - rate_before,
+            0.0,
+            None,
+            self.n,
+            len(self.recent),
+            {"rate": rate_before},
+            {"rate": rate_now},
+            position,
+            {k: str(v) for k, v in self.params.items()},
+        )
 
 
 def rbf_kernel(z: np.ndarray, sigma: float) -> np.ndarray:
@@ -270,8 +318,9 @@ def rbf_kernel(z: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(-d2 / (2.0 * sigma * sigma))
 
 
-def mmd_permutation_test(ref: np.ndarray, cur: np.ndarray, sigma: float, permutations: int,
-                         rng: np.random.Generator) -> tuple[float, float, float]:
+def mmd_permutation_test(
+    ref: np.ndarray, cur: np.ndarray, sigma: float, permutations: int, rng: np.random.Generator
+) -> tuple[float, float, float]:
     """Squared MMD (biased V-statistic, RBF kernel) of two samples and its permutation
     p-value: ``(statistic, p_value, null_p99)``. The statistic is ``sᵀKs`` with
     ``s = +1/n`` on the reference and ``-1/m`` on the current sample, so all
@@ -302,8 +351,15 @@ class WindowMMD(_Windowed):
 
     name = "mmd"
 
-    def __init__(self, reference_size: int = 200, window: int = 100, step: int = 50, permutations: int = 4000,
-                 dims: int = 16, alpha: float | None = None) -> None:
+    def __init__(
+        self,
+        reference_size: int = 200,
+        window: int = 100,
+        step: int = 50,
+        permutations: int = 4000,
+        dims: int = 16,
+        alpha: float | None = None,
+    ) -> None:
         self.permutations = permutations
         self.alpha = alpha if alpha is not None else 1.0 / (permutations + 1)
         self.rearm_p = 0.05
@@ -361,8 +417,9 @@ class WindowMMD(_Windowed):
         if not self._due():
             return None
         cur = np.asarray(self.current)
-        stat, p, null99 = mmd_permutation_test(self.ref_z, cur, self.sigma, self.permutations,
-                                               np.random.default_rng(position))
+        stat, p, null99 = mmd_permutation_test(
+            self.ref_z, cur, self.sigma, self.permutations, np.random.default_rng(position)
+        )
         # one alarm per episode: re-armed only once the windows look alike again (p > rearm_p)
         if self.in_alarm:
             self.in_alarm = p <= self.rearm_p
@@ -372,11 +429,29 @@ class WindowMMD(_Windowed):
         self.in_alarm = True
         ref_centroid = self.ref_z.mean(axis=0)
         return Alarm(
-            self.name, feature, stat, null99, p, len(self.ref_z), len(cur),
-            {"mmd2_null_p99": null99, "bandwidth": self.sigma, "spread": float(np.linalg.norm(self.ref_z - ref_centroid, axis=1).mean())},
-            {"mmd2": stat, "centroid_shift": float(np.linalg.norm(cur.mean(axis=0) - ref_centroid)),
-             "spread": float(np.linalg.norm(cur - cur.mean(axis=0), axis=1).mean())},
+            self.name,
+            feature,
+            stat,
+            null99,
+            p,
+            len(self.ref_z),
+            len(cur),
+            {
+                "mmd2_null_p99": null99,
+                "bandwidth": self.sigma,
+                "spread": float(np.linalg.norm(self.ref_z - ref_centroid, axis=1).mean()),
+            },
+            {
+                "mmd2": stat,
+                "centroid_shift": float(np.linalg.norm(cur.mean(axis=0) - ref_centroid)),
+                "spread": float(np.linalg.norm(cur - cur.mean(axis=0), axis=1).mean()),
+            },
             self.positions[len(self.positions) // 2],  # embeddings are a sample: locate by stream position
-            {"reference": str(self.reference_size), "window": str(self.window), "permutations": str(self.permutations),
-             "alpha": f"{self.alpha:.3g}", "dims": str(self.dims)},
+            {
+                "reference": str(self.reference_size),
+                "window": str(self.window),
+                "permutations": str(self.permutations),
+                "alpha": f"{self.alpha:.3g}",
+                "dims": str(self.dims),
+            },
         )

@@ -13,6 +13,7 @@ Example::
     >>> e.embed(["What is the capital of France?"]).shape
     (1, 576)
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,19 +29,27 @@ class PromptEmbedder:
         try:
             from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
         except ImportError as exc:  # the cpu extra is not installed
-            raise RuntimeError("semantic drift needs llama-cpp-python (pip install -e '.[cpu]'), "
-                               "or set ARGUS_DRIFT_SEMANTIC__ENABLED=false") from exc
+            raise RuntimeError(
+                "semantic drift needs llama-cpp-python (pip install -e '.[cpu]'), "
+                "or set ARGUS_DRIFT_SEMANTIC__ENABLED=false"
+            ) from exc
         from services.common.llm import packaged_model_path
 
         self.model_path = model_path or packaged_model_path()
-        self._llm = Llama(model_path=str(self.model_path), embedding=True, pooling_type=LLAMA_POOLING_TYPE_MEAN,
-                          n_ctx=n_ctx, n_threads=threads, verbose=False)
+        self._llm = Llama(
+            model_path=str(self.model_path),
+            embedding=True,
+            pooling_type=LLAMA_POOLING_TYPE_MEAN,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            verbose=False,
+        )
         self._lock = threading.Lock()  # a Llama object is not thread-safe
         self.max_chars = n_ctx * 3  # keep prompts inside the context (about 3+ chars per token)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         with self._lock:
-            vectors = self._llm.embed([t[-self.max_chars:] or " " for t in texts])
+            vectors = self._llm.embed([t[-self.max_chars :] or " " for t in texts])
         return np.asarray(vectors, dtype=np.float32)
 
 

@@ -8,6 +8,7 @@ refusal answers, finish reason. Feedback: negative judgement.
 Numeric features feed river detectors and windowed tests, categorical ones chi-squared
 tests, binary ones Bernoulli-rate detectors.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,8 +41,17 @@ _ASCII_LETTER = re.compile(r"[A-Za-z]")
 @lru_cache(maxsize=8192)
 def _script_of_char(ch: str) -> str:
     name = unicodedata.name(ch, "")
-    return ("latin" if "LATIN" in name else "cyrillic" if "CYRILLIC" in name else "cjk" if "CJK" in name or
-            "HIRAGANA" in name or "KATAKANA" in name or "HANGUL" in name else "arabic" if "ARABIC" in name else "other")
+    return (
+        "latin"
+        if "LATIN" in name
+        else "cyrillic"
+        if "CYRILLIC" in name
+        else "cjk"
+        if "CJK" in name or "HIRAGANA" in name or "KATAKANA" in name or "HANGUL" in name
+        else "arabic"
+        if "ARABIC" in name
+        else "other"
+    )
 
 
 def script_of(text: str) -> str:
@@ -95,8 +105,11 @@ def response_features(v: dict[str, Any]) -> Features | None:
         stream=f"{v['model']}|{v['model_version']}",
         numeric=numeric,
         categorical={"finish_reason": v.get("finish_reason") or "none"},
-        binary={"error": v["status"] != "ok", "empty_output": v["status"] == "ok" and not out.strip(),
-                "refusal": bool(REFUSAL.search(out))},
+        binary={
+            "error": v["status"] != "ok",
+            "empty_output": v["status"] == "ok" and not out.strip(),
+            "refusal": bool(REFUSAL.search(out)),
+        },
         request_id=str(v["request_id"]),
     )
 
@@ -105,4 +118,6 @@ def feedback_features(v: dict[str, Any], model: str = "*", version: str = "*") -
     if v["kind"] not in ("thumbs", "rating") or v.get("score") is None:
         return None
     negative = v["score"] == 0 if v["kind"] == "thumbs" else v["score"] <= 2
-    return Features(stream=f"{model}|{version}", binary={"negative_feedback": negative}, request_id=str(v["request_id"]))
+    return Features(
+        stream=f"{model}|{version}", binary={"negative_feedback": negative}, request_id=str(v["request_id"])
+    )

@@ -1,6 +1,7 @@
 """One stream's detectors (pure state, checkpointed as JSON by :mod:`services.drift.state`): every numeric
 feature gets river's ADWIN and a windowed KS test, every categorical feature a windowed
 chi-squared test, every binary feature river's DDM. Alarms become DriftEvent records."""
+
 from __future__ import annotations
 
 import time
@@ -28,14 +29,18 @@ class StreamMonitor:
     def new_detectors(self, feature: str, kind: Any, semantic: Any = None) -> list[Any]:
         """Fresh detectors of a feature of ``kind``, as the current calibration sets them."""
         if kind == "numeric":
-            return [RiverNumeric("adwin", {"delta": self.cal["adwin"]["delta"]}),
-                    WindowKS(self.cal["ks"]["threshold"], **self.window)]
+            return [
+                RiverNumeric("adwin", {"delta": self.cal["adwin"]["delta"]}),
+                WindowKS(self.cal["ks"]["threshold"], **self.window),
+            ]
         if kind == "categorical":
             return [WindowChi2(self.cal["chi2"]["threshold"], **self.window)]
         if kind == "binary":
             return [RiverBinary({"drift_threshold": self.cal["ddm"]["drift_threshold"], "warm_start": 100})]
         if kind == "embedding" and semantic is not None:
-            return [WindowMMD(semantic.reference_size, semantic.window, semantic.step, semantic.permutations, semantic.dims)]
+            return [
+                WindowMMD(semantic.reference_size, semantic.window, semantic.step, semantic.permutations, semantic.dims)
+            ]
         raise ValueError(f"feature {feature!r}: no detectors for kind {kind!r}")
 
     def _for(self, feature: str, kind: str, semantic: Any = None) -> list[Any]:
@@ -53,7 +58,9 @@ class StreamMonitor:
     def _binary(self, feature: str) -> list[Any]:
         return self._for(feature, "binary")
 
-    def observe_embedding(self, vector: Any, request_id: str, semantic: Any, position: int | None = None) -> list[Alarm]:
+    def observe_embedding(
+        self, vector: Any, request_id: str, semantic: Any, position: int | None = None
+    ) -> list[Alarm]:
         """A prompt embedding (a sample of the stream's prompts): the multivariate MMD
         test, and, once its reference is pinned, the embedding's distance to the
         reference centroid as a numeric feature (river ADWIN + windowed KS), which finds
@@ -67,8 +74,11 @@ class StreamMonitor:
         alarms = [a for a in [mmd.update(vector, "prompt_embedding", pos)] if a is not None]
         if pinned:
             dist = mmd.distance_to_reference(vector)
-            alarms += [a for d in self._numeric("prompt_embedding_distance")
-                       if (a := d.update(dist, "prompt_embedding_distance", pos)) is not None]
+            alarms += [
+                a
+                for d in self._numeric("prompt_embedding_distance")
+                if (a := d.update(dist, "prompt_embedding_distance", pos)) is not None
+            ]
         for a in alarms:
             a.params["embeddings_seen"] = str(mmd.seen)
         self.alarms += len(alarms)
@@ -99,15 +109,24 @@ class StreamMonitor:
         detector, located position), so a replay after a crash yields the same id."""
         model, _, version = self.stream.partition("|")
         return {
-            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{self.stream}|{alarm.feature}|{alarm.detector}|{alarm.position}")),
+            "event_id": str(
+                uuid.uuid5(EVENT_NAMESPACE, f"{self.stream}|{alarm.feature}|{alarm.detector}|{alarm.position}")
+            ),
             "detected_at": detected_at_ms or int(time.time() * 1000),
-            "model": model, "model_version": version, "feature": alarm.feature, "detector": alarm.detector,
-            "statistic": float(alarm.statistic), "threshold": float(alarm.threshold), "p_value": alarm.p_value,
-            "severity": alarm.severity, "reference_window_size": alarm.reference_size,
+            "model": model,
+            "model_version": version,
+            "feature": alarm.feature,
+            "detector": alarm.detector,
+            "statistic": float(alarm.statistic),
+            "threshold": float(alarm.threshold),
+            "p_value": alarm.p_value,
+            "severity": alarm.severity,
+            "reference_window_size": alarm.reference_size,
             "current_window_size": alarm.current_size,
             "reference_summary": {k: float(v) for k, v in alarm.reference_summary.items()},
             "current_summary": {k: float(v) for k, v in alarm.current_summary.items()},
-            "change_offset": max(alarm.position, 0), "change_time": None,
+            "change_offset": max(alarm.position, 0),
+            "change_time": None,
             "example_request_ids": list(self.recent_ids),
             "detector_params": dict(alarm.params) | {"detected_at_position": str(self.position)},
         }

@@ -1,4 +1,5 @@
 """Settings of the drift service (env prefix ``ARGUS_DRIFT_``)."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

@@ -88,21 +88,45 @@ def _int(v: Any, what: str) -> int:
 # -- detectors ---------------------------------------------------------------------------
 def _dump_detector(d: Any) -> dict[str, Any]:
     if isinstance(d, WindowKS):
-        return {"type": "ks", "seen": d.seen, "in_alarm": d.in_alarm, "reference": list(d.reference),
-                "current": list(d.current)}
+        return {
+            "type": "ks",
+            "seen": d.seen,
+            "in_alarm": d.in_alarm,
+            "reference": list(d.reference),
+            "current": list(d.current),
+        }
     if isinstance(d, WindowChi2):
-        return {"type": "chi2", "seen": d.seen, "in_alarm": d.in_alarm, "pinned": bool(getattr(d, "pinned", False)),
-                "reference": dict(d.reference), "current": list(d.current)}
+        return {
+            "type": "chi2",
+            "seen": d.seen,
+            "in_alarm": d.in_alarm,
+            "pinned": bool(getattr(d, "pinned", False)),
+            "reference": dict(d.reference),
+            "current": list(d.current),
+        }
     if isinstance(d, WindowMMD):
-        return {"type": "mmd", "seen": d.seen, "in_alarm": d.in_alarm, "sigma": d.sigma,
-                "reference": _arr(np.asarray(d.reference)) if d.reference else None,
-                "mean": _arr(d.mean), "basis": _arr(d.basis), "ref_z": _arr(d.ref_z),
-                "current": _arr(np.asarray(d.current)) if d.current else None, "positions": list(d.positions)}
+        return {
+            "type": "mmd",
+            "seen": d.seen,
+            "in_alarm": d.in_alarm,
+            "sigma": d.sigma,
+            "reference": _arr(np.asarray(d.reference)) if d.reference else None,
+            "mean": _arr(d.mean),
+            "basis": _arr(d.basis),
+            "ref_z": _arr(d.ref_z),
+            "current": _arr(np.asarray(d.current)) if d.current else None,
+            "positions": list(d.positions),
+        }
     if isinstance(d, RiverNumeric):
         return {"type": "river_numeric", "kind": d.kind, "replay": list(d.history)[-RIVER_REPLAY_CAP:]}
     if isinstance(d, RiverBinary):
-        return {"type": "river_binary", "n": d.n, "ones": d.ones, "recent": list(d.recent),
-                "replay": [int(x) for x in list(d.history)[-RIVER_REPLAY_CAP:]]}
+        return {
+            "type": "river_binary",
+            "n": d.n,
+            "ones": d.ones,
+            "recent": list(d.recent),
+            "replay": [int(x) for x in list(d.history)[-RIVER_REPLAY_CAP:]],
+        }
     raise StateError(f"no state layout for detector {type(d).__name__}")
 
 
@@ -136,7 +160,11 @@ def _load_detector(fresh: Any, doc: Any) -> Any:
     elif kind == "mmd":
         ref = _unarr(doc.get("reference"), 2)
         fresh.reference = list(ref) if ref is not None else []
-        fresh.mean, fresh.basis, fresh.ref_z = _unarr(doc.get("mean"), 1), _unarr(doc.get("basis"), 2), _unarr(doc.get("ref_z"), 2)
+        fresh.mean, fresh.basis, fresh.ref_z = (
+            _unarr(doc.get("mean"), 1),
+            _unarr(doc.get("basis"), 2),
+            _unarr(doc.get("ref_z"), 2),
+        )
         if (fresh.ref_z is None) != (fresh.mean is None) or (fresh.ref_z is None) != (fresh.basis is None):
             raise StateError("mmd: a pinned reference needs mean, basis and projection")
         sigma = doc.get("sigma")
@@ -167,10 +195,16 @@ def _load_detector(fresh: Any, doc: Any) -> Any:
 # -- monitors ----------------------------------------------------------------------------
 def dump_monitor(mon: StreamMonitor) -> bytes:
     doc = {
-        "format": "argus.drift.monitor", "version": FORMAT_VERSION, "stream": mon.stream, "position": mon.position,
-        "alarms": mon.alarms, "recent_ids": list(mon.recent_ids),
-        "detectors": {feature: {"kind": mon.kinds[feature], "detectors": [_dump_detector(d) for d in dets]}
-                      for feature, dets in mon.detectors.items()},
+        "format": "argus.drift.monitor",
+        "version": FORMAT_VERSION,
+        "stream": mon.stream,
+        "position": mon.position,
+        "alarms": mon.alarms,
+        "recent_ids": list(mon.recent_ids),
+        "detectors": {
+            feature: {"kind": mon.kinds[feature], "detectors": [_dump_detector(d) for d in dets]}
+            for feature, dets in mon.detectors.items()
+        },
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 

@@ -8,6 +8,7 @@
 - ``bridge``: run only the Kafka bridge against an application already deployed on the
   Ray cluster at ``ARGUS_INFERENCE_RAY_ADDRESS``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,12 +10,13 @@
   :mod:`services.inference.serveconfig`; :func:`deploy` applies that config to the
   running Serve instance.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
@@ -36,10 +37,14 @@ class LLMServer:
         self.model_name = model_name
         self.version = ModelVersion(**version)
         if engine["kind"] != "llama_cpp":
-            raise ValueError("LLMServer runs the llama.cpp engine; GPU nodes use services.inference.gpu (Ray Serve LLM)")
+            raise ValueError(
+                "LLMServer runs the llama.cpp engine; GPU nodes use services.inference.gpu (Ray Serve LLM)"
+            )
         self.engine = LlamaCppEngine(
-            model_path=self.version.model_path, sha256=self.version.sha256,
-            n_ctx=engine["n_ctx"], n_threads=engine["n_threads"],
+            model_path=self.version.model_path,
+            sha256=self.version.sha256,
+            n_ctx=engine["n_ctx"],
+            n_threads=engine["n_threads"],
         )
         ctx = serve.get_replica_context()
         self.replica = f"{ctx.deployment}#{ctx.replica_id.unique_id}" if ctx else f"local#{uuid.uuid4().hex[:6]}"
@@ -62,8 +67,13 @@ class LLMServer:
             raise RuntimeError(f"{self.replica}: engine unusable (model file missing or repeated failures)")
 
     def info(self) -> dict[str, Any]:
-        return {"version": self.version.version, "replica": self.replica, "digest": self.engine.digest,
-                "model_file": self.engine.model_file, "max_tokens": self.max_tokens}
+        return {
+            "version": self.version.version,
+            "replica": self.replica,
+            "digest": self.engine.digest,
+            "model_file": self.engine.model_file,
+            "max_tokens": self.max_tokens,
+        }
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
     async def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -78,12 +88,19 @@ class LLMServer:
         try:
             gen = self.engine.generate(params)
         except (RuntimeError, ValueError) as exc:
-            return {"error_type": type(exc).__name__, "error_message": str(exc), "version": self.version.version,
-                    "replica": self.replica}
+            return {
+                "error_type": type(exc).__name__,
+                "error_message": str(exc),
+                "version": self.version.version,
+                "replica": self.replica,
+            }
         rss, gpu = process_memory()
         return {
-            **gen.to_dict(), "version": self.version.version, "replica": self.replica,
-            "response_model": self.engine.model_file, "replica_cpu_memory_bytes": rss,
+            **gen.to_dict(),
+            "version": self.version.version,
+            "replica": self.replica,
+            "response_model": self.engine.model_file,
+            "replica_cpu_memory_bytes": rss,
             "replica_gpu_memory_bytes": gpu,
         }
 
@@ -102,7 +119,9 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         )
         handles[artifact["version"]] = dep.bind(args["model_name"], artifact, engine)
     router = serve.deployment(Router).options(
-        name="router", num_replicas=1, max_ongoing_requests=args["router_max_ongoing_requests"],
+        name="router",
+        num_replicas=1,
+        max_ongoing_requests=args["router_max_ongoing_requests"],
         ray_actor_options={"num_cpus": 0},
     )
     return router.bind(args["model_name"], handles)
@@ -141,5 +160,7 @@ def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentH
         if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
             raise RuntimeError(f"{settings.app_name}: {app.status}: {app.message}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{settings.app_name} not running after {timeout_s:.0f}s: {app.status if app else 'absent'}")
+            raise TimeoutError(
+                f"{settings.app_name} not running after {timeout_s:.0f}s: {app.status if app else 'absent'}"
+            )
         time.sleep(0.25)

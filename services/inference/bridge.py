@@ -13,6 +13,7 @@
   by the broker, up to the longest finished prefix of each partition; a crash re-answers
   at most the in-flight requests (same request_id).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,12 +24,12 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from services.common.codec import SerializationError, to_json
+from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.health import Readiness
 from services.common.kafka import make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.offsets import OffsetTracker
-from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.registry import default_registry
 from services.inference.responses import response_record
 from services.inference.settings import InferenceSettings
@@ -46,8 +47,9 @@ class InferenceBridge:
         self.req_codec = reg.codec("inference-requests")
         self.resp_codec = reg.codec("inference-responses")
         self.metrics = metrics or Metrics("inference-bridge")
-        self.dlq = DeadLetterPolicy(kafka=k, service="inference-bridge", group=settings.bridge.group_id,
-                                    metrics=self.metrics, registry=reg)
+        self.dlq = DeadLetterPolicy(
+            kafka=k, service="inference-bridge", group=settings.bridge.group_id, metrics=self.metrics, registry=reg
+        )
         self.log = get_logger("argus.inference.bridge", topic=self.requests_topic)
         self.tracker = OffsetTracker()
         self.slots = asyncio.Semaphore(settings.bridge.max_in_flight)
@@ -64,14 +66,17 @@ class InferenceBridge:
         self.producer = make_producer(k)
         await self.producer.start()
         self.consumer = make_consumer(
-            k, self.settings.bridge.group_id,
+            k,
+            self.settings.bridge.group_id,
             max_poll_records=self.settings.bridge.max_in_flight,
             # a request may wait for the model longer than the default poll interval
             max_poll_interval_ms=max(300_000, int(self.settings.bridge.default_timeout_s * 2000)),
         )
         self.consumer.subscribe([self.requests_topic], listener=_DrainOnRevoke(self))
         await self.consumer.start()
-        self.log.info("bridge.started", group=self.settings.bridge.group_id, max_in_flight=self.settings.bridge.max_in_flight)
+        self.log.info(
+            "bridge.started", group=self.settings.bridge.group_id, max_in_flight=self.settings.bridge.max_in_flight
+        )
 
     async def stop(self) -> None:
         try:
@@ -113,8 +118,9 @@ class InferenceBridge:
             for rec in records:
                 self.tracker.started(tp, rec.offset)
                 self.metrics.inc("argus_messages_consumed_total", topic=tp.topic)
-                msg = Message(rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.timestamp,
-                              tuple(rec.headers or ()))
+                msg = Message(
+                    rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.timestamp, tuple(rec.headers or ())
+                )
                 try:
                     request = self.req_codec.decode(rec.value)
                     _validate(request)
@@ -139,23 +145,45 @@ class InferenceBridge:
         plain = to_json(request)
         started = time.monotonic()
         deadline = request.get("deadline")
-        remaining = (deadline - dt.datetime.now(dt.timezone.utc)).total_seconds() if deadline else self.settings.bridge.default_timeout_s
+        remaining = (
+            (deadline - dt.datetime.now(dt.timezone.utc)).total_seconds()
+            if deadline
+            else self.settings.bridge.default_timeout_s
+        )
         self.metrics.set("argus_in_flight", self.tracker.in_flight())
         shadows: list[dict[str, Any]] = []
         if remaining <= 0:
-            resp = response_record(plain, model_version="none", status="deadline_exceeded", error_type="DeadlineExceeded",
-                                   error_message="deadline passed before the request was dispatched", latency_ms=0.0)
+            resp = response_record(
+                plain,
+                model_version="none",
+                status="deadline_exceeded",
+                error_type="DeadlineExceeded",
+                error_message="deadline passed before the request was dispatched",
+                latency_ms=0.0,
+            )
         else:
             try:
                 out = await asyncio.wait_for(self.router.infer.remote(plain), timeout=remaining)
                 resp = _from_generation(plain, out["primary"])
                 shadows = [_from_generation(plain, s, shadow=True) for s in out["shadows"]]
             except asyncio.TimeoutError:
-                resp = response_record(plain, model_version="unknown", status="deadline_exceeded", error_type="DeadlineExceeded",
-                                       error_message=f"no answer within {remaining:.1f}s", latency_ms=(time.monotonic() - started) * 1000)
+                resp = response_record(
+                    plain,
+                    model_version="unknown",
+                    status="deadline_exceeded",
+                    error_type="DeadlineExceeded",
+                    error_message=f"no answer within {remaining:.1f}s",
+                    latency_ms=(time.monotonic() - started) * 1000,
+                )
             except Exception as exc:  # Serve/Ray failures become error responses, never silence
-                resp = response_record(plain, model_version="unknown", status="error", error_type=type(exc).__name__,
-                                       error_message=str(exc), latency_ms=(time.monotonic() - started) * 1000)
+                resp = response_record(
+                    plain,
+                    model_version="unknown",
+                    status="error",
+                    error_type=type(exc).__name__,
+                    error_message=str(exc),
+                    latency_ms=(time.monotonic() - started) * 1000,
+                )
         assert self.producer is not None
         key = str(request["request_id"]).encode()
         futures = [await self.producer.send(self.responses_topic, self.resp_codec.encode(resp), key=key)]
@@ -175,7 +203,9 @@ class InferenceBridge:
     async def _commit(self, only: list[TopicPartition] | None = None) -> None:
         assert self.consumer is not None
         assignment = self.consumer.assignment()
-        offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in assignment and (only is None or tp in only)}
+        offsets = {
+            tp: o for tp, o in self.tracker.committable().items() if tp in assignment and (only is None or tp in only)
+        }
         if offsets:
             await self.consumer.commit(offsets)
             self.metrics.inc("argus_commits_total")
@@ -190,9 +220,16 @@ class InferenceBridge:
             for tp in parts:
                 lag[f"{tp.topic}[{tp.partition}]"] = max(0, ends[tp] - ((await self.consumer.committed(tp)) or 0))
         committed = {f"{tp.topic}[{tp.partition}]": o for tp, o in self.tracker.committable().items()}
-        return Readiness(self._failure is None, "inference-bridge", True, True,
-                         [f"{tp.topic}[{tp.partition}]" for tp in parts], lag, committed,
-                         detail=repr(self._failure) if self._failure else "")
+        return Readiness(
+            self._failure is None,
+            "inference-bridge",
+            True,
+            True,
+            [f"{tp.topic}[{tp.partition}]" for tp in parts],
+            lag,
+            committed,
+            detail=repr(self._failure) if self._failure else "",
+        )
 
 
 class InvalidRequest(ValueError):
@@ -211,9 +248,15 @@ def _validate(request: dict[str, Any]) -> None:
 
 def _from_generation(request: dict[str, Any], out: dict[str, Any], shadow: bool = False) -> dict[str, Any]:
     if "error_type" in out:
-        return response_record(request, model_version=out.get("version", "unknown"), status="error",
-                               error_type=out["error_type"], error_message=out.get("error_message"),
-                               latency_ms=out.get("latency_ms"), shadow=shadow)
+        return response_record(
+            request,
+            model_version=out.get("version", "unknown"),
+            status="error",
+            error_type=out["error_type"],
+            error_message=out.get("error_message"),
+            latency_ms=out.get("latency_ms"),
+            shadow=shadow,
+        )
     return response_record(request, model_version=out["version"], generation=out, shadow=shadow)
 
 

@@ -12,6 +12,7 @@ vLLM is installed only in the GPU image (``pip install 'ray[llm]==2.60.0'``), ne
 CI: this module imports ``ray.serve.llm`` lazily, and its configuration builders are
 plain dicts so they are tested without a GPU.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,7 +34,8 @@ def llm_config(settings: InferenceSettings, version: ModelVersion) -> dict[str, 
         },
         "deployment_config": {
             "autoscaling_config": {
-                "min_replicas": version.min_replicas, "max_replicas": version.max_replicas,
+                "min_replicas": version.min_replicas,
+                "max_replicas": version.max_replicas,
                 "target_ongoing_requests": version.target_ongoing_requests,
             },
             "max_ongoing_requests": max(e.max_ongoing_requests, 32),  # vLLM batches continuously
@@ -68,15 +70,27 @@ class VLLMAdapter:
         self.system_prompt = config.get("system_prompt", self.system_prompt)
 
     async def info(self) -> dict[str, Any]:
-        return {"version": self.version, "replica": self.replica, "model_id": self.model_id, "max_tokens": self.max_tokens}
+        return {
+            "version": self.version,
+            "replica": self.replica,
+            "model_id": self.model_id,
+            "max_tokens": self.max_tokens,
+        }
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
         p = chat_params(request, self.max_tokens, self.system_prompt)
         body = ChatCompletionRequest(
-            model=self.model_id, messages=p["messages"], max_tokens=p["max_tokens"], temperature=p["temperature"],
-            top_p=p["top_p"], stop=p["stop"] or None, seed=p["seed"], stream=True, logprobs=True,
+            model=self.model_id,
+            messages=p["messages"],
+            max_tokens=p["max_tokens"],
+            temperature=p["temperature"],
+            top_p=p["top_p"],
+            stop=p["stop"] or None,
+            seed=p["seed"],
+            stream=True,
+            logprobs=True,
             stream_options={"include_usage": True},
         )
         started = time.perf_counter()
@@ -92,25 +106,35 @@ class VLLMAdapter:
                     if text:
                         first = first or time.perf_counter()
                         parts.append(text)
-                    for item in ((choice.get("logprobs") or {}).get("content") or []):
+                    for item in (choice.get("logprobs") or {}).get("content") or []:
                         logprobs.append(float(item["logprob"]))
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
                 if data.get("usage"):
                     usage = data["usage"]
         except Exception as exc:  # the adapter reports engine failures as values, like LLMServer
-            return {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": self.version,
-                    "replica": self.replica}
+            return {
+                "error_type": type(exc).__name__,
+                "error_message": str(exc)[:2000],
+                "version": self.version,
+                "replica": self.replica,
+            }
         ended = time.perf_counter()
         from services.common.llm import process_memory
 
         rss, gpu = process_memory()
         return {
-            "text": "".join(parts), "finish_reason": finish,
-            "input_tokens": int(usage.get("prompt_tokens", 0)), "output_tokens": int(usage.get("completion_tokens", len(logprobs))),
-            "time_to_first_token_ms": (first - started) * 1000 if first else None, "latency_ms": (ended - started) * 1000,
-            "mean_logprob": sum(logprobs) / len(logprobs) if logprobs else None, "version": self.version,
-            "replica": self.replica, "response_model": self.model_id, "replica_cpu_memory_bytes": rss,
+            "text": "".join(parts),
+            "finish_reason": finish,
+            "input_tokens": int(usage.get("prompt_tokens", 0)),
+            "output_tokens": int(usage.get("completion_tokens", len(logprobs))),
+            "time_to_first_token_ms": (first - started) * 1000 if first else None,
+            "latency_ms": (ended - started) * 1000,
+            "mean_logprob": sum(logprobs) / len(logprobs) if logprobs else None,
+            "version": self.version,
+            "replica": self.replica,
+            "response_model": self.model_id,
+            "replica_cpu_memory_bytes": rss,
             "replica_gpu_memory_bytes": gpu,
         }
 
@@ -128,14 +152,20 @@ def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
     for artifact, cfg in zip(args["versions"], args["llm_configs"]):
         llm_app = build_llm_deployment(LLMConfig(**cfg), name_prefix=f"vllm-{artifact['version']}-")
         adapter = serve.deployment(VLLMAdapter).options(
-            name=f"llm-{artifact['version']}", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1},
+            name=f"llm-{artifact['version']}",
+            max_ongoing_requests=256,
+            ray_actor_options={"num_cpus": 0.1},
         )
         handles[artifact["version"]] = adapter.bind(
-            cfg["model_loading_config"]["model_id"], artifact["version"], llm_app,
-            settings_engine.get("max_tokens", 256), settings_engine.get("system_prompt", ""),
+            cfg["model_loading_config"]["model_id"],
+            artifact["version"],
+            llm_app,
+            settings_engine.get("max_tokens", 256),
+            settings_engine.get("system_prompt", ""),
         )
-    router = serve.deployment(Router).options(name="router", num_replicas=1, max_ongoing_requests=1024,
-                                              ray_actor_options={"num_cpus": 0})
+    router = serve.deployment(Router).options(
+        name="router", num_replicas=1, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0}
+    )
     return router.bind(args["model_name"], handles)
 
 

@@ -1,4 +1,5 @@
 """Building InferenceResponse records (pure): one per request, errors included."""
+
 from __future__ import annotations
 
 import time

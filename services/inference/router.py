@@ -56,8 +56,10 @@ class Router:
         try:
             plan = self.table.plan(sticky_key(request))
         except NoServingVersion as exc:
-            return {"primary": {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"},
-                    "shadows": []}
+            return {
+                "primary": {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"},
+                "shadows": [],
+            }
         primary = self.handles[plan.primary].generate.remote(request)
         shadows = {v: self.handles[v].generate.remote(request) for v in plan.shadows}
         try:
@@ -72,18 +74,30 @@ class Router:
                 shadow_results.append(await asyncio.wait_for(_awaited(resp), timeout=grace))
             except asyncio.TimeoutError:
                 resp.cancel()
-                shadow_results.append({"error_type": "ShadowTimeout", "version": version,
-                                       "error_message": f"shadow answer trailed the primary by more than {grace}s"})
+                shadow_results.append(
+                    {
+                        "error_type": "ShadowTimeout",
+                        "version": version,
+                        "error_message": f"shadow answer trailed the primary by more than {grace}s",
+                    }
+                )
             except Exception as exc:  # shadow failures are reported, never affect the primary
-                shadow_results.append({"error_type": type(exc).__name__, "error_message": str(exc)[:2000],
-                                       "version": version, "latency_ms": (time.monotonic() - started) * 1000})
+                shadow_results.append(
+                    {
+                        "error_type": type(exc).__name__,
+                        "error_message": str(exc)[:2000],
+                        "version": version,
+                        "latency_ms": (time.monotonic() - started) * 1000,
+                    }
+                )
         return {"primary": result, "shadows": shadow_results}
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": self.model_name, "object": "model", "owned_by": "argus", "versions": sorted(self.handles)}
-        ]}
+        return {
+            "object": "list",
+            "data": [{"id": self.model_name, "object": "model", "owned_by": "argus", "versions": sorted(self.handles)}],
+        }
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: dict = Body(...)) -> dict[str, Any]:  # noqa: B008
@@ -92,22 +106,43 @@ class Router:
         if body.get("stream"):
             raise HTTPException(status_code=400, detail="stream=true is not supported on this route")
         request = {
-            "request_id": str(uuid.uuid4()), "model": body.get("model") or self.model_name,
-            "messages": body["messages"], "max_tokens": body.get("max_tokens"),
-            "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+            "request_id": str(uuid.uuid4()),
+            "model": body.get("model") or self.model_name,
+            "messages": body["messages"],
+            "max_tokens": body.get("max_tokens"),
+            "temperature": body.get("temperature"),
+            "top_p": body.get("top_p"),
             "stop_sequences": [body["stop"]] if isinstance(body.get("stop"), str) else (body.get("stop") or []),
-            "seed": body.get("seed"), "tenant": "http", "user": body.get("user"),
+            "seed": body.get("seed"),
+            "tenant": "http",
+            "user": body.get("user"),
         }
         out = (await self.infer(request))["primary"]
         if "error_type" in out:
             raise HTTPException(status_code=503, detail=f"{out['error_type']}: {out.get('error_message')}")
         return {
-            "id": "chatcmpl-" + request["request_id"], "object": "chat.completion", "created": int(time.time()),
-            "model": request["model"], "system_fingerprint": out["version"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
-                         "finish_reason": out["finish_reason"]}],
-            "usage": {"prompt_tokens": out["input_tokens"], "completion_tokens": out["output_tokens"],
-                      "total_tokens": out["input_tokens"] + out["output_tokens"]},
-            "argus": {"model_version": out["version"], "replica": out["replica"], "mean_logprob": out["mean_logprob"],
-                      "time_to_first_token_ms": out["time_to_first_token_ms"], "latency_ms": out["latency_ms"]},
+            "id": "chatcmpl-" + request["request_id"],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request["model"],
+            "system_fingerprint": out["version"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": out["text"]},
+                    "finish_reason": out["finish_reason"],
+                }
+            ],
+            "usage": {
+                "prompt_tokens": out["input_tokens"],
+                "completion_tokens": out["output_tokens"],
+                "total_tokens": out["input_tokens"] + out["output_tokens"],
+            },
+            "argus": {
+                "model_version": out["version"],
+                "replica": out["replica"],
+                "mean_logprob": out["mean_logprob"],
+                "time_to_first_token_ms": out["time_to_first_token_ms"],
+                "latency_ms": out["latency_ms"],
+            },
         }

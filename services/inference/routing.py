@@ -7,6 +7,7 @@ proportion to their weights. The same user therefore stays on the same version w
 the weights stay the same, and moving weight moves only the users in the slice that
 changed hands. A version with weight 0 gets nothing: that is a rollback.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -15,7 +15,9 @@ def static_args(settings: InferenceSettings) -> dict[str, Any]:
     return {
         "model_name": settings.model_name,
         "versions": [v.model_dump(mode="json", include={"version", "model_path", "sha256"}) for v in settings.versions],
-        "engine": e.model_dump(mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}),
+        "engine": e.model_dump(
+            mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}
+        ),
         "router_max_ongoing_requests": max(64, settings.bridge.max_in_flight * 4),
     }
 
@@ -31,12 +33,16 @@ def serve_config(settings: InferenceSettings) -> dict[str, Any]:
         "route_prefix": settings.route_prefix,
         "import_path": "services.inference.app:app_builder",
         "args": static_args(settings),
-        "deployments": [{"name": "router", "user_config": settings.routing_config()}] + [
+        "deployments": [{"name": "router", "user_config": settings.routing_config()}]
+        + [
             {
                 "name": f"llm-{v.version}",
                 "user_config": engine_user_config,
-                "autoscaling_config": {"min_replicas": v.min_replicas, "max_replicas": v.max_replicas,
-                                       "target_ongoing_requests": v.target_ongoing_requests},
+                "autoscaling_config": {
+                    "min_replicas": v.min_replicas,
+                    "max_replicas": v.max_replicas,
+                    "target_ongoing_requests": v.target_ongoing_requests,
+                },
             }
             for v in settings.versions
         ],

@@ -5,6 +5,7 @@ Example: 90/10 canary plus a shadow candidate::
     ARGUS_INFERENCE_VERSIONS='[{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10},
                                {"version": "v3", "shadow": true}]'
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,9 +24,15 @@ class ModelVersion(BaseModel):
 
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
     weight: float = Field(default=1.0, ge=0, description="Share of live traffic (relative to the other weights).")
-    shadow: bool = Field(default=False, description="Mirror every request to this version; log its answer, never return it.")
-    model_path: Path | None = Field(default=None, description="GGUF file (llama.cpp) or model id/path (vLLM); default: the packaged SmolLM2 GGUF.")
-    sha256: str | None = Field(default=None, description="Expected digest of the artifact: the replica refuses to load another file.")
+    shadow: bool = Field(
+        default=False, description="Mirror every request to this version; log its answer, never return it."
+    )
+    model_path: Path | None = Field(
+        default=None, description="GGUF file (llama.cpp) or model id/path (vLLM); default: the packaged SmolLM2 GGUF."
+    )
+    sha256: str | None = Field(
+        default=None, description="Expected digest of the artifact: the replica refuses to load another file."
+    )
     min_replicas: int = 1
     max_replicas: int = 1
     target_ongoing_requests: float = 2.0
@@ -54,7 +61,9 @@ class EngineSettings(BaseModel):
     max_batch_size: int = 4
     batch_wait_timeout_s: float = 0.005
     max_ongoing_requests: int = 4
-    replica_num_cpus: float = Field(default=0.5, description="Ray CPU reservation per replica (llama.cpp uses n_threads cores while generating).")
+    replica_num_cpus: float = Field(
+        default=0.5, description="Ray CPU reservation per replica (llama.cpp uses n_threads cores while generating)."
+    )
     system_prompt: str = "You are a helpful, concise assistant. Answer in one or two sentences."
     # GPU nodes (vLLM through Ray Serve LLM)
     num_gpus: float = 0.0
@@ -74,7 +83,9 @@ class BridgeSettings(BaseModel):
 
 
 class InferenceSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ARGUS_INFERENCE_", frozen=True, env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ARGUS_INFERENCE_", frozen=True, env_nested_delimiter="__", extra="ignore"
+    )
 
     service_name: str = "inference"
     model_name: str = "smollm2-135m-instruct"
@@ -107,5 +118,9 @@ class InferenceSettings(ServiceSettings):
 
     def engine_user_config(self) -> dict:
         e = self.engine
-        return {"max_tokens": e.max_tokens, "max_batch_size": e.max_batch_size,
-                "batch_wait_timeout_s": e.batch_wait_timeout_s, "system_prompt": e.system_prompt}
+        return {
+            "max_tokens": e.max_tokens,
+            "max_batch_size": e.max_batch_size,
+            "batch_wait_timeout_s": e.batch_wait_timeout_s,
+            "system_prompt": e.system_prompt,
+        }

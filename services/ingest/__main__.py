@@ -1,4 +1,5 @@
 """Entry point: ``python -m services.ingest`` (also ``argus ingest``)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -28,6 +28,7 @@ takes the full path: decode, validate (dead letter), protect, build the row, enc
 Both paths produce rows of the same layout, so one batch is one insert and the
 per-partition resume point (``max(_offset)``) stays exact.
 """
+
 from __future__ import annotations
 
 import io
@@ -80,8 +81,12 @@ def _kind(t: Any) -> tuple[int, int] | None:
             items = t["items"]
             if _kind(items) == (_STR, 0):
                 return _ARR_STR, 0
-            if isinstance(items, dict) and items.get("type") == "record" and items["fields"] \
-                    and all(_kind(f["type"]) == (_STR, 0) for f in items["fields"]):
+            if (
+                isinstance(items, dict)
+                and items.get("type") == "record"
+                and items["fields"]
+                and all(_kind(f["type"]) == (_STR, 0) for f in items["fields"])
+            ):
                 return _ARR_REC, len(items["fields"])
             return None
         t = t.get("type")
@@ -93,8 +98,14 @@ def _kind(t: Any) -> tuple[int, int] | None:
             nullable = {_STR: _NSTR, _INT: _NINT, _DBL: _NDBL, _FLT: _NFLT}.get(inner[0])
             return (nullable, inner[1]) if nullable is not None else None
         return None
-    return {"string": (_STR, 0), "int": (_INT, 32), "long": (_INT, 64), "double": (_DBL, 0), "float": (_FLT, 0),
-            "boolean": (_BOOL, 0)}.get(t)
+    return {
+        "string": (_STR, 0),
+        "int": (_INT, 32),
+        "long": (_INT, 64),
+        "double": (_DBL, 0),
+        "float": (_FLT, 0),
+        "boolean": (_BOOL, 0),
+    }.get(t)
 
 
 def _clean(schema: Any) -> Any:
@@ -117,9 +128,19 @@ class AvroRows:
     for stay in the row; ClickHouse skips them (the insert names its columns).
     """
 
-    def __init__(self, spec: TableSpec, codec: AvroCodec, protector: Protector, *, text_fields: tuple[str, ...],
-                 uuid_fields: tuple[str, ...], unsigned_fields: tuple[str, ...], tenant_field: str = "tenant",
-                 extra: list[dict[str, Any]], derived: Callable[[list[bytes | None]], bytes]) -> None:
+    def __init__(
+        self,
+        spec: TableSpec,
+        codec: AvroCodec,
+        protector: Protector,
+        *,
+        text_fields: tuple[str, ...],
+        uuid_fields: tuple[str, ...],
+        unsigned_fields: tuple[str, ...],
+        tenant_field: str = "tenant",
+        extra: list[dict[str, Any]],
+        derived: Callable[[list[bytes | None]], bytes],
+    ) -> None:
         self.spec = spec
         self.codec = codec
         self.protector = protector
@@ -148,8 +169,9 @@ class AvroRows:
             self._walk.append((k[0], k[1], 4 if f["name"] == tenant_field else roles.get(f["name"], 0)))
         self._tail_cache: dict[tuple[str, int], bytes] = {}
         every_tenant_stores = protector.default.store_text and all(p.store_text for p in protector.tenants.values())
-        self._walker = (None if self._walk is None
-                        else make_walker(self._walk, None if every_tenant_stores else self._stores_text))
+        self._walker = (
+            None if self._walk is None else make_walker(self._walk, None if every_tenant_stores else self._stores_text)
+        )
 
     def _stores_text(self, tenant: bytes) -> bool:
         return self.protector.policy(tenant.decode()).store_text
@@ -164,7 +186,9 @@ class AvroRows:
     def encode(self, row: Row) -> bytes:
         """A row built by the table's transform (validated, PII protected), as Avro."""
         buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, self._plain, {**self._skipped, **{c: row[i] for c, i in zip(self.columns, self._order)}})
+        fastavro.schemaless_writer(
+            buf, self._plain, {**self._skipped, **{c: row[i] for c, i in zip(self.columns, self._order)}}
+        )
         return buf.getvalue()
 
     # -- the passthrough -----------------------------------------------------
@@ -192,8 +216,13 @@ def _empty(field: dict[str, Any]) -> Any:
         return field["default"]
     t = field["type"]
     kind = t.get("type") if isinstance(t, dict) else t
-    return {"array": [], "map": {}, "string": "", "long": 0, "int": 0, "double": 0.0, "float": 0.0,
-            "boolean": False}.get(kind) if not isinstance(t, list) else None
+    return (
+        {"array": [], "map": {}, "string": "", "long": 0, "int": 0, "double": 0.0, "float": 0.0, "boolean": False}.get(
+            kind
+        )
+        if not isinstance(t, list)
+        else None
+    )
 
 
 def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
@@ -212,7 +241,9 @@ def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
             raise IndexError("varint longer than 10 bytes")
 
 
-def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None) -> Callable[[bytes], Any] | None:
+def _compile_walker(
+    walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None
+) -> Callable[[bytes], Any] | None:
     """Straight-line Python for one schema: frames every field of a wire-format body,
     checks what the full path would check, and returns the raw text fields (in order),
     or ``None`` when the message must take the full path. ``stores_text`` is ``None``
@@ -224,15 +255,21 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
     put = lambda code, depth: lines.extend("    " * depth + c for c in code.splitlines())  # noqa: E731
 
     def length(depth: int) -> None:  # a string's length: one byte up to 63, two up to 8191
-        put("b = buf[pos]\n"
+        put(
+            "b = buf[pos]\n"
             "if b < 0x80:\n    n = (b >> 1) ^ -(b & 1)\n    pos += 1\n"
             "elif buf[pos + 1] < 0x80:\n    n = (b & 0x7F | buf[pos + 1] << 7)\n    n = (n >> 1) ^ -(n & 1)\n    pos += 2\n"
-            "else:\n    n, pos = _long_at(buf, pos)", depth)
+            "else:\n    n, pos = _long_at(buf, pos)",
+            depth,
+        )
 
     def int_in_range(depth: int, bits: int, unsigned: bool) -> None:  # an int or long the full path can store
-        put("b = buf[pos]\n"
+        put(
+            "b = buf[pos]\n"
             "if b < 0x80:\n    pos += 1\n    v = (b >> 1) ^ -(b & 1)\n"
-            "else:\n    v, pos = _long_at(buf, pos)", depth)
+            "else:\n    v, pos = _long_at(buf, pos)",
+            depth,
+        )
         put(f"if not {0 if unsigned else -(1 << (bits - 1))} <= v < {1 << (bits - 1)}:\n    return None", depth)
 
     for kind, arg, role in walk:
@@ -265,8 +302,11 @@ def _compile_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[byt
             put(f"pos += {8 if kind == _DBL else 4}", depth)
         elif kind == _BOOL:
             put("if buf[pos] > 1:\n    return None\npos += 1", depth)
-    lines += ["    except (IndexError, UnicodeDecodeError):", "        return None",
-              "    return texts if pos == end else None"]
+    lines += [
+        "    except (IndexError, UnicodeDecodeError):",
+        "        return None",
+        "    return texts if pos == end else None",
+    ]
     scope = {"_long_at": _long_at, "_UUID_FIELD": _UUID_FIELD, "stores_text": stores_text, "maybe_pii": maybe_pii_utf8}
     exec(compile("\n".join(lines), f"<avro walker {len(walk)} fields>", "exec"), scope)  # noqa: S102 - code built above from the schema
     return scope["walk"]
@@ -283,8 +323,9 @@ except ImportError:  # pragma: no cover - depends on the install
 WALKER = "native" if _NativeWalker is not None else "python"
 
 
-def make_walker(walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None,
-                native: bool | None = None) -> Callable[[bytes], Any] | None:
+def make_walker(
+    walk: list[tuple[int, int, int]], stores_text: Callable[[bytes], bool] | None, native: bool | None = None
+) -> Callable[[bytes], Any] | None:
     """The walker of one schema: the compiled one where it is built (``native=None``),
     else the straight-line Python of :func:`_compile_walker`; both give the same answers."""
     if native is None:
@@ -320,13 +361,19 @@ def response_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Av
         return zigzag(_chars(texts[0])) + b"\x00"
 
     return AvroRows(
-        spec, codec, protector,
-        text_fields=("output", "error_message"), uuid_fields=("request_id", "response_id"),
+        spec,
+        codec,
+        protector,
+        text_fields=("output", "error_message"),
+        uuid_fields=("request_id", "response_id"),
         unsigned_fields=("input_tokens", "output_tokens", "replica_cpu_memory_bytes", "replica_gpu_memory_bytes"),
-        extra=[{"name": "output_chars", "type": "long"},
-               {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
-               {"name": "_topic", "type": "string"}, {"name": "_partition", "type": "int"},
-               {"name": "_offset", "type": "long"}],
+        extra=[
+            {"name": "output_chars", "type": "long"},
+            {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
+            {"name": "_topic", "type": "string"},
+            {"name": "_partition", "type": "int"},
+            {"name": "_offset", "type": "long"},
+        ],
         derived=derived,
     )
 
@@ -352,11 +399,17 @@ def request_columns(texts: list[bytes]) -> bytes | None:
     system_prompt = b"\n".join(system)
     if _screen(prompt) or (system_prompt and _screen(system_prompt)):
         return None
-    return b"".join((
-        b"\x02", zigzag(len(prompt)), prompt,
-        b"\x02" + zigzag(len(system_prompt)) + system_prompt if system_prompt else b"\x00",
-        zigzag(len(texts) >> 1), zigzag(_chars(prompt)), b"\x00",
-    ))
+    return b"".join(
+        (
+            b"\x02",
+            zigzag(len(prompt)),
+            prompt,
+            b"\x02" + zigzag(len(system_prompt)) + system_prompt if system_prompt else b"\x00",
+            zigzag(len(texts) >> 1),
+            zigzag(_chars(prompt)),
+            b"\x00",
+        )
+    )
 
 
 def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> AvroRows:
@@ -370,15 +423,26 @@ def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Avr
     assembled prompt and system prompt are clean too: the screen sees exactly the texts
     the full path protects."""
 
-    derived = request_columns if _native_request_columns is None else partial(_native_request_columns, screen=maybe_pii_utf8)
+    derived = (
+        request_columns if _native_request_columns is None else partial(_native_request_columns, screen=maybe_pii_utf8)
+    )
     return AvroRows(
-        spec, codec, protector,
-        text_fields=("messages", "metadata"), uuid_fields=("request_id",), unsigned_fields=("max_tokens",),
-        extra=[{"name": "prompt", "type": ["null", "string"]}, {"name": "system_prompt", "type": ["null", "string"]},
-               {"name": "message_count", "type": "int"}, {"name": "prompt_chars", "type": "long"},
-               {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
-               {"name": "_topic", "type": "string"}, {"name": "_partition", "type": "int"},
-               {"name": "_offset", "type": "long"}],
+        spec,
+        codec,
+        protector,
+        text_fields=("messages", "metadata"),
+        uuid_fields=("request_id",),
+        unsigned_fields=("max_tokens",),
+        extra=[
+            {"name": "prompt", "type": ["null", "string"]},
+            {"name": "system_prompt", "type": ["null", "string"]},
+            {"name": "message_count", "type": "int"},
+            {"name": "prompt_chars", "type": "long"},
+            {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
+            {"name": "_topic", "type": "string"},
+            {"name": "_partition", "type": "int"},
+            {"name": "_offset", "type": "long"},
+        ],
         derived=derived,
     )
 

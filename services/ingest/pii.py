@@ -20,6 +20,7 @@ Example::
     >>> scrub("mail bob@example.com", PiiPolicy(mode="redact")).text
     'mail [EMAIL]'
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,25 +104,39 @@ def _phone_ok(raw: str) -> bool:
 # Order matters: earlier detectors claim their spans first (a card is not also a phone).
 _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
     ("PRIVATE_KEY", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), None),
-    ("SECRET", re.compile(
-        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"                     # AWS access key id
-        r"|\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}"     # OpenAI / Stripe style
-        r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b"                   # GitHub tokens
-        r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"                    # Slack tokens
-        r"|\bAIza[0-9A-Za-z_-]{35}\b"                         # Google API keys
-        r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
-        r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d)\b\s*[:=]\s*)[^\s'\"]{8,}"
-    ), None),
+    (
+        "SECRET",
+        re.compile(
+            r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"  # AWS access key id
+            r"|\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Stripe style
+            r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b"  # GitHub tokens
+            r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"  # Slack tokens
+            r"|\bAIza[0-9A-Za-z_-]{35}\b"  # Google API keys
+            r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
+            r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d)\b\s*[:=]\s*)[^\s'\"]{8,}"
+        ),
+        None,
+    ),
     ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
     ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b"), _iban_ok),
     ("CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), lambda s: _luhn(re.sub(r"\D", "", s))),
     ("SSN", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"), None),
-    ("NATIONAL_ID", re.compile(
-        r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"  # UK NINO
-        r"|\b[12] ?\d{2} ?(?:0[1-9]|1[0-2]) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b"  # French NIR
-    ), None),
+    (
+        "NATIONAL_ID",
+        re.compile(
+            r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"  # UK NINO
+            r"|\b[12] ?\d{2} ?(?:0[1-9]|1[0-2]) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b"  # French NIR
+        ),
+        None,
+    ),
     ("NATIONAL_ID", re.compile(r"\b[XYZ0-9]\d{7}[A-Za-z]\b"), _dni_ok),  # Spanish DNI / NIE
-    ("IP", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4}){0,5}(?![\w:])"), _ip_ok),
+    (
+        "IP",
+        re.compile(
+            r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4}){0,5}(?![\w:])"
+        ),
+        _ip_ok,
+    ),
     ("PHONE", re.compile(r"(?<![\w+])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{1,4}\)?){2,6}(?!\w)"), _phone_ok),
 ]
 
@@ -208,11 +223,11 @@ def scrub(text: str | None, policy: PiiPolicy, key: bytes = b"") -> Scrubbed:
         return Scrubbed(None, counts, dropped=True)
     parts, pos = [], 0
     for f in findings:
-        parts.append(text[pos:f.start])
+        parts.append(text[pos : f.start])
         if policy.mode == "hash":
             if not key:
                 raise ValueError("PII policy 'hash' needs an HMAC key (ARGUS_INGEST_PII__HMAC_KEY)")
-            digest = hmac.new(key, text[f.start:f.end].encode(), hashlib.sha256).hexdigest()[:12]
+            digest = hmac.new(key, text[f.start : f.end].encode(), hashlib.sha256).hexdigest()[:12]
             parts.append(f"[{f.kind}:{digest}]")
         else:
             parts.append(f"[{f.kind}]")

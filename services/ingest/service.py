@@ -11,6 +11,7 @@ dead-letter topic (and from there into ``dead_letters``).
 Clean requests and responses in the current schema skip decoding altogether: they go
 to ClickHouse as the producer's Avro bytes (see :mod:`services.ingest.avro_rows`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,9 +24,9 @@ from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.pipeline import InvalidMessage, Message, Pipeline, pipeline_readiness
+from services.ingest.avro_rows import WALKER, AvroRows, avro_rows_for
 from services.ingest.settings import IngestSettings
 from services.ingest.sink import ClickHouseSink
-from services.ingest.avro_rows import WALKER, AvroRows, avro_rows_for
 from services.ingest.transforms import Protector, Row, table_for
 
 
@@ -35,7 +36,9 @@ def _encoded(transform: Callable[[Message], Row], rows: AvroRows) -> Callable[[M
         try:
             return rows.encode(row)
         except (ValueError, TypeError, KeyError) as exc:  # a value the row layout cannot hold: this message's fault
-            raise InvalidMessage(f"cannot encode a row of {rows.spec.table}: {exc!r}", "InvalidMessage.Mapping") from exc
+            raise InvalidMessage(
+                f"cannot encode a row of {rows.spec.table}: {exc!r}", "InvalidMessage.Mapping"
+            ) from exc
 
     return run
 
@@ -66,13 +69,22 @@ class IngestService:
                 transform = _encoded(transform, rows)
                 fast_path = _passthrough(rows)
             sink = ClickHouseSink(settings.clickhouse, spec, self.metrics, avro=rows)
-            self.pipelines.append(Pipeline(
-                kafka=settings.kafka, policy=settings.pipeline, topic_key=topic_key,
-                group_id=f"{settings.group_id}.{topic_key}", service=settings.service_name,
-                transform=transform, sink=sink, metrics=self.metrics, fast_path=fast_path,
-                resume_offsets=sink.resume_offsets, logical_types=False,  # ClickHouse takes str uuids, int ms
-                consumer_overrides={"max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20},
-            ))
+            self.pipelines.append(
+                Pipeline(
+                    kafka=settings.kafka,
+                    policy=settings.pipeline,
+                    topic_key=topic_key,
+                    group_id=f"{settings.group_id}.{topic_key}",
+                    service=settings.service_name,
+                    transform=transform,
+                    sink=sink,
+                    metrics=self.metrics,
+                    fast_path=fast_path,
+                    resume_offsets=sink.resume_offsets,
+                    logical_types=False,  # ClickHouse takes str uuids, int ms
+                    consumer_overrides={"max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20},
+                )
+            )
 
     def migrate(self) -> list[str]:
         client = get_client(self.settings.clickhouse, database="default")
@@ -88,8 +100,10 @@ class IngestService:
     async def readiness(self) -> Readiness:
         parts = [await pipeline_readiness(p) for p in self.pipelines]
         return Readiness(
-            ready=all(r.ready for r in parts), service=self.settings.service_name,
-            kafka_connected=all(r.kafka_connected for r in parts), sink_healthy=all(r.sink_healthy for r in parts),
+            ready=all(r.ready for r in parts),
+            service=self.settings.service_name,
+            kafka_connected=all(r.kafka_connected for r in parts),
+            sink_healthy=all(r.sink_healthy for r in parts),
             assigned_partitions=[a for r in parts for a in r.assigned_partitions],
             lag={k: v for r in parts for k, v in r.lag.items()},
             committed={k: v for r in parts for k, v in r.committed.items()},

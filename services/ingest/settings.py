@@ -6,6 +6,7 @@ PII policy per tenant, e.g.::
     ARGUS_INGEST_PII__TENANTS='{"bank": {"mode": "hash"}, "clinic": {"store_text": false}}'
     ARGUS_INGEST_PII__HMAC_KEY=...   # required for "hash"; keep it stable so hashes join
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -36,7 +37,9 @@ def _all_topics() -> tuple[str, ...]:
 
 
 class IngestSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ARGUS_INGEST_", frozen=True, env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ARGUS_INGEST_", frozen=True, env_nested_delimiter="__", extra="ignore"
+    )
 
     service_name: str = "ingest"
     group_id: str = "argus-ingest"
@@ -45,5 +48,7 @@ class IngestSettings(ServiceSettings):
     pipeline: PipelineSettings = PipelineSettings(batch_max_messages=20000, batch_max_seconds=0.5)
     apply_migrations: bool = True
     avro_passthrough: bool = Field(
-        True, description="Pass clean response messages to ClickHouse as the producer's Avro bytes "
-        "(ClickHouse decodes them); off: every message is decoded and re-built in Python.")
+        True,
+        description="Pass clean response messages to ClickHouse as the producer's Avro bytes "
+        "(ClickHouse decodes them); off: every message is decoded and re-built in Python.",
+    )

@@ -1,6 +1,7 @@
 """The ClickHouse sink of one table: batched inserts with clickhouse-connect, transient
 failures surfaced as :class:`TransientError` (the pipeline retries with backoff), and
 the per-partition resume point (what is already stored) for exactly-once rows."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,9 @@ def _is_transient(exc: DatabaseError) -> bool:
 
 
 class ClickHouseSink:
-    def __init__(self, settings: ClickHouseSettings, spec: TableSpec, metrics: Metrics, avro: AvroRows | None = None) -> None:
+    def __init__(
+        self, settings: ClickHouseSettings, spec: TableSpec, metrics: Metrics, avro: AvroRows | None = None
+    ) -> None:
         self.settings = settings
         self.spec = spec
         self.avro = avro  # rows arrive Avro-encoded: one container block per insert, ClickHouse decodes it
@@ -42,8 +45,13 @@ class ClickHouseSink:
         table = f"{self.database}.{self.spec.table}"
         try:
             if self.avro is not None:
-                self._get().raw_insert(table, column_names=self.avro.columns, insert_block=self.avro.block(rows),
-                                       settings={"async_insert": 0}, fmt="Avro")
+                self._get().raw_insert(
+                    table,
+                    column_names=self.avro.columns,
+                    insert_block=self.avro.block(rows),
+                    settings={"async_insert": 0},
+                    fmt="Avro",
+                )
             else:
                 self._get().insert(table, rows, column_names=list(self.spec.columns), settings={"async_insert": 0})
         except OperationalError as exc:

@@ -1,10 +1,11 @@
 """Pure transforms: one decoded Kafka message -> one ClickHouse row, with PII protected
 per tenant. No I/O here; the golden examples are fed through these in the tests."""
+
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
-import re
 from typing import Any, Callable
 
 from services.common.pipeline import InvalidMessage, Message
@@ -89,9 +90,24 @@ def _request(msg: Message, protect: Protector) -> Row:
     system = protect(system, tenant, pii)
     metadata = {k: protect(val, tenant, pii) or "" for k, val in v["metadata"].items()}
     return (
-        _id(v["request_id"], "request_id"), v["created_at"], v["model"], tenant, v["user"], prompt, system,
-        len(v["messages"]), len(convo), _unsigned(v["max_tokens"], "max_tokens"), v["temperature"], v["top_p"], v["deadline"], v["trace_id"], v["span_id"],
-        metadata, pii, *_coords(msg),
+        _id(v["request_id"], "request_id"),
+        v["created_at"],
+        v["model"],
+        tenant,
+        v["user"],
+        prompt,
+        system,
+        len(v["messages"]),
+        len(convo),
+        _unsigned(v["max_tokens"], "max_tokens"),
+        v["temperature"],
+        v["top_p"],
+        v["deadline"],
+        v["trace_id"],
+        v["span_id"],
+        metadata,
+        pii,
+        *_coords(msg),
     )
 
 
@@ -102,13 +118,33 @@ def _response(msg: Message, protect: Protector) -> Row:
     output = protect(v["output"], tenant, pii)
     error = protect(v["error_message"], tenant, pii)
     return (
-        _id(v["request_id"], "request_id"), _id(v["response_id"], "response_id"), v["served_at"], v["model"],
-        v["response_model"], v["model_version"], tenant, v["user"], output, len(v["output"] or ""), v["finish_reason"],
-        _unsigned(v["input_tokens"], "input_tokens"), _unsigned(v["output_tokens"], "output_tokens"),
-        v["latency_ms"], v["time_to_first_token_ms"], v["mean_logprob"], v["status"], v["error_type"], error,
-        v["replica"], _unsigned(v["replica_cpu_memory_bytes"], "replica_cpu_memory_bytes"),
-        _unsigned(v["replica_gpu_memory_bytes"], "replica_gpu_memory_bytes"), v["shadow"], v["trace_id"],
-        v["span_id"], pii, *_coords(msg),
+        _id(v["request_id"], "request_id"),
+        _id(v["response_id"], "response_id"),
+        v["served_at"],
+        v["model"],
+        v["response_model"],
+        v["model_version"],
+        tenant,
+        v["user"],
+        output,
+        len(v["output"] or ""),
+        v["finish_reason"],
+        _unsigned(v["input_tokens"], "input_tokens"),
+        _unsigned(v["output_tokens"], "output_tokens"),
+        v["latency_ms"],
+        v["time_to_first_token_ms"],
+        v["mean_logprob"],
+        v["status"],
+        v["error_type"],
+        error,
+        v["replica"],
+        _unsigned(v["replica_cpu_memory_bytes"], "replica_cpu_memory_bytes"),
+        _unsigned(v["replica_gpu_memory_bytes"], "replica_gpu_memory_bytes"),
+        v["shadow"],
+        v["trace_id"],
+        v["span_id"],
+        pii,
+        *_coords(msg),
     )
 
 
@@ -117,27 +153,63 @@ def _feedback(msg: Message, protect: Protector) -> Row:
     pii: dict[str, int] = {}
     t = v["tenant"]
     return (
-        _id(v["feedback_id"], "feedback_id"), _id(v["request_id"], "request_id"), v["created_at"], t, v["user"], v["kind"], v["score"],
-        protect(v["label"], t, pii), protect(v["comment"], t, pii), v["source"], pii, *_coords(msg),
+        _id(v["feedback_id"], "feedback_id"),
+        _id(v["request_id"], "request_id"),
+        v["created_at"],
+        t,
+        v["user"],
+        v["kind"],
+        v["score"],
+        protect(v["label"], t, pii),
+        protect(v["comment"], t, pii),
+        v["source"],
+        pii,
+        *_coords(msg),
     )
 
 
 def _drift(msg: Message, protect: Protector) -> Row:
     v = msg.value
     return (
-        _id(v["event_id"], "event_id"), v["detected_at"], v["model"], v["model_version"], v["feature"], v["detector"], v["statistic"],
-        v["threshold"], v["p_value"], v["severity"], _unsigned(v["reference_window_size"], "reference_window_size"),
-        _unsigned(v["current_window_size"], "current_window_size"), v["reference_summary"], v["current_summary"],
-        _unsigned(v["change_offset"], "change_offset"), v["change_time"], v["example_request_ids"],
-        v["detector_params"], *_coords(msg),
+        _id(v["event_id"], "event_id"),
+        v["detected_at"],
+        v["model"],
+        v["model_version"],
+        v["feature"],
+        v["detector"],
+        v["statistic"],
+        v["threshold"],
+        v["p_value"],
+        v["severity"],
+        _unsigned(v["reference_window_size"], "reference_window_size"),
+        _unsigned(v["current_window_size"], "current_window_size"),
+        v["reference_summary"],
+        v["current_summary"],
+        _unsigned(v["change_offset"], "change_offset"),
+        v["change_time"],
+        v["example_request_ids"],
+        v["detector_params"],
+        *_coords(msg),
     )
 
 
 def _alert(msg: Message, protect: Protector) -> Row:
     v = msg.value
     return (
-        _id(v["event_id"], "event_id"), v["fingerprint"], v["rule"], v["status"], v["severity"], v["labels"], v["annotations"],
-        v["value"], v["starts_at"], v["ends_at"], v["group_key"], v["receiver"], v["generator_url"], v["emitted_at"],
+        _id(v["event_id"], "event_id"),
+        v["fingerprint"],
+        v["rule"],
+        v["status"],
+        v["severity"],
+        v["labels"],
+        v["annotations"],
+        v["value"],
+        v["starts_at"],
+        v["ends_at"],
+        v["group_key"],
+        v["receiver"],
+        v["generator_url"],
+        v["emitted_at"],
         *_coords(msg),
     )
 
@@ -146,8 +218,16 @@ def _silence(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
     return (
-        _id(v["event_id"], "event_id"), _id(v["silence_id"], "silence_id"), v["action"], v["matchers"], v["starts_at"],
-        v["ends_at"], v["created_by"], protect(v["comment"], None, pii) or "", v["emitted_at"], *_coords(msg),
+        _id(v["event_id"], "event_id"),
+        _id(v["silence_id"], "silence_id"),
+        v["action"],
+        v["matchers"],
+        v["starts_at"],
+        v["ends_at"],
+        v["created_by"],
+        protect(v["comment"], None, pii) or "",
+        v["emitted_at"],
+        *_coords(msg),
     )
 
 
@@ -155,8 +235,18 @@ def _model_version(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
     return (
-        _id(v["event_id"], "event_id"), v["model"], v["version"], v["status"], v["artifact_uri"], v["sha256"], v["card"],
-        v["parent_version"], v["trigger_id"], v["actor"], protect(v["comment"], None, pii) or "", v["occurred_at"],
+        _id(v["event_id"], "event_id"),
+        v["model"],
+        v["version"],
+        v["status"],
+        v["artifact_uri"],
+        v["sha256"],
+        v["card"],
+        v["parent_version"],
+        v["trigger_id"],
+        v["actor"],
+        protect(v["comment"], None, pii) or "",
+        v["occurred_at"],
         *_coords(msg),
     )
 
@@ -165,9 +255,22 @@ def _trigger(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
     return (
-        _id(v["event_id"], "event_id"), _id(v["trigger_id"], "trigger_id"), _unsigned(v["sequence"], "sequence"), v["model"], v["model_version"], v["policy"], v["state"],
-        v["reason"], v["actor"], protect(v["comment"], None, pii), v["drift_event_ids"], v["alert_event_ids"],
-        v["dataset_spec"], v["candidate_version"], v["occurred_at"], *_coords(msg),
+        _id(v["event_id"], "event_id"),
+        _id(v["trigger_id"], "trigger_id"),
+        _unsigned(v["sequence"], "sequence"),
+        v["model"],
+        v["model_version"],
+        v["policy"],
+        v["state"],
+        v["reason"],
+        v["actor"],
+        protect(v["comment"], None, pii),
+        v["drift_event_ids"],
+        v["alert_event_ids"],
+        v["dataset_spec"],
+        v["candidate_version"],
+        v["occurred_at"],
+        *_coords(msg),
     )
 
 
@@ -180,10 +283,18 @@ def _dead_letter(msg: Message, protect: Protector) -> Row:
         return None if b is None else protect(b.decode("utf-8", errors="replace"), None, pii)
 
     return (
-        v["original_topic"], _unsigned(v["original_partition"], "original_partition"),
-        _unsigned(v["original_offset"], "original_offset"), text(v["original_key"]),
-        text(v["original_value"]), v["original_timestamp"], protect(v["reason"], None, pii), v["error_type"],
-        v["consumer_group"], v["service"], v["failed_at"], *_coords(msg),
+        v["original_topic"],
+        _unsigned(v["original_partition"], "original_partition"),
+        _unsigned(v["original_offset"], "original_offset"),
+        text(v["original_key"]),
+        text(v["original_value"]),
+        v["original_timestamp"],
+        protect(v["reason"], None, pii),
+        v["error_type"],
+        v["consumer_group"],
+        v["service"],
+        v["failed_at"],
+        *_coords(msg),
     )
 
 
@@ -193,40 +304,211 @@ DLQ_TOPICS = dead_letter_topics()  # every topic's dead-letter topic, as the reg
 TABLES: dict[str, TableSpec] = {
     spec.table: spec
     for spec in (
-        TableSpec("inference_requests", ("inference-requests",), (
-            "request_id", "created_at", "model", "tenant", "user", "prompt", "system_prompt", "message_count",
-            "prompt_chars", "max_tokens", "temperature", "top_p", "deadline", "trace_id", "span_id", "metadata",
-            "pii_counts", *_K), _request),
-        TableSpec("inference_responses", ("inference-responses", "inference-shadow-responses"), (
-            "request_id", "response_id", "served_at", "model", "response_model", "model_version", "tenant", "user",
-            "output", "output_chars", "finish_reason", "input_tokens", "output_tokens", "latency_ms",
-            "time_to_first_token_ms", "mean_logprob", "status", "error_type", "error_message", "replica",
-            "replica_cpu_memory_bytes", "replica_gpu_memory_bytes", "shadow", "trace_id", "span_id", "pii_counts",
-            *_K), _response),
-        TableSpec("feedback", ("feedback",), (
-            "feedback_id", "request_id", "created_at", "tenant", "user", "kind", "score", "label", "comment", "source",
-            "pii_counts", *_K), _feedback),
-        TableSpec("drift_events", ("drift-events",), (
-            "event_id", "detected_at", "model", "model_version", "feature", "detector", "statistic", "threshold",
-            "p_value", "severity", "reference_window_size", "current_window_size", "reference_summary",
-            "current_summary", "change_offset", "change_time", "example_request_ids", "detector_params", *_K), _drift),
-        TableSpec("alerts", ("alerts",), (
-            "event_id", "fingerprint", "rule", "status", "severity", "labels", "annotations", "value", "starts_at",
-            "ends_at", "group_key", "receiver", "generator_url", "emitted_at", *_K), _alert),
-        TableSpec("alert_silences", ("alert-silences",), (
-            "event_id", "silence_id", "action", "matchers", "starts_at", "ends_at", "created_by", "comment",
-            "emitted_at", *_K), _silence),
-        TableSpec("retraining_triggers", ("retraining-triggers",), (
-            "event_id", "trigger_id", "sequence", "model", "model_version", "policy", "state", "reason", "actor",
-            "comment", "drift_event_ids", "alert_event_ids", "dataset_spec", "candidate_version", "occurred_at",
-            *_K), _trigger),
-        TableSpec("model_registry", ("model-registry",), (
-            "event_id", "model", "version", "status", "artifact_uri", "sha256", "card", "parent_version", "trigger_id",
-            "actor", "comment", "occurred_at", *_K), _model_version),
-        TableSpec("dead_letters", DLQ_TOPICS, (
-            "original_topic", "original_partition", "original_offset", "original_key", "original_value",
-            "original_timestamp", "reason", "error_type", "consumer_group", "service", "failed_at", *_K),
-            _dead_letter),
+        TableSpec(
+            "inference_requests",
+            ("inference-requests",),
+            (
+                "request_id",
+                "created_at",
+                "model",
+                "tenant",
+                "user",
+                "prompt",
+                "system_prompt",
+                "message_count",
+                "prompt_chars",
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "deadline",
+                "trace_id",
+                "span_id",
+                "metadata",
+                "pii_counts",
+                *_K,
+            ),
+            _request,
+        ),
+        TableSpec(
+            "inference_responses",
+            ("inference-responses", "inference-shadow-responses"),
+            (
+                "request_id",
+                "response_id",
+                "served_at",
+                "model",
+                "response_model",
+                "model_version",
+                "tenant",
+                "user",
+                "output",
+                "output_chars",
+                "finish_reason",
+                "input_tokens",
+                "output_tokens",
+                "latency_ms",
+                "time_to_first_token_ms",
+                "mean_logprob",
+                "status",
+                "error_type",
+                "error_message",
+                "replica",
+                "replica_cpu_memory_bytes",
+                "replica_gpu_memory_bytes",
+                "shadow",
+                "trace_id",
+                "span_id",
+                "pii_counts",
+                *_K,
+            ),
+            _response,
+        ),
+        TableSpec(
+            "feedback",
+            ("feedback",),
+            (
+                "feedback_id",
+                "request_id",
+                "created_at",
+                "tenant",
+                "user",
+                "kind",
+                "score",
+                "label",
+                "comment",
+                "source",
+                "pii_counts",
+                *_K,
+            ),
+            _feedback,
+        ),
+        TableSpec(
+            "drift_events",
+            ("drift-events",),
+            (
+                "event_id",
+                "detected_at",
+                "model",
+                "model_version",
+                "feature",
+                "detector",
+                "statistic",
+                "threshold",
+                "p_value",
+                "severity",
+                "reference_window_size",
+                "current_window_size",
+                "reference_summary",
+                "current_summary",
+                "change_offset",
+                "change_time",
+                "example_request_ids",
+                "detector_params",
+                *_K,
+            ),
+            _drift,
+        ),
+        TableSpec(
+            "alerts",
+            ("alerts",),
+            (
+                "event_id",
+                "fingerprint",
+                "rule",
+                "status",
+                "severity",
+                "labels",
+                "annotations",
+                "value",
+                "starts_at",
+                "ends_at",
+                "group_key",
+                "receiver",
+                "generator_url",
+                "emitted_at",
+                *_K,
+            ),
+            _alert,
+        ),
+        TableSpec(
+            "alert_silences",
+            ("alert-silences",),
+            (
+                "event_id",
+                "silence_id",
+                "action",
+                "matchers",
+                "starts_at",
+                "ends_at",
+                "created_by",
+                "comment",
+                "emitted_at",
+                *_K,
+            ),
+            _silence,
+        ),
+        TableSpec(
+            "retraining_triggers",
+            ("retraining-triggers",),
+            (
+                "event_id",
+                "trigger_id",
+                "sequence",
+                "model",
+                "model_version",
+                "policy",
+                "state",
+                "reason",
+                "actor",
+                "comment",
+                "drift_event_ids",
+                "alert_event_ids",
+                "dataset_spec",
+                "candidate_version",
+                "occurred_at",
+                *_K,
+            ),
+            _trigger,
+        ),
+        TableSpec(
+            "model_registry",
+            ("model-registry",),
+            (
+                "event_id",
+                "model",
+                "version",
+                "status",
+                "artifact_uri",
+                "sha256",
+                "card",
+                "parent_version",
+                "trigger_id",
+                "actor",
+                "comment",
+                "occurred_at",
+                *_K,
+            ),
+            _model_version,
+        ),
+        TableSpec(
+            "dead_letters",
+            DLQ_TOPICS,
+            (
+                "original_topic",
+                "original_partition",
+                "original_offset",
+                "original_key",
+                "original_value",
+                "original_timestamp",
+                "reason",
+                "error_type",
+                "consumer_group",
+                "service",
+                "failed_at",
+                *_K,
+            ),
+            _dead_letter,
+        ),
     )
 }
 

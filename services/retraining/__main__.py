@@ -1,5 +1,6 @@
 """Entry point: ``python -m services.retraining`` (also ``argus retraining``);
 ``python -m services.retraining check [FILE]`` validates a policy file."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,10 @@ async def _run(settings: RetrainingSettings) -> None:
         inference = InferenceSettings()
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         if not inference.ray_address:
-            raise SystemExit("rollout needs the inference service's Ray cluster: set ARGUS_INFERENCE_RAY_ADDRESS "
-                             "(or ARGUS_RETRAINING_ROLLOUT_ENABLED=false)")
+            raise SystemExit(
+                "rollout needs the inference service's Ray cluster: set ARGUS_INFERENCE_RAY_ADDRESS "
+                "(or ARGUS_RETRAINING_ROLLOUT_ENABLED=false)"
+            )
         ray.init(address=inference.ray_address, namespace="serve", ignore_reinit_error=True, log_to_driver=False)
         rollout = ServeRollout(inference)
     stop = asyncio.Event()

@@ -1,30 +1,31 @@
 """Retraining policies and the rollout gate, from one YAML file, validated::
 
-    policies:
-      - name: prompt-drift          # drift events -> a trigger
-        kind: drift
-        model: "*"                  # a model name, or * for any
-        features: []                # empty: any feature
-        min_severity: warning
-        min_events: 2               # minimum evidence in one episode
-        sustained_for: 0s           # first to last evidence at least this long
-        cooldown: 6h                # one trigger per (policy, model, version) per cooldown
-      - {name: drift-alert, kind: alert, matchers: ['alertname="DriftDetected"'], cooldown: 6h}
-      - {name: weekly, kind: schedule, model: smollm2-135m-instruct, model_version: v1, interval: 7d}
-      - name: negative-feedback     # a ClickHouse query over feedback or quality
-        kind: metric
-        model: smollm2-135m-instruct
-        model_version: v1
-        query: "SELECT countIf(score = 0) / greatest(count(), 1) FROM {db}.feedback WHERE created_at >= now() - INTERVAL 1 DAY"
-        op: ">"
-        threshold: 0.3
-        every: 10m
-    dataset: {window: 7d, filter: "status = 'ok'"}
-    dispatch: {webhook: {url: "https://pipelines.example/argus", secret: pipeline}}   # optional; the jobs
-                                    # are also the `dispatched` records on argus.retraining.triggers
-    validation: {holdout_size: 20, max_tokens: 16, max_error_rate: 0.0, max_empty_rate: 0.2, min_confidence_delta: -0.5}
-    canary: {weight: 10, observe_for: 10m}
+policies:
+  - name: prompt-drift          # drift events -> a trigger
+    kind: drift
+    model: "*"                  # a model name, or * for any
+    features: []                # empty: any feature
+    min_severity: warning
+    min_events: 2               # minimum evidence in one episode
+    sustained_for: 0s           # first to last evidence at least this long
+    cooldown: 6h                # one trigger per (policy, model, version) per cooldown
+  - {name: drift-alert, kind: alert, matchers: ['alertname="DriftDetected"'], cooldown: 6h}
+  - {name: weekly, kind: schedule, model: smollm2-135m-instruct, model_version: v1, interval: 7d}
+  - name: negative-feedback     # a ClickHouse query over feedback or quality
+    kind: metric
+    model: smollm2-135m-instruct
+    model_version: v1
+    query: "SELECT countIf(score = 0) / greatest(count(), 1) FROM {db}.feedback WHERE created_at >= now() - INTERVAL 1 DAY"
+    op: ">"
+    threshold: 0.3
+    every: 10m
+dataset: {window: 7d, filter: "status = 'ok'"}
+dispatch: {webhook: {url: "https://pipelines.example/argus", secret: pipeline}}   # optional; the jobs
+                                # are also the `dispatched` records on argus.retraining.triggers
+validation: {holdout_size: 20, max_tokens: 16, max_error_rate: 0.0, max_empty_rate: 0.2, min_confidence_delta: -0.5}
+canary: {weight: 10, observe_for: 10m}
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +33,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.common.configfile import load_yaml_config
 from services.common.durations import parse_duration
 from services.common.labels import Matcher, MatcherError
-from services.common.configfile import load_yaml_config
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -97,6 +98,7 @@ class Policy(_Strict):
 class DatasetSpec(_Strict):
     window: float = 7 * 86400.0
     filter: str = "status = 'ok'"
+
     @field_validator("window", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> float | None:
@@ -123,6 +125,7 @@ class Validation(_Strict):
 class Canary(_Strict):
     weight: float = Field(10.0, gt=0, lt=100)
     observe_for: float = 600.0
+
     @field_validator("observe_for", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> float | None:

@@ -8,6 +8,7 @@ that reason. Metrics: error rate, empty-answer rate, and mean log-probability (t
 confidence the drift and alerting services watch) compared with what the active
 version logged for the same prompts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ class Evaluation:
 
     def summary(self) -> str:
         figures = ", ".join(f"{k}={v:.4g}" for k, v in sorted(self.metrics.items()))
-        return ("passed" if self.passed else "failed: " + "; ".join(self.reasons)) + (f" ({figures})" if figures else "")
+        return ("passed" if self.passed else "failed: " + "; ".join(self.reasons)) + (
+            f" ({figures})" if figures else ""
+        )
 
 
 def holdout(client: Any, db: str, model: str, n: int) -> list[dict[str, Any]]:
@@ -37,7 +40,8 @@ def holdout(client: Any, db: str, model: str, n: int) -> list[dict[str, Any]]:
         f"INNER JOIN {db}.inference_responses AS r FINAL ON r.request_id = q.request_id "
         "WHERE r.model = {m:String} AND NOT r.shadow AND r.status = 'ok' "
         "AND q.prompt IS NOT NULL ORDER BY r.served_at DESC LIMIT {n:UInt32}",
-        parameters={"m": model, "n": n}).result_rows
+        parameters={"m": model, "n": n},
+    ).result_rows
     out = []
     for prompt, confidence in rows:
         last_user = prompt.rsplit("user: ", 1)[-1] if "user: " in prompt else prompt
@@ -45,8 +49,13 @@ def holdout(client: Any, db: str, model: str, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def evaluate(artifact: Path, sha256: str, examples: list[dict[str, Any]], gate: Validation,
-             system_prompt: str = "You are a helpful, concise assistant. Answer in one or two sentences.") -> Evaluation:
+def evaluate(
+    artifact: Path,
+    sha256: str,
+    examples: list[dict[str, Any]],
+    gate: Validation,
+    system_prompt: str = "You are a helpful, concise assistant. Answer in one or two sentences.",
+) -> Evaluation:
     from services.common.llm import ArtifactDigestMismatch, EngineUnavailable, GenerationParams, LlamaCppEngine
 
     if not examples:
@@ -61,9 +70,12 @@ def evaluate(artifact: Path, sha256: str, examples: list[dict[str, Any]], gate: 
     conf: list[float] = []
     for ex in examples:
         try:
-            g = engine.generate(GenerationParams(messages=[{"role": "system", "content": system_prompt},
-                                                           {"role": "user", "content": ex["prompt"]}],
-                                                 max_tokens=gate.max_tokens))
+            g = engine.generate(
+                GenerationParams(
+                    messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": ex["prompt"]}],
+                    max_tokens=gate.max_tokens,
+                )
+            )
         except (RuntimeError, ValueError):
             errors += 1
             continue
@@ -72,17 +84,23 @@ def evaluate(artifact: Path, sha256: str, examples: list[dict[str, Any]], gate: 
             conf.append(g.mean_logprob)
     n = len(examples)
     baseline = [ex["confidence"] for ex in examples if ex["confidence"] is not None]
-    m = {"holdout": float(n), "error_rate": errors / n, "empty_rate": empty / n,
-         "confidence": sum(conf) / len(conf) if conf else float("nan"),
-         "active_confidence": sum(baseline) / len(baseline) if baseline else float("nan")}
+    m = {
+        "holdout": float(n),
+        "error_rate": errors / n,
+        "empty_rate": empty / n,
+        "confidence": sum(conf) / len(conf) if conf else float("nan"),
+        "active_confidence": sum(baseline) / len(baseline) if baseline else float("nan"),
+    }
     reasons = []
     if m["error_rate"] > gate.max_error_rate:
         reasons.append(f"error rate {m['error_rate']:.2%} > {gate.max_error_rate:.2%}")
     if m["empty_rate"] > gate.max_empty_rate:
         reasons.append(f"empty answers {m['empty_rate']:.2%} > {gate.max_empty_rate:.2%}")
     if conf and baseline and m["confidence"] - m["active_confidence"] < gate.min_confidence_delta:
-        reasons.append(f"confidence {m['confidence']:.3f} is {m['active_confidence'] - m['confidence']:.3f} below the "
-                       f"active version's {m['active_confidence']:.3f} (allowed {-gate.min_confidence_delta:.3f})")
+        reasons.append(
+            f"confidence {m['confidence']:.3f} is {m['active_confidence'] - m['confidence']:.3f} below the "
+            f"active version's {m['active_confidence']:.3f} (allowed {-gate.min_confidence_delta:.3f})"
+        )
     if not conf:
         reasons.append("no confidence measured")
     return Evaluation(not reasons, m, reasons)

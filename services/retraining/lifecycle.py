@@ -10,6 +10,7 @@ Every transition is one ``RetrainingTrigger`` record (``sequence`` +1) on
 ``argus.retraining.triggers``, keyed by trigger id, so the topic is the trigger's
 history and the book can be rebuilt from it after a restart.
 """
+
 from __future__ import annotations
 
 import time
@@ -73,39 +74,82 @@ class TriggerBook:
         t = self.triggers.get(tid)
         if t is None:
             if rec["state"] != "proposed" or rec["sequence"] != 1:
-                raise TransitionError(f"trigger {tid}: first record must be sequence 1 'proposed', got {rec['sequence']} {rec['state']!r}")
-            t = Trigger(tid, rec["model"], rec["model_version"], rec["policy"], rec["reason"], "proposed", 1, at, at,
-                        list(rec.get("drift_event_ids") or []), list(rec.get("alert_event_ids") or []),
-                        dict(rec.get("dataset_spec") or {}))
+                raise TransitionError(
+                    f"trigger {tid}: first record must be sequence 1 'proposed', got {rec['sequence']} {rec['state']!r}"
+                )
+            t = Trigger(
+                tid,
+                rec["model"],
+                rec["model_version"],
+                rec["policy"],
+                rec["reason"],
+                "proposed",
+                1,
+                at,
+                at,
+                list(rec.get("drift_event_ids") or []),
+                list(rec.get("alert_event_ids") or []),
+                dict(rec.get("dataset_spec") or {}),
+            )
             self.triggers[tid] = t
         else:
             if rec["sequence"] <= t.sequence:
                 return t  # a replayed record: already applied
             if rec["sequence"] != t.sequence + 1 or rec["state"] not in NEXT.get(t.state, set()):
-                raise TransitionError(f"trigger {tid}: {t.state!r} (sequence {t.sequence}) cannot become "
-                                      f"{rec['state']!r} (sequence {rec['sequence']})")
+                raise TransitionError(
+                    f"trigger {tid}: {t.state!r} (sequence {t.sequence}) cannot become "
+                    f"{rec['state']!r} (sequence {rec['sequence']})"
+                )
             t.state, t.sequence, t.updated_at = rec["state"], rec["sequence"], at
             if rec.get("dataset_spec"):
                 t.dataset_spec = dict(rec["dataset_spec"])
             if rec.get("candidate_version"):
                 t.candidate_version = rec["candidate_version"]
-        t.history.append({"sequence": rec["sequence"], "state": rec["state"], "actor": rec.get("actor"),
-                          "comment": rec.get("comment"), "at": at})
+        t.history.append(
+            {
+                "sequence": rec["sequence"],
+                "state": rec["state"],
+                "actor": rec.get("actor"),
+                "comment": rec.get("comment"),
+                "at": at,
+            }
+        )
         return t
 
-    def next_record(self, trigger_id: str, state: str, actor: str, comment: str | None = None,
-                    now: float | None = None, **fields: Any) -> dict[str, Any]:
+    def next_record(
+        self,
+        trigger_id: str,
+        state: str,
+        actor: str,
+        comment: str | None = None,
+        now: float | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         """The record of a transition of an existing trigger (checked, not applied)."""
         t = self.triggers.get(trigger_id)
         if t is None:
             raise TransitionError(f"no trigger {trigger_id}")
         if state not in NEXT.get(t.state, set()):
-            raise TransitionError(f"trigger {trigger_id} is {t.state!r}: it cannot become {state!r} "
-                                  f"(allowed: {', '.join(sorted(NEXT.get(t.state, set()))) or 'nothing, it is closed'})")
-        return record(t.trigger_id, t.sequence + 1, t.model, t.model_version, t.policy, state, t.reason, actor, comment,
-                      now, drift_event_ids=t.drift_event_ids, alert_event_ids=t.alert_event_ids,
-                      dataset_spec=fields.get("dataset_spec", t.dataset_spec),
-                      candidate_version=fields.get("candidate_version", t.candidate_version))
+            raise TransitionError(
+                f"trigger {trigger_id} is {t.state!r}: it cannot become {state!r} "
+                f"(allowed: {', '.join(sorted(NEXT.get(t.state, set()))) or 'nothing, it is closed'})"
+            )
+        return record(
+            t.trigger_id,
+            t.sequence + 1,
+            t.model,
+            t.model_version,
+            t.policy,
+            state,
+            t.reason,
+            actor,
+            comment,
+            now,
+            drift_event_ids=t.drift_event_ids,
+            alert_event_ids=t.alert_event_ids,
+            dataset_spec=fields.get("dataset_spec", t.dataset_spec),
+            candidate_version=fields.get("candidate_version", t.candidate_version),
+        )
 
     def find(self, prefix: str) -> Trigger:
         hits = [t for tid, t in self.triggers.items() if tid.startswith(prefix)]
@@ -114,21 +158,50 @@ class TriggerBook:
         return hits[0]
 
     def open_for(self, policy: str, model: str, version: str) -> Trigger | None:
-        return next((t for t in self.triggers.values() if t.open and t.policy == policy and t.model == model
-                     and t.model_version == version), None)
+        return next(
+            (
+                t
+                for t in self.triggers.values()
+                if t.open and t.policy == policy and t.model == model and t.model_version == version
+            ),
+            None,
+        )
 
     def last_raised(self, policy: str, model: str, version: str) -> float | None:
-        times = [t.created_at for t in self.triggers.values() if t.policy == policy and t.model == model
-                 and t.model_version == version]
+        times = [
+            t.created_at
+            for t in self.triggers.values()
+            if t.policy == policy and t.model == model and t.model_version == version
+        ]
         return max(times) if times else None
 
 
-def record(trigger_id: str, sequence: int, model: str, version: str, policy: str, state: str, reason: str,
-           actor: str | None, comment: str | None = None, now: float | None = None, **fields: Any) -> dict[str, Any]:
+def record(
+    trigger_id: str,
+    sequence: int,
+    model: str,
+    version: str,
+    policy: str,
+    state: str,
+    reason: str,
+    actor: str | None,
+    comment: str | None = None,
+    now: float | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     return {
-        "event_id": str(uuid.uuid4()), "trigger_id": trigger_id, "sequence": sequence, "model": model,
-        "model_version": version, "policy": policy, "state": state, "reason": reason, "actor": actor, "comment": comment,
-        "drift_event_ids": list(fields.get("drift_event_ids") or []), "alert_event_ids": list(fields.get("alert_event_ids") or []),
+        "event_id": str(uuid.uuid4()),
+        "trigger_id": trigger_id,
+        "sequence": sequence,
+        "model": model,
+        "model_version": version,
+        "policy": policy,
+        "state": state,
+        "reason": reason,
+        "actor": actor,
+        "comment": comment,
+        "drift_event_ids": list(fields.get("drift_event_ids") or []),
+        "alert_event_ids": list(fields.get("alert_event_ids") or []),
         "dataset_spec": {k: str(v) for k, v in (fields.get("dataset_spec") or {}).items()},
         "candidate_version": fields.get("candidate_version"),
         "occurred_at": int((now if now is not None else time.time()) * 1000),
@@ -181,9 +254,15 @@ class PolicyEngine:
                 continue
             features = sorted({e["feature"] for e in episode})
             worst = max((e["severity"] for e in episode), key=SEVERITY_RANK.get)
-            out.append(Proposal(p, ev["model"], ev["model_version"],
-                                f"{len(episode)} drift event(s) on {', '.join(features)} ({worst}) over {span:.0f}s",
-                                drift_event_ids=[e["id"] for e in episode]))
+            out.append(
+                Proposal(
+                    p,
+                    ev["model"],
+                    ev["model_version"],
+                    f"{len(episode)} drift event(s) on {', '.join(features)} ({worst}) over {span:.0f}s",
+                    drift_event_ids=[e["id"] for e in episode],
+                )
+            )
             del self.episodes[key]
         return out
 
@@ -198,9 +277,16 @@ class PolicyEngine:
             model, version = labels.get("model", "*"), labels.get("model_version", "*")
             if not p.covers(model, version) or not self._allowed(p, model, version, now):
                 continue
-            out.append(Proposal(p, model, version, f"alert {alert['rule']} firing ({alert['severity']}): "
-                                f"{alert['annotations'].get('summary', '')}".strip(),
-                                alert_event_ids=[str(alert["event_id"])]))
+            out.append(
+                Proposal(
+                    p,
+                    model,
+                    version,
+                    f"alert {alert['rule']} firing ({alert['severity']}): "
+                    f"{alert['annotations'].get('summary', '')}".strip(),
+                    alert_event_ids=[str(alert["event_id"])],
+                )
+            )
         return out
 
     def due_schedules(self, now: float) -> list[Proposal]:
@@ -213,7 +299,12 @@ class PolicyEngine:
         return out
 
     def on_metric(self, p: Policy, value: float, now: float) -> Proposal | None:
-        ops = {">": value > p.threshold, ">=": value >= p.threshold, "<": value < p.threshold, "<=": value <= p.threshold}
+        ops = {
+            ">": value > p.threshold,
+            ">=": value >= p.threshold,
+            "<": value < p.threshold,
+            "<=": value <= p.threshold,
+        }
         if not ops[p.op] or not self._allowed(p, p.model, p.model_version, now):
             return None
         return Proposal(p, p.model, p.model_version, f"metric {value:.4g} {p.op} {p.threshold:g}")

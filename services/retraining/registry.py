@@ -9,6 +9,7 @@ Example::
     >>> reg.get("m", "v2")["status"]
     'candidate'
 """
+
 from __future__ import annotations
 
 import time
@@ -41,21 +42,51 @@ def _ms(v: Any) -> float:
     return v.timestamp() * 1000 if hasattr(v, "timestamp") else float(v)
 
 
-def version_record(model: str, version: str, status: str, artifact_uri: str, sha256: str, *, actor: str,
-                   card: dict[str, str] | None = None, parent_version: str | None = None, trigger_id: str | None = None,
-                   comment: str = "", now: float | None = None) -> dict[str, Any]:
+def version_record(
+    model: str,
+    version: str,
+    status: str,
+    artifact_uri: str,
+    sha256: str,
+    *,
+    actor: str,
+    card: dict[str, str] | None = None,
+    parent_version: str | None = None,
+    trigger_id: str | None = None,
+    comment: str = "",
+    now: float | None = None,
+) -> dict[str, Any]:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower()):
         raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    return {"event_id": str(uuid.uuid4()), "model": model, "version": version, "status": status,
-            "artifact_uri": artifact_uri, "sha256": sha256.lower(), "card": {k: str(v) for k, v in (card or {}).items()},
-            "parent_version": parent_version, "trigger_id": trigger_id, "actor": actor, "comment": comment,
-            "occurred_at": int((now if now is not None else time.time()) * 1000)}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "model": model,
+        "version": version,
+        "status": status,
+        "artifact_uri": artifact_uri,
+        "sha256": sha256.lower(),
+        "card": {k: str(v) for k, v in (card or {}).items()},
+        "parent_version": parent_version,
+        "trigger_id": trigger_id,
+        "actor": actor,
+        "comment": comment,
+        "occurred_at": int((now if now is not None else time.time()) * 1000),
+    }
 
 
 def with_status(rec: dict[str, Any], status: str, actor: str, comment: str = "") -> dict[str, Any]:
     """The next record of a version: same artifact and card, a new status."""
-    return version_record(rec["model"], rec["version"], status, rec["artifact_uri"], rec["sha256"], actor=actor,
-                          card=rec.get("card"), parent_version=rec.get("parent_version"), trigger_id=rec.get("trigger_id"),
-                          comment=comment)
+    return version_record(
+        rec["model"],
+        rec["version"],
+        status,
+        rec["artifact_uri"],
+        rec["sha256"],
+        actor=actor,
+        card=rec.get("card"),
+        parent_version=rec.get("parent_version"),
+        trigger_id=rec.get("trigger_id"),
+        comment=comment,
+    )

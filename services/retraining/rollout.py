@@ -5,6 +5,7 @@ Serve config applied to the running cluster (``services.inference.app.deploy``):
 weights-only change reconfigures the Router in place, a new version adds replicas
 that load the artifact with its registered digest (a mismatch fails the deployment).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,7 +34,9 @@ class ServeRollout:
         old = self.live()
         total = sum(v.weight for v in old) or 1.0
         scaled = [v.model_copy(update={"weight": v.weight / total * (100.0 - weight)}) for v in old]
-        await self.apply(scaled + [ModelVersion(version=version, weight=weight, model_path=Path(artifact), sha256=sha256)])
+        await self.apply(
+            scaled + [ModelVersion(version=version, weight=weight, model_path=Path(artifact), sha256=sha256)]
+        )
 
     async def promote(self, version: str) -> list[str]:
         """All traffic to ``version``; the others are drained (removed). Returns those."""

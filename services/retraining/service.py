@@ -17,6 +17,7 @@ changes through the inference service's Serve config.
 After a restart every open trigger is advanced from the state its history left it in,
 so nothing is dispatched twice (the transition is the record) and nothing is forgotten.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,15 +31,15 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from services.common.webhook import RetryPolicy, WebhookClient
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
-from services.common.kafka import GroupLagReporter, make_consumer, make_producer
+from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.health import HealthServer, Readiness
+from services.common.kafka import GroupLagReporter, make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
-from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.registry import get_codec
+from services.common.webhook import RetryPolicy, WebhookClient
 from services.retraining.config import RetrainingConfig
 from services.retraining.evaluation import evaluate, holdout
 from services.retraining.lifecycle import PolicyEngine, Proposal, TransitionError, Trigger, TriggerBook, record
@@ -55,15 +56,27 @@ def dataset_spec(client: Any, db: str, model: str, version: str, window_s: float
     if version != "*":
         cond += " AND model_version = {v:String}"
     params = {"m": model, "v": version}
-    rows, first, last = client.query(f"SELECT count(), min(served_at), max(served_at) FROM {db}.inference_responses "
-                                     f"WHERE {cond}", parameters=params).result_rows[0]
+    rows, first, last = client.query(
+        f"SELECT count(), min(served_at), max(served_at) FROM {db}.inference_responses WHERE {cond}", parameters=params
+    ).result_rows[0]
     labelled, negative = client.query(
         f"SELECT count(), countIf((kind = 'thumbs' AND score < 0.5) OR (kind = 'rating' AND score <= 2)) FROM {db}.feedback "
-        f"WHERE request_id IN (SELECT request_id FROM {db}.inference_responses WHERE {cond})", parameters=params).result_rows[0]
-    return {"table": f"{db}.inference_log", "model": model, "model_version": version, "filter": where,
-            "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - window_s)),
-            "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "rows": str(rows),
-            "first_row": str(first), "last_row": str(last), "feedback_rows": str(labelled), "negative_feedback": str(negative)}
+        f"WHERE request_id IN (SELECT request_id FROM {db}.inference_responses WHERE {cond})",
+        parameters=params,
+    ).result_rows[0]
+    return {
+        "table": f"{db}.inference_log",
+        "model": model,
+        "model_version": version,
+        "filter": where,
+        "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - window_s)),
+        "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "rows": str(rows),
+        "first_row": str(first),
+        "last_row": str(last),
+        "feedback_rows": str(labelled),
+        "negative_feedback": str(negative),
+    }
 
 
 class RetrainingService:
@@ -74,7 +87,9 @@ class RetrainingService:
         self.book = TriggerBook()
         self.registry = ModelRegistry()
         self.policies = PolicyEngine(config, self.book)
-        self.codecs = {key: get_codec(key) for key in ("retraining-triggers", "model-registry", "drift-events", "alerts")}
+        self.codecs = {
+            key: get_codec(key) for key in ("retraining-triggers", "model-registry", "drift-events", "alerts")
+        }
         self.locks: dict[str, asyncio.Lock] = {}
         self.rollback_reasons: dict[str, str] = {}
         self.failed_dispatch: dict[str, float] = {}
@@ -91,8 +106,11 @@ class RetrainingService:
     async def emit(self, rec: dict[str, Any]) -> Trigger:
         """Publish a transition (acks=all), then fold it in (the echo is ignored)."""
         try:
-            await self.producer.send_and_wait(self.k.topic("retraining-triggers"),
-                                              self.codecs["retraining-triggers"].encode(rec), key=rec["trigger_id"].encode())
+            await self.producer.send_and_wait(
+                self.k.topic("retraining-triggers"),
+                self.codecs["retraining-triggers"].encode(rec),
+                key=rec["trigger_id"].encode(),
+            )
         except KafkaError:
             self.sink_healthy = False  # readiness reports it; the error stops the service (nothing is half-applied)
             raise
@@ -100,13 +118,24 @@ class RetrainingService:
         self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("retraining-triggers"))
         self.metrics.inc("argus_retraining_transitions_total", policy=rec["policy"], state=rec["state"])
         t = self.book.apply(rec)
-        self.log.info("retraining.transition", trigger=t.trigger_id, state=t.state, sequence=t.sequence, model=t.model,
-                      version=t.model_version, actor=rec.get("actor"), comment=rec.get("comment"))
+        self.log.info(
+            "retraining.transition",
+            trigger=t.trigger_id,
+            state=t.state,
+            sequence=t.sequence,
+            model=t.model,
+            version=t.model_version,
+            actor=rec.get("actor"),
+            comment=rec.get("comment"),
+        )
         return t
 
     async def emit_version(self, rec: dict[str, Any]) -> None:
-        await self.producer.send_and_wait(self.k.topic("model-registry"), self.codecs["model-registry"].encode(rec),
-                                          key=f"{rec['model']}/{rec['version']}".encode())
+        await self.producer.send_and_wait(
+            self.k.topic("model-registry"),
+            self.codecs["model-registry"].encode(rec),
+            key=f"{rec['model']}/{rec['version']}".encode(),
+        )
         self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("model-registry"))
         self.registry.apply(rec)
 
@@ -123,13 +152,34 @@ class RetrainingService:
             return
         client = await asyncio.to_thread(self._clickhouse)
         try:
-            spec = await asyncio.to_thread(dataset_spec, client, self.settings.clickhouse.database, p.model, version,
-                                           self.config.dataset.window, self.config.dataset.filter)
+            spec = await asyncio.to_thread(
+                dataset_spec,
+                client,
+                self.settings.clickhouse.database,
+                p.model,
+                version,
+                self.config.dataset.window,
+                self.config.dataset.filter,
+            )
         finally:
             client.close()
         tid = str(uuid.uuid4())
-        await self.emit(record(tid, 1, p.model, version, p.policy.name, "proposed", p.reason, self.settings.actor, None,
-                               drift_event_ids=p.drift_event_ids, alert_event_ids=p.alert_event_ids, dataset_spec=spec))
+        await self.emit(
+            record(
+                tid,
+                1,
+                p.model,
+                version,
+                p.policy.name,
+                "proposed",
+                p.reason,
+                self.settings.actor,
+                None,
+                drift_event_ids=p.drift_event_ids,
+                alert_event_ids=p.alert_event_ids,
+                dataset_spec=spec,
+            )
+        )
         await self.advance(tid)
 
     # -- the lifecycle ----------------------------------------------------------------
@@ -147,17 +197,28 @@ class RetrainingService:
     async def _step(self, t: Trigger) -> None:
         actor = self.settings.actor
         if t.state == "proposed":
-            await self.emit(self.book.next_record(t.trigger_id, "awaiting_approval", actor,
-                                                  "waiting for a person: argus retrain approve|reject"))
+            await self.emit(
+                self.book.next_record(
+                    t.trigger_id, "awaiting_approval", actor, "waiting for a person: argus retrain approve|reject"
+                )
+            )
         elif t.state == "approved":
             if await self.dispatch(t):
-                await self.emit(self.book.next_record(t.trigger_id, "dispatched", actor, "job sent to the training pipeline"))
+                await self.emit(
+                    self.book.next_record(t.trigger_id, "dispatched", actor, "job sent to the training pipeline")
+                )
         elif t.state == "dispatched":
             cand = self.registry.candidate_for(t.trigger_id)
             if cand is not None:
-                await self.emit(self.book.next_record(t.trigger_id, "candidate_registered", actor,
-                                                      f"{cand['version']} sha256 {cand['sha256'][:12]}…",
-                                                      candidate_version=cand["version"]))
+                await self.emit(
+                    self.book.next_record(
+                        t.trigger_id,
+                        "candidate_registered",
+                        actor,
+                        f"{cand['version']} sha256 {cand['sha256'][:12]}…",
+                        candidate_version=cand["version"],
+                    )
+                )
         elif t.state == "candidate_registered":
             await self.validate(t)
         elif t.state == "validated":
@@ -165,10 +226,15 @@ class RetrainingService:
             if cand is None:
                 return
             if self.rollout is not None:
-                await self.rollout.canary(cand["version"], cand["artifact_uri"], cand["sha256"], self.config.canary.weight)
+                await self.rollout.canary(
+                    cand["version"], cand["artifact_uri"], cand["sha256"], self.config.canary.weight
+                )
             await self.emit_version(with_status(cand, "canary", actor, f"{self.config.canary.weight:g}% of traffic"))
-            await self.emit(self.book.next_record(t.trigger_id, "canary", actor,
-                                                  f"{cand['version']} takes {self.config.canary.weight:g}% of traffic"))
+            await self.emit(
+                self.book.next_record(
+                    t.trigger_id, "canary", actor, f"{cand['version']} takes {self.config.canary.weight:g}% of traffic"
+                )
+            )
         elif t.state == "canary":
             cand = self.registry.get(t.model, t.candidate_version or "")
             if cand is None:
@@ -177,30 +243,54 @@ class RetrainingService:
                 if self.rollout is not None:
                     await self.rollout.rollback(cand["version"])
                 await self.emit_version(with_status(cand, "rejected", actor, self.rollback_reasons[t.trigger_id]))
-                await self.emit(self.book.next_record(t.trigger_id, "rolled_back", actor, self.rollback_reasons.pop(t.trigger_id)))
+                await self.emit(
+                    self.book.next_record(t.trigger_id, "rolled_back", actor, self.rollback_reasons.pop(t.trigger_id))
+                )
             elif time.time() - t.updated_at >= self.config.canary.observe_for:
                 drained = await self.rollout.promote(cand["version"]) if self.rollout is not None else []
                 previous = self.registry.active(t.model)
-                await self.emit_version(with_status(cand, "active", actor, f"canary clean for {self.config.canary.observe_for:.0f}s"))
+                await self.emit_version(
+                    with_status(cand, "active", actor, f"canary clean for {self.config.canary.observe_for:.0f}s")
+                )
                 if previous is not None and previous["version"] != cand["version"]:
-                    await self.emit_version(with_status(previous, "deprecated", actor, f"replaced by {cand['version']}"))
-                await self.emit(self.book.next_record(t.trigger_id, "promoted", actor,
-                                                      f"{cand['version']} takes all traffic; drained: {', '.join(drained) or 'none'}"))
+                    await self.emit_version(
+                        with_status(previous, "deprecated", actor, f"replaced by {cand['version']}")
+                    )
+                await self.emit(
+                    self.book.next_record(
+                        t.trigger_id,
+                        "promoted",
+                        actor,
+                        f"{cand['version']} takes all traffic; drained: {', '.join(drained) or 'none'}",
+                    )
+                )
 
     async def dispatch(self, t: Trigger) -> bool:
         hook = self.config.dispatch.webhook
         if hook is None:
             return True  # the `dispatched` record on the triggers topic is the job
         job = to_json(self.book.next_record(t.trigger_id, "dispatched", self.settings.actor))
-        body = json.dumps({"job": job, "evidence": {"drift_event_ids": t.drift_event_ids, "alert_event_ids": t.alert_event_ids},
-                           "dataset_spec": t.dataset_spec}, sort_keys=True).encode()
+        body = json.dumps(
+            {
+                "job": job,
+                "evidence": {"drift_event_ids": t.drift_event_ids, "alert_event_ids": t.alert_event_ids},
+                "dataset_spec": t.dataset_spec,
+            },
+            sort_keys=True,
+        ).encode()
         secret = self.settings.webhook_secrets[hook.secret].get_secret_value().encode() if hook.secret else None
         async with WebhookClient(user_agent="argus-retraining/1") as client:
             result = await client.post(
-                hook.url, body, idempotency_key=f"{t.trigger_id}:{t.sequence + 1}", secret=secret, timeout=10,
+                hook.url,
+                body,
+                idempotency_key=f"{t.trigger_id}:{t.sequence + 1}",
+                secret=secret,
+                timeout=10,
                 policy=RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0, give_up_after_s=10.0),
-                on_retry=lambda attempt, error: self.log.warning("retraining.dispatch_retry", trigger=t.trigger_id,
-                                                                 error=error, attempt=attempt))
+                on_retry=lambda attempt, error: self.log.warning(
+                    "retraining.dispatch_retry", trigger=t.trigger_id, error=error, attempt=attempt
+                ),
+            )
         if result.ok:
             return True
         self.log.warning("retraining.dispatch_failed", trigger=t.trigger_id, outcome=result.outcome, error=result.error)
@@ -213,17 +303,22 @@ class RetrainingService:
             return
         client = await asyncio.to_thread(self._clickhouse)
         try:
-            examples = await asyncio.to_thread(holdout, client, self.settings.clickhouse.database, t.model,
-                                               self.config.validation.holdout_size)
+            examples = await asyncio.to_thread(
+                holdout, client, self.settings.clickhouse.database, t.model, self.config.validation.holdout_size
+            )
         finally:
             client.close()
-        result = await asyncio.to_thread(evaluate, Path(cand["artifact_uri"]), cand["sha256"], examples, self.config.validation)
+        result = await asyncio.to_thread(
+            evaluate, Path(cand["artifact_uri"]), cand["sha256"], examples, self.config.validation
+        )
         self.log.info("retraining.validation", trigger=t.trigger_id, candidate=cand["version"], result=result.summary())
         if result.passed:
             await self.emit(self.book.next_record(t.trigger_id, "validated", self.settings.actor, result.summary()))
         else:
             await self.emit_version(with_status(cand, "rejected", self.settings.actor, result.summary()))
-            await self.emit(self.book.next_record(t.trigger_id, "validation_failed", self.settings.actor, result.summary()))
+            await self.emit(
+                self.book.next_record(t.trigger_id, "validation_failed", self.settings.actor, result.summary())
+            )
 
     # -- inputs -----------------------------------------------------------------------
     async def on_state_record(self, key: str, rec: dict[str, Any]) -> None:
@@ -249,14 +344,21 @@ class RetrainingService:
             labels = rec["labels"]
             if rec["status"] == "firing" and not rec.get("receiver"):
                 for t in self.book.triggers.values():  # an alert about a canary rolls it back
-                    if t.state == "canary" and labels.get("model") == t.model and labels.get("model_version") == t.candidate_version:
-                        self.rollback_reasons[t.trigger_id] = f"alert {rec['rule']} fired for the canary: " \
-                                                             f"{rec['annotations'].get('summary', '')}".strip()
+                    if (
+                        t.state == "canary"
+                        and labels.get("model") == t.model
+                        and labels.get("model_version") == t.candidate_version
+                    ):
+                        self.rollback_reasons[t.trigger_id] = (
+                            f"alert {rec['rule']} fired for the canary: {rec['annotations'].get('summary', '')}".strip()
+                        )
                         await self.advance(t.trigger_id)
         for p in proposals:
             await self.propose(p)
 
-    async def _handle(self, batch: dict[TopicPartition, list[Any]], keys: dict[str, str], handler: Any) -> dict[TopicPartition, int]:
+    async def _handle(
+        self, batch: dict[TopicPartition, list[Any]], keys: dict[str, str], handler: Any
+    ) -> dict[TopicPartition, int]:
         """Decode each record with its topic's codec and hand it over; returns the next
         offset per partition. An undecodable record goes to the topic's dead-letter
         topic with the reason (before its offset counts as done)."""
@@ -268,7 +370,9 @@ class RetrainingService:
                     rec = self.codecs[keys[tp.topic]].decode_plain(m.value)
                 except SerializationError as exc:
                     msg = Message(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
-                    await self.dlq.send(producer_sender(self.producer), msg, str(exc), "InvalidMessage.SerializationError")
+                    await self.dlq.send(
+                        producer_sender(self.producer), msg, str(exc), "InvalidMessage.SerializationError"
+                    )
                 else:
                     self.dlq.record_valid(tp.topic, tp.partition)
                     await handler(keys[tp.topic], rec)
@@ -289,8 +393,12 @@ class RetrainingService:
                 positions = [await consumer.position(tp) for tp in tps]
                 if not self.caught_up and all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
                     self.caught_up = True
-                    self.log.info("retraining.state_rebuilt", triggers=len(self.book.triggers),
-                                  open=sum(t.open for t in self.book.triggers.values()), versions=len(self.registry.versions))
+                    self.log.info(
+                        "retraining.state_rebuilt",
+                        triggers=len(self.book.triggers),
+                        open=sum(t.open for t in self.book.triggers.values()),
+                        versions=len(self.registry.versions),
+                    )
                     for tid, t in list(self.book.triggers.items()):
                         if t.open:
                             await self.advance(tid)
@@ -345,12 +453,23 @@ class RetrainingService:
 
     async def readiness(self) -> Readiness:
         """Ready once the triggers and the registry are rebuilt from their topics."""
-        detail = (f"{sum(t.open for t in self.book.triggers.values())} open triggers" if self.caught_up
-                  else f"rebuilding state from the topics ({len(self.book.triggers)} triggers so far)")
+        detail = (
+            f"{sum(t.open for t in self.book.triggers.values())} open triggers"
+            if self.caught_up
+            else f"rebuilding state from the topics ({len(self.book.triggers)} triggers so far)"
+        )
         if not self.sink_healthy:
             detail = "writing transitions to the broker failed"
-        return Readiness(self.caught_up and self.sink_healthy, self.settings.service_name, self.caught_up,
-                         self.sink_healthy, [], dict(self.lag), {}, detail)
+        return Readiness(
+            self.caught_up and self.sink_healthy,
+            self.settings.service_name,
+            self.caught_up,
+            self.sink_healthy,
+            [],
+            dict(self.lag),
+            {},
+            detail,
+        )
 
     async def _report_lag(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
         """The evidence group's lag per topic as the broker sees it (readiness and metrics)."""
@@ -368,13 +487,22 @@ class RetrainingService:
 
     async def run(self, stop: asyncio.Event, health: bool = True) -> None:
         await self.producer.start()
-        server = HealthServer(self.settings.health, self.metrics, lambda: self.last_progress, self.readiness) if health else None
+        server = (
+            HealthServer(self.settings.health, self.metrics, lambda: self.last_progress, self.readiness)
+            if health
+            else None
+        )
         if server is not None:
             port = await server.start()
             self.log.info("retraining.health", port=port)
         try:
-            tasks = [asyncio.create_task(c(stop)) for c in (self._follow_state, self._follow_evidence, self._timers, self._report_lag)]
-            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            tasks = [
+                asyncio.create_task(c(stop))
+                for c in (self._follow_state, self._follow_evidence, self._timers, self._report_lag)
+            ]
+            done, _ = await asyncio.wait(
+                [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
             stop.set()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for r in results:

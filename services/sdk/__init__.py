@@ -1,4 +1,5 @@
 """Client side of Argus: what producers of inference requests use."""
+
 from services.sdk.producer import ArgusProducer
 
 __all__ = ["ArgusProducer"]

@@ -12,6 +12,7 @@ Prompt mixes are weighted topics of short English questions. A drift changes, fr
 Every request carries ``metadata.loadgen_phase`` (``baseline`` or ``drift``), so tests
 and reports know the ground truth.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,24 +25,39 @@ from services.sdk.producer import ArgusProducer
 
 TOPICS: dict[str, list[str]] = {
     "general": [
-        "What is the capital of {country}?", "Name a famous landmark in {country}.",
-        "Give me one fact about {animal}s.", "What color is a {fruit}?", "How many legs does a {animal} have?",
-        "Suggest a name for a pet {animal}.", "What is {a} plus {b}?", "Is a {fruit} sweet or sour?",
+        "What is the capital of {country}?",
+        "Name a famous landmark in {country}.",
+        "Give me one fact about {animal}s.",
+        "What color is a {fruit}?",
+        "How many legs does a {animal} have?",
+        "Suggest a name for a pet {animal}.",
+        "What is {a} plus {b}?",
+        "Is a {fruit} sweet or sour?",
     ],
     "support": [
-        "How do I reset my password?", "My order #{order} has not arrived. What can I do?",
-        "Can I change the delivery address of order #{order}?", "How do I cancel my subscription?",
-        "The app crashes when I open settings. Any idea?", "Where can I download my invoice for order #{order}?",
+        "How do I reset my password?",
+        "My order #{order} has not arrived. What can I do?",
+        "Can I change the delivery address of order #{order}?",
+        "How do I cancel my subscription?",
+        "The app crashes when I open settings. Any idea?",
+        "Where can I download my invoice for order #{order}?",
     ],
     "legal": [
-        "Is a verbal contract binding in {country}?", "What does indemnification mean in a contract?",
-        "Explain the difference between a warranty and a guarantee.", "Can my landlord in {country} raise rent mid-lease?",
-        "What is a non-compete clause?", "How long is a copyright valid in {country}?",
+        "Is a verbal contract binding in {country}?",
+        "What does indemnification mean in a contract?",
+        "Explain the difference between a warranty and a guarantee.",
+        "Can my landlord in {country} raise rent mid-lease?",
+        "What is a non-compete clause?",
+        "How long is a copyright valid in {country}?",
     ],
 }
 FOREIGN = [
-    "Quelle est la capitale de {country} ?", "Combien de pattes a un {animal} ?", "¿Cuál es la capital de {country}?",
-    "¿De qué color es una {fruit}?", "Was ist die Hauptstadt von {country}?", "Wie viele Beine hat ein {animal}?",
+    "Quelle est la capitale de {country} ?",
+    "Combien de pattes a un {animal} ?",
+    "¿Cuál es la capital de {country}?",
+    "¿De qué color es una {fruit}?",
+    "Was ist die Hauptstadt von {country}?",
+    "Wie viele Beine hat ein {animal}?",
 ]
 CONTEXT = (
     "Here is some background for my question. I have been reading a lot about this subject over the last few "
@@ -74,8 +90,12 @@ class LoadProfile:
 
 def render(template: str, rng: random.Random) -> str:
     return template.format(
-        country=rng.choice(FILL["country"]), animal=rng.choice(FILL["animal"]), fruit=rng.choice(FILL["fruit"]),
-        a=rng.randint(1, 99), b=rng.randint(1, 99), order=rng.randint(10000, 99999),
+        country=rng.choice(FILL["country"]),
+        animal=rng.choice(FILL["animal"]),
+        fruit=rng.choice(FILL["fruit"]),
+        a=rng.randint(1, 99),
+        b=rng.randint(1, 99),
+        order=rng.randint(10000, 99999),
     )
 
 
@@ -91,8 +111,9 @@ def make_prompt(profile: LoadProfile, rng: random.Random, drifted: bool) -> str:
     return prompt
 
 
-async def run_load(producer: ArgusProducer, profile: LoadProfile,
-                   on_sent: Callable[[int, str], None] | None = None) -> dict[str, int]:
+async def run_load(
+    producer: ArgusProducer, profile: LoadProfile, on_sent: Callable[[int, str], None] | None = None
+) -> dict[str, int]:
     """Send requests at ``rate_per_s`` for ``duration_s``; returns counts per phase."""
     rng = random.Random(profile.seed)
     total = int(profile.rate_per_s * profile.duration_s)
@@ -107,9 +128,12 @@ async def run_load(producer: ArgusProducer, profile: LoadProfile,
         phase = "drift" if drifted else "baseline"
         tenant = rng.choice(profile.tenants)
         await producer.request(
-            [{"role": "user", "content": make_prompt(profile, rng, drifted)}], tenant=tenant,
-            user=f"{tenant}-u{rng.randrange(profile.users_per_tenant)}", max_tokens=profile.max_tokens,
-            deadline_s=profile.deadline_s, metadata={"loadgen_phase": phase, "loadgen_seq": str(i), "loadgen_run": profile.run_id},
+            [{"role": "user", "content": make_prompt(profile, rng, drifted)}],
+            tenant=tenant,
+            user=f"{tenant}-u{rng.randrange(profile.users_per_tenant)}",
+            max_tokens=profile.max_tokens,
+            deadline_s=profile.deadline_s,
+            metadata={"loadgen_phase": phase, "loadgen_seq": str(i), "loadgen_run": profile.run_id},
         )
         counts[phase] += 1
         if on_sent:

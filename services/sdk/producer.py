@@ -12,6 +12,7 @@ Example::
         request_id = await producer.request(
             [{"role": "user", "content": "What is Kafka?"}], tenant="acme", max_tokens=64)
 """
+
 from __future__ import annotations
 
 import time
@@ -44,12 +45,23 @@ class ArgusProducer:
     async def __aexit__(self, *exc: object) -> None:
         await self._producer.stop()
 
-    def build_request(self, messages: list[dict[str, str]], *, tenant: str, model: str | None = None,
-                      request_id: str | None = None, deadline_s: float | None = None, **fields: Any) -> dict[str, Any]:
+    def build_request(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        tenant: str,
+        model: str | None = None,
+        request_id: str | None = None,
+        deadline_s: float | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         now = int(time.time() * 1000)
         record = {
-            "request_id": request_id or str(uuid.uuid4()), "created_at": now, "model": model or self.model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages], "tenant": tenant,
+            "request_id": request_id or str(uuid.uuid4()),
+            "created_at": now,
+            "model": model or self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "tenant": tenant,
             **fields,
         }
         if deadline_s is not None:
@@ -71,10 +83,18 @@ class ArgusProducer:
         """Validate, encode and send one request; returns its request_id."""
         return await self.send_record(self.build_request(messages, tenant=tenant, **fields), wait=wait)
 
-    async def feedback(self, request_id: str, *, tenant: str, kind: str = "thumbs", score: float | None = None,
-                       **fields: Any) -> str:
-        record = {"feedback_id": str(uuid.uuid4()), "request_id": request_id, "tenant": tenant, "kind": kind,
-                  "score": score, "created_at": int(time.time() * 1000), **fields}
+    async def feedback(
+        self, request_id: str, *, tenant: str, kind: str = "thumbs", score: float | None = None, **fields: Any
+    ) -> str:
+        record = {
+            "feedback_id": str(uuid.uuid4()),
+            "request_id": request_id,
+            "tenant": tenant,
+            "kind": kind,
+            "score": score,
+            "created_at": int(time.time() * 1000),
+            **fields,
+        }
         await self._producer.send(self._feedback_topic, self._fb_codec.encode(record), key=request_id.encode())
         return record["feedback_id"]
 

@@ -23,6 +23,7 @@ of the protocol stock clients use and nothing a real server would not do:
 
 Run: ``python -m services.stack.clickhouse_http --data-dir .argus/clickhouse --port 8123``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,30 @@ import zstandard
 # URL parameters that steer the HTTP transport rather than the query engine.
 TRANSPORT_PARAMS = frozenset(
     {
-        "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
-        "user", "password", "quota_key", "compress", "decompress", "buffer_size", "wait_end_of_query",
-        "send_progress_in_http_headers", "http_headers_progress_interval_ms", "enable_http_compression",
-        "http_zlib_compression_level", "client_protocol_version", "http_native_compression_disable_checksumming_on_decompress",
-        "add_http_cors_header", "role", "http_response_buffer_size", "cancel_http_readonly_queries_on_client_close",
+        "query",
+        "database",
+        "default_format",
+        "query_id",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "user",
+        "password",
+        "quota_key",
+        "compress",
+        "decompress",
+        "buffer_size",
+        "wait_end_of_query",
+        "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms",
+        "enable_http_compression",
+        "http_zlib_compression_level",
+        "client_protocol_version",
+        "http_native_compression_disable_checksumming_on_decompress",
+        "add_http_cors_header",
+        "role",
+        "http_response_buffer_size",
+        "cancel_http_readonly_queries_on_client_close",
     }
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -77,9 +97,28 @@ _HTTP_STATUS = {
     192: 401,  # UNKNOWN_USER
     164: 403,  # READONLY
     497: 403,  # ACCESS_DENIED
-    62: 400, 27: 400, 6: 400, 26: 400, 38: 400, 36: 400, 43: 400, 53: 400, 70: 400, 72: 400, 115: 400,
-    117: 400, 33: 400, 32: 400, 41: 400, 47: 400, 69: 400,
-    60: 404, 81: 404, 16: 404, 46: 404, 107: 404,  # UNKNOWN_TABLE/DATABASE/IDENTIFIER/FUNCTION, FILE_DOESNT_EXIST
+    62: 400,
+    27: 400,
+    6: 400,
+    26: 400,
+    38: 400,
+    36: 400,
+    43: 400,
+    53: 400,
+    70: 400,
+    72: 400,
+    115: 400,
+    117: 400,
+    33: 400,
+    32: 400,
+    41: 400,
+    47: 400,
+    69: 400,
+    60: 404,
+    81: 404,
+    16: 404,
+    46: 404,
+    107: 404,  # UNKNOWN_TABLE/DATABASE/IDENTIFIER/FUNCTION, FILE_DOESNT_EXIST
     48: 501,  # NOT_IMPLEMENTED
     159: 504,  # TIMEOUT_EXCEEDED
 }
@@ -170,7 +209,7 @@ def compress_response(data: bytes, accept: str | None) -> tuple[bytes, str | Non
 
 def strip_leading_comments(q: bytes) -> bytes:
     m = _LEADING.match(q)
-    return q[m.end():] if m else q
+    return q[m.end() :] if m else q
 
 
 class _IncompleteBody(Exception):
@@ -192,7 +231,7 @@ def split_query(url_query: str | None, body: bytes) -> ParsedQuery:
     if url_query is not None:
         head = strip_leading_comments(url_query.encode())
         m = _FORMAT_DATA.search(head) if _INSERT.match(head) else None
-        if m and not _VALUES.search(head, 0, m.start()) and not head[m.end():].strip():
+        if m and not _VALUES.search(head, 0, m.start()) and not head[m.end() :].strip():
             return ParsedQuery(head[: m.start()].decode().strip(), m.group(1).decode(), body)
         full = url_query.encode() + (b"\n" + body if body else b"")
     else:
@@ -201,7 +240,7 @@ def split_query(url_query: str | None, body: bytes) -> ParsedQuery:
     if _INSERT.match(head):
         m = _FORMAT_DATA.search(head)
         if m and not _VALUES.search(head, 0, m.start()):
-            return ParsedQuery(head[: m.start()].decode().strip(), m.group(1).decode(), head[m.end():])
+            return ParsedQuery(head[: m.start()].decode().strip(), m.group(1).decode(), head[m.end() :])
     return ParsedQuery(sql=full.decode("utf-8").strip().rstrip(";").strip(), insert_format=None, data=b"")
 
 
@@ -271,7 +310,8 @@ class Engine:
         user = self.users.get(name)
         if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
             raise ClickHouseError(
-                516, "AUTHENTICATION_FAILED",
+                516,
+                "AUTHENTICATION_FAILED",
                 f"{name}: Authentication failed: password is incorrect, or there is no user with such name",
             )
         return user
@@ -350,7 +390,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
             return
         if path not in ("/", "/query"):
-            self._send(404, b"There is no handle " + path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            self._send(
+                404, b"There is no handle " + path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"}
+            )
             return
         self._execute(params, b"", http_readonly=True)
 
@@ -358,7 +400,9 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         if parts.path not in ("/", "/query"):
             self._read_body()
-            self._send(404, b"There is no handle " + parts.path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            self._send(
+                404, b"There is no handle " + parts.path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"}
+            )
             return
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         try:
@@ -366,8 +410,11 @@ class Handler(BaseHTTPRequestHandler):
         except (_IncompleteBody, ValueError, OSError) as exc:
             self.close_connection = True
             try:
-                self._send(400, f"Code: 33. DB::Exception: Incomplete request body: {exc}. (CANNOT_READ_ALL_DATA)\n".encode(),
-                           {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": "33"})
+                self._send(
+                    400,
+                    f"Code: 33. DB::Exception: Incomplete request body: {exc}. (CANNOT_READ_ALL_DATA)\n".encode(),
+                    {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": "33"},
+                )
             except OSError:
                 pass  # nobody is listening any more
             return
@@ -390,8 +437,11 @@ class Handler(BaseHTTPRequestHandler):
         engine = self.engine
         query_id = params.get("query_id") or str(uuid.uuid4())
         default_format = params.get("default_format", "TabSeparated")
-        headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": engine.timezone,
-                   "X-ClickHouse-Server-Display-Name": "argus-local"}
+        headers = {
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Timezone": engine.timezone,
+            "X-ClickHouse-Server-Display-Name": "argus-local",
+        }
         session_lock: threading.Lock | None = None
         conn = None
         owned = False
@@ -403,13 +453,19 @@ class Handler(BaseHTTPRequestHandler):
             if not parsed.sql:
                 raise ClickHouseError(62, "SYNTAX_ERROR", "Empty query")
             if http_readonly and (parsed.insert_format or not _READ_ONLY_KINDS.match(parsed.sql)):
-                raise ClickHouseError(164, "READONLY", "Cannot execute query in readonly mode. For queries over HTTP, method GET implies readonly. You should use method POST for modifying queries")
+                raise ClickHouseError(
+                    164,
+                    "READONLY",
+                    "Cannot execute query in readonly mode. For queries over HTTP, method GET implies readonly. You should use method POST for modifying queries",
+                )
             if "session_id" in params:
                 timeout = float(params["session_timeout"]) if params.get("session_timeout") else None
                 conn, session_lock = engine.session(user, params["session_id"], timeout)
                 if not session_lock.acquire(blocking=False):
                     session_lock = None
-                    raise ClickHouseError(373, "SESSION_IS_LOCKED", f"Session {params['session_id']} is locked by a concurrent client")
+                    raise ClickHouseError(
+                        373, "SESSION_IS_LOCKED", f"Session {params['session_id']} is locked by a concurrent client"
+                    )
             else:
                 conn = engine.new_connection(user)
                 owned = True
@@ -448,9 +504,13 @@ class Handler(BaseHTTPRequestHandler):
         except (chdb.ChdbError, RuntimeError) as exc:
             self._error(engine_error(exc), headers)
         except (ValueError, OSError, zstandard.ZstdError, EOFError, UnicodeDecodeError) as exc:
-            self._error(ClickHouseError(27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", f"Cannot read request: {exc}"), headers)
+            self._error(
+                ClickHouseError(27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", f"Cannot read request: {exc}"), headers
+            )
         except Exception as exc:  # server boundary: answer with an error, never drop the connection
-            print(json.dumps({"event": "clickhouse_http.internal_error", "error": repr(exc)}), file=sys.stderr, flush=True)
+            print(
+                json.dumps({"event": "clickhouse_http.internal_error", "error": repr(exc)}), file=sys.stderr, flush=True
+            )
             self._error(ClickHouseError(1001, "STD_EXCEPTION", f"internal error: {exc!r}"), headers)
         finally:
             if session_lock is not None:
@@ -462,7 +522,11 @@ class Handler(BaseHTTPRequestHandler):
         applied = []
         for name, value in settings.items():
             if not _IDENT.match(name):
-                raise ClickHouseError(115, "UNKNOWN_SETTING", f"Setting {name} is neither a builtin setting nor started with the prefix 'custom_'")
+                raise ClickHouseError(
+                    115,
+                    "UNKNOWN_SETTING",
+                    f"Setting {name} is neither a builtin setting nor started with the prefix 'custom_'",
+                )
             literal = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
             conn.query(f"SET {name} = {literal}", "TabSeparated")
             applied.append(name)
@@ -473,9 +537,13 @@ class Handler(BaseHTTPRequestHandler):
         settings_clause = ""
         m = _SETTINGS_KW.search(sql)
         if m:  # INSERT INTO t (...) SETTINGS a=1 FORMAT X: settings go after the data source
-            sql, settings_clause = sql[: m.start()].rstrip(), sql[m.start():]
+            sql, settings_clause = sql[: m.start()].rstrip(), sql[m.start() :]
         if qparams or settings_clause:
-            raise ClickHouseError(48, "NOT_IMPLEMENTED", "query parameters and SETTINGS inside INSERT with data are not supported by this endpoint; pass settings as URL parameters")
+            raise ClickHouseError(
+                48,
+                "NOT_IMPLEMENTED",
+                "query parameters and SETTINGS inside INSERT with data are not supported by this endpoint; pass settings as URL parameters",
+            )
         if _SELECT.search(sql):  # INSERT ... SELECT ... FROM input(): only the streaming path takes it
             return self._insert_streaming(conn, sql, parsed)
         # Not chdb's streaming inserter: it reports success when the write itself fails
@@ -487,7 +555,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             path.write_bytes(parsed.data)
             literal = str(path).replace("\\", "\\\\").replace("'", "\\'")
-            return conn.query(f"{sql} FROM INFILE '{literal}' COMPRESSION 'none' FORMAT {parsed.insert_format}", "TabSeparated")
+            return conn.query(
+                f"{sql} FROM INFILE '{literal}' COMPRESSION 'none' FORMAT {parsed.insert_format}", "TabSeparated"
+            )
         finally:
             path.unlink(missing_ok=True)
 
@@ -505,7 +575,11 @@ class Handler(BaseHTTPRequestHandler):
         return inserter.finish()
 
     def _error(self, exc: ClickHouseError, headers: dict[str, str]) -> None:
-        headers = {k: v for k, v in headers.items() if k in ("X-ClickHouse-Query-Id", "X-ClickHouse-Timezone", "X-ClickHouse-Server-Display-Name")}
+        headers = {
+            k: v
+            for k, v in headers.items()
+            if k in ("X-ClickHouse-Query-Id", "X-ClickHouse-Timezone", "X-ClickHouse-Server-Display-Name")
+        }
         headers["X-ClickHouse-Exception-Code"] = str(exc.code)
         headers["Content-Type"] = "text/plain; charset=UTF-8"
         self._send(_HTTP_STATUS.get(exc.code, 500), exc.body(self.engine.version), headers)
@@ -540,8 +614,22 @@ def spawn(data_dir: Path, port: int, host: str = "127.0.0.1", timeout_s: float =
 
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.DEVNULL if quiet else None
-    proc = subprocess.Popen([sys.executable, "-m", "services.stack.clickhouse_http", "--data-dir", str(data_dir),
-                             "--host", host, "--port", str(port)], cwd=repo, stdout=out, stderr=out)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.stack.clickhouse_http",
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
+        cwd=repo,
+        stdout=out,
+        stderr=out,
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -580,8 +668,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(
-        json.dumps({"event": "clickhouse_http.listening", "host": args.host, "port": server.server_address[1],
-                    "engine_version": engine.version, "data_dir": str(engine.data_dir)}),
+        json.dumps(
+            {
+                "event": "clickhouse_http.listening",
+                "host": args.host,
+                "port": server.server_address[1],
+                "engine_version": engine.version,
+                "data_dir": str(engine.data_dir),
+            }
+        ),
         flush=True,
     )
     try:

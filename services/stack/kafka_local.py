@@ -7,6 +7,7 @@ Maven (``deploy/kafka/pom.xml``) into ``<home>/kafka/libs``; storage is formatte
 ``bin/kafka-server-start.sh`` runs). Listeners bind to loopback. Data lives under
 ``<home>/kafka/data`` and survives restarts.
 """
+
 from __future__ import annotations
 
 import base64
@@ -95,12 +96,21 @@ class KafkaLocal:
             return False
         self.libs.mkdir(parents=True, exist_ok=True)
         cmd = [
-            self.maven, "-q", "-B", "-f", str(POM), f"-Dkafka.version={self.version}",
-            "dependency:copy-dependencies", f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime",
+            self.maven,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            f"-Dkafka.version={self.version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={self.libs}",
+            "-DincludeScope=runtime",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not self._jar().exists():
-            raise StackError(f"Maven could not fetch Kafka {self.version}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            raise StackError(
+                f"Maven could not fetch Kafka {self.version}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
         return True
 
     # -- configure -------------------------------------------------------------
@@ -132,18 +142,23 @@ class KafkaLocal:
         }
         path = self.root / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        (self.root / "log4j2.properties").write_text(
-            LOG4J2.format(log=self.root / "server.log", level=self.log_level)
-        )
+        (self.root / "log4j2.properties").write_text(LOG4J2.format(log=self.root / "server.log", level=self.log_level))
         return path
 
     def _java_cmd(self, main: str, *args: str) -> list[str]:
         return [
-            self.java, f"-Xmx{self.heap}", "-Xms128m",
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            self.java,
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.root}",
-            "-cp", f"{self.libs}/*", main, *args,
+            "-cp",
+            f"{self.libs}/*",
+            main,
+            *args,
         ]
 
     def format(self) -> bool:
@@ -154,7 +169,8 @@ class KafkaLocal:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         proc = subprocess.run(
             self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--standalone"),
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise StackError(f"kafka-storage format failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -174,7 +190,9 @@ class KafkaLocal:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.process.alive():
-                raise StackError(f"Kafka exited during start-up; see {self.process.log} and {self.root / 'server.log'}:\n{self.process.tail()}")
+                raise StackError(
+                    f"Kafka exited during start-up; see {self.process.log} and {self.root / 'server.log'}:\n{self.process.tail()}"
+                )
             if _port_open(self.host, self.port) and self._broker_ready():
                 return pid
             time.sleep(0.3)
@@ -216,5 +234,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-

@@ -9,6 +9,7 @@
 started, ``status`` checks each component for real (a metadata request to the broker,
 ``/ping`` and a query to ClickHouse).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 from services.common.settings import ClickHouseSettings, KafkaSettings, StackSettings
 from services.stack.kafka_local import KafkaLocal, _port_open
@@ -55,9 +55,15 @@ class ClickHouseLocal:
             )
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "services.stack.clickhouse_http",
-            "--data-dir", str(self.root / "data"),
-            "--host", self.settings.host, "--port", str(self.settings.clickhouse_port),
+            sys.executable,
+            "-m",
+            "services.stack.clickhouse_http",
+            "--data-dir",
+            str(self.root / "data"),
+            "--host",
+            self.settings.host,
+            "--port",
+            str(self.settings.clickhouse_port),
         ]
         repo = Path(__file__).resolve().parents[2]
         pid = self.process.spawn(cmd, cwd=repo, env={"ARGUS_STACK_HOME": str(Path(self.settings.home).resolve())})
@@ -86,8 +92,15 @@ class Stack:
         self.settings = settings or StackSettings()
         s = self.settings
         self.kafka = KafkaLocal(
-            home=Path(s.home), host=s.host, port=s.kafka_port, controller_port=s.kafka_controller_port,
-            heap=s.kafka_heap, version=s.kafka_version, java=s.java, maven=s.maven, libs_dir=s.kafka_libs,
+            home=Path(s.home),
+            host=s.host,
+            port=s.kafka_port,
+            controller_port=s.kafka_controller_port,
+            heap=s.kafka_heap,
+            version=s.kafka_version,
+            java=s.java,
+            maven=s.maven,
+            libs_dir=s.kafka_libs,
         )
         self.clickhouse = ClickHouseLocal(s)
 
@@ -171,12 +184,14 @@ class Stack:
         except Exception as exc:  # status reports any failure rather than raising
             return ComponentStatus("clickhouse", False, pid, self.clickhouse.url, f"query failed: {exc}")
         return ComponentStatus(
-            "clickhouse", True, pid, self.clickhouse.url, f"engine {version}, {rows[0][0]} tables in {db}",
+            "clickhouse",
+            True,
+            pid,
+            self.clickhouse.url,
+            f"engine {version}, {rows[0][0]} tables in {db}",
             {"version": version},
         )
 
 
 def stack_from_env() -> Stack:
     return Stack(StackSettings())
-
-

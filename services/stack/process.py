@@ -1,5 +1,6 @@
 """Background processes of the local stack, tracked by pid file so ``argus stack down``
 stops exactly what ``up`` started (and nothing else)."""
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,13 @@ class ManagedProcess:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             proc = subprocess.Popen(
-                cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, **(env or {})},
+                cmd,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
             )
         self.pidfile.write_text(f"{proc.pid}\n")
         return proc.pid

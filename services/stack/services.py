@@ -8,6 +8,7 @@ behind), and ``argus stack status`` reports, per service: the process, its ``/re
 answer, the lag of its consumer groups as the broker sees it, and its counters from
 ``/metrics``. A service that was stopped or died stays in the registry and shows red.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,19 +41,56 @@ class ServiceSpec:
     summary: str = ""
 
 
-SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (
-    ServiceSpec("inference", ("services.inference", "serve"), "ARGUS_INFERENCE_", ("argus-inference",),
-                summary="Ray Serve + SmolLM2 (llama.cpp) + the Kafka bridge"),
-    ServiceSpec("ingest", ("services.ingest",), "ARGUS_INGEST_", ("argus-ingest",), clickhouse=True,
-                summary="every topic -> ClickHouse, PII-protected"),
-    ServiceSpec("drift", ("services.drift",), "ARGUS_DRIFT_", ("argus-drift",), summary="online drift detection (faust, river)"),
-    ServiceSpec("alerting", ("services.alerting",), "ARGUS_ALERTING_", ("argus-alerting",),
-                summary="rules, grouping, silences, webhook delivery (faust)"),
-    ServiceSpec("retraining", ("services.retraining",), "ARGUS_RETRAINING_", ("argus-retraining",), clickhouse=True,
-                summary="evidence -> triggers -> approval -> dispatch"),
-    ServiceSpec("subscriber", ("services.alerting.receiver",), "", (), health_path="/readyz",
-                summary="a local alert webhook subscriber (JSON lines)"),
-)}
+SERVICES: dict[str, ServiceSpec] = {
+    s.name: s
+    for s in (
+        ServiceSpec(
+            "inference",
+            ("services.inference", "serve"),
+            "ARGUS_INFERENCE_",
+            ("argus-inference",),
+            summary="Ray Serve + SmolLM2 (llama.cpp) + the Kafka bridge",
+        ),
+        ServiceSpec(
+            "ingest",
+            ("services.ingest",),
+            "ARGUS_INGEST_",
+            ("argus-ingest",),
+            clickhouse=True,
+            summary="every topic -> ClickHouse, PII-protected",
+        ),
+        ServiceSpec(
+            "drift",
+            ("services.drift",),
+            "ARGUS_DRIFT_",
+            ("argus-drift",),
+            summary="online drift detection (faust, river)",
+        ),
+        ServiceSpec(
+            "alerting",
+            ("services.alerting",),
+            "ARGUS_ALERTING_",
+            ("argus-alerting",),
+            summary="rules, grouping, silences, webhook delivery (faust)",
+        ),
+        ServiceSpec(
+            "retraining",
+            ("services.retraining",),
+            "ARGUS_RETRAINING_",
+            ("argus-retraining",),
+            clickhouse=True,
+            summary="evidence -> triggers -> approval -> dispatch",
+        ),
+        ServiceSpec(
+            "subscriber",
+            ("services.alerting.receiver",),
+            "",
+            (),
+            health_path="/readyz",
+            summary="a local alert webhook subscriber (JSON lines)",
+        ),
+    )
+}
 
 ORDER = ("ingest", "drift", "alerting", "retraining", "subscriber", "inference")
 
@@ -102,14 +140,19 @@ class LocalServices:
     # -- start / stop ----------------------------------------------------------------
     def default_env(self, spec: ServiceSpec, health_port: int) -> dict[str, str]:
         s = self.settings
-        env = {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled",
-               "ARGUS_FAUST_DATADIR": str(self.root / "faust")}
+        env = {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled", "ARGUS_FAUST_DATADIR": str(self.root / "faust")}
         if spec.name == "subscriber":
-            return env | {"ARGUS_RECEIVER_PORT": str(health_port), "ARGUS_RECEIVER_SECRET": self.webhook_secret(),
-                          "ARGUS_RECEIVER_OUTPUT": str(self.root / "subscriber.jsonl")}
+            return env | {
+                "ARGUS_RECEIVER_PORT": str(health_port),
+                "ARGUS_RECEIVER_SECRET": self.webhook_secret(),
+                "ARGUS_RECEIVER_OUTPUT": str(self.root / "subscriber.jsonl"),
+            }
         p = spec.env_prefix
-        env |= {f"{p}KAFKA__BOOTSTRAP_SERVERS": s.bootstrap, f"{p}HEALTH__PORT": str(health_port),
-                f"{p}HEALTH__HOST": s.host}
+        env |= {
+            f"{p}KAFKA__BOOTSTRAP_SERVERS": s.bootstrap,
+            f"{p}HEALTH__PORT": str(health_port),
+            f"{p}HEALTH__HOST": s.host,
+        }
         if spec.clickhouse:
             env[f"{p}CLICKHOUSE__DSN"] = s.clickhouse_dsn().get_secret_value()
         if spec.name == "inference":
@@ -147,18 +190,27 @@ class LocalServices:
         if name == "subscriber":  # where the shipped alerting config delivers
             port = int(env.get("ARGUS_RECEIVER_PORT") or 9096)
             if _port_open(self.settings.host, port):
-                raise StackError(f"port {port} (the local webhook subscriber) is taken; stop what uses it "
-                                 "or set ARGUS_RECEIVER_PORT and the alerting config's receiver URL")
+                raise StackError(
+                    f"port {port} (the local webhook subscriber) is taken; stop what uses it "
+                    "or set ARGUS_RECEIVER_PORT and the alerting config's receiver URL"
+                )
         else:
             given = env.get(f"{spec.env_prefix}HEALTH__PORT")
             port = int(given) if given else free_port()
         full_env = self.default_env(spec, port) | env
         cmd = [sys.executable, "-m", *spec.module]
         pid = proc.spawn(cmd, cwd=REPO, env=full_env)
-        rec = {"name": name, "pid": pid, "health_url": f"http://{self.settings.host}:{port}{spec.health_path}",
-               "metrics_url": f"http://{self.settings.host}:{port}/metrics" if spec.env_prefix else "",
-               "groups": list(spec.groups), "log": str(proc.log), "cmd": cmd, "started_at": time.time(),
-               "env": {k: v for k, v in env.items() if "SECRET" not in k and "PASSWORD" not in k}}
+        rec = {
+            "name": name,
+            "pid": pid,
+            "health_url": f"http://{self.settings.host}:{port}{spec.health_path}",
+            "metrics_url": f"http://{self.settings.host}:{port}/metrics" if spec.env_prefix else "",
+            "groups": list(spec.groups),
+            "log": str(proc.log),
+            "cmd": cmd,
+            "started_at": time.time(),
+            "env": {k: v for k, v in env.items() if "SECRET" not in k and "PASSWORD" not in k},
+        }
         (self.root / f"{name}.json").write_text(json.dumps(rec, indent=2))
         return rec
 
@@ -182,8 +234,10 @@ class LocalServices:
             pending = []
             for n in names:
                 if not self.alive(n):
-                    raise StackError(f"{n} exited during start-up; its log ({self._process(n).log}) ends with:\n"
-                                     f"{self._process(n).tail(15)}")
+                    raise StackError(
+                        f"{n} exited during start-up; its log ({self._process(n).log}) ends with:\n"
+                        f"{self._process(n).tail(15)}"
+                    )
                 answer = _get_json((self.record(n) or {}).get("health_url", ""))
                 if not (answer or {}).get("ready"):
                     pending.append(n)
@@ -192,8 +246,7 @@ class LocalServices:
             if on_wait is not None:
                 on_wait(pending)
             if time.monotonic() > deadline:
-                raise StackError(f"not ready after {timeout_s:.0f}s: {', '.join(pending)} "
-                                 f"(logs in {self.root})")
+                raise StackError(f"not ready after {timeout_s:.0f}s: {', '.join(pending)} (logs in {self.root})")
             time.sleep(1.0)
 
     # -- status ----------------------------------------------------------------------
@@ -212,12 +265,25 @@ class LocalServices:
                 detail = "health endpoint not answering"
             else:
                 detail = answer.get("detail") or ("ready" if answer.get("ready") else "not ready")
-            by_group = {g: total for g, total in (lag or {}).items()
-                        if any(g == p or g.startswith(p + ".") for p in rec.get("groups", []))}
-            out.append(ServiceStatus(
-                n, running, bool(answer and answer.get("ready")), pid, rec.get("health_url", ""), detail,
-                sum(by_group.values()) if by_group else None, by_group,
-                _counters(rec.get("metrics_url", "")) if running else {}, rec.get("log", "")))
+            by_group = {
+                g: total
+                for g, total in (lag or {}).items()
+                if any(g == p or g.startswith(p + ".") for p in rec.get("groups", []))
+            }
+            out.append(
+                ServiceStatus(
+                    n,
+                    running,
+                    bool(answer and answer.get("ready")),
+                    pid,
+                    rec.get("health_url", ""),
+                    detail,
+                    sum(by_group.values()) if by_group else None,
+                    by_group,
+                    _counters(rec.get("metrics_url", "")) if running else {},
+                    rec.get("log", ""),
+                )
+            )
         return out
 
 
@@ -237,10 +303,14 @@ def _get_json(url: str, timeout: float = 3.0) -> dict[str, Any] | None:
 
 
 COUNTERS = {
-    "argus_messages_consumed_total": "consumed", "argus_messages_produced_total": "produced",
-    "argus_messages_dead_lettered_total": "dead_lettered", "argus_rows_inserted_total": "rows_inserted",
-    "argus_drift_events_total": "drift_events", "argus_notifications_total": "notifications",
-    "argus_retraining_transitions_total": "transitions", "argus_in_flight": "in_flight",
+    "argus_messages_consumed_total": "consumed",
+    "argus_messages_produced_total": "produced",
+    "argus_messages_dead_lettered_total": "dead_lettered",
+    "argus_rows_inserted_total": "rows_inserted",
+    "argus_drift_events_total": "drift_events",
+    "argus_notifications_total": "notifications",
+    "argus_retraining_transitions_total": "transitions",
+    "argus_in_flight": "in_flight",
 }
 
 
@@ -274,7 +344,9 @@ def _broker_lag(settings: StackSettings, prefixes: list[str]) -> dict[str, int] 
     from services.common.settings import KafkaSettings
 
     try:
-        lag = asyncio.run(asyncio.wait_for(group_lag(KafkaSettings(bootstrap_servers=settings.bootstrap), prefixes, prefix=True), 15))
+        lag = asyncio.run(
+            asyncio.wait_for(group_lag(KafkaSettings(bootstrap_servers=settings.bootstrap), prefixes, prefix=True), 15)
+        )
     except (KafkaError, OSError, asyncio.TimeoutError):
         return None
     return {g: sum(t.values()) for g, t in lag.items()}
@@ -282,5 +354,3 @@ def _broker_lag(settings: StackSettings, prefixes: list[str]) -> dict[str, int] 
 
 def as_dict(s: ServiceStatus) -> dict[str, Any]:
     return asdict(s) | {"healthy": s.healthy}
-
-

@@ -1,5 +1,6 @@
 """Deployment artifacts, checked offline: the Helm chart lints and renders into valid
 Kubernetes manifests; docker-compose.yml validates against the compose-spec schema."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,13 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
     workloads = [d for d in render() if d["kind"] in ("Job", "Deployment")]
     assert {d["kind"] for d in workloads} == {"Job", "Deployment"}
     names = {d["metadata"]["name"] for d in workloads}
-    assert {"argus-argus-inference", "argus-argus-ingest", "argus-argus-drift", "argus-argus-alerting", "argus-argus-retraining"} <= names, names
+    assert {
+        "argus-argus-inference",
+        "argus-argus-ingest",
+        "argus-argus-drift",
+        "argus-argus-alerting",
+        "argus-argus-retraining",
+    } <= names, names
     for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -62,14 +69,19 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
                 notes = doc["spec"]["template"]["metadata"]["annotations"]
                 ports = {p["name"]: p["containerPort"] for p in c["ports"]}
                 assert notes["prometheus.io/scrape"] == "true"
-                assert int(notes["prometheus.io/port"]) == ports[c["readinessProbe"]["httpGet"]["port"]], doc["metadata"]["name"]
+                assert int(notes["prometheus.io/port"]) == ports[c["readinessProbe"]["httpGet"]["port"]], doc[
+                    "metadata"
+                ]["name"]
 
 
 def test_services_are_switched_on_and_sized_from_values() -> None:
     off = [d["metadata"]["name"] for d in render({"inference": {"enabled": False}}) if d["kind"] == "Deployment"]
     assert not any(name.endswith("-inference") for name in off)
-    gpu = [d for d in render({"inference": {"engine": {"kind": "vllm", "numGpus": 1}}})
-           if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
+    gpu = [
+        d
+        for d in render({"inference": {"engine": {"kind": "vllm", "numGpus": 1}}})
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")
+    ]
     container = gpu[0]["spec"]["template"]["spec"]["containers"][0]
     assert "argus-gpu" in container["image"]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -102,5 +114,9 @@ def test_alerting_config_map_is_the_shipped_config_and_valid() -> None:
     assert cfg == yaml.safe_load((CHART / "files" / "alerting.yaml").read_text())
     load_config(cfg)
     custom = {"rules": [], "route": {"receiver": "r"}, "receivers": [{"name": "r"}]}
-    cm = [d for d in render({"alerting": {"config": custom}}) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-alerting")][0]
+    cm = [
+        d
+        for d in render({"alerting": {"config": custom}})
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-alerting")
+    ][0]
     assert yaml.safe_load(cm["data"]["alerting.yaml"]) == custom

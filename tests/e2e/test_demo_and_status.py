@@ -2,6 +2,7 @@
 and ``argus demo``, each as the real command, on a stack of its own (temporary home,
 free loopback ports): Apache Kafka from Maven Central, the ClickHouse endpoint, and every
 service as a separate process."""
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,17 @@ def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, "ARGUS_STACK_HOME": str(home), "ARGUS_STACK_KAFKA_PORT": str(free_port()),
-           "ARGUS_STACK_KAFKA_CONTROLLER_PORT": str(free_port()), "ARGUS_STACK_CLICKHOUSE_PORT": str(free_port()),
-           "ARGUS_STACK_KAFKA_LIBS": str(REPO / ".argus" / "kafka" / "libs"), "COLUMNS": "200",
-           "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": "", "ARGUS_FAUST_DATADIR": str(home / "faust")}
+    env = {
+        **os.environ,
+        "ARGUS_STACK_HOME": str(home),
+        "ARGUS_STACK_KAFKA_PORT": str(free_port()),
+        "ARGUS_STACK_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "ARGUS_STACK_CLICKHOUSE_PORT": str(free_port()),
+        "ARGUS_STACK_KAFKA_LIBS": str(REPO / ".argus" / "kafka" / "libs"),
+        "COLUMNS": "200",
+        "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": "",
+        "ARGUS_FAUST_DATADIR": str(home / "faust"),
+    }
     env["ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{env['ARGUS_STACK_KAFKA_PORT']}"
     env["ARGUS_CLI_CLICKHOUSE__DSN"] = f"http://default@127.0.0.1:{env['ARGUS_STACK_CLICKHOUSE_PORT']}/argus"
     up = run(env, "stack", "up")
@@ -83,8 +91,13 @@ def test_status_shows_health_and_broker_lag_and_turns_red_when_a_service_stops(s
     deadline = time.monotonic() + 60
     while True:
         rc, services = status(env)
-        if rc == 0 and services["ingest"]["lag"] == 0 and services["ingest"]["counters"].get("rows_inserted", 0) >= 20 \
-                and run(env, "sql", "SELECT count() FROM argus.inference_requests", "--format", "csv").stdout.split()[-1] == "40":
+        if (
+            rc == 0
+            and services["ingest"]["lag"] == 0
+            and services["ingest"]["counters"].get("rows_inserted", 0) >= 20
+            and run(env, "sql", "SELECT count() FROM argus.inference_requests", "--format", "csv").stdout.split()[-1]
+            == "40"
+        ):
             break
         assert time.monotonic() < deadline, services["ingest"]
         time.sleep(2)
@@ -103,12 +116,19 @@ def test_demo_end_to_end(stack_env: dict[str, str], tmp_path: Path) -> None:
     report with its plots written, every service it started stopped afterwards."""
     report = tmp_path / "report.html"
     t0 = time.monotonic()
-    demo = run(stack_env, "demo", "--rate", "2", "--duration", "60", "--drift-at", "25", "--report", str(report), timeout=600)
+    demo = run(
+        stack_env, "demo", "--rate", "2", "--duration", "60", "--drift-at", "25", "--report", str(report), timeout=600
+    )
     took = time.monotonic() - t0
     out = demo.stdout + demo.stderr
     assert demo.returncode == 0, out[-6000:]
-    for check in ("every request answered (120/120)", "every request in ClickHouse (120/120)", "drift detected after its start",
-                  "drift alert delivered to the subscriber", "retraining trigger raised"):
+    for check in (
+        "every request answered (120/120)",
+        "every request in ClickHouse (120/120)",
+        "drift detected after its start",
+        "drift alert delivered to the subscriber",
+        "retraining trigger raised",
+    ):
         assert f"✓ {check}" in out, out[-4000:]
     page = report.read_text()
     assert page.count("<svg") == 3 and "drift injected" in page and "change point estimated by" in page

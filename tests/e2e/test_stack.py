@@ -1,5 +1,6 @@
 """The local stack the way a user runs it: `argus stack up | status | down`, the CLI's
 produce/consume/sql, and a restart that keeps topics, committed offsets and rows."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,15 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory):
 
 
 def argus(env: dict, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, input=stdin, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"argus {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -86,7 +94,9 @@ def test_stack_lifecycle_keeps_topics_offsets_and_rows(stack_env: dict) -> None:
     assert status["services"] == []  # none started
 
     example = (REPO / "schemas/examples/feedback/1/thumbs_down.json").read_text()
-    lines = "\n".join(json.dumps(dict(json.loads(example), feedback_id=f"00000000-0000-4000-8000-00000000000{i}")) for i in range(5))
+    lines = "\n".join(
+        json.dumps(dict(json.loads(example), feedback_id=f"00000000-0000-4000-8000-00000000000{i}")) for i in range(5)
+    )
     out = argus(env, "produce", "feedback", "--key-field", "request_id", stdin=lines)
     assert "produced 5 records" in out.stdout
     bad = argus(env, "produce", "feedback", stdin='{"feedback_id": "x"}\n', check=False)
@@ -114,5 +124,7 @@ def test_stack_lifecycle_keeps_topics_offsets_and_rows(stack_env: dict) -> None:
     assert json.loads(rows.splitlines()[0]) == {"n": 1234}
     again = argus(env, "consume", "feedback", "--from-beginning", "--max", "5")
     assert len(again.stdout.splitlines()) == 5
-    tables = argus(env, "sql", "SELECT name FROM system.tables WHERE database = 'argus' ORDER BY name", "-f", "csv").stdout
+    tables = argus(
+        env, "sql", "SELECT name FROM system.tables WHERE database = 'argus' ORDER BY name", "-f", "csv"
+    ).stdout
     assert "dead_letters" in tables and "schema_migrations" in tables

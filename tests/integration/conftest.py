@@ -7,6 +7,7 @@
 
 Each test gets its own topics (a unique topic prefix) and its own database.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,7 +39,9 @@ def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         yield given
         return
     kafka = KafkaLocal(
-        home=tmp_path_factory.mktemp("kafka-home"), port=free_port(), controller_port=free_port(),
+        home=tmp_path_factory.mktemp("kafka-home"),
+        port=free_port(),
+        controller_port=free_port(),
         libs_dir=REPO / ".argus" / "kafka" / "libs",
     )
     kafka.start(timeout_s=120)

@@ -3,6 +3,7 @@ breach -> one grouped, signed Alertmanager webhook; repeat -> no duplicate; clea
 resolved; silence and inhibition suppress; a receiver failing half its requests still
 gets everything with stable idempotency keys; a restart keeps silences and resends
 nothing."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,11 +21,11 @@ import httpx
 import yaml
 from aiokafka import TopicPartition
 
-from services.common.webhook import verify_signature
 from services.alerting.receiver import WebhookReceiver
 from services.common.kafka import make_consumer, make_producer
 from services.common.registry import default_registry, get_codec
 from services.common.settings import KafkaSettings
+from services.common.webhook import verify_signature
 from services.stack.kafka_local import free_port
 from tests.conftest import REPO
 from tests.integration.helpers import cli
@@ -39,48 +40,108 @@ class Receiver(WebhookReceiver):
         super().__init__(port=free_port(), secret=SECRET.encode(), fail_every=2 if flaky else 0)
 
     def groups(self, alertname: str | None = None) -> list[dict[str, Any]]:
-        return [r["json"] for r in self.delivered() if alertname is None or r["json"]["groupLabels"].get("alertname") == alertname]
+        return [
+            r["json"]
+            for r in self.delivered()
+            if alertname is None or r["json"]["groupLabels"].get("alertname") == alertname
+        ]
 
 
 def write_config(path: Path, port: int) -> Path:
     cfg = {
         "rules": [
-            {"name": "HighErrorRate", "source": "responses", "metric": "error_rate", "by": ["model"], "window": "8s",
-             "threshold": 0.2, "min_events": 10, "severity": "critical",
-             "annotations": {"summary": "error rate {value:.0%} on {model}", "runbook_url": "https://runbooks/x"}},
-            {"name": "DriftDetected", "source": "drift", "metric": "count", "by": ["model", "feature"], "window": "30s",
-             "threshold": 0, "severity": "warning"},
-            {"name": "DeadLetters", "source": "dead_letters", "metric": "count", "by": ["original_topic"], "window": "30s",
-             "threshold": 0, "severity": "warning"},
+            {
+                "name": "HighErrorRate",
+                "source": "responses",
+                "metric": "error_rate",
+                "by": ["model"],
+                "window": "8s",
+                "threshold": 0.2,
+                "min_events": 10,
+                "severity": "critical",
+                "annotations": {"summary": "error rate {value:.0%} on {model}", "runbook_url": "https://runbooks/x"},
+            },
+            {
+                "name": "DriftDetected",
+                "source": "drift",
+                "metric": "count",
+                "by": ["model", "feature"],
+                "window": "30s",
+                "threshold": 0,
+                "severity": "warning",
+            },
+            {
+                "name": "DeadLetters",
+                "source": "dead_letters",
+                "metric": "count",
+                "by": ["original_topic"],
+                "window": "30s",
+                "threshold": 0,
+                "severity": "warning",
+            },
         ],
-        "route": {"receiver": "hook", "group_by": ["alertname", "model"], "group_wait": "1s", "group_interval": "3s",
-                  "repeat_interval": "1h"},
-        "receivers": [{"name": "hook", "webhook_configs": [{"url": f"http://127.0.0.1:{port}/alerts", "secret": "hook"}]}],
-        "inhibit_rules": [{"source_matchers": ['alertname="HighErrorRate"'], "target_matchers": ['alertname="DriftDetected"'],
-                           "equal": ["model"]}],
+        "route": {
+            "receiver": "hook",
+            "group_by": ["alertname", "model"],
+            "group_wait": "1s",
+            "group_interval": "3s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {"name": "hook", "webhook_configs": [{"url": f"http://127.0.0.1:{port}/alerts", "secret": "hook"}]}
+        ],
+        "inhibit_rules": [
+            {
+                "source_matchers": ['alertname="HighErrorRate"'],
+                "target_matchers": ['alertname="DriftDetected"'],
+                "equal": ["model"],
+            }
+        ],
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def start_worker(kafka: KafkaSettings, app_id: str, config: Path, health_port: int) -> subprocess.Popen:
-    env = {**os.environ, "ARGUS_ALERTING_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "ARGUS_ALERTING_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "ARGUS_ALERTING_APP_ID": app_id,
-           "ARGUS_ALERTING_CONFIG_FILE": str(config), "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),
-           "ARGUS_ALERTING_EVALUATION_INTERVAL_S": "0.5", "ARGUS_ALERTING_HEALTH__PORT": str(health_port),
-           "ARGUS_ALERTING_LOG_LEVEL": "INFO", "ARGUS_ALERTING_BROKER_SESSION_TIMEOUT_S": "6"}
+    env = {
+        **os.environ,
+        "ARGUS_ALERTING_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "ARGUS_ALERTING_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "ARGUS_ALERTING_APP_ID": app_id,
+        "ARGUS_ALERTING_CONFIG_FILE": str(config),
+        "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),
+        "ARGUS_ALERTING_EVALUATION_INTERVAL_S": "0.5",
+        "ARGUS_ALERTING_HEALTH__PORT": str(health_port),
+        "ARGUS_ALERTING_LOG_LEVEL": "INFO",
+        "ARGUS_ALERTING_BROKER_SESSION_TIMEOUT_S": "6",
+    }
     log = open(f"/tmp/{app_id}-{uuid.uuid4().hex[:4]}.log", "wb")  # a file, never an unread pipe
-    return subprocess.Popen([sys.executable, "-m", "services.alerting"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.alerting"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def response(model: str, error: bool) -> dict[str, Any]:
-    return {"request_id": str(uuid.uuid4()), "response_id": str(uuid.uuid4()), "model": model, "response_model": model,
-            "model_version": "v1", "tenant": "acme", "output": None if error else "ok",
-            "finish_reason": "error" if error else "stop", "input_tokens": 5, "output_tokens": 7, "latency_ms": 120.0,
-            "status": "error" if error else "ok", "served_at": int(time.time() * 1000)}
+    return {
+        "request_id": str(uuid.uuid4()),
+        "response_id": str(uuid.uuid4()),
+        "model": model,
+        "response_model": model,
+        "model_version": "v1",
+        "tenant": "acme",
+        "output": None if error else "ok",
+        "finish_reason": "error" if error else "stop",
+        "input_tokens": 5,
+        "output_tokens": 7,
+        "latency_ms": 120.0,
+        "status": "error" if error else "ok",
+        "served_at": int(time.time() * 1000),
+    }
 
 
-async def produce(kafka: KafkaSettings, key: str, records: list[dict[str, Any]], key_field: str, raw: list[bytes] = ()) -> None:
+async def produce(
+    kafka: KafkaSettings, key: str, records: list[dict[str, Any]], key_field: str, raw: list[bytes] = ()
+) -> None:
     codec = get_codec(key)
     producer = make_producer(kafka)
     await producer.start()
@@ -155,21 +216,38 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         p = first["json"]
         assert p["version"] == "4" and p["status"] == "firing" and p["receiver"] == "hook"
         assert p["groupLabels"] == {"alertname": "HighErrorRate", "model": "m1"}
-        assert p["alerts"][0]["labels"]["severity"] == "critical" and p["alerts"][0]["annotations"]["summary"] == "error rate 50% on m1"
+        assert (
+            p["alerts"][0]["labels"]["severity"] == "critical"
+            and p["alerts"][0]["annotations"]["summary"] == "error rate 50% on m1"
+        )
         assert first["headers"]["Idempotency-Key"]
         # the same breach again, within group_interval and beyond it: no duplicate
         await breach(kafka_settings, "m1")
         # drift on m1 is inhibited by its error-rate alert; drift on m2 is not
         example = next(iter(default_registry().examples("drift-events").values()))[0][1]
-        events = [dict(example, event_id=str(uuid.uuid4()), model=m, detected_at=int(time.time() * 1000)) for m in ("m1", "m2")]
+        events = [
+            dict(example, event_id=str(uuid.uuid4()), model=m, detected_at=int(time.time() * 1000))
+            for m in ("m1", "m2")
+        ]
         await produce(kafka_settings, "drift-events", events, "model")
         await until(lambda: receiver.groups("DriftDetected"), 30, "the DriftDetected webhook for m2")
         await asyncio.sleep(4)  # more than group_interval: time for a duplicate or an un-inhibited m1 to show up
         assert len(receiver.groups("HighErrorRate")) == 1, receiver.groups("HighErrorRate")
         assert [g["groupLabels"]["model"] for g in receiver.groups("DriftDetected")] == ["m2"]
         # a silence (published as the CLI does) suppresses a new breach on m3
-        out = await cli(kafka_settings, "alerts", "silence", "-m", 'model="m3"', "--duration", "1h", "--author", "alice",
-                        "--comment", "maintenance")
+        out = await cli(
+            kafka_settings,
+            "alerts",
+            "silence",
+            "-m",
+            'model="m3"',
+            "--duration",
+            "1h",
+            "--author",
+            "alice",
+            "--comment",
+            "maintenance",
+        )
         silence_id = out.split()[1]
         await asyncio.sleep(1)
         await breach(kafka_settings, "m3")
@@ -184,8 +262,11 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         assert [g["groupLabels"]["model"] for g in resolved] == ["m1"]
         # drift on m1 was held back while its error-rate alert fired; once that resolved it may be sent
         resolved_at = next(r["at"] for r in receiver.delivered() if r["json"]["status"] == "resolved")
-        assert not [r for r in receiver.delivered() if r["json"]["groupLabels"] == {"alertname": "DriftDetected", "model": "m1"}
-                    and r["at"] < resolved_at]
+        assert not [
+            r
+            for r in receiver.delivered()
+            if r["json"]["groupLabels"] == {"alertname": "DriftDetected", "model": "m1"} and r["at"] < resolved_at
+        ]
         assert resolved[0]["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
         assert not any(g["groupLabels"].get("model") == "m3" for g in receiver.groups()), "silence ignored"
         letters = await read_topic(kafka_settings, "inference-responses-dlq")
@@ -204,22 +285,39 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         url = f"http://127.0.0.1:{health}"
         silences = json.loads(await cli(kafka_settings, "alerts", "silences", "--url", url, "--json"))
         alerts = json.loads(await cli(kafka_settings, "alerts", "list", "--url", url, "--json"))
-        assert [s["id"] for s in silences] == [silence_id] and silences[0]["active"] and silences[0]["created_by"] == "alice"
+        assert (
+            [s["id"] for s in silences] == [silence_id]
+            and silences[0]["active"]
+            and silences[0]["created_by"] == "alice"
+        )
         assert any(a["labels"].get("model") == "m4" and a["state"] == "firing" for a in alerts), alerts
         await breach(kafka_settings, "m3")  # still silenced after the restart
         await asyncio.sleep(6)  # group_wait + group_interval: a resend would show up by now
-        assert len(receiver.requests) == sent_before, [r["json"]["groupLabels"] for r in receiver.requests[sent_before:]]
+        assert len(receiver.requests) == sent_before, [
+            r["json"]["groupLabels"] for r in receiver.requests[sent_before:]
+        ]
         # once the silence is expired, the m3 breach gets through (sent again: the first may have left the window)
         await cli(kafka_settings, "alerts", "expire", silence_id, "--author", "bob")
         await asyncio.sleep(1)
         await breach(kafka_settings, "m3")
-        await until(lambda: any(g["groupLabels"].get("model") == "m3" for g in receiver.groups()), 30, "m3 after expiry")
+        await until(
+            lambda: any(g["groupLabels"].get("model") == "m3" for g in receiver.groups()), 30, "m3 after expiry"
+        )
 
         # every state change and notification is on argus.alerts for the logging service (and `alerts tail`)
-        records = [json.loads(line) for line in (await cli(kafka_settings, "alerts", "tail", "--from-beginning", "--json",
-                                                           "--idle-timeout", "3")).splitlines()]
+        records = [
+            json.loads(line)
+            for line in (
+                await cli(kafka_settings, "alerts", "tail", "--from-beginning", "--json", "--idle-timeout", "3")
+            ).splitlines()
+        ]
         statuses = {(r["rule"], r["labels"].get("model"), r["status"], r["receiver"]) for r in records}
-        assert ("HighErrorRate", "m1", "firing", None) in statuses and ("HighErrorRate", "m1", "resolved", "hook") in statuses
+        assert ("HighErrorRate", "m1", "firing", None) in statuses and (
+            "HighErrorRate",
+            "m1",
+            "resolved",
+            "hook",
+        ) in statuses
         assert ("HighErrorRate", "m3", "suppressed", None) in statuses
         assert ("DriftDetected", "m1", "suppressed", None) in statuses
     finally:
@@ -228,7 +326,9 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         await receiver.stop()
 
 
-async def test_flaky_receiver_gets_every_notification_with_stable_keys(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+async def test_flaky_receiver_gets_every_notification_with_stable_keys(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
     receiver = Receiver(flaky=True)
     await receiver.start()
     config = write_config(tmp_path / "alerting.yaml", receiver.port)
@@ -240,8 +340,11 @@ async def test_flaky_receiver_gets_every_notification_with_stable_keys(kafka_set
         await wait_ready(health)
         for m in models:
             await breach(kafka_settings, m)
-        await until(lambda: {g["groupLabels"]["model"] for g in receiver.groups("HighErrorRate")} == set(models), 60,
-                    "every group delivered despite 503s")
+        await until(
+            lambda: {g["groupLabels"]["model"] for g in receiver.groups("HighErrorRate")} == set(models),
+            60,
+            "every group delivered despite 503s",
+        )
         assert sum(r["status"] == 503 for r in receiver.requests) >= len(models) // 2  # the failures really happened
         by_group: dict[str, set[str]] = {}
         for r in receiver.requests:

@@ -1,5 +1,6 @@
 """The local ClickHouse HTTP endpoint with stock clients: clickhouse-connect, curl and
 plain HTTP, the way SREs and services use a real server."""
+
 from __future__ import annotations
 
 import datetime
@@ -41,8 +42,13 @@ def test_stock_client_table_with_every_type_100k_rows(endpoint, ch_database: str
     base = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     rows = [
         [
-            uuid.UUID(int=i + 1), f"name-{i}", ("a", "b", "c")[i % 3], None if i % 7 == 0 else i / 3,
-            [float(i % 5), 0.5], base + datetime.timedelta(milliseconds=i), {"tenant": f"t{i % 4}"},
+            uuid.UUID(int=i + 1),
+            f"name-{i}",
+            ("a", "b", "c")[i % 3],
+            None if i % 7 == 0 else i / 3,
+            [float(i % 5), 0.5],
+            base + datetime.timedelta(milliseconds=i),
+            {"tenant": f"t{i % 4}"},
             ("debug", "info", "error")[i % 3],
         ]
         for i in range(N)
@@ -57,7 +63,12 @@ def test_stock_client_table_with_every_type_100k_rows(endpoint, ch_database: str
         got = back[i]
         want = rows[i]
         assert got[0] == want[0] and got[1] == want[1] and got[2] == want[2] and got[3] == want[3]
-        assert list(got[4]) == want[4] and got[5].replace(tzinfo=datetime.timezone.utc) == want[5] and got[6] == want[6] and got[7] == want[7]
+        assert (
+            list(got[4]) == want[4]
+            and got[5].replace(tzinfo=datetime.timezone.utc) == want[5]
+            and got[6] == want[6]
+            and got[7] == want[7]
+        )
 
     df = client.query_df("SELECT id, score, level FROM events ORDER BY id")
     assert len(df) == N and df["level"].iloc[2] == "error" and df["score"].isna().sum() == len(range(0, N, 7))
@@ -90,7 +101,11 @@ def test_read_only_user_is_refused_with_clickhouse_error_code(endpoint, ch_datab
     with pytest.raises(DatabaseError) as exc:
         sre.insert("r", [[2]], column_names=["n"])
     assert "Code: 164" in str(exc.value)
-    r = httpx.post(f"http://{host}:{port}/", content=f"INSERT INTO {ch_database}.r VALUES (3)", headers={"X-ClickHouse-User": "sre"})
+    r = httpx.post(
+        f"http://{host}:{port}/",
+        content=f"INSERT INTO {ch_database}.r VALUES (3)",
+        headers={"X-ClickHouse-User": "sre"},
+    )
     assert r.status_code == 403 and r.headers["X-ClickHouse-Exception-Code"] == "164"
     with pytest.raises(DatabaseError):
         sre.command("SET readonly = 0")
@@ -124,15 +139,21 @@ def test_params_settings_formats_and_compressed_bodies(endpoint, ch_database: st
     assert r.text.strip() in ("3", "'3'")
     r = httpx.post(base, params={"no_such_setting_xyz": "1"}, content="SELECT 1")
     assert r.status_code != 200 and r.headers["X-ClickHouse-Exception-Code"] == "115"
-    httpx.post(base, params={"database": ch_database}, content="CREATE TABLE z (n UInt32) ENGINE = MergeTree ORDER BY n").raise_for_status()
+    httpx.post(
+        base, params={"database": ch_database}, content="CREATE TABLE z (n UInt32) ENGINE = MergeTree ORDER BY n"
+    ).raise_for_status()
     rows = "".join(f"{i}\n" for i in range(1000)).encode()
     q = {"query": "INSERT INTO z FORMAT TSV", "database": ch_database}
     for enc, body in (("gzip", gzip.compress(rows)), ("zstd", zstandard.ZstdCompressor().compress(rows))):
         r = httpx.post(base, params=q, content=body, headers={"Content-Encoding": enc})
         assert r.status_code == 200, r.text
         assert json.loads(r.headers["X-ClickHouse-Summary"])["written_rows"] == "1000"
-    r = httpx.post(base, params={"database": ch_database, "enable_http_compression": "1"},
-                   content="SELECT count(), sum(n) FROM z FORMAT RowBinary", headers={"Accept-Encoding": "gzip"})
+    r = httpx.post(
+        base,
+        params={"database": ch_database, "enable_http_compression": "1"},
+        content="SELECT count(), sum(n) FROM z FORMAT RowBinary",
+        headers={"Accept-Encoding": "gzip"},
+    )
     assert r.headers.get("Content-Encoding") == "gzip" and len(r.content) == 16  # httpx decodes gzip
     assert int.from_bytes(r.content[:8], "little") == 2000
 
@@ -149,7 +170,10 @@ def test_concurrent_requests_and_sessions(endpoint) -> None:
     assert results == [str(499999500000 + i) for i in range(32)]
     sid = uuid.uuid4().hex
     httpx.post(base, params={"session_id": sid}, content="SET max_block_size = 1234").raise_for_status()
-    assert httpx.post(base, params={"session_id": sid}, content="SELECT getSetting('max_block_size')").text.strip() == "1234"
+    assert (
+        httpx.post(base, params={"session_id": sid}, content="SELECT getSetting('max_block_size')").text.strip()
+        == "1234"
+    )
     assert httpx.post(base, content="SELECT getSetting('max_block_size')").text.strip() != "1234"
 
 

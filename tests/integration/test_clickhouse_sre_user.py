@@ -2,6 +2,7 @@
 by the ClickHouse engine itself from a users.d directory, the way the official server
 image loads it: the user, its only grant, its read-only profile, and a server that
 refuses to start when the password digest is missing (never an open ``sre``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,13 +46,19 @@ def _engine(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
         "<clickhouse><users><default><password></password><profile>default</profile><quota>default</quota>"
         "<networks><ip>::1</ip></networks><access_management>1</access_management></default></users>"
         "<profiles><default/></profiles><quotas><default/></quotas>"
-        "</clickhouse>")
+        "</clickhouse>"
+    )
     (conf / "config.xml").write_text(f"<clickhouse><users_config>{conf / 'users.xml'}</users_config></clickhouse>")
     probe = tmp_path / "probe.py"
     probe.write_text(_PROBE)
     base = {k: v for k, v in os.environ.items() if k != "CLICKHOUSE_SRE_PASSWORD_SHA256"}
-    return subprocess.run([sys.executable, str(probe), str(tmp_path / "data"), str(conf / "config.xml")],
-                          env={**base, **env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(probe), str(tmp_path / "data"), str(conf / "config.xml")],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.integration

@@ -1,5 +1,6 @@
 """The drift worker (faust-streaming) on the real broker: a loadgen stream with a
 prompt-length drift at a known point, restarts, dead letters."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,22 +31,33 @@ async def send_prompts(kafka: KafkaSettings, n: int, drifted: bool, seed: int, d
     profile = LoadProfile(drift=drift)  # type: ignore[arg-type]
     async with ArgusProducer(kafka) as producer:
         for _ in range(n):
-            await producer.request([{"role": "user", "content": make_prompt(profile, rng, drifted)}], tenant="acme",
-                                   model="m-drift", user=f"u{rng.randrange(50)}")
+            await producer.request(
+                [{"role": "user", "content": make_prompt(profile, rng, drifted)}],
+                tenant="acme",
+                model="m-drift",
+                user=f"u{rng.randrange(50)}",
+            )
         await producer.flush()
 
 
 def start_worker(kafka: KafkaSettings, app_id: str, semantic: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "ARGUS_DRIFT_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "ARGUS_DRIFT_APP_ID": app_id,
-           "ARGUS_DRIFT_LOG_LEVEL": "WARNING", "ARGUS_DRIFT_CHECKPOINT_EVERY": "100",
-           # semantic drift (embeddings) has its own test; elsewhere it would only compete for the CPU
-           "ARGUS_DRIFT_SEMANTIC__ENABLED": "true" if semantic else "false",
-           "ARGUS_DRIFT_SEMANTIC__MAX_PER_S": "1000", "ARGUS_DRIFT_SEMANTIC__QUEUE": "1000",  # embed every prompt
-           }
+    env = {
+        **os.environ,
+        "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "ARGUS_DRIFT_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "ARGUS_DRIFT_APP_ID": app_id,
+        "ARGUS_DRIFT_LOG_LEVEL": "WARNING",
+        "ARGUS_DRIFT_CHECKPOINT_EVERY": "100",
+        # semantic drift (embeddings) has its own test; elsewhere it would only compete for the CPU
+        "ARGUS_DRIFT_SEMANTIC__ENABLED": "true" if semantic else "false",
+        "ARGUS_DRIFT_SEMANTIC__MAX_PER_S": "1000",
+        "ARGUS_DRIFT_SEMANTIC__QUEUE": "1000",  # embed every prompt
+    }
     # output to a file, never an unread pipe: a full pipe would stall the worker
     log = open(f"/tmp/{app_id}-{uuid.uuid4().hex[:4]}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "services.drift"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.drift"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 async def processed(kafka: KafkaSettings, app_id: str, topic_key: str, timeout_s: float = 120) -> None:
@@ -179,8 +191,9 @@ async def test_two_workers_share_partitions_and_find_what_one_finds(kafka_settin
             for _ in range(n):
                 for model in ("m-a", "m-b", "m-c"):
                     drifted = phase == "drift" and model != "m-c"
-                    await producer.request([{"role": "user", "content": make_prompt(profile, rng, drifted)}],
-                                           tenant="acme", model=model)
+                    await producer.request(
+                        [{"role": "user", "content": make_prompt(profile, rng, drifted)}], tenant="acme", model=model
+                    )
         await producer.flush()
 
     async def run(workers: int) -> list[dict]:
@@ -199,7 +212,7 @@ async def test_two_workers_share_partitions_and_find_what_one_finds(kafka_settin
         return await drift_events(kafka_settings, model=None)
 
     one = await run(1)
-    both = (await run(2))[len(one):]  # the drift topic holds the first run's events first
+    both = (await run(2))[len(one) :]  # the drift topic holds the first run's events first
     found_one = {(e["model"], e["feature"], e["detector"]) for e in one}
     found_two = {(e["model"], e["feature"], e["detector"]) for e in both}
     assert {m for m, _, _ in found_one} == {"m-a", "m-b"}, found_one  # the stable model raised nothing

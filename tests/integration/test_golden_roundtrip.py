@@ -1,5 +1,6 @@
 """Every golden example through the real broker, and interop with a second Avro
 implementation (Apache Avro's Python library) in the same wire format."""
+
 from __future__ import annotations
 
 import datetime
@@ -31,7 +32,9 @@ async def test_message_from_apache_avro_decodes_after_the_broker(kafka_settings:
     codec = get_codec("feedback")
     schema = avro.schema.parse(REG.schema_file("feedback", 1).read_text())
     record = fill_defaults(REG.schema_json("feedback", 1), REG.examples("feedback")[1][0][1])
-    theirs = dict(record, created_at=datetime.datetime.fromtimestamp(record["created_at"] / 1000, tz=datetime.timezone.utc))
+    theirs = dict(
+        record, created_at=datetime.datetime.fromtimestamp(record["created_at"] / 1000, tz=datetime.timezone.utc)
+    )
     buf = io.BytesIO(b"\x00" + struct.pack(">I", codec.schema_id))
     buf.seek(5)
     avro.io.DatumWriter(schema).write(theirs, avro.io.BinaryEncoder(buf))

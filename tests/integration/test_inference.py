@@ -1,5 +1,6 @@
 """The inference service on the real broker and real Ray Serve with the real SmolLM2
 model (llama.cpp on CPU)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,13 @@ SHORT = EngineSettings(max_tokens=8, max_batch_size=2)
 
 
 def settings(kafka: KafkaSettings, *versions: ModelVersion, **kw) -> InferenceSettings:  # noqa: ANN003
-    return InferenceSettings(kafka=kafka, versions=versions or (ModelVersion(version="v1"),), engine=SHORT,
-                             bridge=BridgeSettings(group_id="bridge-" + uuid.uuid4().hex[:6], max_in_flight=4), **kw)
+    return InferenceSettings(
+        kafka=kafka,
+        versions=versions or (ModelVersion(version="v1"),),
+        engine=SHORT,
+        bridge=BridgeSettings(group_id="bridge-" + uuid.uuid4().hex[:6], max_in_flight=4),
+        **kw,
+    )
 
 
 async def read_topic(kafka: KafkaSettings, key: str, want: int, timeout_s: float = 120.0) -> list[dict]:
@@ -55,8 +61,16 @@ async def read_topic(kafka: KafkaSettings, key: str, want: int, timeout_s: float
 
 async def send_requests(kafka: KafkaSettings, n: int, **fields) -> list[str]:  # noqa: ANN003
     async with ArgusProducer(kafka) as p:
-        ids = [await p.request([{"role": "user", "content": f"What is {i} plus {i}?"}], tenant=f"t{i % 3}",
-                               user=f"u{i}", max_tokens=4, **fields) for i in range(n)]
+        ids = [
+            await p.request(
+                [{"role": "user", "content": f"What is {i} plus {i}?"}],
+                tenant=f"t{i % 3}",
+                user=f"u{i}",
+                max_tokens=4,
+                **fields,
+            )
+            for i in range(n)
+        ]
         await p.flush()
     return ids
 
@@ -120,11 +134,14 @@ async def test_killed_bridge_loses_no_request(ray_serve, kafka_settings) -> None
     deploy(s)
     ids = await send_requests(kafka_settings, 40)
     env = {
-        **os.environ, "ARGUS_INFERENCE_RAY_ADDRESS": ray_serve["address"],
+        **os.environ,
+        "ARGUS_INFERENCE_RAY_ADDRESS": ray_serve["address"],
         "ARGUS_INFERENCE_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
         "ARGUS_INFERENCE_KAFKA__TOPIC_PREFIX": kafka_settings.topic_prefix,
-        "ARGUS_INFERENCE_BRIDGE__GROUP_ID": s.bridge.group_id, "ARGUS_INFERENCE_BRIDGE__MAX_IN_FLIGHT": "4",
-        "ARGUS_INFERENCE_LOG_LEVEL": "WARNING", "RAY_AUTH_MODE": "disabled",
+        "ARGUS_INFERENCE_BRIDGE__GROUP_ID": s.bridge.group_id,
+        "ARGUS_INFERENCE_BRIDGE__MAX_IN_FLIGHT": "4",
+        "ARGUS_INFERENCE_LOG_LEVEL": "WARNING",
+        "RAY_AUTH_MODE": "disabled",
     }
     cmd = [sys.executable, "-m", "services.inference", "bridge"]
     log = REPO / ".argus" / f"test-bridge-{uuid.uuid4().hex[:6]}.log"
@@ -159,8 +176,10 @@ async def test_weights_route_within_tolerance_and_rollback_reloads_without_resta
     s = settings(kafka_settings, ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))
     router = deploy(s)
     base = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-    calls = [router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant=f"t{i % 5}", user=f"user-{i}"))
-             for i in range(500)]
+    calls = [
+        router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant=f"t{i % 5}", user=f"user-{i}"))
+        for i in range(500)
+    ]
     results = [await c for c in calls]
     versions = Counter(r["primary"]["version"] for r in results)
     assert sum(versions.values()) == 500 and all("error_type" not in r["primary"] for r in results)
@@ -173,13 +192,17 @@ async def test_weights_route_within_tolerance_and_rollback_reloads_without_resta
     v2 = serve.get_deployment_handle("llm-v2", app_name=s.app_name)
     replica_before = (await v2.info.remote())["replica"]
     reloads_before = (await router.routing.remote())["reloads"]
-    in_flight = [router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t", user=f"x{i}")) for i in range(40)]
+    in_flight = [
+        router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t", user=f"x{i}")) for i in range(40)
+    ]
     rolled_back = settings(kafka_settings, ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=0))
     deploy(rolled_back)  # only the router's user_config changed: reconfigure, no restart
     during = [await c for c in in_flight]
     assert all("error_type" not in r["primary"] for r in during), "a request was dropped during the reload"
     assert (await router.routing.remote())["reloads"] == reloads_before + 1
-    after = [await router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t", user=f"y{i}")) for i in range(60)]
+    after = [
+        await router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t", user=f"y{i}")) for i in range(60)
+    ]
     assert Counter(r["primary"]["version"] for r in after) == {"v1": 60}
     assert (await v2.info.remote())["replica"] == replica_before, "v2 replica was restarted"
 
@@ -202,7 +225,9 @@ async def test_openai_compatible_http_route(ray_serve, kafka_settings) -> None:
     deploy(settings(kafka_settings))
     async with httpx.AsyncClient(timeout=60) as http:
         url = f"http://127.0.0.1:{ray_serve['http_port']}/v1"
-        r = await http.post(url + "/chat/completions", json={"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5})
+        r = await http.post(
+            url + "/chat/completions", json={"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5}
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]

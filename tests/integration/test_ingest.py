@@ -1,9 +1,10 @@
 """The logging (ingest) service on the real broker and the real ClickHouse engine."""
+
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import random
 import re
 import signal
@@ -31,21 +32,46 @@ REG = default_registry()
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
 
 
-def response(i: int, *, version: str = "v1", tenant: str | None = None, status: str = "ok", output: str = "ok",
-             shadow: bool = False, request_id: str | None = None) -> dict:
+def response(
+    i: int,
+    *,
+    version: str = "v1",
+    tenant: str | None = None,
+    status: str = "ok",
+    output: str = "ok",
+    shadow: bool = False,
+    request_id: str | None = None,
+) -> dict:
     return {
-        "request_id": request_id or str(uuid.UUID(int=i + 1)), "response_id": str(uuid.uuid4()),
-        "model": "smollm2-135m-instruct", "response_model": "SmolLM2.gguf", "model_version": version,
-        "tenant": tenant or f"t{i % 4}", "user": f"u{i % 50}", "output": output if status == "ok" else None,
-        "finish_reason": "stop" if status == "ok" else "error", "input_tokens": 20 + i % 30, "output_tokens": 5 + i % 20,
-        "latency_ms": 100.0 + (i % 97) * 3, "time_to_first_token_ms": 40.0 + i % 13,
-        "mean_logprob": -0.2 - (i % 10) / 10, "status": status, "shadow": shadow, "served_at": NOW(),
+        "request_id": request_id or str(uuid.UUID(int=i + 1)),
+        "response_id": str(uuid.uuid4()),
+        "model": "smollm2-135m-instruct",
+        "response_model": "SmolLM2.gguf",
+        "model_version": version,
+        "tenant": tenant or f"t{i % 4}",
+        "user": f"u{i % 50}",
+        "output": output if status == "ok" else None,
+        "finish_reason": "stop" if status == "ok" else "error",
+        "input_tokens": 20 + i % 30,
+        "output_tokens": 5 + i % 20,
+        "latency_ms": 100.0 + (i % 97) * 3,
+        "time_to_first_token_ms": 40.0 + i % 13,
+        "mean_logprob": -0.2 - (i % 10) / 10,
+        "status": status,
+        "shadow": shadow,
+        "served_at": NOW(),
     }
 
 
 def request(i: int, content: str, tenant: str = "acme") -> dict:
-    return {"request_id": str(uuid.UUID(int=i + 1)), "created_at": NOW(), "model": "smollm2-135m-instruct",
-            "messages": [{"role": "user", "content": content}], "tenant": tenant, "user": f"u{i}"}
+    return {
+        "request_id": str(uuid.UUID(int=i + 1)),
+        "created_at": NOW(),
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": content}],
+        "tenant": tenant,
+        "user": f"u{i}",
+    }
 
 
 async def produce(kafka: KafkaSettings, key: str, records: list[dict], raw: list[bytes] = ()) -> None:
@@ -95,15 +121,26 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settin
     for key in REG.topics:
         records = [rec for items in REG.examples(key).values() for _, rec in items]
         if key == "inference-responses":
-            records += [response(i, version="v2" if i % 10 == 0 else "v1",
-                                 status="error" if i % 17 == 0 else "ok") for i in range(300)]
+            records += [
+                response(i, version="v2" if i % 10 == 0 else "v1", status="error" if i % 17 == 0 else "ok")
+                for i in range(300)
+            ]
         if key == "inference-shadow-responses":
             records += [response(i, version="v3", shadow=True, output="shadow") for i in range(0, 300, 3)]
         if key == "inference-requests":
             records += [request(i, f"question {i} from bob{i}@example.com") for i in range(300)]
         if key == "feedback":
-            records += [{"feedback_id": str(uuid.uuid4()), "request_id": str(uuid.UUID(int=i + 1)), "tenant": "acme",
-                         "kind": "thumbs", "score": float(i % 3 != 0), "created_at": NOW()} for i in range(0, 300, 5)]
+            records += [
+                {
+                    "feedback_id": str(uuid.uuid4()),
+                    "request_id": str(uuid.UUID(int=i + 1)),
+                    "tenant": "acme",
+                    "kind": "thumbs",
+                    "score": float(i % 3 != 0),
+                    "created_at": NOW(),
+                }
+                for i in range(0, 300, 5)
+            ]
         now = NOW()
         for r in records:  # golden examples are from 2025: older than the tables' TTL, and outside the cookbook windows
             for f in ("created_at", "served_at", "detected_at", "emitted_at", "starts_at", "occurred_at", "failed_at"):
@@ -116,22 +153,36 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settin
     client = get_client(clickhouse_settings)
     db = clickhouse_settings.database
     expected = {
-        "inference_requests": 2 + 300, "inference_responses": 2 + 300 + 1 + 100, "feedback": 1 + 60,
-        "drift_events": 1, "alerts": 2, "alert_silences": 2, "retraining_triggers": 2, "model_registry": 2,
+        "inference_requests": 2 + 300,
+        "inference_responses": 2 + 300 + 1 + 100,
+        "feedback": 1 + 60,
+        "drift_events": 1,
+        "alerts": 2,
+        "alert_silences": 2,
+        "retraining_triggers": 2,
+        "model_registry": 2,
         "dead_letters": 9 + 1,
     }
 
     def done() -> bool:
         return all(count(client, f"{db}.{t}") >= n for t, n in expected.items())
 
-    await run_ingest(ingest_settings(kafka_settings, clickhouse_settings), done, timeout_s=60,
-                     describe=lambda: {t: (count(client, f"{db}.{t}"), n) for t, n in expected.items()})
+    await run_ingest(
+        ingest_settings(kafka_settings, clickhouse_settings),
+        done,
+        timeout_s=60,
+        describe=lambda: {t: (count(client, f"{db}.{t}"), n) for t, n in expected.items()},
+    )
     for table, n in expected.items():
         assert count(client, f"{db}.{table}") == n, table
     # the malformed feedback message was dead-lettered, then ingested as a dead letter
-    assert client.query(f"SELECT count() FROM {db}.dead_letters WHERE original_topic = '{kafka_settings.topic('feedback')}'").result_rows == [(1,)]
+    assert client.query(
+        f"SELECT count() FROM {db}.dead_letters WHERE original_topic = '{kafka_settings.topic('feedback')}'"
+    ).result_rows == [(1,)]
     assert client.query(f"SELECT sum(requests) FROM {db}.inference_rollup_1m").result_rows == [(2 + 300,)]
-    prompts = client.query(f"SELECT prompt FROM {db}.inference_requests WHERE prompt LIKE 'user: question%' LIMIT 3").result_rows
+    prompts = client.query(
+        f"SELECT prompt FROM {db}.inference_requests WHERE prompt LIKE 'user: question%' LIMIT 3"
+    ).result_rows
     assert prompts and all("@example.com" not in p[0] and "[EMAIL]" in p[0] for p in prompts)
 
     queries = re.findall(r"### (\d+)\. (.+?)\n\n```sql\n(.+?)```", (REPO / "docs/sre-queries.md").read_text(), re.S)
@@ -160,10 +211,13 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
         total = sum(d if i % 2 else (d * 2 - 9 if d * 2 > 9 else d * 2) for i, d in enumerate(reversed(digits)))
         digits.append((10 - total % 10) % 10)
         s = "".join(map(str, digits))
-        return " ".join(s[i:i + 4] for i in range(0, 16, 4))
+        return " ".join(s[i : i + 4] for i in range(0, 16, 4))
 
     generated = (
-        [f"{rng.choice(['ana', 'li', 'omar', 'zoe'])}.{rng.randrange(10**4)}@corp{rng.randrange(99)}.com" for _ in range(25)]
+        [
+            f"{rng.choice(['ana', 'li', 'omar', 'zoe'])}.{rng.randrange(10**4)}@corp{rng.randrange(99)}.com"
+            for _ in range(25)
+        ]
         + [luhn_card() for _ in range(25)]
         + [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(20)]
         + [f"+1 ({rng.randrange(200, 999)}) 555-{rng.randrange(1000, 9999)}" for _ in range(20)]
@@ -173,41 +227,76 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
     values = [v for vs in CORPUS.values() for v in vs] + generated
     templates = ["Please charge {} today", "my contact is {}", "{}", "use {} for the login, thanks", "ref: {} (urgent)"]
     corpus = [t.format(v) for v in values for t in templates[:2]] + [rng.choice(templates).format(v) for v in values]
-    corpus += [f"name Jo, reach me at {rng.choice(CORPUS['EMAIL'])} or {rng.choice(CORPUS['PHONE'])}" for _ in range(40)]
+    corpus += [
+        f"name Jo, reach me at {rng.choice(CORPUS['EMAIL'])} or {rng.choice(CORPUS['PHONE'])}" for _ in range(40)
+    ]
     assert len(corpus) >= 200
     tenants = ["acme", "bank", "clinic"]
     requests = [request(i, text, tenant=tenants[i % 3]) for i, text in enumerate(corpus)]
     responses = [response(i, tenant=tenants[i % 3], output=f"Noted: {text}") for i, text in enumerate(corpus)]
     # clean answers too: they pass through as the producer wrote them, except for a tenant
     # whose policy stores no text
-    responses += [response(len(corpus) + i, tenant=tenants[i % 3], output=f"Plain answer number {i}") for i in range(30)]
-    feedback = [{"feedback_id": str(uuid.uuid4()), "request_id": str(uuid.UUID(int=i + 1)), "tenant": tenants[i % 3],
-                 "kind": "correction", "comment": text, "created_at": NOW()} for i, text in enumerate(corpus[:50])]
+    responses += [
+        response(len(corpus) + i, tenant=tenants[i % 3], output=f"Plain answer number {i}") for i in range(30)
+    ]
+    feedback = [
+        {
+            "feedback_id": str(uuid.uuid4()),
+            "request_id": str(uuid.UUID(int=i + 1)),
+            "tenant": tenants[i % 3],
+            "kind": "correction",
+            "comment": text,
+            "created_at": NOW(),
+        }
+        for i, text in enumerate(corpus[:50])
+    ]
     await produce(kafka_settings, "inference-requests", requests)
     await produce(kafka_settings, "inference-responses", responses)
     await produce(kafka_settings, "feedback", feedback, raw=[f"raw bytes with {values[0]} inside".encode()])
 
     settings = ingest_settings(
-        kafka_settings, clickhouse_settings,
-        pii=PiiSettings(default=PiiPolicy(mode="redact"),
-                        tenants={"bank": PiiPolicy(mode="hash"), "clinic": PiiPolicy(store_text=False)},
-                        hmac_key=SecretStr("test-key")),
+        kafka_settings,
+        clickhouse_settings,
+        pii=PiiSettings(
+            default=PiiPolicy(mode="redact"),
+            tenants={"bank": PiiPolicy(mode="hash"), "clinic": PiiPolicy(store_text=False)},
+            hmac_key=SecretStr("test-key"),
+        ),
     )
     client = get_client(clickhouse_settings)
     db = clickhouse_settings.database
-    service = await run_ingest(settings, lambda: count(client, f"{db}.inference_requests") >= len(corpus)
-                               and count(client, f"{db}.inference_responses") >= len(responses)
-                               and count(client, f"{db}.feedback") >= 50 and count(client, f"{db}.dead_letters") >= 1)
+    service = await run_ingest(
+        settings,
+        lambda: (
+            count(client, f"{db}.inference_requests") >= len(corpus)
+            and count(client, f"{db}.inference_responses") >= len(responses)
+            and count(client, f"{db}.feedback") >= 50
+            and count(client, f"{db}.dead_letters") >= 1
+        ),
+    )
     dump = ""
-    for (table,) in client.query(f"SELECT name FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree'").result_rows:
+    for (table,) in client.query(
+        f"SELECT name FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree'"
+    ).result_rows:
         dump += client.raw_query(f"SELECT * FROM {db}.{table} FORMAT TabSeparated").decode(errors="replace")
     leaked = [v for v in values if v in dump]
     assert not leaked, f"PII stored in clear: {leaked}"
     assert "[EMAIL]" in dump and re.search(r"\[EMAIL:[0-9a-f]{12}\]", dump)
-    assert client.query(f"SELECT countIf(prompt IS NULL) FROM {db}.inference_requests WHERE tenant = 'clinic'").result_rows[0][0] > 0
-    plain = client.query(f"SELECT tenant, countIf(output IS NULL), countIf(output LIKE 'Plain answer%') FROM {db}.inference_responses "
-                         "WHERE startsWith(coalesce(output, ''), 'Plain') OR (output IS NULL AND tenant = 'clinic') GROUP BY tenant ORDER BY tenant").result_rows
-    assert plain == [("acme", 0, 10), ("bank", 0, 10), ("clinic", len([r for r in responses if r["tenant"] == "clinic"]), 0)]
+    assert (
+        client.query(
+            f"SELECT countIf(prompt IS NULL) FROM {db}.inference_requests WHERE tenant = 'clinic'"
+        ).result_rows[0][0]
+        > 0
+    )
+    plain = client.query(
+        f"SELECT tenant, countIf(output IS NULL), countIf(output LIKE 'Plain answer%') FROM {db}.inference_responses "
+        "WHERE startsWith(coalesce(output, ''), 'Plain') OR (output IS NULL AND tenant = 'clinic') GROUP BY tenant ORDER BY tenant"
+    ).result_rows
+    assert plain == [
+        ("acme", 0, 10),
+        ("bank", 0, 10),
+        ("clinic", len([r for r in responses if r["tenant"] == "clinic"]), 0),
+    ]
     found = client.query(f"SELECT sum(arraySum(mapValues(pii_counts))) FROM {db}.inference_requests").result_rows[0][0]
     assert found >= len(corpus)
     assert service.metrics.value("argus_pii_findings_total", kind="EMAIL", mode="redact") > 0
@@ -217,49 +306,105 @@ async def test_passed_through_rows_equal_rows_built_in_python(kafka_settings, cl
     """The same requests and responses ingested twice, with the Avro passthrough and without
     it (every message decoded, protected and built in Python, inserted as Python rows):
     ClickHouse holds the same rows and rollups."""
-    records = [response(i, tenant=("acme", "bank")[i % 2], output=out) for i, out in enumerate(
-        ["plain answer", "Ünïcödé ✓ 東京", "", "mail me: bob@example.com", "x" * 300, "call +44 20 7946 0958"] * 20)]
+    records = [
+        response(i, tenant=("acme", "bank")[i % 2], output=out)
+        for i, out in enumerate(
+            ["plain answer", "Ünïcödé ✓ 東京", "", "mail me: bob@example.com", "x" * 300, "call +44 20 7946 0958"] * 20
+        )
+    ]
     records += [response(200 + i, status=("error", "deadline_exceeded", "rejected")[i % 3]) for i in range(30)]
-    records += [dict(response(300 + i, shadow=True), replica="r-1", replica_cpu_memory_bytes=2**33, trace_id="ab" * 16,
-                     user=None, mean_logprob=None) for i in range(30)]
-    records += [dict(rec, served_at=NOW()) for items in REG.examples("inference-responses").values() for _, rec in items]
+    records += [
+        dict(
+            response(300 + i, shadow=True),
+            replica="r-1",
+            replica_cpu_memory_bytes=2**33,
+            trace_id="ab" * 16,
+            user=None,
+            mean_logprob=None,
+        )
+        for i in range(30)
+    ]
+    records += [
+        dict(rec, served_at=NOW()) for items in REG.examples("inference-responses").values() for _, rec in items
+    ]
     m = lambda role, content: {"role": role, "content": content}  # noqa: E731
     conversations = [
-        [m("user", "What is the capital of France?")], [m("system", "Be brief."), m("user", "Ünïcödé ✓ 東京")], [],
+        [m("user", "What is the capital of France?")],
+        [m("system", "Be brief."), m("user", "Ünïcödé ✓ 東京")],
+        [],
         [m("system", ""), m("user", "a"), m("assistant", "b"), m("system", "second"), m("tool", "")],
-        [m("user", "mail me: bob@example.com")], [m("system", "key: sk-" + "a" * 30), m("user", "hi")], [m("user", "w " * 2000)],
+        [m("user", "mail me: bob@example.com")],
+        [m("system", "key: sk-" + "a" * 30), m("user", "hi")],
+        [m("user", "w " * 2000)],
     ]
-    requests = [dict(request(1000 + i, "", tenant=("acme", "bank")[i % 2]), messages=conversations[i % len(conversations)],
-                     temperature=(None, 0.1, 0.7, 1.3333333)[i % 4], top_p=(None, 0.95)[i % 2], max_tokens=(None, 64)[i % 2],
-                     deadline=(None, NOW() + 5000)[i % 2], stop_sequences=["\n"] * (i % 2), seed=(None, 7)[i % 2],
-                     metadata=({}, {"app": "chat", "ip": "10.1.2.3"}, {"app": "x"})[i % 3]) for i in range(140)]
-    requests += [dict(rec, created_at=NOW()) for items in REG.examples("inference-requests").values() for _, rec in items]
+    requests = [
+        dict(
+            request(1000 + i, "", tenant=("acme", "bank")[i % 2]),
+            messages=conversations[i % len(conversations)],
+            temperature=(None, 0.1, 0.7, 1.3333333)[i % 4],
+            top_p=(None, 0.95)[i % 2],
+            max_tokens=(None, 64)[i % 2],
+            deadline=(None, NOW() + 5000)[i % 2],
+            stop_sequences=["\n"] * (i % 2),
+            seed=(None, 7)[i % 2],
+            metadata=({}, {"app": "chat", "ip": "10.1.2.3"}, {"app": "x"})[i % 3],
+        )
+        for i in range(140)
+    ]
+    requests += [
+        dict(rec, created_at=NOW()) for items in REG.examples("inference-requests").values() for _, rec in items
+    ]
     await produce(kafka_settings, "inference-responses", records)
     await produce(kafka_settings, "inference-requests", requests)
-    pii = PiiSettings(default=PiiPolicy(mode="redact"), tenants={"bank": PiiPolicy(mode="hash")}, hmac_key=SecretStr("k"))
+    pii = PiiSettings(
+        default=PiiPolicy(mode="redact"), tenants={"bank": PiiPolicy(mode="hash")}, hmac_key=SecretStr("k")
+    )
     dbs = []
     for passthrough in (True, False):
         db = f"{clickhouse_settings.database}_{'fast' if passthrough else 'full'}"
         dbs.append(db)
         ch = ClickHouseSettings(dsn=SecretStr(clickhouse_settings.dsn.get_secret_value().rsplit("/", 1)[0] + "/" + db))
         client = get_client(ch, database="default")
-        settings = ingest_settings(kafka_settings, ch, topics=("inference-responses", "inference-requests"), pii=pii,
-                                   avro_passthrough=passthrough)
-        await run_ingest(settings, lambda db=db: count(client, f"{db}.inference_responses") >= len(records)
-                         and count(client, f"{db}.inference_requests") >= len(requests))
+        settings = ingest_settings(
+            kafka_settings,
+            ch,
+            topics=("inference-responses", "inference-requests"),
+            pii=pii,
+            avro_passthrough=passthrough,
+        )
+        await run_ingest(
+            settings,
+            lambda db=db: (
+                count(client, f"{db}.inference_responses") >= len(records)
+                and count(client, f"{db}.inference_requests") >= len(requests)
+            ),
+        )
     client = get_client(clickhouse_settings, database="default")
     try:
-        fast, full = (client.query(f"SELECT * EXCEPT ingested_at FROM {db}.inference_responses ORDER BY _partition, _offset").result_rows
-                      for db in dbs)
+        fast, full = (
+            client.query(
+                f"SELECT * EXCEPT ingested_at FROM {db}.inference_responses ORDER BY _partition, _offset"
+            ).result_rows
+            for db in dbs
+        )
         assert len(fast) == len(records) and fast == full
         assert any("[EMAIL:" in (r[8] or "") for r in fast) and any("東京" in (r[8] or "") for r in fast)
-        fast, full = (client.query(f"SELECT * EXCEPT ingested_at FROM {db}.inference_requests ORDER BY _partition, _offset").result_rows
-                      for db in dbs)
+        fast, full = (
+            client.query(
+                f"SELECT * EXCEPT ingested_at FROM {db}.inference_requests ORDER BY _partition, _offset"
+            ).result_rows
+            for db in dbs
+        )
         assert len(fast) == len(requests) and fast == full
         assert any("[EMAIL" in (r[5] or "") for r in fast) and any("[SECRET" in (r[6] or "") for r in fast)
         assert any("capital of France" in (r[5] or "") for r in fast)
-        rollups = [client.query(f"SELECT * EXCEPT (latency_ms_q, ttft_ms_q, confidence_avg, confidence_q) FROM {db}.inference_rollup_1m "
-                                "ORDER BY ALL").result_rows for db in dbs]
+        rollups = [
+            client.query(
+                f"SELECT * EXCEPT (latency_ms_q, ttft_ms_q, confidence_avg, confidence_q) FROM {db}.inference_rollup_1m "
+                "ORDER BY ALL"
+            ).result_rows
+            for db in dbs
+        ]
         assert rollups[0] == rollups[1] and rollups[0]
     finally:
         for db in dbs:
@@ -288,8 +433,14 @@ async def test_100k_events_exactly_once_through_five_sigkills(kafka_settings, cl
     client = get_client(clickhouse_settings)
     migrations.apply(get_client(clickhouse_settings, database="default"), clickhouse_settings.database)
     table = f"{clickhouse_settings.database}.inference_responses"
-    env = _ingest_env(kafka_settings, clickhouse_settings.dsn.get_secret_value(), "ingest-" + uuid.uuid4().hex[:6],
-                      '["inference-responses"]', free_port(), 5000)
+    env = _ingest_env(
+        kafka_settings,
+        clickhouse_settings.dsn.get_secret_value(),
+        "ingest-" + uuid.uuid4().hex[:6],
+        '["inference-responses"]',
+        free_port(),
+        5000,
+    )
     rng = random.Random(11)
     cmd = [sys.executable, "-m", "services.ingest"]
     kills = 0
@@ -317,7 +468,9 @@ async def test_100k_events_exactly_once_through_five_sigkills(kafka_settings, cl
         proc.wait(60)
     rows = client.query(f"SELECT count(), uniqExact(response_id) FROM {table}").result_rows
     assert rows == [(n, n)]  # no FINAL: physically exactly once
-    assert client.query(f"SELECT sum(requests) FROM {clickhouse_settings.database}.inference_rollup_1m").result_rows == [(n,)]
+    assert client.query(
+        f"SELECT sum(requests) FROM {clickhouse_settings.database}.inference_rollup_1m"
+    ).result_rows == [(n,)]
 
 
 async def test_clickhouse_down_30s_no_loss_bounded_memory_lag_drains(kafka_settings, tmp_path: Path) -> None:
@@ -336,11 +489,13 @@ async def test_clickhouse_down_30s_no_loss_bounded_memory_lag_drains(kafka_setti
     env["ARGUS_INGEST_CLICKHOUSE__CONNECT_TIMEOUT_S"] = "1"
     env["ARGUS_INGEST_CLICKHOUSE__SEND_RECEIVE_TIMEOUT_S"] = "5"
     log = tmp_path / "ingest.log"
-    ingest = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, env=env,
-                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # a file: an unread pipe could stall it
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "services.ingest"], cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT
+    )  # a file: an unread pipe could stall it
     client = None
     total = 0
     try:
+
         async def readyz() -> dict:
             async with httpx.AsyncClient(timeout=5) as http:
                 return (await http.get(f"http://127.0.0.1:{health}/readyz")).json()
@@ -349,8 +504,11 @@ async def test_clickhouse_down_30s_no_loss_bounded_memory_lag_drains(kafka_setti
             sent = 0
             t0 = time.monotonic()
             while time.monotonic() - t0 < seconds:
-                await produce(kafka_settings, "inference-responses",
-                              [response(0, request_id=str(uuid.uuid4())) for _ in range(rate // 4)])
+                await produce(
+                    kafka_settings,
+                    "inference-responses",
+                    [response(0, request_id=str(uuid.uuid4())) for _ in range(rate // 4)],
+                )
                 sent += rate // 4
                 await asyncio.sleep(0.25)
             return sent

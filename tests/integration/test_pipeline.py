@@ -1,12 +1,12 @@
 """The consumer pipeline against the real broker and ClickHouse: good messages land as
 rows, malformed ones land in the dead-letter topic with the reason, the consumer goes
 on, offsets are committed only after the insert, a ClickHouse outage is retried."""
+
 from __future__ import annotations
 
 import asyncio
 import uuid
 
-import pytest
 from aiokafka import TopicPartition
 
 from services.common.clickhouse import get_client
@@ -38,8 +38,12 @@ def clickhouse_sink(settings: ClickHouseSettings):
         from clickhouse_connect.driver.exceptions import OperationalError
 
         try:
-            await asyncio.to_thread(client.insert, "fb", rows,
-                                    column_names=["feedback_id", "request_id", "tenant", "kind", "score", "partition", "offset"])
+            await asyncio.to_thread(
+                client.insert,
+                "fb",
+                rows,
+                column_names=["feedback_id", "request_id", "tenant", "kind", "score", "partition", "offset"],
+            )
         except OperationalError as exc:  # connection refused / reset: the store is down, retry
             raise TransientError(str(exc)) from exc
 
@@ -48,8 +52,13 @@ def clickhouse_sink(settings: ClickHouseSettings):
 
 def feedback(i: int, kind: str = "thumbs") -> dict:
     return {
-        "feedback_id": str(uuid.UUID(int=i + 1)), "request_id": str(uuid.uuid4()), "tenant": f"t{i % 3}",
-        "kind": kind, "score": float(i % 2), "source": "user", "created_at": 1764000000000 + i,
+        "feedback_id": str(uuid.UUID(int=i + 1)),
+        "request_id": str(uuid.uuid4()),
+        "tenant": f"t{i % 3}",
+        "kind": kind,
+        "score": float(i % 2),
+        "source": "user",
+        "created_at": 1764000000000 + i,
     }
 
 
@@ -104,17 +113,24 @@ async def test_malformed_messages_are_dead_lettered_and_the_consumer_goes_on(
     codec = get_codec("feedback")
     good = [codec.encode(feedback(i)) for i in range(40)]
     bad = [
-        b'{"kind": "thumbs"}',                                   # JSON, not Avro
-        wire_header(4242) + b"\x00\x01",                         # unknown schema id
-        codec.encode(feedback(900, kind="smile")),               # valid Avro, rejected by the transform
-        wire_header(codec.schema_id) + b"\xff\xff\xff",          # truncated body
+        b'{"kind": "thumbs"}',  # JSON, not Avro
+        wire_header(4242) + b"\x00\x01",  # unknown schema id
+        codec.encode(feedback(900, kind="smile")),  # valid Avro, rejected by the transform
+        wire_header(codec.schema_id) + b"\xff\xff\xff",  # truncated body
     ]
     await produce(kafka_settings, good[:20] + bad + good[20:])
 
     client, sink = clickhouse_sink(clickhouse_settings)
     policy = PipelineSettings(batch_max_messages=16, batch_max_seconds=0.3, dlq_ratio_min_messages=1000)
-    pipeline = Pipeline(kafka=kafka_settings, policy=policy, topic_key="feedback", group_id="g-" + uuid.uuid4().hex[:6],
-                        service="test", transform=feedback_row, sink=sink)
+    pipeline = Pipeline(
+        kafka=kafka_settings,
+        policy=policy,
+        topic_key="feedback",
+        group_id="g-" + uuid.uuid4().hex[:6],
+        service="test",
+        transform=feedback_row,
+        sink=sink,
+    )
 
     async def all_rows() -> bool:
         return client.query("SELECT count() FROM fb").result_rows[0][0] == 40 and sum(pipeline.committed.values()) == 44
@@ -156,12 +172,23 @@ async def test_a_consumer_fed_garbage_flags_a_storm_and_keeps_going(
     """Mostly garbage: every message is dead-lettered, the valid ones after it are still
     stored, the storm is on the metric, and the consumer never stops."""
     codec = get_codec("feedback")
-    await produce(kafka_settings, [b"garbage %d" % i for i in range(30)] + [codec.encode(feedback(i)) for i in range(6)])
+    await produce(
+        kafka_settings, [b"garbage %d" % i for i in range(30)] + [codec.encode(feedback(i)) for i in range(6)]
+    )
     client, sink = clickhouse_sink(clickhouse_settings)
     client.command("TRUNCATE TABLE fb")
-    policy = PipelineSettings(batch_max_messages=100, batch_max_seconds=0.2, dlq_ratio_limit=0.5, dlq_ratio_min_messages=5)
-    pipeline = Pipeline(kafka=kafka_settings, policy=policy, topic_key="feedback", group_id="g-" + uuid.uuid4().hex[:6],
-                        service="test", transform=feedback_row, sink=sink)
+    policy = PipelineSettings(
+        batch_max_messages=100, batch_max_seconds=0.2, dlq_ratio_limit=0.5, dlq_ratio_min_messages=5
+    )
+    pipeline = Pipeline(
+        kafka=kafka_settings,
+        policy=policy,
+        topic_key="feedback",
+        group_id="g-" + uuid.uuid4().hex[:6],
+        service="test",
+        transform=feedback_row,
+        sink=sink,
+    )
 
     async def done() -> bool:
         return client.query("SELECT count() FROM fb").result_rows[0][0] == 6 and sum(pipeline.committed.values()) == 36
@@ -177,6 +204,7 @@ async def test_clickhouse_outage_is_retried_and_nothing_is_lost(
 ) -> None:
     """A private ClickHouse endpoint is stopped mid-stream and started again."""
     import subprocess
+
     from pydantic import SecretStr
 
     from services.stack.clickhouse_http import spawn
@@ -190,13 +218,24 @@ async def test_clickhouse_outage_is_retried_and_nothing_is_lost(
         return procs[-1]
 
     proc = start()
-    settings = ClickHouseSettings(dsn=SecretStr(f"http://default@127.0.0.1:{port}/default"), connect_timeout_s=1, send_receive_timeout_s=5)
+    settings = ClickHouseSettings(
+        dsn=SecretStr(f"http://default@127.0.0.1:{port}/default"), connect_timeout_s=1, send_receive_timeout_s=5
+    )
     client, sink = clickhouse_sink(settings)
     codec = get_codec("feedback")
     await produce(kafka_settings, [codec.encode(feedback(i)) for i in range(30)])
-    policy = PipelineSettings(batch_max_messages=10, batch_max_seconds=0.2, retry_initial_backoff_s=0.1, retry_max_backoff_s=0.5)
-    pipeline = Pipeline(kafka=kafka_settings, policy=policy, topic_key="feedback", group_id="g-" + uuid.uuid4().hex[:6],
-                        service="test", transform=feedback_row, sink=sink)
+    policy = PipelineSettings(
+        batch_max_messages=10, batch_max_seconds=0.2, retry_initial_backoff_s=0.1, retry_max_backoff_s=0.5
+    )
+    pipeline = Pipeline(
+        kafka=kafka_settings,
+        policy=policy,
+        topic_key="feedback",
+        group_id="g-" + uuid.uuid4().hex[:6],
+        service="test",
+        transform=feedback_row,
+        sink=sink,
+    )
     proc.terminate()
     proc.wait(30)
 
@@ -234,11 +273,21 @@ async def test_health_endpoint_reports_liveness_readiness_lag_and_metrics(
     codec = get_codec("feedback")
     await produce(kafka_settings, [codec.encode(feedback(i)) for i in range(12)] + [b"junk"])
     client, sink = clickhouse_sink(clickhouse_settings)
-    pipeline = Pipeline(kafka=kafka_settings, policy=PipelineSettings(batch_max_messages=5, batch_max_seconds=0.2),
-                        topic_key="feedback", group_id="g-" + uuid.uuid4().hex[:6], service="test",
-                        transform=feedback_row, sink=sink)
-    health = HealthServer(HealthSettings(port=0, liveness_timeout_s=2), pipeline.metrics,
-                          lambda: pipeline.last_progress, lambda: pipeline_readiness(pipeline))
+    pipeline = Pipeline(
+        kafka=kafka_settings,
+        policy=PipelineSettings(batch_max_messages=5, batch_max_seconds=0.2),
+        topic_key="feedback",
+        group_id="g-" + uuid.uuid4().hex[:6],
+        service="test",
+        transform=feedback_row,
+        sink=sink,
+    )
+    health = HealthServer(
+        HealthSettings(port=0, liveness_timeout_s=2),
+        pipeline.metrics,
+        lambda: pipeline.last_progress,
+        lambda: pipeline_readiness(pipeline),
+    )
     port = await health.start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -250,8 +299,12 @@ async def test_health_endpoint_reports_liveness_readiness_lag_and_metrics(
                 assert (await http.get(base + "/healthz")).status_code == 200
                 r = await http.get(base + "/readyz")
                 body = r.json()
-                return r.status_code == 200 and body["assigned_partitions"] and sum(body["lag"].values()) == 0 \
+                return (
+                    r.status_code == 200
+                    and body["assigned_partitions"]
+                    and sum(body["lag"].values()) == 0
                     and sum(body["committed"].values()) == 13
+                )
 
             await run_until(pipeline, drained)
             metrics = (await http.get(base + "/metrics")).text

@@ -15,6 +15,7 @@ candidate artifact is refused at the validation gate.
 
 Every transition is in ClickHouse, in order.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,11 +36,11 @@ from ray import serve
 from services.alerting.receiver import WebhookReceiver
 from services.common.clickhouse import get_client
 from services.common.kafka import make_producer
+from services.common.llm import packaged_model_path, sha256_of
 from services.common.registry import get_codec
 from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.inference.app import deploy
 from services.inference.bridge import InferenceBridge
-from services.common.llm import packaged_model_path, sha256_of
 from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
@@ -58,17 +59,37 @@ SECRET = "pipeline-secret"
 
 
 def alerting_config(path: Path, port: int) -> Path:
-    path.write_text(yaml.safe_dump({
-        "rules": [
-            {"name": "DriftDetected", "source": "drift", "metric": "count", "by": ["model", "model_version", "feature"],
-             "window": "10m", "threshold": 0, "severity": "warning", "matchers": ['feature="prompt_embedding"'],
-             "annotations": {"summary": "{feature} drifted on {model}"}},
-            {"name": "CanaryErrors", "source": "responses", "metric": "error_rate", "by": ["model", "model_version"],
-             "window": "60s", "threshold": 0.2, "min_events": 5, "severity": "critical"},
-        ],
-        "route": {"receiver": "hook", "group_wait": "1s", "group_interval": "5s"},
-        "receivers": [{"name": "hook", "webhook_configs": [{"url": f"http://127.0.0.1:{port}/alerts"}]}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "rules": [
+                    {
+                        "name": "DriftDetected",
+                        "source": "drift",
+                        "metric": "count",
+                        "by": ["model", "model_version", "feature"],
+                        "window": "10m",
+                        "threshold": 0,
+                        "severity": "warning",
+                        "matchers": ['feature="prompt_embedding"'],
+                        "annotations": {"summary": "{feature} drifted on {model}"},
+                    },
+                    {
+                        "name": "CanaryErrors",
+                        "source": "responses",
+                        "metric": "error_rate",
+                        "by": ["model", "model_version"],
+                        "window": "60s",
+                        "threshold": 0.2,
+                        "min_events": 5,
+                        "severity": "critical",
+                    },
+                ],
+                "route": {"receiver": "hook", "group_wait": "1s", "group_interval": "5s"},
+                "receivers": [{"name": "hook", "webhook_configs": [{"url": f"http://127.0.0.1:{port}/alerts"}]}],
+            }
+        )
+    )
     return path
 
 
@@ -76,8 +97,17 @@ def retraining_config(port: int) -> dict[str, Any]:
     return {
         "policies": [
             {"name": "drift-alert", "kind": "alert", "matchers": ['alertname="DriftDetected"'], "cooldown": "1h"},
-            {"name": "quality", "kind": "metric", "model": MODEL, "model_version": "v2", "every": "1s", "cooldown": "1s",
-             "query": "SELECT count() FROM {db}.feedback FINAL WHERE label = 'wrong'", "op": ">", "threshold": 0},
+            {
+                "name": "quality",
+                "kind": "metric",
+                "model": MODEL,
+                "model_version": "v2",
+                "every": "1s",
+                "cooldown": "1s",
+                "query": "SELECT count() FROM {db}.feedback FINAL WHERE label = 'wrong'",
+                "op": ">",
+                "threshold": 0,
+            },
         ],
         "dataset": {"window": "1d"},
         "dispatch": {"webhook": {"url": f"http://127.0.0.1:{port}/jobs", "secret": "pipeline"}},
@@ -87,9 +117,14 @@ def retraining_config(port: int) -> dict[str, Any]:
 
 
 def worker(module: str, prefix: str, kafka: KafkaSettings, extra: dict[str, str], name: str) -> subprocess.Popen:
-    env = {**os.environ, f"ARGUS_{prefix}_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           f"ARGUS_{prefix}_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, f"ARGUS_{prefix}_LOG_LEVEL": "INFO",
-           f"ARGUS_{prefix}_BROKER_SESSION_TIMEOUT_S": "6", **extra}
+    env = {
+        **os.environ,
+        f"ARGUS_{prefix}_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        f"ARGUS_{prefix}_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        f"ARGUS_{prefix}_LOG_LEVEL": "INFO",
+        f"ARGUS_{prefix}_BROKER_SESSION_TIMEOUT_S": "6",
+        **extra,
+    }
     log = open(f"/tmp/{name}-{uuid.uuid4().hex[:4]}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -113,12 +148,18 @@ async def until(predicate, timeout_s: float, what: str) -> Any:  # noqa: ANN001
 
 def states(ch: Any, db: str, trigger_id: str | None = None) -> list[tuple[str, int, str]]:
     where = f"WHERE trigger_id = '{trigger_id}'" if trigger_id else ""
-    return [tuple(r) for r in ch.query(f"SELECT toString(trigger_id), sequence, state FROM {db}.retraining_triggers FINAL {where} "
-                                       "ORDER BY trigger_id, sequence").result_rows]
+    return [
+        tuple(r)
+        for r in ch.query(
+            f"SELECT toString(trigger_id), sequence, state FROM {db}.retraining_triggers FINAL {where} "
+            "ORDER BY trigger_id, sequence"
+        ).result_rows
+    ]
 
 
-async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_settings: KafkaSettings,
-                                                             clickhouse_settings: ClickHouseSettings, tmp_path: Path) -> None:
+async def test_drift_to_promotion_and_canary_alert_to_rollback(
+    ray_serve, kafka_settings: KafkaSettings, clickhouse_settings: ClickHouseSettings, tmp_path: Path
+) -> None:
     k, db = kafka_settings, clickhouse_settings.database
     ch = get_client(clickhouse_settings)
     stop = asyncio.Event()
@@ -129,52 +170,106 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_
     alerts_rx = await WebhookReceiver(port=free_port()).start()
     try:
         # the serving side: Ray Serve with v1, the Kafka bridge, and the logging service
-        inference = InferenceSettings(kafka=k, engine=EngineSettings(max_tokens=8, max_batch_size=2),
-                                      bridge=BridgeSettings(group_id="bridge-" + uuid.uuid4().hex[:6], max_in_flight=4))
+        inference = InferenceSettings(
+            kafka=k,
+            engine=EngineSettings(max_tokens=8, max_batch_size=2),
+            bridge=BridgeSettings(group_id="bridge-" + uuid.uuid4().hex[:6], max_in_flight=4),
+        )
         router = await asyncio.to_thread(deploy, inference)
         bridge = InferenceBridge(inference, router)
         tasks.append(asyncio.create_task(bridge.run(stop), name="bridge"))
-        ingest = IngestService(IngestSettings(kafka=k, clickhouse=clickhouse_settings, group_id="ingest-" + uuid.uuid4().hex[:6]))
+        ingest = IngestService(
+            IngestSettings(kafka=k, clickhouse=clickhouse_settings, group_id="ingest-" + uuid.uuid4().hex[:6])
+        )
         await asyncio.to_thread(ingest.migrate)
         tasks.append(asyncio.create_task(ingest.run(stop, health=False), name="ingest"))
         gguf = packaged_model_path()
-        await cli(k, "models", "register", MODEL, "v1", str(gguf), "--status", "active", "--by", "ops",
-                  "--card", "owner=ml-platform")
+        await cli(
+            k,
+            "models",
+            "register",
+            MODEL,
+            "v1",
+            str(gguf),
+            "--status",
+            "active",
+            "--by",
+            "ops",
+            "--card",
+            "owner=ml-platform",
+        )
 
         # baseline traffic, answered by v1 (the holdout), then the drift worker's reference
         rng = random.Random(11)
         profile = LoadProfile(drift="topic")
         async with ArgusProducer(k) as p:
             for _ in range(8):
-                await p.request([{"role": "user", "content": make_prompt(profile, rng, False)}], tenant="acme", max_tokens=8)
-        await until(lambda: ch.query(f"SELECT count() FROM {db}.inference_responses WHERE status = 'ok'").result_rows[0][0] >= 8,
-                    120, "8 answers by v1 in ClickHouse")
+                await p.request(
+                    [{"role": "user", "content": make_prompt(profile, rng, False)}], tenant="acme", max_tokens=8
+                )
+        await until(
+            lambda: (
+                ch.query(f"SELECT count() FROM {db}.inference_responses WHERE status = 'ok'").result_rows[0][0] >= 8
+            ),
+            120,
+            "8 answers by v1 in ClickHouse",
+        )
         # the bridge keeps running; the drift traffic below carries an expired deadline, so it is answered at once
         # (deadline_exceeded) instead of queueing 460 generations on two cores
 
-        procs.append(worker("services.drift", "DRIFT", k, {"ARGUS_DRIFT_APP_ID": "drift-" + uuid.uuid4().hex[:6],
-                                                          "ARGUS_DRIFT_SEMANTIC__MAX_PER_S": "1000",
-                                                          "ARGUS_DRIFT_SEMANTIC__QUEUE": "1000"}, "retrain-drift"))
-        procs.append(worker("services.alerting", "ALERTING", k, {
-            "ARGUS_ALERTING_APP_ID": "alerting-" + uuid.uuid4().hex[:6],
-            "ARGUS_ALERTING_CONFIG_FILE": str(alerting_config(tmp_path / "alerting.yaml", alerts_rx.port)),
-            "ARGUS_ALERTING_HEALTH__PORT": str(free_port())}, "retrain-alerting"))
-        rs = RetrainingSettings(kafka=k, clickhouse=clickhouse_settings, group_id="retraining-" + uuid.uuid4().hex[:6],
-                                webhook_secrets={"pipeline": SECRET})
+        procs.append(
+            worker(
+                "services.drift",
+                "DRIFT",
+                k,
+                {
+                    "ARGUS_DRIFT_APP_ID": "drift-" + uuid.uuid4().hex[:6],
+                    "ARGUS_DRIFT_SEMANTIC__MAX_PER_S": "1000",
+                    "ARGUS_DRIFT_SEMANTIC__QUEUE": "1000",
+                },
+                "retrain-drift",
+            )
+        )
+        procs.append(
+            worker(
+                "services.alerting",
+                "ALERTING",
+                k,
+                {
+                    "ARGUS_ALERTING_APP_ID": "alerting-" + uuid.uuid4().hex[:6],
+                    "ARGUS_ALERTING_CONFIG_FILE": str(alerting_config(tmp_path / "alerting.yaml", alerts_rx.port)),
+                    "ARGUS_ALERTING_HEALTH__PORT": str(free_port()),
+                },
+                "retrain-alerting",
+            )
+        )
+        rs = RetrainingSettings(
+            kafka=k,
+            clickhouse=clickhouse_settings,
+            group_id="retraining-" + uuid.uuid4().hex[:6],
+            webhook_secrets={"pipeline": SECRET},
+        )
         service = RetrainingService(rs, load_config(retraining_config(pipeline.port)), ServeRollout(inference))
         tasks.append(asyncio.create_task(service.run(asyncio.Event(), health=False), name="retraining"))
 
         async with ArgusProducer(k) as p:
             for i in range(460):
                 drifted = i >= 300
-                await p.request([{"role": "user", "content": make_prompt(profile, rng, drifted)}], tenant="acme",
-                                deadline_s=-1.0, metadata={"loadgen_phase": "drift" if drifted else "baseline"})
+                await p.request(
+                    [{"role": "user", "content": make_prompt(profile, rng, drifted)}],
+                    tenant="acme",
+                    deadline_s=-1.0,
+                    metadata={"loadgen_phase": "drift" if drifted else "baseline"},
+                )
             await p.flush()
 
         # drift -> alert -> trigger awaiting approval, with its evidence
         try:
-            trig = await until(lambda: [t for t in service.book.triggers.values() if t.policy == "drift-alert"], 240,
-                               "a trigger from the drift alert")
+            trig = await until(
+                lambda: [t for t in service.book.triggers.values() if t.policy == "drift-alert"],
+                240,
+                "a trigger from the drift alert",
+            )
         except AssertionError:
             drift = ch.query(f"SELECT feature, detector, model_version FROM {db}.drift_events").result_rows
             alerts = ch.query(f"SELECT rule, status, labels FROM {db}.alerts").result_rows
@@ -195,8 +290,22 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_
         assert body["evidence"]["alert_event_ids"] == t.alert_event_ids and body["dataset_spec"]["rows"]
         v2 = tmp_path / "v2.gguf"
         shutil.copyfile(gguf, v2)  # "retrained": the same weights under a new version
-        await cli(k, "models", "register", MODEL, "v2", str(v2), "--trigger", t.trigger_id, "--parent", "v1",
-                  "--by", "pipeline", "--card", "data_from=" + body["dataset_spec"]["from"])
+        await cli(
+            k,
+            "models",
+            "register",
+            MODEL,
+            "v2",
+            str(v2),
+            "--trigger",
+            t.trigger_id,
+            "--parent",
+            "v1",
+            "--by",
+            "pipeline",
+            "--card",
+            "data_from=" + body["dataset_spec"]["from"],
+        )
 
         # validated on the ClickHouse holdout, canary at 10 %, promoted after 4 clean seconds
         await until(lambda: service.book.triggers[t.trigger_id].state == "canary", 180, "canary")
@@ -212,38 +321,78 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_
         async with ArgusProducer(k) as p:
             await p.feedback(str(uuid.uuid4()), tenant="acme", kind="label", label="wrong")
             await p.flush()
-        first = await until(lambda: [x for x in service.book.triggers.values() if x.policy == "quality"], 60, "metric trigger")
+        first = await until(
+            lambda: [x for x in service.book.triggers.values() if x.policy == "quality"], 60, "metric trigger"
+        )
         assert first[0].model_version == "v2"
         await until(lambda: service.book.triggers[first[0].trigger_id].state == "awaiting_approval", 30, "awaiting")
-        await cli(k, "retrain", "reject", first[0].trigger_id[:8], "--by", "jane.sre", "--comment", "not during the sale")
-        second = await until(lambda: [x for x in service.book.triggers.values() if x.policy == "quality" and x.open
-                                      and x.trigger_id != first[0].trigger_id], 60, "the next metric trigger")
+        await cli(
+            k, "retrain", "reject", first[0].trigger_id[:8], "--by", "jane.sre", "--comment", "not during the sale"
+        )
+        second = await until(
+            lambda: [
+                x
+                for x in service.book.triggers.values()
+                if x.policy == "quality" and x.open and x.trigger_id != first[0].trigger_id
+            ],
+            60,
+            "the next metric trigger",
+        )
         assert len(pipeline.delivered()) == 1, "the rejected trigger dispatched a job"
         await until(lambda: service.book.triggers[second[0].trigger_id].state == "awaiting_approval", 30, "awaiting")
         await cli(k, "retrain", "approve", second[0].trigger_id[:8], "--by", "jane.sre")
         await until(lambda: len(pipeline.delivered()) == 2, 60, "the second job")
         v3 = tmp_path / "v3.gguf"
         shutil.copyfile(gguf, v3)
-        await cli(k, "models", "register", MODEL, "v3", str(v3), "--trigger", second[0].trigger_id, "--parent", "v2",
-                  "--by", "pipeline")
+        await cli(
+            k,
+            "models",
+            "register",
+            MODEL,
+            "v3",
+            str(v3),
+            "--trigger",
+            second[0].trigger_id,
+            "--parent",
+            "v2",
+            "--by",
+            "pipeline",
+        )
         await until(lambda: service.book.triggers[second[0].trigger_id].state == "canary", 180, "second canary")
         # the canary's answers fail: the alerting service's error-rate alert for v3 rolls it back
         codec, producer = get_codec("inference-responses"), make_producer(k)
         await producer.start()
         for _ in range(10):
             rid = str(uuid.uuid4())
-            await producer.send(k.topic("inference-responses"), codec.encode({
-                "request_id": rid, "response_id": str(uuid.uuid4()), "model": MODEL, "response_model": "v3.gguf",
-                "model_version": "v3", "tenant": "acme", "latency_ms": 3.0, "status": "error", "error_type": "EngineError",
-                "served_at": int(time.time() * 1000)}), key=rid.encode())
+            await producer.send(
+                k.topic("inference-responses"),
+                codec.encode(
+                    {
+                        "request_id": rid,
+                        "response_id": str(uuid.uuid4()),
+                        "model": MODEL,
+                        "response_model": "v3.gguf",
+                        "model_version": "v3",
+                        "tenant": "acme",
+                        "latency_ms": 3.0,
+                        "status": "error",
+                        "error_type": "EngineError",
+                        "served_at": int(time.time() * 1000),
+                    }
+                ),
+                key=rid.encode(),
+            )
         await producer.stop()
         await until(lambda: service.book.triggers[second[0].trigger_id].state == "rolled_back", 120, "rollback")
         routing = await asyncio.to_thread(lambda: serve.get_app_handle(inference.app_name).routing.remote().result())
         assert routing["weights"] == {"v2": 100.0}, routing
 
         # a tampered artifact is refused at the gate
-        third = await until(lambda: [x for x in service.book.triggers.values() if x.policy == "quality" and x.open], 60,
-                            "a third metric trigger")
+        third = await until(
+            lambda: [x for x in service.book.triggers.values() if x.policy == "quality" and x.open],
+            60,
+            "a third metric trigger",
+        )
         await until(lambda: service.book.triggers[third[0].trigger_id].state == "awaiting_approval", 30, "awaiting")
         await cli(k, "retrain", "approve", third[0].trigger_id[:8], "--by", "jane.sre")
         await until(lambda: len(pipeline.delivered()) == 3, 60, "the third job")
@@ -252,21 +401,55 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_
         with open(v4, "r+b") as f:  # tampered in storage after the pipeline built it
             f.seek(4096)
             f.write(b"\x00" * 16)
-        await cli(k, "models", "register", MODEL, "v4", str(v4), "--trigger", third[0].trigger_id, "--by", "pipeline",
-                  "--sha256", sha256_of(gguf))
+        await cli(
+            k,
+            "models",
+            "register",
+            MODEL,
+            "v4",
+            str(v4),
+            "--trigger",
+            third[0].trigger_id,
+            "--by",
+            "pipeline",
+            "--sha256",
+            sha256_of(gguf),
+        )
         await until(lambda: service.book.triggers[third[0].trigger_id].state == "validation_failed", 120, "refusal")
         last = service.book.triggers[third[0].trigger_id].history[-1]["comment"]
         assert "does not match the registered digest" in last, last
 
         # every transition, in order, in ClickHouse
         expected = {
-            t.trigger_id: ["proposed", "awaiting_approval", "approved", "dispatched", "candidate_registered", "validated",
-                           "canary", "promoted"],
+            t.trigger_id: [
+                "proposed",
+                "awaiting_approval",
+                "approved",
+                "dispatched",
+                "candidate_registered",
+                "validated",
+                "canary",
+                "promoted",
+            ],
             first[0].trigger_id: ["proposed", "awaiting_approval", "rejected"],
-            second[0].trigger_id: ["proposed", "awaiting_approval", "approved", "dispatched", "candidate_registered",
-                                   "validated", "canary", "rolled_back"],
-            third[0].trigger_id: ["proposed", "awaiting_approval", "approved", "dispatched", "candidate_registered",
-                                  "validation_failed"],
+            second[0].trigger_id: [
+                "proposed",
+                "awaiting_approval",
+                "approved",
+                "dispatched",
+                "candidate_registered",
+                "validated",
+                "canary",
+                "rolled_back",
+            ],
+            third[0].trigger_id: [
+                "proposed",
+                "awaiting_approval",
+                "approved",
+                "dispatched",
+                "candidate_registered",
+                "validation_failed",
+            ],
         }
 
         def logged() -> bool:
@@ -277,8 +460,10 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(ray_serve, kafka_
         for key in expected:
             seqs = [seq for tid, seq, _ in states(ch, db, key)]
             assert seqs == list(range(1, len(seqs) + 1))
-        assert ch.query(f"SELECT groupArray(status) FROM (SELECT status FROM {db}.model_registry FINAL WHERE version = 'v3' "
-                        "ORDER BY occurred_at)").result_rows[0][0] == ["candidate", "canary", "rejected"]
+        assert ch.query(
+            f"SELECT groupArray(status) FROM (SELECT status FROM {db}.model_registry FINAL WHERE version = 'v3' "
+            "ORDER BY occurred_at)"
+        ).result_rows[0][0] == ["candidate", "canary", "rejected"]
         assert pipeline.bad_signatures == 0
     finally:
         stop.set()

@@ -1,4 +1,5 @@
 """Unit tests do no I/O: any attempt to open a network connection fails the test."""
+
 from __future__ import annotations
 
 import socket

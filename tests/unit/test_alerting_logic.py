@@ -1,6 +1,7 @@
 """Alerting logic without I/O: configuration errors, fingerprints and matchers, sliding
 windows, the engine's Alertmanager semantics (for, grouping, dedup, repeat, resolve,
 silences, inhibition, restart) and the webhook payload and signature."""
+
 from __future__ import annotations
 
 import json
@@ -10,30 +11,57 @@ import pytest
 
 from services.alerting.app import alert_record, dead_letter_signal, feedback_signal, is_negative, response_signal
 from services.alerting.config import ConfigError, SlackConfig, load_config
-from services.common.durations import parse_duration
 from services.alerting.engine import AlertEngine, Silence
-from services.common.labels import Matcher, MatcherError, fingerprint
 from services.alerting.notify import slack_payload, webhook_payload
-from services.common.webhook import sign, verify_signature
 from services.alerting.settings import DEFAULT_CONFIG
 from services.alerting.windows import Signal, SlidingWindow
+from services.common.durations import parse_duration
+from services.common.labels import Matcher, MatcherError, fingerprint
 from services.common.registry import get_codec
+from services.common.webhook import sign, verify_signature
 
 
 def config(**over):
     base = {
         "rules": [
-            {"name": "HighErrorRate", "source": "responses", "metric": "error_rate", "by": ["model"], "window": "60s",
-             "op": ">", "threshold": 0.2, "min_events": 10, "for": "0s", "severity": "critical",
-             "annotations": {"summary": "error rate {value:.0%} on {model}"}},
-            {"name": "Drift", "source": "drift", "metric": "count", "by": ["model", "feature"], "window": "60s",
-             "threshold": 0, "severity": "warning"},
+            {
+                "name": "HighErrorRate",
+                "source": "responses",
+                "metric": "error_rate",
+                "by": ["model"],
+                "window": "60s",
+                "op": ">",
+                "threshold": 0.2,
+                "min_events": 10,
+                "for": "0s",
+                "severity": "critical",
+                "annotations": {"summary": "error rate {value:.0%} on {model}"},
+            },
+            {
+                "name": "Drift",
+                "source": "drift",
+                "metric": "count",
+                "by": ["model", "feature"],
+                "window": "60s",
+                "threshold": 0,
+                "severity": "warning",
+            },
         ],
-        "route": {"receiver": "hook", "group_by": ["alertname", "model"], "group_wait": "2s", "group_interval": "30s",
-                  "repeat_interval": "1h"},
+        "route": {
+            "receiver": "hook",
+            "group_by": ["alertname", "model"],
+            "group_wait": "2s",
+            "group_interval": "30s",
+            "repeat_interval": "1h",
+        },
         "receivers": [{"name": "hook", "webhook_configs": [{"url": "http://127.0.0.1:1/x", "secret": "s"}]}],
-        "inhibit_rules": [{"source_matchers": ['alertname="HighErrorRate"'], "target_matchers": ['alertname="Drift"'],
-                           "equal": ["model"]}],
+        "inhibit_rules": [
+            {
+                "source_matchers": ['alertname="HighErrorRate"'],
+                "target_matchers": ['alertname="Drift"'],
+                "equal": ["model"],
+            }
+        ],
     }
     base.update(over)
     return load_config(base)
@@ -41,8 +69,15 @@ def config(**over):
 
 def responses(eng: AlertEngine, t: float, n: int, errors: int, model: str = "m") -> None:
     for i in range(n):
-        eng.observe(Signal("responses", t, {"model": model, "model_version": "v1", "tenant": "acme"},
-                           {"error": 1.0 if i < errors else 0.0, "latency_ms": 100.0, "tokens": 10.0}), t)
+        eng.observe(
+            Signal(
+                "responses",
+                t,
+                {"model": model, "model_version": "v1", "tenant": "acme"},
+                {"error": 1.0 if i < errors else 0.0, "latency_ms": 100.0, "tokens": 10.0},
+            ),
+            t,
+        )
 
 
 def test_default_config_is_valid() -> None:
@@ -50,15 +85,18 @@ def test_default_config_is_valid() -> None:
     assert {r.name for r in cfg.rules} >= {"InferenceErrorRate", "DriftDetected", "DeadLetters", "ConsumerLag"}
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"rules": [{"name": "X", "source": "responses", "metric": "p95"}]}, "metric 'p95' is not available"),
-    ({"rules": [{"name": "X", "source": "drift", "by": ["tenant"]}]}, "label 'tenant' does not exist on drift"),
-    ({"rules": [{"name": "X", "source": "drift", "window": "5 minutes"}]}, "bad duration"),
-    ({"rules": [{"name": "X", "source": "drift", "matchers": ["model=='x'"]}]}, "bad matcher"),
-    ({"rules": [{"name": "X", "source": "drift", "annotations": {"s": "{nope}"}}]}, "uses {nope}"),
-    ({"route": {"receiver": "nobody"}}, "receiver 'nobody' is not defined"),
-    ({"rules": [{"name": "X", "source": "drift", "labels": {"severity": "x"}}]}, "may not set 'severity'"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"rules": [{"name": "X", "source": "responses", "metric": "p95"}]}, "metric 'p95' is not available"),
+        ({"rules": [{"name": "X", "source": "drift", "by": ["tenant"]}]}, "label 'tenant' does not exist on drift"),
+        ({"rules": [{"name": "X", "source": "drift", "window": "5 minutes"}]}, "bad duration"),
+        ({"rules": [{"name": "X", "source": "drift", "matchers": ["model=='x'"]}]}, "bad matcher"),
+        ({"rules": [{"name": "X", "source": "drift", "annotations": {"s": "{nope}"}}]}, "uses {nope}"),
+        ({"route": {"receiver": "nobody"}}, "receiver 'nobody' is not defined"),
+        ({"rules": [{"name": "X", "source": "drift", "labels": {"severity": "x"}}]}, "may not set 'severity'"),
+    ],
+)
 def test_invalid_configs_fail_with_the_place_and_reason(change, message) -> None:
     with pytest.raises(ConfigError) as e:
         config(**change)
@@ -106,7 +144,11 @@ def test_breach_fires_once_per_group_and_resolves() -> None:
     assert changes[0].alert.annotations["summary"] == "error rate 50% on m"
     assert eng.flush(101)[0] == []  # group_wait (2 s) not over
     notes, _ = eng.flush(102)
-    assert len(notes) == 1 and notes[0].status == "firing" and notes[0].group_labels == {"alertname": "HighErrorRate", "model": "m"}
+    assert (
+        len(notes) == 1
+        and notes[0].status == "firing"
+        and notes[0].group_labels == {"alertname": "HighErrorRate", "model": "m"}
+    )
     assert eng.flush(103)[0] == []  # in flight: never twice
     eng.delivered(notes[0], 102.1)
     responses(eng, 110, 20, errors=10)  # the same breach again within group_interval
@@ -123,8 +165,20 @@ def test_breach_fires_once_per_group_and_resolves() -> None:
 
 
 def test_for_duration_keeps_alert_pending_until_it_holds() -> None:
-    cfg = config(rules=[{"name": "Slow", "source": "responses", "metric": "latency_p95", "by": ["model"], "window": "60s",
-                         "threshold": 50, "min_events": 5, "for": "30s"}])
+    cfg = config(
+        rules=[
+            {
+                "name": "Slow",
+                "source": "responses",
+                "metric": "latency_p95",
+                "by": ["model"],
+                "window": "60s",
+                "threshold": 50,
+                "min_events": 5,
+                "for": "30s",
+            }
+        ]
+    )
     eng = AlertEngine(cfg, now=0)
     responses(eng, 100, 10, errors=0)
     assert [c.status for c in eng.evaluate(100)] == ["pending"]
@@ -163,8 +217,21 @@ def test_silence_suppresses_and_inhibition_mutes_the_target() -> None:
     assert notes == [] and [c.status for c in muted] == ["suppressed"]
     # drift on model m is inhibited by the firing error-rate alert on m; drift on n is not
     for model in ("m", "n"):
-        eng.observe(Signal("drift", 103, {"model": model, "model_version": "v1", "feature": "prompt_length",
-                                          "detector": "ks", "drift_severity": "warning"}, {"statistic": 0.3, "threshold": 0.2}), 103)
+        eng.observe(
+            Signal(
+                "drift",
+                103,
+                {
+                    "model": model,
+                    "model_version": "v1",
+                    "feature": "prompt_length",
+                    "detector": "ks",
+                    "drift_severity": "warning",
+                },
+                {"statistic": 0.3, "threshold": 0.2},
+            ),
+            103,
+        )
     eng.evaluate(103)
     notes, _ = eng.flush(106)
     assert [n.group_labels for n in notes] == [{"alertname": "Drift", "model": "n"}]
@@ -182,8 +249,12 @@ def test_restart_restores_alerts_silences_and_log_without_resending() -> None:
     eng.delivered(notes[0], 102)
     saved = eng.take_dirty()
     again = AlertEngine(config(), now=150)
-    again.restore(alerts=[v for v in saved["alerts"].values() if v], silences=[v for v in saved["silences"].values() if v],
-                  nflog=[(k, v) for k, v in saved["nflog"].items() if v], now=150)
+    again.restore(
+        alerts=[v for v in saved["alerts"].values() if v],
+        silences=[v for v in saved["silences"].values() if v],
+        nflog=[(k, v) for k, v in saved["nflog"].items() if v],
+        now=150,
+    )
     assert again.flush(152)[0] == []  # group rebuilt; log says it was sent
     again.evaluate(153, everything=True)  # empty windows just after a start: no resolution (warm-up)
     assert again.alerts[notes[0].firing[0]].state == "firing"
@@ -197,8 +268,18 @@ def test_webhook_payload_is_alertmanager_v4_and_signed() -> None:
     note = eng.flush(102)[0][0]
     p = webhook_payload(note, "http://argus:9095")
     assert p["version"] == "4" and p["status"] == "firing" and p["receiver"] == "hook"
-    assert set(p) == {"version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels", "commonLabels",
-                      "commonAnnotations", "externalURL", "alerts"}
+    assert set(p) == {
+        "version",
+        "groupKey",
+        "truncatedAlerts",
+        "status",
+        "receiver",
+        "groupLabels",
+        "commonLabels",
+        "commonAnnotations",
+        "externalURL",
+        "alerts",
+    }
     a = p["alerts"][0]
     assert a["endsAt"] == "0001-01-01T00:00:00Z" and a["startsAt"].endswith("Z") and a["fingerprint"] == note.firing[0]
     assert p["commonLabels"]["alertname"] == "HighErrorRate"
@@ -212,8 +293,16 @@ def test_webhook_payload_is_alertmanager_v4_and_signed() -> None:
 
 
 def test_signals_from_records_and_alert_records_encode() -> None:
-    r = {"model": "m", "model_version": "v1", "tenant": "t", "status": "error", "latency_ms": 5.0, "input_tokens": 3,
-         "output_tokens": 4, "mean_logprob": None}
+    r = {
+        "model": "m",
+        "model_version": "v1",
+        "tenant": "t",
+        "status": "error",
+        "latency_ms": 5.0,
+        "input_tokens": 3,
+        "output_tokens": 4,
+        "mean_logprob": None,
+    }
     s = response_signal(r, 1.0)
     assert s.values["error"] == 1.0 and s.values["tokens"] == 7.0
     assert is_negative({"kind": "thumbs", "score": 0.0}) and not is_negative({"kind": "rating", "score": 4.0})

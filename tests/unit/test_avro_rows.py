@@ -1,6 +1,7 @@
 """Avro rows for ClickHouse: a message passed through as the producer wrote it gives the
 byte-identical row the full path (decode, validate, protect, build, encode) gives, and
 everything the full path would change or refuse takes the full path."""
+
 from __future__ import annotations
 
 import random
@@ -24,11 +25,23 @@ TOPIC = "argus.inference.responses"
 
 def response(i: int, **kw) -> dict:  # noqa: ANN003
     base = {
-        "request_id": str(uuid.UUID(int=i + 1)), "response_id": str(uuid.uuid4()), "model": "m",
-        "response_model": "m.gguf", "model_version": "v1", "tenant": f"t{i % 3}", "user": f"u{i}",
-        "output": f"Answer {i}: the largest city is Paris.", "finish_reason": "stop", "input_tokens": 20 + i,
-        "output_tokens": 5 + i, "latency_ms": 100.5 + i, "time_to_first_token_ms": 40.0, "mean_logprob": -0.25,
-        "status": "ok", "shadow": bool(i % 2), "served_at": 1_790_000_000_000 + i,
+        "request_id": str(uuid.UUID(int=i + 1)),
+        "response_id": str(uuid.uuid4()),
+        "model": "m",
+        "response_model": "m.gguf",
+        "model_version": "v1",
+        "tenant": f"t{i % 3}",
+        "user": f"u{i}",
+        "output": f"Answer {i}: the largest city is Paris.",
+        "finish_reason": "stop",
+        "input_tokens": 20 + i,
+        "output_tokens": 5 + i,
+        "latency_ms": 100.5 + i,
+        "time_to_first_token_ms": 40.0,
+        "mean_logprob": -0.25,
+        "status": "ok",
+        "shadow": bool(i % 2),
+        "served_at": 1_790_000_000_000 + i,
     }
     base.update(kw)
     return base
@@ -48,7 +61,9 @@ def both(rows, protector: Protector, data: bytes, offset: int = 5):  # noqa: ANN
 
 @pytest.fixture
 def protector() -> Protector:
-    return Protector(PiiPolicy(mode="redact"), {"clinic": PiiPolicy(store_text=False), "bank": PiiPolicy(mode="hash")}, b"k")
+    return Protector(
+        PiiPolicy(mode="redact"), {"clinic": PiiPolicy(store_text=False), "bank": PiiPolicy(mode="hash")}, b"k"
+    )
 
 
 @pytest.fixture(params=["native", "python"])
@@ -70,7 +85,9 @@ def test_clean_messages_pass_through_byte_identical_to_the_full_path(rows, prote
     records = [response(i) for i in range(50)]
     records += [rec for items in REG.examples(KEY).values() for _, rec in items]
     records += [
-        response(1, output=None, status="error", finish_reason=None, error_type="Timeout", error_message="took too long"),
+        response(
+            1, output=None, status="error", finish_reason=None, error_type="Timeout", error_message="took too long"
+        ),
         response(2, output="Ünïcödé ✓ – 東京 answer", user=None, trace_id="a" * 32, span_id="b" * 16),
         response(3, output="", replica="replica-1", replica_cpu_memory_bytes=2**40, replica_gpu_memory_bytes=0),
         response(4, tenant="bank"),  # hash mode: nothing to hash in a clean text
@@ -123,7 +140,7 @@ def test_tenant_without_text_storage_takes_the_full_path(rows, protector) -> Non
 
 
 def _with_schema_id(data: bytes, schema_id: int) -> bytes:
-    return HEADER.pack(MAGIC_BYTE, schema_id) + data[HEADER.size:]
+    return HEADER.pack(MAGIC_BYTE, schema_id) + data[HEADER.size :]
 
 
 def test_what_the_full_path_refuses_or_resolves_never_passes_through(rows, protector) -> None:
@@ -146,7 +163,7 @@ def test_what_the_full_path_refuses_or_resolves_never_passes_through(rows, prote
     data = bytearray(codec.encode(rec))
     bad["invalid utf-8"] = bytes(data.replace(b"MODEL", b"MOD\xffL"))
     i = bytes(data).index(b"\x02\x02T")  # trace_id: union branch 1, then the 1-char string "T"
-    bad["union branch out of range"] = bytes(data[:i] + b"\x04" + data[i + 1:])
+    bad["union branch out of range"] = bytes(data[:i] + b"\x04" + data[i + 1 :])
     # an int field holding more than 32 bits (ClickHouse would not store what was sent)
     counts = codec.encode(response(1, input_tokens=55, output_tokens=57))
     assert counts.count(b"stop" + zigzag(55) + zigzag(57)) == 1
@@ -159,7 +176,7 @@ def test_what_the_full_path_refuses_or_resolves_never_passes_through(rows, prote
         assert isinstance(both(rows, protector, bad[name])[1], InvalidMessage), name
     enum_rec = codec.encode(response(1, status="rejected"))
     status_at = enum_rec.index(zigzag(3) + b"\x00\x00\x00")  # status index 3, then three null unions
-    forged = enum_rec[:status_at] + zigzag(9) + enum_rec[status_at + 1:]
+    forged = enum_rec[:status_at] + zigzag(9) + enum_rec[status_at + 1 :]
     assert rows.passthrough(forged, TOPIC, 0, 0) is None
 
 
@@ -168,16 +185,46 @@ def test_maybe_pii_is_a_superset_of_every_detector() -> None:
     scripts, separators, letters, the four letters IGNORECASE folds to ASCII): whenever
     a detector finds something, the screen said 'maybe'."""
     rng = random.Random(11)
-    pieces = ["4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00", "a.b@c.io", "10.0.0.1", "fe80::1:2", "+44 20 7946 0958",
-              "123-45-6789", "AB 12 34 56 C", "12345678Z", "sk-" + "a" * 24, "AKIA" + "B" * 16, "passwοrd", "ſecret: hunter22",
-              "toKen=abcdefghij", "apı_key=abcdefgh", "API-KEY :\x1cabcdefghij", "password=\u2003hunter2222", "xsecret=abcdefghij",
-              "éapi_key=abcdefghij", "ghp_" + "a" * 36, "xoxb-abcdefghijk", "AIza" + "b" * 35, "eyJabcdefghij.eyJabcdefghij.abcdefghij",
-              "capital", "tokens", "secretary", "٤١١١١١١١١١١١١١١١", "１２３-４５-６７８９", "-----BEGIN RSA PRIVATE KEY-----x-----END RSA PRIVATE KEY-----"]
+    pieces = [
+        "4111 1111 1111 1111",
+        "DE89 3704 0044 0532 0130 00",
+        "a.b@c.io",
+        "10.0.0.1",
+        "fe80::1:2",
+        "+44 20 7946 0958",
+        "123-45-6789",
+        "AB 12 34 56 C",
+        "12345678Z",
+        "sk-" + "a" * 24,
+        "AKIA" + "B" * 16,
+        "passwοrd",
+        "ſecret: hunter22",
+        "toKen=abcdefghij",
+        "apı_key=abcdefgh",
+        "API-KEY :\x1cabcdefghij",
+        "password=\u2003hunter2222",
+        "xsecret=abcdefghij",
+        "éapi_key=abcdefghij",
+        "ghp_" + "a" * 36,
+        "xoxb-abcdefghijk",
+        "AIza" + "b" * 35,
+        "eyJabcdefghij.eyJabcdefghij.abcdefghij",
+        "capital",
+        "tokens",
+        "secretary",
+        "٤١١١١١١١١١١١١١١١",
+        "１２３-４５-６７８９",
+        "-----BEGIN RSA PRIVATE KEY-----x-----END RSA PRIVATE KEY-----",
+    ]
     alphabet = "0123456789 -.()+:@abcdefABCDEFXYZ٤١٢\u00a0\u2009İıſK_=eyJ\x1c\x1f\t"
     hits = 0
     for _ in range(4000):
-        parts = [rng.choice(pieces) if rng.random() < 0.3 else "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 25)))
-                 for _ in range(rng.randrange(1, 4))]
+        parts = [
+            rng.choice(pieces)
+            if rng.random() < 0.3
+            else "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 25)))
+            for _ in range(rng.randrange(1, 4))
+        ]
         text = rng.choice([" ", "", "\n"]).join(parts)
         assert maybe_pii_utf8(text.encode()) == maybe_pii(text), text  # the screen on raw bytes is the same screen
         if find_pii(text):
@@ -211,17 +258,36 @@ def test_zigzag_matches_avro() -> None:
 
 def _random_text(rng: random.Random) -> str | None:
     clean = ["Paris", "answer", " ", "42", "7.", "é", "東京", "✓", "\u00a0", "\n", "\x1c", "x" * 70]
-    suspect = ["a.b@c.io", "4111 1111 1111 1111", "fe80::1", "api", "Secret", "ſ", "ghp_", "DE89", "1.2.3.4", "(555) 123"]
+    suspect = [
+        "a.b@c.io",
+        "4111 1111 1111 1111",
+        "fe80::1",
+        "api",
+        "Secret",
+        "ſ",
+        "ghp_",
+        "DE89",
+        "1.2.3.4",
+        "(555) 123",
+    ]
     if rng.random() < 0.1:
         return None
     return "".join(rng.choice(suspect if rng.random() < 0.03 else clean) for _ in range(rng.randrange(0, 8)))
 
 
 def _random_response(rng: random.Random, i: int) -> dict:
-    rec = response(i, output=_random_text(rng), error_message=_random_text(rng), user=_random_text(rng),
-                   tenant=rng.choice(["t0", "t1", "clinic", "bank", "ténant"]), model=_random_text(rng) or "m",
-                   input_tokens=rng.choice([0, 1, 63, 64, 2**31 - 1]), replica_cpu_memory_bytes=rng.choice([None, 0, 2**40]),
-                   status=rng.choice(["ok", "error", "deadline_exceeded", "rejected"]), shadow=rng.random() < 0.5)
+    rec = response(
+        i,
+        output=_random_text(rng),
+        error_message=_random_text(rng),
+        user=_random_text(rng),
+        tenant=rng.choice(["t0", "t1", "clinic", "bank", "ténant"]),
+        model=_random_text(rng) or "m",
+        input_tokens=rng.choice([0, 1, 63, 64, 2**31 - 1]),
+        replica_cpu_memory_bytes=rng.choice([None, 0, 2**40]),
+        status=rng.choice(["ok", "error", "deadline_exceeded", "rejected"]),
+        shadow=rng.random() < 0.5,
+    )
     return rec
 
 
@@ -231,7 +297,7 @@ def _corrupted(rng: random.Random, good: bytes, times: int) -> list[bytes]:
     out = [good]
     for _ in range(times):
         j = rng.randrange(5, len(good))
-        out.append(good[:j] + bytes([rng.randrange(256)]) + good[j + 1:])
+        out.append(good[:j] + bytes([rng.randrange(256)]) + good[j + 1 :])
         out.append(good[:j])
         out.append(good[:j] + bytes([rng.choice([0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF])]) + good[j:])
     return out
@@ -266,14 +332,59 @@ def test_compiled_screen_equals_the_regex_screen() -> None:
 
     rng = random.Random(3)
     alphabet = "0123456789 -.()+:@_=abcdefgkostxyzABCDEFGHIJKXYZ\t\n\x0b\x0c\r\x1c\x1f"
-    words = ["akia", "AKIA", "ASIA", "sk-", "SK-", "ghp_", "GHO_", "ghx_", "xoxb-", "xoxz-", "xox", "AiZa", "AIza", "eyJ", "EYJ",
-             "private key", "PRIVATE KEY", "PRIVATE  KEY", "api", "api_key", "API-KEY", "apikey", "secret", "Secret", "tOkEn",
-             "passw", "passwd", "PassWord", "passwordd", "capital", "tokens", "secretary", ":", "=", " =", "\x1c:", "_", "x",
-             "DE89", "fe80::1", "a:12345:", "1.2.3.4", "(555) 1234"]
+    words = [
+        "akia",
+        "AKIA",
+        "ASIA",
+        "sk-",
+        "SK-",
+        "ghp_",
+        "GHO_",
+        "ghx_",
+        "xoxb-",
+        "xoxz-",
+        "xox",
+        "AiZa",
+        "AIza",
+        "eyJ",
+        "EYJ",
+        "private key",
+        "PRIVATE KEY",
+        "PRIVATE  KEY",
+        "api",
+        "api_key",
+        "API-KEY",
+        "apikey",
+        "secret",
+        "Secret",
+        "tOkEn",
+        "passw",
+        "passwd",
+        "PassWord",
+        "passwordd",
+        "capital",
+        "tokens",
+        "secretary",
+        ":",
+        "=",
+        " =",
+        "\x1c:",
+        "_",
+        "x",
+        "DE89",
+        "fe80::1",
+        "a:12345:",
+        "1.2.3.4",
+        "(555) 1234",
+    ]
     hits = 0
     for _ in range(30000):
-        parts = [rng.choice(words) if rng.random() < 0.2 else "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
-                 for _ in range(rng.randrange(1, 4))]
+        parts = [
+            rng.choice(words)
+            if rng.random() < 0.2
+            else "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+            for _ in range(rng.randrange(1, 4))
+        ]
         raw = "".join(parts).encode()
         expected = maybe_pii_utf8(raw)
         assert ascii_maybe_pii(raw) == expected, raw
@@ -288,10 +399,23 @@ RTOPIC = "argus.inference.requests"
 
 def request(i: int, **kw) -> dict:  # noqa: ANN003
     base = {
-        "request_id": str(uuid.UUID(int=i + 7)), "created_at": 1_790_000_000_000 + i, "model": "m",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Question {i}: why is the sky blue?"}],
-        "temperature": 0.7, "top_p": None, "max_tokens": 64, "stop_sequences": ["\n\n"], "seed": None,
-        "tenant": f"t{i % 3}", "user": f"u{i}", "trace_id": None, "span_id": None, "deadline": None,
+        "request_id": str(uuid.UUID(int=i + 7)),
+        "created_at": 1_790_000_000_000 + i,
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"Question {i}: why is the sky blue?"},
+        ],
+        "temperature": 0.7,
+        "top_p": None,
+        "max_tokens": 64,
+        "stop_sequences": ["\n\n"],
+        "seed": None,
+        "tenant": f"t{i % 3}",
+        "user": f"u{i}",
+        "trace_id": None,
+        "span_id": None,
+        "deadline": None,
         "metadata": {"app": "chat"},
     }
     base.update(kw)
@@ -342,8 +466,16 @@ def test_clean_requests_pass_through_byte_identical_to_the_full_path(request_row
         request(4, messages=[m("system", "a"), m("user", "b"), m("system", "c"), m("assistant", "d"), m("tool", "")]),
         request(5, messages=[m("user", "Ünïcödé ✓ – 東京 " * 10)], metadata={}, user=None, stop_sequences=[]),
         request(6, messages=[m("user", "word " * 3000)], metadata={"k" * 70: "v" * 9000, "é": "ü"}),
-        request(7, temperature=None, top_p=0.123456789, max_tokens=None, seed=-5, deadline=1_790_000_100_000,
-                trace_id="a" * 32, span_id="b" * 16),
+        request(
+            7,
+            temperature=None,
+            top_p=0.123456789,
+            max_tokens=None,
+            seed=-5,
+            deadline=1_790_000_100_000,
+            trace_id="a" * 32,
+            span_id="b" * 16,
+        ),
         request(8, tenant="bank"),
     ]
     passed = 0
@@ -403,10 +535,17 @@ def test_corrupted_requests_pass_through_only_as_the_full_path_would_store_them(
     rng = random.Random(13)
     accepted = refused = 0
     for i in range(600):
-        msgs = [{"role": rng.choice(["system", "user", "assistant", "é"]), "content": _random_text(rng) or ""}
-                for _ in range(rng.randrange(0, 4))]
-        rec = request(i, messages=msgs, metadata={f"k{j}": _random_text(rng) or "" for j in range(rng.randrange(0, 3))},
-                      max_tokens=rng.choice([None, 0, 64, 2**31 - 1]), tenant=rng.choice(["t0", "clinic", "bank"]))
+        msgs = [
+            {"role": rng.choice(["system", "user", "assistant", "é"]), "content": _random_text(rng) or ""}
+            for _ in range(rng.randrange(0, 4))
+        ]
+        rec = request(
+            i,
+            messages=msgs,
+            metadata={f"k{j}": _random_text(rng) or "" for j in range(rng.randrange(0, 3))},
+            max_tokens=rng.choice([None, 0, 64, 2**31 - 1]),
+            tenant=rng.choice(["t0", "clinic", "bank"]),
+        )
         for v in _corrupted(rng, codec.encode(rec), 6):
             fast, full = both_request(request_rows, protector, v, offset=i)
             if fast is None:
@@ -421,13 +560,20 @@ def test_blocked_arrays_and_maps_are_framed(request_rows, protector) -> None:
     """Avro lets a writer split an array or map into blocks, a negative count followed by
     the block's size in bytes (Java's blocking encoder does): the walker frames them."""
     codec = get_codec(RKEY)
-    rec = request(1, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], stop_sequences=[],
-                  metadata={})
+    rec = request(
+        1,
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        stop_sequences=[],
+        metadata={},
+    )
     plain = codec.encode(rec)
     items = zigzag(4) + b"user" + zigzag(2) + b"hi" + zigzag(9) + b"assistant" + zigzag(2) + b"yo"
     assert items in plain
-    blocked = plain.replace(zigzag(2) + items + b"\x00", zigzag(-1) + zigzag(8) + items[:8] + zigzag(-1) + zigzag(len(items) - 8)
-                            + items[8:] + b"\x00", 1)
+    blocked = plain.replace(
+        zigzag(2) + items + b"\x00",
+        zigzag(-1) + zigzag(8) + items[:8] + zigzag(-1) + zigzag(len(items) - 8) + items[8:] + b"\x00",
+        1,
+    )
     assert blocked != plain and codec.decode_plain(blocked) == codec.decode_plain(plain)
     fast, full = both_request(request_rows, protector, blocked)
     assert fast is not None and fast == full

@@ -1,4 +1,5 @@
 """Request parsing of the ClickHouse HTTP endpoint (no server needed)."""
+
 from __future__ import annotations
 
 import gzip
@@ -71,6 +72,8 @@ def test_response_compression_follows_accept_encoding() -> None:
 
 
 def test_engine_errors_keep_the_clickhouse_code_and_name() -> None:
-    e = engine_error(RuntimeError("Code: 60. DB::Exception: Unknown table expression identifier 'nope'. (UNKNOWN_TABLE)"))
+    e = engine_error(
+        RuntimeError("Code: 60. DB::Exception: Unknown table expression identifier 'nope'. (UNKNOWN_TABLE)")
+    )
     assert (e.code, e.name) == (60, "UNKNOWN_TABLE")
     assert e.body("26.9").startswith(b"Code: 60. DB::Exception: Unknown table")

@@ -44,7 +44,7 @@ def test_wire_header_layout() -> None:
     "data,reason",
     [
         (b"", "shorter than the 5-byte wire header"),
-        (b"{\"a\": 1}", "magic byte"),
+        (b'{"a": 1}', "magic byte"),
         (b"\x00\x00\x00\x03\xe7" + b"\x02", "unknown schema id 999"),
         (None, "no value"),
     ],
@@ -92,7 +92,9 @@ def test_a_second_avro_implementation_reads_and_writes_the_same_bytes() -> None:
     for field in ("created_at", "deadline"):  # Apache Avro wants datetimes for timestamp-millis
         theirs_in[field] = datetime.datetime.fromtimestamp(theirs_in[field] / 1000, tz=datetime.timezone.utc)
     avro.io.DatumWriter(schema).write(theirs_in, avro.io.BinaryEncoder(buf))
-    assert to_json(codec.decode(buf.getvalue())) == to_json(fill_defaults(REG.schema_json("inference_request", 1), record))
+    assert to_json(codec.decode(buf.getvalue())) == to_json(
+        fill_defaults(REG.schema_json("inference_request", 1), record)
+    )
     # ours -> theirs
     ours = codec.encode(record)
     theirs = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(ours[5:])))

@@ -2,6 +2,7 @@
 catalogue: every Prometheus query names series the services really export, and every
 catalogue metric is on the dashboard. (Its ClickHouse queries run against real data in
 tests/integration/test_ingest.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,11 @@ def exported_series() -> set[str]:
     m = Metrics("probe")
     for name, d in CATALOGUE.items():
         labels = {k: "x" for k in d.labels if k != "service"}
-        {"counter": m.inc, "gauge": lambda n, **kw: m.set(n, 1, **kw), "histogram": lambda n, **kw: m.observe(n, 1, **kw)}[d.kind](name, **labels)
+        {
+            "counter": m.inc,
+            "gauge": lambda n, **kw: m.set(n, 1, **kw),
+            "histogram": lambda n, **kw: m.observe(n, 1, **kw),
+        }[d.kind](name, **labels)
     return {s.name for fam in text_string_to_metric_families(m.exposition().decode()) for s in fam.samples}
 
 

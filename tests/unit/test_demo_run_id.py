@@ -1,5 +1,6 @@
 """The demo finds its requests in ClickHouse by the run id in their metadata, which ingest
 PII-protects: every id it can draw must reach ClickHouse unchanged."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,5 +1,6 @@
 """Drift features and detectors without I/O: golden examples through feature
 extraction, detectors on synthetic streams with known change points."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,9 +45,12 @@ def feed(mon: StreamMonitor, values: np.ndarray, feature: str = "x", kind: str =
 
     out = []
     for v in values:
-        f = Features("m|v1", numeric={feature: float(v)} if kind == "numeric" else {},
-                     categorical={feature: str(v)} if kind == "categorical" else {},
-                     binary={feature: bool(v)} if kind == "binary" else {})
+        f = Features(
+            "m|v1",
+            numeric={feature: float(v)} if kind == "numeric" else {},
+            categorical={feature: str(v)} if kind == "categorical" else {},
+            binary={feature: bool(v)} if kind == "binary" else {},
+        )
         out += [(mon.position, a) for a in mon.observe(f)]
     return out
 
@@ -112,15 +116,24 @@ def test_semantic_detector_state_round_trips_exactly() -> None:
     assert len(b.current) == len(a.current) and dump_monitor(restored) == dump_monitor(mon)
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b"\x80\x04\x95 pickled bytes", "not a JSON checkpoint"),
-    (b'{"format": "argus.drift.monitor", "version": 0}', "format version 0"),
-    (b'[1, 2]', "not a drift monitor checkpoint"),
-    (b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
-     b' "detectors": {"x": {"kind": "numeric", "detectors": [{"type": "ks"}]}}}', "1 detectors saved, 2 expected"),
-    (b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
-     b' "detectors": {"x": {"kind": "os.system", "detectors": []}}}', "no detectors for kind"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"\x80\x04\x95 pickled bytes", "not a JSON checkpoint"),
+        (b'{"format": "argus.drift.monitor", "version": 0}', "format version 0"),
+        (b"[1, 2]", "not a drift monitor checkpoint"),
+        (
+            b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
+            b' "detectors": {"x": {"kind": "numeric", "detectors": [{"type": "ks"}]}}}',
+            "1 detectors saved, 2 expected",
+        ),
+        (
+            b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
+            b' "detectors": {"x": {"kind": "os.system", "detectors": []}}}',
+            "no detectors for kind",
+        ),
+    ],
+)
 def test_a_checkpoint_this_version_cannot_read_is_refused_not_guessed(raw: bytes, reason: str) -> None:
     from services.drift.state import StateError, load_monitor
 

@@ -1,5 +1,6 @@
 """Pure parts of the inference service: routing, offsets, response records, settings,
 and the GPU (Ray Serve LLM) configuration, which is tested without a GPU."""
+
 from __future__ import annotations
 
 import uuid
@@ -75,18 +76,38 @@ def test_offsets_tolerate_gaps() -> None:
 
 
 def request(**kw) -> dict:  # noqa: ANN003
-    base = {"request_id": str(uuid.uuid4()), "created_at": 1764000000000, "model": "m", "tenant": "acme",
-            "messages": [{"role": "user", "content": "hi"}]}
+    base = {
+        "request_id": str(uuid.uuid4()),
+        "created_at": 1764000000000,
+        "model": "m",
+        "tenant": "acme",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     return base | kw
 
 
 def test_response_record_is_valid_for_ok_and_error() -> None:
     codec = get_codec("inference-responses")
-    gen = {"text": "hello", "finish_reason": "stop", "input_tokens": 10, "output_tokens": 2, "latency_ms": 12.5,
-           "time_to_first_token_ms": 5.0, "mean_logprob": -0.3, "replica": "llm-v1#a", "response_model": "x.gguf"}
+    gen = {
+        "text": "hello",
+        "finish_reason": "stop",
+        "input_tokens": 10,
+        "output_tokens": 2,
+        "latency_ms": 12.5,
+        "time_to_first_token_ms": 5.0,
+        "mean_logprob": -0.3,
+        "replica": "llm-v1#a",
+        "response_model": "x.gguf",
+    }
     ok = response_record(request(), model_version="v1", generation=gen)
-    err = response_record(request(), model_version="v2", status="error", error_type="RayActorError",
-                          error_message="replica died", latency_ms=3.0)
+    err = response_record(
+        request(),
+        model_version="v2",
+        status="error",
+        error_type="RayActorError",
+        error_message="replica died",
+        latency_ms=3.0,
+    )
     for rec in (ok, err):
         assert codec.decode(codec.encode(rec))["request_id"]
     assert err["output"] is None and err["finish_reason"] == "error" and err["status"] == "error"
@@ -96,7 +117,9 @@ def test_chat_params_cap_tokens_and_add_a_system_prompt() -> None:
     p = chat_params(request(max_tokens=500, temperature=None), max_tokens_cap=64, system_prompt="Be brief.")
     assert p["max_tokens"] == 64 and p["temperature"] == 0.0
     assert p["messages"][0] == {"role": "system", "content": "Be brief."}
-    own = chat_params(request(messages=[{"role": "system", "content": "Mine"}, {"role": "user", "content": "q"}]), 64, "Be brief.")
+    own = chat_params(
+        request(messages=[{"role": "system", "content": "Mine"}, {"role": "user", "content": "q"}]), 64, "Be brief."
+    )
     assert [m["content"] for m in own["messages"]] == ["Mine", "q"]
 
 
@@ -110,17 +133,30 @@ def test_settings_reject_unservable_configurations() -> None:
 
 
 def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ARGUS_INFERENCE_VERSIONS", '[{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}, {"version": "v3", "shadow": true}]')
+    monkeypatch.setenv(
+        "ARGUS_INFERENCE_VERSIONS",
+        '[{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}, {"version": "v3", "shadow": true}]',
+    )
     s = InferenceSettings()
-    assert s.routing_config() == {"weights": {"v1": 90.0, "v2": 10.0, "v3": 0.0}, "shadows": ["v3"], "shadow_grace_s": 30.0}
+    assert s.routing_config() == {
+        "weights": {"v1": 90.0, "v2": 10.0, "v3": 0.0},
+        "shadows": ["v3"],
+        "shadow_grace_s": 30.0,
+    }
 
 
 def test_serve_config_keeps_weights_out_of_the_build_args() -> None:
     from services.inference.serveconfig import serve_config
 
-    a = serve_config(InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))))
-    b = serve_config(InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=0)),
-                                       engine=EngineSettings(max_tokens=16)))
+    a = serve_config(
+        InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10)))
+    )
+    b = serve_config(
+        InferenceSettings(
+            versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=0)),
+            engine=EngineSettings(max_tokens=16),
+        )
+    )
     # only user_config differs, so Serve reconfigures running replicas instead of replacing them
     assert a["args"] == b["args"] and a["import_path"] == "services.inference.app:app_builder"
     assert a["deployments"][0]["user_config"]["weights"] != b["deployments"][0]["user_config"]["weights"]
@@ -130,8 +166,10 @@ def test_gpu_configuration_for_ray_serve_llm() -> None:
     from services.inference.gpu import gpu_serve_config, llm_config
 
     s = InferenceSettings(
-        versions=(ModelVersion(version="v1", weight=90, model_path="/models/smollm2", max_replicas=4),
-                  ModelVersion(version="v2", weight=10, model_path="/models/smollm2-ft")),
+        versions=(
+            ModelVersion(version="v1", weight=90, model_path="/models/smollm2", max_replicas=4),
+            ModelVersion(version="v2", weight=10, model_path="/models/smollm2-ft"),
+        ),
         engine=EngineSettings(kind="vllm", num_gpus=1, accelerator_type="H100", tensor_parallel_size=1, n_ctx=4096),
     )
     cfg = llm_config(s, s.versions[0])
@@ -141,5 +179,7 @@ def test_gpu_configuration_for_ray_serve_llm() -> None:
     full = gpu_serve_config(s)
     assert full["import_path"] == "services.inference.gpu:gpu_app_builder"
     assert [c["model_loading_config"]["model_id"] for c in full["args"]["llm_configs"]] == [
-        "smollm2-135m-instruct-v1", "smollm2-135m-instruct-v2"]
+        "smollm2-135m-instruct-v1",
+        "smollm2-135m-instruct-v2",
+    ]
     assert full["args"]["engine"]["num_gpus"] == 1

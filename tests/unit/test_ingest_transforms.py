@@ -1,5 +1,6 @@
 """Every golden example through its table's transform (as snuba does with Sentry's
 examples), and the PII detector and policies."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,14 +14,26 @@ from services.ingest.pii import PiiPolicy, find_pii, scrub
 from services.ingest.transforms import TABLES, Protector, table_for
 
 REG = default_registry()
-CASES = [(key, p, rec) for spec in TABLES.values() for key in spec.topics
-         for items in REG.examples(key).values() for p, rec in items]
+CASES = [
+    (key, p, rec)
+    for spec in TABLES.values()
+    for key in spec.topics
+    for items in REG.examples(key).values()
+    for p, rec in items
+]
 
 
 def as_message(key: str, record: dict, offset: int = 7) -> Message:
     codec = get_codec(key)
-    return Message(topic="argus." + key, partition=1, offset=offset, key=None, raw=b"", timestamp_ms=0,
-                   value=codec.decode(codec.encode(record)))
+    return Message(
+        topic="argus." + key,
+        partition=1,
+        offset=offset,
+        key=None,
+        raw=b"",
+        timestamp_ms=0,
+        value=codec.decode(codec.encode(record)),
+    )
 
 
 @pytest.mark.parametrize("key,path,record", CASES, ids=[f"{k}/{p.name}" for k, p, _ in CASES])
@@ -50,8 +63,12 @@ CORPUS = {
     "IP": ["192.168.10.24", "2001:db8::8a2e:370:7334"],
     "SSN": ["123-45-6789"],
     "NATIONAL_ID": ["AB 12 34 56 C", "12345678Z", "1 84 12 76 451 089 46"],
-    "SECRET": ["AKIAIOSFODNN7EXAMPLE", "sk-proj-abcdefghijklmnopqrstuvwx1234", "ghp_" + "a1B2" * 9,
-               "api_key=9f8e7d6c5b4a3210"],
+    "SECRET": [
+        "AKIAIOSFODNN7EXAMPLE",
+        "sk-proj-abcdefghijklmnopqrstuvwx1234",
+        "ghp_" + "a1B2" * 9,
+        "api_key=9f8e7d6c5b4a3210",
+    ],
     "PHONE": ["+1 (415) 555-0132", "+44 20 7946 0958", "06 12 34 56 78"],
 }
 
@@ -59,7 +76,7 @@ CORPUS = {
 @pytest.mark.parametrize("kind,value", [(k, v) for k, vs in CORPUS.items() for v in vs])
 def test_detector_finds_each_kind(kind, value) -> None:
     text = f"Hello, please use {value} for this."
-    found = [(f.kind, text[f.start:f.end]) for f in find_pii(text)]
+    found = [(f.kind, text[f.start : f.end]) for f in find_pii(text)]
     assert any(k == kind and value in t or t in value for k, t in found), found
     for policy in (PiiPolicy(mode="redact"), PiiPolicy(mode="hash")):
         out = scrub(text, policy, b"k").text
@@ -102,8 +119,15 @@ def test_values_clickhouse_would_refuse_are_dead_lettered_not_inserted() -> None
     not the batch's insert."""
     codec = get_codec("inference-responses")
     record = dict(REG.examples("inference-responses")[1][1][1], request_id="not-a-uuid")
-    msg = Message(topic="t", partition=0, offset=1, key=None, raw=b"", timestamp_ms=0,
-                  value=codec.decode_plain(codec.encode(record)))
+    msg = Message(
+        topic="t",
+        partition=0,
+        offset=1,
+        key=None,
+        raw=b"",
+        timestamp_ms=0,
+        value=codec.decode_plain(codec.encode(record)),
+    )
     with pytest.raises(InvalidMessage, match="request_id is not a UUID"):
         table_for("inference-responses").transform(Protector(PiiPolicy(), {}, b""))(msg)
     record = dict(REG.examples("inference-responses")[1][1][1], input_tokens=-3)

@@ -8,7 +8,11 @@ from services.common.migrations import Migration, MigrationError, load
 
 
 def test_statements_are_split_and_database_substituted() -> None:
-    m = Migration(1, "x", "-- comment; not a statement\nCREATE TABLE {db}.a (x UInt8) ENGINE = Memory;\n\nCREATE TABLE {db}.b (s String) ENGINE = Memory;\n")
+    m = Migration(
+        1,
+        "x",
+        "-- comment; not a statement\nCREATE TABLE {db}.a (x UInt8) ENGINE = Memory;\n\nCREATE TABLE {db}.b (s String) ENGINE = Memory;\n",
+    )
     assert m.statements("argus") == [
         "CREATE TABLE argus.a (x UInt8) ENGINE = Memory",
         "CREATE TABLE argus.b (s String) ENGINE = Memory",

@@ -1,6 +1,7 @@
 """The pipeline's pure parts: the dead-letter ratio guard, the dead-letter policy (record,
 headers, truncation, retried delivery, storms). The pipeline itself runs against the real broker in
 tests/integration/test_pipeline.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,11 @@ def test_dead_letter_ratio_records_runs_of_valid_outcomes_like_one_by_one() -> N
             else:
                 one.record(True)
                 many.record(True)
-            assert (one.ratio, one.exceeded(), list(one._outcomes)) == (many.ratio, many.exceeded(), list(many._outcomes))
+            assert (one.ratio, one.exceeded(), list(one._outcomes)) == (
+                many.ratio,
+                many.exceeded(),
+                list(many._outcomes),
+            )
 
 
 def test_dead_letter_ratio_trips_only_after_enough_messages() -> None:
@@ -51,8 +56,16 @@ def test_dead_letter_ratio_window_slides() -> None:
 
 
 def test_dead_letter_record_keeps_the_whole_message_and_encodes() -> None:
-    msg = Message(topic="argus.feedback", partition=2, offset=77, key=b"k", raw=b"\xffgarbage", timestamp_ms=1764000000000)
-    rec = dead_letter_record(msg, "message does not start with the Confluent magic byte 0", "InvalidMessage.SerializationError", "g", "ingest")
+    msg = Message(
+        topic="argus.feedback", partition=2, offset=77, key=b"k", raw=b"\xffgarbage", timestamp_ms=1764000000000
+    )
+    rec = dead_letter_record(
+        msg,
+        "message does not start with the Confluent magic byte 0",
+        "InvalidMessage.SerializationError",
+        "g",
+        "ingest",
+    )
     codec = get_codec("feedback-dlq")
     back = codec.decode(codec.encode(rec))
     assert back["original_value"] == b"\xffgarbage" and back["original_offset"] == 77
@@ -64,8 +77,13 @@ def test_dead_letter_record_keeps_the_whole_message_and_encodes() -> None:
 
 def _policy(**kw: object) -> DeadLetterPolicy:
     settings = PipelineSettings(retry_initial_backoff_s=0.001, retry_max_backoff_s=0.002, **kw)
-    return DeadLetterPolicy(kafka=KafkaSettings(topic_prefix="t1."), service="ingest", group="g",
-                            settings=settings, metrics=Metrics("ingest"))
+    return DeadLetterPolicy(
+        kafka=KafkaSettings(topic_prefix="t1."),
+        service="ingest",
+        group="g",
+        settings=settings,
+        metrics=Metrics("ingest"),
+    )
 
 
 def test_dead_letter_topic_comes_from_the_registry_with_the_prefix() -> None:
@@ -82,7 +100,7 @@ async def test_an_oversized_original_is_truncated_and_its_size_kept() -> None:
     policy = _policy(dlq_max_original_bytes=1000)
     msg = Message("t1.argus.feedback", 0, 5, b"k", b"x" * 900_000, 1764000000000)
     await policy.send(sender, msg, "not Avro", "InvalidMessage.SerializationError")
-    (topic, value, key, headers), = sent
+    ((topic, value, key, headers),) = sent
     rec = get_codec("feedback-dlq").decode(value)
     assert topic == "t1.argus.feedback.dlq" and key == b"k" and len(value) < 2000
     assert rec["original_value"] == b"x" * 1000

@@ -12,7 +12,14 @@ REG = default_registry()
 
 
 def test_registry_has_the_platform_topics() -> None:
-    for key in ("inference-requests", "inference-responses", "feedback", "drift-events", "alerts", "retraining-triggers"):
+    for key in (
+        "inference-requests",
+        "inference-responses",
+        "feedback",
+        "drift-events",
+        "alerts",
+        "retraining-triggers",
+    ):
         spec = REG.topic(key)
         assert spec.dead_letter_topic, f"{key} has no dead-letter topic"
         assert REG.topic(spec.dead_letter_topic).schema == "dead_letter"
@@ -45,8 +52,8 @@ def _copy(tmp_path: Path) -> Path:
 def _add_feedback_v2(root: Path, new_field: str) -> None:
     schema = (root / "avro" / "feedback.v1.avsc").read_text()
     v2 = schema.replace('"namespace": "io.argus.v1"', '"namespace": "io.argus.v2"').replace(
-        '"fields": [', '"fields": [\n    ' + new_field + ","
-    , 1)
+        '"fields": [', '"fields": [\n    ' + new_field + ",", 1
+    )
     (root / "avro" / "feedback.v2.avsc").write_text(v2)
     ids = (root / "avro" / "ids.yaml").read_text() + "feedback.v2: 99\n"
     (root / "avro" / "ids.yaml").write_text(ids)

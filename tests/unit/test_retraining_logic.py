@@ -1,5 +1,6 @@
 """Retraining without I/O: policy validation, the lifecycle's allowed transitions, the
 book folded from records, and the policy engine's minimum evidence, cooldown and dedup."""
+
 from __future__ import annotations
 
 import uuid
@@ -18,19 +19,38 @@ def cfg(**policy):
 
 
 def drift(model: str = "m", version: str = "v1", severity: str = "warning", feature: str = "prompt_chars") -> dict:
-    return {"event_id": str(uuid.uuid4()), "model": model, "model_version": version, "feature": feature, "severity": severity}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "model": model,
+        "model_version": version,
+        "feature": feature,
+        "severity": severity,
+    }
 
 
 def test_default_policies_are_valid() -> None:
     assert {p.kind for p in load_config(DEFAULT_CONFIG).policies} == {"drift", "alert", "metric"}
 
 
-@pytest.mark.parametrize("policy,message", [
-    ({"name": "s", "kind": "schedule"}, "needs an interval"),
-    ({"name": "a", "kind": "alert"}, "needs matchers"),
-    ({"name": "q", "kind": "metric", "model": "m", "model_version": "v", "query": "DROP TABLE x", "threshold": 1}, "must be a SELECT"),
-    ({"name": "d", "kind": "drift", "cooldown": "soon"}, "bad duration"),
-])
+@pytest.mark.parametrize(
+    "policy,message",
+    [
+        ({"name": "s", "kind": "schedule"}, "needs an interval"),
+        ({"name": "a", "kind": "alert"}, "needs matchers"),
+        (
+            {
+                "name": "q",
+                "kind": "metric",
+                "model": "m",
+                "model_version": "v",
+                "query": "DROP TABLE x",
+                "threshold": 1,
+            },
+            "must be a SELECT",
+        ),
+        ({"name": "d", "kind": "drift", "cooldown": "soon"}, "bad duration"),
+    ],
+)
 def test_invalid_policies_fail_clearly(policy, message) -> None:
     with pytest.raises(ConfigError) as e:
         load_config({"policies": [policy]})
@@ -83,9 +103,18 @@ def test_sustained_for_and_alert_policies() -> None:
     engine = PolicyEngine(cfg(sustained_for="60s"), book)
     assert engine.on_drift(drift(), now=0) == [] and engine.on_drift(drift(), now=30) == []
     assert len(engine.on_drift(drift(), now=61)) == 1
-    alerts = PolicyEngine(load_config({"policies": [{"name": "a", "kind": "alert", "matchers": ['alertname="Drift"']}]}), book)
-    firing = {"event_id": "e1", "status": "firing", "receiver": None, "rule": "Drift", "severity": "warning",
-              "labels": {"alertname": "Drift", "model": "m", "model_version": "v1"}, "annotations": {"summary": "s"}}
+    alerts = PolicyEngine(
+        load_config({"policies": [{"name": "a", "kind": "alert", "matchers": ['alertname="Drift"']}]}), book
+    )
+    firing = {
+        "event_id": "e1",
+        "status": "firing",
+        "receiver": None,
+        "rule": "Drift",
+        "severity": "warning",
+        "labels": {"alertname": "Drift", "model": "m", "model_version": "v1"},
+        "annotations": {"summary": "s"},
+    }
     assert [p.model_version for p in alerts.on_alert(firing, 0)] == ["v1"]
     assert alerts.on_alert(firing | {"receiver": "hook"}, 0) == []  # a notification is not new evidence
     assert alerts.on_alert(firing | {"labels": {"alertname": "Other"}}, 0) == []

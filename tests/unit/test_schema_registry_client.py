@@ -1,6 +1,7 @@
 """The Confluent-compatible registry client's request/response handling, isolated with
 httpx's MockTransport (no network in unit tests). Note: no real Confluent-compatible
 registry runs on the CI machine, so the remote path is only covered here."""
+
 from __future__ import annotations
 
 import json
