@@ -14,9 +14,10 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.contracts import contract_path
 
 # the Helm chart ships the same file as its default ConfigMap
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "argus" / "files" / "alerting.yaml"
+DEFAULT_CONFIG = contract_path("alerting.yaml")  # the Helm chart's default, shipped in the package
 
 
 class AlertingSettings(ServiceSettings):

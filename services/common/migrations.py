@@ -14,7 +14,9 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "ingest" / "migrations"
+from services.contracts import contract_path
+
+MIGRATIONS_DIR = contract_path("clickhouse")  # shipped in the package (the ingest service's tables)
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 

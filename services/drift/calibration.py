@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from services.drift.detectors import RiverBinary, RiverNumeric, WindowChi2, WindowKS
 
-CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+CALIBRATION_FILE = Path(str(files("services.drift") / "calibration.json"))  # package data
 WINDOW = {"reference_size": 500, "window": 200, "step": 20}
 
 

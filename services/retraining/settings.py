@@ -1,6 +1,6 @@
 """Settings of the retraining service (env prefix ``ARGUS_RETRAINING_``). Traffic changes
-use the inference service's own settings (``ARGUS_INFERENCE_*``: app name, Ray address,
-engine), so both agree on what is deployed."""
+are serving-state records the inference service applies (``argus.serving.state``): this
+service needs no address or setting of the inference service."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.contracts import contract_path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "argus" / "files" / "retraining.yaml"
+DEFAULT_CONFIG = contract_path("retraining.yaml")  # the Helm chart's default, shipped in the package
 
 
 class RetrainingSettings(ServiceSettings):
@@ -25,5 +26,9 @@ class RetrainingSettings(ServiceSettings):
     actor: str = "argus-retraining"
     webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     rollout_enabled: bool = Field(
-        True, description="Change inference traffic (canary, promote, rollback) through Ray Serve."
+        True, description="Change inference traffic (canary, promote, rollback) with serving-state records."
     )
+    rollout_timeout_s: float = Field(
+        300.0, gt=0, description="How long to wait for the inference service to apply a serving state."
+    )
+    rollout_retry_s: float = Field(30.0, ge=0, description="Pause before a failed traffic change is asked for again.")
