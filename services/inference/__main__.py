@@ -1,7 +1,8 @@
 """Entry point: ``python -m services.inference [serve|bridge|deploy]``.
 
 - ``serve`` (default): start or join Ray, deploy the Serve application, run the Kafka
-  bridge and the health endpoint until SIGTERM/SIGINT.
+  bridge, the serving-state applier (canaries, promotions and rollbacks written as
+  records on ``argus.serving.state``) and the health endpoint until SIGTERM/SIGINT.
 - ``deploy``: (re)deploy the application with the current settings and exit. With only
   weights or tunables changed this reconfigures running replicas: it is how a canary
   is widened or a version rolled back without a restart.
@@ -38,8 +39,11 @@ def _start_serve(settings: InferenceSettings) -> None:
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
 
 
-async def _run_bridge(settings: InferenceSettings, router) -> None:  # noqa: ANN001
+async def _run_bridge(settings: InferenceSettings, router, apply_states: bool) -> None:  # noqa: ANN001
+    from services.common.kafka import make_producer
+    from services.inference.app import deploy
     from services.inference.bridge import InferenceBridge
+    from services.inference.serving import ServingStateApplier
 
     bridge = InferenceBridge(settings, router)
     health = HealthServer(settings.health, bridge.metrics, lambda: bridge.last_progress, bridge.readiness)
@@ -50,9 +54,20 @@ async def _run_bridge(settings: InferenceSettings, router) -> None:  # noqa: ANN
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    applier = ServingStateApplier(settings, producer, deploy, bridge.metrics)
+    tasks = [asyncio.create_task(bridge.run(stop), name="bridge")]
+    if apply_states:
+        tasks.append(asyncio.create_task(applier.run(stop), name="serving-state"))
     try:
-        await bridge.run(stop)
+        done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        for r in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
     finally:
+        await producer.stop()
         await health.stop()
 
 
@@ -80,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     else:
         router = serve.get_app_handle(settings.app_name)
-    asyncio.run(_run_bridge(settings, router))
+    asyncio.run(_run_bridge(settings, router, apply_states=args.command == "serve"))
     return 0
 
 

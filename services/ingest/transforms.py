@@ -251,6 +251,24 @@ def _model_version(msg: Message, protect: Protector) -> Row:
     )
 
 
+def _serving_state(msg: Message, protect: Protector) -> Row:
+    v = msg.value
+    pii: dict[str, int] = {}
+    versions = [(x["version"], x["weight"], x["artifact_uri"], x["sha256"], x["shadow"]) for x in v["versions"]]
+    return (
+        _id(v["event_id"], "event_id"),
+        v["model"],
+        _unsigned(v["revision"], "revision"),
+        v["status"],
+        versions,
+        v["trigger_id"],
+        v["actor"],
+        protect(v["comment"], None, pii) or "",
+        v["occurred_at"],
+        *_coords(msg),
+    )
+
+
 def _trigger(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
@@ -489,6 +507,23 @@ TABLES: dict[str, TableSpec] = {
                 *_K,
             ),
             _model_version,
+        ),
+        TableSpec(
+            "serving_state",
+            ("serving-state",),
+            (
+                "event_id",
+                "model",
+                "revision",
+                "status",
+                "versions",
+                "trigger_id",
+                "actor",
+                "comment",
+                "occurred_at",
+                *_K,
+            ),
+            _serving_state,
         ),
         TableSpec(
             "dead_letters",

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m services.retraining`` (also ``argus retraining``);
+"""Entry point: ``python -m services.retraining`` (also ``argus retraining run``);
 ``python -m services.retraining check [FILE]`` validates a policy file."""
 
 from __future__ import annotations
@@ -18,29 +18,11 @@ async def _run(settings: RetrainingSettings) -> None:
     from services.retraining.service import RetrainingService
 
     config = load_config(settings.config_file)
-    rollout = None
-    if settings.rollout_enabled:
-        import os
-
-        import ray
-
-        from services.inference.settings import InferenceSettings
-        from services.retraining.rollout import ServeRollout
-
-        inference = InferenceSettings()
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        if not inference.ray_address:
-            raise SystemExit(
-                "rollout needs the inference service's Ray cluster: set ARGUS_INFERENCE_RAY_ADDRESS "
-                "(or ARGUS_RETRAINING_ROLLOUT_ENABLED=false)"
-            )
-        ray.init(address=inference.ray_address, namespace="serve", ignore_reinit_error=True, log_to_driver=False)
-        rollout = ServeRollout(inference)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await RetrainingService(settings, config, rollout).run(stop)
+    await RetrainingService(settings, config).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,12 +39,13 @@ from services.common.kafka import GroupLagReporter, make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.registry import get_codec
+from services.common.statetopic import StateTopicReader
 from services.common.webhook import RetryPolicy, WebhookClient
 from services.retraining.config import RetrainingConfig
 from services.retraining.evaluation import evaluate, holdout
 from services.retraining.lifecycle import PolicyEngine, Proposal, TransitionError, Trigger, TriggerBook, record
 from services.retraining.registry import ModelRegistry, with_status
-from services.retraining.rollout import ServeRollout
+from services.retraining.rollout import RolloutFailed, ServingRollout
 from services.retraining.settings import RetrainingSettings
 
 
@@ -80,8 +81,8 @@ def dataset_spec(client: Any, db: str, model: str, version: str, window_s: float
 
 
 class RetrainingService:
-    def __init__(self, settings: RetrainingSettings, config: RetrainingConfig, rollout: ServeRollout | None) -> None:
-        self.settings, self.config, self.rollout = settings, config, rollout
+    def __init__(self, settings: RetrainingSettings, config: RetrainingConfig) -> None:
+        self.settings, self.config = settings, config
         self.k = settings.kafka
         self.log = get_logger("argus.retraining")
         self.book = TriggerBook()
@@ -95,6 +96,14 @@ class RetrainingService:
         self.failed_dispatch: dict[str, float] = {}
         self.metric_due: dict[str, float] = {}
         self.producer = make_producer(self.k)
+        self.rollout = (
+            ServingRollout(self.k, self.producer, settings.actor, settings.rollout_timeout_s)
+            if settings.rollout_enabled
+            else None
+        )
+        self.failed_rollout: dict[str, float] = {}  # trigger -> when its last traffic change failed
+        self._advancing: set[asyncio.Task] = set()
+        self._failure: BaseException | None = None
         self.caught_up = False
         self.sink_healthy = True  # the last write of a transition was acknowledged by the broker
         self.last_progress = time.time()
@@ -223,12 +232,10 @@ class RetrainingService:
             await self.validate(t)
         elif t.state == "validated":
             cand = self.registry.get(t.model, t.candidate_version or "")
-            if cand is None:
+            if cand is None or not await self._traffic(
+                t, "canary", cand["version"], cand["artifact_uri"], cand["sha256"], self.config.canary.weight
+            ):
                 return
-            if self.rollout is not None:
-                await self.rollout.canary(
-                    cand["version"], cand["artifact_uri"], cand["sha256"], self.config.canary.weight
-                )
             await self.emit_version(with_status(cand, "canary", actor, f"{self.config.canary.weight:g}% of traffic"))
             await self.emit(
                 self.book.next_record(
@@ -240,14 +247,16 @@ class RetrainingService:
             if cand is None:
                 return
             if t.trigger_id in self.rollback_reasons:
-                if self.rollout is not None:
-                    await self.rollout.rollback(cand["version"])
+                if not await self._traffic(t, "rollback", cand["version"]):
+                    return
                 await self.emit_version(with_status(cand, "rejected", actor, self.rollback_reasons[t.trigger_id]))
                 await self.emit(
                     self.book.next_record(t.trigger_id, "rolled_back", actor, self.rollback_reasons.pop(t.trigger_id))
                 )
             elif time.time() - t.updated_at >= self.config.canary.observe_for:
-                drained = await self.rollout.promote(cand["version"]) if self.rollout is not None else []
+                drained = await self._traffic(t, "promote", cand["version"])
+                if drained is None:
+                    return
                 previous = self.registry.active(t.model)
                 await self.emit_version(
                     with_status(cand, "active", actor, f"canary clean for {self.config.canary.observe_for:.0f}s")
@@ -264,6 +273,30 @@ class RetrainingService:
                         f"{cand['version']} takes all traffic; drained: {', '.join(drained) or 'none'}",
                     )
                 )
+
+    async def _traffic(self, t: Trigger, change: str, version: str, *args: Any) -> Any:
+        """Ask the inference service for a traffic change and wait for its answer. Returns
+        ``None`` when it failed (the trigger stays where it is and is tried again after a
+        pause, see ``_timers``), else the change's result (truthy)."""
+        if self.rollout is None:
+            return [] if change == "promote" else True
+        if time.time() - self.failed_rollout.get(t.trigger_id, 0.0) < self.settings.rollout_retry_s:
+            return None
+        try:
+            result = await getattr(self.rollout, change)(t.model, version, *args, trigger_id=t.trigger_id)
+        except RolloutFailed as exc:
+            self.failed_rollout[t.trigger_id] = time.time()
+            self.log.error(
+                "retraining.rollout_failed",
+                trigger=t.trigger_id,
+                change=change,
+                version=version,
+                error=str(exc)[:1000],
+                retry_in_s=self.settings.rollout_retry_s,
+            )
+            return None
+        self.failed_rollout.pop(t.trigger_id, None)
+        return result if change == "promote" else True
 
     async def dispatch(self, t: Trigger) -> bool:
         hook = self.config.dispatch.webhook
@@ -325,7 +358,7 @@ class RetrainingService:
         if key == "model-registry":
             self.registry.apply(rec)
             if self.caught_up and rec.get("trigger_id") and rec["trigger_id"] in self.book.triggers:
-                await self.advance(rec["trigger_id"])
+                self.advance_soon(rec["trigger_id"])
             return
         try:
             t = self.book.apply(rec)
@@ -333,7 +366,19 @@ class RetrainingService:
             self.log.warning("retraining.transition_ignored", error=str(exc), actor=rec.get("actor"))
             return
         if self.caught_up:
-            await self.advance(t.trigger_id)
+            self.advance_soon(t.trigger_id)
+
+    def advance_soon(self, tid: str) -> None:
+        """Advance a trigger beside the state reader: a step may wait for the inference
+        service's answer on the serving-state topic, which that same reader delivers."""
+        task = asyncio.create_task(self.advance(tid), name=f"advance-{tid}")
+        self._advancing.add(task)
+        task.add_done_callback(self._advanced)
+
+    def _advanced(self, task: asyncio.Task) -> None:
+        self._advancing.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()  # e.g. the broker refused a transition: the service stops
 
     async def on_evidence(self, key: str, rec: dict[str, Any]) -> None:
         now = time.time()
@@ -380,31 +425,50 @@ class RetrainingService:
         return done
 
     async def _follow_state(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(self.k, None)
-        await consumer.start()
+        """Rebuild the book, the registry and the serving state from their topics, then
+        follow them; open triggers are resumed once the rebuild is complete."""
+
+        async def on_record(key: str, rec: dict[str, Any]) -> None:
+            if key == "serving-state":
+                if self.rollout is not None:
+                    self.rollout.observe(rec)
+            else:
+                await self.on_state_record(key, rec)
+
+        async def rebuilt() -> None:
+            self.caught_up = True
+            self.log.info(
+                "retraining.state_rebuilt",
+                triggers=len(self.book.triggers),
+                open=sum(t.open for t in self.book.triggers.values()),
+                versions=len(self.registry.versions),
+            )
+            for tid, t in list(self.book.triggers.items()):
+                if t.open:
+                    self.advance_soon(tid)
+
+        reader = StateTopicReader(
+            self.k,
+            ["retraining-triggers", "model-registry", "serving-state"],
+            on_record,
+            dlq=self.dlq,
+            producer=self.producer,
+            on_caught_up=rebuilt,
+            metrics=self.metrics,
+        )
+        follower = asyncio.create_task(reader.run(stop))
         try:
-            tps = [TopicPartition(self.k.topic(key), 0) for key in ("retraining-triggers", "model-registry")]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            keys = {tp.topic: key for tp, key in zip(tps, ("retraining-triggers", "model-registry"))}
-            while not stop.is_set():
-                await self._handle(await consumer.getmany(timeout_ms=200), keys, self.on_state_record)
-                positions = [await consumer.position(tp) for tp in tps]
-                if not self.caught_up and all(pos >= ends[tp] for pos, tp in zip(positions, tps)):
-                    self.caught_up = True
-                    self.log.info(
-                        "retraining.state_rebuilt",
-                        triggers=len(self.book.triggers),
-                        open=sum(t.open for t in self.book.triggers.values()),
-                        versions=len(self.registry.versions),
-                    )
-                    for tid, t in list(self.book.triggers.items()):
-                        if t.open:
-                            await self.advance(tid)
-                self.last_progress = time.time()
+            while not follower.done():
+                if self._failure is not None:
+                    raise self._failure
+                self.last_progress = reader.last_progress
+                await asyncio.wait({follower}, timeout=1.0)
         finally:
-            await consumer.stop()
+            follower.cancel()
+            for task in list(self._advancing):
+                task.cancel()
+            await asyncio.gather(follower, *self._advancing, return_exceptions=True)
+        follower.result()
 
     async def _follow_evidence(self, stop: asyncio.Event) -> None:
         while not self.caught_up and not stop.is_set():
@@ -440,7 +504,9 @@ class RetrainingService:
                     if value is not None and (prop := self.policies.on_metric(p, value, now)) is not None:
                         await self.propose(prop)
             for tid, t in list(self.book.triggers.items()):
-                if t.state == "canary" or (t.state == "approved" and now - self.failed_dispatch.get(tid, 0) > 30):
+                if t.state in ("canary", "validated") or (
+                    t.state == "approved" and now - self.failed_dispatch.get(tid, 0) > 30
+                ):
                     await self.advance(tid)
 
     def _metric(self, query: str) -> float | None:

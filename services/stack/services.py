@@ -160,10 +160,6 @@ class LocalServices:
         if spec.name == "alerting":
             # the shipped config delivers to the local subscriber, signed with the secret named "local"
             env[f"{p}WEBHOOK_SECRETS"] = json.dumps({"local": self.webhook_secret()})
-        if spec.name == "retraining":
-            # the local inference service runs its own single-node Ray (no cluster address to
-            # join), so local retraining proposes, validates and dispatches but does not move traffic
-            env.setdefault(f"{p}ROLLOUT_ENABLED", "false")
         return env
 
     def webhook_secret(self) -> str:

@@ -41,11 +41,11 @@ from services.common.registry import get_codec
 from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.inference.app import deploy
 from services.inference.bridge import InferenceBridge
+from services.inference.serving import ServingStateApplier
 from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.retraining.config import load_config
-from services.retraining.rollout import ServeRollout
 from services.retraining.service import RetrainingService
 from services.retraining.settings import RetrainingSettings
 from services.sdk.loadgen import LoadProfile, make_prompt
@@ -178,6 +178,11 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
         router = await asyncio.to_thread(deploy, inference)
         bridge = InferenceBridge(inference, router)
         tasks.append(asyncio.create_task(bridge.run(stop), name="bridge"))
+        # traffic changes reach the inference side only as serving-state records
+        serving_producer = make_producer(k)
+        await serving_producer.start()
+        applier = ServingStateApplier(inference, serving_producer, deploy)
+        tasks.append(asyncio.create_task(applier.run(stop), name="serving-state"))
         ingest = IngestService(
             IngestSettings(kafka=k, clickhouse=clickhouse_settings, group_id="ingest-" + uuid.uuid4().hex[:6])
         )
@@ -249,7 +254,7 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
             group_id="retraining-" + uuid.uuid4().hex[:6],
             webhook_secrets={"pipeline": SECRET},
         )
-        service = RetrainingService(rs, load_config(retraining_config(pipeline.port)), ServeRollout(inference))
+        service = RetrainingService(rs, load_config(retraining_config(pipeline.port)))
         tasks.append(asyncio.create_task(service.run(asyncio.Event(), health=False), name="retraining"))
 
         async with ArgusProducer(k) as p:
@@ -465,6 +470,36 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
             "ORDER BY occurred_at)"
         ).result_rows[0][0] == ["candidate", "canary", "rejected"]
         assert pipeline.bad_signatures == 0
+
+        # every traffic change was asked for and acknowledged as a serving-state record, in ClickHouse
+        def serving() -> list[tuple]:
+            return [
+                tuple(r)
+                for r in ch.query(
+                    f"SELECT revision, status, arrayMap(v -> (v.1, v.2), versions), trigger_id FROM {db}.serving_state FINAL "
+                    "WHERE model = {m:String} ORDER BY revision, occurred_at",
+                    parameters={"m": MODEL},
+                ).result_rows
+            ]
+
+        def changes_logged() -> bool:
+            return [(r[0], r[1]) for r in serving()] == [
+                (0, "applied"),
+                (1, "desired"),
+                (1, "applied"),
+                (2, "desired"),
+                (2, "applied"),
+                (3, "desired"),
+                (3, "applied"),
+                (4, "desired"),
+                (4, "applied"),
+            ]
+
+        await until(changes_logged, 60, "the serving states in ClickHouse")
+        rows = serving()
+        assert rows[2][2] == [("v1", 90.0), ("v2", 10.0)] and rows[2][3] == t.trigger_id  # canary
+        assert rows[4][2] == [("v2", 100.0)]  # promotion
+        assert rows[8][2] == [("v2", 100.0)] and rows[8][3] == second[0].trigger_id  # rollback of v3
     finally:
         stop.set()
         for task in tasks:
@@ -480,4 +515,6 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
         await asyncio.gather(*tasks, return_exceptions=True)
         await pipeline.stop()
         await alerts_rx.stop()
+        if "serving_producer" in locals():
+            await serving_producer.stop()
         ch.close()

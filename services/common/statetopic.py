@@ -1,0 +1,95 @@
+"""Reading a state topic from its beginning: the step services use to rebuild what a
+topic says (the retraining book from the triggers and the registry, the serving state
+the inference service applies) and then follow it.
+
+No consumer group: every instance reads every record, in offset order per partition.
+Each record is decoded with its topic's codec; an undecodable one goes to the topic's
+dead-letter topic through the service's :class:`~services.common.dlq.DeadLetterPolicy`
+(its delivery awaited before the next record), the rest are handed to
+``handler(topic_key, record)``. ``on_caught_up`` runs once, when every partition has
+reached the end offsets seen at start.
+
+Example::
+
+    reader = StateTopicReader(kafka, ["retraining-triggers", "model-registry"], on_record,
+                              dlq=policy, producer=producer, on_caught_up=resume_open_triggers)
+    await reader.run(stop)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+from aiokafka import TopicPartition
+
+from services.common.codec import SerializationError
+from services.common.dlq import DeadLetterPolicy, Message, producer_sender
+from services.common.kafka import make_consumer
+from services.common.registry import default_registry
+from services.common.settings import KafkaSettings
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class StateTopicReader:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        keys: list[str],
+        handler: Handler,
+        *,
+        dlq: DeadLetterPolicy,
+        producer: Any,
+        on_caught_up: Callable[[], Awaitable[None]] | None = None,
+        metrics: Any = None,
+    ) -> None:
+        reg = default_registry()
+        self.kafka = kafka
+        self.keys = {kafka.topic(key): key for key in keys}
+        self.partitions = {key: reg.topic(key).partitions for key in keys}
+        self.codecs = {key: reg.codec(key) for key in keys}
+        self.handler = handler
+        self.dlq = dlq
+        self.send_dead_letter = producer_sender(producer)
+        self.on_caught_up = on_caught_up
+        self.metrics = metrics
+        self.caught_up = asyncio.Event()
+        self.last_progress = time.time()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(self.kafka, None)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(name, p) for name, key in self.keys.items() for p in range(self.partitions[key])]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    await self._handle(tp, records)
+                if not self.caught_up.is_set():
+                    positions = {tp: await consumer.position(tp) for tp in tps}
+                    if all(positions[tp] >= ends[tp] for tp in tps):
+                        self.caught_up.set()
+                        if self.on_caught_up is not None:
+                            await self.on_caught_up()
+                self.last_progress = time.time()
+        finally:
+            await consumer.stop()
+
+    async def _handle(self, tp: TopicPartition, records: list[Any]) -> None:
+        key = self.keys[tp.topic]
+        if self.metrics is not None:
+            self.metrics.inc("argus_messages_consumed_total", len(records), topic=tp.topic)
+        for r in records:
+            try:
+                rec = self.codecs[key].decode_plain(r.value)
+            except SerializationError as exc:
+                msg = Message(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
+                await self.dlq.send(self.send_dead_letter, msg, str(exc), "InvalidMessage.SerializationError")
+                continue
+            self.dlq.record_valid(tp.topic, tp.partition)
+            await self.handler(key, rec)

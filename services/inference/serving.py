@@ -1,0 +1,202 @@
+"""Serving states as records: the inference service applies the desired state of its
+model's Serve application from ``argus.serving.state`` and acknowledges it there.
+
+A canary, a promotion or a rollback is a ``desired`` record (versions, weights,
+artifact digests, a revision one above the last) written by the retraining service or
+an operator; this service turns it into the application's declarative Serve config
+(:func:`services.inference.app.deploy`: a weights-only change reconfigures the router in
+place; a new version adds replicas that refuse an artifact whose digest differs) and
+answers with an ``applied`` record of the same revision, or ``failed`` with the reason.
+The services never call each other, and every change is on the topic and in ClickHouse
+(``serving_state``) with who asked for it and what came of it.
+
+At start-up the topic is read from its beginning: the latest desired state is applied
+again (a restarted service keeps the last promotion instead of falling back to its
+environment's versions); with none, the state the service deployed from its settings
+is published as ``applied``, so writers know what is live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from services.common.dlq import DeadLetterPolicy
+from services.common.logging import get_logger
+from services.common.metrics import Metrics
+from services.common.statetopic import StateTopicReader
+from services.inference.settings import InferenceSettings, ModelVersion
+
+TOPIC = "serving-state"
+
+
+def served_versions(versions: tuple[ModelVersion, ...] | list[ModelVersion]) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": v.version,
+            "weight": float(v.weight),
+            "artifact_uri": str(v.model_path or ""),
+            "sha256": v.sha256,
+            "shadow": v.shadow,
+        }
+        for v in versions
+    ]
+
+
+def state_record(
+    model: str,
+    revision: int,
+    status: str,
+    versions: list[dict[str, Any]],
+    actor: str,
+    comment: str,
+    trigger_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "model": model,
+        "revision": revision,
+        "status": status,
+        "versions": versions,
+        "trigger_id": trigger_id,
+        "actor": actor,
+        "comment": comment[:2000],
+        "occurred_at": int(time.time() * 1000),
+    }
+
+
+class ServingStateApplier:
+    """Follows ``argus.serving.state`` and applies this model's desired states in order."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        producer: Any,
+        deploy: Callable[[InferenceSettings], Any],
+        metrics: Metrics | None = None,
+        actor: str = "argus-inference",
+    ) -> None:
+        from services.common.registry import get_codec
+
+        self.settings = settings
+        self.model = settings.model_name
+        self.producer = producer
+        self.deploy = deploy
+        self.actor = actor
+        self.metrics = metrics or Metrics("inference")
+        self.codec = get_codec(TOPIC)
+        self.topic = settings.kafka.topic(TOPIC)
+        self.log = get_logger("argus.inference.serving", model=self.model)
+        self.current: InferenceSettings = settings  # what is deployed now
+        self.last_revision = 0  # highest revision seen on the topic for this model
+        self.latest_desired: dict[str, Any] | None = None
+        self.applied_revision: int | None = None
+        dlq = DeadLetterPolicy(
+            kafka=settings.kafka, service="inference", group=f"{settings.app_name}-serving-state", metrics=self.metrics
+        )
+        self.reader = StateTopicReader(
+            settings.kafka,
+            [TOPIC],
+            self.on_record,
+            dlq=dlq,
+            producer=producer,
+            on_caught_up=self.on_caught_up,
+            metrics=self.metrics,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.reader.run(stop)
+
+    async def on_record(self, key: str, rec: dict[str, Any]) -> None:
+        if rec["model"] != self.model:
+            return
+        self.last_revision = max(self.last_revision, rec["revision"])
+        if rec["status"] != "desired":
+            return
+        if self.latest_desired is not None and rec["revision"] <= self.latest_desired["revision"]:
+            self.log.warning(
+                "serving.stale_revision_ignored",
+                revision=rec["revision"],
+                latest=self.latest_desired["revision"],
+                actor=rec["actor"],
+            )
+            return
+        self.latest_desired = rec
+        if self.reader.caught_up.is_set():
+            await self.apply(rec)
+
+    async def on_caught_up(self) -> None:
+        if self.latest_desired is not None:
+            await self.apply(self.latest_desired, "re-applied at start-up")
+        else:
+            await self._publish(
+                self.last_revision,
+                "applied",
+                served_versions(self.current.versions),
+                "deployed from the service's settings at start-up",
+            )
+
+    def desired_settings(self, rec: dict[str, Any]) -> InferenceSettings:
+        """The service's settings with the record's versions (per-version tunables kept
+        for versions already served); raises ``ValueError`` for a state it must refuse."""
+        known = {v.version: v for v in self.current.versions}
+        versions = []
+        for v in rec["versions"]:
+            base = known.get(v["version"])
+            update = {
+                "weight": v["weight"],
+                "model_path": Path(v["artifact_uri"]) if v["artifact_uri"] else None,
+                "sha256": v["sha256"],
+                "shadow": v["shadow"],
+            }
+            versions.append(
+                base.model_copy(update=update) if base is not None else ModelVersion(version=v["version"], **update)
+            )
+        if not versions:
+            raise ValueError("a serving state needs at least one version")
+        candidate = self.current.model_copy(update={"versions": tuple(versions)})
+        try:
+            InferenceSettings.model_validate(candidate.model_dump())  # the same checks as at start-up
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from exc
+        return candidate
+
+    async def apply(self, rec: dict[str, Any], note: str = "") -> None:
+        revision = rec["revision"]
+        try:
+            wanted = self.desired_settings(rec)
+            await asyncio.to_thread(self.deploy, wanted)
+        except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
+            # refused or failed: what is served stays as it was; the writer reads why
+            self.log.error("serving.apply_failed", revision=revision, actor=rec["actor"], error=str(exc)[:1000])
+            await self._publish(
+                revision,
+                "failed",
+                served_versions(self.current.versions),
+                f"revision {revision} not applied: {type(exc).__name__}: {exc}",
+                rec.get("trigger_id"),
+            )
+            return
+        self.current = wanted
+        self.applied_revision = revision
+        weights = ", ".join(f"{v.version}={v.weight:g}" for v in wanted.versions)
+        self.log.info("serving.applied", revision=revision, actor=rec["actor"], weights=weights)
+        await self._publish(
+            revision,
+            "applied",
+            served_versions(wanted.versions),
+            f"serve application running with weights {weights}" + (f" ({note})" if note else ""),
+            rec.get("trigger_id"),
+        )
+
+    async def _publish(
+        self, revision: int, status: str, versions: list[dict[str, Any]], comment: str, trigger_id: str | None = None
+    ) -> None:
+        rec = state_record(self.model, revision, status, versions, self.actor, comment, trigger_id)
+        await self.producer.send_and_wait(self.topic, self.codec.encode(rec), key=self.model.encode())
+        self.metrics.inc("argus_messages_produced_total", topic=self.topic)
