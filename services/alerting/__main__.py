@@ -1,4 +1,4 @@
-"""Entry point: ``python -m services.alerting`` (also ``argus alerting``) runs a faust
+"""Entry point: ``python -m services.alerting`` (also ``argus alerting run``) runs a faust
 worker; ``python -m services.alerting check [FILE]`` validates a configuration."""
 
 from __future__ import annotations

@@ -30,16 +30,22 @@ from services.common.kafka import make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.offsets import OffsetTracker
-from services.common.registry import default_registry
+from services.common.registry import SchemaRegistry, default_registry
 from services.inference.responses import response_record
 from services.inference.settings import InferenceSettings
 
 
 class InferenceBridge:
-    def __init__(self, settings: InferenceSettings, router: Any, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        router: Any,
+        metrics: Metrics | None = None,
+        registry: SchemaRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.router = router  # DeploymentHandle of the Router (anything with .infer.remote)
-        reg = default_registry()
+        reg = registry or default_registry()
         k = settings.kafka
         self.requests_topic = k.topic("inference-requests")
         self.responses_topic = k.topic("inference-responses")
@@ -48,7 +54,12 @@ class InferenceBridge:
         self.resp_codec = reg.codec("inference-responses")
         self.metrics = metrics or Metrics("inference-bridge")
         self.dlq = DeadLetterPolicy(
-            kafka=k, service="inference-bridge", group=settings.bridge.group_id, metrics=self.metrics, registry=reg
+            kafka=k,
+            service="inference-bridge",
+            group=settings.bridge.group_id,
+            settings=settings.pipeline,
+            metrics=self.metrics,
+            registry=reg,
         )
         self.log = get_logger("argus.inference.bridge", topic=self.requests_topic)
         self.tracker = OffsetTracker()

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m services.ingest`` (also ``argus ingest``)."""
+"""Entry point: ``python -m services.ingest`` (also ``argus ingest run``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def _main() -> None:
     await IngestService(settings).run(stop)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: ARG001 (no verbs: `argus ingest run`)
     asyncio.run(_main())
     return 0
 

@@ -447,13 +447,14 @@ def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Avr
     )
 
 
-def avro_rows_for(topic_key: str, spec: TableSpec, protector: Protector) -> AvroRows | None:
+def avro_rows_for(topic_key: str, spec: TableSpec, protector: Protector, registry: Any = None) -> AvroRows | None:
     """The Avro row format of a topic's table, where ingest has one: the request and
     response topics, the high-volume tables (one row per inference)."""
     from services.common.registry import default_registry
 
+    reg = registry or default_registry()
     if spec.table == "inference_responses":
-        return response_rows(spec, default_registry().codec(topic_key), protector)
+        return response_rows(spec, reg.codec(topic_key), protector)
     if spec.table == "inference_requests":
-        return request_rows(spec, default_registry().codec(topic_key), protector)
+        return request_rows(spec, reg.codec(topic_key), protector)
     return None

@@ -24,6 +24,7 @@ from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.pipeline import InvalidMessage, Message, Pipeline, pipeline_readiness
+from services.common.registry import SchemaRegistry
 from services.ingest.avro_rows import WALKER, AvroRows, avro_rows_for
 from services.ingest.settings import IngestSettings
 from services.ingest.sink import ClickHouseSink
@@ -51,7 +52,9 @@ def _passthrough(rows: AvroRows) -> Callable[[Any], bytes | None]:
 
 
 class IngestService:
-    def __init__(self, settings: IngestSettings) -> None:
+    def __init__(self, settings: IngestSettings, registry: SchemaRegistry | None = None) -> None:
+        """``registry``: the contracts to decode with (default: the ones shipped in the
+        package; a test passes a newer set to play an upgraded consumer)."""
         self.settings = settings
         self.metrics = Metrics(settings.service_name)
         self.log = get_logger("argus.ingest")
@@ -61,7 +64,7 @@ class IngestService:
         for topic_key in settings.topics:
             spec = table_for(topic_key)
             transform = spec.transform(self.protector)
-            rows = avro_rows_for(topic_key, spec, self.protector) if settings.avro_passthrough else None
+            rows = avro_rows_for(topic_key, spec, self.protector, registry) if settings.avro_passthrough else None
             fast_path = None
             if rows is not None:
                 # clean messages in the current schema pass through as the producer wrote
@@ -73,6 +76,7 @@ class IngestService:
                 Pipeline(
                     kafka=settings.kafka,
                     policy=settings.pipeline,
+                    registry=registry,
                     topic_key=topic_key,
                     group_id=f"{settings.group_id}.{topic_key}",
                     service=settings.service_name,

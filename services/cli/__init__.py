@@ -1,0 +1,31 @@
+"""``argus``: the platform's command line.
+
+    argus stack up | down | start | stop | status   the local stack and its services
+    argus topics list | create                      topics from the registry
+    argus schemas check                             golden examples and compatibility
+    argus migrate                                   ClickHouse migrations
+    argus produce | consume | loadgen | sql         data in and out
+    argus inference | ingest | drift | alerting | retraining run   the services (and their verbs)
+    argus alerts list | silences | silence | expire | tail
+    argus retrain list | show | approve | reject
+    argus models list | register
+    argus dlq list | replay                         dead letters
+    argus demo                                      the end-to-end demo on the local stack
+
+One module per command group (as snuba's
+``snuba/cli/``): ``stack``, ``contracts`` (topics, schemas, migrate), ``data`` (produce,
+consume, loadgen, sql), ``runners`` (one group per service: ``argus <service> run``),
+``alerts``, ``retrain`` (and models), ``dlq`` and ``demo``. Importing a module registers
+its commands on :data:`services.cli.base.app`."""
+
+from __future__ import annotations
+
+from services.cli import alerts, contracts, data, demo, dlq, retrain, runners, stack  # noqa: F401 (registers commands)
+from services.cli.base import app
+
+
+def main() -> None:
+    from services.common.logging import configure_logging
+
+    configure_logging("WARNING", json=False)
+    app()

@@ -1,0 +1,236 @@
+"""``argus retrain`` and ``argus models``: retraining triggers and the model registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from services.cli.alerts import _when
+from services.cli.base import app, console
+from services.cli.base import fail as _fail
+from services.cli.base import settings as _settings
+
+retrain_app = typer.Typer(help="Retraining triggers: list, inspect, approve, reject.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(retrain_app, name="retrain")
+app.add_typer(models_app, name="models")
+
+
+def _read_all(key: str) -> list[dict]:
+    """Every record of a one-partition registry topic, from the beginning (plain values)."""
+    from aiokafka import TopicPartition
+
+    from services.common.kafka import make_consumer
+    from services.common.registry import get_codec
+
+    s = _settings()
+    codec = get_codec(key)
+
+    async def run() -> list[dict]:
+        consumer = make_consumer(s.kafka, None)
+        await consumer.start()
+        try:
+            tp = TopicPartition(s.kafka.topic(key), 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            out: list[dict] = []
+            while await consumer.position(tp) < end:
+                for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    out.append(codec.decode_plain(m.value))
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def _book():  # noqa: ANN202
+    from services.retraining.lifecycle import TransitionError, TriggerBook
+
+    book = TriggerBook()
+    for rec in _read_all("retraining-triggers"):
+        try:
+            book.apply(rec)
+        except TransitionError:
+            pass  # ignored by the service too
+    return book
+
+
+def _publish(key: str, rec: dict, kafka_key: str) -> None:
+    from services.common.kafka import make_producer
+    from services.common.registry import get_codec
+
+    s = _settings()
+
+    async def run() -> None:
+        producer = make_producer(s.kafka)
+        await producer.start()
+        try:
+            await producer.send_and_wait(s.kafka.topic(key), get_codec(key).encode(rec), key=kafka_key.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+@retrain_app.command("list")
+def retrain_list(
+    all_: bool = typer.Option(False, "--all", help="Closed triggers too."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Open triggers (or all), newest first."""
+    triggers = sorted(_book().triggers.values(), key=lambda t: -t.created_at)
+    triggers = [t for t in triggers if all_ or t.open]
+    if json_out:
+        console.print_json(
+            json.dumps(
+                [
+                    {
+                        "trigger_id": t.trigger_id,
+                        "state": t.state,
+                        "model": t.model,
+                        "model_version": t.model_version,
+                        "policy": t.policy,
+                        "reason": t.reason,
+                        "candidate_version": t.candidate_version,
+                        "created_at": t.created_at,
+                    }
+                    for t in triggers
+                ]
+            )
+        )
+        return
+    table = Table("trigger", "state", "model", "version", "policy", "reason", "raised")
+    for t in triggers:
+        table.add_row(t.trigger_id[:8], t.state, t.model, t.model_version, t.policy, t.reason, _when(t.created_at))
+    console.print(table if triggers else "no triggers")
+
+
+@retrain_app.command("show")
+def retrain_show(trigger: str = typer.Argument(..., help="Trigger id or a unique prefix.")) -> None:
+    """A trigger's evidence, dataset specification and history."""
+    from services.retraining.lifecycle import TransitionError
+
+    try:
+        t = _book().find(trigger)
+    except TransitionError as exc:
+        _fail(str(exc))
+    console.print(
+        f"[bold]{t.trigger_id}[/] {t.model} {t.model_version} policy={t.policy} state=[bold]{t.state}[/]"
+        + (f" candidate={t.candidate_version}" if t.candidate_version else ""),
+        highlight=False,
+    )
+    console.print(f"reason: {t.reason}", highlight=False)
+    console.print(
+        f"drift events: {', '.join(t.drift_event_ids) or '-'}\nalerts: {', '.join(t.alert_event_ids) or '-'}",
+        highlight=False,
+    )
+    console.print("dataset: " + ", ".join(f"{k}={v}" for k, v in sorted(t.dataset_spec.items())), highlight=False)
+    table = Table("#", "state", "by", "comment", "at")
+    for h in t.history:
+        table.add_row(str(h["sequence"]), h["state"], h["actor"] or "", h["comment"] or "", _when(h["at"]))
+    console.print(table)
+
+
+def _decide(trigger: str, state: str, by: str, comment: str) -> None:
+    from services.retraining.lifecycle import TransitionError
+
+    book = _book()
+    try:
+        t = book.find(trigger)
+        rec = book.next_record(t.trigger_id, state, by, comment)
+    except TransitionError as exc:
+        _fail(str(exc))
+    _publish("retraining-triggers", rec, t.trigger_id)
+    console.print(f"trigger {t.trigger_id} {state} by {by}", highlight=False)
+
+
+@retrain_app.command("approve")
+def retrain_approve(
+    trigger: str = typer.Argument(...),
+    by: str = typer.Option(..., help="Who approves."),
+    comment: str = typer.Option("", help="Why."),
+) -> None:
+    """Approve a trigger awaiting approval: the service dispatches the job."""
+    _decide(trigger, "approved", by, comment)
+
+
+@retrain_app.command("reject")
+def retrain_reject(
+    trigger: str = typer.Argument(...),
+    by: str = typer.Option(..., help="Who rejects."),
+    comment: str = typer.Option(..., help="Why (kept with the trigger)."),
+) -> None:
+    """Reject a trigger awaiting approval: nothing is dispatched."""
+    _decide(trigger, "rejected", by, comment)
+
+
+@models_app.command("list")
+def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Every registered version with its latest status."""
+    from services.retraining.registry import ModelRegistry
+
+    reg = ModelRegistry()
+    for rec in _read_all("model-registry"):
+        reg.apply(rec)
+    rows = sorted(reg.versions.values(), key=lambda r: (r["model"], r["version"]))
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("model", "version", "status", "sha256", "artifact", "by", "comment")
+    for r in rows:
+        table.add_row(
+            r["model"], r["version"], r["status"], r["sha256"][:12], r["artifact_uri"], r["actor"], r["comment"]
+        )
+    console.print(table if rows else "no versions registered")
+
+
+@models_app.command("register")
+def models_register(
+    model: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    artifact: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="The artifact file (its sha256 is computed)."
+    ),
+    status: str = typer.Option("candidate", help="candidate, or active for the version serving today."),
+    trigger: Optional[str] = typer.Option(None, help="The retraining trigger this version answers."),
+    parent: Optional[str] = typer.Option(None, help="The version it was trained from."),
+    card: list[str] = typer.Option([], help="Model card entries key=value (data window, metrics, limitations, owner)."),
+    by: str = typer.Option(..., help="Who registers it."),
+    comment: str = typer.Option(""),
+    sha256: Optional[str] = typer.Option(
+        None, help="The digest the pipeline built (default: computed from ARTIFACT now)."
+    ),
+) -> None:
+    """Register a model version with its artifact's digest and model card. Whatever
+    loads the version later (validation, inference) refuses a file with another digest."""
+    from services.common.llm import sha256_of
+    from services.retraining.registry import version_record
+
+    entries = dict(c.split("=", 1) for c in card if "=" in c)
+    if len(entries) != len(card):
+        _fail("card entries are key=value", 2)
+    digest = sha256 or sha256_of(artifact)
+    try:
+        rec = version_record(
+            model,
+            version,
+            status,
+            str(artifact.resolve()),
+            digest,
+            actor=by,
+            card=entries,
+            parent_version=parent,
+            trigger_id=trigger,
+            comment=comment,
+        )
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    _publish("model-registry", rec, f"{model}/{version}")
+    console.print(f"registered {model} {version} ({status}) sha256 {digest}", highlight=False)
