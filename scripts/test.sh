@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export RAY_AUTH_MODE=disabled
+# the style gate: lint and formatting (pyproject.toml [tool.ruff]) before any test
+.venv/bin/ruff check services tests bench
+.venv/bin/ruff format --check services tests bench
 .venv/bin/argus schemas check
 exec .venv/bin/python -m pytest tests "$@"
