@@ -166,6 +166,29 @@ class LagProbe:
         return out
 
 
+async def assigned_lag(consumer: Any, committed: dict[Any, int], metrics: Any = None) -> dict[str, int]:
+    """Lag of the partitions a running consumer holds (``"topic[partition]"`` -> high
+    watermark minus committed offset, what a new member would resume from): the
+    readiness figure of the in-process consumers (pipelines, the inference bridge).
+    Uses the consumer's last fetch metadata and asks the broker only for what it does
+    not know yet, so a readiness probe stays cheap; ``committed`` is the caller's cache
+    of its own commits (filled here from the broker for partitions it lacks).
+    :class:`LagProbe` is the same figure seen from outside, per consumer group."""
+    parts = sorted(consumer.assignment(), key=lambda t: (t.topic, t.partition))
+    unknown = [tp for tp in parts if consumer.highwater(tp) is None]
+    ends = await consumer.end_offsets(unknown) if unknown else {}
+    out: dict[str, int] = {}
+    for tp in parts:
+        if tp not in committed:
+            committed[tp] = (await consumer.committed(tp)) or 0
+        high = ends[tp] if tp in ends else consumer.highwater(tp)
+        lag = max(0, high - committed[tp])
+        out[f"{tp.topic}[{tp.partition}]"] = lag
+        if metrics is not None:
+            metrics.set("argus_consumer_lag", lag, topic=tp.topic, partition=str(tp.partition))
+    return out
+
+
 class GroupLagReporter:
     """A service's own consumer-group lag, refreshed by :meth:`refresh` (every few
     seconds): ``lag`` (topic -> lag, what readiness reports) and the

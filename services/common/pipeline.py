@@ -329,23 +329,12 @@ class Pipeline(Generic[T]):
 
     # -- readiness -----------------------------------------------------------
     async def lag(self) -> dict[str, int]:
-        """Per-partition lag: high watermark minus committed offset (what a new member
-        would resume from). Uses the consumer's last fetch metadata; asks the broker
-        only for what it does not know yet, so a readiness probe stays cheap."""
+        """Per-partition lag of this member (see :func:`services.common.kafka.assigned_lag`)."""
+        from services.common.kafka import assigned_lag
+
         if self.consumer is None:
             return {}
-        parts = sorted(self.consumer.assignment(), key=lambda t: t.partition)
-        unknown = [tp for tp in parts if self.consumer.highwater(tp) is None]
-        ends = await self.consumer.end_offsets(unknown) if unknown else {}
-        out: dict[str, int] = {}
-        for tp in parts:
-            if tp not in self.committed:
-                self.committed[tp] = (await self.consumer.committed(tp)) or 0
-            high = ends[tp] if tp in ends else self.consumer.highwater(tp)
-            lag = max(0, high - self.committed[tp])
-            out[f"{tp.topic}[{tp.partition}]"] = lag
-            self.metrics.set("argus_consumer_lag", lag, topic=tp.topic, partition=str(tp.partition))
-        return out
+        return await assigned_lag(self.consumer, self.committed, self.metrics)
 
 
 async def pipeline_readiness(pipeline: "Pipeline[Any]") -> "Readiness":

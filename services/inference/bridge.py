@@ -26,7 +26,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from services.common.codec import SerializationError, to_json
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.health import Readiness
-from services.common.kafka import make_consumer, make_producer
+from services.common.kafka import assigned_lag, make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.offsets import OffsetTracker
@@ -63,6 +63,7 @@ class InferenceBridge:
         )
         self.log = get_logger("argus.inference.bridge", topic=self.requests_topic)
         self.tracker = OffsetTracker()
+        self.committed: dict[TopicPartition, int] = {}  # what this member committed (readiness lag)
         self.slots = asyncio.Semaphore(settings.bridge.max_in_flight)
         self.tasks: set[asyncio.Task] = set()
         self.consumer = None
@@ -219,17 +220,14 @@ class InferenceBridge:
         }
         if offsets:
             await self.consumer.commit(offsets)
+            self.committed.update(offsets)
             self.metrics.inc("argus_commits_total")
 
     async def readiness(self) -> Readiness:
         if self.consumer is None:
             return Readiness(False, "inference-bridge", False, True, detail="not started")
         parts = sorted(self.consumer.assignment(), key=lambda t: t.partition)
-        lag: dict[str, int] = {}
-        if parts:
-            ends = await self.consumer.end_offsets(parts)
-            for tp in parts:
-                lag[f"{tp.topic}[{tp.partition}]"] = max(0, ends[tp] - ((await self.consumer.committed(tp)) or 0))
+        lag = await assigned_lag(self.consumer, self.committed, self.metrics)
         committed = {f"{tp.topic}[{tp.partition}]": o for tp, o in self.tracker.committable().items()}
         return Readiness(
             self._failure is None,
@@ -284,6 +282,8 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
         if self.bridge._failure is None and revoked:
             await self.bridge._commit(list(revoked))
         self.bridge.tracker.forget(list(revoked))
+        for tp in revoked:
+            self.bridge.committed.pop(tp, None)  # its next owner commits it
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.bridge.log.info("bridge.assigned", partitions=sorted(str(tp) for tp in assigned))
