@@ -38,6 +38,7 @@ from services.drift.settings import DriftSettings
 from services.drift.state import StateError, dump_monitor, load_monitor
 
 CONTROL_RESET = "reset-reference"
+MAX_CHECKPOINT_BYTES = 900_000  # under Kafka's default 1 MB message limit, with room for the record
 
 
 def create_app(settings: DriftSettings) -> faust.App:
@@ -151,6 +152,15 @@ def create_app(settings: DriftSettings) -> faust.App:
             )
         return monitors[stream_key]
 
+    def checkpoint(stream_key: str, mon: StreamMonitor) -> None:
+        """Write the monitor to the changelog-backed table; a document too large for one
+        Kafka message is not written (the previous checkpoint stays) and said so."""
+        doc = dump_monitor(mon)
+        if len(doc) > MAX_CHECKPOINT_BYTES:
+            log.warning("drift.checkpoint_skipped", stream=stream_key, bytes=len(doc), limit=MAX_CHECKPOINT_BYTES)
+            return
+        state[stream_key.encode()] = doc
+
     @app.agent(features_topic, name=f"{settings.app_id}.detect")
     async def detect(stream: Any) -> None:
         async for key, value in stream.items():
@@ -159,7 +169,7 @@ def create_app(settings: DriftSettings) -> faust.App:
             mon = monitor_for(stream_key)
             if payload.get("control") == CONTROL_RESET:
                 mon.reset_reference()
-                state[stream_key.encode()] = dump_monitor(mon)
+                checkpoint(stream_key, mon)
                 log.info("drift.reference_reset", stream=stream_key)
                 continue
             if "embedding" in payload:
@@ -190,7 +200,7 @@ def create_app(settings: DriftSettings) -> faust.App:
                     position=alarm.position,
                 )
             if alarms or mon.position % settings.checkpoint_every == 0:
-                state[stream_key.encode()] = dump_monitor(mon)
+                checkpoint(stream_key, mon)
 
     # Health: liveness = faust's event loop advances (a 1 s timer), readiness = not
     # rebalancing and the table recovered; metrics in Prometheus format.

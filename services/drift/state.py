@@ -8,8 +8,10 @@ numbers, strings, lists and numeric arrays (``{"f8": <base64 little-endian float
 checked against the shape each detector expects. Sizes are bounded by the detectors'
 own windows.
 
-- Windowed detectors (KS, chi-squared, MMD) round-trip exactly: reference, current
-  window, counters and the alarm latch.
+- Windowed detectors (KS, chi-squared, MMD) round-trip exactly (reference, current
+  window, counters and the alarm latch), except the raw embeddings of an MMD reference
+  that is still filling up, kept in float32 so a checkpoint stays well under Kafka's
+  1 MB message limit (the pinned projection is exact).
 - river's detectors (``ADWIN``, ``DDM``) keep their internals in compiled objects that
   have no stable public form, so they are rebuilt by replaying the recent values they
   were fed since their last reset (up to :data:`RIVER_REPLAY_CAP`): a *re-warm* that
@@ -49,28 +51,30 @@ class StateError(ValueError):
 
 
 # -- numeric arrays ----------------------------------------------------------------------
-def _arr(a: Any) -> dict[str, Any] | None:
+def _arr(a: Any, dtype: str = "f8") -> dict[str, Any] | None:
     if a is None:
         return None
-    a = np.ascontiguousarray(np.asarray(a, dtype="<f8"))
-    return {"f8": base64.b64encode(a.tobytes()).decode("ascii"), "shape": list(a.shape)}
+    a = np.ascontiguousarray(np.asarray(a, dtype="<" + dtype))
+    return {dtype: base64.b64encode(a.tobytes()).decode("ascii"), "shape": list(a.shape)}
 
 
 def _unarr(d: Any, ndim: int) -> np.ndarray | None:
     if d is None:
         return None
-    if not isinstance(d, dict) or not isinstance(d.get("f8"), str) or not isinstance(d.get("shape"), list):
-        raise StateError("array: expected {'f8': base64, 'shape': [...]}")
+    dtype = "f8" if isinstance(d, dict) and "f8" in d else "f4"
+    if not isinstance(d, dict) or not isinstance(d.get(dtype), str) or not isinstance(d.get("shape"), list):
+        raise StateError("array: expected {'f8' or 'f4': base64, 'shape': [...]}")
     shape = d["shape"]
     if len(shape) != ndim or not all(isinstance(n, int) and 0 <= n <= 1_000_000 for n in shape):
         raise StateError(f"array: bad shape {shape!r}")
     try:
-        raw = base64.b64decode(d["f8"], validate=True)
+        raw = base64.b64decode(d[dtype], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise StateError(f"array: bad base64: {exc}") from exc
-    if len(raw) != 8 * int(np.prod(shape, dtype=np.int64)):
+    size = 8 if dtype == "f8" else 4
+    if len(raw) != size * int(np.prod(shape, dtype=np.int64)):
         raise StateError("array: size does not match its shape")
-    return np.frombuffer(raw, dtype="<f8").reshape(shape).copy()
+    return np.frombuffer(raw, dtype="<" + dtype).astype("<f8").reshape(shape)
 
 
 def _floats(v: Any, what: str) -> list[float]:
@@ -110,7 +114,9 @@ def _dump_detector(d: Any) -> dict[str, Any]:
             "seen": d.seen,
             "in_alarm": d.in_alarm,
             "sigma": d.sigma,
-            "reference": _arr(np.asarray(d.reference)) if d.reference else None,
+            # the raw embeddings of a reference still filling up are kept in float32: 200
+            # of 576 dimensions stay well under Kafka's 1 MB message limit
+            "reference": _arr(np.asarray(d.reference), "f4") if d.reference else None,
             "mean": _arr(d.mean),
             "basis": _arr(d.basis),
             "ref_z": _arr(d.ref_z),

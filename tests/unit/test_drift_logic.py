@@ -116,6 +116,23 @@ def test_semantic_detector_state_round_trips_exactly() -> None:
     assert len(b.current) == len(a.current) and dump_monitor(restored) == dump_monitor(mon)
 
 
+def test_a_checkpoint_of_a_full_size_semantic_reference_fits_in_one_kafka_message() -> None:
+    from services.drift.settings import SemanticSettings
+    from services.drift.state import dump_monitor, load_monitor
+
+    sem = SemanticSettings()  # the defaults: 576-dim embeddings, a reference of 200
+    rng = np.random.default_rng(10)
+    mon = StreamMonitor("m|*", load())
+    for i in range(sem.reference_size - 1):  # the largest state: one short of pinning
+        mon.observe_embedding(rng.normal(size=576), f"r{i}", sem)
+    doc = dump_monitor(mon)
+    assert len(doc) < 900_000
+    again = load_monitor(doc, load(), sem)
+    ref = again.detectors["prompt_embedding"][0].reference
+    saved = mon.detectors["prompt_embedding"][0].reference
+    assert len(ref) == sem.reference_size - 1 and np.allclose(ref[0], saved[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "raw, reason",
     [
