@@ -67,6 +67,7 @@ class AvroCodec:
         self._writer_lookup = writer_lookup
         self._header = wire_header(schema_id)
         self._plain_reader: Any = None
+        self._plain_writers: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"AvroCodec({self.name}.v{self.version}, id={self.schema_id})"
@@ -93,7 +94,16 @@ class AvroCodec:
         if len(data or b"") >= HEADER.size and data[0] == MAGIC_BYTE and HEADER.unpack_from(data)[1] == self.schema_id:
             # same binary layout as our own schema: read it as the plain schema directly
             return self._read(self.schema_id, memoryview(data)[HEADER.size :], self._plain_reader, None)
-        return self.decode(data)  # other writer versions: resolve, with logical types
+        # another writer version (older, newer, a registry's): resolved into the plain reader
+        schema_id, body = split_wire(data)
+        writer = self._plain_writers.get(schema_id)
+        if writer is None:
+            try:
+                writer = fastavro.parse_schema(_strip_logical(self._writer_lookup(schema_id)), named_schemas={})
+            except KeyError as exc:
+                raise SerializationError(f"unknown schema id {schema_id}") from exc
+            self._plain_writers[schema_id] = writer
+        return self._read(schema_id, body, writer, self._plain_reader)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         schema_id, body = split_wire(data)

@@ -99,3 +99,43 @@ def test_a_second_avro_implementation_reads_and_writes_the_same_bytes() -> None:
     ours = codec.encode(record)
     theirs = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(ours[5:])))
     assert theirs["request_id"] == record["request_id"] and theirs["tenant"] == record["tenant"]
+
+
+def test_plain_decoding_of_another_writer_version_keeps_plain_types(tmp_path) -> None:
+    """A message from a producer on a newer schema version (one more field) reads, with
+    ``decode_plain``, exactly as one written with the current version would: uuids as
+    strings, timestamps as epoch milliseconds (ingest writes those to ClickHouse)."""
+    import json
+    import shutil
+
+    import yaml
+
+    from services.common.codec import from_json
+    from services.common.registry import SCHEMAS_DIR, SchemaRegistry
+
+    root = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS_DIR, root)
+    v2 = json.loads((root / "avro" / "inference_request.v1.avsc").read_text())
+    v2["fields"].append({"name": "priority", "type": ["null", "string"], "default": None})
+    (root / "avro" / "inference_request.v2.avsc").write_text(json.dumps(v2))
+    ids = yaml.safe_load((root / "avro" / "ids.yaml").read_text()) | {"inference_request.v2": 9901}
+    (root / "avro" / "ids.yaml").write_text(yaml.safe_dump(ids))
+    reg = SchemaRegistry(root)
+    record = {
+        "request_id": "6f1c2a8e-0b7d-4c55-9a43-1d2e3f405162",
+        "created_at": 1764000000000,
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tenant": "acme",
+        "priority": "high",
+    }
+    newer = reg.codec("inference-requests", version=2).encode(from_json(v2, record))
+    current = reg.codec("inference-requests")
+    plain = current.decode_plain(newer)
+    same = current.decode_plain(
+        current.encode(
+            from_json(reg.schema_json("inference_request", 1), {k: v for k, v in record.items() if k != "priority"})
+        )
+    )
+    assert plain == same
+    assert plain["request_id"] == record["request_id"] and plain["created_at"] == 1764000000000
