@@ -28,24 +28,35 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
 
 
 def test_the_installed_wheel_carries_its_contracts(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    # nothing of the checkout may leak into the fresh environment (a PYTHONPATH pointing at
+    # it would make pip believe the package is already installed)
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     dist = tmp_path / "dist"
     run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
         cwd=tmp_path,
+        env=clean,
     )
     (wheel,) = dist.glob("argus_llmops-*.whl")
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    site = Path(run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path).strip())
+    site = Path(
+        run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, env=clean
+        ).strip()
+    )
     (site / "borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)], cwd=tmp_path)
+    run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
+        cwd=tmp_path,
+        env=clean,
+    )
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env |= {
+    env = clean | {
         "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
         "ARGUS_CLI_KAFKA__TOPIC_PREFIX": kafka_settings.topic_prefix,
         "COLUMNS": "200",
