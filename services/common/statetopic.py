@@ -3,10 +3,10 @@ topic says (the retraining book from the triggers and the registry, the serving 
 the inference service applies) and then follow it.
 
 No consumer group: every instance reads every record, in offset order per partition.
-Each record is decoded with its topic's codec; an undecodable one goes to the topic's
-dead-letter topic through the service's :class:`~services.common.dlq.DeadLetterPolicy`
-(its delivery awaited before the next record), the rest are handed to
-``handler(topic_key, record)``. ``on_caught_up`` runs once, when every partition has
+It is the runtime's ``DecodeStep -> RunTaskStep`` without commits: each record is
+decoded with its topic's codec; an undecodable one goes to the topic's dead-letter topic
+through the service's :class:`~services.common.dlq.DeadLetterPolicy`, the rest are
+handed to ``handler(topic_key, record)`` in offset order. ``on_caught_up`` runs once, when every partition has
 reached the end offsets seen at start.
 
 Example::
@@ -28,6 +28,8 @@ from services.common.codec import SerializationError
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.kafka import make_consumer
 from services.common.registry import default_registry
+from services.common.runtime import DecodeStep, Records, RunTaskStep
+from services.common.runtime.decode import InvalidMessage
 from services.common.settings import KafkaSettings
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -58,8 +60,25 @@ class StateTopicReader:
         self.caught_up = asyncio.Event()
         self.last_progress = time.time()
 
+    def _decode(self, msg: Message) -> tuple[str, dict[str, Any]]:
+        key = self.keys[msg.topic]
+        try:
+            return key, self.codecs[key].decode_plain(msg.raw)
+        except SerializationError as exc:
+            raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
+
+    async def _handle(self, item: tuple[str, dict[str, Any]]) -> None:
+        await self.handler(*item)
+
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self.kafka, None)
+        steps = DecodeStep(
+            lambda raw: raw,
+            self._decode,
+            self.dlq,
+            lambda: self.send_dead_letter,
+            RunTaskStep(self._handle, consumer, commit=False),
+        )
         await consumer.start()
         try:
             tps = [TopicPartition(name, p) for name, key in self.keys.items() for p in range(self.partitions[key])]
@@ -69,7 +88,9 @@ class StateTopicReader:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200)
                 for tp, records in batch.items():
-                    await self._handle(tp, records)
+                    if self.metrics is not None:
+                        self.metrics.inc("argus_messages_consumed_total", len(records), topic=tp.topic)
+                    await steps.submit(Records(tp, records))
                 if not self.caught_up.is_set():
                     positions = {tp: await consumer.position(tp) for tp in tps}
                     if all(positions[tp] >= ends[tp] for tp in tps):
@@ -79,17 +100,3 @@ class StateTopicReader:
                 self.last_progress = time.time()
         finally:
             await consumer.stop()
-
-    async def _handle(self, tp: TopicPartition, records: list[Any]) -> None:
-        key = self.keys[tp.topic]
-        if self.metrics is not None:
-            self.metrics.inc("argus_messages_consumed_total", len(records), topic=tp.topic)
-        for r in records:
-            try:
-                rec = self.codecs[key].decode_plain(r.value)
-            except SerializationError as exc:
-                msg = Message(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
-                await self.dlq.send(self.send_dead_letter, msg, str(exc), "InvalidMessage.SerializationError")
-                continue
-            self.dlq.record_valid(tp.topic, tp.partition)
-            await self.handler(key, rec)

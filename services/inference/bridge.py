@@ -1,4 +1,5 @@
-"""The Kafka bridge: requests topic -> Ray Serve (DeploymentHandle) -> responses topic.
+"""The Kafka bridge: requests topic -> Ray Serve (DeploymentHandle) -> responses topic,
+built from the runtime's steps (``DecodeStep`` -> ``ConcurrentStep``).
 
 - A consumer group on the requests topic; each valid request is dispatched to the
   Router through a ``DeploymentHandle`` with at most ``max_in_flight`` outstanding
@@ -21,9 +22,9 @@ import datetime as dt
 import time
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 
-from services.common.codec import SerializationError, to_json
+from services.common.codec import to_json
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.health import Readiness
 from services.common.kafka import assigned_lag, make_consumer, make_producer
@@ -31,6 +32,8 @@ from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.offsets import OffsetTracker
 from services.common.registry import SchemaRegistry, default_registry
+from services.common.runtime import ConcurrentStep, DecodeStep, StreamProcessor
+from services.common.runtime.decode import InvalidMessage
 from services.inference.responses import response_record
 from services.inference.settings import InferenceSettings
 
@@ -62,17 +65,50 @@ class InferenceBridge:
             registry=reg,
         )
         self.log = get_logger("argus.inference.bridge", topic=self.requests_topic)
-        self.tracker = OffsetTracker()
-        self.committed: dict[TopicPartition, int] = {}  # what this member committed (readiness lag)
-        self.slots = asyncio.Semaphore(settings.bridge.max_in_flight)
-        self.tasks: set[asyncio.Task] = set()
-        self.consumer = None
-        self.producer = None
-        self.last_progress = time.time()
+        self.consumer: Any = None
+        self.producer: Any = None
+        self.processor: StreamProcessor | None = None
+        self.answering: ConcurrentStep[dict[str, Any]] | None = None
         self.answered = 0
-        self._failure: BaseException | None = None
+
+    # -- what readiness, metrics and tests read --------------------------------------
+    @property
+    def tracker(self) -> OffsetTracker:
+        return self.answering.tracker if self.answering is not None else OffsetTracker()
+
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        return self.answering.committed if self.answering is not None else {}
+
+    @property
+    def last_progress(self) -> float:
+        return self.processor.last_progress if self.processor is not None else time.time()
+
+    @property
+    def _failure(self) -> BaseException | None:
+        return self.answering.failure if self.answering is not None else None
 
     # -- lifecycle -----------------------------------------------------------------
+    def _build(self) -> StreamProcessor:
+        """decode + validate (invalid -> dead letters) -> answer concurrently, commit the
+        longest answered prefix of each partition."""
+        b = self.settings.bridge
+        send_dead_letter = producer_sender(self.producer)
+        self.answering = ConcurrentStep(self._answer, b.max_in_flight, self.consumer, b.commit_interval_s, self.metrics)
+        decode = DecodeStep(
+            self.req_codec.decode, _request, self.dlq, lambda: send_dead_letter, self.answering, track_offsets=True
+        )
+        answering = self.answering
+        return StreamProcessor(
+            self.consumer,
+            [self.requests_topic],
+            decode,
+            room=lambda: answering.room,
+            on_revoke=answering.revoke,
+            metrics=self.metrics,
+            log=self.log,
+        )
+
     async def start(self) -> None:
         k = self.settings.kafka
         self.producer = make_producer(k)
@@ -84,7 +120,8 @@ class InferenceBridge:
             # a request may wait for the model longer than the default poll interval
             max_poll_interval_ms=max(300_000, int(self.settings.bridge.default_timeout_s * 2000)),
         )
-        self.consumer.subscribe([self.requests_topic], listener=_DrainOnRevoke(self))
+        self.processor = self._build()
+        self.processor.subscribe()
         await self.consumer.start()
         self.log.info(
             "bridge.started", group=self.settings.bridge.group_id, max_in_flight=self.settings.bridge.max_in_flight
@@ -92,10 +129,8 @@ class InferenceBridge:
 
     async def stop(self) -> None:
         try:
-            if self.tasks:
-                await asyncio.gather(*self.tasks, return_exceptions=True)
-            if self.consumer is not None and self._failure is None:
-                await self._commit()
+            if self.answering is not None:
+                await self.answering.join()  # answers what it took; commits unless something failed
         finally:
             if self.consumer is not None:
                 await self.consumer.stop()
@@ -104,56 +139,18 @@ class InferenceBridge:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
+        assert self.processor is not None
         try:
-            last_commit = time.monotonic()
             while not stop.is_set():
-                if self._failure is not None:
-                    raise self._failure
-                await self.step()
-                if time.monotonic() - last_commit >= self.settings.bridge.commit_interval_s:
-                    await self._commit()
-                    last_commit = time.monotonic()
+                await self.processor.step()  # raises the failure of an answer: nothing past it is committed
         finally:
             await self.stop()
 
-    async def step(self) -> None:
-        assert self.consumer is not None
-        free = self.settings.bridge.max_in_flight - self.tracker.in_flight()
-        if free <= 0:  # backpressure: fetch nothing until a slot frees up
-            await asyncio.sleep(0.01)
-            self.last_progress = time.time()
-            return
-        batch = await self.consumer.getmany(timeout_ms=200, max_records=free)
-        self.last_progress = time.time()
-        self.metrics.set("argus_last_poll_timestamp_seconds", self.last_progress)
-        for tp, records in batch.items():
-            for rec in records:
-                self.tracker.started(tp, rec.offset)
-                self.metrics.inc("argus_messages_consumed_total", topic=tp.topic)
-                msg = Message(
-                    rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.timestamp, tuple(rec.headers or ())
-                )
-                try:
-                    request = self.req_codec.decode(rec.value)
-                    _validate(request)
-                except (SerializationError, InvalidRequest) as exc:
-                    await self._dead_letter(tp, msg, str(exc), "InvalidMessage." + type(exc).__name__)
-                    continue
-                self.dlq.record_valid(tp.topic, tp.partition)
-                await self.slots.acquire()
-                task = asyncio.create_task(self._answer(tp, msg, request))
-                self.tasks.add(task)
-                task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        self.slots.release()
-        if not task.cancelled() and task.exception() is not None and self._failure is None:
-            self._failure = task.exception()  # e.g. the broker refused the response: stop, don't commit
-
     # -- one request -----------------------------------------------------------------
-    async def _answer(self, tp: TopicPartition, msg: Message, request: dict[str, Any]) -> None:
-        log = self.log.bind(partition=msg.partition, offset=msg.offset, request_id=str(request["request_id"]))
+    async def _answer(self, tp: TopicPartition, offset: int, request: dict[str, Any]) -> None:
+        """Answer one request: its response (and shadow answers) acknowledged by the broker
+        before it counts as finished (and its offset may be committed)."""
+        log = self.log.bind(partition=tp.partition, offset=offset, request_id=str(request["request_id"]))
         plain = to_json(request)
         started = time.monotonic()
         deadline = request.get("deadline")
@@ -204,24 +201,7 @@ class InferenceBridge:
         await asyncio.gather(*futures)  # acknowledged by the broker before the offset may be committed
         self.metrics.inc("argus_messages_produced_total", topic=self.responses_topic)
         self.answered += 1
-        self.tracker.finished(tp, msg.offset)
         log.debug("bridge.answered", status=resp["status"], model_version=resp["model_version"])
-
-    async def _dead_letter(self, tp: TopicPartition, msg: Message, reason: str, error_type: str) -> None:
-        assert self.producer is not None
-        await self.dlq.send(producer_sender(self.producer), msg, reason, error_type)
-        self.tracker.finished(tp, msg.offset)
-
-    async def _commit(self, only: list[TopicPartition] | None = None) -> None:
-        assert self.consumer is not None
-        assignment = self.consumer.assignment()
-        offsets = {
-            tp: o for tp, o in self.tracker.committable().items() if tp in assignment and (only is None or tp in only)
-        }
-        if offsets:
-            await self.consumer.commit(offsets)
-            self.committed.update(offsets)
-            self.metrics.inc("argus_commits_total")
 
     async def readiness(self) -> Readiness:
         if self.consumer is None:
@@ -243,6 +223,15 @@ class InferenceBridge:
 
 class InvalidRequest(ValueError):
     """A well-formed record that cannot be answered (no messages, bad roles...)."""
+
+
+def _request(msg: Message) -> dict[str, Any]:
+    """The bridge's transform: a decoded request it can answer, else an InvalidMessage."""
+    try:
+        _validate(msg.value)
+    except InvalidRequest as exc:
+        raise InvalidMessage(str(exc), "InvalidMessage.InvalidRequest") from exc
+    return msg.value
 
 
 def _validate(request: dict[str, Any]) -> None:
@@ -267,23 +256,3 @@ def _from_generation(request: dict[str, Any], out: dict[str, Any], shadow: bool 
             shadow=shadow,
         )
     return response_record(request, model_version=out["version"], generation=out, shadow=shadow)
-
-
-class _DrainOnRevoke(ConsumerRebalanceListener):
-    """Before partitions move to another member, finish their in-flight requests and
-    commit, so the new owner does not answer them again."""
-
-    def __init__(self, bridge: InferenceBridge) -> None:
-        self.bridge = bridge
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        if self.bridge.tasks:
-            await asyncio.gather(*list(self.bridge.tasks), return_exceptions=True)
-        if self.bridge._failure is None and revoked:
-            await self.bridge._commit(list(revoked))
-        self.bridge.tracker.forget(list(revoked))
-        for tp in revoked:
-            self.bridge.committed.pop(tp, None)  # its next owner commits it
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.bridge.log.info("bridge.assigned", partitions=sorted(str(tp) for tp in assigned))

@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
@@ -39,6 +38,8 @@ from services.common.kafka import GroupLagReporter, make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.registry import get_codec
+from services.common.runtime import DecodeStep, RunTaskStep, StreamProcessor
+from services.common.runtime.decode import InvalidMessage
 from services.common.statetopic import StateTopicReader
 from services.common.webhook import RetryPolicy, WebhookClient
 from services.retraining.config import RetrainingConfig
@@ -78,6 +79,10 @@ def dataset_spec(client: Any, db: str, model: str, version: str, window_s: float
         "feedback_rows": str(labelled),
         "negative_feedback": str(negative),
     }
+
+
+async def _nothing_to_finish(revoked: list[Any]) -> None:
+    """Evidence is handled and committed chunk by chunk: nothing is held at a rebalance."""
 
 
 class RetrainingService:
@@ -401,29 +406,6 @@ class RetrainingService:
         for p in proposals:
             await self.propose(p)
 
-    async def _handle(
-        self, batch: dict[TopicPartition, list[Any]], keys: dict[str, str], handler: Any
-    ) -> dict[TopicPartition, int]:
-        """Decode each record with its topic's codec and hand it over; returns the next
-        offset per partition. An undecodable record goes to the topic's dead-letter
-        topic with the reason (before its offset counts as done)."""
-        done: dict[TopicPartition, int] = {}
-        for tp, msgs in batch.items():
-            self.metrics.inc("argus_messages_consumed_total", len(msgs), topic=tp.topic)
-            for m in msgs:
-                try:
-                    rec = self.codecs[keys[tp.topic]].decode_plain(m.value)
-                except SerializationError as exc:
-                    msg = Message(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
-                    await self.dlq.send(
-                        producer_sender(self.producer), msg, str(exc), "InvalidMessage.SerializationError"
-                    )
-                else:
-                    self.dlq.record_valid(tp.topic, tp.partition)
-                    await handler(keys[tp.topic], rec)
-                done[tp] = m.offset + 1
-        return done
-
     async def _follow_state(self, stop: asyncio.Event) -> None:
         """Rebuild the book, the registry and the serving state from their topics, then
         follow them; open triggers are resumed once the rebuild is complete."""
@@ -471,16 +453,41 @@ class RetrainingService:
         follower.result()
 
     async def _follow_evidence(self, stop: asyncio.Event) -> None:
+        """Drift events and alerts, in a consumer group: decode (undecodable -> dead
+        letters) -> on_evidence one at a time -> commit (after the proposals they caused
+        were written)."""
         while not self.caught_up and not stop.is_set():
             await asyncio.sleep(0.1)  # cooldowns and dedup need the rebuilt book
-        topics = {self.k.topic("drift-events"): "drift-events", self.k.topic("alerts"): "alerts"}
-        consumer = make_consumer(self.k, self.settings.group_id, *topics)
+        keys = {self.k.topic("drift-events"): "drift-events", self.k.topic("alerts"): "alerts"}
+
+        def evidence(msg: Message) -> tuple[str, dict[str, Any]]:
+            key = keys[msg.topic]
+            try:
+                return key, self.codecs[key].decode_plain(msg.raw)
+            except SerializationError as exc:
+                raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
+
+        async def handle(item: tuple[str, dict[str, Any]]) -> None:
+            await self.on_evidence(*item)
+
+        consumer = make_consumer(self.k, self.settings.group_id)
+        send_dead_letter = producer_sender(self.producer)
+        run = RunTaskStep(handle, consumer, self.metrics)
+        decode = DecodeStep(lambda raw: raw, evidence, self.dlq, lambda: send_dead_letter, run)
+        processor = StreamProcessor(
+            consumer,
+            list(keys),
+            decode,
+            room=lambda: 500,
+            on_revoke=_nothing_to_finish,
+            metrics=self.metrics,
+            log=self.log,
+        )
+        processor.subscribe()
         await consumer.start()
         try:
             while not stop.is_set():
-                handled = await self._handle(await consumer.getmany(timeout_ms=200), topics, self.on_evidence)
-                if handled:
-                    await consumer.commit(handled)  # after the proposals they caused were written
+                await processor.step()
                 self.last_progress = time.time()
         finally:
             await consumer.stop()
