@@ -7,8 +7,7 @@ import sys
 
 from services.alerting.config import ConfigError, load_config
 from services.alerting.settings import AlertingSettings
-from services.common.logging import configure_logging, get_logger
-from services.common.schema_registry import configure_registry
+from services.common.startup import prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(config.inhibit_rules)} inhibition rules: valid"
         )
         return 0
-    configure_logging(settings.log_level, settings.log_json)
-    get_logger("argus.alerting").info("alerting.settings", **settings.masked())
-    configure_registry(settings.kafka)
+    prepare(settings)
     from faust.worker import Worker
 
     from services.alerting.app import create_app

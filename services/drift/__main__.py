@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import sys
 
-from services.common.logging import configure_logging
-from services.common.schema_registry import configure_registry
+from services.common.startup import prepare
 from services.drift.settings import DriftSettings
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings = DriftSettings()
-    configure_logging(settings.log_level, settings.log_json)
-    configure_registry(settings.kafka)
+    prepare(settings)
     from services.drift.app import create_app, request_reference_reset
 
     app = create_app(settings)

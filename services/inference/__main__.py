@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 from services.common.health import HealthServer
-from services.common.logging import configure_logging, get_logger
+from services.common.logging import get_logger
+from services.common.startup import prepare, run_until_signalled
 from services.inference.settings import InferenceSettings
 
 
@@ -39,7 +39,7 @@ def _start_serve(settings: InferenceSettings) -> None:
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
 
 
-async def _run_bridge(settings: InferenceSettings, router, apply_states: bool) -> None:  # noqa: ANN001
+async def _run_bridge(settings: InferenceSettings, router, stop: asyncio.Event, apply_states: bool) -> None:  # noqa: ANN001
     from services.common.kafka import make_producer
     from services.inference.app import deploy
     from services.inference.bridge import InferenceBridge
@@ -50,10 +50,6 @@ async def _run_bridge(settings: InferenceSettings, router, apply_states: bool) -
     port = await health.start()
     log = get_logger("argus.inference")
     log.info("inference.health", port=port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     producer = make_producer(settings.kafka)
     await producer.start()
     applier = ServingStateApplier(settings, producer, deploy, bridge.metrics)
@@ -76,16 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", nargs="?", default="serve", choices=["serve", "bridge", "deploy"])
     args = ap.parse_args(argv)
     settings = InferenceSettings()
-    configure_logging(settings.log_level, settings.log_json)
+    prepare(settings)
     log = get_logger("argus.inference")
-    log.info("inference.settings", **settings.masked())
 
     from ray import serve
 
-    from services.common.schema_registry import configure_registry
     from services.inference.app import deploy
 
-    configure_registry(settings.kafka)
     _init_ray(settings)
     if args.command in ("serve", "deploy"):
         _start_serve(settings)
@@ -95,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     else:
         router = serve.get_app_handle(settings.app_name)
-    asyncio.run(_run_bridge(settings, router, apply_states=args.command == "serve"))
-    return 0
+    return run_until_signalled(lambda stop: _run_bridge(settings, router, stop, apply_states=args.command == "serve"))
 
 
 if __name__ == "__main__":
