@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     from faust.worker import Worker
 
     from services.alerting.app import create_app
+    from services.common.faust_support import declare_internal_topics
 
     app = create_app(settings, config)
+    declare_internal_topics(app, settings.kafka)
     Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
     return 0
 

@@ -209,6 +209,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     signals = app.topic(
         f"{k.topic_prefix}{settings.app_id}-signals", internal=True, partitions=1, key_type=bytes, value_type=bytes
     )
+    app.argus_internal_topics = {signals.get_topic_name(): 1}  # created before the worker subscribes
     alerts_topic = app.topic(k.topic("alerts"), key_type=bytes, value_type=bytes)
     tables = {
         name: app.Table(

@@ -77,6 +77,27 @@ class DeadLetterWriter:
         self.policy.record_valid(m.topic, m.partition)
 
 
+def declare_internal_topics(app: faust.App, kafka: KafkaSettings) -> None:
+    """Create an app's internal topics (``app.argus_internal_topics``: name -> partitions,
+    set where the app is built) before its worker subscribes.
+
+    faust declares an agent's internal topic while the consumer is already subscribing;
+    when the broker's metadata does not list it yet, the topic is left out of the
+    assignment ("Ignoring missing topic") until a metadata refresh minutes later, and the
+    agent reads nothing meanwhile. Created beforehand, it is always assigned. Runs on a
+    loop of its own (the worker then creates its own)."""
+    import asyncio
+
+    from services.common.kafka import ensure_named_topics
+
+    loop = asyncio.new_event_loop()
+    try:
+        topics = getattr(app, "argus_internal_topics", {})
+        loop.run_until_complete(ensure_named_topics(kafka, {name: (n, {}) for name, n in topics.items()}))
+    finally:
+        loop.close()
+
+
 def report_lag(app: faust.App, kafka: KafkaSettings, metrics: Any, interval_s: float = 5.0) -> dict[str, int]:
     """Every ``interval_s``: the app's consumer-group lag per topic, as the broker sees it
     (``argus_consumer_lag`` with ``partition="all"``, and the returned dict, which

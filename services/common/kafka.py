@@ -78,7 +78,21 @@ async def ensure_topics(
     """Create every registry topic (or ``keys``) that does not exist yet, with the
     partitions and config the registry gives. Idempotent. Returns the names created."""
     reg = registry or default_registry()
-    wanted = {k.topic_prefix + reg.topic(key).name: reg.topic(key) for key in (keys or list(reg.topics))}
+    wanted = {
+        k.topic_prefix + reg.topic(key).name: (reg.topic(key).partitions, dict(reg.topic(key).config))
+        for key in (keys or list(reg.topics))
+    }
+    return await ensure_named_topics(k, wanted, replication_factor, timeout_s)
+
+
+async def ensure_named_topics(
+    k: KafkaSettings,
+    wanted: dict[str, tuple[int, dict[str, str]]],
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics named in ``wanted`` (name -> partitions, config) that do not
+    exist yet; idempotent, safe beside a concurrent creator. Returns the names created."""
     admin = AIOKafkaAdminClient(**client_kwargs(k), request_timeout_ms=int(timeout_s * 1000))
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
@@ -93,8 +107,8 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name, spec.partitions, replication_factor, topic_configs=dict(spec.config))
-            for name, spec in wanted.items()
+            NewTopic(name, partitions, replication_factor, topic_configs=config)
+            for name, (partitions, config) in wanted.items()
             if name not in existing
         ]
         for topic in new:  # one at a time: a concurrent creator must not fail the rest

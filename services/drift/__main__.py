@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from services.common.faust_support import declare_internal_topics
 from services.common.startup import prepare
 from services.drift.settings import DriftSettings
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.drift.app import create_app, request_reference_reset
 
     app = create_app(settings)
+    declare_internal_topics(app, settings.kafka)  # before the worker subscribes, or the reset is sent
     if argv[:1] == ["reset-reference"]:
         import asyncio
 

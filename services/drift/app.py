@@ -220,6 +220,7 @@ def create_app(settings: DriftSettings) -> faust.App:
             log.info("drift.health", port=port)
 
     app.argus_features_topic = features_topic  # for the reset command
+    app.argus_internal_topics = {features_topic.get_topic_name(): settings.partitions}
     return app
 
 
