@@ -1,0 +1,106 @@
+"""Traffic changes as serving-state records, without a broker: what the retraining side
+asks for (revisions, weights, shadows kept) and how it reads the inference service's
+answer; what the inference side turns a desired state into (or refuses)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common.registry import get_codec
+from services.common.settings import KafkaSettings
+from services.inference.serving import ServingStateApplier, served_versions
+from services.inference.settings import InferenceSettings, ModelVersion
+from services.retraining.rollout import RolloutFailed, ServingRollout
+
+MODEL = "smollm2-135m-instruct"
+
+
+class Producer:
+    """Records what is sent; answers each desired state through ``answer``."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.answer: Any = None
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        rec = get_codec("serving-state").decode_plain(value)
+        self.sent.append(rec)
+        if self.answer is not None:
+            asyncio.get_running_loop().call_soon(self.answer, rec)
+
+
+def applied(rollout: ServingRollout, versions: list[dict[str, Any]], revision: int = 0) -> None:
+    rollout.observe({"model": MODEL, "revision": revision, "status": "applied", "versions": versions, "comment": ""})
+
+
+def v(version: str, weight: float, shadow: bool = False) -> dict[str, Any]:
+    return {
+        "version": version,
+        "weight": weight,
+        "artifact_uri": f"/m/{version}.gguf",
+        "sha256": None,
+        "shadow": shadow,
+    }
+
+
+async def test_a_canary_scales_the_live_versions_keeps_shadows_and_waits_for_the_answer() -> None:
+    producer = Producer()
+    rollout = ServingRollout(KafkaSettings(), producer, "argus-retraining", timeout_s=5)
+    applied(rollout, [v("v1", 60.0), v("v0", 40.0), v("s1", 1.0, shadow=True)], revision=7)
+
+    def answer(rec: dict[str, Any]) -> None:
+        rollout.observe(rec | {"status": "applied", "comment": "ok"})
+
+    producer.answer = answer
+    await rollout.canary(MODEL, "v2", "/m/v2.gguf", "ab" * 32, 10.0, trigger_id="t-1")
+    (desired,) = producer.sent
+    assert desired["status"] == "desired" and desired["revision"] == 8 and desired["trigger_id"] == "t-1"
+    weights = {x["version"]: (x["weight"], x["shadow"]) for x in desired["versions"]}
+    assert weights == {"v1": (54.0, False), "v0": (36.0, False), "s1": (1.0, True), "v2": (10.0, False)}
+    assert rollout.serving(MODEL) == desired["versions"]  # what is live is what was acknowledged
+
+
+async def test_promotion_drains_the_others_and_a_rollback_rescales_the_rest() -> None:
+    producer = Producer()
+    rollout = ServingRollout(KafkaSettings(), producer, "argus-retraining", timeout_s=5)
+    applied(rollout, [v("v1", 90.0), v("v2", 10.0)])
+    producer.answer = lambda rec: rollout.observe(rec | {"status": "applied"})
+    assert await rollout.promote(MODEL, "v2") == ["v1"]
+    assert [(x["version"], x["weight"]) for x in producer.sent[-1]["versions"]] == [("v2", 100.0)]
+    applied(rollout, [v("v2", 90.0), v("v3", 10.0)], revision=1)
+    await rollout.rollback(MODEL, "v3")
+    assert [(x["version"], x["weight"]) for x in producer.sent[-1]["versions"]] == [("v2", 100.0)]
+    assert [r["revision"] for r in producer.sent] == [1, 2]
+
+
+async def test_a_refused_or_unanswered_change_is_a_rollout_failure() -> None:
+    producer = Producer()
+    rollout = ServingRollout(KafkaSettings(), producer, "argus-retraining", timeout_s=0.2)
+    with pytest.raises(RolloutFailed, match="no serving state"):
+        await rollout.canary(MODEL, "v2", "/m/v2.gguf", "ab" * 32, 10.0)
+    applied(rollout, [v("v1", 100.0)])
+    producer.answer = lambda rec: rollout.observe(rec | {"status": "failed", "comment": "digest mismatch"})
+    with pytest.raises(RolloutFailed, match="digest mismatch"):
+        await rollout.canary(MODEL, "v2", "/m/v2.gguf", "ab" * 32, 10.0)
+    producer.answer = None
+    with pytest.raises(RolloutFailed, match="no answer"):
+        await rollout.promote(MODEL, "v1")
+    assert rollout.serving(MODEL) == [v("v1", 100.0)]  # nothing changed without an acknowledgement
+
+
+def test_the_inference_side_keeps_per_version_tunables_and_refuses_a_bad_state() -> None:
+    settings = InferenceSettings(versions=(ModelVersion(version="v1", weight=100.0, max_replicas=3),))
+    applier = ServingStateApplier(settings, Producer(), deploy=lambda s: None)
+    wanted = applier.desired_settings({"versions": [v("v1", 90.0), v("v2", 10.0)]})
+    by_version = {x.version: x for x in wanted.versions}
+    assert by_version["v1"].max_replicas == 3 and by_version["v1"].weight == 90.0
+    assert by_version["v2"].model_path == Path("/m/v2.gguf") and by_version["v2"].max_replicas == 1
+    assert served_versions(wanted.versions)[1]["artifact_uri"] == "/m/v2.gguf"
+    with pytest.raises(ValueError, match="at least one version"):
+        applier.desired_settings({"versions": []})
+    with pytest.raises(ValueError):
+        applier.desired_settings({"versions": [v("not a valid version!", 100.0)]})
