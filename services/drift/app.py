@@ -31,14 +31,9 @@ from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.registry import get_codec
 from services.drift.calibration import load as load_calibration
-from services.drift.embeddings import unpack
-from services.drift.features import Features, feedback_features, request_features, response_features
-from services.drift.monitor import StreamMonitor
+from services.drift.detect import CONTROL_RESET, DriftDetector
+from services.drift.features import feedback_features, request_features, response_features
 from services.drift.settings import DriftSettings
-from services.drift.state import StateError, dump_monitor, load_monitor
-
-CONTROL_RESET = "reset-reference"
-MAX_CHECKPOINT_BYTES = 900_000  # under Kafka's default 1 MB message limit, with room for the record
 
 
 def create_app(settings: DriftSettings) -> faust.App:
@@ -59,7 +54,6 @@ def create_app(settings: DriftSettings) -> faust.App:
     drift_topic = app.topic(k.topic("drift-events"), key_type=bytes, value_type=bytes)
     # bytes keys and values: faust then uses the raw serializer for the changelog too
     state = app.Table("drift-state", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    monitors: dict[str, StreamMonitor] = {}
     sink = {"healthy": True}  # last DriftEvent write to the broker succeeded
 
     metrics = Metrics(settings.service_name)
@@ -131,76 +125,19 @@ def create_app(settings: DriftSettings) -> faust.App:
                     )
                 metrics.inc("argus_drift_embeddings_total", len(batch), outcome="embedded")
 
-    def monitor_for(stream_key: str) -> StreamMonitor:
-        """The stream's monitor: restored from its checkpoint (typed JSON, never code), or
-        new, with the reason logged, when there is none this version can read."""
-        if stream_key not in monitors:
-            saved = state.get(stream_key.encode())
-            mon = None
-            if saved:
-                try:
-                    mon = load_monitor(saved, calibration, settings.semantic)
-                except StateError as exc:
-                    log.warning(
-                        "drift.state_not_restored",
-                        stream=stream_key,
-                        reason=str(exc),
-                        action="detectors start afresh and warm up again",
-                    )
-            monitors[stream_key] = (
-                mon if mon is not None and mon.stream == stream_key else StreamMonitor(stream_key, calibration)
-            )
-        return monitors[stream_key]
-
-    def checkpoint(stream_key: str, mon: StreamMonitor) -> None:
-        """Write the monitor to the changelog-backed table; a document too large for one
-        Kafka message is not written (the previous checkpoint stays) and said so."""
-        doc = dump_monitor(mon)
-        if len(doc) > MAX_CHECKPOINT_BYTES:
-            log.warning("drift.checkpoint_skipped", stream=stream_key, bytes=len(doc), limit=MAX_CHECKPOINT_BYTES)
-            return
-        state[stream_key.encode()] = doc
+    detector = DriftDetector(state, calibration, settings.semantic, settings.checkpoint_every, metrics, log)
 
     @app.agent(features_topic, name=f"{settings.app_id}.detect")
     async def detect(stream: Any) -> None:
         async for key, value in stream.items():
-            stream_key = key.decode()
-            payload = json.loads(value)
-            mon = monitor_for(stream_key)
-            if payload.get("control") == CONTROL_RESET:
-                mon.reset_reference()
-                checkpoint(stream_key, mon)
-                log.info("drift.reference_reset", stream=stream_key)
-                continue
-            if "embedding" in payload:
-                alarms = mon.observe_embedding(unpack(payload["embedding"]), payload["request_id"], settings.semantic)
-                metrics.inc("argus_detector_updates_total", kind="embedding")
-            else:
-                f = Features(**payload)
-                alarms = mon.observe(f)
-                for kind, values in (("numeric", f.numeric), ("categorical", f.categorical), ("binary", f.binary)):
-                    if values:
-                        metrics.inc("argus_detector_updates_total", len(values), kind=kind)
-            for alarm in alarms:
-                event = mon.drift_event(alarm, int(time.time() * 1000))
+            for event in detector.handle(key.decode(), value):
                 try:
-                    await (await drift_topic.send(key=stream_key.encode(), value=drift_codec.encode(event)))
+                    await (await drift_topic.send(key=key, value=drift_codec.encode(event)))
                 except Exception:  # recorded for readiness, then re-raised: faust restarts the agent, nothing is acked
                     sink["healthy"] = False
                     raise
                 sink["healthy"] = True
                 metrics.inc("argus_messages_produced_total", topic=drift_topic.get_topic_name())
-                metrics.inc("argus_drift_events_total", feature=alarm.feature, detector=alarm.detector)
-                log.info(
-                    "drift.detected",
-                    stream=stream_key,
-                    feature=alarm.feature,
-                    detector=alarm.detector,
-                    statistic=alarm.statistic,
-                    position=alarm.position,
-                )
-            if alarms or mon.position % settings.checkpoint_every == 0:
-                checkpoint(stream_key, mon)
 
     # Health: liveness = faust's event loop advances (a 1 s timer), readiness = not
     # rebalancing and the table recovered; metrics in Prometheus format.
