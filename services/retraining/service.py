@@ -568,6 +568,7 @@ class RetrainingService:
         if server is not None:
             port = await server.start()
             self.log.info("retraining.health", port=port)
+        tasks: list[asyncio.Task] = []
         try:
             tasks = [
                 asyncio.create_task(c(stop))
@@ -582,6 +583,10 @@ class RetrainingService:
                 if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                     raise r
         finally:
+            # cancelled from outside (a shutdown): its loops stop with it, none is left running
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if server is not None:
                 await server.stop()
             try:
