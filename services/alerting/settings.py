@@ -13,8 +13,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.common.contracts import contract_path
 from services.common.settings import ServiceSettings
-from services.contracts import contract_path
 
 # the Helm chart ships the same file as its default ConfigMap
 DEFAULT_CONFIG = contract_path("alerting.yaml")  # the Helm chart's default, shipped in the package

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
-from services.contracts import contract_path
+from services.common.contracts import contract_path
 
 MIGRATIONS_DIR = contract_path("clickhouse")  # shipped in the package (the ingest service's tables)
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

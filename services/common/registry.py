@@ -1,5 +1,5 @@
 """The topic and schema registry: ``schemas/`` (at the repository root, shipped in the
-package as :mod:`services.contracts`) is the single contract between services.
+package as :mod:`services.common.contracts`) is the single contract between services.
 
 - ``schemas/topics/<key>.yaml``: one topic (name, partitions, config, value schema and
   version, compatibility mode, producers, consumers, dead-letter topic).
@@ -31,7 +31,7 @@ import fastavro
 import yaml
 
 from services.common.codec import AvroCodec, from_json
-from services.contracts import contract_path
+from services.common.contracts import contract_path
 
 SCHEMAS_DIR = contract_path("schemas")
 _AVSC = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")

@@ -9,8 +9,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.common.contracts import contract_path
 from services.common.settings import ServiceSettings
-from services.contracts import contract_path
 
 DEFAULT_CONFIG = contract_path("retraining.yaml")  # the Helm chart's default, shipped in the package
 

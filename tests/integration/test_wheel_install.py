@@ -62,7 +62,7 @@ def test_the_installed_wheel_carries_its_contracts(kafka_settings: KafkaSettings
         "COLUMNS": "200",
     }
     where = run(
-        [str(py), "-c", "import services.contracts as c; print(c.__file__); print(c.contract_path('schemas'))"],
+        [str(py), "-c", "import services.common.contracts as c; print(c.__file__); print(c.contract_path('schemas'))"],
         cwd=elsewhere,
         env=env,
     ).split()
