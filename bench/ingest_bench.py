@@ -90,17 +90,24 @@ def run(n: int = 400_000, rate: int = 5000, freshness_s: int = 15) -> list[Resul
     home = Path(tempfile.mkdtemp(prefix="argus-bench-ingest-"))
     kafka = KafkaLocal(home=home, port=free_port(), controller_port=free_port(), libs_dir=REPO / ".argus/kafka/libs")
     kafka.start()
+    from services.stack.credentials import clickhouse_password, clickhouse_users_file
+
     ch_port = free_port()
-    ch = spawn(home / "ch", ch_port)
+    ch = spawn(home / "ch", ch_port, clickhouse_users_file(home))
+
+    def dsn(user: str) -> str:
+        return f"http://{user}:{clickhouse_password(home, user).get_secret_value()}@127.0.0.1:{ch_port}/argus"
+
     try:
-        return asyncio.run(_run(kafka.bootstrap, f"http://default@127.0.0.1:{ch_port}/argus", n, rate, freshness_s))
+        # the admin migrates and counts; ingest runs as its own user, as in the stack
+        return asyncio.run(_run(kafka.bootstrap, dsn("argus_admin"), dsn("argus_ingest"), n, rate, freshness_s))
     finally:
         ch.terminate()
         ch.wait(30)
         kafka.stop()
 
 
-async def _run(bootstrap: str, dsn: str, n: int, rate: int, freshness_s: int) -> list[Result]:
+async def _run(bootstrap: str, dsn: str, ingest_dsn: str, n: int, rate: int, freshness_s: int) -> list[Result]:
     from services.common import migrations
     from services.common.clickhouse import get_client
     from services.common.kafka import ensure_topics
@@ -114,7 +121,7 @@ async def _run(bootstrap: str, dsn: str, n: int, rate: int, freshness_s: int) ->
     client = get_client(dsn)
     out = []
     for key, event, freshness in (("inference-responses", _event, True), ("inference-requests", _request, False)):
-        out += await _topic(kafka, client, dsn, key, event, n, rate, freshness_s if freshness else 0)
+        out += await _topic(kafka, client, ingest_dsn, key, event, n, rate, freshness_s if freshness else 0)
     return out
 
 

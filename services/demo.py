@@ -106,7 +106,7 @@ class Demo:
         self.run_id = new_run_id()
         self.dir = Path(self.settings.home).resolve() / "demo" / self.run_id
         self.total = int(opts.rate * opts.duration_s)
-        self.client = get_client(self.stack.clickhouse_settings)
+        self.client = get_client(self.stack.clickhouse_settings_for("argus_sre"))
         self.started: list[str] = []
         self.t_start = time.time()  # events from this run only (drift, alerts, triggers)
         self.t_load = 0.0

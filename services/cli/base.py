@@ -6,9 +6,9 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from services.common.settings import ServiceSettings, StackSettings, service_settings
+from services.common.settings import ClickHouseSettings, ServiceSettings, StackSettings, service_settings
 
-__all__ = ["CliSettings", "StackSettings", "app", "console", "err", "fail", "settings"]
+__all__ = ["CliSettings", "StackSettings", "app", "clickhouse_for", "console", "err", "fail", "settings"]
 
 app = typer.Typer(help="Argus: event-driven LLMOps on Kafka, ClickHouse and Ray Serve.", no_args_is_help=True)
 console = Console()
@@ -19,6 +19,20 @@ CliSettings = service_settings("cli")
 
 def settings() -> ServiceSettings:
     return CliSettings()
+
+
+def clickhouse_for(user: str) -> ClickHouseSettings:
+    """``ARGUS_CLI_CLICKHOUSE__DSN`` when set; otherwise the local stack's DSN of ``user``
+    (``argus_sre`` to read, the admin to migrate), never an anonymous one."""
+    import os
+
+    if any(k.upper() == "ARGUS_CLI_CLICKHOUSE__DSN" for k in os.environ):
+        return CliSettings().clickhouse
+    try:
+        return ClickHouseSettings(dsn=StackSettings().clickhouse_dsn(user))
+    except ValueError as exc:
+        fail(f"{exc}; or set ARGUS_CLI_CLICKHOUSE__DSN")
+        raise
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from services.cli.base import app, console, err
+from services.cli.base import app, clickhouse_for, console, err
 from services.cli.base import settings as _settings
 
 topics_app = typer.Typer(help="Topics from the registry in schemas/topics.", no_args_is_help=True)
@@ -83,8 +84,33 @@ def migrate() -> None:
     """Apply pending ClickHouse migrations to the configured DSN."""
     from services.common import migrations
     from services.common.clickhouse import get_client
+    from services.common.clickhouse_access import ADMIN
 
-    s = _settings()
-    client = get_client(s.clickhouse, database="default")
-    applied = migrations.apply(client, s.clickhouse.database)
+    ch = clickhouse_for(ADMIN)
+    client = get_client(ch, database="default")
+    applied = migrations.apply(client, ch.database)
     console.print(f"applied {len(applied)} migrations" + (": " + ", ".join(applied) if applied else " (up to date)"))
+
+
+@app.command("clickhouse-users")
+def clickhouse_users(
+    out: Path = typer.Option(Path("deploy/clickhouse/users.d"), "--out", help="the users.d directory to write"),
+    check: bool = typer.Option(False, "--check", help="fail when a file differs instead of writing it"),
+) -> None:
+    """Render each role of services/common/clickhouse_access.py as a production users.d file."""
+    from services.common.clickhouse_access import ROLES, users_xml
+
+    stale = []
+    for role in ROLES.values():
+        path = out / f"{role.name}.xml"
+        text = users_xml(role)
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        console.print(f"wrote {path}")
+    if stale:
+        err.print("out of date (run `argus clickhouse-users`): " + ", ".join(stale))
+        raise typer.Exit(1)

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from services.cli.base import app, console, err
+from services.cli.base import app, clickhouse_for, console, err
 from services.cli.base import fail as _fail
 from services.cli.base import settings as _settings
 
@@ -204,16 +204,20 @@ def loadgen(
 def sql(
     query: str = typer.Argument(..., help="SQL to run against the configured ClickHouse DSN."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
+    user: str = typer.Option(
+        "argus_sre", "--user", "-u", help="the local stack's user to run as (argus_sre reads; argus_admin for DDL)"
+    ),
 ) -> None:
-    """Run a query against ClickHouse (ARGUS_CLI_CLICKHOUSE__DSN; the local stack by default)."""
+    """Run a query against ClickHouse (ARGUS_CLI_CLICKHOUSE__DSN; else the local stack, as
+    the read-only ``argus_sre`` unless ``--user`` says otherwise)."""
     from clickhouse_connect.driver.exceptions import ClickHouseError as CHError
 
     from services.common.clickhouse import get_client
     from services.common.codec import to_json
 
-    s = _settings()
+    ch = clickhouse_for(user)
     try:
-        result = get_client(s.clickhouse).query(query)
+        result = get_client(ch).query(query)
     except CHError as exc:
         _fail(str(exc).split("(for url")[0].strip())
         return

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -165,9 +165,6 @@ class StackSettings(BaseSettings):
     )
     clickhouse_port: int = 8123
     clickhouse_database: str = "argus"
-    clickhouse_password: SecretStr = SecretStr("")
-    clickhouse_readonly_user: str = "sre"
-    clickhouse_readonly_password: SecretStr = SecretStr("")
     java: str = "java"
     maven: str = "mvn"
     start_timeout_s: float = 90.0
@@ -176,7 +173,13 @@ class StackSettings(BaseSettings):
     def bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
 
-    def clickhouse_dsn(self, user: str = "default", password: SecretStr | None = None) -> SecretStr:
-        pw = password or (self.clickhouse_password if user == "default" else self.clickhouse_readonly_password)
-        cred = user + (f":{pw.get_secret_value()}" if pw.get_secret_value() else "")
-        return SecretStr(f"http://{cred}@{self.host}:{self.clickhouse_port}/{self.clickhouse_database}")
+    def clickhouse_dsn(self, user: str = "argus_admin", database: str | None = None) -> SecretStr:
+        """The DSN of ``user`` on the local ClickHouse endpoint, with the password ``argus
+        stack up`` generated into ``<home>/secrets/clickhouse/<user>`` (0600)."""
+        path = Path(self.home).resolve() / "secrets" / "clickhouse" / user
+        try:
+            password = path.read_text().strip()
+        except FileNotFoundError:
+            raise ValueError(f"no ClickHouse password for {user!r} at {path}: run `argus stack up` first") from None
+        db = self.clickhouse_database if database is None else database
+        return SecretStr(f"http://{quote(user)}:{quote(password, safe='')}@{self.host}:{self.clickhouse_port}/{db}")

@@ -46,7 +46,12 @@ class IngestSettings(ServiceSettings):
     topics: tuple[str, ...] = Field(default_factory=_all_topics, description="Registry keys to ingest.")
     pii: PiiSettings = PiiSettings()
     pipeline: PipelineSettings = PipelineSettings(batch_max_messages=20000, batch_max_seconds=0.5)
-    apply_migrations: bool = True
+    apply_migrations: bool = Field(
+        False,
+        description="Apply ClickHouse migrations at start-up. Needs a DSN with DDL rights: "
+        "the service's own user (argus_ingest) may only insert, so migrations are the admin's job "
+        "(`argus migrate`, `argus stack up`, the chart's migration Job).",
+    )
     avro_passthrough: bool = Field(
         True,
         description="Pass clean response messages to ClickHouse as the producer's Avro bytes "

@@ -18,10 +18,21 @@ of the protocol stock clients use and nothing a real server would not do:
 - Headers ``X-ClickHouse-Summary``, ``-Query-Id``, ``-Format``, ``-Timezone``,
   ``-Server-Display-Name``; errors as ClickHouse text with its code, a non-200 status and
   ``X-ClickHouse-Exception-Code``.
-- Users: ``default`` and a read-only user forced to ``readonly=1``; HTTP sessions keep
-  ``SET`` state, and a session used concurrently is refused (``SESSION_IS_LOCKED``).
+- Users from a users file (``--users-file``, written by ``argus stack up``): each with a
+  SHA-256 password digest and a role of :mod:`services.common.clickhouse_access`. No
+  request without credentials is served, and there is no ``default`` user. Every user
+  but the admin is held to its role's grants (:mod:`services.stack.clickhouse_authz`):
+  no table functions that reach files, URLs or programs, no DDL, only its tables.
+- Browsers are refused: a request that carries an ``Origin`` (or ``Sec-Fetch-*``) header,
+  or whose ``Host`` is not the address the endpoint is bound to (DNS rebinding), is
+  answered 403 before anything else, so a web page cannot reach the engine.
+- Bounded: request bodies (``--max-body-bytes``), decompressed bodies
+  (``--max-decompressed-bytes``), sessions per user and in all. HTTP sessions keep
+  ``SET`` state (admin only), and a session used concurrently is refused
+  (``SESSION_IS_LOCKED``).
 
-Run: ``python -m services.stack.clickhouse_http --data-dir .argus/clickhouse --port 8123``
+Run: ``python -m services.stack.clickhouse_http --data-dir .argus/clickhouse/data
+--users-file .argus/clickhouse/users.json --port 8123``
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
+import hashlib
 import hmac
 import json
 import re
@@ -49,6 +61,8 @@ from urllib.parse import parse_qsl, urlsplit
 import chdb
 import lz4.frame
 import zstandard
+
+from services.stack.clickhouse_authz import AccessDenied, Grants, parse_ast
 
 # URL parameters that steer the HTTP transport rather than the query engine.
 TRANSPORT_PARAMS = frozenset(
@@ -151,45 +165,106 @@ class ClickHouseError(Exception):
 @dataclass(frozen=True)
 class User:
     name: str
-    password: str
-    readonly: bool
+    password_sha256: str  # hex digest; never the password itself
+    grants: Grants | None  # None: the admin (migrations, the stack itself)
+    default_database: str = "default"
+
+    @property
+    def readonly(self) -> bool:
+        return self.grants is not None and self.grants.role.readonly > 0
+
+
+def load_users(path: Path) -> dict[str, User]:
+    """The users file (JSON, written by ``argus stack up`` with mode 0600)::
+
+        {"databases": ["argus"], "default_database": "argus",
+         "users": {"argus_admin": {"sha256": "<hex>", "role": "admin"},
+                   "argus_sre": {"sha256": "<hex>", "role": "argus_sre"}, ...}}
+
+    Refuses (ValueError) a file without users, a user without a digest, an unknown role."""
+    from services.common.clickhouse_access import ROLES
+
+    data = json.loads(Path(path).read_text())
+    databases = tuple(data.get("databases") or ("argus",))
+    default_db = data.get("default_database") or databases[0]
+    users: dict[str, User] = {}
+    for name, spec in (data.get("users") or {}).items():
+        digest = str(spec.get("sha256") or "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"user {name!r} has no SHA-256 password digest: refusing to start")
+        role = spec.get("role")
+        if role == "admin":
+            users[name] = User(name, digest, None, default_db)
+        elif role in ROLES:
+            users[name] = User(name, digest, Grants(ROLES[role], databases), default_db)
+        else:
+            raise ValueError(f"user {name!r} has an unknown role {role!r}")
+    if not users:
+        raise ValueError(f"{path} defines no users: refusing to start")
+    return users
 
 
 # -- request parsing (pure, unit-tested) ------------------------------------
-def decompress_body(body: bytes, encoding: str | None) -> bytes:
-    """Decode a request body by ``Content-Encoding``. lz4 and zstd bodies may hold
-    several frames back to back (clickhouse-connect streams one frame per block):
-    all of them are decoded."""
+DEFAULT_MAX_DECOMPRESSED = 1 << 30
+
+
+class _TooLarge(ClickHouseError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            307, "TOO_MANY_BYTES", f"the decompressed request body is larger than the limit of {limit} bytes"
+        )
+
+
+def decompress_body(body: bytes, encoding: str | None, limit: int = DEFAULT_MAX_DECOMPRESSED) -> bytes:
+    """Decode a request body by ``Content-Encoding``, never past ``limit`` bytes (a few KB
+    of zstd can claim gigabytes). lz4, zstd and gzip bodies may hold several frames
+    back to back (clickhouse-connect streams one lz4 frame per block): all are decoded."""
     enc = (encoding or "").strip().lower()
     if not enc or enc == "identity" or not body:
         return body
-    if enc == "gzip":
-        return gzip.decompress(body)  # handles concatenated members
-    if enc == "deflate":
-        return zlib.decompress(body)
+    out: list[bytes] = []
+    total = 0
+
+    def keep(chunk: bytes) -> None:
+        nonlocal total
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge(limit)
+        out.append(chunk)
+
+    step = 1 << 20
+    if enc in ("gzip", "deflate"):
+        rest = body
+        while rest:
+            d = zlib.decompressobj(31 if enc == "gzip" else 15)
+            data = rest
+            while not d.eof:
+                chunk = d.decompress(data, step)
+                keep(chunk)
+                data = d.unconsumed_tail
+                if not chunk and not data:
+                    break
+            if not d.eof:
+                raise ClickHouseError(27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", f"truncated {enc} request body")
+            rest = d.unused_data if enc == "gzip" else b""
+        return b"".join(out)
     if enc == "lz4":
-        out = []
         rest = body
         while rest:
             d = lz4.frame.LZ4FrameDecompressor()
-            out.append(d.decompress(rest))
+            keep(d.decompress(rest, max_length=step))
+            while not d.eof and not d.needs_input:
+                keep(d.decompress(b"", max_length=step))
             if not d.eof:
                 raise ClickHouseError(27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "truncated lz4 frame in request body")
             rest = d.unused_data
         return b"".join(out)
     if enc == "zstd":
-        return _zstd_all(body)
+        with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True) as reader:
+            while chunk := reader.read(step):
+                keep(chunk)
+        return b"".join(out)
     raise ClickHouseError(48, "NOT_IMPLEMENTED", f"Unknown HTTP Content-Encoding: {encoding}")
-
-
-def _zstd_all(body: bytes) -> bytes:
-    out = []
-    rest = body
-    while rest:
-        d = zstandard.ZstdDecompressor().decompressobj()
-        out.append(d.decompress(rest))
-        rest = d.unused_data
-    return b"".join(out)
 
 
 def compress_response(data: bytes, accept: str | None) -> tuple[bytes, str | None]:
@@ -214,6 +289,11 @@ def strip_leading_comments(q: bytes) -> bytes:
 
 class _IncompleteBody(Exception):
     """The request body ended before the length it announced."""
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than the limit of {limit} bytes")
 
 
 @dataclass(frozen=True)
@@ -283,7 +363,14 @@ def summary(result: Any, result_bytes: int, elapsed_ns: int) -> dict[str, str]:
 class Engine:
     """Owns the chdb data directory; hands out per-request or per-session connections."""
 
-    def __init__(self, data_dir: Path, users: dict[str, User], session_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        users: dict[str, User],
+        session_timeout_s: float = 60.0,
+        max_sessions: int = 256,
+        max_sessions_per_user: int = 32,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.users = users
@@ -293,6 +380,8 @@ class Engine:
         self.version = self._scalar("SELECT version()")
         self.timezone = self._scalar("SELECT timezone()")
         self.session_timeout_s = session_timeout_s
+        self.max_sessions = max_sessions
+        self.max_sessions_per_user = max_sessions_per_user
         self._sessions: dict[tuple[str, str], tuple[Any, threading.Lock, float]] = {}
         self._sessions_lock = threading.Lock()
 
@@ -308,7 +397,8 @@ class Engine:
 
     def authenticate(self, name: str, password: str) -> User:
         user = self.users.get(name)
-        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
+        given = hashlib.sha256(password.encode()).hexdigest()
+        if user is None or not password or not hmac.compare_digest(user.password_sha256, given):
             raise ClickHouseError(
                 516,
                 "AUTHENTICATION_FAILED",
@@ -322,6 +412,21 @@ class Engine:
             conn.query("SET readonly = 1", "TabSeparated")
         return conn
 
+    def authorize(self, conn: Any, user: User, sql: str, database: str, qparams: dict[str, str] | None) -> None:
+        """Refuse what ``user``'s grants do not allow (the admin is not checked). The
+        engine's parser proves the text is one statement and gives its tree."""
+        if user.grants is None:
+            return
+        try:
+            conn.query("SELECT formatQuery({q:String})", "TabSeparated", params={"q": _tsv_escape(sql)})
+            tree = conn.query("EXPLAIN AST " + sql, "TabSeparatedRaw", params=qparams).bytes().decode()
+        except (chdb.ChdbError, RuntimeError) as exc:
+            raise engine_error(exc) from None
+        try:
+            user.grants.check(parse_ast(tree), database)
+        except AccessDenied as exc:
+            raise ClickHouseError(497, "ACCESS_DENIED", str(exc)) from None
+
     def session(self, user: User, session_id: str, timeout_s: float | None) -> tuple[Any, threading.Lock]:
         now = time.monotonic()
         with self._sessions_lock:
@@ -331,10 +436,23 @@ class Engine:
                     del self._sessions[key]
             key = (user.name, session_id)
             if key not in self._sessions:
+                mine = sum(1 for (name, _) in self._sessions if name == user.name)
+                if len(self._sessions) >= self.max_sessions or mine >= self.max_sessions_per_user:
+                    raise ClickHouseError(
+                        202, "TOO_MANY_SIMULTANEOUS_QUERIES", "too many open HTTP sessions; close or reuse one"
+                    )
                 self._sessions[key] = (self.new_connection(user), threading.Lock(), 0.0)
             conn, lock, _ = self._sessions[key]
-            self._sessions[key] = (conn, lock, now + (timeout_s or self.session_timeout_s))
+            timeout = min(timeout_s or self.session_timeout_s, 3600.0)
+            self._sessions[key] = (conn, lock, now + timeout)
             return conn, lock
+
+
+def _tsv_escape(value: str) -> str:
+    """A query parameter's value as ClickHouse reads it (TSV escaping)."""
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
+    )
 
 
 # -- HTTP ---------------------------------------------------------------------
@@ -342,6 +460,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ClickHouse"
     engine: Engine  # set on the subclass by serve()
+    allowed_hosts: frozenset[str] = frozenset()  # Host header values this endpoint answers to
+    max_body_bytes: int = 512 << 20
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED
 
     def setup(self) -> None:
         super().setup()
@@ -356,6 +477,7 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks = []
+            total = 0
             while True:
                 size_line = self.rfile.readline()
                 if not size_line.endswith(b"\n"):
@@ -369,18 +491,44 @@ class Handler(BaseHTTPRequestHandler):
                         if not trailer:
                             raise _IncompleteBody("the connection closed before the end of the chunked body")
                     break
+                total += size
+                if total > self.max_body_bytes:
+                    raise _BodyTooLarge(self.max_body_bytes)
                 chunk = self.rfile.read(size)
                 if len(chunk) != size or not self.rfile.readline().endswith(b"\n"):
                     raise _IncompleteBody(f"a chunk of {size} bytes arrived incomplete")
                 chunks.append(chunk)
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
+        if length > self.max_body_bytes or length < 0:
+            raise _BodyTooLarge(self.max_body_bytes)
         body = self.rfile.read(length) if length else b""
         if len(body) != length:
             raise _IncompleteBody(f"{len(body)} of {length} bytes arrived")
         return body
 
+    def _refuse_browsers(self) -> bool:
+        """403 for anything a web page can send: a request with an ``Origin`` or
+        ``Sec-Fetch-*`` header (browsers add them, ClickHouse clients do not), or one whose
+        ``Host`` is not this endpoint's own address (a DNS-rebinding page). True when refused."""
+        reason = None
+        if self.headers.get("Origin") is not None or any(h.lower().startswith("sec-fetch-") for h in self.headers):
+            reason = "requests from web browsers are not served"
+        elif self.allowed_hosts and (self.headers.get("Host") or "").lower() not in self.allowed_hosts:
+            reason = f"Host {self.headers.get('Host')!r} is not this server"
+        if reason is None:
+            return False
+        self.close_connection = True
+        self._send(
+            403,
+            f"Code: 497. DB::Exception: {reason}. (ACCESS_DENIED)\n".encode(),
+            {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": "497"},
+        )
+        return True
+
     def do_GET(self) -> None:
+        if self._refuse_browsers():
+            return
         path = urlsplit(self.path).path
         if path in ("/ping",):
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
@@ -397,9 +545,11 @@ class Handler(BaseHTTPRequestHandler):
         self._execute(params, b"", http_readonly=True)
 
     def do_POST(self) -> None:
+        if self._refuse_browsers():
+            return
         parts = urlsplit(self.path)
         if parts.path not in ("/", "/query"):
-            self._read_body()
+            self.close_connection = True
             self._send(
                 404, b"There is no handle " + parts.path.encode() + b"\n", {"Content-Type": "text/plain; charset=UTF-8"}
             )
@@ -407,6 +557,14 @@ class Handler(BaseHTTPRequestHandler):
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         try:
             body = self._read_body()
+        except _BodyTooLarge as exc:
+            self.close_connection = True
+            self._send(
+                413,
+                f"Code: 307. DB::Exception: {exc}. (TOO_MANY_BYTES)\n".encode(),
+                {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": "307"},
+            )
+            return
         except (_IncompleteBody, ValueError, OSError) as exc:
             self.close_connection = True
             try:
@@ -431,7 +589,7 @@ class Handler(BaseHTTPRequestHandler):
                 user, key = None, None
         if user is None and "user" in params:
             user, key = params.get("user"), params.get("password", "")
-        return user or "default", key or ""
+        return user or "", key or ""
 
     def _execute(self, params: dict[str, str], raw_body: bytes, http_readonly: bool) -> None:
         engine = self.engine
@@ -448,7 +606,7 @@ class Handler(BaseHTTPRequestHandler):
         started = time.perf_counter_ns()
         try:
             user = engine.authenticate(*self._credentials(params))
-            body = decompress_body(raw_body, self.headers.get("Content-Encoding"))
+            body = decompress_body(raw_body, self.headers.get("Content-Encoding"), self.max_decompressed_bytes)
             parsed = split_query(params.get("query"), body)
             if not parsed.sql:
                 raise ClickHouseError(62, "SYNTAX_ERROR", "Empty query")
@@ -470,12 +628,26 @@ class Handler(BaseHTTPRequestHandler):
                 conn = engine.new_connection(user)
                 owned = True
             settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
+            database = params.get("database")
+            if user.grants is not None:
+                try:
+                    user.grants.check_settings(list(settings))
+                except AccessDenied as exc:
+                    raise ClickHouseError(452, "SETTING_CONSTRAINT_VIOLATION", str(exc)) from None
+                if database is not None and not user.grants.database_allowed(database):
+                    raise ClickHouseError(
+                        497, "ACCESS_DENIED", f"{user.name}: Not enough privileges on database {database}"
+                    )
             applied = self._apply_settings(conn, settings)
-            if "database" in params:
-                if not _IDENT.match(params["database"]):
-                    raise ClickHouseError(81, "UNKNOWN_DATABASE", f"Database {params['database']} does not exist")
-                conn.query(f"USE {params['database']}", "TabSeparated")
+            if database is not None:
+                if not _IDENT.match(database):
+                    raise ClickHouseError(81, "UNKNOWN_DATABASE", f"Database {database} does not exist")
+                conn.query(f"USE {database}", "TabSeparated")
             qparams = {k[6:]: v for k, v in params.items() if k.startswith("param_")} or None
+            checked = parsed.sql + (f" FORMAT {parsed.insert_format}" if parsed.insert_format else "")
+            # unqualified names are checked against the database they will run in: without a
+            # database parameter that is the engine's `default`, which no role is granted
+            engine.authorize(conn, user, checked, database or "default", qparams)
             try:
                 if parsed.insert_format:
                     fmt = parsed.insert_format
@@ -601,12 +773,38 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-def serve(engine: Engine, host: str, port: int) -> Server:
-    handler = type("BoundHandler", (Handler,), {"engine": engine})
-    return Server((host, port), handler)
+def serve(
+    engine: Engine,
+    host: str,
+    port: int,
+    allowed_hosts: list[str] | None = None,
+    max_body_bytes: int = 512 << 20,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED,
+) -> Server:
+    handler = type(
+        "BoundHandler",
+        (Handler,),
+        {"engine": engine, "max_body_bytes": max_body_bytes, "max_decompressed_bytes": max_decompressed_bytes},
+    )
+    server = Server((host, port), handler)
+    bound = server.server_address[1]
+    names = {host, *(["localhost", "127.0.0.1", "[::1]"] if host in ("127.0.0.1", "localhost", "::1") else [])}
+    hosts = {f"{n}:{bound}" for n in names} | {h.lower() for h in (allowed_hosts or [])}
+    if bound == 80:
+        hosts |= names
+    handler.allowed_hosts = frozenset(h.lower() for h in hosts)
+    return server
 
 
-def spawn(data_dir: Path, port: int, host: str = "127.0.0.1", timeout_s: float = 60.0, quiet: bool = True):  # noqa: ANN201
+def spawn(  # noqa: ANN201
+    data_dir: Path,
+    port: int,
+    users_file: Path,
+    host: str = "127.0.0.1",
+    timeout_s: float = 60.0,
+    quiet: bool = True,
+    extra_args: list[str] | None = None,
+):
     """Start this endpoint as its own process and wait until it answers ``/ping``
     (tests and benchmarks; ``argus stack up`` manages it by pid file instead)."""
     import subprocess
@@ -621,10 +819,13 @@ def spawn(data_dir: Path, port: int, host: str = "127.0.0.1", timeout_s: float =
             "services.stack.clickhouse_http",
             "--data-dir",
             str(data_dir),
+            "--users-file",
+            str(users_file),
             "--host",
             host,
             "--port",
             str(port),
+            *(extra_args or []),
         ],
         cwd=repo,
         stdout=out,
@@ -649,18 +850,21 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = StackSettings()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=stack.home / "clickhouse")
+    ap.add_argument("--data-dir", type=Path, default=stack.home / "clickhouse" / "data")
+    ap.add_argument("--users-file", type=Path, default=stack.home / "clickhouse" / "users.json")
     ap.add_argument("--host", default=stack.host)
     ap.add_argument("--port", type=int, default=stack.clickhouse_port)
+    ap.add_argument("--allowed-host", action="append", default=[], help="another Host header value to answer to")
+    ap.add_argument("--max-body-bytes", type=int, default=512 << 20)
+    ap.add_argument("--max-decompressed-bytes", type=int, default=DEFAULT_MAX_DECOMPRESSED)
     args = ap.parse_args(argv)
-    users = {
-        "default": User("default", stack.clickhouse_password.get_secret_value(), readonly=False),
-        stack.clickhouse_readonly_user: User(
-            stack.clickhouse_readonly_user, stack.clickhouse_readonly_password.get_secret_value(), readonly=True
-        ),
-    }
+    try:
+        users = load_users(args.users_file)
+    except (OSError, ValueError) as exc:
+        print(json.dumps({"event": "clickhouse_http.refused", "error": str(exc)}), file=sys.stderr, flush=True)
+        return 2
     engine = Engine(args.data_dir, users)
-    server = serve(engine, args.host, args.port)
+    server = serve(engine, args.host, args.port, args.allowed_host, args.max_body_bytes, args.max_decompressed_bytes)
 
     def _stop(*_: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -675,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
                 "port": server.server_address[1],
                 "engine_version": engine.version,
                 "data_dir": str(engine.data_dir),
+                "users": sorted(users),
             }
         ),
         flush=True,

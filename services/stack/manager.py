@@ -20,7 +20,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.clickhouse_access import ADMIN
 from services.common.settings import ClickHouseSettings, KafkaSettings, StackSettings
+from services.stack.credentials import clickhouse_users_file
 from services.stack.kafka_local import KafkaLocal, _port_open
 from services.stack.process import ManagedProcess, StackError
 
@@ -54,12 +56,15 @@ class ClickHouseLocal:
                 "set ARGUS_STACK_CLICKHOUSE_PORT"
             )
         self.root.mkdir(parents=True, exist_ok=True)
+        users_file = clickhouse_users_file(Path(self.settings.home), (self.settings.clickhouse_database,))
         cmd = [
             sys.executable,
             "-m",
             "services.stack.clickhouse_http",
             "--data-dir",
             str(self.root / "data"),
+            "--users-file",
+            str(users_file),
             "--host",
             self.settings.host,
             "--port",
@@ -110,7 +115,11 @@ class Stack:
 
     @property
     def clickhouse_settings(self) -> ClickHouseSettings:
-        return ClickHouseSettings(dsn=self.settings.clickhouse_dsn())
+        """The admin's: migrations and status. Services and people get their own users."""
+        return ClickHouseSettings(dsn=self.settings.clickhouse_dsn(ADMIN))
+
+    def clickhouse_settings_for(self, user: str) -> ClickHouseSettings:
+        return ClickHouseSettings(dsn=self.settings.clickhouse_dsn(user))
 
     def up(self, progress=print) -> dict[str, object]:  # noqa: ANN001 - a print-like callable
         from services.common import migrations

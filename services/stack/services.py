@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.common.clickhouse_access import SERVICE_USERS
 from services.common.settings import StackSettings
 from services.stack.kafka_local import _port_open, free_port
 from services.stack.process import ManagedProcess, StackError
@@ -153,8 +154,8 @@ class LocalServices:
             f"{p}HEALTH__PORT": str(health_port),
             f"{p}HEALTH__HOST": s.host,
         }
-        if spec.clickhouse:
-            env[f"{p}CLICKHOUSE__DSN"] = s.clickhouse_dsn().get_secret_value()
+        if spec.clickhouse:  # each service its own least-privileged user; the others get no DSN
+            env[f"{p}CLICKHOUSE__DSN"] = s.clickhouse_dsn(SERVICE_USERS[spec.name]).get_secret_value()
         if spec.name == "inference":
             env[f"{p}HTTP_PORT"] = str(free_port())
         if spec.name == "alerting":

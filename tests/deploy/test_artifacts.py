@@ -17,9 +17,21 @@ CHART = REPO / "deploy" / "helm" / "argus"
 COMPOSE_SCHEMA = REPO / ".argus" / "cache" / "compose-spec.json"
 
 
-def render(values: dict | None = None) -> list[dict]:
+# the chart has no default credentials: every render names one Secret per ClickHouse user
+CH_USERS = ("admin", "ingest", "retraining")
+SECRETS = {"clickhouse": {"users": {u: {"existingSecret": f"ch-{u}"} for u in CH_USERS}}}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def render(values: dict | None = None, base: dict | None = None) -> list[dict]:
     chart = helm_python.Chart.load(str(CHART))
-    out = chart.render(values or {}, name="argus", namespace="llmops")
+    out = chart.render(_merge(SECRETS if base is None else base, values or {}), name="argus", namespace="llmops")
     docs = []
     for text in out.values():
         docs.extend(d for d in yaml.safe_load_all(text) if d)
@@ -32,15 +44,43 @@ def test_chart_lints_without_errors() -> None:
     assert not [m for m in result["messages"] if m["severity"] >= 3], result["messages"]
 
 
-@pytest.mark.parametrize("values", [{}, {"clickhouse": {"existingSecret": "ch-creds"}}])
+INLINE = {"clickhouse": {"users": {u: {"dsn": f"http://argus_{u}:pw@ch:8123/argus"} for u in CH_USERS}}}
+
+
+@pytest.mark.parametrize("values", [SECRETS, INLINE])
 def test_rendered_manifests_are_valid_kubernetes(values: dict) -> None:
-    docs = render(values)
+    docs = render(base=values)
     assert docs
     for doc in docs:
         kubernetes_validate.validate(doc, "1.33", strict=True)
     kinds = {d["kind"] for d in docs}
     assert "Job" in kinds
-    assert ("Secret" in kinds) == (not values)
+    secrets = sorted(
+        d["metadata"]["name"] for d in docs if d["kind"] == "Secret" and "clickhouse" in d["metadata"]["name"]
+    )
+    assert secrets == ([] if values is SECRETS else [f"argus-argus-clickhouse-{u}" for u in CH_USERS])
+
+
+@pytest.mark.parametrize("missing", CH_USERS)
+def test_the_chart_refuses_to_render_without_clickhouse_credentials(missing: str) -> None:
+    values = _merge(SECRETS, {"clickhouse": {"users": {missing: {"existingSecret": ""}}}})
+    with pytest.raises(Exception, match=f"clickhouse.users.{missing}"):
+        render(base=values)
+
+
+def test_each_pod_gets_only_its_own_clickhouse_user_and_the_others_none() -> None:
+    want = {"ingest": "ch-ingest", "retraining": "ch-retraining", "bootstrap": "ch-admin"}
+    for doc in render():
+        if doc["kind"] not in ("Job", "Deployment"):
+            continue
+        role = doc["metadata"]["name"].removeprefix("argus-argus-")
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            dsn = [
+                e["valueFrom"]["secretKeyRef"]["name"]
+                for e in c.get("env", [])
+                if e["name"].endswith("CLICKHOUSE__DSN")
+            ]
+            assert dsn == ([want[role]] if role in want else []), role
 
 
 def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
@@ -60,8 +100,8 @@ def test_pods_run_as_non_root_with_secrets_from_a_secret_and_probes() -> None:
         for c in pod["containers"]:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert c["resources"]["limits"]
-            dsn = [e for e in c["env"] if e["name"].endswith("CLICKHOUSE__DSN")][0]
-            assert "valueFrom" in dsn and "value" not in dsn
+            for dsn in (e for e in c["env"] if e["name"].endswith("CLICKHOUSE__DSN")):
+                assert "valueFrom" in dsn and "value" not in dsn
             if doc["kind"] == "Deployment":
                 assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
                 assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -120,3 +160,17 @@ def test_alerting_config_map_is_the_shipped_config_and_valid() -> None:
         if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-alerting")
     ][0]
     assert yaml.safe_load(cm["data"]["alerting.yaml"]) == custom
+
+
+def test_docker_compose_has_no_default_secrets() -> None:
+    """Every credential in compose is required (``${VAR:?…}``): it refuses to start without
+    them rather than run with a password anyone can read here."""
+    import re
+
+    text = (REPO / "docker-compose.yml").read_text()
+    defaults = re.findall(r"\$\{(\w*(?:PASSWORD|SECRET|KEY)\w*):-", text)
+    assert not defaults, defaults
+    assert (
+        "CLICKHOUSE_ARGUS_INGEST_PASSWORD_SHA256:?" in text
+        and "argus_ingest:${CLICKHOUSE_ARGUS_INGEST_PASSWORD:?" in text
+    )

@@ -44,7 +44,6 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "ARGUS_FAUST_DATADIR": str(home / "faust"),
     }
     env["ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{env['ARGUS_STACK_KAFKA_PORT']}"
-    env["ARGUS_CLI_CLICKHOUSE__DSN"] = f"http://default@127.0.0.1:{env['ARGUS_STACK_CLICKHOUSE_PORT']}/argus"
     up = run(env, "stack", "up")
     assert up.returncode == 0, up.stdout + up.stderr
     try:

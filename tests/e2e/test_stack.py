@@ -32,7 +32,6 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory):
         "ARGUS_STACK_CLICKHOUSE_PORT": str(ch_port),
         "ARGUS_STACK_KAFKA_LIBS": str(REPO / ".argus" / "kafka" / "libs"),
         "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
-        "ARGUS_CLI_CLICKHOUSE__DSN": f"http://default@127.0.0.1:{ch_port}/argus",
     }
     yield env
     argus(env, "stack", "down", check=False)
@@ -109,8 +108,10 @@ def test_stack_lifecycle_keeps_topics_offsets_and_rows(stack_env: dict) -> None:
     assert commit_all(env, "e2e-group") == 5
     offsets_before = committed(env, "e2e-group")
     assert sum(offsets_before.values()) == 5
-    argus(env, "sql", "CREATE TABLE argus.notes (n UInt32) ENGINE = MergeTree ORDER BY n")
-    argus(env, "sql", "INSERT INTO argus.notes SELECT number FROM numbers(1234)")
+    refused = argus(env, "sql", "CREATE TABLE argus.notes (n UInt32) ENGINE = MergeTree ORDER BY n", check=False)
+    assert refused.returncode == 1 and "ACCESS_DENIED" in refused.stderr  # the default user only reads
+    argus(env, "sql", "-u", "argus_admin", "CREATE TABLE argus.notes (n UInt32) ENGINE = MergeTree ORDER BY n")
+    argus(env, "sql", "-u", "argus_admin", "INSERT INTO argus.notes SELECT number FROM numbers(1234)")
 
     down = argus(env, "stack", "down")
     assert "clickhouse" in down.stdout and "kafka" in down.stdout

@@ -22,6 +22,7 @@ from services.common.kafka import ensure_topics
 from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.stack.kafka_local import KafkaLocal, free_port
 from tests.conftest import REPO
+from tests.integration.helpers import start_clickhouse_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -52,21 +53,28 @@ def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
 
 @pytest.fixture(scope="session")
-def clickhouse_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base DSN without a database: ``http://default@host:port``."""
+def clickhouse_users(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Base DSN (no database) of every user: the admin ``argus_admin`` and each role."""
     given = request.config.getoption("--clickhouse-dsn")
     if given:
-        yield given.rstrip("/")
-        return
-    from services.stack.clickhouse_http import spawn
+        from services.common.clickhouse_access import ADMIN
 
-    port = free_port()
-    proc = spawn(tmp_path_factory.mktemp("clickhouse-data"), port)
+        yield {ADMIN: given.rstrip("/")}
+        return
+    proc, urls = start_clickhouse_endpoint(tmp_path_factory.mktemp("clickhouse-home"), free_port())
     try:
-        yield f"http://default@127.0.0.1:{port}"
+        yield urls
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(clickhouse_users: dict) -> str:
+    """The admin's base DSN without a database."""
+    from services.common.clickhouse_access import ADMIN
+
+    return clickhouse_users[ADMIN]
 
 
 @pytest.fixture
@@ -98,7 +106,18 @@ def ch_database(clickhouse_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def clickhouse_settings(clickhouse_url: str, ch_database: str) -> ClickHouseSettings:
+    """The admin's DSN on the test's database (to create, inspect and drop)."""
     return ClickHouseSettings(dsn=SecretStr(f"{clickhouse_url}/{ch_database}"))
+
+
+@pytest.fixture
+def clickhouse_as(clickhouse_users: dict, ch_database: str):  # noqa: ANN201 - user -> ClickHouseSettings
+    """``clickhouse_as("argus_ingest")``: that user's settings on the test's database."""
+
+    def settings_for(user: str) -> ClickHouseSettings:
+        return ClickHouseSettings(dsn=SecretStr(f"{clickhouse_users[user]}/{ch_database}"))
+
+    return settings_for
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from services.common.settings import KafkaSettings
 from tests.conftest import REPO
@@ -31,3 +32,18 @@ async def cli(kafka: KafkaSettings, *args: str, timeout_s: float = 90) -> str:
     out, errout = await asyncio.wait_for(proc.communicate(), timeout_s)
     assert proc.returncode == 0, (args, errout.decode())
     return out.decode()
+
+
+def start_clickhouse_endpoint(home: Path, port: int, extra_args: list[str] | None = None):  # noqa: ANN201 - (Popen, {user: base url})
+    """The ClickHouse endpoint on ``port`` with the stack's users, their passwords
+    generated under ``home``; grants on ``argus`` and every per-test ``test_*`` database."""
+    from services.common.clickhouse_access import ADMIN, ROLES
+    from services.stack.clickhouse_http import spawn
+    from services.stack.credentials import clickhouse_password, clickhouse_users_file
+
+    users_file = clickhouse_users_file(home, ("argus", "test_*"))
+    proc = spawn(home / "data", port, users_file, extra_args=extra_args)
+    urls = {
+        u: f"http://{u}:{clickhouse_password(home, u).get_secret_value()}@127.0.0.1:{port}" for u in (ADMIN, *ROLES)
+    }
+    return proc, urls

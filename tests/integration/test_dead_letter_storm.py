@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from services.common import migrations
 from services.common.clickhouse import get_client
 from services.common.codec import from_json
 from services.common.kafka import make_producer
@@ -76,7 +77,11 @@ async def until(check: Any, timeout_s: float, what: str, tasks: list[asyncio.Tas
 
 
 async def test_a_storm_of_invalid_requests_stops_nothing_and_a_replay_stores_each_once(
-    ray_serve: dict, kafka_settings: KafkaSettings, clickhouse_settings: ClickHouseSettings, tmp_path: Path
+    ray_serve: dict,
+    kafka_settings: KafkaSettings,
+    clickhouse_settings: ClickHouseSettings,
+    clickhouse_as,  # noqa: ANN001
+    tmp_path: Path,
 ) -> None:
     k, db = kafka_settings, clickhouse_settings.database
     ch = get_client(clickhouse_settings)
@@ -94,7 +99,7 @@ async def test_a_storm_of_invalid_requests_stops_nothing_and_a_replay_stores_eac
         bridge=BridgeSettings(group_id="bridge-" + uuid.uuid4().hex[:6], max_in_flight=16),
     )
     ingest_settings = IngestSettings(
-        kafka=k, clickhouse=clickhouse_settings, pipeline=policy, group_id="ingest-" + uuid.uuid4().hex[:6]
+        kafka=k, clickhouse=clickhouse_as("argus_ingest"), pipeline=policy, group_id="ingest-" + uuid.uuid4().hex[:6]
     )
     router = await asyncio.to_thread(deploy, inference)
 
@@ -110,7 +115,7 @@ async def test_a_storm_of_invalid_requests_stops_nothing_and_a_replay_stores_eac
         ]
         return stop, tasks, bridge, ingest
 
-    await asyncio.to_thread(IngestService(ingest_settings).migrate)
+    await asyncio.to_thread(migrations.apply, get_client(clickhouse_settings, database="default"), db)
     stop, tasks, bridge, ingest = start(None)
     try:
         now = int(time.time() * 1000)

@@ -24,9 +24,9 @@ from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.ingest.pii import PiiPolicy
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings, PiiSettings
-from services.stack.clickhouse_http import spawn
 from services.stack.kafka_local import free_port
 from tests.conftest import REPO
+from tests.integration.helpers import start_clickhouse_endpoint
 
 REG = default_registry()
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
@@ -93,9 +93,25 @@ def ingest_settings(kafka: KafkaSettings, ch: ClickHouseSettings, **kw) -> Inges
     return IngestSettings(kafka=kafka, clickhouse=ch, group_id="ingest-" + uuid.uuid4().hex[:6], **kw)
 
 
-async def run_ingest(settings: IngestSettings, until, timeout_s: float = 120, describe=None) -> IngestService:  # noqa: ANN001
+def as_user(ch: ClickHouseSettings, users: dict, user: str = "argus_ingest") -> ClickHouseSettings:
+    """``ch`` (the admin's, on a test database) for another user on the same database."""
+    return ClickHouseSettings(dsn=SecretStr(f"{users[user]}/{ch.database}"))
+
+
+async def run_ingest(
+    settings: IngestSettings,
+    until,
+    admin: ClickHouseSettings,
+    timeout_s: float = 120,
+    describe=None,  # noqa: ANN001
+) -> IngestService:
+    """Migrate as the admin, then run ingest as its own user (INSERT on its tables only)."""
+    client = get_client(admin, database="default")
+    try:
+        await asyncio.to_thread(migrations.apply, client, admin.database)  # so the test can count rows from the start
+    finally:
+        client.close()
     service = IngestService(settings)
-    await asyncio.to_thread(service.migrate)  # so the test can count rows from the start
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop, health=False))
     deadline = time.monotonic() + timeout_s
@@ -115,7 +131,9 @@ def count(client, table: str) -> int:  # noqa: ANN001
     return client.query(f"SELECT count() FROM {table}").result_rows[0][0]
 
 
-async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settings, clickhouse_settings) -> None:
+async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
+    kafka_settings, clickhouse_settings, clickhouse_users
+) -> None:
     """Golden examples of every topic plus a realistic stream; then every query of
     docs/sre-queries.md runs against the result and returns rows."""
     for key in REG.topics:
@@ -170,8 +188,9 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settin
         return all(count(client, f"{db}.{t}") >= n for t, n in expected.items())
 
     await run_ingest(
-        ingest_settings(kafka_settings, clickhouse_settings),
+        ingest_settings(kafka_settings, as_user(clickhouse_settings, clickhouse_users)),
         done,
+        clickhouse_settings,
         timeout_s=60,
         describe=lambda: {t: (count(client, f"{db}.{t}"), n) for t, n in expected.items()},
     )
@@ -189,7 +208,7 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settin
 
     queries = re.findall(r"### (\d+)\. (.+?)\n\n```sql\n(.+?)```", (REPO / "docs/sre-queries.md").read_text(), re.S)
     assert len(queries) >= 10
-    sre = get_client(clickhouse_settings.dsn.get_secret_value().replace("//default@", "//sre@"))
+    sre = get_client(as_user(clickhouse_settings, clickhouse_users, "argus_sre"))
     for number, title, sql in queries:
         rows = sre.query(sql.replace("argus.", f"{db}.")).result_rows
         assert rows, f"cookbook query {number} ({title}) returned nothing"
@@ -203,7 +222,9 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(kafka_settin
         assert sre.query(sql).result_rows, f"dashboard panel {title!r} returned nothing"
 
 
-async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clickhouse_settings) -> None:
+async def test_pii_corpus_never_reaches_clickhouse_in_clear(
+    kafka_settings, clickhouse_settings, clickhouse_users
+) -> None:
     from tests.unit.test_ingest_transforms import CORPUS
 
     rng = random.Random(3)
@@ -258,7 +279,7 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
 
     settings = ingest_settings(
         kafka_settings,
-        clickhouse_settings,
+        as_user(clickhouse_settings, clickhouse_users),
         pii=PiiSettings(
             default=PiiPolicy(mode="redact"),
             tenants={"bank": PiiPolicy(mode="hash"), "clinic": PiiPolicy(store_text=False)},
@@ -275,6 +296,7 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
             and count(client, f"{db}.feedback") >= 50
             and count(client, f"{db}.dead_letters") >= 1
         ),
+        clickhouse_settings,
     )
     dump = ""
     for (table,) in client.query(
@@ -304,7 +326,9 @@ async def test_pii_corpus_never_reaches_clickhouse_in_clear(kafka_settings, clic
     assert service.metrics.value("argus_pii_findings_total", kind="EMAIL", mode="redact") > 0
 
 
-async def test_passed_through_rows_equal_rows_built_in_python(kafka_settings, clickhouse_settings) -> None:
+async def test_passed_through_rows_equal_rows_built_in_python(
+    kafka_settings, clickhouse_settings, clickhouse_users
+) -> None:
     """The same requests and responses ingested twice, with the Avro passthrough and without
     it (every message decoded, protected and built in Python, inserted as Python rows):
     ClickHouse holds the same rows and rollups."""
@@ -369,7 +393,7 @@ async def test_passed_through_rows_equal_rows_built_in_python(kafka_settings, cl
         client = get_client(ch, database="default")
         settings = ingest_settings(
             kafka_settings,
-            ch,
+            as_user(ch, clickhouse_users),
             topics=("inference-responses", "inference-requests"),
             pii=pii,
             avro_passthrough=passthrough,
@@ -380,6 +404,7 @@ async def test_passed_through_rows_equal_rows_built_in_python(kafka_settings, cl
                 count(client, f"{db}.inference_responses") >= len(records)
                 and count(client, f"{db}.inference_requests") >= len(requests)
             ),
+            ch,
         )
     client = get_client(clickhouse_settings, database="default")
     try:
@@ -429,7 +454,9 @@ def _ingest_env(kafka: KafkaSettings, dsn: str, group: str, topics: str, health_
     }
 
 
-async def test_100k_events_exactly_once_through_five_sigkills(kafka_settings, clickhouse_settings) -> None:
+async def test_100k_events_exactly_once_through_five_sigkills(
+    kafka_settings, clickhouse_settings, clickhouse_users
+) -> None:
     n = 100_000
     await produce(kafka_settings, "inference-responses", [response(i, request_id=str(uuid.uuid4())) for i in range(n)])
     client = get_client(clickhouse_settings)
@@ -437,7 +464,7 @@ async def test_100k_events_exactly_once_through_five_sigkills(kafka_settings, cl
     table = f"{clickhouse_settings.database}.inference_responses"
     env = _ingest_env(
         kafka_settings,
-        clickhouse_settings.dsn.get_secret_value(),
+        as_user(clickhouse_settings, clickhouse_users).dsn.get_secret_value(),
         "ingest-" + uuid.uuid4().hex[:6],
         '["inference-responses"]',
         free_port(),
@@ -484,11 +511,18 @@ async def test_clickhouse_down_30s_no_loss_bounded_memory_lag_drains(kafka_setti
     port, health = free_port(), free_port()
     procs: list[subprocess.Popen] = []
 
+    urls: dict[str, str] = {}
+
     def start_clickhouse() -> None:
-        procs.append(spawn(tmp_path / "ch", port))
+        proc, started = start_clickhouse_endpoint(tmp_path / "ch", port)
+        procs.append(proc)
+        urls.update(started)
 
     start_clickhouse()
-    dsn = f"http://default@127.0.0.1:{port}/argus"
+    admin = get_client(f"{urls['argus_admin']}/default")
+    migrations.apply(admin, "argus")
+    admin.close()
+    dsn = f"{urls['argus_ingest']}/argus"
     env = _ingest_env(kafka_settings, dsn, "ingest-" + uuid.uuid4().hex[:6], '["inference-responses"]', health, 2000)
     env["ARGUS_INGEST_CLICKHOUSE__CONNECT_TIMEOUT_S"] = "1"
     env["ARGUS_INGEST_CLICKHOUSE__SEND_RECEIVE_TIMEOUT_S"] = "5"

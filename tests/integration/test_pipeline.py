@@ -207,19 +207,22 @@ async def test_clickhouse_outage_is_retried_and_nothing_is_lost(
 
     from pydantic import SecretStr
 
-    from services.stack.clickhouse_http import spawn
     from services.stack.kafka_local import free_port
+    from tests.integration.helpers import start_clickhouse_endpoint
 
     port = free_port()
     procs: list[subprocess.Popen] = []
+    urls: dict[str, str] = {}
 
     def start() -> subprocess.Popen:
-        procs.append(spawn(tmp_path / "ch", port))
-        return procs[-1]
+        proc, started = start_clickhouse_endpoint(tmp_path / "ch", port)
+        procs.append(proc)
+        urls.update(started)
+        return proc
 
     proc = start()
     settings = ClickHouseSettings(
-        dsn=SecretStr(f"http://default@127.0.0.1:{port}/default"), connect_timeout_s=1, send_receive_timeout_s=5
+        dsn=SecretStr(f"{urls['argus_admin']}/default"), connect_timeout_s=1, send_receive_timeout_s=5
     )
     client, sink = clickhouse_sink(settings)
     codec = get_codec("feedback")

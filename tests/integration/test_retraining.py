@@ -34,6 +34,7 @@ import yaml
 from ray import serve
 
 from services.alerting.receiver import WebhookReceiver
+from services.common import migrations
 from services.common.clickhouse import get_client
 from services.common.kafka import make_producer
 from services.common.llm import packaged_model_path, sha256_of
@@ -158,7 +159,11 @@ def states(ch: Any, db: str, trigger_id: str | None = None) -> list[tuple[str, i
 
 
 async def test_drift_to_promotion_and_canary_alert_to_rollback(
-    ray_serve, kafka_settings: KafkaSettings, clickhouse_settings: ClickHouseSettings, tmp_path: Path
+    ray_serve,  # noqa: ANN001
+    kafka_settings: KafkaSettings,
+    clickhouse_settings: ClickHouseSettings,
+    clickhouse_as,  # noqa: ANN001
+    tmp_path: Path,
 ) -> None:
     k, db = kafka_settings, clickhouse_settings.database
     ch = get_client(clickhouse_settings)
@@ -184,9 +189,9 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
         applier = ServingStateApplier(inference, serving_producer, deploy)
         tasks.append(asyncio.create_task(applier.run(stop), name="serving-state"))
         ingest = IngestService(
-            IngestSettings(kafka=k, clickhouse=clickhouse_settings, group_id="ingest-" + uuid.uuid4().hex[:6])
+            IngestSettings(kafka=k, clickhouse=clickhouse_as("argus_ingest"), group_id="ingest-" + uuid.uuid4().hex[:6])
         )
-        await asyncio.to_thread(ingest.migrate)
+        await asyncio.to_thread(migrations.apply, get_client(clickhouse_settings, database="default"), db)
         tasks.append(asyncio.create_task(ingest.run(stop, health=False), name="ingest"))
         gguf = packaged_model_path()
         await cli(
@@ -250,7 +255,7 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
         )
         rs = RetrainingSettings(
             kafka=k,
-            clickhouse=clickhouse_settings,
+            clickhouse=clickhouse_as("argus_retraining"),
             group_id="retraining-" + uuid.uuid4().hex[:6],
             webhook_secrets={"pipeline": SECRET},
         )

@@ -77,3 +77,25 @@ def test_engine_errors_keep_the_clickhouse_code_and_name() -> None:
     )
     assert (e.code, e.name) == (60, "UNKNOWN_TABLE")
     assert e.body("26.9").startswith(b"Code: 60. DB::Exception: Unknown table")
+
+
+@pytest.mark.parametrize("enc", ["lz4", "zstd", "gzip", "deflate"])
+def test_a_compression_bomb_stops_at_the_limit(enc: str) -> None:
+    import gzip as gz
+    import zlib as zl
+
+    import lz4.frame
+    import zstandard
+
+    data = b"x" * 3_000_000
+    packed = {
+        "lz4": lambda: lz4.frame.compress(data[:1_500_000]) + lz4.frame.compress(data[1_500_000:]),
+        "zstd": lambda: zstandard.ZstdCompressor().compress(data),
+        "gzip": lambda: gz.compress(data),
+        "deflate": lambda: zl.compress(data),
+    }[enc]()
+    assert len(packed) < 20_000
+    assert decompress_body(packed, enc, limit=3_000_000) == data  # every frame, up to the limit
+    with pytest.raises(ClickHouseError) as exc:
+        decompress_body(packed, enc, limit=1_000_000)
+    assert exc.value.code == 307

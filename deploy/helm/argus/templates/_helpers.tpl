@@ -10,9 +10,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
-{{- define "argus.secretName" -}}
-{{- default (printf "%s-clickhouse" (include "argus.fullname" .)) .Values.clickhouse.existingSecret -}}
-{{- end -}}
 
 {{/* Environment shared by every service: prefix is ARGUS_<SERVICE>_ */}}
 {{- define "argus.env" -}}
@@ -22,9 +19,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .root.Values.kafka.topicPrefix | quote }}
 - name: ARGUS_{{ .service }}_KAFKA__SECURITY_PROTOCOL
   value: {{ .root.Values.kafka.securityProtocol | quote }}
+{{- end -}}
+
+{{/* The DSN of one ClickHouse user (admin | ingest | retraining), from its own Secret. */}}
+{{- define "argus.clickhouseEnv" -}}
+{{- $u := index .root.Values.clickhouse.users .user -}}
+{{- if not (or $u.existingSecret $u.dsn) -}}
+{{- fail (printf "clickhouse.users.%s: set existingSecret (a Secret with key dsn) or dsn; there is no default" .user) -}}
+{{- end }}
 - name: ARGUS_{{ .service }}_CLICKHOUSE__DSN
   valueFrom:
     secretKeyRef:
-      name: {{ include "argus.secretName" .root }}
+      name: {{ include "argus.clickhouseSecret" . }}
       key: dsn
+{{- end -}}
+
+{{- define "argus.clickhouseSecret" -}}
+{{- $u := index .root.Values.clickhouse.users .user -}}
+{{- default (printf "%s-clickhouse-%s" (include "argus.fullname" .root) .user) $u.existingSecret -}}
 {{- end -}}
