@@ -159,7 +159,7 @@ class Demo:
 
         env = {
             **os.environ,
-            "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": self.settings.bootstrap,
+            **self.stack.kafka_settings_for("argus-drift").as_env("ARGUS_DRIFT_"),
             "ARGUS_DRIFT_SEMANTIC__ENABLED": "false",
             "ARGUS_DRIFT_HEALTH_ENABLED": "false",
             "ARGUS_FAUST_DATADIR": str(self.services.root / "faust-cli"),

@@ -18,7 +18,23 @@ CliSettings = service_settings("cli")
 
 
 def settings() -> ServiceSettings:
-    return CliSettings()
+    """``ARGUS_CLI_*``; on the local stack (its broker, no security settings given) the CLI
+    authenticates as the stack's ``argus-operator`` principal."""
+    import os
+
+    s = CliSettings()
+    if any(k.upper().startswith("ARGUS_CLI_KAFKA__SECURITY_PROTOCOL") for k in os.environ):
+        return s
+    stack = StackSettings()
+    if s.kafka.bootstrap_servers != stack.bootstrap:
+        return s
+    from services.stack.manager import Stack
+
+    local = Stack(stack)
+    if not local.kafka.secure:
+        return s
+    op = local.kafka_settings_for("argus-operator")
+    return s.model_copy(update={"kafka": op.model_copy(update={"topic_prefix": s.kafka.topic_prefix})})
 
 
 def clickhouse_for(user: str) -> ClickHouseSettings:

@@ -17,12 +17,18 @@ app.add_typer(stack_app, name="stack")
 
 
 @stack_app.command("up")
-def stack_up() -> None:
-    """Start Kafka and the ClickHouse endpoint (idempotent), create topics, apply migrations."""
+def stack_up(
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Plaintext Kafka without authentication or ACLs (a new broker only; shown in red)."
+    ),
+) -> None:
+    """Start Kafka (SASL_SSL, SCRAM, ACLs from the registry) and the ClickHouse endpoint
+    (idempotent), create topics, apply migrations."""
     from services.stack.manager import Stack, StackError
 
     try:
-        Stack(StackSettings()).up(progress=lambda m: console.print(f"[green]✓[/] {m}"))
+        settings = StackSettings(kafka_insecure=True) if insecure else StackSettings()
+        Stack(settings).up(progress=lambda m: console.print(f"[green]✓[/] {m}"))
     except StackError as exc:
         _fail(str(exc))
 

@@ -38,7 +38,8 @@ def make_app(app_id: str, kafka: KafkaSettings, partitions: int, session_timeout
     return faust.App(
         app_id,
         datadir=str(root / app_id),
-        broker=f"kafka://{kafka.bootstrap_servers}",
+        broker=",".join(f"kafka://{b.strip()}" for b in kafka.bootstrap_servers.split(",")),
+        broker_credentials=faust_credentials(kafka),
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",
@@ -49,6 +50,27 @@ def make_app(app_id: str, kafka: KafkaSettings, partitions: int, session_timeout
         web_enabled=False,
         producer_acks=-1,
     )
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """The app's broker credentials from the same settings every aiokafka client uses:
+    SASL (SCRAM/PLAIN) over TLS with the configured CA, TLS alone, or None (plaintext)."""
+    from services.common.kafka import ssl_context
+
+    context = ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.password()
+        if not (kafka.sasl_mechanism and kafka.sasl_username and password):
+            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password (or sasl_password_file)")
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 class DeadLetterWriter:

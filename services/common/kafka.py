@@ -33,12 +33,20 @@ def client_kwargs(k: KafkaSettings) -> dict[str, Any]:
             password=k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
         )
     if k.security_protocol.startswith("SASL"):
-        if not (k.sasl_mechanism and k.sasl_username and k.sasl_password):
-            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+        password = k.password()
+        if not (k.sasl_mechanism and k.sasl_username and password):
+            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password (or sasl_password_file)")
         kw["sasl_mechanism"] = k.sasl_mechanism
         kw["sasl_plain_username"] = k.sasl_username
-        kw["sasl_plain_password"] = k.sasl_password.get_secret_value()
+        kw["sasl_plain_password"] = password
     return kw
+
+
+def ssl_context(k: KafkaSettings):  # noqa: ANN201 - ssl.SSLContext | None
+    """The TLS context of ``k`` (trusting ``ssl_cafile`` only, hostname checked), or None."""
+    if k.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    return client_kwargs(k)["ssl_context"]
 
 
 def make_producer(k: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:

@@ -35,6 +35,9 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(
+        default=None, description="Read the SASL password from this file (a mounted Secret) instead of the env."
+    )
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -46,6 +49,38 @@ class KafkaSettings(BaseModel):
     schema_registry_url: str | None = None
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None
+
+    def password(self) -> str | None:
+        """The SASL password: from ``sasl_password_file`` when set, else ``sasl_password``."""
+        if self.sasl_password_file is not None:
+            value = Path(self.sasl_password_file).read_text().strip()
+            if not value:
+                raise ValueError(f"{self.sasl_password_file} is empty")
+            return value
+        return self.sasl_password.get_secret_value() if self.sasl_password else None
+
+    def as_env(self, prefix: str) -> dict[str, str]:
+        """These settings as ``<prefix>KAFKA__*`` variables (for a child process); the
+        password travels as a file path when there is one."""
+        out = {
+            f"{prefix}KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            f"{prefix}KAFKA__TOPIC_PREFIX": self.topic_prefix,
+        }
+        out[f"{prefix}KAFKA__SECURITY_PROTOCOL"] = self.security_protocol
+        for name in (
+            "sasl_mechanism",
+            "sasl_username",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "sasl_password_file",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                out[f"{prefix}KAFKA__{name.upper()}"] = str(value)
+        if self.sasl_password is not None and self.sasl_password_file is None:
+            out[f"{prefix}KAFKA__SASL_PASSWORD"] = self.sasl_password.get_secret_value()
+        return out
 
     def topic(self, key: str) -> str:
         """Kafka topic name for a registry key, e.g. ``inference-requests``."""
@@ -162,6 +197,11 @@ class StackSettings(BaseSettings):
     kafka_version: str = "4.4.0"
     kafka_libs: Path | None = Field(
         default=None, description="Where Maven puts Kafka's jars; default <home>/kafka/libs."
+    )
+    kafka_insecure: bool = Field(
+        default=False,
+        description="Plaintext listeners, no authentication, no ACLs (`argus stack up --insecure`); "
+        "only for a broker whose data was made that way.",
     )
     clickhouse_port: int = 8123
     clickhouse_database: str = "argus"

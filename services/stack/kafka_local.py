@@ -6,6 +6,13 @@ Maven (``deploy/kafka/pom.xml``) into ``<home>/kafka/libs``; storage is formatte
 ``java -cp '<libs>/*' kafka.Kafka server.properties`` (what
 ``bin/kafka-server-start.sh`` runs). Listeners bind to loopback. Data lives under
 ``<home>/kafka/data`` and survives restarts.
+
+Secure by default: clients connect with SASL_SSL (SCRAM-SHA-512) only, to a certificate
+of the stack's own CA (:mod:`services.stack.tls`); the controller listener takes only
+the broker's own certificate (mutual TLS); the ``StandardAuthorizer`` refuses whatever
+no ACL allows (``allow.everyone.if.no.acl.found=false``); the one super user is the
+stack's ``argus-admin``, whose SCRAM credential is seeded when storage is formatted.
+``secure=False`` (``argus stack up --insecure``) runs plaintext listeners instead.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from services.common.kafka_acl import ADMIN_PRINCIPAL
+from services.stack.credentials import write_private
 from services.stack.process import ManagedProcess, StackError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +62,35 @@ class KafkaLocal:
     maven: str = "mvn"
     log_level: str = "WARN"
     libs_dir: Path | None = None  # shared jar cache; default <home>/kafka/libs
+    secure: bool = True
+
+    @property
+    def tls(self) -> Path:
+        return Path(self.home).resolve() / "tls"
+
+    def admin_password(self) -> str:
+        from services.stack.credentials import secret
+
+        return secret(Path(self.home), f"kafka/{ADMIN_PRINCIPAL}").get_secret_value()
+
+    def client_settings(self, user: str = ADMIN_PRINCIPAL, topic_prefix: str = "", client_id: str = "argus") -> Any:
+        """:class:`KafkaSettings` for ``user`` on this broker (its password file from the stack)."""
+        from services.common.settings import KafkaSettings
+        from services.stack.credentials import secret
+
+        if not self.secure:
+            return KafkaSettings(bootstrap_servers=self.bootstrap, topic_prefix=topic_prefix, client_id=client_id)
+        secret(Path(self.home), f"kafka/{user}")  # generated on first use
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap,
+            topic_prefix=topic_prefix,
+            client_id=client_id,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password_file=Path(self.home).resolve() / "secrets" / "kafka" / user,
+            ssl_cafile=self.tls / "ca.pem",
+        )
 
     @property
     def root(self) -> Path:
@@ -114,17 +153,50 @@ class KafkaLocal:
         return True
 
     # -- configure -------------------------------------------------------------
+    def _security_props(self) -> dict[str, str]:
+        from services.stack.tls import ensure_ca, ensure_cert
+
+        if not self.secure:
+            return {
+                "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            }
+        ca = ensure_ca(Path(self.home))
+        cert = ensure_cert(Path(self.home), "argus-broker", sorted({self.host, "127.0.0.1", "localhost"}))
+        password = self.admin_password().replace("\\", "\\\\").replace('"', '\\"')
+        return {
+            "listeners": f"SASL_SSL://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{ADMIN_PRINCIPAL}" password="{password}";'
+            ),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(cert),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(ca),
+            "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+            # the controller listener takes only the broker's own certificate
+            "listener.name.controller.ssl.client.auth": "required",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{ADMIN_PRINCIPAL};User:CN=argus-broker",
+        }
+
     def write_config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            **self._security_props(),
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
@@ -141,7 +213,7 @@ class KafkaLocal:
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
         path = self.root / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        write_private(path, "".join(f"{k}={v}\n" for k, v in props.items()))  # holds the admin's password
         (self.root / "log4j2.properties").write_text(LOG4J2.format(log=self.root / "server.log", level=self.log_level))
         return path
 
@@ -162,18 +234,30 @@ class KafkaLocal:
         ]
 
     def format(self) -> bool:
-        """Format KRaft storage once (standalone controller). Returns True if it formatted."""
+        """Format KRaft storage once (standalone controller), seeding the admin's SCRAM
+        credential when secure. Returns True if it formatted."""
+        marker = self.root / "security"
+        mode = "sasl_ssl" if self.secure else "plaintext"
         if (self.data / "meta.properties").exists():
+            if (marker.read_text().strip() if marker.exists() else "plaintext") != mode:
+                raise StackError(
+                    f"the Kafka data in {self.data} was made for a {marker.read_text().strip() if marker.exists() else 'plaintext'} "
+                    f"broker, not {mode}: run `argus stack down`, delete {self.data} (its topics are lost) and `argus stack up` again"
+                )
             return False
         config = self.write_config()
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        proc = subprocess.run(
-            self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--standalone"),
-            capture_output=True,
-            text=True,
-        )
+        args = ["format", "-t", cluster_id, "-c", str(config), "--standalone"]
+        if self.secure:
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={ADMIN_PRINCIPAL},password={self.admin_password()}]"]
+        proc = subprocess.run(self._java_cmd("kafka.tools.StorageTool", *args), capture_output=True, text=True)
         if proc.returncode != 0:
-            raise StackError(f"kafka-storage format failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            # its output lists the seeded credentials' salted keys: show the error only
+            errors = [
+                ln for ln in (proc.stdout + proc.stderr).splitlines() if "Scram" not in ln and "storedKey" not in ln
+            ]
+            raise StackError("kafka-storage format failed:\n" + "\n".join(errors[-30:]))
+        marker.write_text(mode + "\n")
         return True
 
     # -- run --------------------------------------------------------------------
@@ -205,8 +289,10 @@ class KafkaLocal:
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.errors import KafkaError
 
+        from services.common.kafka import client_kwargs
+
         async def probe() -> bool:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            admin = AIOKafkaAdminClient(**client_kwargs(self.client_settings()), request_timeout_ms=3000)
             try:
                 await admin.start()
                 await admin.list_topics()

@@ -106,12 +106,17 @@ class Stack:
             java=s.java,
             maven=s.maven,
             libs_dir=s.kafka_libs,
+            secure=kafka_secure(s),
         )
         self.clickhouse = ClickHouseLocal(s)
 
     @property
     def kafka_settings(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=self.settings.bootstrap)
+        """The stack's own (the super user ``argus-admin``): topics, ACLs, demo traffic."""
+        return self.kafka.client_settings()
+
+    def kafka_settings_for(self, principal: str) -> KafkaSettings:
+        return self.kafka.client_settings(principal)
 
     @property
     def clickhouse_settings(self) -> ClickHouseSettings:
@@ -133,6 +138,21 @@ class Stack:
         progress(f"kafka      pid {kafka_pid}  {self.kafka.bootstrap}")
         ch_pid = self.clickhouse.start(self.settings.start_timeout_s)
         progress(f"clickhouse pid {ch_pid}  {self.clickhouse.url}")
+        if self.kafka.secure:
+            from services.common import kafka_acl
+            from services.stack.credentials import secret
+
+            principals = kafka_acl.load_principals()
+            home = Path(self.settings.home)
+            kafka_acl.upsert_users(
+                self.kafka_settings, {p: secret(home, f"kafka/{p}").get_secret_value() for p in principals}
+            )
+            n = kafka_acl.apply(self.kafka_settings, kafka_acl.plan())
+            progress(
+                f"security   SASL_SSL (SCRAM-SHA-512, CA {self.kafka.tls / 'ca.pem'}), {len(principals)} principals, {n} ACLs"
+            )
+        else:
+            progress("security   [bold red]INSECURE[/]: plaintext Kafka, no authentication, no ACLs (--insecure)")
         created = asyncio.run(ensure_topics(self.kafka_settings))
         progress(f"topics     {len(created)} created" + (f": {', '.join(created)}" if created else " (all exist)"))
         client = get_client(self.clickhouse_settings, database="default")
@@ -162,14 +182,21 @@ class Stack:
 
         pid = self.kafka.process.pid() if self.kafka.process.alive() else None
 
+        from services.common.kafka import client_kwargs
+
         async def probe() -> tuple[bool, str, dict[str, str]]:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap, request_timeout_ms=3000)
+            admin = AIOKafkaAdminClient(**client_kwargs(self.kafka_settings), request_timeout_ms=3000)
             try:
                 await admin.start()
                 topics = await admin.list_topics()
                 groups = await admin.list_consumer_groups()
                 argus = [t for t in topics if t.startswith("argus.")]
-                return True, f"{len(argus)} argus topics, {len(groups)} consumer groups", {"topics": str(len(argus))}
+                mode = "SASL_SSL + ACLs" if self.kafka.secure else "INSECURE plaintext"
+                return (
+                    True,
+                    f"{mode}, {len(argus)} argus topics, {len(groups)} consumer groups",
+                    {"topics": str(len(argus)), "security": mode},
+                )
             except (KafkaError, OSError) as exc:
                 return False, f"broker not reachable: {exc!r}", {}
             finally:
@@ -200,6 +227,14 @@ class Stack:
             f"engine {version}, {rows[0][0]} tables in {db}",
             {"version": version},
         )
+
+
+def kafka_secure(settings: StackSettings) -> bool:
+    """SASL_SSL unless asked for plaintext; an existing broker keeps the mode its data was made in."""
+    marker = Path(settings.home).resolve() / "kafka" / "security"
+    if marker.exists():
+        return marker.read_text().strip() != "plaintext"
+    return not settings.kafka_insecure
 
 
 def stack_from_env() -> Stack:

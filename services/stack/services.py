@@ -149,8 +149,9 @@ class LocalServices:
                 "ARGUS_RECEIVER_OUTPUT": str(self.root / "subscriber.jsonl"),
             }
         p = spec.env_prefix
+        # each service its own Kafka principal (password as a file path, never in the env)
+        env |= stack_kafka(s, f"argus-{spec.name}").as_env(p)
         env |= {
-            f"{p}KAFKA__BOOTSTRAP_SERVERS": s.bootstrap,
             f"{p}HEALTH__PORT": str(health_port),
             f"{p}HEALTH__HOST": s.host,
         }
@@ -338,15 +339,19 @@ def _broker_lag(settings: StackSettings, prefixes: list[str]) -> dict[str, int] 
     from aiokafka.errors import KafkaError
 
     from services.common.kafka import group_lag
-    from services.common.settings import KafkaSettings
 
     try:
-        lag = asyncio.run(
-            asyncio.wait_for(group_lag(KafkaSettings(bootstrap_servers=settings.bootstrap), prefixes, prefix=True), 15)
-        )
+        lag = asyncio.run(asyncio.wait_for(group_lag(stack_kafka(settings), prefixes, prefix=True), 15))
     except (KafkaError, OSError, asyncio.TimeoutError):
         return None
     return {g: sum(t.values()) for g, t in lag.items()}
+
+
+def stack_kafka(settings: StackSettings, principal: str = "argus-admin") -> Any:
+    """KafkaSettings of ``principal`` on the local stack's broker."""
+    from services.stack.manager import Stack
+
+    return Stack(settings).kafka_settings_for(principal)
 
 
 def as_dict(s: ServiceStatus) -> dict[str, Any]:

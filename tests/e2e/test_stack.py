@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
@@ -52,10 +53,17 @@ def argus(env: dict, *args: str, check: bool = True, stdin: str | None = None) -
     return proc
 
 
+def operator(env: dict) -> KafkaSettings:
+    """The CLI's principal on the stack under test (SASL_SSL, the stack's CA)."""
+    from services.stack.kafka_local import KafkaLocal
+
+    local = KafkaLocal(home=Path(env["ARGUS_STACK_HOME"]), port=int(env["ARGUS_STACK_KAFKA_PORT"]))
+    return local.client_settings("argus-operator")
+
+
 def committed(env: dict, group: str) -> dict[int, int]:
     async def run() -> dict[int, int]:
-        k = KafkaSettings(bootstrap_servers=env["ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS"])
-        c = make_consumer(k, group)
+        c = make_consumer(operator(env), group)
         await c.start()
         try:
             return {p: (await c.committed(TopicPartition("argus.feedback", p))) or 0 for p in range(3)}
@@ -67,8 +75,7 @@ def committed(env: dict, group: str) -> dict[int, int]:
 
 def commit_all(env: dict, group: str) -> int:
     async def run() -> int:
-        k = KafkaSettings(bootstrap_servers=env["ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS"])
-        c = make_consumer(k, group, "argus.feedback")
+        c = make_consumer(operator(env), group, "argus.feedback")
         await c.start()
         n = 0
         try:
@@ -105,8 +112,8 @@ def test_stack_lifecycle_keeps_topics_offsets_and_rows(stack_env: dict) -> None:
     assert len(consumed.stdout.splitlines()) == 5
     assert json.loads(consumed.stdout.splitlines()[0])["value"]["kind"] == "thumbs"
 
-    assert commit_all(env, "e2e-group") == 5
-    offsets_before = committed(env, "e2e-group")
+    assert commit_all(env, "argus-cli.e2e") == 5
+    offsets_before = committed(env, "argus-cli.e2e")
     assert sum(offsets_before.values()) == 5
     refused = argus(env, "sql", "CREATE TABLE argus.notes (n UInt32) ENGINE = MergeTree ORDER BY n", check=False)
     assert refused.returncode == 1 and "ACCESS_DENIED" in refused.stderr  # the default user only reads
@@ -120,7 +127,7 @@ def test_stack_lifecycle_keeps_topics_offsets_and_rows(stack_env: dict) -> None:
     assert not any(s["healthy"] for s in json.loads(status.stdout)["components"])
 
     argus(env, "stack", "up")
-    assert committed(env, "e2e-group") == offsets_before
+    assert committed(env, "argus-cli.e2e") == offsets_before
     rows = argus(env, "sql", "SELECT count() AS n FROM argus.notes", "-f", "json").stdout
     assert json.loads(rows.splitlines()[0]) == {"n": 1234}
     again = argus(env, "consume", "feedback", "--from-beginning", "--max", "5")

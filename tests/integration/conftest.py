@@ -34,10 +34,13 @@ def pytest_collection_modifyitems(items) -> None:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    given = request.config.getoption("--kafka-bootstrap")
-    if given:
-        yield given
+def kafka_local(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaLocal | None]:
+    """The session's broker: SASL_SSL (SCRAM-SHA-512) with the StandardAuthorizer and no
+    ACL but the super user's, exactly as `argus stack up` runs it (None with --kafka-bootstrap)."""
+    if request.config.getoption("--kafka-bootstrap"):
+        yield None
         return
     kafka = KafkaLocal(
         home=tmp_path_factory.mktemp("kafka-home"),
@@ -47,9 +50,14 @@ def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     )
     kafka.start(timeout_s=120)
     try:
-        yield kafka.bootstrap
+        yield kafka
     finally:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest, kafka_local: KafkaLocal | None) -> str:
+    return request.config.getoption("--kafka-bootstrap") or kafka_local.bootstrap
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +91,12 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str, topic_prefix: str) -> KafkaSettings:
+def kafka_settings(kafka_bootstrap: str, kafka_local: KafkaLocal | None, topic_prefix: str) -> KafkaSettings:
     """Settings with a unique topic prefix; every registry topic created under it."""
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, client_id="argus-tests")
+    if kafka_local is None:
+        settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, client_id="argus-tests")
+    else:  # the stack's super user: tests set up topics and traffic; ACLs are tested on their own
+        settings = kafka_local.client_settings(topic_prefix=topic_prefix, client_id="argus-tests")
     asyncio.run(ensure_topics(settings))
     return settings
 

@@ -15,8 +15,7 @@ async def cli(kafka: KafkaSettings, *args: str, timeout_s: float = 90) -> str:
     """Run ``argus ARGS`` the way a user does, against the test's topics; its stdout."""
     env = {
         **os.environ,
-        "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "ARGUS_CLI_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        **kafka.as_env("ARGUS_CLI_"),
         "COLUMNS": "200",
     }
     proc = await asyncio.create_subprocess_exec(

@@ -105,8 +105,7 @@ def write_config(path: Path, port: int) -> Path:
 def start_worker(kafka: KafkaSettings, app_id: str, config: Path, health_port: int) -> subprocess.Popen:
     env = {
         **os.environ,
-        "ARGUS_ALERTING_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "ARGUS_ALERTING_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        **kafka.as_env("ARGUS_ALERTING_"),
         "ARGUS_ALERTING_APP_ID": app_id,
         "ARGUS_ALERTING_CONFIG_FILE": str(config),
         "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),

@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from services.common.kafka import make_consumer, make_producer
+from services.common.kafka import client_kwargs, make_consumer, make_producer
 from services.common.registry import get_codec
 from services.common.settings import KafkaSettings
 from services.sdk.loadgen import LoadProfile, make_prompt
@@ -43,8 +43,7 @@ async def send_prompts(kafka: KafkaSettings, n: int, drifted: bool, seed: int, d
 def start_worker(kafka: KafkaSettings, app_id: str, semantic: bool = False) -> subprocess.Popen:
     env = {
         **os.environ,
-        "ARGUS_DRIFT_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "ARGUS_DRIFT_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        **kafka.as_env("ARGUS_DRIFT_"),
         "ARGUS_DRIFT_APP_ID": app_id,
         "ARGUS_DRIFT_LOG_LEVEL": "WARNING",
         "ARGUS_DRIFT_CHECKPOINT_EVERY": "100",
@@ -63,7 +62,7 @@ def start_worker(kafka: KafkaSettings, app_id: str, semantic: bool = False) -> s
 async def processed(kafka: KafkaSettings, app_id: str, topic_key: str, timeout_s: float = 120) -> None:
     """Wait until the worker's extract agent committed everything on a topic."""
     name = kafka.topic(topic_key)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
     await admin.start()
     consumer = make_consumer(kafka, None)
     await consumer.start()

@@ -136,8 +136,7 @@ async def test_killed_bridge_loses_no_request(ray_serve, kafka_settings) -> None
     env = {
         **os.environ,
         "ARGUS_INFERENCE_RAY_ADDRESS": ray_serve["address"],
-        "ARGUS_INFERENCE_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "ARGUS_INFERENCE_KAFKA__TOPIC_PREFIX": kafka_settings.topic_prefix,
+        **kafka_settings.as_env("ARGUS_INFERENCE_"),
         "ARGUS_INFERENCE_BRIDGE__GROUP_ID": s.bridge.group_id,
         "ARGUS_INFERENCE_BRIDGE__MAX_IN_FLIGHT": "4",
         "ARGUS_INFERENCE_LOG_LEVEL": "WARNING",

@@ -441,8 +441,7 @@ async def test_passed_through_rows_equal_rows_built_in_python(
 def _ingest_env(kafka: KafkaSettings, dsn: str, group: str, topics: str, health_port: int, batch: int) -> dict:
     return {
         **os.environ,
-        "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "ARGUS_INGEST_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        **kafka.as_env("ARGUS_INGEST_"),
         "ARGUS_INGEST_CLICKHOUSE__DSN": dsn,
         "ARGUS_INGEST_GROUP_ID": group,
         "ARGUS_INGEST_TOPICS": topics,

@@ -120,8 +120,7 @@ def retraining_config(port: int) -> dict[str, Any]:
 def worker(module: str, prefix: str, kafka: KafkaSettings, extra: dict[str, str], name: str) -> subprocess.Popen:
     env = {
         **os.environ,
-        f"ARGUS_{prefix}_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        f"ARGUS_{prefix}_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        **kafka.as_env(f"ARGUS_{prefix}_"),
         f"ARGUS_{prefix}_LOG_LEVEL": "INFO",
         f"ARGUS_{prefix}_BROKER_SESSION_TIMEOUT_S": "6",
         **extra,

@@ -57,8 +57,7 @@ def test_the_installed_wheel_carries_its_contracts(kafka_settings: KafkaSettings
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = clean | {
-        "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "ARGUS_CLI_KAFKA__TOPIC_PREFIX": kafka_settings.topic_prefix,
+        **kafka_settings.as_env("ARGUS_CLI_"),
         "COLUMNS": "200",
     }
     where = run(
