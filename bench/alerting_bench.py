@@ -58,22 +58,20 @@ def run(probes: int = 60, background_rate: int = 300) -> list[Result]:
     kafka = KafkaLocal(home=home, port=free_port(), controller_port=free_port(), libs_dir=REPO / ".argus/kafka/libs")
     kafka.start()
     try:
-        return asyncio.run(_run(kafka.bootstrap, home, probes, background_rate))
+        return asyncio.run(_run(kafka.client_settings(topic_prefix="bench."), home, probes, background_rate))
     finally:
         kafka.stop()
 
 
-async def _run(bootstrap: str, home: Path, probes: int, background_rate: int) -> list[Result]:
+async def _run(kafka, home: Path, probes: int, background_rate: int) -> list[Result]:  # noqa: ANN001
     import httpx
     from aiokafka import TopicPartition
 
     from services.alerting.receiver import WebhookReceiver
     from services.common.kafka import ensure_topics, make_consumer, make_producer
     from services.common.registry import get_codec
-    from services.common.settings import KafkaSettings
     from services.stack.kafka_local import free_port
 
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
     await ensure_topics(kafka)
     receiver = await WebhookReceiver(port=free_port(), secret=SECRET.encode()).start()
     config = home / "alerting.yaml"
@@ -106,8 +104,7 @@ async def _run(bootstrap: str, home: Path, probes: int, background_rate: int) ->
     health = free_port()
     env = {
         **os.environ,
-        "ARGUS_ALERTING_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "ARGUS_ALERTING_KAFKA__TOPIC_PREFIX": "bench.",
+        **kafka.as_env("ARGUS_ALERTING_"),
         "ARGUS_ALERTING_CONFIG_FILE": str(config),
         "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),
         "ARGUS_ALERTING_HEALTH__PORT": str(health),

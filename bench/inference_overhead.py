@@ -71,25 +71,25 @@ def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Resul
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     try:
-        return asyncio.run(_measure(kafka.bootstrap, reqs, bare, bare_tput, engine_settings, saturation_n))
+        return asyncio.run(
+            _measure(kafka.client_settings(topic_prefix="bench."), reqs, bare, bare_tput, engine_settings, saturation_n)
+        )
     finally:
         serve.shutdown()
         ray.shutdown()
         kafka.stop()
 
 
-async def _measure(bootstrap, reqs, bare, bare_tput, engine_settings, saturation_n) -> list[Result]:  # noqa: ANN001
+async def _measure(kafka, reqs, bare, bare_tput, engine_settings, saturation_n) -> list[Result]:  # noqa: ANN001
     from aiokafka import TopicPartition
 
     from services.common.kafka import ensure_topics, make_consumer
     from services.common.registry import get_codec
-    from services.common.settings import KafkaSettings
     from services.inference.app import deploy
     from services.inference.bridge import InferenceBridge
     from services.inference.settings import BridgeSettings, InferenceSettings
     from services.sdk.producer import ArgusProducer
 
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
     await ensure_topics(kafka)
     settings = InferenceSettings(
         kafka=kafka, engine=engine_settings, bridge=BridgeSettings(group_id="bench", max_in_flight=8)

@@ -84,14 +84,36 @@ def _insert_rate(client, table: str) -> float:  # noqa: ANN001 - clickhouse-conn
 
 
 def run(n: int = 400_000, rate: int = 5000, freshness_s: int = 15) -> list[Result]:
+    """The full run on the secure broker (SASL_SSL + ACLs, as the stack runs it), then the
+    responses again on a plaintext broker: what TLS and SCRAM cost ingest."""
+    secure = _one_broker(True, n, rate, freshness_s, ("inference-responses", "inference-requests"))
+    plain = _one_broker(False, n, rate, 0, ("inference-responses",))
+    tls = next(r for r in secure if "(responses)" in r.name and "events/s" in r.name)
+    base = next(r for r in plain if "(responses)" in r.name and "events/s" in r.name)
+    return [
+        *secure,
+        Result(
+            "ingest",
+            "sustained events/s, SASL_SSL (SCRAM-SHA-512) broker (responses)",
+            tls.value,
+            "the same on a plaintext broker",
+            base.value,
+            "events/s",
+            "ratio >= 0.85",
+        ),
+    ]
+
+
+def _one_broker(secure: bool, n: int, rate: int, freshness_s: int, keys: tuple[str, ...]) -> list[Result]:
     from services.stack.clickhouse_http import spawn
+    from services.stack.credentials import clickhouse_password, clickhouse_users_file
     from services.stack.kafka_local import KafkaLocal, free_port
 
     home = Path(tempfile.mkdtemp(prefix="argus-bench-ingest-"))
-    kafka = KafkaLocal(home=home, port=free_port(), controller_port=free_port(), libs_dir=REPO / ".argus/kafka/libs")
+    kafka = KafkaLocal(
+        home=home, port=free_port(), controller_port=free_port(), libs_dir=REPO / ".argus/kafka/libs", secure=secure
+    )
     kafka.start()
-    from services.stack.credentials import clickhouse_password, clickhouse_users_file
-
     ch_port = free_port()
     ch = spawn(home / "ch", ch_port, clickhouse_users_file(home))
 
@@ -100,28 +122,34 @@ def run(n: int = 400_000, rate: int = 5000, freshness_s: int = 15) -> list[Resul
 
     try:
         # the admin migrates and counts; ingest runs as its own user, as in the stack
-        return asyncio.run(_run(kafka.bootstrap, dsn("argus_admin"), dsn("argus_ingest"), n, rate, freshness_s))
+        settings = kafka.client_settings(topic_prefix="bench.")
+        return asyncio.run(_run(settings, dsn("argus_admin"), dsn("argus_ingest"), n, rate, freshness_s, keys))
     finally:
         ch.terminate()
         ch.wait(30)
         kafka.stop()
 
 
-async def _run(bootstrap: str, dsn: str, ingest_dsn: str, n: int, rate: int, freshness_s: int) -> list[Result]:
+async def _run(
+    kafka,
+    dsn: str,
+    ingest_dsn: str,
+    n: int,
+    rate: int,
+    freshness_s: int,
+    keys: tuple[str, ...],  # noqa: ANN001
+) -> list[Result]:
     from services.common import migrations
     from services.common.clickhouse import get_client
     from services.common.kafka import ensure_topics
-    from services.common.settings import KafkaSettings
 
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench.")
-    await ensure_topics(
-        kafka, keys=["inference-responses", "inference-responses-dlq", "inference-requests", "inference-requests-dlq"]
-    )
+    await ensure_topics(kafka, keys=[k for key in keys for k in (key, key + "-dlq")])
     migrations.apply(get_client(dsn.rsplit("/", 1)[0] + "/default"), "argus")
     client = get_client(dsn)
     out = []
     for key, event, freshness in (("inference-responses", _event, True), ("inference-requests", _request, False)):
-        out += await _topic(kafka, client, ingest_dsn, key, event, n, rate, freshness_s if freshness else 0)
+        if key in keys:
+            out += await _topic(kafka, client, ingest_dsn, key, event, n, rate, freshness_s if freshness else 0)
     return out
 
 
@@ -180,8 +208,7 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
     # Argus ingest, one process
     env = {
         **os.environ,
-        "ARGUS_INGEST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "ARGUS_INGEST_KAFKA__TOPIC_PREFIX": "bench.",
+        **kafka.as_env("ARGUS_INGEST_"),
         "ARGUS_INGEST_CLICKHOUSE__DSN": dsn,
         "ARGUS_INGEST_TOPICS": f'["{key}"]',
         "ARGUS_INGEST_LOG_LEVEL": "WARNING",

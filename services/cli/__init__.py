@@ -10,6 +10,8 @@
     argus retrain list | show | approve | reject
     argus models list | register
     argus dlq list | replay                         dead letters
+    argus acl plan | apply                          Kafka ACLs from the registry
+    argus clickhouse-users                          production users.d files from the grants
     argus demo                                      the end-to-end demo on the local stack
 
 One module per command group (as snuba's
@@ -20,7 +22,7 @@ its commands on :data:`services.cli.base.app`."""
 
 from __future__ import annotations
 
-from services.cli import alerts, contracts, data, demo, dlq, retrain, runners, stack  # noqa: F401 (registers commands)
+from services.cli import acl, alerts, contracts, data, demo, dlq, retrain, runners, stack  # noqa: F401 (registers commands)
 from services.cli.base import app
 
 

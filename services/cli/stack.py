@@ -108,7 +108,11 @@ def stack_status(json_out: bool = typer.Option(False, "--json", help="Machine-re
             table.add_column(col)
         for r in rows:
             table.add_row(
-                r.name, "[green]healthy[/]" if r.healthy else "[red]DOWN[/]", str(r.pid or "-"), r.address, r.detail
+                r.name,
+                "[green]healthy[/]" if r.healthy else "[red]DOWN[/]",
+                str(r.pid or "-"),
+                r.address,
+                r.detail.replace("INSECURE", "[bold red]INSECURE[/]"),
             )
         console.print(table)
         if services:

@@ -108,6 +108,24 @@ def plan(
     return sorted(acls)
 
 
+def strimzi_acls(acls: list[Acl]) -> dict[str, list[dict[str, Any]]]:
+    """The plan as Strimzi ``KafkaUser`` ``spec.authorization.acls`` per principal (topic
+    names without the topic prefix: the chart prepends ``kafka.topicPrefix``)."""
+    grouped: dict[str, dict[tuple[str, str, str], list[str]]] = {}
+    for a in acls:
+        grouped.setdefault(a.principal, {}).setdefault((a.resource, a.name, a.pattern), []).append(a.operation)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for principal, resources in sorted(grouped.items()):
+        rules = []
+        for (rtype, name, pattern), ops in sorted(resources.items()):
+            resource: dict[str, Any] = {"type": rtype}
+            if rtype != "cluster":
+                resource |= {"name": name, "patternType": "prefix" if pattern == "prefixed" else "literal"}
+            rules.append({"resource": resource, "operations": sorted(set(ops))})
+        out[principal] = rules
+    return out
+
+
 def allowed(acls: list[Acl], principal: str, topic: str, operation: str) -> bool:
     """Whether ``acls`` let ``principal`` do ``operation`` (Read | Write) on ``topic``."""
     for a in acls:

@@ -1,17 +1,117 @@
 """Structured JSON logging with structlog. Bind ``topic``, ``partition`` and ``offset``
-once per message (``log.bind(...)``) so every line about it carries them."""
+once per message (``log.bind(...)``) so every line about it carries them.
+
+Secrets never reach a log line: :class:`Redactor` replaces every registered secret value
+(the settings' ``SecretStr`` fields and password files, registered at start-up) and
+anything shaped like a credential (a JAAS ``password="…"``, a DSN's ``user:password@``,
+``sasl_plain_password=…``) with ``**********``, in structlog events and in the standard
+library's records (aiokafka, faust) alike."""
 
 from __future__ import annotations
 
 import logging as _stdlib_logging
+import re
 import sys
+from typing import Any
 
 import structlog
+
+MASK = "**********"
+_SHAPES = [
+    (re.compile(r'(password\s*=\s*")[^"]*(")', re.I), r"\1" + MASK + r"\2"),  # JAAS
+    (
+        re.compile(r"((?:sasl_plain_password|password|secret|token|api_key)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.I),
+        r"\1" + MASK,
+    ),
+    (re.compile(r"(://[^/:@\s]+:)[^@/\s]+(@)"), r"\1" + MASK + r"\2"),  # scheme://user:password@host
+]
+
+
+class Redactor:
+    """Masks registered secret values and credential-shaped text."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+
+    def register(self, *values: str | None) -> None:
+        self._values |= {v for v in values if v and len(v) >= 4}
+
+    def text(self, value: str) -> str:
+        for secret in sorted(self._values, key=len, reverse=True):
+            if secret in value:
+                value = value.replace(secret, MASK)
+        for pattern, repl in _SHAPES:
+            value = pattern.sub(repl, value)
+        return value
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.value(v) for v in value)
+        return value
+
+    def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        return {k: self.value(v) for k, v in event.items()}
+
+
+class _RecordFilter(_stdlib_logging.Filter):
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: _stdlib_logging.LogRecord) -> bool:
+        record.msg = self.redactor.text(record.getMessage())
+        record.args = None
+        return True
+
+
+REDACTOR = Redactor()
+
+
+def register_secrets(settings: Any) -> None:
+    """Register every secret a settings object holds (``SecretStr`` fields, nested, and
+    the contents of ``*_file`` password files) with the log redactor."""
+    from pydantic import BaseModel, SecretStr
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, SecretStr):
+            REDACTOR.register(obj.get_secret_value())
+            from urllib.parse import urlsplit
+
+            try:  # a DSN: its password alone, too
+                REDACTOR.register(urlsplit(obj.get_secret_value()).password)
+            except ValueError:
+                pass
+        elif isinstance(obj, BaseModel):
+            for name in type(obj).model_fields:
+                value = getattr(obj, name)
+                if name.endswith("password_file") and value:
+                    try:
+                        from pathlib import Path
+
+                        REDACTOR.register(Path(value).read_text().strip())
+                    except OSError:
+                        pass
+                walk(value)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(settings)
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     lvl = getattr(_stdlib_logging, level.upper(), _stdlib_logging.INFO)
     _stdlib_logging.basicConfig(stream=sys.stderr, level=lvl, format="%(message)s")
+    for handler in _stdlib_logging.getLogger().handlers:
+        if not any(isinstance(f, _RecordFilter) for f in handler.filters):
+            handler.addFilter(_RecordFilter(REDACTOR))
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -20,6 +120,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            REDACTOR,  # last before rendering: tracebacks and exception text included
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

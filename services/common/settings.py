@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -94,9 +94,22 @@ class ClickHouseSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dsn: SecretStr = SecretStr("http://default@127.0.0.1:8123/argus")
+    dsn: SecretStr = SecretStr("http://127.0.0.1:8123/argus")
+    dsn_file: Path | None = Field(
+        default=None, description="Read the DSN (with its password) from this file, e.g. a mounted Secret."
+    )
     connect_timeout_s: float = 10.0
     send_receive_timeout_s: float = 300.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dsn_from_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("dsn_file"):
+            text = Path(data["dsn_file"]).read_text().strip()
+            if not text:
+                raise ValueError(f"{data['dsn_file']} is empty")
+            data = {**data, "dsn": text}
+        return data
 
     @field_validator("dsn")
     @classmethod

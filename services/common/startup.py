@@ -28,6 +28,9 @@ from services.common.settings import ServiceSettings
 
 
 def prepare(settings: ServiceSettings) -> None:
+    from services.common.logging import register_secrets
+
+    register_secrets(settings)
     configure_logging(settings.log_level, settings.log_json)
     get_logger(f"argus.{settings.service_name}").info(f"{settings.service_name}.settings", **settings.masked())
     configure_registry(settings.kafka)

@@ -19,7 +19,10 @@ COMPOSE_SCHEMA = REPO / ".argus" / "cache" / "compose-spec.json"
 
 # the chart has no default credentials: every render names one Secret per ClickHouse user
 CH_USERS = ("admin", "ingest", "retraining")
-SECRETS = {"clickhouse": {"users": {u: {"existingSecret": f"ch-{u}"} for u in CH_USERS}}}
+SECRETS = {
+    "clickhouse": {"users": {u: {"existingSecret": f"ch-{u}"} for u in CH_USERS}},
+    "kafka": {"caSecret": {"name": "kafka-cluster-ca-cert"}},
+}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -44,7 +47,10 @@ def test_chart_lints_without_errors() -> None:
     assert not [m for m in result["messages"] if m["severity"] >= 3], result["messages"]
 
 
-INLINE = {"clickhouse": {"users": {u: {"dsn": f"http://argus_{u}:pw@ch:8123/argus"} for u in CH_USERS}}}
+INLINE = {
+    "clickhouse": {"users": {u: {"dsn": f"http://argus_{u}:pw@ch:8123/argus"} for u in CH_USERS}},
+    "kafka": SECRETS["kafka"],
+}
 
 
 @pytest.mark.parametrize("values", [SECRETS, INLINE])
@@ -174,3 +180,69 @@ def test_docker_compose_has_no_default_secrets() -> None:
         "CLICKHOUSE_ARGUS_INGEST_PASSWORD_SHA256:?" in text
         and "argus_ingest:${CLICKHOUSE_ARGUS_INGEST_PASSWORD:?" in text
     )
+
+
+def test_every_pod_authenticates_to_kafka_as_its_own_principal_over_tls() -> None:
+    want = {
+        "ingest": "argus-ingest",
+        "drift": "argus-drift",
+        "alerting": "argus-alerting",
+        "retraining": "argus-retraining",
+        "inference": "argus-inference",
+        "bootstrap": "argus-admin",
+    }
+    seen = set()
+    for doc in render():
+        if doc["kind"] not in ("Job", "Deployment"):
+            continue
+        role = doc["metadata"]["name"].removeprefix("argus-argus-")
+        pod = doc["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"].split("_KAFKA__")[-1]: e.get("value") for e in c["env"] if "_KAFKA__" in e["name"]}
+        assert env["SECURITY_PROTOCOL"] == "SASL_SSL" and env["SASL_MECHANISM"] == "SCRAM-SHA-512", role
+        assert env["SASL_USERNAME"] == want[role] and env["SASL_PASSWORD_FILE"] == "/etc/argus/kafka/password"
+        assert "SASL_PASSWORD" not in env  # from the mounted Secret only
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["kafka-password"]["secret"]["secretName"] == want[role]
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "kafka-cluster-ca-cert"
+        assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/etc/argus/kafka", "/etc/argus/kafka-ca"}
+        seen.add(role)
+    assert seen == set(want)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"kafka": {"securityProtocol": "PLAINTEXT"}}, "SASL_SSL is required"),
+        ({"kafka": {"caSecret": {"name": ""}}}, "kafka.caSecret.name"),
+        ({"kafka": {"strimzi": {"enabled": True}}}, "kafka.strimzi.cluster"),
+    ],
+)
+def test_the_chart_refuses_insecure_or_incomplete_kafka_settings(values: dict, message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        render(values)
+
+
+def test_kafka_users_are_the_registry_plan_and_valid_strimzi_resources() -> None:
+    from services.common import kafka_acl
+
+    committed = yaml.safe_load((CHART / "files" / "kafka-acls.yaml").read_text())
+    assert committed == kafka_acl.strimzi_acls(kafka_acl.plan()), "run `argus acl plan --strimzi`"
+    crd = yaml.safe_load((REPO.parent / "shared" / "crds" / "strimzi.kafkausers.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = version["schema"]["openAPIV3Schema"]
+    users = [
+        d
+        for d in render({"kafka": {"topicPrefix": "prod.", "strimzi": {"enabled": True, "cluster": "main"}}})
+        if d["kind"] == "KafkaUser"
+    ]
+    assert {u["metadata"]["name"] for u in users} == set(kafka_acl.load_principals()) | {"argus-admin"}
+    for user in users:
+        jsonschema.validate(user, schema)
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "main"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    drift = next(u for u in users if u["metadata"]["name"] == "argus-drift")
+    names = {a["resource"].get("name") for a in drift["spec"]["authorization"]["acls"]}
+    assert (
+        "prod.argus.drift.events" in names and "prod.argus-drift" in names and "argus-drift" in names
+    )  # group unprefixed

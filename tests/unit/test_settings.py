@@ -44,3 +44,18 @@ def test_listeners_default_to_loopback() -> None:
 def test_bad_dsn_scheme_is_refused() -> None:
     with pytest.raises(pydantic.ValidationError, match="scheme"):
         ClickHouseSettings(dsn="mysql://x@y/z")
+
+
+def test_credentials_can_come_from_files(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from services.common.settings import service_settings
+
+    dsn = tmp_path / "dsn"
+    dsn.write_text("http://argus_ingest:from-a-file@ch:8123/argus\n")
+    pw = tmp_path / "kafka"
+    pw.write_text("kafka-from-a-file\n")
+    monkeypatch.setenv("ARGUS_FILETEST_CLICKHOUSE__DSN_FILE", str(dsn))
+    monkeypatch.setenv("ARGUS_FILETEST_KAFKA__SASL_PASSWORD_FILE", str(pw))
+    s = service_settings("filetest")()
+    assert s.clickhouse.dsn.get_secret_value().endswith("from-a-file@ch:8123/argus")
+    assert s.kafka.password() == "kafka-from-a-file"
+    assert "from-a-file" not in str(s.masked())

@@ -18,7 +18,58 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - name: ARGUS_{{ .service }}_KAFKA__TOPIC_PREFIX
   value: {{ .root.Values.kafka.topicPrefix | quote }}
 - name: ARGUS_{{ .service }}_KAFKA__SECURITY_PROTOCOL
-  value: {{ .root.Values.kafka.securityProtocol | quote }}
+  value: {{ include "argus.kafkaProtocol" .root | quote }}
+- name: ARGUS_{{ .service }}_KAFKA__CLIENT_ID
+  value: {{ .principal | quote }}
+{{- if hasPrefix "SASL" .root.Values.kafka.securityProtocol }}
+- name: ARGUS_{{ .service }}_KAFKA__SASL_MECHANISM
+  value: {{ .root.Values.kafka.saslMechanism | quote }}
+- name: ARGUS_{{ .service }}_KAFKA__SASL_USERNAME
+  value: {{ .principal | quote }}
+- name: ARGUS_{{ .service }}_KAFKA__SASL_PASSWORD_FILE
+  value: /etc/argus/kafka/password
+{{- end }}
+{{- if hasSuffix "SSL" .root.Values.kafka.securityProtocol }}
+- name: ARGUS_{{ .service }}_KAFKA__SSL_CAFILE
+  value: /etc/argus/kafka-ca/ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "argus.kafkaProtocol" -}}
+{{- $p := .Values.kafka.securityProtocol -}}
+{{- if and (ne $p "SASL_SSL") (not .Values.kafka.allowInsecure) -}}
+{{- fail (printf "kafka.securityProtocol %s: SASL_SSL is required (set kafka.allowInsecure to accept it)" $p) -}}
+{{- end -}}
+{{- if and (hasSuffix "SSL" $p) (not .Values.kafka.caSecret.name) -}}
+{{- fail "kafka.caSecret.name: the Secret holding the Kafka cluster CA certificate is required" -}}
+{{- end -}}
+{{- $p -}}
+{{- end -}}
+
+{{/* Mounts and volumes of a pod's Kafka credentials: its principal's password and the CA. */}}
+{{- define "argus.kafkaMounts" -}}
+{{- if hasPrefix "SASL" .root.Values.kafka.securityProtocol }}
+- {name: kafka-password, mountPath: /etc/argus/kafka, readOnly: true}
+{{- end }}
+{{- if hasSuffix "SSL" .root.Values.kafka.securityProtocol }}
+- {name: kafka-ca, mountPath: /etc/argus/kafka-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "argus.kafkaVolumes" -}}
+{{- if hasPrefix "SASL" .root.Values.kafka.securityProtocol }}
+- name: kafka-password
+  secret:
+    secretName: {{ default .principal (index .root.Values.kafka.passwordSecrets .principal) }}
+    defaultMode: 0400
+    items: [{key: password, path: password}]
+{{- end }}
+{{- if hasSuffix "SSL" .root.Values.kafka.securityProtocol }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .root.Values.kafka.caSecret.name }}
+    items: [{key: {{ .root.Values.kafka.caSecret.key }}, path: ca.crt}]
+{{- end }}
 {{- end -}}
 
 {{/* The DSN of one ClickHouse user (admin | ingest | retraining), from its own Secret. */}}
