@@ -88,8 +88,8 @@ def run(n: int = 400_000, rate: int = 5000, freshness_s: int = 15) -> list[Resul
     responses again on a plaintext broker: what TLS and SCRAM cost ingest."""
     secure = _one_broker(True, n, rate, freshness_s, ("inference-responses", "inference-requests"))
     plain = _one_broker(False, n, rate, 0, ("inference-responses",))
-    tls = next(r for r in secure if "(responses)" in r.name and "events/s" in r.name)
-    base = next(r for r in plain if "(responses)" in r.name and "events/s" in r.name)
+    tls = next(r for r in secure if "(responses)" in r.figure and "events/s" in r.figure)
+    base = next(r for r in plain if "(responses)" in r.figure and "events/s" in r.figure)
     return [
         *secure,
         Result(
