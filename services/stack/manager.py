@@ -132,6 +132,14 @@ class Stack:
         from services.common.kafka import ensure_topics
 
         Path(self.settings.home).mkdir(parents=True, exist_ok=True)
+        if self.kafka.secure == self.settings.kafka_insecure:  # the data says one mode, the request the other
+            made = "a secure (SASL_SSL)" if self.kafka.secure else "an INSECURE plaintext"
+            asked = "--insecure" if self.settings.kafka_insecure else "a secure stack (the default)"
+            raise StackError(
+                f"the Kafka data in {self.kafka.data} belongs to {made} broker, and you asked for {asked}: "
+                "pass the matching flag, or run `argus stack down`, delete that directory (its topics are lost) "
+                "and `argus stack up` again"
+            )
         if self.kafka.fetch():
             progress(f"fetched Apache Kafka {self.settings.kafka_version} from Maven Central into {self.kafka.libs}")
         kafka_pid = self.kafka.start(self.settings.start_timeout_s)

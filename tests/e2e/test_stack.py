@@ -136,3 +136,18 @@ def test_stack_lifecycle_keeps_topics_offsets_and_rows(stack_env: dict) -> None:
         env, "sql", "SELECT name FROM system.tables WHERE database = 'argus' ORDER BY name", "-f", "csv"
     ).stdout
     assert "dead_letters" in tables and "schema_migrations" in tables
+
+
+def test_a_plaintext_broker_is_never_restarted_as_if_it_were_secure(tmp_path) -> None:  # noqa: ANN001
+    """The mode a broker's data was made in is kept, and asking for the other one is refused:
+    an `--insecure` stack does not come back silently on a plain `argus stack up`."""
+    from services.common.settings import StackSettings
+    from services.stack.manager import Stack, StackError
+
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "security").write_text("plaintext\n")
+    with pytest.raises(StackError, match="INSECURE plaintext broker"):
+        Stack(StackSettings(home=tmp_path)).up(progress=lambda m: None)
+    (tmp_path / "kafka" / "security").write_text("sasl_ssl\n")
+    with pytest.raises(StackError, match="secure .SASL_SSL. broker"):
+        Stack(StackSettings(home=tmp_path, kafka_insecure=True)).up(progress=lambda m: None)
