@@ -54,9 +54,10 @@ def acl_apply(
     """Apply the plan with the configured (super user's) credentials; idempotent."""
     from pathlib import Path
 
+    from services.cli.base import admin_kafka
     from services.common import kafka_acl
 
-    k = _settings().kafka
+    k = admin_kafka()
     try:
         if users_from:
             passwords = {}

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from services.common.settings import ClickHouseSettings, ServiceSettings, StackSettings, service_settings
 
-__all__ = ["CliSettings", "StackSettings", "app", "clickhouse_for", "console", "err", "fail", "settings"]
+__all__ = ["CliSettings", "StackSettings", "admin_kafka", "app", "clickhouse_for", "console", "err", "fail", "settings"]
 
 app = typer.Typer(help="Argus: event-driven LLMOps on Kafka, ClickHouse and Ray Serve.", no_args_is_help=True)
 console = Console()
@@ -35,6 +35,24 @@ def settings() -> ServiceSettings:
         return s
     op = local.kafka_settings_for("argus-operator")
     return s.model_copy(update={"kafka": op.model_copy(update={"topic_prefix": s.kafka.topic_prefix})})
+
+
+def admin_kafka():  # noqa: ANN201 - KafkaSettings
+    """Kafka settings allowed to manage users, ACLs and topics: ``ARGUS_CLI_KAFKA__*`` when
+    the security settings are given (a cluster operator's super user); on the local stack,
+    the stack's own super user ``argus-admin``."""
+    import os
+
+    s = CliSettings()
+    if any(k.upper().startswith("ARGUS_CLI_KAFKA__SECURITY_PROTOCOL") for k in os.environ):
+        return s.kafka
+    stack = StackSettings()
+    if s.kafka.bootstrap_servers != stack.bootstrap:
+        return s.kafka
+    from services.stack.manager import Stack
+
+    local = Stack(stack)
+    return local.kafka_settings.model_copy(update={"topic_prefix": s.kafka.topic_prefix})
 
 
 def clickhouse_for(user: str) -> ClickHouseSettings:

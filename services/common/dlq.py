@@ -178,9 +178,10 @@ class DeadLetterPolicy:
         """The dead-letter topic name and codec for a consumed topic (its Kafka name)."""
         if topic not in self._targets:
             name = topic.removeprefix(self.kafka.topic_prefix)
-            key = next((s.key for s in self.registry.topics.values() if s.name == name), None)
-            if key is None:
-                raise RegistryError(f"{topic} is not a registry topic: it has no dead-letter topic")
+            try:  # a tenant's copy of a topic dead-letters where the topic does
+                key, _ = self.registry.key_of(name)
+            except RegistryError:
+                raise RegistryError(f"{topic} is not a registry topic: it has no dead-letter topic") from None
             dlq_key = self.registry.topic(key).dead_letter_topic
             if dlq_key is None:
                 raise RegistryError(f"{topic} has no dead-letter topic in the registry")

@@ -43,6 +43,7 @@ class Principal:
     internal: tuple[str, ...] = ()
     replay: bool = False
     reads_all: bool = False
+    tenant_topics: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,6 +59,7 @@ def load_principals() -> dict[str, Principal]:
             internal=tuple(spec.get("internal") or ()),
             replay=bool(spec.get("replay")),
             reads_all=bool(spec.get("reads_all")),
+            tenant_topics=tuple(spec.get("tenant_topics") or ()),
         )
     return out
 
@@ -102,6 +104,13 @@ def plan(
         for g in p.groups:
             acls.add(Acl(p.name, "group", g, "prefixed", "Read"))
             acls.add(Acl(p.name, "group", g, "prefixed", "Describe"))
+        # every tenant's topics: the common head of the registry's tenant_topic templates
+        heads = {t.tenant_topic.split("{tenant}")[0] for t in reg.topics.values() if t.tenant_topic}
+        for head in sorted(heads) if p.tenant_topics else ():
+            for op in p.tenant_topics:
+                acls.add(Acl(p.name, "topic", topic_prefix + head, "prefixed", op))
+            if "Write" in p.tenant_topics:
+                acls.add(Acl(p.name, "cluster", "kafka-cluster", "literal", "IdempotentWrite"))
         for prefix in p.internal:
             acls.add(Acl(p.name, "topic", topic_prefix + prefix, "prefixed", "All"))
             acls.add(Acl(p.name, "cluster", "kafka-cluster", "literal", "IdempotentWrite"))
@@ -185,3 +194,44 @@ def apply(k: Any, acls: list[Acl], timeout_s: float = 30.0) -> int:
     for _, fut in admin.create_acls([_binding(a) for a in acls], request_timeout=timeout_s).items():
         fut.result()
     return len(acls)
+
+
+def delete(k: Any, acls: list[Acl], timeout_s: float = 30.0) -> int:
+    """Delete exactly the bindings of ``acls`` (those that exist). Returns how many went."""
+    from confluent_kafka.admin import AclBindingFilter, AdminClient
+
+    if not acls:
+        return 0
+    admin = AdminClient(admin_config(k))
+    filters = []
+    for a in acls:
+        b = _binding(a)
+        filters.append(
+            AclBindingFilter(
+                b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation, b.permission_type
+            )
+        )
+    gone = 0
+    for _, fut in admin.delete_acls(filters, request_timeout=timeout_s).items():
+        gone += len(fut.result())
+    return gone
+
+
+def delete_users(k: Any, users: list[str], timeout_s: float = 30.0) -> list[str]:
+    """Delete the SCRAM-SHA-512 credentials of ``users``; returns those that existed."""
+    from confluent_kafka.admin import AdminClient, ScramMechanism, UserScramCredentialDeletion
+    from confluent_kafka.error import KafkaException
+
+    if not users:
+        return []
+    admin = AdminClient(admin_config(k))
+    dels = [UserScramCredentialDeletion(u, ScramMechanism.SCRAM_SHA_512) for u in users]
+    gone = []
+    for user, fut in admin.alter_user_scram_credentials(dels, request_timeout=timeout_s).items():
+        try:
+            fut.result()
+            gone.append(user)
+        except KafkaException as exc:  # RESOURCE_NOT_FOUND: there was no such credential
+            if "RESOURCE_NOT_FOUND" not in str(exc) and "not found" not in str(exc).lower():
+                raise
+    return gone

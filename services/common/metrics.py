@@ -19,6 +19,11 @@ class MetricDef:
 CATALOGUE: dict[str, MetricDef] = {
     "argus_messages_consumed_total": MetricDef("counter", "Messages read from Kafka.", ("service", "topic")),
     "argus_messages_produced_total": MetricDef("counter", "Messages written to Kafka.", ("service", "topic")),
+    "argus_tenant_replies_failed_total": MetricDef(
+        "counter",
+        "Answers the bridge could not copy to a tenant's reply topic (topic gone).",
+        ("service", "error_type"),
+    ),
     "argus_messages_dead_lettered_total": MetricDef(
         "counter", "Messages sent to a dead-letter topic, by error type.", ("service", "topic", "error_type")
     ),

@@ -32,6 +32,7 @@ import yaml
 
 from services.common.codec import AvroCodec, from_json
 from services.common.contracts import contract_path
+from services.common.tenant_names import tenant_of
 
 SCHEMAS_DIR = contract_path("schemas")
 _AVSC = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
@@ -55,6 +56,8 @@ class TopicSpec:
     consumers: tuple[str, ...]
     dead_letter_topic: str | None
     message_key: str = ""
+    # per-tenant copies of this topic (same contract): e.g. "argus.tenant.{tenant}.requests"
+    tenant_topic: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,11 +106,14 @@ class SchemaRegistry:
                 consumers=tuple(d.get("consumers") or ()),
                 dead_letter_topic=d.get("dead_letter_topic"),
                 message_key=d.get("key", ""),
+                tenant_topic=d.get("tenant_topic"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"{path}: invalid topic definition: {exc!r}") from exc
         if spec.compatibility not in ("BACKWARD", "FORWARD", "FULL", "NONE"):
             raise RegistryError(f"{path}: unknown compatibility mode {spec.compatibility}")
+        if spec.tenant_topic is not None and spec.tenant_topic.count("{tenant}") != 1:
+            raise RegistryError(f"{path}: tenant_topic must contain {{tenant}} exactly once")
         if (spec.schema, spec.version) not in self.ids:
             raise RegistryError(f"{path}: {spec.schema}.v{spec.version} has no schema id in avro/ids.yaml")
         return spec
@@ -159,6 +165,20 @@ class SchemaRegistry:
         """Keys of every topic that is some topic's dead-letter topic, in registry order."""
         named = {s.dead_letter_topic for s in self.topics.values() if s.dead_letter_topic}
         return tuple(key for key in self.topics if key in named)
+
+    def key_of(self, name: str) -> tuple[str, str | None]:
+        """The registry key of a topic's Kafka name (without the topic prefix) and, for a
+        tenant's copy of a topic (``tenant_topic``), the tenant; :class:`RegistryError`
+        for a name the registry does not know."""
+        for spec in self.topics.values():
+            if spec.name == name:
+                return spec.key, None
+        for spec in self.topics.values():
+            if spec.tenant_topic is not None:
+                tenant = tenant_of(spec.tenant_topic, name)
+                if tenant is not None:
+                    return spec.key, tenant
+        raise RegistryError(f"{name} is not a registry topic")
 
     def topic(self, key: str) -> TopicSpec:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 
@@ -43,10 +44,30 @@ async def _run_bridge(settings: InferenceSettings, router, stop: asyncio.Event, 
     from services.common.kafka import make_producer
     from services.inference.app import deploy
     from services.inference.bridge import InferenceBridge
+    from services.inference.gateway import TenantGateway
     from services.inference.serving import ServingStateApplier
 
     bridge = InferenceBridge(settings, router)
-    health = HealthServer(settings.health, bridge.metrics, lambda: bridge.last_progress, bridge.readiness)
+    gateway = TenantGateway(settings, bridge.metrics) if settings.gateway.enabled else None
+
+    def last_progress() -> float:  # live while both loops advance
+        return min(bridge.last_progress, gateway.last_progress) if gateway is not None else bridge.last_progress
+
+    async def readiness():  # noqa: ANN202
+        ready = await bridge.readiness()
+        if gateway is None:
+            return ready
+        gw = await gateway.readiness()
+        return dataclasses.replace(
+            ready,
+            ready=ready.ready and gw.ready,
+            assigned_partitions=ready.assigned_partitions + gw.assigned_partitions,
+            lag={**ready.lag, **gw.lag},
+            committed={**ready.committed, **gw.committed},
+            detail="; ".join(x for x in (ready.detail, gw.detail and f"gateway: {gw.detail}") if x),
+        )
+
+    health = HealthServer(settings.health, bridge.metrics, last_progress, readiness)
     port = await health.start()
     log = get_logger("argus.inference")
     log.info("inference.health", port=port)
@@ -54,6 +75,8 @@ async def _run_bridge(settings: InferenceSettings, router, stop: asyncio.Event, 
     await producer.start()
     applier = ServingStateApplier(settings, producer, deploy, bridge.metrics)
     tasks = [asyncio.create_task(bridge.run(stop), name="bridge")]
+    if gateway is not None:
+        tasks.append(asyncio.create_task(gateway.run(stop), name="tenant-gateway"))
     if apply_states:
         tasks.append(asyncio.create_task(applier.run(stop), name="serving-state"))
     try:

@@ -9,6 +9,9 @@ built from the runtime's steps (``DecodeStep`` -> ``ConcurrentStep``).
   time, gets a ``deadline_exceeded`` response; every other failure becomes a response
   with status ``error``. One response per request, keyed by request_id.
 - Shadow answers go to the shadow-responses topic, which producers never read.
+- A request the tenant gateway forwarded (header ``argus.reply_tenant`` equal to its
+  ``tenant``) is also answered on that tenant's reply topic
+  (:mod:`services.common.tenants`), acknowledged before the offset is committed.
 - Invalid requests go to the dead-letter topic with the reason.
 - Offsets are committed only after the response (and any dead letter) was acknowledged
   by the broker, up to the longest finished prefix of each partition; a crash re-answers
@@ -23,6 +26,7 @@ import time
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 
 from services.common.codec import to_json
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
@@ -34,6 +38,8 @@ from services.common.offsets import OffsetTracker
 from services.common.registry import SchemaRegistry, default_registry
 from services.common.runtime import ConcurrentStep, DecodeStep, StreamProcessor
 from services.common.runtime.decode import InvalidMessage
+from services.common.tenants import NAME as TENANT_NAME
+from services.common.tenants import REPLY_HEADER, response_topic
 from services.inference.responses import response_record
 from services.inference.settings import InferenceSettings
 
@@ -68,7 +74,7 @@ class InferenceBridge:
         self.consumer: Any = None
         self.producer: Any = None
         self.processor: StreamProcessor | None = None
-        self.answering: ConcurrentStep[dict[str, Any]] | None = None
+        self.answering: ConcurrentStep[tuple[dict[str, Any], str | None]] | None = None
         self.answered = 0
 
     # -- what readiness, metrics and tests read --------------------------------------
@@ -147,9 +153,11 @@ class InferenceBridge:
             await self.stop()
 
     # -- one request -----------------------------------------------------------------
-    async def _answer(self, tp: TopicPartition, offset: int, request: dict[str, Any]) -> None:
-        """Answer one request: its response (and shadow answers) acknowledged by the broker
-        before it counts as finished (and its offset may be committed)."""
+    async def _answer(self, tp: TopicPartition, offset: int, item: tuple[dict[str, Any], str | None]) -> None:
+        """Answer one request: its response (and shadow answers, and the tenant's copy)
+        acknowledged by the broker before it counts as finished (and its offset may be
+        committed)."""
+        request, reply_tenant = item
         log = self.log.bind(partition=tp.partition, offset=offset, request_id=str(request["request_id"]))
         plain = to_json(request)
         started = time.monotonic()
@@ -199,9 +207,33 @@ class InferenceBridge:
         for s in shadows:
             futures.append(await self.producer.send(self.shadow_topic, self.resp_codec.encode(s), key=key))
         await asyncio.gather(*futures)  # acknowledged by the broker before the offset may be committed
+        if reply_tenant is not None:
+            await self._reply(reply_tenant, key, self.resp_codec.encode(resp), log)
         self.metrics.inc("argus_messages_produced_total", topic=self.responses_topic)
         self.answered += 1
         log.debug("bridge.answered", status=resp["status"], model_version=resp["model_version"])
+
+    async def _reply(self, tenant: str, key: bytes, value: bytes, log: Any) -> None:
+        """The answer on the tenant's reply topic. A tenant whose topic is gone (removed
+        while its request was in flight) loses only that copy, with an error logged and
+        counted: it must not stop the bridge for every other tenant."""
+        assert self.producer is not None
+        topic = response_topic(tenant, self.settings.kafka.topic_prefix)
+        try:
+            fut = await asyncio.wait_for(
+                self.producer.send(topic, value, key=key), self.settings.gateway.reply_timeout_s
+            )
+            await fut
+        except (
+            asyncio.TimeoutError,
+            KafkaTimeoutError,
+            UnknownTopicOrPartitionError,
+            TopicAuthorizationFailedError,
+        ) as exc:
+            self.metrics.inc("argus_tenant_replies_failed_total", error_type=type(exc).__name__)
+            log.error("bridge.tenant_reply_failed", tenant=tenant, reply_topic=topic, error=type(exc).__name__)
+            return
+        self.metrics.inc("argus_messages_produced_total", topic=topic)
 
     async def readiness(self) -> Readiness:
         if self.consumer is None:
@@ -225,13 +257,24 @@ class InvalidRequest(ValueError):
     """A well-formed record that cannot be answered (no messages, bad roles...)."""
 
 
-def _request(msg: Message) -> dict[str, Any]:
-    """The bridge's transform: a decoded request it can answer, else an InvalidMessage."""
+def _request(msg: Message) -> tuple[dict[str, Any], str | None]:
+    """The bridge's transform: a decoded request it can answer (and the tenant whose reply
+    topic gets a copy of the answer), else an InvalidMessage."""
     try:
         _validate(msg.value)
     except InvalidRequest as exc:
         raise InvalidMessage(str(exc), "InvalidMessage.InvalidRequest") from exc
-    return msg.value
+    return msg.value, _reply_tenant(msg)
+
+
+def _reply_tenant(msg: Message) -> str | None:
+    """The gateway's header, honoured only when it names the request's own tenant (the
+    shared topic is written by the gateway and trusted first-party producers only)."""
+    for name, value in msg.headers:
+        if name == REPLY_HEADER:
+            tenant = value.decode("utf-8", "replace") if value else ""
+            return tenant if tenant == msg.value.get("tenant") and TENANT_NAME.fullmatch(tenant) else None
+    return None
 
 
 def _validate(request: dict[str, Any]) -> None:

@@ -82,6 +82,21 @@ class BridgeSettings(BaseModel):
     commit_interval_s: float = 0.5
 
 
+class GatewaySettings(BaseModel):
+    """The tenant gateway: tenants' request topics -> the shared requests topic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    group_id: str = "argus-inference-gateway"
+    max_in_flight: int = Field(default=64, ge=1, description="Requests forwarded and not yet acknowledged.")
+    discovery_interval_s: float = Field(default=5.0, gt=0, description="How soon a new tenant's topic is consumed.")
+    commit_interval_s: float = 0.5
+    reply_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long the bridge tries to copy an answer to a tenant's reply topic."
+    )
+
+
 class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="ARGUS_INFERENCE_", frozen=True, env_nested_delimiter="__", extra="ignore"
@@ -92,6 +107,7 @@ class InferenceSettings(ServiceSettings):
     versions: tuple[ModelVersion, ...] = (ModelVersion(version="v1"),)
     engine: EngineSettings = EngineSettings()
     bridge: BridgeSettings = BridgeSettings()
+    gateway: GatewaySettings = GatewaySettings()
     app_name: str = "argus-inference"
     route_prefix: str = "/"
     http_host: str = "127.0.0.1"

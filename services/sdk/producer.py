@@ -26,14 +26,21 @@ from services.common.settings import KafkaSettings
 
 
 class ArgusProducer:
-    def __init__(self, kafka: KafkaSettings, model: str = "smollm2-135m-instruct", **producer_overrides: Any) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        model: str = "smollm2-135m-instruct",
+        requests_topic: str | None = None,
+        **producer_overrides: Any,
+    ) -> None:
         self.kafka = kafka
         self.model = model
         reg = default_registry()
         self._req_codec = reg.codec("inference-requests")
         self._fb_codec = reg.codec("feedback")
         self._req_schema = reg.schema_json("inference_request", self._req_codec.version)
-        self._requests_topic = kafka.topic("inference-requests")
+        # the shared topic (trusted first-party producers) or a tenant's own (ArgusClient)
+        self._requests_topic = requests_topic or kafka.topic("inference-requests")
         self._feedback_topic = kafka.topic("feedback")
         self._producer = make_producer(kafka, **producer_overrides)
         self.sent = 0

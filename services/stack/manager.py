@@ -189,6 +189,8 @@ class Stack:
         from aiokafka.errors import KafkaError
 
         pid = self.kafka.process.pid() if self.kafka.process.alive() else None
+        if pid is None:  # nothing to probe (and a stack never started has no CA to trust yet)
+            return ComponentStatus("kafka", False, None, self.kafka.bootstrap, "not running (`argus stack up`)", {})
 
         from services.common.kafka import client_kwargs
 

@@ -32,9 +32,11 @@ class StreamProcessor:
         auto_offset_reset: str = "earliest",
         metrics: Any = None,
         log: Any = None,
+        pattern: str | None = None,
     ) -> None:
         self.consumer = consumer
         self.topics = topics
+        self.pattern = pattern  # subscribe to every topic matching this regex instead of ``topics``
         self.first_step = first_step
         self.room = room
         self.on_revoke = on_revoke
@@ -47,7 +49,10 @@ class StreamProcessor:
         self._ready: set[TopicPartition] = set()  # assigned partitions whose resume point is decided
 
     def subscribe(self) -> None:
-        self.consumer.subscribe(self.topics, listener=_Rebalance(self))
+        if self.pattern is not None:
+            self.consumer.subscribe(pattern=self.pattern, listener=_Rebalance(self))
+        else:
+            self.consumer.subscribe(self.topics, listener=_Rebalance(self))
 
     async def step(self, timeout_ms: int = 200) -> None:
         room = self.room()
