@@ -31,6 +31,7 @@ from bench.common import Result, pct
 REPO = Path(__file__).resolve().parents[1]
 GROUP_WAIT = 0.5
 SECRET = "bench-secret"
+API_TOKEN = "bench-alerting-api-token"
 
 
 def _response(model: str, error: bool) -> dict:
@@ -107,6 +108,7 @@ async def _run(kafka, home: Path, probes: int, background_rate: int) -> list[Res
         **kafka.as_env("ARGUS_ALERTING_"),
         "ARGUS_ALERTING_CONFIG_FILE": str(config),
         "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),
+        "ARGUS_ALERTING_API_TOKEN": API_TOKEN,
         "ARGUS_ALERTING_HEALTH__PORT": str(health),
         "ARGUS_ALERTING_LOG_LEVEL": "WARNING",
         "ARGUS_ALERTING_APP_ID": "bench-alerting",
@@ -160,11 +162,12 @@ async def _run(kafka, home: Path, probes: int, background_rate: int) -> list[Res
         return received(model) - t0  # type: ignore[operator]
 
     try:
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
         async with httpx.AsyncClient() as client:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:
-                    if (await client.get(f"http://127.0.0.1:{health}/api/v2/alerts")).status_code == 200:
+                    if (await client.get(f"http://127.0.0.1:{health}/api/v2/alerts", headers=auth)).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

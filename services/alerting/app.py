@@ -514,6 +514,7 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
         lambda: progress["t"],
         readiness,
         routes={"/api/v2/alerts": api_alerts, "/api/v2/silences": api_silences},
+        routes_token=settings.token(),
     )
     if settings.health_enabled:
 

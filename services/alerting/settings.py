@@ -44,3 +44,15 @@ class AlertingSettings(ServiceSettings):
     delivery_give_up_after_s: float = 300.0
     broker_session_timeout_s: float = 10.0
     health_enabled: bool = True
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token of /api/v2/* (without one, that API refuses every call)."
+    )
+    api_token_file: Path | None = Field(default=None, description="Read the API token from this file instead.")
+
+    def token(self) -> SecretStr | None:
+        if self.api_token_file is not None:
+            value = Path(self.api_token_file).read_text().strip()
+            if not value:
+                raise ValueError(f"{self.api_token_file} is empty")
+            return SecretStr(value)
+        return self.api_token

@@ -48,7 +48,8 @@ def acl_apply(
     users_from: str = typer.Option(
         None,
         "--passwords-dir",
-        help="Create or update each principal's SCRAM-SHA-512 credential from <dir>/<principal> (0600 files).",
+        help="Create or update each principal's SCRAM-SHA-512 credential from <dir>/<principal> "
+        "(or <dir>/<principal>/password; 0600 files).",
     ),
 ) -> None:
     """Apply the plan with the configured (super user's) credentials; idempotent."""
@@ -63,6 +64,8 @@ def acl_apply(
             passwords = {}
             for name in kafka_acl.load_principals():
                 path = Path(users_from) / name
+                if path.is_dir():  # one directory per principal (compose volumes): <dir>/<name>/password
+                    path = path / "password"
                 if path.exists():
                     passwords[name] = path.read_text().strip()
             kafka_acl.upsert_users(k, passwords)

@@ -25,11 +25,26 @@ _ALERTING_URL = typer.Option(
 )
 
 
+def _api_token() -> str | None:
+    """The alerting API's bearer token: ``ARGUS_CLI_ALERTING_TOKEN_FILE`` or the local stack's."""
+    import os
+    from pathlib import Path
+
+    from services.cli.base import StackSettings
+
+    given = os.environ.get("ARGUS_CLI_ALERTING_TOKEN_FILE")
+    path = Path(given) if given else Path(StackSettings().home).resolve() / "secrets" / "alerting" / "api-token"
+    return path.read_text().strip() if path.exists() else None
+
+
 def _api(url: str, path: str) -> list[dict]:
     import httpx
 
+    token = _api_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
     try:
-        r = httpx.get(url.rstrip("/") + path, timeout=10)
+        r = httpx.get(url.rstrip("/") + path, timeout=10, headers=headers)
     except httpx.HTTPError as exc:
         _fail(f"the alerting service at {url} is not reachable: {exc}")
     if r.status_code != 200:

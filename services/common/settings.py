@@ -226,6 +226,10 @@ class StackSettings(BaseSettings):
     def bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
 
+    def api_keys_file(self) -> Path:
+        """The local stack's API keys of the HTTP routes (digests only; 0600)."""
+        return Path(self.home).resolve() / "secrets" / "api-keys.json"
+
     def clickhouse_dsn(self, user: str = "argus_admin", database: str | None = None) -> SecretStr:
         """The DSN of ``user`` on the local ClickHouse endpoint, with the password ``argus
         stack up`` generated into ``<home>/secrets/clickhouse/<user>`` (0600)."""

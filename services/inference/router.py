@@ -2,7 +2,10 @@
 
 ``Router`` routes each request by weight with sticky assignment, mirrors it to shadow
 versions, and serves ``POST /v1/chat/completions`` (OpenAI-compatible) and
-``GET /v1/models``. Its ``user_config`` is the routing table: redeploying with new
+``GET /v1/models``. Both need an API key (``Authorization: Bearer argus_…``, see
+:mod:`services.common.api_keys`): the key decides the tenant (whatever the body says) and
+its rate (429 with ``Retry-After`` above it); without a configured key file every call is
+refused. Its ``user_config`` is the routing table: redeploying with new
 weights calls ``reconfigure`` on the running replicas, so a rollback (weight 0) takes
 effect with no restart and no dropped request. The CPU builder
 (:mod:`services.inference.app`) and the GPU builder (:mod:`services.inference.gpu`)
@@ -16,11 +19,15 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Body, FastAPI, Header, HTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from services.common.api_keys import ApiKey, KeyStore, RateLimiter
+from services.common.logging import get_logger
 from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
+
+_UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="argus"'}
 
 
 async def _awaited(resp: Any) -> Any:
@@ -38,8 +45,16 @@ class Router:
         self.handles = versions
         self.table = RoutingTable.from_config({"weights": {v: 1.0 for v in versions}})
         self.reloads = 0
+        self.keys: KeyStore | None = None  # no key file: the HTTP routes refuse every call
+        self.rate_per_minute = 60
+        self.limiter = RateLimiter()
+        self.log = get_logger("argus.inference.http")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
+        http = config.get("http") or {}
+        keys_file = http.get("api_keys_file")
+        self.keys = KeyStore(keys_file) if keys_file else None
+        self.rate_per_minute = int(http.get("rate_per_minute") or 60)
         table = RoutingTable.from_config(config)
         unknown = (set(table.weights) | set(table.shadows)) - set(self.handles)
         if unknown:
@@ -92,15 +107,44 @@ class Router:
                 )
         return {"primary": result, "shadows": shadow_results}
 
+    def _authenticate(self, authorization: str | None) -> ApiKey:
+        """The caller's key, or the HTTP error to answer (401 without a valid, unrevoked
+        key; 429 with Retry-After over the key's rate)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        key = self.keys.verify(token.strip()) if self.keys is not None and scheme.lower() == "bearer" else None
+        if key is None:
+            raise HTTPException(
+                status_code=401,
+                detail={
+                    "message": "a valid API key is required (Authorization: Bearer ...)",
+                    "code": "invalid_api_key",
+                },
+                headers=_UNAUTHORIZED,
+            )
+        wait = self.limiter.take(key.key_id, key.rate_per_minute or self.rate_per_minute)
+        if wait is not None:
+            raise HTTPException(
+                status_code=429,
+                detail={"message": "rate limit exceeded for this API key", "code": "rate_limit_exceeded"},
+                headers={"Retry-After": RateLimiter.retry_after_header(wait)},
+            )
+        return key
+
     @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, authorization: str | None = Header(default=None)) -> dict[str, Any]:  # noqa: B008
+        self._authenticate(authorization)
         return {
             "object": "list",
             "data": [{"id": self.model_name, "object": "model", "owned_by": "argus", "versions": sorted(self.handles)}],
         }
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: dict = Body(...)) -> dict[str, Any]:  # noqa: B008
+    async def chat_completions(
+        self,
+        body: dict = Body(...),  # noqa: B008
+        authorization: str | None = Header(default=None),  # noqa: B008
+    ) -> dict[str, Any]:
+        key = self._authenticate(authorization)
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             raise HTTPException(status_code=400, detail="messages must be a non-empty list")
         if body.get("stream"):
@@ -114,9 +158,10 @@ class Router:
             "top_p": body.get("top_p"),
             "stop_sequences": [body["stop"]] if isinstance(body.get("stop"), str) else (body.get("stop") or []),
             "seed": body.get("seed"),
-            "tenant": "http",
-            "user": body.get("user"),
+            "tenant": key.tenant,  # the key's, whatever the body says
+            "user": body.get("user") if isinstance(body.get("user"), str) else None,
         }
+        self.log.info("http.request", request_id=request["request_id"], tenant=key.tenant, key_id=key.key_id)
         out = (await self.infer(request))["primary"]
         if "error_type" in out:
             raise HTTPException(status_code=503, detail=f"{out['error_type']}: {out.get('error_message')}")
@@ -139,6 +184,7 @@ class Router:
                 "total_tokens": out["input_tokens"] + out["output_tokens"],
             },
             "argus": {
+                "tenant": key.tenant,
                 "model_version": out["version"],
                 "replica": out["replica"],
                 "mean_logprob": out["mean_logprob"],

@@ -112,6 +112,13 @@ class InferenceSettings(ServiceSettings):
     route_prefix: str = "/"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    http_api_keys_file: Path | None = Field(
+        default=None,
+        description="API keys of the HTTP routes (`argus keys create`); without one every HTTP call is refused.",
+    )
+    http_rate_per_minute: int = Field(
+        default=60, ge=1, description="Requests per minute per key (unless the key sets one)."
+    )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; default: start a local one.")
     ray_num_cpus: int = 2
 
@@ -130,6 +137,10 @@ class InferenceSettings(ServiceSettings):
             "weights": {v.version: v.live_weight for v in self.versions},
             "shadows": [v.version for v in self.versions if v.shadow],
             "shadow_grace_s": self.bridge.shadow_grace_s,
+            "http": {
+                "api_keys_file": str(self.http_api_keys_file) if self.http_api_keys_file else None,
+                "rate_per_minute": self.http_rate_per_minute,
+            },
         }
 
     def engine_user_config(self) -> dict:

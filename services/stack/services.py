@@ -159,7 +159,12 @@ class LocalServices:
             env[f"{p}CLICKHOUSE__DSN"] = s.clickhouse_dsn(SERVICE_USERS[spec.name]).get_secret_value()
         if spec.name == "inference":
             env[f"{p}HTTP_PORT"] = str(free_port())
+            env[f"{p}HTTP_API_KEYS_FILE"] = str(s.api_keys_file())  # `argus keys create` writes it
         if spec.name == "alerting":
+            from services.stack.credentials import secret
+
+            secret(Path(s.home), "alerting/api-token")  # `argus alerts` reads the same file
+            env[f"{p}API_TOKEN_FILE"] = str(Path(s.home).resolve() / "secrets" / "alerting" / "api-token")
             # the shipped config delivers to the local subscriber, signed with the secret named "local"
             env[f"{p}WEBHOOK_SECRETS"] = json.dumps({"local": self.webhook_secret()})
         return env

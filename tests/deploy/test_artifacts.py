@@ -258,3 +258,102 @@ def test_kafka_users_are_the_registry_plan_and_valid_strimzi_resources() -> None
     assert (
         "prod.argus.drift.events" in names and "prod.argus-drift" in names and "argus-drift" in names
     )  # group unprefixed
+
+
+def _policies(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"].removeprefix("argus-argus-"): d for d in docs if d["kind"] == "NetworkPolicy"}
+
+
+def _selects(policy: dict, component: str) -> bool:
+    sel = policy["spec"]["podSelector"]
+    if sel.get("matchLabels", {}).get("app.kubernetes.io/component") not in (None, component):
+        return False
+    for e in sel.get("matchExpressions", []):
+        if e["key"] == "app.kubernetes.io/component" and component not in e["values"]:
+            return False
+    return sel.get("matchLabels", {}).get("app.kubernetes.io/instance") == "argus" or any(
+        e["key"] == "app.kubernetes.io/instance" and "argus" in e["values"] for e in sel.get("matchExpressions", [])
+    )
+
+
+def _egress_ports(docs: list[dict], component: str) -> set[int]:
+    ports = set()
+    for p in _policies(docs).values():
+        if _selects(p, component):
+            for rule in p["spec"].get("egress", []):
+                ports |= {x["port"] for x in rule.get("ports", [])}
+    return ports
+
+
+def test_network_policies_deny_by_default_and_allow_only_the_needed_flows() -> None:
+    docs = render()
+    policies = _policies(docs)
+    deny = policies["default-deny"]["spec"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny and "egress" not in deny
+    components = {
+        d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+    }
+    assert components == {"bootstrap", "inference", "ingest", "drift", "alerting", "retraining"}
+    for c in components:
+        assert _selects(policies["default-deny"], c)
+        ports = _egress_ports(docs, c)
+        assert {53, 9093} <= ports, c  # DNS and Kafka for everyone
+        assert (8123 in ports) == (c in ("bootstrap", "ingest", "retraining")), c  # only DSN holders
+        assert (443 in ports) == (c in ("alerting", "retraining")), c  # only webhook senders
+    ingress = {
+        c: {
+            x["port"]
+            for p in policies.values()
+            if _selects(p, c)
+            for r in p["spec"].get("ingress", [])
+            for x in r["ports"]
+        }
+        for c in components
+    }
+    assert ingress["inference"] == {8000, 9400} and ingress["alerting"] == {9095}
+    assert ingress["bootstrap"] == set() and ingress["ingest"] == {9400}
+    # the alerting API is not open to the world when nobody is named
+    without = _policies(render({"networkPolicy": {"monitoring": []}}))
+    (rule,) = without["alerting-ingress"]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "argus"}}}]
+    assert not _policies(render({"networkPolicy": {"enabled": False}}))
+
+
+def test_the_http_apis_get_their_key_file_and_token_from_secrets() -> None:
+    docs = render({"inference": {"http": {"apiKeysSecret": "argus-api-keys"}}, "alerting": {"apiTokenSecret": "tok"}})
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"}
+    inf, alert = pods["argus-argus-inference"], pods["argus-argus-alerting"]
+    env = {e["name"]: e.get("value") for e in inf["containers"][0]["env"]}
+    assert env["ARGUS_INFERENCE_HTTP_API_KEYS_FILE"] == "/etc/argus/api-keys/api-keys.json"
+    assert {v["name"]: v for v in inf["volumes"]}["api-keys"]["secret"]["secretName"] == "argus-api-keys"
+    env = {e["name"]: e.get("value") for e in alert["containers"][0]["env"]}
+    assert env["ARGUS_ALERTING_API_TOKEN_FILE"] == "/etc/argus/api-token/api-token"
+    # none given: no key file, no token (both APIs then refuse every call)
+    docs = render()
+    for d in docs:
+        if d["kind"] == "Deployment":
+            names = {e["name"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+            assert not names & {"ARGUS_INFERENCE_HTTP_API_KEYS_FILE", "ARGUS_ALERTING_API_TOKEN_FILE"}
+
+
+def test_compose_runs_kafka_with_sasl_ssl_and_each_service_gets_only_its_own_password() -> None:
+    from services.stack.compose_kafka import broker_command
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    # the command tested against the real broker (tests/integration/test_compose_kafka.py)
+    assert services["kafka"]["command"] == ["bash", "-c", broker_command().replace("$", "$$")]
+    assert "PLAINTEXT" not in (REPO / "docker-compose.yml").read_text()
+    for name in ("ingest", "drift", "alerting", "retraining", "inference"):
+        svc = services[name]
+        env = {k.split("KAFKA__", 1)[1]: v for k, v in svc["environment"].items() if "KAFKA__" in k}
+        assert env["SECURITY_PROTOCOL"] == "SASL_SSL" and env["SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert env["SASL_USERNAME"] == f"argus-{name}" and env["SASL_PASSWORD_FILE"] == "/etc/argus/kafka/password"
+        secrets = [v.split(":")[0] for v in svc["volumes"] if v.startswith("kafka-argus-")]
+        assert secrets == [f"kafka-argus-{name}"], (name, secrets)  # its own password, nobody else's
+        assert "kafka-broker" not in " ".join(svc["volumes"])
+    # only the broker and the generator see the broker's key and the admin's password
+    holders = {n for n, s in services.items() if any(str(v).startswith("kafka-broker:") for v in s.get("volumes", []))}
+    assert holders == {"kafka", "kafka-secrets"}

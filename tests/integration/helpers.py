@@ -11,12 +11,13 @@ from services.common.settings import KafkaSettings
 from tests.conftest import REPO
 
 
-async def cli(kafka: KafkaSettings, *args: str, timeout_s: float = 90) -> str:
+async def cli(kafka: KafkaSettings, *args: str, timeout_s: float = 90, env: dict[str, str] | None = None) -> str:
     """Run ``argus ARGS`` the way a user does, against the test's topics; its stdout."""
     env = {
         **os.environ,
         **kafka.as_env("ARGUS_CLI_"),
         "COLUMNS": "200",
+        **(env or {}),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -30,6 +30,7 @@ from services.stack.kafka_local import free_port
 from tests.conftest import REPO
 from tests.integration.helpers import cli
 
+API_TOKEN = "test-alerting-api-token"
 SECRET = "test-secret-0123456789"
 
 
@@ -109,6 +110,7 @@ def start_worker(kafka: KafkaSettings, app_id: str, config: Path, health_port: i
         "ARGUS_ALERTING_APP_ID": app_id,
         "ARGUS_ALERTING_CONFIG_FILE": str(config),
         "ARGUS_ALERTING_WEBHOOK_SECRETS": json.dumps({"hook": SECRET}),
+        "ARGUS_ALERTING_API_TOKEN": API_TOKEN,
         "ARGUS_ALERTING_EVALUATION_INTERVAL_S": "0.5",
         "ARGUS_ALERTING_HEALTH__PORT": str(health_port),
         "ARGUS_ALERTING_LOG_LEVEL": "INFO",
@@ -189,8 +191,12 @@ async def wait_ready(port: int, timeout_s: float = 90) -> None:
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             try:
-                r = await client.get(f"http://127.0.0.1:{port}/api/v2/alerts")
+                url = f"http://127.0.0.1:{port}/api/v2/alerts"
+                r = await client.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"})
                 if r.status_code == 200:
+                    # the control API needs its token: none or a wrong one is refused
+                    assert (await client.get(url)).status_code == 401
+                    assert (await client.get(url, headers={"Authorization": "Bearer x"})).status_code == 401
                     return
             except httpx.HTTPError:
                 pass
@@ -282,8 +288,11 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         worker = start_worker(kafka_settings, app_id, config, health)
         await wait_ready(health)
         url = f"http://127.0.0.1:{health}"
-        silences = json.loads(await cli(kafka_settings, "alerts", "silences", "--url", url, "--json"))
-        alerts = json.loads(await cli(kafka_settings, "alerts", "list", "--url", url, "--json"))
+        token_file = tmp_path / "alerting-api-token"
+        token_file.write_text(API_TOKEN)
+        api = {"ARGUS_CLI_ALERTING_TOKEN_FILE": str(token_file)}
+        silences = json.loads(await cli(kafka_settings, "alerts", "silences", "--url", url, "--json", env=api))
+        alerts = json.loads(await cli(kafka_settings, "alerts", "list", "--url", url, "--json", env=api))
         assert (
             [s["id"] for s in silences] == [silence_id]
             and silences[0]["active"]

@@ -220,19 +220,46 @@ async def test_shadow_answers_are_logged_but_never_returned(ray_serve, kafka_set
     assert all(r["output"] for r in shadows)
 
 
-async def test_openai_compatible_http_route(ray_serve, kafka_settings) -> None:
-    deploy(settings(kafka_settings))
+async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
+    ray_serve, kafka_settings, tmp_path
+) -> None:  # noqa: ANN001
+    from services.common.api_keys import KeyStore
+
+    store = KeyStore(tmp_path / "api-keys.json")
+    _, acme = store.create("acme", name="tests")
+    slow_id, slow = store.create("bravo", rate_per_minute=2)
+    deploy(settings(kafka_settings, http_api_keys_file=store.path))
+    hello = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5, "tenant": "bravo"}
     async with httpx.AsyncClient(timeout=60) as http:
         url = f"http://127.0.0.1:{ray_serve['http_port']}/v1"
-        r = await http.post(
-            url + "/chat/completions", json={"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5}
-        )
+        # no key, a malformed one, a forged one: 401 before any work
+        assert (await http.post(url + "/chat/completions", json=hello)).status_code == 401
+        for bad in ("Bearer nope", "Basic " + acme, "Bearer " + acme[:-1] + ("A" if acme[-1] != "A" else "B")):
+            r = await http.post(url + "/chat/completions", json=hello, headers={"Authorization": bad})
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), bad
+
+        auth = {"Authorization": f"Bearer {acme}"}
+        r = await http.post(url + "/chat/completions", json=hello, headers=auth)
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
         assert 0 < body["usage"]["completion_tokens"] <= 5 and body["argus"]["model_version"] == "v1"
-        assert (await http.post(url + "/chat/completions", json={"messages": []})).status_code == 400
-        assert (await http.get(url + "/models")).json()["data"][0]["versions"] == ["v1"]
+        assert body["argus"]["tenant"] == "acme"  # the key's tenant, whatever the body said
+        assert (await http.post(url + "/chat/completions", json={"messages": []}, headers=auth)).status_code == 400
+        assert (await http.get(url + "/models", headers=auth)).json()["data"][0]["versions"] == ["v1"]
+
+        # over the key's rate: 429 with Retry-After; other keys unaffected
+        slow_auth = {"Authorization": f"Bearer {slow}"}
+        codes = [(await http.get(url + "/models", headers=slow_auth)).status_code for _ in range(2)]
+        over = await http.get(url + "/models", headers=slow_auth)
+        assert codes == [200, 200] and over.status_code == 429, (codes, over.text)
+        assert 1 <= int(over.headers["retry-after"]) <= 30
+        assert (await http.get(url + "/models", headers=auth)).status_code == 200
+
+        # revoked: refused from the next call on, without a redeploy
+        store.revoke(slow_id)
+        KeyStore(store.path).revoke(store.keys()[0].key_id)
+        assert (await http.get(url + "/models", headers=auth)).status_code == 401
 
 
 def test_engine_refuses_an_artifact_whose_digest_does_not_match() -> None:

@@ -142,6 +142,7 @@ def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "weights": {"v1": 90.0, "v2": 10.0, "v3": 0.0},
         "shadows": ["v3"],
         "shadow_grace_s": 30.0,
+        "http": {"api_keys_file": None, "rate_per_minute": 60},
     }
 
 
