@@ -217,6 +217,11 @@ class StackSettings(BaseSettings):
         "only for a broker whose data was made that way.",
     )
     clickhouse_port: int = 8123
+    clickhouse_https: bool = Field(
+        default=False,
+        description="Serve the local ClickHouse endpoint over HTTPS with a certificate of the stack's CA "
+        "(DSNs then carry ca_cert=<home>/tls/ca.pem).",
+    )
     clickhouse_database: str = "argus"
     java: str = "java"
     maven: str = "mvn"
@@ -239,4 +244,8 @@ class StackSettings(BaseSettings):
         except FileNotFoundError:
             raise ValueError(f"no ClickHouse password for {user!r} at {path}: run `argus stack up` first") from None
         db = self.clickhouse_database if database is None else database
-        return SecretStr(f"http://{quote(user)}:{quote(password, safe='')}@{self.host}:{self.clickhouse_port}/{db}")
+        auth = f"{quote(user)}:{quote(password, safe='')}@{self.host}:{self.clickhouse_port}/{db}"
+        if self.clickhouse_https:
+            ca = Path(self.home).resolve() / "tls" / "ca.pem"
+            return SecretStr(f"https://{auth}?ca_cert={quote(str(ca))}")
+        return SecretStr(f"http://{auth}")

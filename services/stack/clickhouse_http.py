@@ -46,6 +46,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -465,6 +466,10 @@ class Handler(BaseHTTPRequestHandler):
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):  # the TLS handshake in this request's thread, bounded
+            self.request.settimeout(10.0)
+            self.request.do_handshake()
+            self.request.settimeout(None)
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -771,6 +776,27 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    tls: ssl.SSLContext | None = None  # HTTPS: each accepted socket wrapped, handshake in its thread
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, OSError)):
+            return  # a client that does not trust us, or speaks plain HTTP to HTTPS: its problem
+        super().handle_error(request, client_address)
+
+
+def tls_context(cert_chain: Path) -> ssl.SSLContext:
+    """Server side TLS 1.2+ with the key and certificate chain in one PEM file (as the stack's
+    CA issues them: services/stack/tls.py)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert_chain))
+    return ctx
 
 
 def serve(
@@ -780,6 +806,7 @@ def serve(
     allowed_hosts: list[str] | None = None,
     max_body_bytes: int = 512 << 20,
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED,
+    tls_cert: Path | None = None,
 ) -> Server:
     handler = type(
         "BoundHandler",
@@ -787,6 +814,8 @@ def serve(
         {"engine": engine, "max_body_bytes": max_body_bytes, "max_decompressed_bytes": max_decompressed_bytes},
     )
     server = Server((host, port), handler)
+    if tls_cert is not None:
+        server.tls = tls_context(tls_cert)
     bound = server.server_address[1]
     names = {host, *(["localhost", "127.0.0.1", "[::1]"] if host in ("127.0.0.1", "localhost", "::1") else [])}
     hosts = {f"{n}:{bound}" for n in names} | {h.lower() for h in (allowed_hosts or [])}
@@ -804,6 +833,7 @@ def spawn(  # noqa: ANN201
     timeout_s: float = 60.0,
     quiet: bool = True,
     extra_args: list[str] | None = None,
+    ca_file: Path | None = None,
 ):
     """Start this endpoint as its own process and wait until it answers ``/ping``
     (tests and benchmarks; ``argus stack up`` manages it by pid file instead)."""
@@ -832,9 +862,13 @@ def spawn(  # noqa: ANN201
         stderr=out,
     )
     deadline = time.monotonic() + timeout_s
+    https = "--tls-cert" in (extra_args or [])
+    ctx = ssl.create_default_context(cafile=str(ca_file)) if https and ca_file else None
     while True:
         try:
-            with urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=1) as r:
+            with urllib.request.urlopen(
+                f"{'https' if https else 'http'}://{host}:{port}/ping", timeout=1, context=ctx
+            ) as r:
                 if r.read().strip() == b"Ok.":
                     return proc
         except OSError:
@@ -857,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allowed-host", action="append", default=[], help="another Host header value to answer to")
     ap.add_argument("--max-body-bytes", type=int, default=512 << 20)
     ap.add_argument("--max-decompressed-bytes", type=int, default=DEFAULT_MAX_DECOMPRESSED)
+    ap.add_argument("--tls-cert", type=Path, help="Serve HTTPS with this PEM file (private key and certificate chain).")
     args = ap.parse_args(argv)
     try:
         users = load_users(args.users_file)
@@ -864,7 +899,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"event": "clickhouse_http.refused", "error": str(exc)}), file=sys.stderr, flush=True)
         return 2
     engine = Engine(args.data_dir, users)
-    server = serve(engine, args.host, args.port, args.allowed_host, args.max_body_bytes, args.max_decompressed_bytes)
+    server = serve(
+        engine,
+        args.host,
+        args.port,
+        args.allowed_host,
+        args.max_body_bytes,
+        args.max_decompressed_bytes,
+        args.tls_cert,
+    )
 
     def _stop(*_: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -877,6 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                 "event": "clickhouse_http.listening",
                 "host": args.host,
                 "port": server.server_address[1],
+                "https": args.tls_cert is not None,
                 "engine_version": engine.version,
                 "data_dir": str(engine.data_dir),
                 "users": sorted(users),

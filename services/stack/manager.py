@@ -45,7 +45,8 @@ class ClickHouseLocal:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.clickhouse_port}"
+        scheme = "https" if self.settings.clickhouse_https else "http"
+        return f"{scheme}://{self.settings.host}:{self.settings.clickhouse_port}"
 
     def start(self, timeout_s: float = 60.0) -> int:
         if self.process.alive():
@@ -70,6 +71,13 @@ class ClickHouseLocal:
             "--port",
             str(self.settings.clickhouse_port),
         ]
+        if self.settings.clickhouse_https:  # a certificate from the stack's CA, as the broker's
+            from services.stack.tls import ensure_ca, ensure_cert
+
+            home = Path(self.settings.home)
+            ensure_ca(home)
+            hosts = sorted({self.settings.host, "127.0.0.1", "localhost"})
+            cmd += ["--tls-cert", str(ensure_cert(home, "clickhouse", hosts))]
         repo = Path(__file__).resolve().parents[2]
         pid = self.process.spawn(cmd, cwd=repo, env={"ARGUS_STACK_HOME": str(Path(self.settings.home).resolve())})
         deadline = time.monotonic() + timeout_s
@@ -82,8 +90,13 @@ class ClickHouseLocal:
         raise StackError(f"the ClickHouse endpoint did not answer /ping within {timeout_s:.0f}s")
 
     def ping(self) -> bool:
+        ctx = None
+        if self.settings.clickhouse_https:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=str(Path(self.settings.home).resolve() / "tls" / "ca.pem"))
         try:
-            with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
+            with urllib.request.urlopen(self.url + "/ping", timeout=2, context=ctx) as r:
                 return r.read().strip() == b"Ok."
         except (urllib.error.URLError, OSError):
             return False

@@ -34,7 +34,7 @@ async def cli(kafka: KafkaSettings, *args: str, timeout_s: float = 90, env: dict
     return out.decode()
 
 
-def start_clickhouse_endpoint(home: Path, port: int, extra_args: list[str] | None = None):  # noqa: ANN201 - (Popen, {user: base url})
+def start_clickhouse_endpoint(home: Path, port: int, extra_args: list[str] | None = None, ca_file: Path | None = None):  # noqa: ANN201 - (Popen, {user: base url})
     """The ClickHouse endpoint on ``port`` with the stack's users, their passwords
     generated under ``home``; grants on ``argus`` and every per-test ``test_*`` database."""
     from services.common.clickhouse_access import ADMIN, ROLES
@@ -42,8 +42,9 @@ def start_clickhouse_endpoint(home: Path, port: int, extra_args: list[str] | Non
     from services.stack.credentials import clickhouse_password, clickhouse_users_file
 
     users_file = clickhouse_users_file(home, ("argus", "test_*"))
-    proc = spawn(home / "data", port, users_file, extra_args=extra_args)
+    proc = spawn(home / "data", port, users_file, extra_args=extra_args, ca_file=ca_file)
+    scheme = "https" if "--tls-cert" in (extra_args or []) else "http"
     urls = {
-        u: f"http://{u}:{clickhouse_password(home, u).get_secret_value()}@127.0.0.1:{port}" for u in (ADMIN, *ROLES)
+        u: f"{scheme}://{u}:{clickhouse_password(home, u).get_secret_value()}@127.0.0.1:{port}" for u in (ADMIN, *ROLES)
     }
     return proc, urls
