@@ -21,6 +21,7 @@ from bench.common import Result, machine
 BENCHMARKS = {
     "codec": "bench.codec_bench",
     "inference": "bench.inference_overhead",
+    "bridge": "bench.bridge_overhead",
     "ingest": "bench.ingest_bench",
     "drift": "bench.drift_bench",
     "alerting": "bench.alerting_bench",

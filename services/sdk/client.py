@@ -53,7 +53,8 @@ class ArgusClient:
         self.requests_topic = request_topic(tenant, kafka.topic_prefix)
         self.responses_topic = response_topic(tenant, kafka.topic_prefix)
         self._codec = default_registry().codec("inference-responses")
-        self._producer = ArgusProducer(kafka, model=model, requests_topic=self.requests_topic)
+        # request-reply: every request is sent on its own, so waiting to batch only adds latency
+        self._producer = ArgusProducer(kafka, model=model, requests_topic=self.requests_topic, linger_ms=0)
         self._consumer = make_consumer(kafka, None, auto_offset_reset="latest", isolation_level="read_uncommitted")
         self._waiting: dict[str, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None

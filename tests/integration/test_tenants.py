@@ -25,6 +25,7 @@ from services.inference.settings import BridgeSettings, EngineSettings, GatewayS
 from services.sdk.client import ArgusClient
 from services.sdk.producer import ArgusProducer
 from services.stack.credentials import secret
+from tests.integration.helpers import cli
 
 REQ = get_codec("inference-requests")
 RESP = get_codec("inference-responses")
@@ -169,7 +170,23 @@ async def _run(*services, until, timeout_s: float = 180.0) -> None:  # noqa: ANN
 
 async def test_tenants_get_their_own_answers_through_the_gateway(ray_serve, platform, kafka_settings) -> None:  # noqa: ANN001
     prefix = kafka_settings.topic_prefix
-    acme_kafka, acme = await _add_tenant(platform, kafka_settings, "acme")
+    # acme is added the way an operator does it, and uses exactly what `argus tenants add` printed
+    printed = await cli(kafka_settings, "tenants", "add", "acme", "--format", "librdkafka")
+    conf = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line and not line.startswith("#"))
+    assert conf["sasl.username"] == "tenant-acme" and conf["security.protocol"] == "SASL_SSL"
+    acme = {
+        "request_topic": tenants.request_topic("acme", prefix),
+        "response_topic": tenants.response_topic("acme", prefix),
+        "group_prefix": tenants.group_prefix("acme", prefix),
+    }
+    acme_kafka = kafka_settings.model_copy(
+        update={
+            "sasl_username": conf["sasl.username"],
+            "sasl_password": SecretStr(conf["sasl.password"]),
+            "sasl_password_file": None,
+            "ssl_cafile": conf["ssl.ca.location"],
+        }
+    )
     _, bravo = await _add_tenant(platform, kafka_settings, "bravo")
     inference = platform.client_settings("argus-inference", topic_prefix=prefix, client_id="argus-inference")
     tag = uuid.uuid4().hex[:6]
@@ -184,7 +201,6 @@ async def test_tenants_get_their_own_answers_through_the_gateway(ray_serve, plat
 
     # a librdkafka producer from the printed configuration: one honest request, one that
     # claims to be bravo's (published on acme's topic)
-    conf = dict(acme["librdkafka"])
     honest, value = _request("rd", "acme")
     assert _rd_produce(conf, acme["request_topic"], value, honest.encode()) is None
     forged, value = _request("forged", "bravo")
