@@ -28,7 +28,7 @@ PROMPTS = [
 
 
 def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Result]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # a local cluster makes its own token
     os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0")
     import ray
     from ray import serve

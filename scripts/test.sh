@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-export RAY_AUTH_MODE=disabled
+# Ray runs with token authentication (tests/integration/conftest.py makes the session's token)
 # the style gate: lint and formatting (pyproject.toml [tool.ruff]) before any test
 .venv/bin/ruff check services tests bench
 .venv/bin/ruff format --check services tests bench

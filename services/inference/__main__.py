@@ -24,10 +24,23 @@ from services.common.startup import prepare, run_until_signalled
 from services.inference.settings import InferenceSettings
 
 
+def _ray_auth(settings: InferenceSettings) -> None:
+    """Ray's control plane (GCS, raylets, job submission) listens beyond loopback; without
+    token authentication anyone who reaches it runs code here. A local cluster makes its
+    own token (~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH); joining one needs the same token.
+    Ray reads the mode when it is imported: call this before anything imports ray."""
+    if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != settings.ray_auth_mode:
+        raise RuntimeError("ray was imported before its authentication mode was set")
+    os.environ["RAY_AUTH_MODE"] = settings.ray_auth_mode
+    if settings.ray_auth_mode != "token":
+        get_logger("argus.inference").warning(
+            "inference.ray_unauthenticated", detail="RAY_AUTH_MODE=disabled: anyone reaching Ray's ports can run code"
+        )
+
+
 def _init_ray(settings: InferenceSettings) -> None:
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters; production sets its own
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace="serve", ignore_reinit_error=True, log_to_driver=False)
     else:
@@ -97,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = InferenceSettings()
     prepare(settings)
     log = get_logger("argus.inference")
+    _ray_auth(settings)
 
     from ray import serve
 

@@ -121,6 +121,10 @@ class InferenceSettings(ServiceSettings):
     )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; default: start a local one.")
     ray_num_cpus: int = 2
+    ray_auth_mode: Literal["token", "disabled"] = Field(
+        default="token",
+        description="Ray's token authentication (RAY_AUTH_MODE); `disabled` lets anyone who reaches Ray run code.",
+    )
 
     @model_validator(mode="after")
     def _versions_are_servable(self) -> "InferenceSettings":

@@ -21,16 +21,14 @@ starts; ``argus-init`` creates the other principals and the ACLs with ``argus ac
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 from services.common.kafka_acl import ADMIN_PRINCIPAL, load_principals
 from services.stack.credentials import secret, write_private
-from services.stack.kafka_local import KafkaLocal
+from services.stack.kafka_local import KafkaLocal, new_cluster_id
 
 BROKER_UID = 1000  # apache/kafka's appuser
 ARGUS_UID = 10001  # deploy/docker/Dockerfile
@@ -69,7 +67,7 @@ def generate(
         shutil.copyfile(local.tls / "ca.pem", broker / "ca.pem")
         write_private(broker / "argus-broker.pem", (local.tls / "argus-broker.pem").read_text())  # holds the key
         write_private(broker / "server.properties", "".join(f"{k}={v}\n" for k, v in props.items()))
-        write_private(broker / "cluster-id", base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+        write_private(broker / "cluster-id", new_cluster_id() + "\n")
         admin = local.admin_password()
         write_private(broker / "admin-password", admin + "\n")
         jaas = (

@@ -246,7 +246,7 @@ class KafkaLocal:
                 )
             return False
         config = self.write_config()
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         args = ["format", "-t", cluster_id, "-c", str(config), "--standalone"]
         if self.secure:
             args += ["--add-scram", f"SCRAM-SHA-512=[name={ADMIN_PRINCIPAL},password={self.admin_password()}]"]
@@ -306,6 +306,16 @@ class KafkaLocal:
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         return self.process.stop(timeout_s)
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id (base64url of a random UUID) that does not start with '-': the
+    storage tool's argument parser would take such an id for an option (1 start in 64
+    failed with a usage message before this)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _port_open(host: str, port: int) -> bool:

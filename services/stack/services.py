@@ -141,7 +141,15 @@ class LocalServices:
     # -- start / stop ----------------------------------------------------------------
     def default_env(self, spec: ServiceSpec, health_port: int) -> dict[str, str]:
         s = self.settings
-        env = {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled", "ARGUS_FAUST_DATADIR": str(self.root / "faust")}
+        from services.stack.credentials import secret
+
+        secret(Path(self.settings.home), "ray/auth-token")  # Ray's token authentication: made once, 0600
+        env = {
+            "PYTHONUNBUFFERED": "1",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(Path(self.settings.home).resolve() / "secrets" / "ray" / "auth-token"),
+            "ARGUS_FAUST_DATADIR": str(self.root / "faust"),
+        }
         if spec.name == "subscriber":
             return env | {
                 "ARGUS_RECEIVER_PORT": str(health_port),

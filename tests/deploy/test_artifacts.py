@@ -357,3 +357,18 @@ def test_compose_runs_kafka_with_sasl_ssl_and_each_service_gets_only_its_own_pas
     # only the broker and the generator see the broker's key and the admin's password
     holders = {n for n, s in services.items() if any(str(v).startswith("kafka-broker:") for v in s.get("volumes", []))}
     assert holders == {"kafka", "kafka-secrets"}
+
+
+def test_ray_runs_with_token_authentication_everywhere() -> None:
+    (inf,) = [d for d in render() if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
+    pod = inf["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == "/var/run/ray-auth/token"
+    (init,) = pod["initContainers"]
+    assert "/var/run/ray-auth/token" in init["command"][-1] and "0o600" in init["command"][-1]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["inference"]["environment"]["RAY_AUTH_MODE"] == "token"
+    text = (
+        "\n".join(p.read_text() for p in (REPO / "services").rglob("*.py")) + (REPO / "scripts" / "test.sh").read_text()
+    )
+    assert '"RAY_AUTH_MODE": "disabled"' not in text and "RAY_AUTH_MODE=disabled\n" not in text

@@ -134,7 +134,6 @@ def clickhouse_as(clickhouse_users: dict, ch_database: str):  # noqa: ANN201 - u
 @pytest.fixture(scope="session")
 def ray_serve() -> Iterator[dict]:
     """One real Ray cluster with Serve for the session (2 CPUs, loopback HTTP)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0")
     import ray
     from ray import serve

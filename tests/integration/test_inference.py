@@ -140,7 +140,6 @@ async def test_killed_bridge_loses_no_request(ray_serve, kafka_settings) -> None
         "ARGUS_INFERENCE_BRIDGE__GROUP_ID": s.bridge.group_id,
         "ARGUS_INFERENCE_BRIDGE__MAX_IN_FLIGHT": "4",
         "ARGUS_INFERENCE_LOG_LEVEL": "WARNING",
-        "RAY_AUTH_MODE": "disabled",
     }
     cmd = [sys.executable, "-m", "services.inference", "bridge"]
     log = REPO / ".argus" / f"test-bridge-{uuid.uuid4().hex[:6]}.log"
@@ -269,3 +268,17 @@ def test_engine_refuses_an_artifact_whose_digest_does_not_match() -> None:
         LlamaCppEngine(sha256="0" * 64)
     engine = LlamaCppEngine(sha256=sha256_of(packaged_model_path()))
     assert engine.healthy()
+
+
+def test_ray_refuses_a_client_without_the_clusters_token(ray_serve) -> None:  # noqa: ANN001
+    """Ray's control plane listens beyond loopback: without token authentication anyone who
+    reaches it could submit code. A client without the token, or with another, is refused."""
+    probe = f"import ray; ray.init(address={ray_serve['address']!r}); print('JOINED')"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    for extra in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}):
+        run = subprocess.run(
+            [sys.executable, "-c", probe], env={**base, **extra}, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode != 0 and "JOINED" not in run.stdout, extra
+    run = subprocess.run([sys.executable, "-c", probe], env=os.environ, capture_output=True, text=True, timeout=120)
+    assert "JOINED" in run.stdout, run.stderr[-2000:]  # the session's own token joins

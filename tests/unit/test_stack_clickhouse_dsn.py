@@ -18,3 +18,10 @@ def test_dsns_carry_the_users_password_and_the_ca_when_https(tmp_path) -> None: 
     assert tls.scheme == "https" and parse_qs(tls.query)["ca_cert"] == [str(tmp_path.resolve() / "tls" / "ca.pem")]
     with pytest.raises(ValueError, match="argus stack up"):
         StackSettings(home=tmp_path).clickhouse_dsn("argus_ingest")
+
+
+def test_kafka_cluster_ids_never_look_like_an_option() -> None:
+    from services.stack.kafka_local import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2000)]  # ~31 would start with '-' without the check
+    assert not [i for i in ids if i.startswith("-")] and all(len(i) == 22 for i in ids)
