@@ -36,6 +36,17 @@ from services.drift.features import feedback_features, request_features, respons
 from services.drift.settings import DriftSettings
 
 
+class DriftWiring:
+    """What the agents call, kept on the app (``app.argus_drift``) so tests can drive the
+    agents with ``agent.test_context()`` and swap the outputs for collectors."""
+
+    def __init__(self, detector: DriftDetector, dlq: Any, send_feature: Any, send_event: Any) -> None:
+        self.detector = detector  # the detection logic (a plain class over the state table)
+        self.dlq = dlq  # DeadLetterWriter: send(event, reason), valid(event)
+        self.send_feature = send_feature  # (key, value) -> the internal features topic
+        self.send_event = send_event  # (key, value) -> argus.drift.events, acknowledged
+
+
 def create_app(settings: DriftSettings) -> faust.App:
     k = settings.kafka
     log = get_logger("argus.drift")
@@ -61,6 +72,16 @@ def create_app(settings: DriftSettings) -> faust.App:
 
     extract_hooks: dict[str, Any] = {}  # topic key -> called with each decoded record (semantic sampling)
 
+    async def send_feature(key: bytes, value: bytes) -> None:
+        await features_topic.send(key=key, value=value)
+
+    async def send_event(key: bytes, value: bytes) -> None:
+        await (await drift_topic.send(key=key, value=value))
+
+    detector = DriftDetector(state, calibration, settings.semantic, settings.checkpoint_every, metrics, log)
+    wiring = DriftWiring(detector, dlq, send_feature, send_event)
+    app.argus_drift = wiring
+
     def make_extractor(key: str, extract):  # noqa: ANN001, ANN202
         async def extractor(stream: Any) -> None:
             topic_name = k.topic(key)
@@ -69,14 +90,14 @@ def create_app(settings: DriftSettings) -> faust.App:
                 try:
                     record = codecs[key].decode(event.value)
                 except SerializationError as exc:
-                    await dlq.send(event, str(exc))
+                    await wiring.dlq.send(event, str(exc))
                     continue
-                dlq.valid(event)
+                wiring.dlq.valid(event)
                 if key in extract_hooks:
                     extract_hooks[key](record)
                 f = extract(record)
                 if f is not None:
-                    await features_topic.send(key=f.stream.encode(), value=json.dumps(dataclasses.asdict(f)).encode())
+                    await wiring.send_feature(f.stream.encode(), json.dumps(dataclasses.asdict(f)).encode())
 
         extractor.__name__ = f"extract_{key.replace('-', '_')}"
         return app.agent(topics[key], name=f"{settings.app_id}.extract.{key}")(extractor)
@@ -119,20 +140,17 @@ def create_app(settings: DriftSettings) -> faust.App:
                         break
                 vectors = await asyncio.to_thread(embedder.embed, [text for _, _, text in batch])
                 for (stream_key, request_id, _), vec in zip(batch, vectors):
-                    await features_topic.send(
-                        key=stream_key.encode(),
-                        value=json.dumps({"embedding": pack(vec), "request_id": request_id}).encode(),
+                    await wiring.send_feature(
+                        stream_key.encode(), json.dumps({"embedding": pack(vec), "request_id": request_id}).encode()
                     )
                 metrics.inc("argus_drift_embeddings_total", len(batch), outcome="embedded")
-
-    detector = DriftDetector(state, calibration, settings.semantic, settings.checkpoint_every, metrics, log)
 
     @app.agent(features_topic, name=f"{settings.app_id}.detect")
     async def detect(stream: Any) -> None:
         async for key, value in stream.items():
-            for event in detector.handle(key.decode(), value):
+            for event in wiring.detector.handle(key.decode(), value):
                 try:
-                    await (await drift_topic.send(key=key, value=drift_codec.encode(event)))
+                    await wiring.send_event(key, drift_codec.encode(event))
                 except Exception:  # recorded for readiness, then re-raised: faust restarts the agent, nothing is acked
                     sink["healthy"] = False
                     raise
