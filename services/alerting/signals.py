@@ -8,12 +8,12 @@ extract agent dead-letters)."""
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Any
 
 from services.alerting.engine import Silence
 from services.alerting.windows import Signal
 from services.common.labels import MatcherError
+from services.common.lru import RecentMap
 
 SOURCES = ("inference-responses", "feedback", "drift-events", "alert-silences")
 _NEGATIVE_LABELS = {"bad", "incorrect", "harmful", "unhelpful", "wrong"}
@@ -116,18 +116,6 @@ def silence_from_record(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _LRU(OrderedDict):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def put(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
 class SignalExtractor:
     """Source record -> signal (or silence command). Feedback and responses are both keyed
     by request_id with the same partition count, so the response a feedback item is about
@@ -137,7 +125,7 @@ class SignalExtractor:
     """
 
     def __init__(self, recent: int = 200_000) -> None:
-        self.recent_models = _LRU(recent)  # request_id -> (model, version)
+        self.recent_models = RecentMap(recent)  # request_id -> (model, version)
 
     def signal(self, key: str, record: dict[str, Any]) -> Signal | dict[str, Any]:
         now = time.time()

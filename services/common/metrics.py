@@ -19,6 +19,9 @@ class MetricDef:
 CATALOGUE: dict[str, MetricDef] = {
     "argus_messages_consumed_total": MetricDef("counter", "Messages read from Kafka.", ("service", "topic")),
     "argus_messages_produced_total": MetricDef("counter", "Messages written to Kafka.", ("service", "topic")),
+    "argus_drift_feedback_unattributed_total": MetricDef(
+        "counter", "Feedback whose response was not in the drift worker's join window (not judged).", ("service",)
+    ),
     "argus_tenant_replies_failed_total": MetricDef(
         "counter",
         "Answers the bridge could not copy to a tenant's reply topic (topic gone).",

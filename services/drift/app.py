@@ -32,7 +32,7 @@ from services.common.metrics import Metrics
 from services.common.registry import get_codec
 from services.drift.calibration import load as load_calibration
 from services.drift.detect import CONTROL_RESET, DriftDetector
-from services.drift.features import feedback_features, request_features, response_features
+from services.drift.features import FeedbackAttribution, request_features, response_features
 from services.drift.settings import DriftSettings
 
 
@@ -40,7 +40,10 @@ class DriftWiring:
     """What the agents call, kept on the app (``app.argus_drift``) so tests can drive the
     agents with ``agent.test_context()`` and swap the outputs for collectors."""
 
-    def __init__(self, detector: DriftDetector, dlq: Any, send_feature: Any, send_event: Any) -> None:
+    def __init__(
+        self, detector: DriftDetector, dlq: Any, send_feature: Any, send_event: Any, attribution: FeedbackAttribution
+    ) -> None:
+        self.attribution = attribution  # feedback -> the model and version of the response it judges
         self.detector = detector  # the detection logic (a plain class over the state table)
         self.dlq = dlq  # DeadLetterWriter: send(event, reason), valid(event)
         self.send_feature = send_feature  # (key, value) -> the internal features topic
@@ -79,7 +82,7 @@ def create_app(settings: DriftSettings) -> faust.App:
         await (await drift_topic.send(key=key, value=value))
 
     detector = DriftDetector(state, calibration, settings.semantic, settings.checkpoint_every, metrics, log)
-    wiring = DriftWiring(detector, dlq, send_feature, send_event)
+    wiring = DriftWiring(detector, dlq, send_feature, send_event, FeedbackAttribution(settings.feedback_join_size))
     app.argus_drift = wiring
 
     def make_extractor(key: str, extract):  # noqa: ANN001, ANN202
@@ -103,8 +106,20 @@ def create_app(settings: DriftSettings) -> faust.App:
         return app.agent(topics[key], name=f"{settings.app_id}.extract.{key}")(extractor)
 
     make_extractor("inference-requests", request_features)
-    make_extractor("inference-responses", response_features)
-    make_extractor("feedback", feedback_features)
+
+    def responses(record: dict[str, Any]) -> Any:
+        wiring.attribution.remember(record)
+        return response_features(record)
+
+    def feedback(record: dict[str, Any]) -> Any:
+        misses = wiring.attribution.misses
+        f = wiring.attribution.features(record)
+        if wiring.attribution.misses > misses:
+            metrics.inc("argus_drift_feedback_unattributed_total")
+        return f
+
+    make_extractor("inference-responses", responses)
+    make_extractor("feedback", feedback)
 
     if settings.semantic.enabled:
         from services.drift.embeddings import PromptEmbedder, TokenBucket, pack

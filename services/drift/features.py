@@ -121,3 +121,30 @@ def feedback_features(v: dict[str, Any], model: str = "*", version: str = "*") -
     return Features(
         stream=f"{model}|{version}", binary={"negative_feedback": negative}, request_id=str(v["request_id"])
     )
+
+
+class FeedbackAttribution:
+    """Feedback judged against the model and version that answered: responses are
+    remembered by request_id (the last ``size``), feedback looks its response up. Feedback
+    whose response is not known (older than the window, or not seen by this worker) is
+    counted in ``misses`` and yields nothing: a ``*|*`` stream could not say which model
+    got worse.
+    """
+
+    def __init__(self, size: int = 200_000) -> None:
+        from services.common.lru import RecentMap
+
+        self.models = RecentMap(size)  # request_id -> (model, version)
+        self.misses = 0
+
+    def remember(self, response: dict[str, Any]) -> None:
+        if not response.get("shadow"):
+            self.models.put(str(response["request_id"]), (response["model"], response["model_version"]))
+
+    def features(self, feedback: dict[str, Any]) -> Features | None:
+        answered = self.models.get(str(feedback["request_id"]))
+        if answered is None:
+            if feedback["kind"] in ("thumbs", "rating") and feedback.get("score") is not None:
+                self.misses += 1
+            return None
+        return feedback_features(feedback, *answered)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -31,6 +31,9 @@ class DriftSettings(ServiceSettings):
     app_id: str = "argus-drift"
     partitions: int = 3
     checkpoint_every: int = 200  # events per stream between state checkpoints to the faust table
+    feedback_join_size: int = Field(
+        default=200_000, ge=1, description="Responses remembered per worker to attribute feedback to its model."
+    )
     broker_session_timeout_s: float = 10.0
     health_enabled: bool = True
     semantic: SemanticSettings = SemanticSettings()

@@ -244,3 +244,63 @@ async def test_semantic_drift_of_prompts_is_found_from_real_embeddings(kafka_set
     finally:
         worker.terminate()
         worker.wait(60)
+
+
+async def test_feedback_drift_names_the_model_and_version_that_got_worse(kafka_settings: KafkaSettings) -> None:
+    """Two models answer; feedback about one of them turns negative. The DriftEvent names
+    that model and version (feedback joined to the response it judges); the other model,
+    whose feedback stays the same, raises nothing."""
+    from services.common.registry import default_registry
+
+    app_id = "drift-" + uuid.uuid4().hex[:6]
+    codec = get_codec("inference-responses")
+    (_, golden), *_ = default_registry().examples("inference-responses")[1]
+    rng = random.Random(11)
+    n = 1600
+    ids = {m: [str(uuid.uuid4()) for _ in range(n)] for m in ("m-a", "m-b")}
+    producer = make_producer(kafka_settings)
+    await producer.start()
+    try:
+        for i in range(n):
+            for model, version in (("m-a", "v1"), ("m-b", "v2")):
+                rid = ids[model][i]
+                r = golden | {
+                    "request_id": rid,
+                    "model": model,
+                    "model_version": version,
+                    "status": "ok",
+                    "shadow": False,
+                    "error_type": None,
+                    "error_message": None,
+                    "latency_ms": rng.lognormvariate(5.0, 0.3),
+                    "output_tokens": rng.randint(20, 40),
+                }
+                await producer.send(kafka_settings.topic("inference-responses"), codec.encode(r), key=rid.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    worker = start_worker(kafka_settings, app_id)
+    try:
+        await processed(kafka_settings, app_id, "inference-responses")
+        async with ArgusProducer(kafka_settings) as p:
+            for i in range(n):
+                for model in ("m-a", "m-b"):
+                    worse = model == "m-a" and i >= n // 2
+                    negative = rng.random() < (0.6 if worse else 0.05)
+                    await p.feedback(ids[model][i], tenant="acme", kind="thumbs", score=0.0 if negative else 1.0)
+            await p.flush()
+        await processed(kafka_settings, app_id, "feedback")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            events = [e for e in await drift_events(kafka_settings, None) if e["feature"] == "negative_feedback"]
+            if events:
+                break
+            await asyncio.sleep(1)
+        assert events, "no negative_feedback drift event"
+        assert {(e["model"], e["model_version"]) for e in events} == {("m-a", "v1")}, events
+        await asyncio.sleep(5)  # anything for m-b (or an unattributed "*") would have shown up by now
+        everything = await drift_events(kafka_settings, None)
+        assert not [e for e in everything if e["model"] in ("m-b", "*") and e["feature"] == "negative_feedback"]
+    finally:
+        worker.terminate()
+        worker.wait(60)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from typing import Any
 
 import numpy as np
@@ -78,3 +79,36 @@ async def test_the_detect_agent_emits_drift_events_for_a_shift() -> None:
     decoded = [get_codec("drift-events").decode(v) for _, v in events.items]
     assert {(e["model"], e["model_version"]) for e in decoded} == {("m", "v1")}
     assert table  # the monitor's state was checkpointed into the table
+
+
+async def test_feedback_is_judged_against_the_model_and_version_that_answered() -> None:
+    app, features, _, _ = app_with_collectors()
+    (_, response), *_ = REG.examples("inference-responses")[1]
+    (_, feedback), *_ = REG.examples("feedback")[1]
+    a, b, unknown = (str(uuid.uuid4()) for _ in range(3))
+    async with app.agents["argus-drift.extract.inference-responses"].test_context() as agent:
+        for rid, model, version in ((a, "m1", "v1"), (b, "m2", "v9")):
+            r = response | {"request_id": rid, "model": model, "model_version": version, "shadow": False}
+            await agent.put(key=rid.encode(), value=get_codec("inference-responses").encode(r))
+    features.items.clear()
+    async with app.agents["argus-drift.extract.feedback"].test_context() as agent:
+        for rid in (b, a, unknown):
+            fb = feedback | {"request_id": rid, "kind": "thumbs", "score": 0.0}
+            await agent.put(key=rid.encode(), value=get_codec("feedback").encode(fb))
+    streams = [json.loads(v)["stream"] for _, v in features.items]
+    assert streams == ["m2|v9", "m1|v1"]  # never "*|*"; the unknown one is counted, not guessed
+    assert app.argus_drift.attribution.misses == 1
+    assert all(json.loads(v)["binary"] == {"negative_feedback": True} for _, v in features.items)
+
+
+def test_the_join_window_is_bounded_and_shadows_do_not_answer() -> None:
+    from services.drift.features import FeedbackAttribution
+
+    att = FeedbackAttribution(size=2)
+    for rid in ("a", "b", "c"):
+        att.remember({"request_id": rid, "model": "m", "model_version": "v1", "shadow": False})
+    att.remember({"request_id": "c", "model": "m", "model_version": "v2", "shadow": True})
+    fb = {"kind": "thumbs", "score": 1.0}
+    assert att.features(fb | {"request_id": "a"}) is None and att.misses == 1  # fell out of the window
+    assert att.features(fb | {"request_id": "c"}).stream == "m|v1"
+    assert att.features({"kind": "comment", "score": None, "request_id": "zzz"}) is None and att.misses == 1
