@@ -92,7 +92,14 @@ def psi_and_js(ref_sorted: np.ndarray, cur: np.ndarray, bins: int = 10) -> tuple
 
 class _Windowed:
     """What the windowed tests share: a pinned reference, a sliding current window
-    tested every ``step`` events once full, and one alarm per episode (hysteresis)."""
+    tested every ``step`` events once full, and one alarm per episode (hysteresis).
+
+    Hysteresis rule: after an alarm, the test re-arms only once its statistic has stayed
+    below ``REARM_FRACTION`` of the threshold for a whole window of new events
+    (``window // step`` consecutive checks). A statistic hovering around the threshold
+    while the shift lasts is one episode, one event."""
+
+    REARM_FRACTION = 0.75
 
     def __init__(self, threshold: float, reference_size: int = 500, window: int = 200, step: int = 20) -> None:
         self.threshold = threshold
@@ -102,18 +109,22 @@ class _Windowed:
         self.current: deque[Any] = deque(maxlen=window)
         self.seen = 0
         self.in_alarm = False
+        self.calm = 0  # consecutive checks well below the threshold since the alarm
 
     def _due(self) -> bool:
         return len(self.current) >= self.window and self.seen % self.step == 0
 
     def _new_episode(self, statistic: float) -> bool:
-        """True only for the first check over the threshold; re-armed once back under it."""
-        if statistic <= self.threshold:
-            self.in_alarm = False
-            return False
+        """True only for the first check over the threshold of an episode (see the class)."""
         if self.in_alarm:
+            calm = getattr(self, "calm", 0)
+            self.calm = calm + 1 if statistic < self.REARM_FRACTION * self.threshold else 0
+            if self.calm >= max(1, self.window // self.step):
+                self.in_alarm, self.calm = False, 0  # the episode ended: the next crossing is a new one
             return False
-        self.in_alarm = True
+        if statistic <= self.threshold:
+            return False
+        self.in_alarm, self.calm = True, 0
         return True
 
 

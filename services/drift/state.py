@@ -96,6 +96,7 @@ def _dump_detector(d: Any) -> dict[str, Any]:
             "type": "ks",
             "seen": d.seen,
             "in_alarm": d.in_alarm,
+            "calm": getattr(d, "calm", 0),
             "reference": list(d.reference),
             "current": list(d.current),
         }
@@ -104,6 +105,7 @@ def _dump_detector(d: Any) -> dict[str, Any]:
             "type": "chi2",
             "seen": d.seen,
             "in_alarm": d.in_alarm,
+            "calm": getattr(d, "calm", 0),
             "pinned": bool(getattr(d, "pinned", False)),
             "reference": dict(d.reference),
             "current": list(d.current),
@@ -151,6 +153,7 @@ def _load_detector(fresh: Any, doc: Any) -> Any:
     if kind in ("ks", "chi2", "mmd"):
         fresh.seen = _int(doc.get("seen"), "seen")
         fresh.in_alarm = bool(doc.get("in_alarm"))
+        fresh.calm = _int(doc.get("calm", 0), "calm")  # absent in checkpoints from before hysteresis
     if kind == "ks":
         fresh.reference = _floats(doc.get("reference"), "ks.reference")[: fresh.reference_size]
         fresh.current.extend(_floats(doc.get("current"), "ks.current"))

@@ -69,3 +69,22 @@ def test_a_reset_pins_a_new_reference_and_a_bad_checkpoint_starts_afresh() -> No
     d.handle("m|v1", features(10.0))
     assert d.handle("m|v1", json.dumps({"control": CONTROL_RESET}).encode()) == []
     assert json.loads(table[b"m|v1"])["format"] == "argus.drift.monitor"
+
+
+def test_one_shift_is_one_ks_event_and_a_later_shift_is_another() -> None:
+    """Hysteresis: a +0.5 sigma shift held for 5,000 events gave 4-22 events per run when the
+    test re-armed as soon as its statistic dipped under the threshold; it is one now. After
+    the stream is back to the reference for a while, a new shift is a new episode."""
+    from services.drift.calibration import load as load_calibration
+    from services.drift.detectors import WindowKS
+
+    cal = load_calibration()
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        ks = WindowKS(cal["detectors"]["ks"]["threshold"], **cal["window"])
+        xs = np.concatenate(
+            [rng.normal(0, 1, 3000), rng.normal(0.5, 1, 5000), rng.normal(0, 1, 2000), rng.normal(0.8, 1, 2000)]
+        )
+        alarms = [i for i, x in enumerate(xs) if ks.update(float(x), "latency_ms", i)]
+        assert len(alarms) == 2, (seed, alarms)
+        assert 3000 < alarms[0] < 4000 and 10000 < alarms[1] < 11000, (seed, alarms)
