@@ -19,7 +19,8 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import Body, FastAPI, Header, HTTPException
+from fastapi import Body, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -36,6 +37,23 @@ async def _awaited(resp: Any) -> Any:
 
 
 api = FastAPI(title="Argus inference", description="OpenAI-compatible chat completions over the Argus router")
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
+
+
+@api.exception_handler(HTTPException)
+async def _openai_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """Errors in OpenAI's shape (``{"error": {"message", "type", "code"}}``), which its
+    client libraries parse; headers (``WWW-Authenticate``, ``Retry-After``) kept."""
+    detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
+    body = {
+        "error": {
+            "message": detail.get("message", ""),
+            "type": _ERROR_TYPES.get(exc.status_code, "server_error" if exc.status_code >= 500 else "api_error"),
+            "code": detail.get("code"),
+        }
+    }
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 @serve.ingress(api)

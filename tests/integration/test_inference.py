@@ -232,7 +232,8 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
     async with httpx.AsyncClient(timeout=60) as http:
         url = f"http://127.0.0.1:{ray_serve['http_port']}/v1"
         # no key, a malformed one, a forged one: 401 before any work
-        assert (await http.post(url + "/chat/completions", json=hello)).status_code == 401
+        r = await http.post(url + "/chat/completions", json=hello)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"  # OpenAI's error shape
         for bad in ("Bearer nope", "Basic " + acme, "Bearer " + acme[:-1] + ("A" if acme[-1] != "A" else "B")):
             r = await http.post(url + "/chat/completions", json=hello, headers={"Authorization": bad})
             assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), bad
@@ -253,6 +254,7 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
         over = await http.get(url + "/models", headers=slow_auth)
         assert codes == [200, 200] and over.status_code == 429, (codes, over.text)
         assert 1 <= int(over.headers["retry-after"]) <= 30
+        assert over.json()["error"]["type"] == "rate_limit_error"
         assert (await http.get(url + "/models", headers=auth)).status_code == 200
 
         # revoked: refused from the next call on, without a redeploy
