@@ -9,7 +9,6 @@ users, ACLs and topics: on the local stack the stack's own super user; elsewhere
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import typer
 
 from services.cli.base import StackSettings, admin_kafka, app, console
 from services.cli.base import fail as _fail
+from services.common.files import write_private
 
 tenants_app = typer.Typer(
     help="Tenants: one principal and one pair of request/reply topics each, nothing shared.", no_args_is_help=True
@@ -32,14 +32,6 @@ def _local_home(k) -> Path | None:  # noqa: ANN001
     """The local stack's home when ``k`` is its broker (its secrets live there)."""
     stack = StackSettings()
     return Path(stack.home) if k.bootstrap_servers == stack.bootstrap else None
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
 
 
 @tenants_app.command("add")
@@ -94,7 +86,7 @@ def tenants_add(
         text = tenants.render(config, d)
         if out is not None:
             target = out / f"{name}.{_SUFFIX[d]}"
-            _write_private(target, text)
+            write_private(target, text)
             console.print(f"  {d:<11} {target}", highlight=False)
         else:
             sys.stdout.write(f"# --- {d} ---\n{text}")

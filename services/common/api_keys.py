@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import threading
@@ -29,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from services.common.files import write_private
 from services.common.tenant_names import NAME as TENANT_NAME
 
 _TOKEN = re.compile(r"^argus_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -103,12 +103,7 @@ class KeyStore:
             "version": 1,
             "keys": {k: {f: v for f, v in asdict(a).items() if f != "key_id"} for k, a in keys.items()},
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)  # readers see the old file or the new one, never half
+        write_private(self.path, json.dumps(doc, indent=1, sort_keys=True))  # the router sees old or new, never half
 
     def create(self, tenant: str, name: str = "", rate_per_minute: int | None = None) -> tuple[str, str]:
         """A new key for ``tenant``: returns (key id, the token). Only the digest is kept."""

@@ -38,13 +38,14 @@ from services.common.offsets import OffsetTracker
 from services.common.registry import SchemaRegistry, default_registry
 from services.common.runtime import ConcurrentStep, DecodeStep, StreamProcessor
 from services.common.runtime.decode import InvalidMessage
+from services.common.runtime.service import ConsumerService
 from services.common.tenants import NAME as TENANT_NAME
 from services.common.tenants import REPLY_HEADER, response_topic
 from services.inference.responses import response_record
 from services.inference.settings import InferenceSettings
 
 
-class InferenceBridge:
+class InferenceBridge(ConsumerService):
     def __init__(
         self,
         settings: InferenceSettings,
@@ -133,24 +134,8 @@ class InferenceBridge:
             "bridge.started", group=self.settings.bridge.group_id, max_in_flight=self.settings.bridge.max_in_flight
         )
 
-    async def stop(self) -> None:
-        try:
-            if self.answering is not None:
-                await self.answering.join()  # answers what it took; commits unless something failed
-        finally:
-            if self.consumer is not None:
-                await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        assert self.processor is not None
-        try:
-            while not stop.is_set():
-                await self.processor.step()  # raises the failure of an answer: nothing past it is committed
-        finally:
-            await self.stop()
+    def last_step(self) -> ConcurrentStep | None:
+        return self.answering
 
     # -- one request -----------------------------------------------------------------
     async def _answer(self, tp: TopicPartition, offset: int, item: tuple[dict[str, Any], str | None]) -> None:

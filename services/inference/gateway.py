@@ -18,7 +18,6 @@ Built from the runtime's steps (``DecodeStep`` -> ``ConcurrentStep``) like the b
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -32,11 +31,12 @@ from services.common.metrics import Metrics
 from services.common.registry import RegistryError, SchemaRegistry, default_registry
 from services.common.runtime import ConcurrentStep, DecodeStep, StreamProcessor
 from services.common.runtime.decode import InvalidMessage
+from services.common.runtime.service import ConsumerService
 from services.common.tenants import REPLY_HEADER, request_pattern
 from services.inference.settings import InferenceSettings
 
 
-class TenantGateway:
+class TenantGateway(ConsumerService):
     def __init__(
         self, settings: InferenceSettings, metrics: Metrics | None = None, registry: SchemaRegistry | None = None
     ) -> None:
@@ -132,24 +132,8 @@ class TenantGateway:
         await self.consumer.start()
         self.log.info("gateway.started", group=g.group_id)
 
-    async def stop(self) -> None:
-        try:
-            if self.forwarding is not None:
-                await self.forwarding.join()
-        finally:
-            if self.consumer is not None:
-                await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        assert self.processor is not None
-        try:
-            while not stop.is_set():
-                await self.processor.step()
-        finally:
-            await self.stop()
+    def last_step(self) -> ConcurrentStep | None:
+        return self.forwarding
 
     async def readiness(self) -> Readiness:
         if self.consumer is None or self.forwarding is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from services.common.clickhouse_access import ADMIN, ROLES
+from services.common.files import write_private as write_file_private
 
 
 def _private_dir(path: Path) -> Path:
@@ -26,13 +27,9 @@ def _private_dir(path: Path) -> Path:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 (replacing it atomically)."""
+    """Write ``text`` to ``path`` with mode 0600 (replacing it atomically), in a 0700 directory."""
     _private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_file_private(path, text)
 
 
 def secret(home: Path, name: str) -> SecretStr:
