@@ -24,6 +24,7 @@ BENCHMARKS = {
     "bridge": "bench.bridge_overhead",
     "ingest": "bench.ingest_bench",
     "drift": "bench.drift_bench",
+    "drift-cases": "bench.drift_cases",
     "alerting": "bench.alerting_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")

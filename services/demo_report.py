@@ -57,7 +57,7 @@ SRE_QUERIES = (
     ),
     (
         "drift events, newest first",
-        "SELECT detected_at, feature, detector, round(statistic, 3) AS stat, severity FROM argus.drift_events FINAL "
+        "SELECT detected_at, feature, detector, status, round(statistic, 3) AS stat, severity FROM argus.drift_events FINAL "
         "ORDER BY detected_at DESC LIMIT 10",
     ),
     (
@@ -98,7 +98,7 @@ def collect(demo: "Demo") -> dict[str, Any]:
         demo,
         """
         SELECT toUnixTimestamp64Milli(detected_at), feature, detector, statistic, threshold, severity, model_version,
-               change_offset, toUInt64OrZero(detector_params['detected_at_position']), event_id
+               change_offset, toUInt64OrZero(detector_params['detected_at_position']), event_id, status
         FROM argus.drift_events FINAL WHERE detected_at >= fromUnixTimestamp64Milli({t:Int64}) ORDER BY detected_at""",
     )
     alerts = _rows(
@@ -166,7 +166,7 @@ def build_report(demo: "Demo") -> "Outcome":
         phases.add_row(ph, str(s["n"]), str(s["ok"]), f"{s['chars']:.0f}", f"{s['p50']:.0f}", f"{s['p95']:.0f}")
     con.print(phases)
     events = Table(title="drift events")
-    for col in ("at (s)", "stream", "feature", "detector", "statistic", "threshold", "severity"):
+    for col in ("at (s)", "stream", "feature", "detector", "statistic", "threshold", "severity", "status"):
         events.add_column(col)
     for e in d["drift"]:
         events.add_row(
@@ -177,6 +177,7 @@ def build_report(demo: "Demo") -> "Outcome":
             f"{e[3]:.3g}",
             f"{e[4]:.3g}",
             e[5],
+            e[10],
         )
     con.print(events)
     notes = Table(title="notifications at the subscriber")
@@ -266,8 +267,9 @@ def _html(
 
     # the drifting feature, per request in stream order, with the detector's change point
     feat_markers = [r.Marker(drift_seq, "drift injected", "#d62728")] if drift_seq is not None else []
-    prompt_events = [e for e in d["drift"] if e[6] == "*" and e[1] == "prompt_chars"] or [
-        e for e in d["drift"] if e[6] == "*"
+    started = [e for e in d["drift"] if e[10] == "started"]  # an ended episode locates no change
+    prompt_events = [e for e in started if e[6] == "*" and e[1] == "prompt_chars"] or [
+        e for e in started if e[6] == "*"
     ]
     if prompt_events:
         e = prompt_events[0]

@@ -71,7 +71,7 @@ METRICS: dict[str, tuple[str, ...]] = {
 SOURCE_LABELS: dict[str, tuple[str, ...]] = {
     "responses": ("model", "model_version", "tenant"),
     "feedback": ("model", "model_version", "tenant", "source"),
-    "drift": ("model", "model_version", "feature", "detector", "drift_severity"),
+    "drift": ("model", "model_version", "feature", "detector", "drift_severity", "drift_status"),
     "dead_letters": ("original_topic", "service", "error_type", "consumer_group"),
     "consumer_lag": ("group",),  # total lag of the group over its topics
 }

@@ -62,6 +62,8 @@ def drift_signal(d: dict[str, Any], now: float) -> Signal:
             "feature": d["feature"],
             "detector": d["detector"],
             "drift_severity": d["severity"],
+            # v2: started | ended (v1 events were all starts); rules count starts by default
+            "drift_status": d.get("status") or "started",
         },
         {"statistic": float(d["statistic"]), "threshold": float(d["threshold"])},
     )

@@ -75,7 +75,9 @@ CATALOGUE: dict[str, MetricDef] = {
         "counter", "Observations fed to drift detectors, by feature kind.", ("service", "kind")
     ),
     "argus_drift_events_total": MetricDef(
-        "counter", "Drift events published, by feature and detector.", ("service", "feature", "detector")
+        "counter",
+        "Drift events published, by feature, detector and status (started, ended).",
+        ("service", "feature", "detector", "status"),
     ),
     "argus_retraining_transitions_total": MetricDef(
         "counter", "Retraining trigger state changes written, by policy and state.", ("service", "policy", "state")

@@ -54,7 +54,7 @@ def create_app(settings: DriftSettings) -> faust.App:
     k = settings.kafka
     log = get_logger("argus.drift")
     app = make_app(settings.app_id, k, settings.partitions, settings.broker_session_timeout_s)
-    calibration = load_calibration()
+    calibration = load_calibration() | {"rate_sides": dict(settings.rate_sides)}
     codecs = {key: get_codec(key) for key in ("inference-requests", "inference-responses", "feedback")}
     drift_codec = get_codec("drift-events")
     topics = {key: app.topic(k.topic(key), key_type=bytes, value_type=bytes) for key in codecs}

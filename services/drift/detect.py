@@ -91,9 +91,11 @@ class DriftDetector:
                     self.metrics.inc("argus_detector_updates_total", len(values), kind=kind)
         events = [mon.drift_event(a, now_ms or int(time.time() * 1000)) for a in alarms]
         for alarm in alarms:
-            self.metrics.inc("argus_drift_events_total", feature=alarm.feature, detector=alarm.detector)
+            self.metrics.inc(
+                "argus_drift_events_total", feature=alarm.feature, detector=alarm.detector, status=alarm.status
+            )
             self.log.info(
-                "drift.detected",
+                "drift.detected" if alarm.status == "started" else "drift.ended",
                 stream=stream_key,
                 feature=alarm.feature,
                 detector=alarm.detector,

@@ -1,12 +1,12 @@
 """Detectors, per (stream, feature), with evidence for a DriftEvent.
 
-- :class:`RiverNumeric`: river's own detectors (``ADWIN``, ``PageHinkley``, ``KSWIN``)
-  used through river's interface (``update(x)``, ``drift_detected``).
+- :class:`CusumNumeric`: a two-sided mean-shift CUSUM on normal scores against a
+  pinned reference (:class:`services.drift.cusum.MeanShift`, river's interface).
 - :class:`WindowKS`: a two-sample test of the current window against a pinned reference
   window (Kolmogorov-Smirnov statistic; PSI and Jensen-Shannon reported as evidence).
 - :class:`WindowChi2`: the same for categorical features (chi-squared statistic).
-- :class:`RiverBinary`: a Bernoulli-rate detector (river's ``binary.DDM``) for error and
-  negative-feedback rates: concept drift without labels.
+- :class:`CusumRate`: a Bernoulli-rate CUSUM (:class:`services.drift.cusum.RateShift`)
+  for error, refusal and negative-feedback rates, one- or two-sided per feature.
 
 Windowed tests fire once per change: after an alarm they stay silent until the
 statistic falls back under the threshold (hysteresis), so one episode gives one event.
@@ -22,10 +22,6 @@ from typing import Any
 
 import numpy as np
 
-# values a river detector keeps since its last alarm or reset, so that a checkpoint can
-# rebuild it by replay (river's detectors have no stable serialised form)
-RIVER_HISTORY = 1000
-
 
 @dataclass
 class Alarm:
@@ -38,13 +34,19 @@ class Alarm:
     current_size: int
     reference_summary: dict[str, float]
     current_summary: dict[str, float]
-    position: int  # events seen on this stream when the change was located
+    position: int  # stream position of the located change (the episode's start for an ended event)
     params: dict[str, str] = field(default_factory=dict)
+    status: str = "started"  # started | ended (the stream is back at its reference)
+    direction: str = ""  # up | down, where the detector can say
+    severity_hint: str = ""
+    ended_at: int | None = None  # stream position where the end was established
 
     @property
     def severity(self) -> str:
-        if self.threshold <= 0:  # river detectors decide without a comparable threshold
-            return "warning"
+        if self.status == "ended":
+            return "info"
+        if self.severity_hint:
+            return self.severity_hint
         return "critical" if self.statistic >= 1.5 * self.threshold else "warning"
 
 
@@ -97,9 +99,13 @@ class _Windowed:
     Hysteresis rule: after an alarm, the test re-arms only once its statistic has stayed
     below ``REARM_FRACTION`` of the threshold for a whole window of new events
     (``window // step`` consecutive checks). A statistic hovering around the threshold
-    while the shift lasts is one episode, one event."""
+    while the shift lasts is one episode, one event. Re-arming is the episode's end: the
+    test then returns an ``ended`` alarm (the located start of the episode as its
+    position), which the alerting side can resolve on."""
 
     REARM_FRACTION = 0.75
+    episode_position: int | None = None
+    just_ended = False
 
     def __init__(self, threshold: float, reference_size: int = 500, window: int = 200, step: int = 20) -> None:
         self.threshold = threshold
@@ -121,11 +127,34 @@ class _Windowed:
             self.calm = calm + 1 if statistic < self.REARM_FRACTION * self.threshold else 0
             if self.calm >= max(1, self.window // self.step):
                 self.in_alarm, self.calm = False, 0  # the episode ended: the next crossing is a new one
+                self.just_ended = True
             return False
         if statistic <= self.threshold:
             return False
         self.in_alarm, self.calm = True, 0
         return True
+
+    def _ended(self, feature: str, position: int, statistic: float, current: dict[str, float]) -> Alarm | None:
+        """The ``ended`` alarm when the last check closed the episode."""
+        if not self.just_ended:
+            return None
+        self.just_ended = False
+        start, self.episode_position = self.episode_position, None
+        return Alarm(
+            self.name,
+            feature,
+            statistic,
+            self.threshold,
+            None,
+            self.reference_size,
+            len(self.current),
+            {},
+            current,
+            start if start is not None else position,
+            {"window": str(self.window)},
+            status="ended",
+            ended_at=position,
+        )
 
 
 class WindowKS(_Windowed):
@@ -153,8 +182,9 @@ class WindowKS(_Windowed):
         cur = np.asarray(self.current, dtype=float)
         d = ks_statistic(self._ref_sorted, cur)
         if not self._new_episode(d):
-            return None
+            return self._ended(feature, position, d, summary(cur))
         psi, js = psi_and_js(self._ref_sorted, cur)
+        self.episode_position = position - self.window // 2
         return Alarm(
             self.name,
             feature,
@@ -200,7 +230,8 @@ class WindowChi2(_Windowed):
         exp = probs * len(self.current)
         stat = float(np.sum((obs - exp) ** 2 / exp))
         if not self._new_episode(stat):
-            return None
+            return self._ended(feature, position, stat, {f"share:{c}": cur[c] / len(self.current) for c in cats})
+        self.episode_position = position - self.window // 2
         ref_share = {f"share:{c}": (self.reference[c]) / n_ref for c in cats}
         cur_share = {f"share:{c}": cur[c] / len(self.current) for c in cats}
         return Alarm(
@@ -218,109 +249,123 @@ class WindowChi2(_Windowed):
         )
 
 
-class RiverNumeric:
-    """A river drift detector (``ADWIN``, ``PageHinkley`` or ``KSWIN``) on one feature."""
+class _Cusum:
+    """A :mod:`services.drift.cusum` detector (river's interface) on one feature, with
+    the evidence of its alarms: the located change point, the side, the level before and
+    after, and an ``ended`` event when the stream is back at its reference."""
 
-    def __init__(self, kind: str, params: dict[str, Any], summary_window: int = 200) -> None:
-        from river import drift
+    name = "cusum"
 
-        self.kind = kind
-        self.params = dict(params)
-        self.detector = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN}[kind](**params)
-        self.recent: deque[float] = deque(maxlen=summary_window)
-        self.history: deque[float] = deque(maxlen=RIVER_HISTORY)
-        self.before: list[float] = []
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+        self.episode_position: int | None = None  # located change point of the open episode
 
     @property
-    def name(self) -> str:
-        return f"river.{type(self.detector).__name__}"
+    def in_alarm(self) -> bool:
+        return self.detector.in_episode
 
     def reset_reference(self) -> None:
-        self.__init__(self.kind, self.params, self.recent.maxlen or 200)  # type: ignore[misc]
+        self.detector.reset_reference()
+        self.episode_position = None
 
-    def replay(self, values: list[float]) -> None:
-        """Rebuild from a checkpoint: feed what it saw since its last alarm (alarms discarded)."""
-        for x in values:
-            self.update(x, "", 0)
+    def _summaries(self) -> tuple[dict[str, float], dict[str, float]]:
+        raise NotImplementedError
 
-    def update(self, x: float, feature: str, position: int) -> Alarm | None:
-        self.recent.append(x)
-        self.detector.update(x)
-        if not self.detector.drift_detected:
-            self.history.append(x)
+    def update(self, x: Any, feature: str, position: int) -> Alarm | None:
+        d = self.detector
+        d.update(x)
+        if d.drift_ended:
+            before, after = self._summaries()
+            alarm = Alarm(
+                self.name,
+                feature,
+                d.statistic,
+                d.threshold,
+                None,
+                int(d.moments[0]),
+                0,
+                before,
+                {},
+                self.episode_position if self.episode_position is not None else position,
+                self.params(),
+                status="ended",
+                direction="",
+                ended_at=position,
+            )
+            self.episode_position = None
+            return alarm
+        if not d.drift_detected:
             return None
-        self.history.clear()
-        self.history.append(x)
-        width = int(getattr(self.detector, "width", 0) or 0)
-        before = list(self.recent)[: -max(1, min(width, len(self.recent) // 2))] or list(self.recent)
-        after = list(self.recent)[len(before) :] or list(self.recent)
-        stat = abs(float(np.mean(after)) - float(np.mean(before)))
+        located = position - (d.n - d.change_point)
+        self.episode_position = located
+        before, after = self._summaries()
         return Alarm(
             self.name,
             feature,
-            stat,
-            0.0,
+            d.statistic,
+            d.threshold,
             None,
-            len(before),
-            len(after),
-            summary(before),
-            summary(after),
-            position - (width if width else 0),
-            {k: str(v) for k, v in self.params.items()},
+            int(d.moments[0]),
+            d.n - d.change_point + 1,
+            before,
+            after,
+            located,
+            self.params(),
+            direction=d.direction,
+            severity_hint=self._severity(),
         )
 
+    def params(self) -> dict[str, str]:
+        d = self.detector
+        return {"sides": d.sides, "threshold": f"{d.threshold:g}", "designs": self.designs}
 
-class RiverBinary:
-    """Bernoulli rate (error, negative feedback) with river's ``binary.DDM``."""
+    def _severity(self) -> str:
+        raise NotImplementedError
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        from river.drift import binary
 
-        self.params = dict(params)
-        self.detector = binary.DDM(**params)
-        self.n = 0
-        self.ones = 0
-        self.recent: deque[int] = deque(maxlen=500)
-        self.history: deque[bool] = deque(maxlen=RIVER_HISTORY)
+class CusumNumeric(_Cusum):
+    """Mean shift of a numeric feature (:class:`services.drift.cusum.MeanShift`)."""
 
-    name = "river.DDM"
+    name = "cusum.mean"
+    designs = "+-0.25,0.5,1 sd (normal scores)"
 
-    def reset_reference(self) -> None:
-        self.__init__(self.params)  # type: ignore[misc]
+    def __init__(self, threshold: float, sides: str = "both", reference_size: int = 2000) -> None:
+        from services.drift.cusum import MeanShift
 
-    def replay(self, values: list[bool]) -> None:
-        """Rebuild from a checkpoint: feed what it saw since its last alarm (alarms discarded)."""
-        for x in values:
-            self.detector.update(bool(x))
-            if self.detector.drift_detected:
-                self.history.clear()
-            self.history.append(bool(x))
+        super().__init__(MeanShift(threshold, sides=sides, reference_size=reference_size))
 
-    def update(self, x: bool, feature: str, position: int) -> Alarm | None:
-        self.n += 1
-        self.ones += int(x)
-        self.recent.append(int(x))
-        self.detector.update(bool(x))
-        if not self.detector.drift_detected:
-            self.history.append(bool(x))
-            return None
-        self.history.clear()
-        self.history.append(bool(x))
-        rate_before = self.ones / self.n
-        rate_now = sum(self.recent) / len(self.recent)
-        return Alarm(
-            self.name,
-            feature,
-            rate_now - rate_before,
-            0.0,
-            None,
-            self.n,
-            len(self.recent),
-            {"rate": rate_before},
-            {"rate": rate_now},
-            position,
-            {k: str(v) for k, v in self.params.items()},
+    def _summaries(self) -> tuple[dict[str, float], dict[str, float]]:
+        d = self.detector
+        pts, k = d.points, d.QUANTILES
+        before = (
+            {"p5": pts[k // 20], "p50": pts[k // 2], "p95": pts[k - k // 20], "n": float(d.moments[0])} if pts else {}
         )
+        # the shift in the reference's normal-score units (about standard deviations)
+        return before, {"shift_sd": d.level}
+
+    def _severity(self) -> str:
+        return "critical" if abs(self.detector.level) >= 1.0 else "warning"
+
+
+class CusumRate(_Cusum):
+    """Change of a Bernoulli rate (:class:`services.drift.cusum.RateShift`)."""
+
+    name = "cusum.rate"
+    designs = "odds x1.5,2,4 up; x1/1.5,1/2 down"
+
+    def __init__(self, threshold: float, sides: str = "up") -> None:
+        from services.drift.cusum import RateShift
+
+        super().__init__(RateShift(threshold, sides=sides))
+
+    def _summaries(self) -> tuple[dict[str, float], dict[str, float]]:
+        d = self.detector
+        return {"rate": d.p0, "n": float(d.moments[0])}, {"rate": d.level}
+
+    def _severity(self) -> str:
+        d = self.detector
+        ratio = d.level / d.p0 if d.p0 > 0 else float("inf")
+        return "critical" if ratio >= 2.0 or ratio <= 0.5 else "warning"
 
 
 def rbf_kernel(z: np.ndarray, sigma: float) -> np.ndarray:
@@ -434,10 +479,12 @@ class WindowMMD(_Windowed):
         # one alarm per episode: re-armed only once the windows look alike again (p > rearm_p)
         if self.in_alarm:
             self.in_alarm = p <= self.rearm_p
-            return None
+            self.just_ended = not self.in_alarm
+            return self._ended(feature, position, stat, {"mmd2": stat})
         if p > self.alpha:
             return None
         self.in_alarm = True
+        self.episode_position = self.positions[len(self.positions) // 2]
         ref_centroid = self.ref_z.mean(axis=0)
         return Alarm(
             self.name,

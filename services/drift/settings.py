@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -33,6 +35,11 @@ class DriftSettings(ServiceSettings):
     checkpoint_every: int = 200  # events per stream between state checkpoints to the faust table
     feedback_join_size: int = Field(
         default=200_000, ge=1, description="Responses remembered per worker to attribute feedback to its model."
+    )
+    rate_sides: dict[str, Literal["up", "down", "both"]] = Field(
+        default_factory=dict,
+        description="Which way each binary rate is watched, over the defaults (errors, refusals: up; "
+        'negative_feedback: both), e.g. {"error": "both"}.',
     )
     broker_session_timeout_s: float = 10.0
     health_enabled: bool = True

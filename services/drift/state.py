@@ -12,11 +12,9 @@ own windows.
   window, counters and the alarm latch), except the raw embeddings of an MMD reference
   that is still filling up, kept in float32 so a checkpoint stays well under Kafka's
   1 MB message limit (the pinned projection is exact).
-- river's detectors (``ADWIN``, ``DDM``) keep their internals in compiled objects that
-  have no stable public form, so they are rebuilt by replaying the recent values they
-  were fed since their last reset (up to :data:`RIVER_REPLAY_CAP`): a *re-warm* that
-  keeps their recent window; an alarm latched before the checkpoint is not repeated,
-  because replayed alarms are discarded.
+- The CUSUMs (mean shift, rate) round-trip exactly too: a handful of numbers per
+  design, the reference's moments, the values waiting to join the reference (at most
+  ``LAG``) and the open episode.
 
 ``FORMAT_VERSION`` names the layout. A document of another version, or one that does not
 parse, is not guessed at: the monitor starts afresh and the reason is logged (the
@@ -38,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from services.drift.detectors import RIVER_HISTORY, RiverBinary, RiverNumeric, WindowChi2, WindowKS, WindowMMD
+from services.drift.detectors import CusumNumeric, CusumRate, WindowChi2, WindowKS, WindowMMD
 from services.drift.monitor import StreamMonitor
 
-FORMAT_VERSION = 1
-RIVER_REPLAY_CAP = RIVER_HISTORY
+# 2: CUSUMs in place of river's ADWIN/DDM; ended episodes. A version-1 checkpoint is not
+# guessed at: its stream starts afresh (logged).
+FORMAT_VERSION = 2
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
 
@@ -94,6 +93,7 @@ def _dump_detector(d: Any) -> dict[str, Any]:
     if isinstance(d, WindowKS):
         return {
             "type": "ks",
+            "episode_position": d.episode_position,
             "seen": d.seen,
             "in_alarm": d.in_alarm,
             "calm": getattr(d, "calm", 0),
@@ -103,6 +103,7 @@ def _dump_detector(d: Any) -> dict[str, Any]:
     if isinstance(d, WindowChi2):
         return {
             "type": "chi2",
+            "episode_position": d.episode_position,
             "seen": d.seen,
             "in_alarm": d.in_alarm,
             "calm": getattr(d, "calm", 0),
@@ -113,6 +114,7 @@ def _dump_detector(d: Any) -> dict[str, Any]:
     if isinstance(d, WindowMMD):
         return {
             "type": "mmd",
+            "episode_position": d.episode_position,
             "seen": d.seen,
             "in_alarm": d.in_alarm,
             "sigma": d.sigma,
@@ -125,16 +127,24 @@ def _dump_detector(d: Any) -> dict[str, Any]:
             "current": _arr(np.asarray(d.current)) if d.current else None,
             "positions": list(d.positions),
         }
-    if isinstance(d, RiverNumeric):
-        return {"type": "river_numeric", "kind": d.kind, "replay": list(d.history)[-RIVER_REPLAY_CAP:]}
-    if isinstance(d, RiverBinary):
-        return {
-            "type": "river_binary",
-            "n": d.n,
-            "ones": d.ones,
-            "recent": list(d.recent),
-            "replay": [int(x) for x in list(d.history)[-RIVER_REPLAY_CAP:]],
+    if isinstance(d, (CusumNumeric, CusumRate)):
+        c = d.detector
+        doc = {
+            "type": "cusum_mean" if isinstance(d, CusumNumeric) else "cusum_rate",
+            "sides": c.sides,
+            "n": c.n,
+            "pinned": c.pinned,
+            "moments": list(c.moments),
+            "pending": "".join("1" if u else "0" for u in c.pending) if isinstance(d, CusumRate) else list(c.pending),
+            "s": list(c.s),
+            "start": list(c.start),
+            "total": list(c.total),
+            "episode": dict(c.episode) if c.episode is not None else None,
+            "episode_position": d.episode_position,
         }
+        if isinstance(d, CusumNumeric):
+            doc["first"], doc["points"] = list(c.first), list(c.points)
+        return doc
     raise StateError(f"no state layout for detector {type(d).__name__}")
 
 
@@ -154,6 +164,8 @@ def _load_detector(fresh: Any, doc: Any) -> Any:
         fresh.seen = _int(doc.get("seen"), "seen")
         fresh.in_alarm = bool(doc.get("in_alarm"))
         fresh.calm = _int(doc.get("calm", 0), "calm")  # absent in checkpoints from before hysteresis
+        pos = doc.get("episode_position")
+        fresh.episode_position = None if pos is None else int(_floats([pos], "episode_position")[0])
     if kind == "ks":
         fresh.reference = _floats(doc.get("reference"), "ks.reference")[: fresh.reference_size]
         fresh.current.extend(_floats(doc.get("current"), "ks.current"))
@@ -184,21 +196,53 @@ def _load_detector(fresh: Any, doc: Any) -> Any:
         if cur is not None:
             fresh.current.extend(list(cur))
         fresh.positions.extend(int(p) for p in _floats(doc.get("positions"), "mmd.positions"))
-    elif kind == "river_numeric":
-        if doc.get("kind") != fresh.kind:
-            raise StateError(f"river detector {doc.get('kind')!r} where {fresh.kind!r} was expected")
-        fresh.replay(_floats(doc.get("replay"), "river.replay"))
-    elif kind == "river_binary":
-        replay = doc.get("replay")
-        if not isinstance(replay, list) or not all(x in (0, 1) for x in replay):
-            raise StateError("ddm.replay: expected 0/1 values")
-        recent = doc.get("recent")
-        if not isinstance(recent, list) or not all(x in (0, 1) for x in recent):
-            raise StateError("ddm.recent: expected 0/1 values")
-        fresh.replay([bool(x) for x in replay])
-        fresh.n, fresh.ones = _int(doc.get("n"), "ddm.n"), _int(doc.get("ones"), "ddm.ones")
-        fresh.recent = deque(recent, maxlen=fresh.recent.maxlen)
+    elif kind in ("cusum_mean", "cusum_rate"):
+        _load_cusum(fresh, doc)
     return fresh
+
+
+def _load_cusum(fresh: Any, doc: dict[str, Any]) -> None:
+    c = fresh.detector
+    if doc.get("sides") != c.sides:  # configuration changed: the saved sums meant another test
+        raise StateError(f"cusum sides {doc.get('sides')!r} where {c.sides!r} is configured")
+    c.n = _int(doc.get("n"), "cusum.n")
+    c.pinned = bool(doc.get("pinned"))
+    moments = _floats(doc.get("moments"), "cusum.moments")
+    if len(moments) != 3 or moments[0] < 0 or moments[2] < 0:
+        raise StateError("cusum.moments: expected [count, mean, M2]")
+    c.moments = moments
+    if doc["type"] == "cusum_mean":
+        first, points = _floats(doc.get("first"), "cusum.first"), _floats(doc.get("points"), "cusum.points")
+        if len(first) > c.reference_size or len(points) not in (0, c.QUANTILES + 1) or points != sorted(points):
+            raise StateError("cusum: expected the reference's first values or its sorted quantiles")
+        c.first = first
+        if points:
+            c._set_points(points)
+    if c.pinned:
+        c._arm()
+        k = len(c.s)
+        s, total = _floats(doc.get("s"), "cusum.s"), _floats(doc.get("total"), "cusum.total")
+        start = doc.get("start")
+        if len(s) != k or len(total) != k or not isinstance(start, list) or len(start) != k:
+            raise StateError(f"cusum: expected {k} designs")
+        c.s, c.total, c.start = s, total, [_int(x, "cusum.start") for x in start]
+    raw = doc.get("pending")
+    if doc["type"] == "cusum_rate":  # 0/1 values as a string of digits: 20,000 of them stay small
+        if not isinstance(raw, str) or raw.strip("01"):
+            raise StateError("cusum.pending: expected a string of 0 and 1")
+        pending = [float(ch == "1") for ch in raw]
+    else:
+        pending = _floats(raw, "cusum.pending")
+    if len(pending) > max(c._lag, c.LAG):
+        raise StateError("cusum.pending: longer than the lag")
+    c.pending = deque(pending)
+    episode = doc.get("episode")
+    if episode is not None:
+        if not isinstance(episode, dict) or set(episode) != {"level", "back", "a", "b"}:
+            raise StateError("cusum.episode: expected level, back, a, b")
+        c.episode = dict(zip(episode, _floats(list(episode.values()), "cusum.episode")))
+    pos = doc.get("episode_position")
+    fresh.episode_position = None if pos is None else int(_floats([pos], "cusum.episode_position")[0])
 
 
 # -- monitors ----------------------------------------------------------------------------
@@ -210,6 +254,7 @@ def dump_monitor(mon: StreamMonitor) -> bytes:
         "position": mon.position,
         "alarms": mon.alarms,
         "recent_ids": list(mon.recent_ids),
+        "open": dict(mon.open),
         "detectors": {
             feature: {"kind": mon.kinds[feature], "detectors": [_dump_detector(d) for d in dets]}
             for feature, dets in mon.detectors.items()
@@ -241,6 +286,10 @@ def load_monitor(raw: bytes, calibration: dict[str, Any], semantic: Any = None) 
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise StateError("recent_ids: expected strings")
     mon.recent_ids.extend(ids)
+    opened = doc.get("open", {})
+    if not isinstance(opened, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in opened.items()):
+        raise StateError("open: expected feature -> detector names")
+    mon.open = dict(opened)
     detectors = doc.get("detectors")
     if not isinstance(detectors, dict):
         raise StateError("detectors: expected an object")

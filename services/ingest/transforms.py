@@ -189,6 +189,9 @@ def _drift(msg: Message, protect: Protector) -> Row:
         v["change_time"],
         v["example_request_ids"],
         v["detector_params"],
+        v.get("status") or "started",
+        v.get("direction") or "",
+        _id(v["episode_id"], "episode_id") if v.get("episode_id") else None,
         *_coords(msg),
     )
 
@@ -422,6 +425,9 @@ TABLES: dict[str, TableSpec] = {
                 "change_time",
                 "example_request_ids",
                 "detector_params",
+                "status",
+                "direction",
+                "episode_id",
                 *_K,
             ),
             _drift,

@@ -234,6 +234,8 @@ class PolicyEngine:
         return last is None or now - last >= p.cooldown
 
     def on_drift(self, ev: dict[str, Any], now: float) -> list[Proposal]:
+        if ev.get("status") == "ended":
+            return []  # the stream is back at its reference: evidence against retraining, not for it
         out = []
         for p in self.config.policies:
             if p.kind != "drift" or not p.covers(ev["model"], ev["model_version"]):

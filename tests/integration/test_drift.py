@@ -182,7 +182,10 @@ async def test_malformed_request_is_dead_lettered_and_the_worker_goes_on(kafka_s
 
 async def test_two_workers_share_partitions_and_find_what_one_finds(kafka_settings: KafkaSettings) -> None:
     """Three models' streams, drift in two of them; one worker, then two workers of
-    another app id on the same input: the same (model, feature, detector) events."""
+    another app id on the same input: the same (model, feature) drifts. (Which of a
+    feature's detectors owns the episode may differ: a rebalance replays the events
+    since the last checkpoint, and the mean CUSUM, which pins its reference after
+    2,000 observations, may then be the first to fire instead of the KS test.)"""
     rng = random.Random(9)
     profile = LoadProfile(drift="length")
     async with ArgusProducer(kafka_settings) as producer:
@@ -212,9 +215,9 @@ async def test_two_workers_share_partitions_and_find_what_one_finds(kafka_settin
 
     one = await run(1)
     both = (await run(2))[len(one) :]  # the drift topic holds the first run's events first
-    found_one = {(e["model"], e["feature"], e["detector"]) for e in one}
-    found_two = {(e["model"], e["feature"], e["detector"]) for e in both}
-    assert {m for m, _, _ in found_one} == {"m-a", "m-b"}, found_one  # the stable model raised nothing
+    found_one = {(e["model"], e["feature"]) for e in one if e["status"] == "started"}
+    found_two = {(e["model"], e["feature"]) for e in both if e["status"] == "started"}
+    assert {m for m, _ in found_one} == {"m-a", "m-b"}, found_one  # the stable model raised nothing
     assert found_two == found_one, (found_two, found_one)
 
 
@@ -285,7 +288,7 @@ async def test_feedback_drift_names_the_model_and_version_that_got_worse(kafka_s
         async with ArgusProducer(kafka_settings) as p:
             for i in range(n):
                 for model in ("m-a", "m-b"):
-                    worse = model == "m-a" and i >= n // 2
+                    worse = model == "m-a" and i >= n * 3 // 4  # after the rate reference is pinned
                     negative = rng.random() < (0.6 if worse else 0.05)
                     await p.feedback(ids[model][i], tenant="acme", kind="thumbs", score=0.0 if negative else 1.0)
             await p.flush()

@@ -174,7 +174,7 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
         "inference_requests": 2 + 300,
         "inference_responses": 2 + 300 + 1 + 100,
         "feedback": 1 + 60,
-        "drift_events": 1,
+        "drift_events": sum(len(items) for items in REG.examples("drift-events").values()),
         "alerts": 2,
         "alert_silences": 2,
         "retraining_triggers": 2,

@@ -314,3 +314,21 @@ def test_signals_from_records_and_alert_records_encode() -> None:
     rec = alert_record(change.alert, "firing", 100.0, "hook", "g", "http://x")
     codec = get_codec("alerts")
     assert codec.decode(codec.encode(rec))["status"] == "firing"
+
+
+def test_a_drift_episode_that_ended_is_not_counted_as_a_new_drift() -> None:
+    """DriftEvent v2: the default DriftDetected rule counts starts; an ended event is a
+    signal labelled drift_status="ended" that a rule may match, but does not fire it."""
+    from services.alerting.signals import drift_signal
+    from services.common.registry import default_registry
+
+    cfg = load_config(DEFAULT_CONFIG)
+    v2 = {path.name: rec for path, rec in default_registry().examples("drift-events")[2]}
+    started, ended = v2["cusum_rate_started.json"], v2["cusum_rate_ended.json"]
+    assert drift_signal(ended, 10).labels["drift_status"] == "ended"
+    only_ended = AlertEngine(cfg, now=0)
+    only_ended.observe(drift_signal(ended, 10), 10)
+    assert [c.alert.labels["alertname"] for c in only_ended.evaluate(10)] == []
+    both = AlertEngine(cfg, now=0)
+    both.observe(drift_signal(started, 10), 10)
+    assert "DriftDetected" in [c.alert.labels["alertname"] for c in both.evaluate(10)]

@@ -39,7 +39,10 @@ def test_a_shift_raises_valid_drift_events_and_checkpoints_the_monitor() -> None
         codec.decode(codec.encode(e))  # every event is a valid DriftEvent
     assert (
         b"m|v1" in table
-        and d.metrics.value("argus_drift_events_total", feature="latency_ms", detector=events[0]["detector"]) >= 1
+        and d.metrics.value(
+            "argus_drift_events_total", feature="latency_ms", detector=events[0]["detector"], status="started"
+        )
+        >= 1
     )
 
 
@@ -74,7 +77,8 @@ def test_a_reset_pins_a_new_reference_and_a_bad_checkpoint_starts_afresh() -> No
 def test_one_shift_is_one_ks_event_and_a_later_shift_is_another() -> None:
     """Hysteresis: a +0.5 sigma shift held for 5,000 events gave 4-22 events per run when the
     test re-armed as soon as its statistic dipped under the threshold; it is one now. After
-    the stream is back to the reference for a while, a new shift is a new episode."""
+    the stream is back to the reference for a while, the episode ends (an ``ended`` event)
+    and a new shift is a new episode."""
     from services.drift.calibration import load as load_calibration
     from services.drift.detectors import WindowKS
 
@@ -85,6 +89,10 @@ def test_one_shift_is_one_ks_event_and_a_later_shift_is_another() -> None:
         xs = np.concatenate(
             [rng.normal(0, 1, 3000), rng.normal(0.5, 1, 5000), rng.normal(0, 1, 2000), rng.normal(0.8, 1, 2000)]
         )
-        alarms = [i for i, x in enumerate(xs) if ks.update(float(x), "latency_ms", i)]
-        assert len(alarms) == 2, (seed, alarms)
-        assert 3000 < alarms[0] < 4000 and 10000 < alarms[1] < 11000, (seed, alarms)
+        out = [(i, a.status) for i, x in enumerate(xs) if (a := ks.update(float(x), "latency_ms", i))]
+        alarms = [i for i, status in out if status == "started"]
+        ended = [i for i, status in out if status == "ended"]
+        assert len(alarms) == 2, (seed, out)
+        assert 3000 < alarms[0] < 4000 and 10000 < alarms[1] < 11000, (seed, out)
+        # the first episode ended once the stream was back (the second is still open)
+        assert len(ended) == 1 and 8000 < ended[0] < 10000, (seed, out)

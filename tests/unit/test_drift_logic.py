@@ -138,14 +138,15 @@ def test_a_checkpoint_of_a_full_size_semantic_reference_fits_in_one_kafka_messag
     [
         (b"\x80\x04\x95 pickled bytes", "not a JSON checkpoint"),
         (b'{"format": "argus.drift.monitor", "version": 0}', "format version 0"),
+        (b'{"format": "argus.drift.monitor", "version": 1}', "format version 1"),  # river ADWIN/DDM state
         (b"[1, 2]", "not a drift monitor checkpoint"),
         (
-            b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
+            b'{"format": "argus.drift.monitor", "version": 2, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
             b' "detectors": {"x": {"kind": "numeric", "detectors": [{"type": "ks"}]}}}',
             "1 detectors saved, 2 expected",
         ),
         (
-            b'{"format": "argus.drift.monitor", "version": 1, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
+            b'{"format": "argus.drift.monitor", "version": 2, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
             b' "detectors": {"x": {"kind": "os.system", "detectors": []}}}',
             "no detectors for kind",
         ),

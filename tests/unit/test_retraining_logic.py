@@ -131,3 +131,11 @@ def test_registry_fold() -> None:
     assert reg.active("m")["version"] == "v2" and reg.candidate_for("t1") is None
     with pytest.raises(ValueError, match="64 hex"):
         version_record("m", "v3", "candidate", "/c", "xyz", actor="ci")
+
+
+def test_a_drift_episode_that_ended_is_not_evidence_for_retraining() -> None:
+    engine = PolicyEngine(cfg(), TriggerBook())
+    assert engine.on_drift(drift(), now=100) == []
+    assert engine.on_drift(drift(feature="prompt_words") | {"status": "ended"}, now=102) == []
+    (p,) = engine.on_drift(drift(feature="prompt_words") | {"status": "started"}, now=103)
+    assert len(p.drift_event_ids) == 2
