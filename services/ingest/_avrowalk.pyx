@@ -149,7 +149,8 @@ cdef bint _keyword_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexce
 cdef bint _ascii_maybe_pii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     """``maybe_pii_utf8`` of ASCII bytes: '@'; a digit followed by six or more of
     ``[\\d\\s\\x1c-\\x1f().+-]`` (which also covers the dotted-quad and digits-then-letter
-    branches); ``[A-Z]{2}\\d{2}``; ``[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:``; ``PRIVATE KEY``;
+    branches); ``[A-Z]{2}\\d{2}``; ``[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:``; ``::`` then a hex digit;
+    ``PRIVATE KEY``;
     a keyword where a word starts."""
     cdef Py_ssize_t i, j, h, first_digit = -1
     cdef unsigned char c
@@ -174,6 +175,8 @@ cdef bint _ascii_maybe_pii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
                 h += 1
             if j < n and p[j] == 58:
                 return True
+        if c == 58 and i + 2 < n and p[i + 1] == 58 and _is_hex(p[i + 2]):  # '::' then a hex digit
+            return True
         if c == 80 and _exact_at(p, n, i, b"PRIVATE KEY", 11):
             return True
         if _is_word(c) and (i == 0 or not _is_word(p[i - 1])) and _keyword_at(p, n, i):

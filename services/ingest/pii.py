@@ -23,12 +23,14 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import ipaddress
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -101,43 +103,115 @@ def _phone_ok(raw: str) -> bool:
     return 8 <= len(digits) <= 15
 
 
+# Every detector runs in time linear in the text: quantifiers are bounded (or the
+# pattern cannot backtrack into them), and the two whose natural pattern is quadratic
+# on adversarial input (an e-mail's local part scanned from every start; a PEM block
+# searched from every BEGIN) are anchored on their marker instead. ``find_pii`` also
+# keeps a time budget per text: past it the text counts as unscreened (see ``scrub``).
+Span = tuple[int, int]
+Finder = Callable[[str], Iterable[Span]]
+
+MAX_LOCAL = 64  # RFC 5321 limits
+MAX_PEM = 16_384  # an RSA-8192 private key in PEM is about 6.5 KB
+
+
+def _regex(pattern: re.Pattern[str], check: Callable[[str], bool] | None = None) -> Finder:
+    def find(text: str) -> Iterable[Span]:
+        for m in pattern.finditer(text):
+            if check is None or check(m.group()):
+                yield m.span()
+
+    return find
+
+
+_AT = re.compile("[@\uff20]")  # '@' and the full-width '＠'
+_DOMAIN = re.compile(r"(?:[\w-]{1,63}\.){1,10}[^\W\d_]{2,63}(?!\w)")  # IDN labels too
+
+
+def _emails(text: str) -> Iterable[Span]:
+    """Anchored on each '@': the local part is walked back at most 64 characters, the
+    domain matched forward with bounded labels, so work per '@' is bounded."""
+    for m in _AT.finditer(text):
+        at = m.start()
+        start, floor = at, max(0, at - MAX_LOCAL)
+        while start > floor and (text[start - 1].isalnum() or text[start - 1] in "._%+-"):
+            start -= 1
+        while start < at and not text[start].isalnum():
+            start += 1  # a local part starts with a letter or digit (the old \b)
+        if start == at:
+            continue
+        d = _DOMAIN.match(text, at + 1)
+        if d is not None:
+            yield start, d.end()
+
+
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z ]{0,40}PRIVATE KEY-----")
+
+
+def _private_keys(text: str) -> Iterable[Span]:
+    r"""Each BEGIN paired with the first END after it (within MAX_PEM): two linear
+    scans and a bisection, where ``BEGIN[\s\S]*?END`` rescans from every BEGIN."""
+    if "PRIVATE KEY" not in text:
+        return
+    ends = [m.span() for m in _PEM_END.finditer(text)]
+    starts = [e[0] for e in ends]
+    after = 0
+    for b in _PEM_BEGIN.finditer(text):
+        if b.start() < after:
+            continue
+        i = bisect.bisect_left(starts, b.end())
+        if i < len(ends) and ends[i][1] - b.start() <= MAX_PEM:
+            after = ends[i][1]
+            yield b.start(), after
+
+
 # Order matters: earlier detectors claim their spans first (a card is not also a phone).
-_DETECTORS: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
-    ("PRIVATE_KEY", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), None),
+_DETECTORS: list[tuple[str, Finder]] = [
+    ("PRIVATE_KEY", _private_keys),
     (
         "SECRET",
-        re.compile(
-            r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"  # AWS access key id
-            r"|\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Stripe style
-            r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b"  # GitHub tokens
-            r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"  # Slack tokens
-            r"|\bAIza[0-9A-Za-z_-]{35}\b"  # Google API keys
-            r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
-            r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d)\b\s*[:=]\s*)[^\s'\"]{8,}"
+        _regex(
+            re.compile(
+                r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"  # AWS access key id
+                r"|\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Stripe style
+                r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b"  # GitHub tokens
+                r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"  # Slack tokens
+                r"|\bAIza[0-9A-Za-z_-]{35}\b"  # Google API keys
+                r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
+                r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d)\b[ \t]{0,8}[:=][ \t]{0,8})[^\s'\"]{8,}"
+            )
         ),
-        None,
     ),
-    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
-    ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b"), _iban_ok),
-    ("CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), lambda s: _luhn(re.sub(r"\D", "", s))),
-    ("SSN", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"), None),
+    ("EMAIL", _emails),
+    ("IBAN", _regex(re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b"), _iban_ok)),
+    ("CARD", _regex(re.compile(r"\b\d(?:[ .-]?\d){12,18}\b"), lambda s: _luhn(re.sub(r"\D", "", s)))),
+    ("SSN", _regex(re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"))),
     (
         "NATIONAL_ID",
-        re.compile(
-            r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"  # UK NINO
-            r"|\b[12] ?\d{2} ?(?:0[1-9]|1[0-2]) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b"  # French NIR
+        _regex(
+            re.compile(
+                r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"  # UK NINO
+                r"|\b[12] ?\d{2} ?(?:0[1-9]|1[0-2]) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b"  # French NIR
+            )
         ),
-        None,
     ),
-    ("NATIONAL_ID", re.compile(r"\b[XYZ0-9]\d{7}[A-Za-z]\b"), _dni_ok),  # Spanish DNI / NIE
+    ("NATIONAL_ID", _regex(re.compile(r"\b[XYZ0-9]\d{7}[A-Za-z]\b"), _dni_ok)),  # Spanish DNI / NIE
     (
         "IP",
-        re.compile(
-            r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4}){0,5}(?![\w:])"
+        _regex(
+            re.compile(
+                r"\b(?:\d{1,3}\.){3}\d{1,3}\b"
+                # v6, compressed forms and v4-mapped tails included; ipaddress validates
+                r"|(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|:)(?:[0-9A-Fa-f]{0,4}:){1,7}[0-9A-Fa-f.]{0,15}(?![\w:])"
+            ),
+            _ip_ok,
         ),
-        _ip_ok,
     ),
-    ("PHONE", re.compile(r"(?<![\w+])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{1,4}\)?){2,6}(?!\w)"), _phone_ok),
+    (
+        "PHONE",
+        _regex(re.compile(r"(?<![\w+])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{1,4}\)?){2,6}(?!\w)"), _phone_ok),
+    ),
 ]
 
 
@@ -148,7 +222,7 @@ _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
 # alternation of branches with different first characters)
 _MAYBE_DIGITS = re.compile(r"\d(?:[\d\s().+-]{6,}|\d{0,2}\.\d{1,3}\.\d{1,3}\.\d|\d{6}[A-Za-z])")
 _MAYBE_IBAN = re.compile(r"[A-Z]{2}\d{2}")
-_MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:")
+_MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:|::[0-9A-Fa-f]")
 # Where a keyword-led detector (SECRET, PRIVATE_KEY) can match: each of their starts,
 # with the same word boundaries and the same case rules (the keyword branch is case-blind,
 # and under IGNORECASE Python folds the four letters İ ı ſ K to ASCII, for the detector and
@@ -182,36 +256,58 @@ def maybe_pii_utf8(raw: bytes) -> bool:
 def maybe_pii(text: str) -> bool:
     """False only when no detector can find anything in ``text`` (a superset check:
     every detector's match contains something this looks for)."""
-    if "@" in text or _MAYBE_DIGITS.search(text) or _MAYBE_IBAN.search(text):
+    if "@" in text or "\uff20" in text or _MAYBE_DIGITS.search(text) or _MAYBE_IBAN.search(text):
         return True
     if ":" in text and _MAYBE_IPV6.search(text):
         return True
     return _KEYWORDS.search(text) is not None
 
 
-def find_pii(text: str) -> list[Finding]:
-    """Non-overlapping findings, earliest detector first."""
+class ScreenTimeout(Exception):
+    """The text took longer than its time budget to screen."""
+
+
+def find_pii(text: str, budget_s: float | None = None) -> list[Finding]:
+    """Non-overlapping findings, earliest detector first. With ``budget_s``, raises
+    :class:`ScreenTimeout` once screening has taken longer (checked between detectors
+    and every 256 candidates)."""
     if not maybe_pii(text):
         return []
-    taken: list[tuple[int, int]] = []
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    starts: list[int] = []  # the claimed spans, disjoint, sorted by start
+    ends: list[int] = []
     out: list[Finding] = []
-    for kind, pattern, check in _DETECTORS:
-        for m in pattern.finditer(text):
-            s, e = m.span()
-            if any(s < te and ts < e for ts, te in taken):
-                continue
-            if check is not None and not check(m.group()):
-                continue
-            taken.append((s, e))
+    for kind, finder in _DETECTORS:
+        for n, (s, e) in enumerate(finder(text)):
+            if deadline is not None and n % 256 == 255 and time.monotonic() > deadline:
+                raise ScreenTimeout(kind)
+            i = bisect.bisect_left(starts, s)
+            if (i > 0 and ends[i - 1] > s) or (i < len(starts) and starts[i] < e):
+                continue  # overlaps a span an earlier detector claimed
+            starts.insert(i, s)
+            ends.insert(i, e)
             out.append(Finding(kind, s, e))
+        if deadline is not None and time.monotonic() > deadline:
+            raise ScreenTimeout(kind)
     return sorted(out, key=lambda f: f.start)
 
 
-def scrub(text: str | None, policy: PiiPolicy, key: bytes = b"") -> Scrubbed:
-    """Apply ``policy`` to ``text``; ``key`` is the HMAC key for ``hash`` mode."""
+UNSCREENED = "UNSCREENED"
+
+
+def scrub(text: str | None, policy: PiiPolicy, key: bytes = b"", budget_s: float | None = None) -> Scrubbed:
+    """Apply ``policy`` to ``text``; ``key`` is the HMAC key for ``hash`` mode. A text
+    that takes longer than ``budget_s`` to screen is treated as personal data as a
+    whole: stored as ``[UNSCREENED]`` (dropped under ``drop``), counted as kind
+    ``UNSCREENED``, never in clear."""
     if text is None:
         return Scrubbed(None)
-    findings = find_pii(text)
+    try:
+        findings = find_pii(text, budget_s)
+    except ScreenTimeout:
+        if not policy.store_text or policy.mode == "drop":
+            return Scrubbed(None, {UNSCREENED: 1}, dropped=True)
+        return Scrubbed(f"[{UNSCREENED}]", {UNSCREENED: 1})
     counts: dict[str, int] = {}
     for f in findings:
         counts[f.kind] = counts.get(f.kind, 0) + 1

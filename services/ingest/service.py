@@ -59,7 +59,7 @@ class IngestService:
         self.metrics = Metrics(settings.service_name)
         self.log = get_logger("argus.ingest")
         key = settings.pii.hmac_key.get_secret_value().encode() if settings.pii.hmac_key else b""
-        self.protector = Protector(settings.pii.default, dict(settings.pii.tenants), key)
+        self.protector = Protector(settings.pii.default, dict(settings.pii.tenants), key, settings.pii.time_budget_s)
         self.pipelines: list[Pipeline] = []
         for topic_key in settings.topics:
             spec = table_for(topic_key)

@@ -23,6 +23,10 @@ class PiiSettings(BaseModel):
     default: PiiPolicy = PiiPolicy()
     tenants: dict[str, PiiPolicy] = Field(default_factory=dict)
     hmac_key: SecretStr | None = None
+    # Screening is linear in the text (about 1.5 s per MB of adversarial text on a slow
+    # core); past this budget a text is stored as [UNSCREENED], never in clear, so one
+    # message cannot hold the event loop every pipeline shares.
+    time_budget_s: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _hash_needs_a_key(self) -> "PiiSettings":

@@ -16,10 +16,13 @@ from services.ingest.pii import PiiPolicy, scrub
 class Protector:
     """Applies the tenant's PII policy and counts what it found."""
 
-    def __init__(self, default: PiiPolicy, tenants: dict[str, PiiPolicy], key: bytes) -> None:
+    def __init__(
+        self, default: PiiPolicy, tenants: dict[str, PiiPolicy], key: bytes, budget_s: float | None = None
+    ) -> None:
         self.default = default
         self.tenants = tenants
         self.key = key
+        self.budget_s = budget_s  # per text: past it the text is stored as [UNSCREENED]
         self.counts: Counter = Counter()  # (kind, mode) -> n, drained by the service into metrics
 
     def policy(self, tenant: str | None) -> PiiPolicy:
@@ -29,7 +32,7 @@ class Protector:
         if text is None:
             return None
         policy = self.policy(tenant)
-        out = scrub(text, policy, self.key)
+        out = scrub(text, policy, self.key, self.budget_s)
         if out.counts:
             for kind, n in out.counts.items():
                 pii[kind] = pii.get(kind, 0) + n

@@ -1,0 +1,79 @@
+"""The PII screen cannot be stalled: every detector is linear in the text, a text past
+its time budget is stored as [UNSCREENED] (never in clear), and forms the regexes used
+to miss are found."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.ingest.pii import PiiPolicy, find_pii, maybe_pii, maybe_pii_utf8, scrub
+
+# inputs that made the old EMAIL and PRIVATE_KEY patterns quadratic (40 KB of "a." took
+# 1.2 s, 100 KB 7 s), and the other shapes a backtracking engine dislikes
+ADVERSARIAL = {
+    "a.": lambda n: "a." * (n // 2) + " x@y.com",
+    "a@": lambda n: "a@" * (n // 2),
+    "digits and separators": lambda n: "12-34." * (n // 6),
+    "1-": lambda n: "1-" * (n // 2) + "a",
+    "hex:": lambda n: "ab:" * (n // 3),
+    "BEGIN": lambda n: "-----BEGIN RSA PRIVATE KEY-----" * (n // 31),
+    "long token": lambda n: "token=" + "x" * n,
+    "(1)": lambda n: "(1)" * (n // 3) + "a",
+}
+
+
+def best_of(k: int, f, arg) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(k):
+        t0 = time.perf_counter()
+        f(arg)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_screening_is_linear_on_adversarial_text(name: str) -> None:
+    """1 MB against 50 KB: linear is 20x, the old quadratic patterns 400x. The bound
+    allows 2x for a loaded machine's noise (this is a scaling check, not a timed
+    target; the throughput figures are in bench/RESULTS.md)."""
+    make = ADVERSARIAL[name]
+    small, large = make(50_000), make(1_000_000)
+    ratio = best_of(1, find_pii, large) / best_of(3, find_pii, small)
+    assert ratio <= 40, f"{name}: 1 MB took {ratio:.0f}x the time of 50 KB"
+
+
+def test_a_text_over_its_time_budget_is_never_stored_in_clear() -> None:
+    text = "mail bob@example.com " + "12-34." * 200_000
+    out = scrub(text, PiiPolicy(mode="redact"), budget_s=1e-6)
+    assert out.text == "[UNSCREENED]" and out.counts == {"UNSCREENED": 1}
+    dropped = scrub(text, PiiPolicy(mode="drop"), budget_s=1e-6)
+    assert dropped.text is None and dropped.dropped
+    assert scrub("mail bob@example.com", PiiPolicy(), budget_s=5.0).text == "mail [EMAIL]"  # within budget
+
+
+@pytest.mark.parametrize(
+    "kind,value",
+    [
+        ("IP", "::1"),
+        ("IP", "fe80::1ff:fe23:4567:890a"),
+        ("IP", "::ffff:c000:0280"),
+        ("CARD", "4111.1111.1111.1111"),
+        ("EMAIL", "jürgen@bücher.de"),
+        ("EMAIL", "bob\uff20example.com"),
+    ],
+)
+def test_forms_that_were_missed_are_found(kind: str, value: str) -> None:
+    text = f"see {value} today"
+    assert maybe_pii(text) and maybe_pii_utf8(text.encode())
+    found = [(f.kind, text[f.start : f.end]) for f in find_pii(text)]
+    assert (kind, value) in found, found
+    assert value not in scrub(text, PiiPolicy()).text
+
+
+def test_pem_blocks_pair_each_begin_with_the_next_end() -> None:
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----"
+    text = f"a {pem} b {pem} c -----BEGIN EC PRIVATE KEY----- never closed"
+    spans = [text[f.start : f.end] for f in find_pii(text) if f.kind == "PRIVATE_KEY"]
+    assert spans == [pem, pem]
