@@ -16,6 +16,8 @@ from typing import Any, Callable
 import fastavro
 from fastavro.validation import ValidationError, validate
 
+from services.common.errors import describe
+
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
 
@@ -79,10 +81,11 @@ class AvroCodec:
             buf.write(self._header)
             fastavro.schemaless_writer(buf, self.schema, record)
         except ValidationError as exc:
-            detail = "; ".join(str(e).split(" expected ")[0] for e in exc.errors)[:1000]
+            # the field path only: fastavro's message goes on with the value ("<path> is <value> of type ...")
+            detail = "; ".join(f"{str(e).split(' is ')[0]} does not match its type" for e in exc.errors)[:1000]
             raise SerializationError(f"record does not match {self.name}.v{self.version}: {detail}") from exc
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise SerializationError(f"record does not match {self.name}.v{self.version}: {exc}") from exc
+            raise SerializationError(f"record does not match {self.name}.v{self.version}: {describe(exc)}") from exc
         return buf.getvalue()
 
     def decode_plain(self, data: bytes) -> dict[str, Any]:
@@ -122,11 +125,11 @@ class AvroCodec:
             record = fastavro.schemaless_reader(stream, writer, reader)
         except (ValueError, TypeError, EOFError, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SerializationError(
-                f"cannot decode {self.name}.v{self.version} from writer schema id {schema_id}: {exc!r}"
+                f"cannot decode {self.name}.v{self.version} from writer schema id {schema_id}: {describe(exc)}"
             ) from exc
         except fastavro.read.SchemaResolutionError as exc:
             raise SerializationError(
-                f"schema id {schema_id} is not readable as {self.name}.v{self.version}: {exc}"
+                f"schema id {schema_id} is not readable as {self.name}.v{self.version}: {describe(exc)}"
             ) from exc
         if stream.tell() != len(body):
             raise SerializationError(

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from services.common import migrations
 from services.common.clickhouse import get_client
+from services.common.errors import describe
 from services.common.health import HealthServer, Readiness
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
@@ -38,7 +39,7 @@ def _encoded(transform: Callable[[Message], Row], rows: AvroRows) -> Callable[[M
             return rows.encode(row)
         except (ValueError, TypeError, KeyError) as exc:  # a value the row layout cannot hold: this message's fault
             raise InvalidMessage(
-                f"cannot encode a row of {rows.spec.table}: {exc!r}", "InvalidMessage.Mapping"
+                f"cannot encode a row of {rows.spec.table}: {describe(exc)}", "InvalidMessage.Mapping"
             ) from exc
 
     return run

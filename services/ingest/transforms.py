@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from services.common.errors import describe
 from services.common.pipeline import InvalidMessage, Message
 from services.common.registry import dead_letter_topics
 from services.ingest.pii import PiiPolicy, scrub
@@ -57,7 +58,7 @@ class TableSpec:
             try:
                 return self.build(msg, protector)
             except (KeyError, TypeError, ValueError) as exc:
-                raise InvalidMessage(f"cannot map to {self.table}: {exc!r}", "InvalidMessage.Mapping") from exc
+                raise InvalidMessage(f"cannot map to {self.table}: {describe(exc)}", "InvalidMessage.Mapping") from exc
 
         return run
 

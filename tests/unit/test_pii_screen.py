@@ -77,3 +77,33 @@ def test_pem_blocks_pair_each_begin_with_the_next_end() -> None:
     text = f"a {pem} b {pem} c -----BEGIN EC PRIVATE KEY----- never closed"
     spans = [text[f.start : f.end] for f in find_pii(text) if f.kind == "PRIVATE_KEY"]
     assert spans == [pem, pem]
+
+
+def test_decode_and_mapping_errors_never_carry_the_message_text() -> None:
+    """A UnicodeDecodeError's repr holds the whole string it was decoding; the reason a
+    dead letter, its header and the log line carry is built from describe() instead."""
+    from services.common.codec import SerializationError
+    from services.common.errors import describe
+    from services.common.registry import get_codec
+
+    codec = get_codec("inference-requests")
+    rec = codec_example()
+    rec["messages"] = [{"role": "user", "content": "XXbob@example.com 4111 1111 1111 1111"}]
+    bad = codec.encode(rec).replace(b"XXbob", b"\xff\xfebob")  # same length, no longer UTF-8
+    with pytest.raises(SerializationError) as caught:
+        codec.decode(bad)
+    assert "UnicodeDecodeError" in str(caught.value)
+    assert "bob@" not in str(caught.value) and "4111" not in str(caught.value)
+    exc = UnicodeDecodeError("utf-8", b"\xffbob@example.com 4111 1111 1111 1111", 0, 1, "invalid start byte")
+    assert "bob" not in describe(exc) and "4111" not in describe(exc)
+    assert describe(ValueError("cannot parse 'bob@example.com' as a date")) == "ValueError: cannot parse '…' as a date"
+    with pytest.raises(SerializationError) as caught:
+        codec.encode(codec_example() | {"tenant": {"bob@example.com": 1}})
+    assert "bob@" not in str(caught.value)
+
+
+def codec_example() -> dict:
+    from services.common.registry import default_registry
+
+    (_, rec), *_ = default_registry().examples("inference-requests")[1]
+    return dict(rec)
