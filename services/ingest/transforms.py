@@ -3,11 +3,14 @@ per tenant. No I/O here; the golden examples are fed through these in the tests.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from services.common.codec import SerializationError, to_json
 from services.common.errors import describe
 from services.common.pipeline import InvalidMessage, Message
 from services.common.registry import dead_letter_topics
@@ -299,22 +302,67 @@ def _trigger(msg: Message, protect: Protector) -> Row:
     )
 
 
+def _original(topic: str, raw: bytes) -> tuple[Any, str | None] | None:
+    """The dead letter's original record decoded with its topic's contract, and the
+    tenant it belongs to (the record's, or the tenant topic's); None when it does not
+    decode (it was dead-lettered for that) or the topic is not a registry topic."""
+    from services.common.registry import RegistryError, default_registry
+
+    reg = default_registry()
+    at = topic.find("argus.")  # Kafka names may carry a deployment prefix
+    try:
+        key, tenant = reg.key_of(topic[at:] if at > 0 else topic)
+        record = reg.codec(key).decode_plain(raw)
+    except (RegistryError, SerializationError):
+        return None
+    if isinstance(record, dict) and isinstance(record.get("tenant"), str) and record["tenant"]:
+        tenant = record["tenant"]
+    return record, tenant
+
+
+def _protect_leaves(value: Any, protect: Protector, tenant: str | None, pii: dict[str, int]) -> Any:
+    """Every string of a decoded record screened on its own (map keys too): a record's
+    text is never screened through a rendering whose escapes or framing bytes could sit
+    against a value and hide it from a word-boundary detector."""
+    if isinstance(value, str):
+        return protect(value, tenant, pii)
+    if isinstance(value, dict):
+        return {protect(k, tenant, pii) or "": _protect_leaves(v, protect, tenant, pii) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_protect_leaves(v, protect, tenant, pii) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return f"[{len(value)} bytes]"
+    return value
+
+
 def _dead_letter(msg: Message, protect: Protector) -> Row:
+    """The original message is kept whole on the dead-letter topic (for replay); what
+    ClickHouse gets is protected with the policy of the tenant it belongs to: decoded
+    with its topic's contract, each text screened on its own; a body that does not
+    decode is stored as its size and digest only, never as text (raw Avro bytes put a
+    length byte right before a string, which can defeat a detector)."""
     v = msg.value
     pii: dict[str, int] = {}
-
-    def text(b: bytes | None) -> str | None:
-        # the broker keeps the original bytes; ClickHouse gets a PII-protected rendering
-        return None if b is None else protect(b.decode("utf-8", errors="replace"), None, pii)
-
+    original = _original(v["original_topic"], v["original_value"]) if v["original_value"] is not None else None
+    tenant = original[1] if original else None
+    if v["original_value"] is None:
+        body = None
+    elif original is None:
+        raw = v["original_value"]
+        body = f"[undecodable: {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]}]"
+    elif protect.policy(tenant).store_text:
+        body = json.dumps(to_json(_protect_leaves(original[0], protect, tenant, pii)), ensure_ascii=False)
+    else:
+        body = None  # the tenant stores no text
+    key = v["original_key"]
     return (
         v["original_topic"],
         _unsigned(v["original_partition"], "original_partition"),
         _unsigned(v["original_offset"], "original_offset"),
-        text(v["original_key"]),
-        text(v["original_value"]),
+        None if key is None else protect(key.decode("utf-8", errors="replace"), tenant, pii),
+        body,
         v["original_timestamp"],
-        protect(v["reason"], None, pii),
+        protect(v["reason"], tenant, pii),
         v["error_type"],
         v["consumer_group"],
         v["service"],

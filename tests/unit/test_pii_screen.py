@@ -107,3 +107,51 @@ def codec_example() -> dict:
 
     (_, rec), *_ = default_registry().examples("inference-requests")[1]
     return dict(rec)
+
+
+def dead_letter_row(original_topic: str, original_value: bytes, tenants: dict) -> dict:  # noqa: ANN001
+    from services.common.pipeline import Message
+    from services.ingest.transforms import TABLES, Protector
+
+    spec = TABLES["dead_letters"]
+    value = {
+        "original_topic": original_topic,
+        "original_partition": 0,
+        "original_offset": 7,
+        "original_key": b"k",
+        "original_value": original_value,
+        "original_timestamp": None,
+        "reason": "InvalidMessage: tenant mismatch",
+        "error_type": "InvalidMessage.TenantMismatch",
+        "consumer_group": "g",
+        "service": "inference",
+        "failed_at": 0,
+    }
+    msg = Message(topic="argus.inference.requests.dlq", partition=0, offset=1, key=None, raw=b"", timestamp_ms=0)
+    msg.value = value
+    row = spec.transform(Protector(PiiPolicy(), tenants, b"k"))(msg)
+    return dict(zip(spec.columns, row))
+
+
+def test_dead_letters_are_protected_with_their_tenants_policy() -> None:
+    """A dead letter that decodes is screened field by field under its tenant's policy
+    (a store_text: false tenant keeps no text there either); one that does not decode is
+    kept as its size and digest, never as text: in raw Avro a length byte sits right
+    before the string ('D' for 34 bytes) and hid an IBAN from the word-boundary detector."""
+    from services.common.registry import get_codec
+
+    codec = get_codec("inference-requests")
+    rec = codec_example()
+    rec["messages"] = [{"role": "user", "content": "DE89 3704 0044 0532 0130 00 and bob@example.com"}]
+    rec["metadata"] = {"bob@example.com": "4111 1111 1111 1111"}
+    raw = codec.encode(rec | {"tenant": "acme"})
+    acme = dead_letter_row("t1.argus.inference.requests", raw, {})
+    body = acme["original_value"]
+    assert "DE89" not in body and "bob@" not in body and "4111" not in body and "[IBAN]" in body
+    clinic = dead_letter_row(
+        "argus.inference.requests", codec.encode(rec | {"tenant": "clinic"}), {"clinic": PiiPolicy(store_text=False)}
+    )
+    assert clinic["original_value"] is None
+    garbage = b"\x00\x00\x00\x00\x01" + bytes([68]) + b"DE89370400440532013000 4111111111111111"
+    opaque = dead_letter_row("argus.inference.requests", garbage, {})["original_value"]
+    assert opaque.startswith("[undecodable: ") and "DE89" not in opaque and "4111" not in opaque
