@@ -159,7 +159,7 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
     from services.common.kafka import make_consumer, make_producer
     from services.common.pipeline import Message
     from services.common.registry import get_codec
-    from services.ingest.pii import PiiPolicy
+    from services.common.pii import PiiPolicy
     from services.ingest.transforms import Protector, table_for
 
     spec = table_for(key)

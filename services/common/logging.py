@@ -5,7 +5,8 @@ Secrets never reach a log line: :class:`Redactor` replaces every registered secr
 (the settings' ``SecretStr`` fields and password files, registered at start-up) and
 anything shaped like a credential (a JAAS ``password="…"``, a DSN's ``user:password@``,
 ``sasl_plain_password=…``) with ``**********``, in structlog events and in the standard
-library's records (aiokafka, faust) alike."""
+library's records (aiokafka, faust) alike. Personal data neither: :class:`PiiScreen`
+applies the PII detectors to structlog events (library records carry no message text)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,42 @@ class Redactor:
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
         return {k: self.value(v) for k, v in event.items()}
+
+
+# Fields that name things (streams, topics, detectors) or carry numbers that are not about
+# a person (offsets, positions, durations): not screened for personal data, so a broker
+# address or an offset does not become [PHONE]/[IP] in the line an operator reads.
+PII_SAFE_KEYS = frozenset(
+    {
+        "event", "logger", "level", "timestamp", "topic", "partition", "offset", "stream", "feature",
+        "detector", "service", "group", "consumer_group", "error_type", "bootstrap", "statistic",
+        "position", "bytes", "limit", "attempt", "backoff_s", "app_id", "table", "rows", "status",
+    }
+)  # fmt: skip
+
+
+class PiiScreen:
+    """A structlog processor that applies the PII detectors to every other string field
+    (nested ones too): a decode error, a reason or a value a service logs never carries
+    an e-mail, a card or a key in clear. Each value has a small time budget; past it the
+    value is logged as ``[UNSCREENED]``."""
+
+    def __init__(self, budget_s: float = 0.05) -> None:
+        self.budget_s = budget_s
+
+    def value(self, value: Any) -> Any:
+        from services.common.pii import PiiPolicy, maybe_pii, scrub
+
+        if isinstance(value, str):
+            return scrub(value, PiiPolicy(), budget_s=self.budget_s).text if maybe_pii(value) else value
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.value(v) for v in value)
+        return value
+
+    def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        return {k: v if k in PII_SAFE_KEYS else self.value(v) for k, v in event.items()}
 
 
 class _RecordFilter(_stdlib_logging.Filter):
@@ -121,6 +158,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             REDACTOR,  # last before rendering: tracebacks and exception text included
+            PiiScreen(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

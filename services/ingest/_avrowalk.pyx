@@ -5,7 +5,7 @@ The same contract as the straight-line Python that ``avro_rows._compile_walker``
 generates from a schema: frame every field of a wire-format body, check what the full
 path would check, return the raw text fields (in order) or ``None`` when the message must
 take the full path. The PII screen of an ASCII text is
-:func:`services.ingest.pii.maybe_pii_utf8` written out as one pass over the bytes; a
+:func:`services.common.pii.maybe_pii_utf8` written out as one pass over the bytes; a
 text with any other byte goes to ``screen`` (the Python screen) as before.
 
 Every read is checked against the end of the body by hand: bounds checking is off.

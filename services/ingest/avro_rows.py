@@ -14,7 +14,7 @@ body field by field and found it exactly as the full path would accept it:
 - union branches and enum symbols in range, UUID fields canonical, ints within 32 and
   longs within 64 bits, unsigned fields not negative, every string valid UTF-8;
 - the tenant's policy stores text, and no text field the PII policy covers could
-  contain anything a detector finds (:func:`~services.ingest.pii.maybe_pii`, a
+  contain anything a detector finds (:func:`~services.common.pii.maybe_pii`, a
   superset of every detector, applied to the decoded text).
 
 Responses and requests have row formats (:func:`response_rows`, :func:`request_rows`;
@@ -39,7 +39,7 @@ from typing import Any, Callable
 import fastavro
 
 from services.common.codec import HEADER, MAGIC_BYTE, AvroCodec, _strip_logical
-from services.ingest.pii import maybe_pii_utf8
+from services.common.pii import maybe_pii_utf8
 from services.ingest.transforms import Protector, Row, TableSpec
 
 _ONE_BYTE = [bytes((i,)) for i in range(0x80)]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.pii import PiiPolicy
 from services.common.settings import PipelineSettings, ServiceSettings
-from services.ingest.pii import PiiPolicy
 from services.ingest.transforms import TABLES
 
 

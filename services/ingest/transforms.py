@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from services.common.codec import SerializationError, to_json
 from services.common.errors import describe
+from services.common.pii import PiiPolicy, scrub
 from services.common.pipeline import InvalidMessage, Message
 from services.common.registry import dead_letter_topics
-from services.ingest.pii import PiiPolicy, scrub
 
 
 class Protector:

@@ -19,9 +19,9 @@ from pydantic import SecretStr
 from services.common import migrations
 from services.common.clickhouse import get_client
 from services.common.kafka import make_producer
+from services.common.pii import PiiPolicy
 from services.common.registry import default_registry, get_codec
 from services.common.settings import ClickHouseSettings, KafkaSettings
-from services.ingest.pii import PiiPolicy
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings, PiiSettings
 from services.stack.kafka_local import free_port

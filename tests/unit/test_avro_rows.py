@@ -10,11 +10,11 @@ import uuid
 import pytest
 
 from services.common.codec import HEADER, MAGIC_BYTE
+from services.common.pii import PiiPolicy, find_pii, maybe_pii, maybe_pii_utf8
 from services.common.pipeline import InvalidMessage, Message
 from services.common.registry import default_registry, get_codec
 from services.ingest import avro_rows as avro_rows_module
 from services.ingest.avro_rows import avro_rows_for, make_walker, zigzag
-from services.ingest.pii import PiiPolicy, find_pii, maybe_pii, maybe_pii_utf8
 from services.ingest.transforms import Protector, table_for
 from tests.unit.test_ingest_transforms import CORPUS
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import itertools
 
+from services.common.pii import PiiPolicy, find_pii, scrub
 from services.demo import new_run_id
-from services.ingest.pii import PiiPolicy, find_pii, scrub
 
 
 def test_run_ids_are_never_taken_for_pii() -> None:

@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 
 from services.common.codec import to_json
+from services.common.pii import PiiPolicy, find_pii, scrub
 from services.common.pipeline import InvalidMessage, Message
 from services.common.registry import default_registry, get_codec
-from services.ingest.pii import PiiPolicy, find_pii, scrub
 from services.ingest.transforms import TABLES, Protector, table_for
 
 REG = default_registry()

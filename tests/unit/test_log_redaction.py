@@ -55,3 +55,26 @@ def test_standard_library_records_are_masked_too() -> None:
     logger.warning("sasl_plain_password=%s rejected; also %s", "shape-masked-value", "registered-stdlib-secret")
     text = buf.getvalue()
     assert "shape-masked-value" not in text and "registered-stdlib-secret" not in text and MASK in text
+
+
+def test_personal_data_in_log_fields_is_redacted_and_names_are_kept(capsys) -> None:  # noqa: ANN001
+    configure_logging("INFO", json=True)
+    try:
+        log = get_logger("test")
+        log.warning(
+            "ingest.dead_letter",
+            topic="argus.inference.requests",
+            offset=12345678901,
+            reason="cannot map: user bob@example.com paid with 4111 1111 1111 1111",
+            detail={"iban": "DE89 3704 0044 0532 0130 00"},
+        )
+        out = capsys.readouterr().err
+    finally:
+        import structlog
+
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
+    (line,) = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    for clear in ("bob@example.com", "4111 1111", "DE89"):
+        assert clear not in out, clear
+    assert line["reason"] == "cannot map: user [EMAIL] paid with [CARD]" and line["detail"] == {"iban": "[IBAN]"}
+    assert line["topic"] == "argus.inference.requests" and line["offset"] == 12345678901

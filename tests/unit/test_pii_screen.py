@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.ingest.pii import PiiPolicy, find_pii, maybe_pii, maybe_pii_utf8, scrub
+from services.common.pii import PiiPolicy, find_pii, maybe_pii, maybe_pii_utf8, scrub
 
 # inputs that made the old EMAIL and PRIVATE_KEY patterns quadratic (40 KB of "a." took
 # 1.2 s, 100 KB 7 s), and the other shapes a backtracking engine dislikes
