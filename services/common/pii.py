@@ -98,9 +98,19 @@ def _ip_ok(raw: str) -> bool:
     return not (isinstance(ip, ipaddress.IPv4Address) and raw.count(".") != 3)
 
 
+_ISO_DATE = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])")
+
+
 def _phone_ok(raw: str) -> bool:
     digits = re.sub(r"\D", "", raw)
-    return 8 <= len(digits) <= 15
+    if not 8 <= len(digits) <= 15:
+        return False
+    if _ISO_DATE.fullmatch(raw):
+        return False  # 2024-11-28 is a date
+    # a bare run of digits (an order number, an id) is a phone only from 10 digits on
+    # ("4155550132", "0612345678"); written with "+", spaces, dots, dashes or parentheses,
+    # from 8 on ("+44 20 7946 0958", "06 12 34 56 78")
+    return len(digits) >= 10 or raw != digits
 
 
 # Every detector runs in time linear in the text: quantifiers are bounded (or the

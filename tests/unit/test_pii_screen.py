@@ -155,3 +155,13 @@ def test_dead_letters_are_protected_with_their_tenants_policy() -> None:
     garbage = b"\x00\x00\x00\x00\x01" + bytes([68]) + b"DE89370400440532013000 4111111111111111"
     opaque = dead_letter_row("argus.inference.requests", garbage, {})["original_value"]
     assert opaque.startswith("[undecodable: ") and "DE89" not in opaque and "4111" not in opaque
+
+
+@pytest.mark.parametrize("text", ["Delivered on 2024-11-28.", "Order 123456789 shipped", "ref 87654321 ok"])
+def test_dates_and_short_bare_numbers_are_not_phones(text: str) -> None:
+    assert find_pii(text) == [], text
+
+
+@pytest.mark.parametrize("text", ["call 4155550132", "tel 06 12 34 56 78", "ring +44 20 7946 0958"])
+def test_phones_are_still_phones(text: str) -> None:
+    assert [f.kind for f in find_pii(text)] == ["PHONE"], text
