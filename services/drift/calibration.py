@@ -108,7 +108,7 @@ def _cusum_alarms(make: Callable[[], Any], draw: Callable[[Any, int], Any], even
     return alarms
 
 
-DETECTORS = ("ks", "chi2", "mean_shift", "rate_shift")
+DETECTORS = ("ks", "chi2", "mean_shift", "mean_shift_small", "rate_shift")
 
 
 def calibrate(
@@ -147,6 +147,8 @@ def calibrate(
     # then the false alarms of that threshold on fresh streams of each.
     for kind, cases, make in (
         ("mean_shift", NUMERIC_SHAPES, lambda h: MeanShift(h, sides="both")),
+        # sampled features (prompt-embedding distance): a 1,000-value reference
+        ("mean_shift_small", NUMERIC_SHAPES, lambda h: MeanShift(h, sides="both", reference_size=1000)),
         (
             "rate_shift",
             {f"rate {p:g}": (lambda p: lambda r, n: r.random(n) < p)(p) for p in BASE_RATES},

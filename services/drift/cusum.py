@@ -21,8 +21,8 @@ For each design, ``S = max(0, S + llr(x))``; the alarm comes when ``S > h``. The
 after the last time ``S`` was 0 is the change-point estimate, and the mean since then
 the level after the change. After an alarm the detector is *in an episode*: it raises
 nothing more in either direction, and runs one CUSUM for "back at the reference" against
-"still shifted by the smallest design shift on that side"; when that one crosses ``h``,
-the episode has **ended**
+"still shifted by the smallest design shift on that side"; when that one crosses ``h``
+while none of the (still running) forward CUSUMs sees a change, the episode has **ended**
 (``drift_ended``), and the detector re-arms. A ramp that keeps rising stays one episode.
 
 Both classes keep river's interface: ``update(x)`` and ``drift_detected``.
@@ -78,39 +78,44 @@ class _PinnedCusum:
         self.statistic = 0.0
         self.drift_ended = False
         self._drift_detected = False
-        self._coef: list[tuple[float, float]] = []
+        self._coef: list[tuple[float, float, float]] = []
+        self._squared: list[bool] = []
         self._lag = self.LAG
+        self._center, self._inv_spread = 0.0, 1.0
         self._armed: list[bool] = []
         self.calibrating: list[float] | None = None  # excursion maxima, for calibration only
         self._excursion: list[float] = []
 
-    # -- what a family defines (every llr here is linear in the standardised value: a*u + b)
-    def _designs(self) -> list[tuple[str, float]]:
+    # -- what a family defines: every llr here is a*z + b + c*z*z in the standardised value z
+    def _designs(self) -> list[tuple[str, Any]]:
         raise NotImplementedError
 
-    def _coefficients(self, design: float) -> tuple[float, float]:
+    def _coefficients(self, design: Any) -> tuple[float, float, float]:
+        """(a, b, c) of the llr of the change from the reference to ``design``."""
         raise NotImplementedError
 
-    def _back_coefficients(self, level: float) -> tuple[float, float]:
+    def _back_coefficients(self, design: Any) -> tuple[float, float, float]:
+        """(a, b, c) of the llr of "back at the reference" against "still at ``design``"."""
         raise NotImplementedError
 
-    def _shift(self, design: float) -> float:
-        """The level a design stands for (standardised units, or a rate)."""
-        return design
+    def _size(self, design: Any) -> float:
+        """How far ``design`` is from the reference (to find the smallest of a side)."""
+        raise NotImplementedError
 
     def _transform(self, x: Any) -> float:
-        """The value the reference is made of (a winsorised score, or 0/1)."""
+        """The value the reference is made of (a normal score, or 0/1)."""
         raise NotImplementedError
 
-    def _standard(self, u: float) -> float:
-        """The value the designs are stated in."""
-        return u
+    def _standardiser(self) -> tuple[float, float]:
+        """(centre, 1/spread) that standardise a transformed value, from the reference."""
+        return 0.0, 1.0
 
     def _collect(self, x: Any) -> bool:
         """Feed the first reference; True once it is pinned."""
         raise NotImplementedError
 
-    def _level_after(self, direction: str, design: float, mean: float) -> float:
+    def _level_after(self, direction: str, design: Any, mean: float) -> float:
+        """The level after the change from the mean of the design's statistic since it."""
         raise NotImplementedError
 
     # -- the reference -------------------------------------------------------------------
@@ -124,11 +129,16 @@ class _PinnedCusum:
     def _lag_for_reference(self) -> int:
         return self.LAG
 
+    def _watched(self, direction: str) -> bool:
+        return self.sides in ("both", direction)
+
     def _refresh(self) -> None:
         self._lag = self._lag_for_reference()
+        self._center, self._inv_spread = self._standardiser()
         designs = self._designs()
         self._coef = [self._coefficients(d) for _, d in designs]
-        self._armed = [self.sides in ("both", direction) for direction, _ in designs]
+        self._squared = [c != 0.0 for _, _, c in self._coef]  # designs whose statistic is z*z
+        self._armed = [self._watched(direction) for direction, _ in designs]
 
     def _arm(self) -> None:
         k = len(self._designs())
@@ -146,54 +156,69 @@ class _PinnedCusum:
                 self._arm()
             return
         u = self._transform(x)
+        z = (u - self._center) * self._inv_spread
         if self.episode is not None:
-            z = self._standard(u)
-            back = max(0.0, self.episode["back"] + self.episode["a"] * z + self.episode["b"])
-            self.episode["back"] = back
-            if back > self.threshold:
+            # the forward CUSUMs keep running (capped, no alarms): the episode ends only
+            # when the back test says "at the reference" and none of them sees any change
+            # (a change smaller than the design that fired can look closer to the
+            # reference than to that design while another design still sees it)
+            zz, cap = z * z, 2.0 * self.threshold
+            stats = self.s
+            for i, (a, b, c) in enumerate(self._coef):
+                s = stats[i] + a * z + b + c * zz
+                stats[i] = 0.0 if s < 0.0 else (cap if s > cap else s)
+            ep = self.episode
+            back = ep["back"] + ep["a"] * z + ep["b"] + ep["c"] * zz
+            ep["back"] = back if back > 0.0 else 0.0
+            if back > self.threshold and max(stats) < self.QUIET:
                 self.statistic = back
                 self.episode = None
                 self.drift_ended = True
                 self._arm()
             return
-        self.pending.append(u)
-        if len(self.pending) > self._lag:
-            old = self.pending.popleft()
+        pending = self.pending
+        pending.append(u)
+        if len(pending) > self._lag:
+            old = pending.popleft()
             # only while every CUSUM is quiet: a slow change that builds evidence for longer
             # than the lag must not leak into the reference it is measured against
             if self.moments[0] < self.max_reference and max(self.s) < self.QUIET:
                 self._absorb(old)
                 if int(self.moments[0]) % self.REFRESH == 0:
                     self._refresh()
-        z = self._standard(u)
+        zz = z * z
+        n, stats, starts, totals, excursion = self.n, self.s, self.start, self.total, self._excursion
+        calibrating, squared, armed = self.calibrating, self._squared, self._armed
         best, best_s = -1, 0.0
-        for i, (a, b) in enumerate(self._coef):
-            s = self.s[i] + a * z + b
+        for i, (a, b, c) in enumerate(self._coef):
+            s = stats[i] + a * z + b + c * zz
             if s <= 0.0:
-                if self.calibrating is not None and self._excursion[i] > 0.0:
-                    self.calibrating.append(self._excursion[i])
-                s, self.start[i], self.total[i], self._excursion[i] = 0.0, self.n, 0.0, 0.0
-            else:
-                self.total[i] += z
-                if s > self._excursion[i]:
-                    self._excursion[i] = s
-            self.s[i] = s
-            if s > best_s and self._armed[i]:
+                if calibrating is not None and excursion[i] > 0.0:
+                    calibrating.append(excursion[i])
+                stats[i], starts[i], totals[i], excursion[i] = 0.0, n, 0.0, 0.0
+                continue
+            stats[i] = s
+            totals[i] += zz if squared[i] else z
+            if s > excursion[i]:
+                excursion[i] = s
+            if s > best_s and armed[i]:
                 best, best_s = i, s
         if best < 0 or best_s <= self.threshold:
             return
-        direction, design = self._designs()[best]
-        self.change_point = self.start[best] + 1
+        designs = self._designs()
+        direction, design = designs[best]
+        self.change_point = starts[best] + 1
         self.direction = direction
-        self.level = self._level_after(direction, design, self.total[best] / max(self.n - self.start[best], 1))
+        self.level = self._level_after(direction, design, totals[best] / max(n - starts[best], 1))
         self.statistic = best_s
         # the end: back at the reference rather than still shifted by the smallest design
-        # shift of that side (the level estimated at the alarm is biased away from the
+        # of that side (the level estimated at the alarm is biased away from the
         # reference: the CUSUM fired on the run that looked most shifted)
-        smallest = min((d for side, d in self._designs() if side == direction), key=lambda d: abs(self._shift(d)))
-        a, b = self._back_coefficients(self._shift(smallest))
-        self.episode = {"level": self.level, "back": 0.0, "a": a, "b": b}
-        self.pending.clear()  # may hold changed events: they never join the reference
+        smallest = min((d for side, d in designs if side == direction), key=self._size)
+        a, b, c = self._back_coefficients(smallest)
+        self.episode = {"level": self.level, "back": 0.0, "a": a, "b": b, "c": c}
+        self.s = [0.0] * len(stats)  # the forward CUSUMs start the episode afresh
+        pending.clear()  # may hold changed events: they never join the reference
         self._drift_detected = True
 
     @property
@@ -220,10 +245,14 @@ class MeanShift(_PinnedCusum, base.DriftDetector):
     feature that moves gives the extreme score at once.
 
     Designs: shifts of 0.25, 0.5 and 1 on each side (``llr = d*z - d*d/2``); for a
-    normal feature these are shifts of the mean in standard deviations.
+    normal feature these are shifts of the mean in standard deviations. And a spread
+    1.5x wider or 2/3 as wide (``llr = -log r + z^2/2 (1 - 1/r^2)``): a variance change
+    leaves the mean of the scores alone. Directions: ``up``/``down`` (the mean, watched
+    as ``sides`` says) and ``wider``/``narrower`` (the spread, always watched).
     """
 
     DESIGNS = (0.25, 0.5, 1.0)
+    SCALES = (1.5, 0.67)  # spread x1.5 (wider) and x2/3 (narrower)
     QUANTILES = 200  # intervals between the stored quantiles
 
     def __init__(
@@ -237,14 +266,35 @@ class MeanShift(_PinnedCusum, base.DriftDetector):
         self._zs: list[float] = []  # the normal score at each of them
         self.eps = 0.5 / max(1, reference_size // 2)
 
-    def _designs(self) -> list[tuple[str, float]]:
-        return [("up", d) for d in self.DESIGNS] + [("down", -d) for d in self.DESIGNS]
+    def _designs(self) -> list[tuple[str, Any]]:
+        return (
+            [("up", d) for d in self.DESIGNS]
+            + [("down", -d) for d in self.DESIGNS]
+            + [("wider", ("scale", r)) for r in self.SCALES if r > 1]
+            + [("narrower", ("scale", r)) for r in self.SCALES if r < 1]
+        )
 
-    def _coefficients(self, design: float) -> tuple[float, float]:
-        return design, -0.5 * design * design
+    def _watched(self, direction: str) -> bool:
+        if direction in ("wider", "narrower"):
+            return self.moments[2] > 0.0  # a constant reference has no spread to compare
+        return super()._watched(direction)
 
-    def _back_coefficients(self, level: float) -> tuple[float, float]:
-        return -level, 0.5 * level * level  # from the new level back to 0
+    @staticmethod
+    def _scale_llr(r: float) -> tuple[float, float, float]:
+        # N(0, 1) -> N(0, r^2): -log r + z^2/2 (1 - 1/r^2)
+        return 0.0, -math.log(r), 0.5 * (1.0 - 1.0 / (r * r))
+
+    def _coefficients(self, design: Any) -> tuple[float, float, float]:
+        if isinstance(design, tuple):
+            return self._scale_llr(design[1])
+        return design, -0.5 * design * design, 0.0
+
+    def _back_coefficients(self, design: Any) -> tuple[float, float, float]:
+        a, b, c = self._coefficients(design)
+        return -a, -b, -c  # the negated llr: from the design back to the reference
+
+    def _size(self, design: Any) -> float:
+        return abs(math.log(design[1])) if isinstance(design, tuple) else abs(design)
 
     def _transform(self, x: Any) -> float:
         pts, v = self.points, float(x)
@@ -267,9 +317,9 @@ class MeanShift(_PinnedCusum, base.DriftDetector):
         self.points = points
         self._zs = [self._score(i / self.QUANTILES) for i in range(self.QUANTILES + 1)]
 
-    def _standard(self, u: float) -> float:
+    def _standardiser(self) -> tuple[float, float]:
         c, m, m2 = self.moments
-        return (u - m) / (math.sqrt(m2 / c) or 1.0)
+        return m, 1.0 / (math.sqrt(m2 / c) or 1.0)
 
     def _collect(self, x: Any) -> bool:
         half = max(1, self.reference_size // 2)
@@ -283,7 +333,9 @@ class MeanShift(_PinnedCusum, base.DriftDetector):
         self._absorb(self._transform(x))
         return self.n >= self.reference_size
 
-    def _level_after(self, direction: str, design: float, mean: float) -> float:
+    def _level_after(self, direction: str, design: Any, mean: float) -> float:
+        if isinstance(design, tuple):  # the spread after, in reference spreads
+            return math.sqrt(mean)
         return max(mean, design) if direction == "up" else min(mean, design)  # at least the design's shift
 
     def reset_reference(self) -> None:
@@ -327,7 +379,7 @@ class RateShift(_PinnedCusum, base.BinaryDriftDetector):
         c, m, _ = self.moments
         return (m * c + 0.5) / (c + 1.0)
 
-    def _designs(self) -> list[tuple[str, float]]:
+    def _designs(self) -> list[tuple[str, Any]]:
         return list(self.DESIGNS)
 
     def _p1(self, odds_ratio: float) -> float:
@@ -339,16 +391,16 @@ class RateShift(_PinnedCusum, base.BinaryDriftDetector):
         p0, p1 = self.p0, min(max(p1, 1e-9), 1 - 1e-9)
         return math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
 
-    def _coefficients(self, design: float) -> tuple[float, float]:
+    def _coefficients(self, design: Any) -> tuple[float, float, float]:
         one, zero = self._llr_terms(self._p1(design))
-        return one - zero, zero
+        return one - zero, zero, 0.0
 
-    def _back_coefficients(self, level: float) -> tuple[float, float]:
-        one, zero = self._llr_terms(level)
-        return zero - one, -zero  # the negated llr: from the new rate back to p0
+    def _back_coefficients(self, design: Any) -> tuple[float, float, float]:
+        one, zero = self._llr_terms(self._p1(design))
+        return zero - one, -zero, 0.0  # the negated llr: from the design's rate back to p0
 
-    def _shift(self, design: float) -> float:
-        return self._p1(design)
+    def _size(self, design: Any) -> float:
+        return abs(math.log(design))
 
     def _transform(self, x: Any) -> float:
         return 1.0 if x else 0.0
@@ -358,7 +410,7 @@ class RateShift(_PinnedCusum, base.BinaryDriftDetector):
         c, m, _ = self.moments
         return (c >= self.min_reference and m * c >= self.min_positive - 0.5) or c >= self.max_first
 
-    def _level_after(self, direction: str, design: float, mean: float) -> float:
+    def _level_after(self, direction: str, design: Any, mean: float) -> float:
         p1 = self._p1(design)
         return max(mean, p1) if direction == "up" else min(mean, p1)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -134,8 +134,11 @@ class _Windowed:
         self.in_alarm, self.calm = True, 0
         return True
 
-    def _ended(self, feature: str, position: int, statistic: float, current: dict[str, float]) -> Alarm | None:
-        """The ``ended`` alarm when the last check closed the episode."""
+    def _ended(
+        self, feature: str, position: int, statistic: float, current: Callable[[], dict[str, float]]
+    ) -> Alarm | None:
+        """The ``ended`` alarm when the last check closed the episode (``current``
+        computes its evidence, only then)."""
         if not self.just_ended:
             return None
         self.just_ended = False
@@ -149,7 +152,7 @@ class _Windowed:
             self.reference_size,
             len(self.current),
             {},
-            current,
+            current(),
             start if start is not None else position,
             {"window": str(self.window)},
             status="ended",
@@ -182,7 +185,7 @@ class WindowKS(_Windowed):
         cur = np.asarray(self.current, dtype=float)
         d = ks_statistic(self._ref_sorted, cur)
         if not self._new_episode(d):
-            return self._ended(feature, position, d, summary(cur))
+            return self._ended(feature, position, d, lambda: summary(cur))
         psi, js = psi_and_js(self._ref_sorted, cur)
         self.episode_position = position - self.window // 2
         return Alarm(
@@ -230,7 +233,9 @@ class WindowChi2(_Windowed):
         exp = probs * len(self.current)
         stat = float(np.sum((obs - exp) ** 2 / exp))
         if not self._new_episode(stat):
-            return self._ended(feature, position, stat, {f"share:{c}": cur[c] / len(self.current) for c in cats})
+            return self._ended(
+                feature, position, stat, lambda: {f"share:{c}": cur[c] / len(self.current) for c in cats}
+            )
         self.episode_position = position - self.window // 2
         ref_share = {f"share:{c}": (self.reference[c]) / n_ref for c in cats}
         cur_share = {f"share:{c}": cur[c] / len(self.current) for c in cats}
@@ -327,7 +332,7 @@ class CusumNumeric(_Cusum):
     """Mean shift of a numeric feature (:class:`services.drift.cusum.MeanShift`)."""
 
     name = "cusum.mean"
-    designs = "+-0.25,0.5,1 sd (normal scores)"
+    designs = "mean +-0.25,0.5,1 sd; spread x1.5, x2/3 (normal scores)"
 
     def __init__(self, threshold: float, sides: str = "both", reference_size: int = 2000) -> None:
         from services.drift.cusum import MeanShift
@@ -340,11 +345,16 @@ class CusumNumeric(_Cusum):
         before = (
             {"p5": pts[k // 20], "p50": pts[k // 2], "p95": pts[k - k // 20], "n": float(d.moments[0])} if pts else {}
         )
+        if d.direction in ("wider", "narrower"):
+            return before, {"spread_ratio": d.level}
         # the shift in the reference's normal-score units (about standard deviations)
         return before, {"shift_sd": d.level}
 
     def _severity(self) -> str:
-        return "critical" if abs(self.detector.level) >= 1.0 else "warning"
+        d = self.detector
+        if d.direction in ("wider", "narrower"):
+            return "critical" if d.level >= 2.0 or d.level <= 0.5 else "warning"
+        return "critical" if abs(d.level) >= 1.0 else "warning"
 
 
 class CusumRate(_Cusum):
@@ -480,7 +490,7 @@ class WindowMMD(_Windowed):
         if self.in_alarm:
             self.in_alarm = p <= self.rearm_p
             self.just_ended = not self.in_alarm
-            return self._ended(feature, position, stat, {"mmd2": stat})
+            return self._ended(feature, position, stat, lambda: {"mmd2": stat})
         if p > self.alpha:
             return None
         self.in_alarm = True

@@ -21,6 +21,10 @@ EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-0b7d-4c55-9a43-1d2e3f405162")
 # The drift settings' ``rate_sides`` override these per feature.
 RATE_SIDES = {"negative_feedback": "both"}
 DEFAULT_RATE_SIDE = "up"
+# Features seen as a sample (one embedding per sampled prompt, a few per second): their
+# mean CUSUM pins a smaller reference, with its own calibrated threshold.
+SMALL_REFERENCE = {"prompt_embedding_distance"}
+SMALL_REFERENCE_SIZE = 1000
 
 
 class StreamMonitor:
@@ -42,10 +46,11 @@ class StreamMonitor:
     def new_detectors(self, feature: str, kind: Any, semantic: Any = None) -> list[Any]:
         """Fresh detectors of a feature of ``kind``, as the current calibration sets them."""
         if kind == "numeric":
-            return [
-                CusumNumeric(self.cal["mean_shift"]["threshold"]),
-                WindowKS(self.cal["ks"]["threshold"], **self.window),
-            ]
+            if feature in SMALL_REFERENCE:
+                cusum = CusumNumeric(self.cal["mean_shift_small"]["threshold"], reference_size=SMALL_REFERENCE_SIZE)
+            else:
+                cusum = CusumNumeric(self.cal["mean_shift"]["threshold"])
+            return [cusum, WindowKS(self.cal["ks"]["threshold"], **self.window)]
         if kind == "categorical":
             return [WindowChi2(self.cal["chi2"]["threshold"], **self.window)]
         if kind == "binary":

@@ -238,8 +238,8 @@ def _load_cusum(fresh: Any, doc: dict[str, Any]) -> None:
     c.pending = deque(pending)
     episode = doc.get("episode")
     if episode is not None:
-        if not isinstance(episode, dict) or set(episode) != {"level", "back", "a", "b"}:
-            raise StateError("cusum.episode: expected level, back, a, b")
+        if not isinstance(episode, dict) or set(episode) != {"level", "back", "a", "b", "c"}:
+            raise StateError("cusum.episode: expected level, back, a, b, c")
         c.episode = dict(zip(episode, _floats(list(episode.values()), "cusum.episode")))
     pos = doc.get("episode_position")
     fresh.episode_position = None if pos is None else int(_floats([pos], "cusum.episode_position")[0])

@@ -90,7 +90,7 @@ def test_a_stream_without_errors_is_pinned_and_then_errors_are_a_change() -> Non
 
 def test_a_quarter_sigma_shift_is_one_event_with_its_change_point() -> None:
     """Ten skewed streams, +0.25 sd from event 6,000: each change is exactly one started
-    event, located. The 60,000 events before the changes may hold a false alarm (the
+    event, located, and it does not end while the shift holds. The 60,000 events before the changes may hold a false alarm (the
     budget, 1 per 100k, expects 0.6; seed 107 has a 5.3-sigma run of high values at
     2,215-2,275), which must then have ended before the change."""
     delays, errors, false_alarms = [], [], 0
@@ -103,7 +103,10 @@ def test_a_quarter_sigma_shift_is_one_event_with_its_change_point() -> None:
         before = [e for e in events if e[0] <= 6000]
         after = [(e[1], e[2]) for e in events if e[0] > 6000]
         false_alarms += sum(e[1] == "started" for e in before)
-        assert after == [("started", "up")] and (not before or before[-1][1] == "ended"), (seed, events)
+        # one event; a constant added to a skewed feature moves its normal scores up and
+        # squeezes their low tail: the mean or the spread design may see it first
+        assert len(after) == 1 and after[0] in (("started", "up"), ("started", "narrower")), (seed, events)
+        assert not before or before[-1][1] == "ended", (seed, events)
         delays.append(next(e[0] for e in events if e[0] > 6000) - 6000)
         errors.append(abs(det.change_point - 6001))
     assert false_alarms <= 1
