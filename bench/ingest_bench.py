@@ -157,9 +157,9 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
     from aiokafka import TopicPartition
 
     from services.common.kafka import make_consumer, make_producer
+    from services.common.pii import PiiPolicy
     from services.common.pipeline import Message
     from services.common.registry import get_codec
-    from services.common.pii import PiiPolicy
     from services.ingest.transforms import Protector, table_for
 
     spec = table_for(key)

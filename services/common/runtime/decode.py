@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+import asyncio
+import time
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from services.common.codec import SerializationError
 from services.common.dlq import DeadLetterPolicy, Message, Sender
@@ -50,10 +52,29 @@ class DecodeStep(Generic[T]):
         self.fast_path = fast_path
         self.track_offsets = track_offsets
 
+    # Decoding and transforming a fetched batch is synchronous work; one message can be
+    # slow (a megabyte of text to screen for PII, bounded by the screen's own budget), so
+    # the step hands the event loop back every YIELD_EVERY_S seconds within a batch:
+    # every pipeline and the health server share that loop.
+    YIELD_EVERY_S = 0.05
+
     async def submit(self, value: Records) -> None:
-        await self.next_step.submit(self.process(value))
+        out: list[Chunk[T]] = []
+        for _ in self._run(value, out, self.YIELD_EVERY_S):
+            await asyncio.sleep(0)
+        await self.next_step.submit(out[0])
 
     def process(self, value: Records) -> Chunk[T]:
+        out: list[Chunk[T]] = []
+        for _ in self._run(value, out, None):
+            pass
+        return out[0]
+
+    def _run(self, value: Records, out: list[Chunk[T]], yield_every: float | None) -> Iterator[None]:
+        """Process ``value`` into ``out[0]``, yielding whenever ``yield_every`` seconds
+        have passed since the last yield (never when it is None)."""
+        clock = time.monotonic
+        due = clock() + yield_every if yield_every is not None else None
         tp, msgs = value.tp, value.records
         chunk: Chunk[T] = Chunk(tp, next_offset=msgs[-1].offset + 1, messages=len(msgs))
         append = chunk.items.append
@@ -61,6 +82,9 @@ class DecodeStep(Generic[T]):
         fast, decode, transform = self.fast_path, self.decode, self.transform
         valid = 0  # valid outcomes not yet recorded in the dead-letter ratio (kept in offset order)
         for rec in msgs:
+            if due is not None and clock() > due:
+                yield
+                due = clock() + yield_every  # type: ignore[operator]
             if fast is not None:
                 item = fast(rec)
                 if item is not None:
@@ -90,7 +114,7 @@ class DecodeStep(Generic[T]):
                 if offsets is not None:
                     offsets(rec.offset)
         self.dlq.record_valid(tp.topic, tp.partition, valid)
-        return chunk
+        out.append(chunk)
 
     async def poll(self) -> None:
         await self.next_step.poll()
