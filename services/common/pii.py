@@ -190,6 +190,11 @@ _DETECTORS: list[tuple[str, Finder]] = [
                 r"|\bAIza[0-9A-Za-z_-]{35}\b"  # Google API keys
                 r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
                 r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d)\b[ \t]{0,8}[:=][ \t]{0,8})[^\s'\"]{8,}"
+                r"|\bgithub_pat_[A-Za-z0-9_]{22,255}"  # GitHub fine-grained tokens
+                r"|\bhooks\.slack\.com/services/[A-Za-z0-9/_-]{20,200}"  # Slack incoming webhooks
+                r"|(?i:\baws_secret(?:_access)?_key\b[ \t]{0,8}[:=][ \t]{0,8})[A-Za-z0-9/+=]{40}"  # AWS secret keys
+                r"|(?i:\bbearer[ \t]{1,4})[A-Za-z0-9._~+/=-]{16,}"  # opaque bearer tokens
+                r"|(?i:\bmy[ \t]{1,4}passw(?:or)?d[ \t]{1,4}is[ \t]{1,4})[^\s]{4,}"  # "my password is ..."
             )
         ),
     ),
@@ -239,8 +244,9 @@ _MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:|::[0-9A-Fa-f]")
 # this screen alike). Ordinary words that merely contain a keyword ("capital", "tokens",
 # "secretary") are not a reason to run the detectors.
 _KEYWORDS = re.compile(
-    r"\b(?:AKIA|ASIA|sk-|gh[pousr]_|xox[abprs]-|AIza|eyJ)|PRIVATE KEY"
-    r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d)\b\s*[:=])"
+    r"\b(?:AKIA|ASIA|sk-|gh[pousr]_|github_pat_|hooks\.slack\.com/|xox[abprs]-|AIza|eyJ)|PRIVATE KEY"
+    r"|(?i:\b(?:api[_-]?key|secret|token|passw(?:or)?d|aws_secret_access_key|aws_secret_key)\b\s*[:=])"
+    r"|(?i:\bbearer[ \t])|(?i:\bpassw(?:or)?d\s+is\b)"
 )
 
 
@@ -249,7 +255,9 @@ _KEYWORDS = re.compile(
 _MAYBE_DIGITS_B = re.compile(rb"\d(?:[\d\s\x1c-\x1f().+-]{6,}|\d{0,2}\.\d{1,3}\.\d{1,3}\.\d|\d{6}[A-Za-z])")
 _MAYBE_IBAN_B = re.compile(_MAYBE_IBAN.pattern.encode())
 _MAYBE_IPV6_B = re.compile(_MAYBE_IPV6.pattern.encode())
-_KEYWORDS_B = re.compile(_KEYWORDS.pattern.replace(r"\s*", r"[\s\x1c-\x1f]*").encode())
+_KEYWORDS_B = re.compile(
+    _KEYWORDS.pattern.replace(r"\s*", r"[\s\x1c-\x1f]*").replace(r"\s+", r"[\s\x1c-\x1f]+").encode()
+)
 
 
 def maybe_pii_utf8(raw: bytes) -> bool:

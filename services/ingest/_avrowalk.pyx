@@ -94,6 +94,16 @@ cdef inline bint _assigned(const unsigned char* p, Py_ssize_t n, Py_ssize_t j) n
     return j < n and (p[j] == 58 or p[j] == 61)
 
 
+cdef inline bint _is_said(const unsigned char* p, Py_ssize_t n, Py_ssize_t j) noexcept nogil:
+    """``\\s+is\\b`` at ``j`` (just after a keyword)."""
+    cdef Py_ssize_t k = j
+    while k < n and _is_space(p[k]):
+        k += 1
+    if k == j or not _word_at(p, n, k, b"is", 2):
+        return False
+    return k + 2 >= n or not _is_word(p[k + 2])
+
+
 cdef inline bint _in(unsigned char c, const char* chars) noexcept nogil:
     cdef Py_ssize_t j = 0
     while chars[j]:
@@ -105,8 +115,9 @@ cdef inline bint _in(unsigned char c, const char* chars) noexcept nogil:
 
 cdef bint _keyword_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """The keyword screen at ``i``, where a word starts: ``(?:AKIA|ASIA|sk-|gh[pousr]_|
-    xox[abprs]-|AIza|eyJ)`` as written, ``(?:api[_-]?key|secret|token|passw(?:or)?d)\\b\\s*[:=]``
-    in any ASCII case."""
+    github_pat_|hooks.slack.com/|xox[abprs]-|AIza|eyJ)`` as written;
+    ``(?:api[_-]?key|secret|token|passw(?:or)?d|aws_secret(_access)?_key)\\b\\s*[:=]``,
+    ``bearer[ \\t]`` and ``passw(?:or)?d\\s+is\\b`` in any ASCII case."""
     cdef unsigned char c = p[i]
     if c == 65:  # A
         if _exact_at(p, n, i, b"AKIA", 4) or _exact_at(p, n, i, b"ASIA", 4) or _exact_at(p, n, i, b"AIza", 4):
@@ -117,6 +128,11 @@ cdef bint _keyword_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexce
     elif c == 103:  # g
         if i + 3 < n and p[i + 1] == 104 and _in(p[i + 2], b"pousr") and p[i + 3] == 95:
             return True
+        if _exact_at(p, n, i, b"github_pat_", 11):
+            return True
+    elif c == 104:  # h
+        if _exact_at(p, n, i, b"hooks.slack.com/", 16):
+            return True
     elif c == 120:  # x
         if i + 4 < n and _exact_at(p, n, i, b"xox", 3) and _in(p[i + 3], b"abprs") and p[i + 4] == 45:
             return True
@@ -124,7 +140,11 @@ cdef bint _keyword_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexce
         if _exact_at(p, n, i, b"eyJ", 3):
             return True
     c = _lower(c)
-    if c == 97:  # api[_-]?key
+    if c == 97:  # api[_-]?key, aws_secret(_access)?_key
+        if _word_at(p, n, i, b"aws_secret_access_key", 21) and _assigned(p, n, i + 21):
+            return True
+        if _word_at(p, n, i, b"aws_secret_key", 14) and _assigned(p, n, i + 14):
+            return True
         if _word_at(p, n, i, b"api", 3):
             if _word_at(p, n, i + 3, b"key", 3) and _assigned(p, n, i + 6):
                 return True
@@ -137,12 +157,15 @@ cdef bint _keyword_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexce
     elif c == 116:  # token
         if _word_at(p, n, i, b"token", 5) and _assigned(p, n, i + 5):
             return True
-    elif c == 112:  # passw(?:or)?d
+    elif c == 112:  # passw(?:or)?d, then [:=] or "is"
         if _word_at(p, n, i, b"passw", 5):
-            if _word_at(p, n, i + 5, b"ord", 3) and _assigned(p, n, i + 8):
+            if _word_at(p, n, i + 5, b"ord", 3) and (_assigned(p, n, i + 8) or _is_said(p, n, i + 8)):
                 return True
-            if _word_at(p, n, i + 5, b"d", 1) and _assigned(p, n, i + 6):
+            if _word_at(p, n, i + 5, b"d", 1) and (_assigned(p, n, i + 6) or _is_said(p, n, i + 6)):
                 return True
+    elif c == 98:  # bearer[ \t]
+        if _word_at(p, n, i, b"bearer", 6) and i + 6 < n and (p[i + 6] == 32 or p[i + 6] == 9):
+            return True
     return False
 
 
