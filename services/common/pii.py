@@ -72,7 +72,7 @@ def _luhn(digits: str) -> bool:
 
 
 def _iban_ok(raw: str) -> bool:
-    s = re.sub(r"\s+", "", raw).upper()
+    s = re.sub(r"[\s-]+", "", raw).upper()
     if not 15 <= len(s) <= 34:
         return False
     rearranged = s[4:] + s[:4]
@@ -199,7 +199,10 @@ _DETECTORS: list[tuple[str, Finder]] = [
         ),
     ),
     ("EMAIL", _emails),
-    ("IBAN", _regex(re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b"), _iban_ok)),
+    (  # upper or lower case, grouped by spaces or dashes
+        "IBAN",
+        _regex(re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,4})?\b"), _iban_ok),
+    ),
     ("CARD", _regex(re.compile(r"\b\d(?:[ .-]?\d){12,18}\b"), lambda s: _luhn(re.sub(r"\D", "", s)))),
     ("SSN", _regex(re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"))),
     (
@@ -236,7 +239,7 @@ _DETECTORS: list[tuple[str, Finder]] = [
 # every branch starts with a digit, so the engine skips to digits (much faster than an
 # alternation of branches with different first characters)
 _MAYBE_DIGITS = re.compile(r"\d(?:[\d\s().+-]{6,}|\d{0,2}\.\d{1,3}\.\d{1,3}\.\d|\d{6}[A-Za-z])")
-_MAYBE_IBAN = re.compile(r"[A-Z]{2}\d{2}")
+_MAYBE_IBAN = re.compile(r"[A-Z]{2}\d{2}|\b[A-Za-z]{2}\d{2}[ -]?[A-Za-z0-9]{4}")
 _MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:|::[0-9A-Fa-f]")
 # Where a keyword-led detector (SECRET, PRIVATE_KEY) can match: each of their starts,
 # with the same word boundaries and the same case rules (the keyword branch is case-blind,

@@ -104,6 +104,26 @@ cdef inline bint _is_said(const unsigned char* p, Py_ssize_t n, Py_ssize_t j) no
     return k + 2 >= n or not _is_word(p[k + 2])
 
 
+cdef inline bint _is_alpha(unsigned char c) noexcept nogil:
+    return (65 <= c <= 90) or (97 <= c <= 122)
+
+
+cdef inline bint _iban_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    """``[A-Za-z]{2}\\d{2}[ -]?[A-Za-z0-9]{4}`` at ``i`` (where a word starts)."""
+    cdef Py_ssize_t j, k
+    if i + 8 > n or not (_is_alpha(p[i]) and _is_alpha(p[i + 1]) and _is_digit(p[i + 2]) and _is_digit(p[i + 3])):
+        return False
+    j = i + 4
+    if p[j] == 32 or p[j] == 45:
+        j += 1
+    if j + 4 > n:
+        return False
+    for k in range(j, j + 4):
+        if not (_is_alpha(p[k]) or _is_digit(p[k])):
+            return False
+    return True
+
+
 cdef inline bint _in(unsigned char c, const char* chars) noexcept nogil:
     cdef Py_ssize_t j = 0
     while chars[j]:
@@ -172,7 +192,8 @@ cdef bint _keyword_at(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexce
 cdef bint _ascii_maybe_pii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     """``maybe_pii_utf8`` of ASCII bytes: '@'; a digit followed by six or more of
     ``[\\d\\s\\x1c-\\x1f().+-]`` (which also covers the dotted-quad and digits-then-letter
-    branches); ``[A-Z]{2}\\d{2}``; ``[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:``; ``::`` then a hex digit;
+    branches); ``[A-Z]{2}\\d{2}``, or ``[A-Za-z]{2}\\d{2}[ -]?[A-Za-z0-9]{4}`` where a word
+    starts; ``[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:``; ``::`` then a hex digit;
     ``PRIVATE KEY``;
     a keyword where a word starts."""
     cdef Py_ssize_t i, j, h, first_digit = -1
@@ -202,7 +223,7 @@ cdef bint _ascii_maybe_pii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
             return True
         if c == 80 and _exact_at(p, n, i, b"PRIVATE KEY", 11):
             return True
-        if _is_word(c) and (i == 0 or not _is_word(p[i - 1])) and _keyword_at(p, n, i):
+        if _is_word(c) and (i == 0 or not _is_word(p[i - 1])) and (_keyword_at(p, n, i) or _iban_at(p, n, i)):
             return True
     return False
 

@@ -62,6 +62,9 @@ def test_a_text_over_its_time_budget_is_never_stored_in_clear() -> None:
         ("CARD", "4111.1111.1111.1111"),
         ("EMAIL", "jürgen@bücher.de"),
         ("EMAIL", "bob\uff20example.com"),
+        ("IBAN", "de89 3704 0044 0532 0130 00"),
+        ("IBAN", "DE89-3704-0044-0532-0130-00"),
+        ("IBAN", "gb82west12345698765432"),
     ],
 )
 def test_forms_that_were_missed_are_found(kind: str, value: str) -> None:
