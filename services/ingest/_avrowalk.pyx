@@ -372,8 +372,8 @@ cdef class Walker:
                     pos = self._string(buf, p, pos, end, False, &start)
                     if pos < 0:
                         return -1
-                else:  # map: a key, then its value (screened when the map is text)
-                    pos = self._string(buf, p, pos, end, False, &start)
+                else:  # map: a key, then its value (both screened when the map is text)
+                    pos = self._string(buf, p, pos, end, role == R_TEXT, &start)
                     if pos < 0:
                         return -1
                     pos = self._string(buf, p, pos, end, role == R_TEXT, &start)

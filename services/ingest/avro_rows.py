@@ -419,7 +419,7 @@ def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Avr
     messages as ``role: content`` joined by blank lines), ``system_prompt`` (the system
     messages joined by newlines, null when that is empty), ``message_count``,
     ``prompt_chars``, and an empty ``pii_counts`` and the Kafka coordinates. A request
-    passes through only when the walker found every metadata value clean and the
+    passes through only when the walker found every metadata key and value clean and the
     assembled prompt and system prompt are clean too: the screen sees exactly the texts
     the full path protects."""
 

@@ -95,7 +95,10 @@ def _request(msg: Message, protect: Protector) -> Row:
     convo = "\n\n".join(f"{m['role']}: {m['content']}" for m in v["messages"] if m["role"] != "system")
     prompt = protect(convo, tenant, pii)
     system = protect(system, tenant, pii)
-    metadata = {k: protect(val, tenant, pii) or "" for k, val in v["metadata"].items()}
+    metadata: dict[str, str] = {}
+    for i, (k, val) in enumerate(v["metadata"].items()):
+        key = protect(k, tenant, pii) or f"[key {i}]"  # keys can hold personal data too
+        metadata[key if key not in metadata else f"{key}#{i}"] = protect(val, tenant, pii) or ""
     return (
         _id(v["request_id"], "request_id"),
         v["created_at"],

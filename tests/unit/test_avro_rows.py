@@ -519,14 +519,14 @@ def test_clean_requests_pass_through_byte_identical_to_the_full_path(request_row
         if fast is None:
             convo = "\n\n".join(f"{x['role']}: {x['content']}" for x in rec["messages"] if x["role"] != "system")
             system = "\n".join(x["content"] for x in rec["messages"] if x["role"] == "system")
-            assert any(maybe_pii(t) for t in [convo, system, *rec["metadata"].values()]), rec
+            assert any(maybe_pii(t) for t in [convo, system, *rec["metadata"].values(), *rec["metadata"]]), rec
             continue
         assert fast == full, rec
         passed += 1
     assert passed >= len(records) - 3
 
 
-@pytest.mark.parametrize("where", ["content", "role", "system", "metadata"])
+@pytest.mark.parametrize("where", ["content", "role", "system", "metadata", "metadata key"])
 @pytest.mark.parametrize("kind", sorted(CORPUS))
 def test_requests_with_pii_take_the_full_path(request_rows, protector, where, kind) -> None:
     codec = get_codec(RKEY)
@@ -537,6 +537,7 @@ def test_requests_with_pii_take_the_full_path(request_rows, protector, where, ki
             "role": request(1, messages=[{"role": text, "content": "hello"}]),
             "system": request(1, messages=[{"role": "system", "content": text}, {"role": "user", "content": "hi"}]),
             "metadata": request(1, metadata={"note": text}),
+            "metadata key": request(1, metadata={text: "x", "plain": "y"}),
         }[where]
         fast, full = both_request(request_rows, protector, codec.encode(rec))
         assert fast is None, (kind, value)

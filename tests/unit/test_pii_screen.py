@@ -191,3 +191,15 @@ def test_secrets_that_were_missed_are_found(value: str) -> None:
 def test_ordinary_words_around_the_new_keywords_are_left_alone() -> None:
     for text in ("the bearer of bad news", "the password is required", "hooks and slack lines"):
         assert find_pii(text) == [], text
+
+
+def test_metadata_keys_are_protected_and_kept_apart() -> None:
+    from services.common.pipeline import Message
+    from services.ingest.transforms import TABLES, Protector
+
+    spec = TABLES["inference_requests"]
+    rec = codec_example() | {"metadata": {"bob@example.com": "1", "eve@example.com": "2", "plain": "3"}}
+    msg = Message(topic="argus.inference.requests", partition=0, offset=1, key=None, raw=b"", timestamp_ms=0)
+    msg.value = rec
+    row = dict(zip(spec.columns, spec.transform(Protector(PiiPolicy(), {}, b""))(msg)))
+    assert row["metadata"] == {"[EMAIL]": "1", "[EMAIL]#1": "2", "plain": "3"}
