@@ -61,6 +61,13 @@ class TopicSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _retention(spec: TopicSpec) -> int | None:
+    """A topic's retention.ms; None for forever (-1, or not set: the broker default is
+    not what the registry promises)."""
+    value = int(spec.config.get("retention.ms", "-1"))
+    return None if value < 0 else value
+
+
 class SchemaRegistry:
     """Parsed view of one ``schemas/`` directory. Thread-safe and cached."""
 
@@ -89,6 +96,14 @@ class SchemaRegistry:
                 raise RegistryError(
                     f"topic {spec.key}: dead-letter topic {spec.dead_letter_topic!r} is not in the registry"
                 )
+            if spec.dead_letter_topic:
+                # a dead letter is the original message, whole: it must not outlive its source
+                source, dlq = _retention(spec), _retention(self.topics[spec.dead_letter_topic])
+                if source is not None and (dlq is None or dlq > source):
+                    raise RegistryError(
+                        f"topic {spec.key}: its dead-letter topic {spec.dead_letter_topic} keeps messages longer "
+                        f"({dlq if dlq is not None else 'forever'} ms) than the topic itself ({source} ms)"
+                    )
 
     def _load_topic(self, path: Path) -> TopicSpec:
         d = yaml.safe_load(path.read_text())

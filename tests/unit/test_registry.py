@@ -79,3 +79,18 @@ def test_invalid_golden_example_is_caught(tmp_path: Path) -> None:
     (root / "examples" / "feedback" / "1" / "bad.json").write_text('{"feedback_id": "x"}')
     problems = check_registry(SchemaRegistry(root))
     assert any("bad.json is not a valid v1 record" in str(p) for p in problems)
+
+
+def test_a_dead_letter_topic_never_outlives_its_source(tmp_path) -> None:  # noqa: ANN001
+    """A dead letter is the whole original message (a prompt, say): keeping it 30 days
+    when the source topic keeps 7 would make the dead-letter topic the place personal
+    data outlives its retention. The registry refuses such a pair (and loads as shipped)."""
+    requests = default_registry().topic("inference-requests")
+    dlq = default_registry().topic(requests.dead_letter_topic)
+    assert int(dlq.config["retention.ms"]) <= int(requests.config["retention.ms"])
+    root = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS_DIR, root)
+    path = root / "topics" / "inference-requests-dlq.yaml"
+    path.write_text(path.read_text().replace('retention.ms: "604800000"', 'retention.ms: "2592000000"'))
+    with pytest.raises(RegistryError, match="keeps messages longer"):
+        SchemaRegistry(root)
