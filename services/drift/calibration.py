@@ -108,7 +108,7 @@ def _cusum_alarms(make: Callable[[], Any], draw: Callable[[Any, int], Any], even
     return alarms
 
 
-DETECTORS = ("ks", "chi2", "mean_shift", "mean_shift_small", "rate_shift")
+DETECTORS = ("ks", "chi2", "mean_shift", "mean_shift_small", "adwin_warmup", "rate_shift")
 
 
 def calibrate(
@@ -176,7 +176,48 @@ def calibrate(
             "seconds": round(time.perf_counter() - t0, 1),
             "events": events,
         }
+    if "adwin_warmup" in only:
+        out["detectors"]["adwin_warmup"] = _calibrate_warmup(events, seed)
     return out
+
+
+def _calibrate_warmup(events: int, seed: int, per_stream: float = 0.01, warmup: int = 2000) -> dict[str, Any]:
+    """The warm-up ADWIN lives for a stream's first ``warmup`` events only, so its budget
+    is per stream: the largest ``delta`` (most sensitive) for which at most
+    ``per_stream`` of stationary streams of every shape raise anything in that time;
+    then the share of fresh streams that do."""
+    from services.drift.detectors import WarmupADWIN
+
+    t0 = time.perf_counter()
+    n_streams = max(100, events // warmup)
+
+    def share(delta: float, base: int) -> dict[str, float]:
+        out = {}
+        for i, (name, draw) in enumerate(NUMERIC_SHAPES.items()):
+            rng = np.random.default_rng(base + i)
+            hits = 0
+            for _ in range(n_streams):
+                det = WarmupADWIN(delta, warmup)
+                hits += any(det.update(float(x), "f", k) is not None for k, x in enumerate(draw(rng, warmup)))
+            out[name] = hits / n_streams
+        return out
+
+    chosen = 1e-7
+    for delta in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6):  # most sensitive first
+        if max(share(delta, seed + 5000).values()) <= per_stream / 2:
+            chosen = delta
+            break
+    fresh = share(chosen, seed + 6000)
+    worst = max(fresh.values())
+    return {
+        "delta": chosen,
+        "false_alarms": round(worst * n_streams),
+        "false_alarms_per_100k": worst * n_streams / (n_streams * warmup) * 1e5,
+        "streams_with_a_false_alarm": fresh,
+        "per_stream_budget": per_stream,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "events": n_streams * warmup,
+    }
 
 
 def load() -> dict[str, Any]:
@@ -204,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| detector | setting | false alarms (fresh stationary streams) | per 100k events |")
     print("|---|---|---|---|")
     for name, d in result["detectors"].items():
-        setting = {"threshold": d["threshold"]}
+        setting = {k: d[k] for k in ("threshold", "delta") if k in d}
         print(f"| {name} | {setting} | {d['false_alarms']} in {d['events']:,} | {d['false_alarms_per_100k']:.2f} |")
     return 0
 

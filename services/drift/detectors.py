@@ -378,6 +378,71 @@ class CusumRate(_Cusum):
         return "critical" if ratio >= 2.0 or ratio <= 0.5 else "warning"
 
 
+class WarmupADWIN:
+    """river's ``ADWIN`` (at the calibrated delta) for a numeric feature's first
+    ``warmup`` events, while the mean CUSUM is still collecting its 2,000-value reference:
+    a stream with little traffic (a demo, a new model version) is watched from its first
+    events. ADWIN needs no reference and its bound is conservative on short windows. It
+    retires after ``warmup`` events; an episode it opened is then released without an
+    ``ended`` event (ADWIN cannot say when a change is over). Checkpointed by replaying
+    the values it saw since its last alarm."""
+
+    name = "river.ADWIN"
+
+    def __init__(self, delta: float, warmup: int = 2000) -> None:
+        from river import drift
+
+        self.delta, self.warmup = delta, warmup
+        self.detector = drift.ADWIN(delta=delta)
+        self.seen = 0
+        self.history: list[float] = []  # since the last alarm, for the checkpoint's replay
+        self.recent: deque[float] = deque(maxlen=200)
+        self.in_alarm = False
+
+    @property
+    def retired(self) -> bool:
+        return self.seen >= self.warmup
+
+    def reset_reference(self) -> None:
+        self.__init__(self.delta, self.warmup)  # type: ignore[misc]
+
+    def replay(self, values: list[float], seen: int) -> None:
+        for x in values:
+            self.detector.update(x)
+            self.history.append(x)
+            self.recent.append(x)
+        self.seen = seen
+
+    def update(self, x: float, feature: str, position: int) -> Alarm | None:
+        if self.retired:
+            return None
+        self.seen += 1
+        self.recent.append(x)
+        self.detector.update(x)
+        if not self.detector.drift_detected:
+            self.history.append(x)
+            return None
+        self.history = [x]
+        width = int(getattr(self.detector, "width", 0) or 0)
+        before = list(self.recent)[: -max(1, min(width, len(self.recent) // 2))] or list(self.recent)
+        after = list(self.recent)[len(before) :] or list(self.recent)
+        return Alarm(
+            self.name,
+            feature,
+            abs(float(np.mean(after)) - float(np.mean(before))),
+            0.0,
+            None,
+            len(before),
+            len(after),
+            summary(before),
+            summary(after),
+            position - width,
+            {"delta": f"{self.delta:g}", "warmup": str(self.warmup)},
+            direction="up" if np.mean(after) > np.mean(before) else "down",
+            severity_hint="warning",
+        )
+
+
 def rbf_kernel(z: np.ndarray, sigma: float) -> np.ndarray:
     sq = np.sum(z * z, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)

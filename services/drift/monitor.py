@@ -12,7 +12,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from services.drift.detectors import Alarm, CusumNumeric, CusumRate, WindowChi2, WindowKS, WindowMMD
+from services.drift.detectors import Alarm, CusumNumeric, CusumRate, WarmupADWIN, WindowChi2, WindowKS, WindowMMD
 from services.drift.features import Features
 
 EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-0b7d-4c55-9a43-1d2e3f405162")
@@ -50,7 +50,8 @@ class StreamMonitor:
                 cusum = CusumNumeric(self.cal["mean_shift_small"]["threshold"], reference_size=SMALL_REFERENCE_SIZE)
             else:
                 cusum = CusumNumeric(self.cal["mean_shift"]["threshold"])
-            return [cusum, WindowKS(self.cal["ks"]["threshold"], **self.window)]
+            warmup = WarmupADWIN(self.cal["adwin_warmup"]["delta"])
+            return [cusum, WindowKS(self.cal["ks"]["threshold"], **self.window), warmup]
         if kind == "categorical":
             return [WindowChi2(self.cal["chi2"]["threshold"], **self.window)]
         if kind == "binary":
@@ -93,16 +94,20 @@ class StreamMonitor:
         alarms = [a for a in [mmd.update(vector, "prompt_embedding", pos)] if a is not None]
         if pinned:
             dist = mmd.distance_to_reference(vector)
-            alarms += [
-                a
-                for d in self._numeric("prompt_embedding_distance")
-                if (a := d.update(dist, "prompt_embedding_distance", pos)) is not None
-            ]
+            dets = self._numeric("prompt_embedding_distance")
+            alarms += [a for d in dets if (a := d.update(dist, "prompt_embedding_distance", pos)) is not None]
+            self._release_retired("prompt_embedding_distance", dets)
         alarms = self._episodes(alarms)
         for a in alarms:
             a.params["embeddings_seen"] = str(mmd.seen)
         self.alarms += len(alarms)
         return alarms
+
+    def _release_retired(self, feature: str, dets: list[Any]) -> None:
+        """A warm-up detector that retired gives up the episode it holds (it cannot end it)."""
+        owner = self.open.get(feature)
+        if owner == WarmupADWIN.name and any(isinstance(d, WarmupADWIN) and d.retired for d in dets):
+            del self.open[feature]
 
     def _episodes(self, alarms: list[Alarm]) -> list[Alarm]:
         """Keep one episode per feature: a start while another detector of the feature
@@ -131,7 +136,9 @@ class StreamMonitor:
             self.recent_ids.append(f.request_id)
         alarms: list[Alarm] = []
         for name, x in f.numeric.items():
-            alarms += [a for d in self._numeric(name) if (a := d.update(x, name, self.position)) is not None]
+            dets = self._numeric(name)
+            alarms += [a for d in dets if (a := d.update(x, name, self.position)) is not None]
+            self._release_retired(name, dets)
         for name, c in f.categorical.items():
             alarms += [a for d in self._categorical(name) if (a := d.update(c, name, self.position)) is not None]
         for name, b in f.binary.items():

@@ -12,6 +12,8 @@ own windows.
   window, counters and the alarm latch), except the raw embeddings of an MMD reference
   that is still filling up, kept in float32 so a checkpoint stays well under Kafka's
   1 MB message limit (the pinned projection is exact).
+- The warm-up ADWIN (river's, for a numeric feature's first 2,000 events) is rebuilt by
+  replaying the values it saw since its last alarm (its internals have no stable form).
 - The CUSUMs (mean shift, rate) round-trip exactly too: a handful of numbers per
   design, the reference's moments, the values waiting to join the reference (at most
   ``LAG``) and the open episode.
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from services.drift.detectors import CusumNumeric, CusumRate, WindowChi2, WindowKS, WindowMMD
+from services.drift.detectors import CusumNumeric, CusumRate, WarmupADWIN, WindowChi2, WindowKS, WindowMMD
 from services.drift.monitor import StreamMonitor
 
 # 2: CUSUMs in place of river's ADWIN/DDM; ended episodes. A version-1 checkpoint is not
@@ -127,6 +129,8 @@ def _dump_detector(d: Any) -> dict[str, Any]:
             "current": _arr(np.asarray(d.current)) if d.current else None,
             "positions": list(d.positions),
         }
+    if isinstance(d, WarmupADWIN):  # river's ADWIN has no stable serialised form: replayed
+        return {"type": "adwin_warmup", "seen": d.seen, "replay": [] if d.retired else list(d.history)}
     if isinstance(d, (CusumNumeric, CusumRate)):
         c = d.detector
         doc = {
@@ -198,6 +202,11 @@ def _load_detector(fresh: Any, doc: Any) -> Any:
         fresh.positions.extend(int(p) for p in _floats(doc.get("positions"), "mmd.positions"))
     elif kind in ("cusum_mean", "cusum_rate"):
         _load_cusum(fresh, doc)
+    elif kind == "adwin_warmup":
+        replay = _floats(doc.get("replay"), "adwin.replay")
+        if len(replay) > fresh.warmup:
+            raise StateError("adwin.replay: longer than the warm-up")
+        fresh.replay(replay, _int(doc.get("seen"), "adwin.seen"))
     return fresh
 
 

@@ -158,3 +158,24 @@ def test_sides_per_feature_come_from_the_defaults_and_the_settings() -> None:
     assert configured._binary("error")[0].detector.sides == "both"
     with pytest.raises(ValueError):
         DriftSettings(rate_sides={"error": "sideways"})
+
+
+def test_a_new_stream_is_watched_from_its_first_events_and_the_warm_up_retires() -> None:
+    """The mean CUSUM waits for 2,000 values; until then river's ADWIN (at the delta
+    calibrated per stream start) watches a numeric feature: a demo's doubled prompts are
+    found within tens of events. It retires after 2,000 events and gives its episode up,
+    so the CUSUM can raise the next change."""
+    from services.drift.features import Features
+    from services.drift.monitor import StreamMonitor
+    from services.drift.state import dump_monitor, load_monitor
+
+    rng = np.random.default_rng(12)
+    mon = StreamMonitor("m|*", load())
+    xs = np.concatenate([rng.lognormal(4, 0.4, 50), 2 * rng.lognormal(4, 0.4, 60)])
+    found = [(mon.position, a.detector) for x in xs for a in mon.observe(Features("m|*", numeric={"len": float(x)}))]
+    assert found and found[0][1] == "river.ADWIN" and 50 < found[0][0] <= 110, found  # ADWIN checks every 32
+    restored = load_monitor(dump_monitor(mon), load())
+    assert dump_monitor(restored) == dump_monitor(mon) and restored.open == {"len": "river.ADWIN"}
+    for x in 2 * rng.lognormal(4, 0.4, 2000):
+        restored.observe(Features("m|*", numeric={"len": float(x)}))
+    assert "len" not in restored.open  # retired: the episode was given up

@@ -143,7 +143,7 @@ def test_a_checkpoint_of_a_full_size_semantic_reference_fits_in_one_kafka_messag
         (
             b'{"format": "argus.drift.monitor", "version": 2, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
             b' "detectors": {"x": {"kind": "numeric", "detectors": [{"type": "ks"}]}}}',
-            "1 detectors saved, 2 expected",
+            "1 detectors saved, 3 expected",
         ),
         (
             b'{"format": "argus.drift.monitor", "version": 2, "stream": "m|v1", "position": 5, "alarms": 0, "recent_ids": [],'
