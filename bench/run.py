@@ -25,6 +25,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest_bench",
     "drift": "bench.drift_bench",
     "drift-cases": "bench.drift_cases",
+    "pii": "bench.pii_bench",
     "alerting": "bench.alerting_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
