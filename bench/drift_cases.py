@@ -62,8 +62,9 @@ def rate_case(rng: np.random.Generator, base: float, factor: float) -> tuple[np.
 
 
 # -- methods -------------------------------------------------------------------------------
-def argus_numeric(values: np.ndarray) -> list[tuple[int, str, int]]:
-    """(index, detector, located change point) of every started event."""
+def argus(values: np.ndarray, kind: str) -> list[tuple[int, str, int]]:
+    """(index, detector, located change point) of every started event: the StreamMonitor
+    as the service runs it, on a numeric latency or a binary negative-feedback feature."""
     from services.drift.calibration import load
     from services.drift.features import Features
     from services.drift.monitor import StreamMonitor
@@ -71,24 +72,21 @@ def argus_numeric(values: np.ndarray) -> list[tuple[int, str, int]]:
     mon = StreamMonitor("m|v", load())
     out = []
     for v in values:
-        for a in mon.observe(Features("m|v", numeric={"latency_ms": float(v)})):
-            if a.status == "started":
-                out.append((mon.position, a.detector, a.position))
+        f = (
+            Features("m|v", numeric={"latency_ms": float(v)})
+            if kind == "numeric"
+            else Features("m|v", binary={"negative_feedback": bool(v)})
+        )
+        out += [(mon.position, a.detector, a.position) for a in mon.observe(f) if a.status == "started"]
     return out
+
+
+def argus_numeric(values: np.ndarray) -> list[tuple[int, str, int]]:
+    return argus(values, "numeric")
 
 
 def argus_rate(values: np.ndarray) -> list[tuple[int, str, int]]:
-    from services.drift.calibration import load
-    from services.drift.features import Features
-    from services.drift.monitor import StreamMonitor
-
-    mon = StreamMonitor("m|v", load())
-    out = []
-    for v in values:
-        for a in mon.observe(Features("m|v", binary={"negative_feedback": bool(v)})):
-            if a.status == "started":
-                out.append((mon.position, a.detector, a.position))
-    return out
+    return argus(values, "binary")
 
 
 def adwin(values: np.ndarray, delta: float = 0.002) -> list[tuple[int, str, int]]:

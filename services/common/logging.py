@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from services.common.pii import PiiPolicy, maybe_pii, scrub
+
 MASK = "**********"
 _SHAPES = [
     (re.compile(r'(password\s*=\s*")[^"]*(")', re.I), r"\1" + MASK + r"\2"),  # JAAS
@@ -26,6 +28,17 @@ _SHAPES = [
     ),
     (re.compile(r"(://[^/:@\s]+:)[^@/\s]+(@)"), r"\1" + MASK + r"\2"),  # scheme://user:password@host
 ]
+
+
+def map_strings(value: Any, fn: Any) -> Any:
+    """``value`` with ``fn`` applied to every string in it (dicts, lists and tuples walked)."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_strings(v, fn) for v in value)
+    return value
 
 
 class Redactor:
@@ -46,13 +59,7 @@ class Redactor:
         return value
 
     def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, dict):
-            return {k: self.value(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(self.value(v) for v in value)
-        return value
+        return map_strings(value, self.text)
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
         return {k: self.value(v) for k, v in event.items()}
@@ -70,6 +77,9 @@ PII_SAFE_KEYS = frozenset(
 )  # fmt: skip
 
 
+_LOG_POLICY = PiiPolicy()  # redact
+
+
 class PiiScreen:
     """A structlog processor that applies the PII detectors to every other string field
     (nested ones too): a decode error, a reason or a value a service logs never carries
@@ -79,16 +89,11 @@ class PiiScreen:
     def __init__(self, budget_s: float = 0.05) -> None:
         self.budget_s = budget_s
 
-    def value(self, value: Any) -> Any:
-        from services.common.pii import PiiPolicy, maybe_pii, scrub
+    def text(self, value: str) -> str:
+        return scrub(value, _LOG_POLICY, budget_s=self.budget_s).text or "" if maybe_pii(value) else value
 
-        if isinstance(value, str):
-            return scrub(value, PiiPolicy(), budget_s=self.budget_s).text if maybe_pii(value) else value
-        if isinstance(value, dict):
-            return {k: self.value(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(self.value(v) for v in value)
-        return value
+    def value(self, value: Any) -> Any:
+        return map_strings(value, self.text)
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
         return {k: v if k in PII_SAFE_KEYS else self.value(v) for k, v in event.items()}

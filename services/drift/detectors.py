@@ -279,31 +279,25 @@ class _Cusum:
     def update(self, x: Any, feature: str, position: int) -> Alarm | None:
         d = self.detector
         d.update(x)
-        if d.drift_ended:
-            before, after = self._summaries()
-            alarm = Alarm(
-                self.name,
-                feature,
-                d.statistic,
-                d.threshold,
-                None,
-                int(d.moments[0]),
-                0,
-                before,
-                {},
-                self.episode_position if self.episode_position is not None else position,
-                self.params(),
-                status="ended",
-                direction="",
-                ended_at=position,
-            )
+        if d.drift_ended:  # located at the episode's start, established here
+            start = self.episode_position if self.episode_position is not None else position
             self.episode_position = None
-            return alarm
+            return self._alarm(feature, start, 0, {}, status="ended", ended_at=position)
         if not d.drift_detected:
             return None
-        located = position - (d.n - d.change_point)
-        self.episode_position = located
-        before, after = self._summaries()
+        self.episode_position = position - (d.n - d.change_point)
+        return self._alarm(
+            feature,
+            self.episode_position,
+            d.n - d.change_point + 1,
+            None,
+            direction=d.direction,
+            severity_hint=self._severity(),
+        )
+
+    def _alarm(self, feature: str, located: int, current: int, after: dict | None, **kw: Any) -> Alarm:
+        d = self.detector
+        before, summary_after = self._summaries()
         return Alarm(
             self.name,
             feature,
@@ -311,13 +305,12 @@ class _Cusum:
             d.threshold,
             None,
             int(d.moments[0]),
-            d.n - d.change_point + 1,
+            current,
             before,
-            after,
+            summary_after if after is None else after,
             located,
             self.params(),
-            direction=d.direction,
-            severity_hint=self._severity(),
+            **kw,
         )
 
     def params(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ from services.common.codec import SerializationError, to_json
 from services.common.errors import describe
 from services.common.pii import PiiPolicy, scrub
 from services.common.pipeline import InvalidMessage, Message
-from services.common.registry import dead_letter_topics
+from services.common.registry import RegistryError, dead_letter_topics, default_registry
 
 
 class Protector:
@@ -309,8 +309,6 @@ def _original(topic: str, raw: bytes) -> tuple[Any, str | None] | None:
     """The dead letter's original record decoded with its topic's contract, and the
     tenant it belongs to (the record's, or the tenant topic's); None when it does not
     decode (it was dead-lettered for that) or the topic is not a registry topic."""
-    from services.common.registry import RegistryError, default_registry
-
     reg = default_registry()
     at = topic.find("argus.")  # Kafka names may carry a deployment prefix
     try:
