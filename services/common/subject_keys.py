@@ -1,0 +1,195 @@
+"""Where the subject key service is, and the two ClickHouse dictionaries that ask it.
+
+The key service (``services.keys``) holds one data key per data subject; ClickHouse
+seals and opens texts with them in SQL (migration ``0008_sealed_texts``). This module is
+what the rest of Argus shares about it:
+
+- :class:`KeyServiceRef`: its URL and tokens, from settings (``ARGUS_PRIVACY_KEYS_URL``,
+  ``…_DICTIONARY_TOKEN_FILE``, ``…_ADMIN_TOKEN_FILE``) or, when none is set, the local
+  stack's (``<home>/secrets/privacy/…``, written by ``argus stack up``).
+- :func:`dictionary_ddl`: ``subject_keys_ensure`` (inserts: creates keys) and
+  ``subject_keys`` (reads), both ``COMPLEX_KEY_DIRECT``: ClickHouse caches no key, so a
+  destroyed key is unreadable from the next query on, with no reload to wait for.
+- :class:`KeyServiceClient`: the admin calls ``argus privacy`` makes.
+
+The dictionaries' token sits in their DDL; only the admin can read DDL or call
+``dictGet`` on them (:mod:`services.common.clickhouse_access`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Columns ClickHouse stores sealed with the row's subject key (migration 0008): an insert
+# gives the clear text to the EPHEMERAL ``<name>_in``, ClickHouse encrypts it into
+# ``<name>_ct``, and the ALIAS ``<name>`` opens it while the key exists. ``user`` (and
+# the dead letters' ``subject``) go in the same way and come out as the keyed pseudonym.
+SEALED: dict[str, tuple[str, ...]] = {
+    "inference_requests": ("user", "prompt", "system_prompt", "metadata"),
+    "inference_responses": ("user", "output", "error_message"),
+    "feedback": ("user", "label", "comment"),
+    "dead_letters": ("subject", "user", "original_key", "original_value"),
+}
+# what a role without text access may not name: the texts, clear or sealed
+TEXT_COLUMNS = frozenset(
+    f"{c}{suffix}"
+    for cols in SEALED.values()
+    for c in cols
+    if c not in ("user", "subject")
+    for suffix in ("", "_ct", "_in")
+)
+
+ENSURE_DICTIONARY = "subject_keys_ensure"
+READ_DICTIONARY = "subject_keys"
+KEY_DICTIONARIES = (ENSURE_DICTIONARY, READ_DICTIONARY)
+_TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/=]{16,512}")
+_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._\-/]*)?")
+
+
+class KeyServiceError(RuntimeError):
+    pass
+
+
+class PrivacySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ARGUS_PRIVACY_", frozen=True, extra="ignore")
+
+    keys_url: str | None = None
+    keys_dictionary_token_file: Path | None = None
+    keys_admin_token_file: Path | None = None
+
+
+def _read(path: Path) -> SecretStr:
+    try:
+        text = Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise KeyServiceError(
+            f"{path} does not exist (run `argus stack up`, or mount the key service's secret)"
+        ) from None
+    if not _TOKEN.fullmatch(text):
+        raise KeyServiceError(f"{path} does not hold a token (16 to 512 URL-safe characters)")
+    return SecretStr(text)
+
+
+@dataclass(frozen=True)
+class KeyServiceRef:
+    url: str
+    dictionary_token: SecretStr
+    admin_token: SecretStr | None = None
+
+    def __post_init__(self) -> None:
+        if not _URL.fullmatch(self.url):
+            raise KeyServiceError(f"the key service URL {self.url!r} is not an http(s) URL")
+
+    @classmethod
+    def local(cls, stack: Any = None) -> KeyServiceRef:
+        """The local stack's key service (``argus stack up`` started it)."""
+        from services.common.settings import StackSettings
+
+        s = stack or StackSettings()
+        secrets = Path(s.home).resolve() / "secrets" / "privacy"
+        admin = secrets / "admin-token"
+        return cls(
+            f"http://{s.host}:{s.keys_port}",
+            _read(secrets / "dictionary-token"),
+            _read(admin) if admin.exists() else None,
+        )
+
+    @classmethod
+    def from_settings(cls) -> KeyServiceRef:
+        p = PrivacySettings()
+        if p.keys_url is None:
+            return cls.local()
+        if p.keys_dictionary_token_file is None:
+            raise KeyServiceError("ARGUS_PRIVACY_KEYS_URL is set without ARGUS_PRIVACY_KEYS_DICTIONARY_TOKEN_FILE")
+        return cls(
+            p.keys_url.rstrip("/"),
+            _read(p.keys_dictionary_token_file),
+            _read(p.keys_admin_token_file) if p.keys_admin_token_file else None,
+        )
+
+
+def dictionary_ddl(db: str, ref: KeyServiceRef) -> list[str]:
+    """``CREATE OR REPLACE`` of both key dictionaries in ``db`` (run before every migration)."""
+    token = ref.dictionary_token.get_secret_value()
+    if not _TOKEN.fullmatch(token):
+        raise KeyServiceError("the dictionary token holds characters a SQL literal cannot take")
+
+    def source(path: str) -> str:
+        return (
+            f"SOURCE(HTTP(URL '{ref.url}{path}' FORMAT 'JSONEachRow' "
+            f"HEADERS(HEADER(NAME 'Authorization' VALUE 'Bearer {token}'))))"
+        )
+
+    return [
+        f"CREATE OR REPLACE DICTIONARY {db}.{ENSURE_DICTIONARY} "
+        "(tenant String, subject String, subject_id String, key String) PRIMARY KEY tenant, subject "
+        f"{source('/v1/dictionary/ensure')} LAYOUT(COMPLEX_KEY_DIRECT())",
+        # a destroyed key reads as the zero key: AES-GCM's tag then fails and the text is NULL
+        f"CREATE OR REPLACE DICTIONARY {db}.{READ_DICTIONARY} "
+        f"(subject_id String, key String DEFAULT '{'0' * 64}') PRIMARY KEY subject_id "
+        f"{source('/v1/dictionary/lookup')} LAYOUT(COMPLEX_KEY_DIRECT())",
+    ]
+
+
+class KeyServiceClient:
+    """The admin API (``argus privacy``): resolve a subject, destroy its key."""
+
+    def __init__(self, ref: KeyServiceRef, timeout_s: float = 10.0) -> None:
+        if ref.admin_token is None:
+            raise KeyServiceError("no admin token for the key service (ARGUS_PRIVACY_KEYS_ADMIN_TOKEN_FILE)")
+        self.ref = ref
+        self.timeout_s = timeout_s
+
+    def _post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(
+            self.ref.url + path,
+            data=json.dumps(doc).encode(),
+            method="POST",
+            headers={
+                "Authorization": "Bearer " + self.ref.admin_token.get_secret_value(),  # type: ignore[union-attr]
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:  # noqa: S310 - URL validated above
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            raise KeyServiceError(f"key service {path}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise KeyServiceError(f"key service at {self.ref.url} unreachable: {exc}") from None
+
+    def resolve(self, tenant: str, subject: str) -> dict[str, Any]:
+        return self._post("/v1/subjects/resolve", {"tenant": tenant, "subject": subject})
+
+    def status(self, subject_id: str) -> dict[str, Any]:
+        return self._post("/v1/subjects/status", {"subject_id": subject_id})
+
+    def destroy(self, tenant: str, subject: str) -> dict[str, Any]:
+        return self._post("/v1/subjects/destroy", {"tenant": tenant, "subject": subject})
+
+
+def bounded_subject(subject: str) -> str:
+    """A subject id as ClickHouse asks the key service for it (migration 0008): itself up
+    to 256 bytes, else ``sha256:`` and its hex digest."""
+    import hashlib
+
+    raw = subject.encode("utf-8", errors="surrogatepass")
+    return subject if len(raw) <= 256 else "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def subject_of(user: str | None, request_id: str | None) -> str:
+    """Whose data a row is: its user, else its request (``request:<uuid>``)."""
+    if user is not None:
+        return bounded_subject(user)
+    if request_id is None:
+        raise ValueError("a subject needs a user or a request id")
+    return bounded_subject(f"request:{request_id}")

@@ -1,0 +1,1 @@
+"""The subject key service: one data key per data subject, for crypto-shredding."""
