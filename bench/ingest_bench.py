@@ -73,6 +73,23 @@ def _request(i: int, created_at: int) -> dict:
     }
 
 
+def _unsealed_copy(client, table: str, copy: str, spec) -> None:  # noqa: ANN001
+    """``copy``: ``table`` (same engine, order, columns) with every sealed text stored in
+    clear under its own name, and no key lookup on insert: the baseline without sealing."""
+    from services.common.subject_keys import SEALED
+
+    client.command(f"CREATE TABLE {copy} AS {table}")
+    for c in SEALED.get(spec.table, ()):
+        if c in ("user", "subject"):
+            continue
+        client.command(f"ALTER TABLE {copy} DROP COLUMN {c}, DROP COLUMN {c}_in")
+        client.command(f"ALTER TABLE {copy} RENAME COLUMN {c}_ct TO {c}")
+        client.command(f"ALTER TABLE {copy} MODIFY COLUMN {c} REMOVE DEFAULT")
+    client.command(f"ALTER TABLE {copy} DROP COLUMN user_in")
+    client.command(f"ALTER TABLE {copy} MODIFY COLUMN user REMOVE DEFAULT")
+    client.command(f"ALTER TABLE {copy} MODIFY COLUMN subject_id REMOVE DEFAULT")
+
+
 def _insert_rate(client, table: str) -> float:  # noqa: ANN001 - clickhouse-connect Client
     """Rows per second as ClickHouse stored them: the rows of every insert after the first,
     over the time from the first insert to the last (``ingested_at`` is set per insert)."""
@@ -104,7 +121,7 @@ def run(n: int = 400_000, rate: int = 5000, freshness_s: int = 15) -> list[Resul
     ]
 
 
-def _one_broker(secure: bool, n: int, rate: int, freshness_s: int, keys: tuple[str, ...]) -> list[Result]:
+def _one_broker(secure: bool, n: int, rate: int, freshness_s: int, keys_: tuple[str, ...]) -> list[Result]:
     from services.stack.clickhouse_http import spawn
     from services.stack.credentials import clickhouse_password, clickhouse_users_file
     from services.stack.kafka_local import KafkaLocal, free_port
@@ -114,6 +131,14 @@ def _one_broker(secure: bool, n: int, rate: int, freshness_s: int, keys: tuple[s
         home=home, port=free_port(), controller_port=free_port(), libs_dir=REPO / ".argus/kafka/libs", secure=secure
     )
     kafka.start()
+    from services.common.settings import StackSettings
+    from services.common.subject_keys import KeyServiceRef
+    from services.stack.manager import KeyServiceLocal
+
+    stack = StackSettings(home=home, keys_port=free_port())
+    keys = KeyServiceLocal(stack)  # the subject keys the sealed tables ask for
+    keys.start()
+    ref = KeyServiceRef.local(stack)
     ch_port = free_port()
     ch = spawn(home / "ch", ch_port, clickhouse_users_file(home))
 
@@ -123,10 +148,11 @@ def _one_broker(secure: bool, n: int, rate: int, freshness_s: int, keys: tuple[s
     try:
         # the admin migrates and counts; ingest runs as its own user, as in the stack
         settings = kafka.client_settings(topic_prefix="bench.")
-        return asyncio.run(_run(settings, dsn("argus_admin"), dsn("argus_ingest"), n, rate, freshness_s, keys))
+        return asyncio.run(_run(settings, dsn("argus_admin"), dsn("argus_ingest"), n, rate, freshness_s, keys_, ref))
     finally:
         ch.terminate()
         ch.wait(30)
+        keys.stop()
         kafka.stop()
 
 
@@ -137,14 +163,15 @@ async def _run(
     n: int,
     rate: int,
     freshness_s: int,
-    keys: tuple[str, ...],  # noqa: ANN001
+    keys: tuple[str, ...],
+    ref,  # noqa: ANN001 - KeyServiceRef
 ) -> list[Result]:
     from services.common import migrations
     from services.common.clickhouse import get_client
     from services.common.kafka import ensure_topics
 
     await ensure_topics(kafka, keys=[k for key in keys for k in (key, key + "-dlq")])
-    migrations.apply(get_client(dsn.rsplit("/", 1)[0] + "/default"), "argus")
+    migrations.apply(get_client(dsn.rsplit("/", 1)[0] + "/default"), "argus", keys=ref)
     client = get_client(dsn)
     out = []
     for key, event, freshness in (("inference-responses", _event, True), ("inference-requests", _request, False)):
@@ -164,8 +191,10 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
 
     spec = table_for(key)
     table = f"argus.{spec.table}"
-    raw_table = f"argus.raw_pipe_{spec.table}"
-    client.command(f"CREATE TABLE {raw_table} AS {table}")
+    raw_table = f"argus.raw_pipe_{spec.table}"  # texts in clear: no sealing at all
+    sealed_raw = f"argus.raw_sealed_{spec.table}"  # the same rows sealed by ClickHouse, as ingest's are
+    _unsealed_copy(client, table, raw_table, spec)
+    client.command(f"CREATE TABLE {sealed_raw} AS {table}")
     codec = get_codec(key)
     topic = kafka.topic(key)
 
@@ -191,17 +220,20 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
                 msg = Message(topic, tp.partition, m.offset, m.key, m.value, m.timestamp, value=codec.decode(m.value))
                 rows_by_pos[(tp.partition, m.offset)] = spec.build(msg, protector)
 
-    # raw pipe: consume the same messages, insert the prepared rows, same batch size
-    await consumer.seek_to_beginning(*tps)
-    done = 0
-    while done < n:
-        batch = []
-        for tp, msgs in (await consumer.getmany(timeout_ms=500, max_records=20000)).items():
-            batch.extend(rows_by_pos[(tp.partition, m.offset)] for m in msgs)
-        if batch:
-            await asyncio.to_thread(client.insert, raw_table, batch, column_names=list(spec.columns))
-            done += len(batch)
+    # raw pipe: consume the same messages, insert the prepared rows, same batch size; into
+    # a table with the texts in clear, then into one that seals them (encryption off / on)
+    for target, columns in ((raw_table, list(spec.columns)), (sealed_raw, spec.insert_columns)):
+        await consumer.seek_to_beginning(*tps)
+        done = 0
+        while done < n:
+            batch = []
+            for tp, msgs in (await consumer.getmany(timeout_ms=500, max_records=20000)).items():
+                batch.extend(rows_by_pos[(tp.partition, m.offset)] for m in msgs)
+            if batch:
+                await asyncio.to_thread(client.insert, target, batch, column_names=columns)
+                done += len(batch)
     raw_rate = _insert_rate(client, raw_table)
+    sealed_rate = _insert_rate(client, sealed_raw)
     await consumer.stop()
     del rows_by_pos
 
@@ -230,13 +262,23 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
         out = [
             Result(
                 "ingest",
-                f"sustained events/s into ClickHouse, one process ({what})",
+                f"sustained events/s into ClickHouse, one process, texts sealed ({what})",
                 ingest_rate,
-                "raw pipe (consume + insert prepared rows)",
+                "raw pipe (consume + insert prepared rows, texts in clear)",
                 raw_rate,
                 "events/s",
                 ">= 40k/s and ratio >= 0.75",
-            )
+            ),
+            Result(
+                "ingest",
+                f"raw pipe into sealed tables: encryption on ({what})",
+                sealed_rate,
+                "the same raw pipe, texts in clear: encryption off",
+                raw_rate,
+                "events/s",
+                "informational: what sealing costs ClickHouse",
+                False,
+            ),
         ]
         if freshness_s:  # freshness at a fixed rate
             t_start = time.perf_counter()

@@ -128,6 +128,7 @@ class Role:
     select: tuple[str, ...] = ()  # tables of the argus database; ("*",) for all of them
     insert: tuple[str, ...] = ()
     profile: dict[str, str] = field(default_factory=dict)
+    text: bool = False  # may read the sealed texts (prompts, outputs, comments, dead letters)
 
     def may_select(self, table: str) -> bool:
         return "*" in self.select or table in self.select
@@ -152,10 +153,18 @@ ROLES: dict[str, Role] = {
         "the retraining service: reads metrics and holdout sets; writes through Kafka only",
         select=("*",),
         profile=dict(_BOUNDED),
+        text=True,  # holdout sets are prompts and answers
     ),
     "argus_sre": Role(
         "argus_sre",
         "people and Grafana: read the argus database, bounded queries",
+        select=("*",),
+        profile={**_BOUNDED, "max_result_rows": "10000000", "result_overflow_mode": "break"},
+        text=True,
+    ),
+    "argus_analyst": Role(
+        "argus_analyst",
+        "dashboards and analysts: read the argus database except the texts that can hold personal data",
         select=("*",),
         profile={**_BOUNDED, "max_result_rows": "10000000", "result_overflow_mode": "break"},
     ),
@@ -166,13 +175,28 @@ SERVICE_USERS = {"ingest": "argus_ingest", "retraining": "argus_retraining"}
 
 
 def grants(role: Role, database: str = "argus") -> list[str]:
-    """The GRANT statements of ``role`` on ``database``, as a server's users.d holds them."""
+    """The GRANT statements of ``role`` on ``database``, as a server's users.d holds them.
+    Reading a sealed text calls ``dictGet`` on the key dictionary: only roles with text
+    access hold that grant; the others also lose SELECT on the text columns. The writer
+    needs the ensuring dictionary for its inserts' defaults. Nobody but the admin may
+    read the dictionaries as tables (their DDL holds the key service's token)."""
+    from services.common.subject_keys import ENSURE_DICTIONARY, READ_DICTIONARY, SEALED
+
     out = []
     if "*" in role.select:
         out.append(f"GRANT SELECT ON {database}.*")
+        out += [f"REVOKE SELECT ON {database}.{d}" for d in (READ_DICTIONARY, ENSURE_DICTIONARY)]
     else:
         out += [f"GRANT SELECT ON {database}.{t}" for t in role.select]
     out += [f"GRANT INSERT ON {database}.{t}" for t in role.insert]
+    if role.insert and any(t in SEALED for t in role.insert):
+        out.append(f"GRANT dictGet ON {database}.{ENSURE_DICTIONARY}")
+    if role.text:
+        out.append(f"GRANT dictGet ON {database}.{READ_DICTIONARY}")
+    elif "*" in role.select:
+        for table, cols in SEALED.items():
+            texts = [f"{c}{s}" for c in cols if c not in ("user", "subject") for s in ("", "_ct")]
+            out.append(f"REVOKE SELECT({', '.join(texts)}) ON {database}.{table}")
     return out
 
 

@@ -85,6 +85,17 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_pii_findings_total": MetricDef(
         "counter", "PII found (and redacted, hashed or dropped) before storage.", ("service", "kind", "mode")
     ),
+    "argus_subject_keys_requests_total": MetricDef(
+        "counter",
+        "Key service calls by endpoint and outcome (ok, unauthorized, bad_request).",
+        ("service", "endpoint", "outcome"),
+    ),
+    "argus_subject_keys_served_total": MetricDef(
+        "counter",
+        "Subject keys handed to ClickHouse's dictionaries (ensure: inserts, lookup: reads).",
+        ("service", "endpoint"),
+    ),
+    "argus_subject_keys_destroyed_total": MetricDef("counter", "Subject keys destroyed (erasures).", ("service",)),
 }
 
 _BUCKETS = {

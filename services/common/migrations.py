@@ -14,7 +14,9 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
+from services.common import retention
 from services.common.contracts import contract_path
+from services.common.subject_keys import KeyServiceRef, dictionary_ddl
 
 MIGRATIONS_DIR = contract_path("clickhouse")  # shipped in the package (the ingest service's tables)
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -52,11 +54,22 @@ def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return out
 
 
-def apply(client: Client, db: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply pending migrations to ``db``; returns the names applied."""
+def apply(
+    client: Client,
+    db: str,
+    directory: Path = MIGRATIONS_DIR,
+    keys: KeyServiceRef | None = None,
+    retention_policy: retention.Policy | None = None,
+) -> list[str]:
+    """Apply pending migrations to ``db``; returns the names applied. The key
+    dictionaries are (re)created first, every time: their source (the key service's URL
+    and token, ``keys`` or the settings') is deployment configuration, not schema; so
+    are the TTLs, set last from the retention policy (:mod:`services.common.retention`)."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", db):
         raise MigrationError(f"invalid database name {db!r}")
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    for stmt in dictionary_ddl(db, keys or KeyServiceRef.from_settings()):
+        client.command(stmt)
     client.command(
         f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, checksum String, "
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
@@ -81,4 +94,5 @@ def apply(client: Client, db: str, directory: Path = MIGRATIONS_DIR) -> list[str
             column_names=["version", "name", "checksum"],
         )
         done.append(f"{mig.version:04d}_{mig.name}")
+    retention.apply(client, db, retention_policy)  # TTLs per family and tenant: deployment policy, not schema
     return done

@@ -223,6 +223,7 @@ class StackSettings(BaseSettings):
         "(DSNs then carry ca_cert=<home>/tls/ca.pem).",
     )
     clickhouse_database: str = "argus"
+    keys_port: int = Field(default=8129, description="The subject key service (crypto-shredding), on loopback.")
     java: str = "java"
     maven: str = "mvn"
     start_timeout_s: float = 90.0

@@ -147,13 +147,22 @@ class AvroRows:
         source = _clean(codec.schema)
         fields = source["fields"] + extra
         names = [f["name"] for f in fields]
-        self.columns = [c for c in names if c in spec.columns]  # what the insert names
+        self.columns = [c for c in names if c in spec.columns]  # the table's columns, in row order
         missing = set(spec.columns) - set(names)
         if missing or set(f["name"] for f in extra) - set(spec.columns):
             raise ValueError(f"{spec.table}: Avro row fields and table columns differ: {sorted(missing)}")
         # a skipped field's value in a full-path row (the table does not keep it)
         self._skipped = {f["name"]: _empty(f) for f in source["fields"] if f["name"] not in spec.columns}
-        row_schema = {"type": "record", "name": f"{spec.table}_row", "namespace": "io.argus.ingest", "fields": fields}
+        # ClickHouse maps Avro fields to columns by name: a sealed column's field carries the
+        # name of its EPHEMERAL input column (names are not part of Avro's binary encoding)
+        self.insert_columns = [spec.insert_name(c) for c in self.columns]
+        row_fields = [{**f, "name": spec.insert_name(f["name"])} if f["name"] in spec.columns else f for f in fields]
+        row_schema = {
+            "type": "record",
+            "name": f"{spec.table}_row",
+            "namespace": "io.argus.ingest",
+            "fields": row_fields,
+        }
         self._header, self._sync = _container_header(fastavro.parse_schema(row_schema, named_schemas={}))
         self._plain = fastavro.parse_schema(_strip_logical(row_schema), named_schemas={})
         self._order = [spec.columns.index(c) for c in self.columns]  # row tuple position of each Avro field
@@ -187,7 +196,7 @@ class AvroRows:
         """A row built by the table's transform (validated, PII protected), as Avro."""
         buf = io.BytesIO()
         fastavro.schemaless_writer(
-            buf, self._plain, {**self._skipped, **{c: row[i] for c, i in zip(self.columns, self._order)}}
+            buf, self._plain, {**self._skipped, **{c: row[i] for c, i in zip(self.insert_columns, self._order)}}
         )
         return buf.getvalue()
 

@@ -17,7 +17,8 @@ from services.ingest.avro_rows import AvroRows
 from services.ingest.transforms import Row, TableSpec
 
 # ClickHouse errors worth retrying: the server is overloaded or restarting, not the data wrong.
-_TRANSIENT_CODES = {"159", "202", "209", "210", "241", "252", "425", "999", "1002", "3", "394"}
+# 86: an HTTP source answered an error (the key service of the sealing dictionaries).
+_TRANSIENT_CODES = {"86", "159", "202", "209", "210", "241", "252", "425", "999", "1002", "3", "394"}
 
 
 def _is_transient(exc: DatabaseError) -> bool:
@@ -47,13 +48,13 @@ class ClickHouseSink:
             if self.avro is not None:
                 self._get().raw_insert(
                     table,
-                    column_names=self.avro.columns,
+                    column_names=self.avro.insert_columns,
                     insert_block=self.avro.block(rows),
                     settings={"async_insert": 0},
                     fmt="Avro",
                 )
             else:
-                self._get().insert(table, rows, column_names=list(self.spec.columns), settings={"async_insert": 0})
+                self._get().insert(table, rows, column_names=self.spec.insert_columns, settings={"async_insert": 0})
         except OperationalError as exc:
             self._client = None  # reconnect next time
             raise TransientError(f"ClickHouse unreachable: {exc}") from exc

@@ -15,6 +15,7 @@ from services.common.errors import describe
 from services.common.pii import PiiPolicy, scrub
 from services.common.pipeline import InvalidMessage, Message
 from services.common.registry import RegistryError, dead_letter_topics, default_registry
+from services.common.subject_keys import SEALED
 
 
 class Protector:
@@ -55,6 +56,15 @@ class TableSpec:
     topics: tuple[str, ...]
     columns: tuple[str, ...]
     build: Callable[[Message, Protector], Row]
+
+    def insert_name(self, column: str) -> str:
+        """The name an insert gives ``column``: ``<name>_in`` for one ClickHouse seals
+        (:data:`~services.common.subject_keys.SEALED`)."""
+        return f"{column}_in" if column in SEALED.get(self.table, ()) else column
+
+    @property
+    def insert_columns(self) -> list[str]:
+        return [self.insert_name(c) for c in self.columns]
 
     def transform(self, protector: Protector) -> Callable[[Message], Row]:
         def run(msg: Message) -> Row:
@@ -356,10 +366,26 @@ def _dead_letter(msg: Message, protect: Protector) -> Row:
     else:
         body = None  # the tenant stores no text
     key = v["original_key"]
+    record = original[0] if original else None
+    user = record.get("user") if isinstance(record, dict) and isinstance(record.get("user"), str) else None
+    request = (
+        record.get("request_id") if isinstance(record, dict) and isinstance(record.get("request_id"), str) else None
+    )
+    # whose data this is: the record's user, else its request, else this dead letter alone
+    subject = (
+        user
+        if user is not None
+        else f"request:{request}"
+        if request is not None
+        else f"dead-letter:{v['original_topic']}:{v['original_partition']}:{v['original_offset']}"
+    )
     return (
         v["original_topic"],
         _unsigned(v["original_partition"], "original_partition"),
         _unsigned(v["original_offset"], "original_offset"),
+        tenant or "",
+        subject,
+        user,
         None if key is None else protect(key.decode("utf-8", errors="replace"), tenant, pii),
         body,
         v["original_timestamp"],
@@ -591,6 +617,9 @@ TABLES: dict[str, TableSpec] = {
                 "original_topic",
                 "original_partition",
                 "original_offset",
+                "tenant",
+                "subject",
+                "user",
                 "original_key",
                 "original_value",
                 "original_timestamp",

@@ -36,6 +36,7 @@ from services.common.clickhouse_access import (
     SAFE_TABLE_FUNCTIONS,
     Role,
 )
+from services.common.subject_keys import KEY_DICTIONARIES, TEXT_COLUMNS
 
 READ_KINDS = frozenset(
     {"SelectWithUnionQuery", "SelectIntersectExceptQuery", "DescribeQuery", "ExistsTableQuery", "ShowTables"}
@@ -116,6 +117,8 @@ class Grants:
             if table in READABLE_SYSTEM_TABLES:
                 return
             raise AccessDenied(f"{self.role.name}: Not enough privileges to read system.{table}")
+        if table in KEY_DICTIONARIES:
+            raise AccessDenied(f"{self.role.name}: the key dictionary {database}.{table} is the admin's only")
         if not (self.database_allowed(database) and self.role.may_select(table)):
             raise AccessDenied(f"{self.role.name}: Not enough privileges. SELECT ON {database}.{table} is not granted")
 
@@ -137,6 +140,7 @@ class Grants:
             raise AccessDenied(f"{self.role.name}: {tree.kind} is not allowed for this user")
         if tree.kind == "SelectWithUnionQuery" and any(c.kind == "Literal" for c in tree.children):
             raise AccessDenied(f"{self.role.name}: INTO OUTFILE is not allowed")
+        reads_text = not self.role.text and tree.kind != "InsertQuery"  # an insert names columns it writes
         for node in _walk(tree):
             if node.kind == "Set":
                 raise AccessDenied(
@@ -151,6 +155,12 @@ class Grants:
                     raise AccessDenied(f"{self.role.name}: table function {fname} is not allowed")
                 if fname.lower() in DENIED_FUNCTIONS:
                     raise AccessDenied(f"{self.role.name}: function {fname} is not allowed")
+                if fname.lower().startswith("dict"):  # dictGet & co. would hand out subject keys
+                    raise AccessDenied(f"{self.role.name}: dictionary functions are the admin's only")
+            elif reads_text and node.kind == "Identifier" and _ALIAS.sub("", node.arg).split(".")[-1] in TEXT_COLUMNS:
+                raise AccessDenied(f"{self.role.name}: Not enough privileges to read the text column {node.arg}")
+            elif reads_text and node.kind == "Asterisk":
+                raise AccessDenied(f"{self.role.name}: name the columns (SELECT * would include sealed texts)")
 
     def _check_insert(self, tree: Node, database: str) -> None:
         if any(c.kind in ("Function", "Literal") for c in tree.children):

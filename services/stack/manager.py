@@ -22,6 +22,7 @@ from pathlib import Path
 
 from services.common.clickhouse_access import ADMIN
 from services.common.settings import ClickHouseSettings, KafkaSettings, StackSettings
+from services.common.subject_keys import KeyServiceRef
 from services.stack.credentials import clickhouse_users_file
 from services.stack.kafka_local import KafkaLocal, _port_open
 from services.stack.process import ManagedProcess, StackError
@@ -105,6 +106,66 @@ class ClickHouseLocal:
         return self.process.stop(30.0)
 
 
+class KeyServiceLocal:
+    """The subject key service (crypto-shredding) on loopback: its store in
+    ``<home>/keys/``, its master key and two tokens in ``<home>/secrets/privacy/``."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.home = Path(settings.home).resolve()
+        self.root = self.home / "keys"
+        self.process = ManagedProcess("keys", self.root / "keys.pid", self.root / "keys.out")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.keys_port}"
+
+    def env(self) -> dict[str, str]:
+        from services.stack.credentials import secret
+
+        secrets_dir = self.home / "secrets" / "privacy"
+        for name in ("master-key", "dictionary-token", "admin-token"):
+            secret(self.home, f"privacy/{name}")  # generated once, 0600
+        return {
+            "ARGUS_KEYS_HOST": self.settings.host,
+            "ARGUS_KEYS_PORT": str(self.settings.keys_port),
+            "ARGUS_KEYS_STORE": str(self.root / "subject-keys.sqlite3"),
+            "ARGUS_KEYS_MASTER_KEY_FILE": str(secrets_dir / "master-key"),
+            "ARGUS_KEYS_DICTIONARY_TOKEN_FILE": str(secrets_dir / "dictionary-token"),
+            "ARGUS_KEYS_ADMIN_TOKEN_FILE": str(secrets_dir / "admin-token"),
+        }
+
+    def start(self, timeout_s: float = 30.0) -> int:
+        if self.process.alive():
+            return self.process.pid() or 0
+        if _port_open(self.settings.host, self.settings.keys_port):
+            raise StackError(
+                f"port {self.settings.host}:{self.settings.keys_port} is taken by another process; "
+                "set ARGUS_STACK_KEYS_PORT"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        repo = Path(__file__).resolve().parents[2]
+        pid = self.process.spawn([sys.executable, "-m", "services.keys"], cwd=repo, env=self.env())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise StackError(f"the key service exited during start-up:\n{self.process.tail()}")
+            if self.ping():
+                return pid
+            time.sleep(0.1)
+        raise StackError(f"the key service did not answer /healthz within {timeout_s:.0f}s")
+
+    def ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:  # noqa: S310 - loopback
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> bool:
+        return self.process.stop(15.0)
+
+
 class Stack:
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
@@ -122,6 +183,7 @@ class Stack:
             secure=kafka_secure(s),
         )
         self.clickhouse = ClickHouseLocal(s)
+        self.keys = KeyServiceLocal(s)
 
     @property
     def kafka_settings(self) -> KafkaSettings:
@@ -157,6 +219,8 @@ class Stack:
             progress(f"fetched Apache Kafka {self.settings.kafka_version} from Maven Central into {self.kafka.libs}")
         kafka_pid = self.kafka.start(self.settings.start_timeout_s)
         progress(f"kafka      pid {kafka_pid}  {self.kafka.bootstrap}")
+        keys_pid = self.keys.start()
+        progress(f"keys       pid {keys_pid}  {self.keys.url} (subject keys for crypto-shredding)")
         ch_pid = self.clickhouse.start(self.settings.start_timeout_s)
         progress(f"clickhouse pid {ch_pid}  {self.clickhouse.url}")
         if self.kafka.secure:
@@ -178,7 +242,9 @@ class Stack:
         progress(f"topics     {len(created)} created" + (f": {', '.join(created)}" if created else " (all exist)"))
         client = get_client(self.clickhouse_settings, database="default")
         try:
-            applied = migrations.apply(client, self.settings.clickhouse_database)
+            applied = migrations.apply(
+                client, self.settings.clickhouse_database, keys=KeyServiceRef.local(self.settings)
+            )
         finally:
             client.close()
         progress(f"migrations {len(applied)} applied" + (f": {', '.join(applied)}" if applied else " (up to date)"))
@@ -188,13 +254,15 @@ class Stack:
         stopped = []
         if self.clickhouse.stop():
             stopped.append("clickhouse")
+        if self.keys.stop():
+            stopped.append("keys")
         if self.kafka.stop():
             stopped.append("kafka")
         progress("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
         return stopped
 
     def status(self) -> list[ComponentStatus]:
-        out = [self._kafka_status(), self._clickhouse_status()]
+        out = [self._kafka_status(), self._keys_status(), self._clickhouse_status()]
         return out
 
     def _kafka_status(self) -> ComponentStatus:
@@ -227,6 +295,12 @@ class Stack:
 
         healthy, detail, extra = asyncio.run(probe())
         return ComponentStatus("kafka", healthy, pid, self.kafka.bootstrap, detail, extra)
+
+    def _keys_status(self) -> ComponentStatus:
+        pid = self.keys.process.pid() if self.keys.process.alive() else None
+        if not self.keys.ping():
+            return ComponentStatus("keys", False, pid, self.keys.url, "no answer to /healthz")
+        return ComponentStatus("keys", True, pid, self.keys.url, "subject key service (crypto-shredding)")
 
     def _clickhouse_status(self) -> ComponentStatus:
         from services.common.clickhouse import get_client

@@ -165,6 +165,10 @@ class LocalServices:
         }
         if spec.clickhouse:  # each service its own least-privileged user; the others get no DSN
             env[f"{p}CLICKHOUSE__DSN"] = s.clickhouse_dsn(SERVICE_USERS[spec.name]).get_secret_value()
+        if spec.name == "ingest":  # migrations (re)create the key dictionaries: the key service's URL and token
+            secrets_dir = Path(s.home).resolve() / "secrets" / "privacy"
+            env["ARGUS_PRIVACY_KEYS_URL"] = f"http://{s.host}:{s.keys_port}"
+            env["ARGUS_PRIVACY_KEYS_DICTIONARY_TOKEN_FILE"] = str(secrets_dir / "dictionary-token")
         if spec.name == "inference":
             env[f"{p}HTTP_PORT"] = str(free_port())
             env[f"{p}HTTP_API_KEYS_FILE"] = str(s.api_keys_file())  # `argus keys create` writes it

@@ -38,6 +38,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "ARGUS_STACK_KAFKA_PORT": str(free_port()),
         "ARGUS_STACK_KAFKA_CONTROLLER_PORT": str(free_port()),
         "ARGUS_STACK_CLICKHOUSE_PORT": str(free_port()),
+        "ARGUS_STACK_KEYS_PORT": str(free_port()),
         "ARGUS_STACK_KAFKA_LIBS": str(REPO / ".argus" / "kafka" / "libs"),
         "COLUMNS": "200",
         "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": "",

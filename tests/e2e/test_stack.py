@@ -31,6 +31,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory):
         "ARGUS_STACK_KAFKA_PORT": str(kafka_port),
         "ARGUS_STACK_KAFKA_CONTROLLER_PORT": str(free_port()),
         "ARGUS_STACK_CLICKHOUSE_PORT": str(ch_port),
+        "ARGUS_STACK_KEYS_PORT": str(free_port()),
         "ARGUS_STACK_KAFKA_LIBS": str(REPO / ".argus" / "kafka" / "libs"),
         "ARGUS_CLI_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
     }
@@ -96,7 +97,7 @@ def test_stack_lifecycle_keeps_topics_offsets_and_rows(stack_env: dict) -> None:
     assert "migrations" in up.stdout
     assert argus(env, "stack", "up").returncode == 0  # idempotent
     status = json.loads(argus(env, "stack", "status", "--json").stdout)
-    assert {s["name"]: s["healthy"] for s in status["components"]} == {"kafka": True, "clickhouse": True}
+    assert {s["name"]: s["healthy"] for s in status["components"]} == {"kafka": True, "keys": True, "clickhouse": True}
     assert status["services"] == []  # none started
 
     example = (REPO / "schemas/examples/feedback/1/thumbs_down.json").read_text()

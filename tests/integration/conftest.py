@@ -22,7 +22,7 @@ from services.common.kafka import ensure_topics
 from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.stack.kafka_local import KafkaLocal, free_port
 from tests.conftest import REPO
-from tests.integration.helpers import start_clickhouse_endpoint
+from tests.integration.helpers import start_clickhouse_endpoint, start_key_service
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,31 @@ def kafka_local(
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest, kafka_local: KafkaLocal | None) -> str:
     return request.config.getoption("--kafka-bootstrap") or kafka_local.bootstrap
+
+
+@pytest.fixture(scope="session", autouse=True)
+def key_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The session's subject key service. Every migration run (in the tests and in the
+    services they spawn) points the key dictionaries at it through the settings."""
+    home = tmp_path_factory.mktemp("keys-home")
+    keys, ref = start_key_service(home, free_port())
+    secrets = home.resolve() / "secrets" / "privacy"
+    env = {
+        "ARGUS_PRIVACY_KEYS_URL": ref.url,
+        "ARGUS_PRIVACY_KEYS_DICTIONARY_TOKEN_FILE": str(secrets / "dictionary-token"),
+        "ARGUS_PRIVACY_KEYS_ADMIN_TOKEN_FILE": str(secrets / "admin-token"),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield ref
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        keys.stop()
 
 
 @pytest.fixture(scope="session")

@@ -48,3 +48,15 @@ def start_clickhouse_endpoint(home: Path, port: int, extra_args: list[str] | Non
         u: f"{scheme}://{u}:{clickhouse_password(home, u).get_secret_value()}@127.0.0.1:{port}" for u in (ADMIN, *ROLES)
     }
     return proc, urls
+
+
+def start_key_service(home: Path, port: int):  # noqa: ANN201 - (KeyServiceLocal, KeyServiceRef)
+    """The subject key service as `argus stack up` runs it (its secrets under ``home``)."""
+    from services.common.settings import StackSettings
+    from services.common.subject_keys import KeyServiceRef
+    from services.stack.manager import KeyServiceLocal
+
+    settings = StackSettings(home=home, keys_port=port)
+    keys = KeyServiceLocal(settings)
+    keys.start()
+    return keys, KeyServiceRef.local(settings)

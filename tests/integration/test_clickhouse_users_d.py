@@ -67,9 +67,17 @@ def _engine(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def _privileges(grant: str) -> set[tuple[str, str]]:
-    """``GRANT SELECT, INSERT ON argus.t`` -> {(SELECT, argus.t), (INSERT, argus.t)}."""
-    privs, _, target = grant.removeprefix("GRANT ").partition(" ON ")
-    return {(p.strip(), target.strip()) for p in privs.split(",")}
+    """``GRANT SELECT, INSERT ON argus.t`` -> {(SELECT, argus.t), (INSERT, argus.t)};
+    ``REVOKE SELECT(b, a) ON argus.t`` -> {(REVOKE SELECT(a, b), argus.t)}."""
+    kind, _, rest = grant.partition(" ")
+    privs, _, target = rest.partition(" ON ")
+    if "(" in privs:  # one privilege on columns (their order is the server's)
+        name, _, cols = privs.partition("(")
+        privs = f"{name}({', '.join(sorted(c.strip() for c in cols.rstrip(')').split(',')))})"
+        out = {(privs, target.strip())}
+    else:
+        out = {(p.strip(), target.strip()) for p in privs.split(",")}
+    return {(p if kind == "GRANT" else f"{kind} {p}", t) for p, t in out}
 
 
 def _digests() -> dict[str, str]:
@@ -92,7 +100,11 @@ def test_each_production_user_has_exactly_its_grants_and_profile(tmp_path: Path)
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     for role in ROLES.values():
         assert [role.name, "['sha256_password']"] in seen["users"]
-        held = {p for (g,) in seen["grants"][role.name] for p in _privileges(g.removesuffix(f" TO {role.name}"))}
+        held = {
+            p
+            for (g,) in seen["grants"][role.name]
+            for p in _privileges(g.removesuffix(f" TO {role.name}").removesuffix(f" FROM {role.name}"))
+        }
         assert held == {p for g in grants(role) for p in _privileges(g)}, role.name  # nothing else
         assert [role.name, role.name] in seen["user_profile"]
     settings = {(p, name): value for p, name, value in seen["profile"]}

@@ -475,7 +475,7 @@ def stored(rows, row: bytes | None) -> dict | None:  # noqa: ANN001
     buf = io.BytesIO(row)
     rec = fastavro.schemaless_reader(buf, rows._plain, None)
     assert buf.tell() == len(row)
-    return {c: rec[c] for c in rows.columns}
+    return {c: rec[c] for c in rows.insert_columns}
 
 
 def both_request(rows, protector: Protector, data: bytes, offset: int = 5):  # noqa: ANN001, ANN201
@@ -560,7 +560,7 @@ def test_the_prompt_is_screened_as_the_full_path_joins_it(request_rows, protecto
 def test_request_tenant_without_text_storage_takes_the_full_path(request_rows, protector) -> None:
     codec = get_codec(RKEY)
     fast, full = both_request(request_rows, protector, codec.encode(request(1, tenant="clinic")))
-    assert fast is None and "sky" not in repr(full) and full["prompt"] is None
+    assert fast is None and "sky" not in repr(full) and full["prompt_in"] is None
 
 
 def test_corrupted_requests_pass_through_only_as_the_full_path_would_store_them(request_rows, protector) -> None:

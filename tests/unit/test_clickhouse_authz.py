@@ -17,7 +17,7 @@ SELECT_SYSTEM_USERS = """SelectWithUnionQuery (children 1)
      TableExpression (children 1)
       TableIdentifier system.users
 """
-SELECT_OWN = SELECT_SYSTEM_USERS.replace("system.users", "feedback (alias f)")
+SELECT_OWN = SELECT_SYSTEM_USERS.replace("system.users", "feedback (alias f)").replace("Asterisk", "Identifier _offset")
 INSERT_FUNCTION = """InsertQuery   (children 2)
  Function file (children 1)
   ExpressionList (children 2)
@@ -110,3 +110,24 @@ def test_settings_a_client_needs_pass_others_are_refused() -> None:
     for name in ("allow_ddl", "max_memory_usage", "readonly_x", "user_files_path"):
         with pytest.raises(AccessDenied):
             ingest.check_settings([name])
+
+
+def _select(column: str, table: str = "inference_requests") -> str:
+    return SELECT_SYSTEM_USERS.replace("system.users", table).replace("Asterisk", column)
+
+
+def test_sealed_texts_and_key_dictionaries() -> None:
+    """Texts are for roles with text access; nobody but the admin reads a key dictionary
+    or calls a dictionary function (it would hand out subject keys)."""
+    sre, analyst = (Grants(ROLES[n], ("argus",)) for n in ("argus_sre", "argus_analyst"))
+    for column in ("Identifier prompt", "Identifier prompt_ct", "Identifier r.output (alias o)", "Asterisk"):
+        sre.check(parse_ast(_select(column)), "argus")
+        with pytest.raises(AccessDenied):
+            analyst.check(parse_ast(_select(column)), "argus")
+    analyst.check(parse_ast(_select("Identifier latency_ms", "inference_responses")), "argus")
+    dict_get = "Function dictGet (children 1)\n     ExpressionList (children 2)\n      Literal 'argus.subject_keys'\n      Literal 'key'"
+    for grants in (sre, analyst):
+        with pytest.raises(AccessDenied):
+            grants.check(parse_ast(_select("Identifier x", "subject_keys")), "argus")
+        with pytest.raises(AccessDenied):
+            grants.check(parse_ast(_select(dict_get)), "argus")

@@ -1,0 +1,141 @@
+"""Retention in ClickHouse per table family and per tenant, rendered as each table's TTL.
+
+The policy is a YAML file (the shipped ``retention.yaml``, or ``ARGUS_RETENTION_FILE``):
+days per family of tables, and per-tenant overrides for the families whose tables carry
+a ``tenant``. Each table's TTL becomes
+
+    toDateTime(<time>) + toIntervalDay(multiIf(tenant = 'clinic', 7, …, 90))
+
+and :func:`apply` (run by every migration run) sets it with ``ALTER TABLE … MODIFY TTL``
+when it differs from what was applied last (``<db>.retention_applied``), so an unchanged
+policy costs nothing and a changed one is applied once.
+
+Example::
+
+    >>> p = Policy.parse({"families": {"feedback": {"days": 365, "tables": {"feedback": "created_at"}}},
+    ...                   "tenants": {"clinic": {"feedback": 30}}})
+    >>> p.ttl("feedback")
+    "toDateTime(created_at) + toIntervalDay(multiIf(tenant = 'clinic', 30, 365))"
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.contracts import contract_path
+from services.common.tenant_names import NAME
+
+TENANT_FAMILIES = frozenset({"inference", "feedback", "dead_letters", "metrics"})
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+MAX_DAYS = 36_500
+
+
+class RetentionError(ValueError):
+    pass
+
+
+class RetentionSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ARGUS_RETENTION_", frozen=True, extra="ignore")
+
+    file: Path | None = None
+
+
+def _days(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DAYS:
+        raise RetentionError(f"{where}: days must be an integer from 1 to {MAX_DAYS}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    days: int
+    tables: dict[str, str]  # table -> its time column
+
+
+@dataclass(frozen=True)
+class Policy:
+    families: dict[str, Family]
+    tenants: dict[str, dict[str, int]]
+
+    @classmethod
+    def parse(cls, doc: Any) -> Policy:
+        if not isinstance(doc, dict) or not isinstance(doc.get("families"), dict):
+            raise RetentionError("a retention policy has a `families` mapping")
+        families, seen = {}, set()
+        for name, f in doc["families"].items():
+            if not isinstance(f, dict) or not isinstance(f.get("tables"), dict) or not f["tables"]:
+                raise RetentionError(f"family {name}: needs `days` and `tables` (table: time column)")
+            for table, column in f["tables"].items():
+                if not (_IDENT.match(str(table)) and _IDENT.match(str(column))):
+                    raise RetentionError(f"family {name}: {table!r}: {column!r} is not a table and a column name")
+                if table in seen:
+                    raise RetentionError(f"table {table} is in two families")
+                seen.add(table)
+            families[name] = Family(name, _days(f.get("days"), f"family {name}"), dict(f["tables"]))
+        tenants: dict[str, dict[str, int]] = {}
+        for tenant, overrides in (doc.get("tenants") or {}).items():
+            if not isinstance(tenant, str) or not NAME.fullmatch(tenant):
+                raise RetentionError(f"tenant {tenant!r} is not a tenant name")
+            if not isinstance(overrides, dict):
+                raise RetentionError(f"tenant {tenant}: expected family: days")
+            for fam, days in overrides.items():
+                if fam not in families:
+                    raise RetentionError(f"tenant {tenant}: unknown family {fam!r}")
+                if fam not in TENANT_FAMILIES:
+                    raise RetentionError(f"tenant {tenant}: family {fam} holds no tenant's rows")
+                tenants.setdefault(tenant, {})[fam] = _days(days, f"tenant {tenant}, {fam}")
+        return cls(families, tenants)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Policy:
+        path = path or RetentionSettings().file or contract_path("retention.yaml")
+        try:
+            return cls.parse(yaml.safe_load(Path(path).read_text()))
+        except yaml.YAMLError as exc:
+            raise RetentionError(f"{path}: not YAML: {type(exc).__name__}") from None
+
+    def ttl(self, table: str) -> str:
+        for fam in self.families.values():
+            if table in fam.tables:
+                at = f"toDateTime({fam.tables[table]})"
+                cases = [(t, o[fam.name]) for t, o in sorted(self.tenants.items()) if fam.name in o]
+                if not cases:
+                    return f"{at} + toIntervalDay({fam.days})"
+                arms = ", ".join(f"tenant = '{t}', {d}" for t, d in cases)
+                return f"{at} + toIntervalDay(multiIf({arms}, {fam.days}))"
+        raise KeyError(table)
+
+    def tables(self) -> list[str]:
+        return [t for f in self.families.values() for t in f.tables]
+
+
+def apply(client: Any, db: str, policy: Policy | None = None) -> list[str]:
+    """Set every table's TTL from the policy where it changed; returns the tables altered."""
+    policy = policy or Policy.load()
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.retention_applied (table String, ttl String, "
+        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY (table, applied_at)"
+    )
+    last = {
+        t: ttl
+        for t, ttl in client.query(
+            f"SELECT table, argMax(ttl, applied_at) FROM {db}.retention_applied GROUP BY table"
+        ).result_rows
+    }
+    existing = {r[0] for r in client.query(f"SELECT name FROM system.tables WHERE database = '{db}'").result_rows}
+    changed = []
+    for table in policy.tables():
+        ttl = policy.ttl(table)
+        if table not in existing or last.get(table) == ttl:
+            continue
+        client.command(f"ALTER TABLE {db}.{table} MODIFY TTL {ttl}")
+        client.insert(f"{db}.retention_applied", [[table, ttl]], column_names=["table", "ttl"])
+        changed.append(table)
+    return changed
