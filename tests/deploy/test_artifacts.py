@@ -23,6 +23,7 @@ CH_USERS = ("admin", "ingest", "retraining")
 SECRETS = {
     "clickhouse": {"users": {u: {"existingSecret": f"ch-{u}"} for u in CH_USERS}},
     "kafka": {"caSecret": {"name": "kafka-cluster-ca-cert"}},
+    "keys": {"existingSecret": "argus-subject-keys"},
 }
 
 
@@ -51,6 +52,7 @@ def test_chart_lints_without_errors() -> None:
 INLINE = {
     "clickhouse": {"users": {u: {"dsn": f"http://argus_{u}:pw@ch:8123/argus"} for u in CH_USERS}},
     "kafka": SECRETS["kafka"],
+    "keys": SECRETS["keys"],
 }
 
 
@@ -200,6 +202,9 @@ def test_every_pod_authenticates_to_kafka_as_its_own_principal_over_tls() -> Non
         pod = doc["spec"]["template"]["spec"]
         c = pod["containers"][0]
         env = {e["name"].split("_KAFKA__")[-1]: e.get("value") for e in c["env"] if "_KAFKA__" in e["name"]}
+        if role == "keys":  # the key service talks to no broker, and holds no Kafka secret
+            assert not env and not any("kafka" in v["name"] for v in pod["volumes"])
+            continue
         assert env["SECURITY_PROTOCOL"] == "SASL_SSL" and env["SASL_MECHANISM"] == "SCRAM-SHA-512", role
         assert env["SASL_USERNAME"] == want[role] and env["SASL_PASSWORD_FILE"] == "/etc/argus/kafka/password"
         assert "SASL_PASSWORD" not in env  # from the mounted Secret only
@@ -269,7 +274,7 @@ def _selects(policy: dict, component: str) -> bool:
     if sel.get("matchLabels", {}).get("app.kubernetes.io/component") not in (None, component):
         return False
     for e in sel.get("matchExpressions", []):
-        if e["key"] == "app.kubernetes.io/component" and component not in e["values"]:
+        if e["key"] == "app.kubernetes.io/component" and (component in e["values"]) != (e["operator"] == "In"):
             return False
     return sel.get("matchLabels", {}).get("app.kubernetes.io/instance") == "argus" or any(
         e["key"] == "app.kubernetes.io/instance" and "argus" in e["values"] for e in sel.get("matchExpressions", [])
@@ -295,8 +300,9 @@ def test_network_policies_deny_by_default_and_allow_only_the_needed_flows() -> N
         for d in docs
         if d["kind"] in ("Deployment", "Job")
     }
-    assert components == {"bootstrap", "inference", "ingest", "drift", "alerting", "retraining"}
-    for c in components:
+    assert components == {"bootstrap", "inference", "ingest", "drift", "alerting", "retraining", "keys"}
+    assert _selects(policies["default-deny"], "keys") and _egress_ports(docs, "keys") == set()  # no egress at all
+    for c in components - {"keys"}:
         assert _selects(policies["default-deny"], c)
         ports = _egress_ports(docs, c)
         assert {53, 9093} <= ports, c  # DNS and Kafka for everyone
@@ -313,12 +319,33 @@ def test_network_policies_deny_by_default_and_allow_only_the_needed_flows() -> N
         for c in components
     }
     assert ingress["inference"] == {8000, 9400} and ingress["alerting"] == {9095}
-    assert ingress["bootstrap"] == set() and ingress["ingest"] == {9400}
+    assert ingress["bootstrap"] == set() and ingress["ingest"] == {9400} and ingress["keys"] == {8129}
     # the alerting API is not open to the world when nobody is named
     without = _policies(render({"networkPolicy": {"monitoring": []}}))
     (rule,) = without["alerting-ingress"]["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "argus"}}}]
     assert not _policies(render({"networkPolicy": {"enabled": False}}))
+
+
+def test_the_key_service_needs_its_secret_and_the_migration_job_points_clickhouse_at_it() -> None:
+    with pytest.raises(Exception, match="keys.existingSecret"):
+        render({"keys": {"existingSecret": ""}})
+    docs = render()
+    job = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in job["containers"][0]["env"]}
+    assert env["ARGUS_PRIVACY_KEYS_URL"] == "http://argus-argus-keys:8129"
+    (token,) = [v for v in job["volumes"] if v["name"] == "keys-token"]
+    assert token["secret"]["items"] == [{"key": "dictionary-token", "path": "dictionary-token"}]  # not the master key
+    keys = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-keys")
+    assert keys["spec"]["replicas"] == 1 and keys["spec"]["strategy"] == {"type": "Recreate"}
+    pod = keys["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == {"store", "secrets"}
+    assert all(
+        e.get("value", "").startswith("/") or not e["name"].endswith("_FILE") for e in pod["containers"][0]["env"]
+    )
+    assert not [
+        d for d in render({"keys": {"enabled": False, "existingSecret": ""}}) if "keys" in d["metadata"]["name"]
+    ]
 
 
 def test_the_http_apis_get_their_key_file_and_token_from_secrets() -> None:
