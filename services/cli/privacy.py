@@ -1,4 +1,5 @@
-"""``argus privacy subject|erase|verify|export``: a data subject's rights.
+"""``argus privacy subject|erase|verify|export|expire-texts``: a data subject's rights,
+and the texts' retention.
 
 A subject is ``--tenant`` and ``--user`` (or ``--request`` for a request made without a
 user). ``erase`` destroys the subject's key (crypto-shredding), deletes the rows and
@@ -149,6 +150,31 @@ def verify_cmd(
         raise typer.Exit(1)
     console.print(
         f"[green]✓[/] receipt {payload['receipt_id']} verified: signature, keys destroyed, nothing readable or left"
+    )
+
+
+@privacy_app.command("expire-texts")
+def expire_texts_cmd(
+    policy: Path = typer.Option(
+        None, "--policy", envvar="ARGUS_RETENTION_FILE", help="retention.yaml (default: shipped)."
+    ),
+) -> None:
+    """Clear sealed texts past the policy's `texts` days (rows and metrics stay); daily."""
+    from services.common.retention import Policy, RetentionError, expire_texts
+
+    try:
+        p = Policy.load(policy)
+    except (OSError, RetentionError) as exc:
+        fail(str(exc))
+        return
+    client, db = _client()
+    try:
+        cleared = expire_texts(client, db, p)
+    finally:
+        client.close()
+    console.print(
+        "texts cleared: " + (", ".join(f"{t} {n}" for t, n in cleared.items()) or "none (no `texts` days set)"),
+        highlight=False,
     )
 
 

@@ -63,6 +63,7 @@ class Family:
 class Policy:
     families: dict[str, Family]
     tenants: dict[str, dict[str, int]]
+    texts_days: int | None = None  # sealed texts cleared after this; None: they live as long as their rows
 
     @classmethod
     def parse(cls, doc: Any) -> Policy:
@@ -79,6 +80,10 @@ class Policy:
                     raise RetentionError(f"table {table} is in two families")
                 seen.add(table)
             families[name] = Family(name, _days(f.get("days"), f"family {name}"), dict(f["tables"]))
+        texts = doc.get("texts")
+        if texts is not None and not isinstance(texts, dict):
+            raise RetentionError("`texts` is {days: N}")
+        texts_days = None if texts is None else _days(texts.get("days"), "texts")
         tenants: dict[str, dict[str, int]] = {}
         for tenant, overrides in (doc.get("tenants") or {}).items():
             if not isinstance(tenant, str) or not NAME.fullmatch(tenant):
@@ -86,12 +91,17 @@ class Policy:
             if not isinstance(overrides, dict):
                 raise RetentionError(f"tenant {tenant}: expected family: days")
             for fam, days in overrides.items():
+                if fam == "texts":
+                    if texts_days is None:
+                        raise RetentionError(f"tenant {tenant}: `texts` needs a default `texts: {{days: N}}`")
+                    tenants.setdefault(tenant, {})[fam] = _days(days, f"tenant {tenant}, texts")
+                    continue
                 if fam not in families:
                     raise RetentionError(f"tenant {tenant}: unknown family {fam!r}")
                 if fam not in TENANT_FAMILIES:
                     raise RetentionError(f"tenant {tenant}: family {fam} holds no tenant's rows")
                 tenants.setdefault(tenant, {})[fam] = _days(days, f"tenant {tenant}, {fam}")
-        return cls(families, tenants)
+        return cls(families, tenants, texts_days)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Policy:
@@ -114,6 +124,52 @@ class Policy:
 
     def tables(self) -> list[str]:
         return [t for f in self.families.values() for t in f.tables]
+
+    def time_column(self, table: str) -> str | None:
+        return next((f.tables[table] for f in self.families.values() if table in f.tables), None)
+
+    def texts_days_expr(self) -> str | None:
+        """Days a tenant's texts live, as SQL over the row's ``tenant``."""
+        if self.texts_days is None:
+            return None
+        cases = [(t, o["texts"]) for t, o in sorted(self.tenants.items()) if "texts" in o]
+        if not cases:
+            return str(self.texts_days)
+        return f"multiIf({', '.join(f'tenant = {chr(39)}{t}{chr(39)}, {d}' for t, d in cases)}, {self.texts_days})"
+
+
+def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float | None = None) -> dict[str, int]:
+    """Clear the sealed texts older than the policy's ``texts`` days (per tenant), keeping
+    the rows and their metrics: ``ALTER TABLE … UPDATE <text>_ct = NULL`` where any is
+    left (a column TTL cannot do it: ClickHouse's TTL step recomputes a sealed column's
+    default from its EPHEMERAL input). Run daily (the chart's CronJob, ``argus privacy
+    expire-texts``); returns the rows cleared per table."""
+    import time as _time
+
+    from services.common.subject_keys import SEALED
+
+    policy = policy or Policy.load()
+    days = policy.texts_days_expr()
+    if days is None:
+        return {}
+    cutoff = int(now if now is not None else _time.time())
+    out = {}
+    for table, columns in SEALED.items():
+        at = policy.time_column(table)
+        if at is None:
+            continue
+        texts = [c for c in columns if c not in ("user", "subject")]
+        left = " OR ".join(f"notEmpty({c}_ct)" if c == "metadata" else f"{c}_ct IS NOT NULL" for c in texts)
+        where = f"toDateTime({at}) < toDateTime({cutoff}) - toIntervalDay({days}) AND ({left})"
+        n = int(client.query(f"SELECT count() FROM {db}.{table} WHERE {where}").result_rows[0][0])
+        if n:
+            sets = ", ".join(
+                f"{c}_ct = CAST(map(), 'Map(LowCardinality(String), String)')" if c == "metadata" else f"{c}_ct = NULL"
+                for c in texts
+            )
+            client.command(f"ALTER TABLE {db}.{table} UPDATE {sets} WHERE {where}", settings={"mutations_sync": 2})
+        out[table] = n
+    return out
 
 
 def apply(client: Any, db: str, policy: Policy | None = None) -> list[str]:

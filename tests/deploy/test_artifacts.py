@@ -336,6 +336,14 @@ def test_the_key_service_needs_its_secret_and_the_migration_job_points_clickhous
     assert env["ARGUS_PRIVACY_KEYS_URL"] == "http://argus-argus-keys:8129"
     (token,) = [v for v in job["volumes"] if v["name"] == "keys-token"]
     assert token["secret"]["items"] == [{"key": "dictionary-token", "path": "dictionary-token"}]  # not the master key
+    assert env["ARGUS_RETENTION_FILE"] == "/etc/argus/retention/retention.yaml"
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "argus-argus-retention"]
+    shipped = yaml.safe_load((CHART / "files" / "retention.yaml").read_text())
+    assert yaml.safe_load(cm["data"]["retention.yaml"]) == shipped
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert job["containers"][0]["command"] == ["argus", "privacy", "expire-texts"]
+    assert _egress_ports(docs, "privacy") >= {8123} and _selects(_policies(docs)["default-deny"], "privacy")
     keys = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-keys")
     assert keys["spec"]["replicas"] == 1 and keys["spec"]["strategy"] == {"type": "Recreate"}
     pod = keys["spec"]["template"]["spec"]

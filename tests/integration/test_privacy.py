@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -211,7 +212,7 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
 
 def test_retention_per_tenant_removes_one_tenants_old_rows_and_keeps_the_others(clickhouse_settings) -> None:
     from services.common import migrations
-    from services.common.retention import Policy
+    from services.common.retention import Policy, expire_texts
 
     db = clickhouse_settings.database
     admin = get_client(clickhouse_settings, database="default")
@@ -240,4 +241,19 @@ def test_retention_per_tenant_removes_one_tenants_old_rows_and_keeps_the_others(
     assert kept == ["acme 1", "acme 5", "clinic 1"]  # the clinic's 5-day-old row is past its 2 days
     assert migrations.apply(admin, db, retention_policy=policy) == []
     assert admin.query(f"SELECT count() FROM {db}.retention_applied").result_rows[0][0] == 1  # applied once
+
+    # texts go before their rows: 3 days, the clinic's after 1 (rows and metrics stay)
+    texts = Policy.parse(
+        {
+            "families": {"inference": {"days": 90, "tables": {"inference_requests": "created_at"}}},
+            "texts": {"days": 3},
+            "tenants": {"clinic": {"texts": 1, "inference": 2}},
+        }
+    )
+    assert expire_texts(admin, db, texts, now=time.time() + 60)["inference_requests"] == 2
+    left = admin.query(
+        f"SELECT tenant, prompt_chars, prompt FROM {db}.inference_requests ORDER BY tenant, created_at DESC"
+    ).result_rows
+    assert left == [("acme", 1, "acme 1"), ("acme", 1, None), ("clinic", 1, None)]
+    assert expire_texts(admin, db, texts, now=time.time() + 60)["inference_requests"] == 0  # nothing left to clear
     admin.close()

@@ -49,3 +49,11 @@ def test_the_shipped_policy_covers_every_table_that_had_a_ttl() -> None:
 def test_a_policy_that_could_inject_or_means_nothing_is_refused(change: dict, message: str) -> None:
     with pytest.raises(RetentionError, match=message):
         Policy.parse({**DOC, **change})
+
+
+def test_texts_have_their_own_days_per_tenant() -> None:
+    p = Policy.parse({**DOC, "texts": {"days": 30}, "tenants": {"clinic": {"texts": 7, "inference": 30}}})
+    assert p.texts_days_expr() == "multiIf(tenant = 'clinic', 7, 30)"
+    assert Policy.parse(DOC).texts_days_expr() is None and Policy.load().texts_days == 30
+    with pytest.raises(RetentionError, match="needs a default"):
+        Policy.parse({**DOC, "tenants": {"clinic": {"texts": 7}}})
