@@ -79,15 +79,17 @@ def _unsealed_copy(client, table: str, copy: str, spec) -> None:  # noqa: ANN001
     from services.common.subject_keys import SEALED
 
     client.command(f"CREATE TABLE {copy} AS {table}")
+    client.command(f"ALTER TABLE {copy} MODIFY COLUMN user REMOVE DEFAULT")
+    client.command(f"ALTER TABLE {copy} MODIFY COLUMN subject_id REMOVE DEFAULT")
     for c in SEALED.get(spec.table, ()):
         if c in ("user", "subject"):
             continue
-        client.command(f"ALTER TABLE {copy} DROP COLUMN {c}, DROP COLUMN {c}_in")
+        client.command(f"ALTER TABLE {copy} MODIFY COLUMN {c}_ct REMOVE DEFAULT")
+        client.command(f"ALTER TABLE {copy} DROP COLUMN {c}")
+        client.command(f"ALTER TABLE {copy} DROP COLUMN {c}_in")
         client.command(f"ALTER TABLE {copy} RENAME COLUMN {c}_ct TO {c}")
-        client.command(f"ALTER TABLE {copy} MODIFY COLUMN {c} REMOVE DEFAULT")
+    client.command(f"ALTER TABLE {copy} DROP COLUMN subject_key")
     client.command(f"ALTER TABLE {copy} DROP COLUMN user_in")
-    client.command(f"ALTER TABLE {copy} MODIFY COLUMN user REMOVE DEFAULT")
-    client.command(f"ALTER TABLE {copy} MODIFY COLUMN subject_id REMOVE DEFAULT")
 
 
 def _insert_rate(client, table: str) -> float:  # noqa: ANN001 - clickhouse-connect Client

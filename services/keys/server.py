@@ -41,12 +41,16 @@ class BadRequest(web.HTTPBadRequest):
 
 
 def _rows(body: bytes) -> list[dict[str, Any]]:
+    """The distinct rows of a JSONEachRow body. A direct dictionary sends one row per row
+    of the block (a 20,000-row insert of 1,000 subjects asks 20,000 times): equal lines are
+    parsed and answered once, and ClickHouse maps the answers back by key."""
     out = []
-    for n, line in enumerate(body.splitlines()):
+    lines = list(dict.fromkeys(body.splitlines()))
+    if len(lines) > MAX_ROWS:
+        raise BadRequest(f"more than {MAX_ROWS} distinct rows")
+    for n, line in enumerate(lines):
         if not line.strip():
             continue
-        if n >= MAX_ROWS:
-            raise BadRequest(f"more than {MAX_ROWS} rows")
         try:
             row = json.loads(line)
         except ValueError:
