@@ -88,6 +88,7 @@ def _unsealed_copy(client, table: str, copy: str, spec) -> None:  # noqa: ANN001
         client.command(f"ALTER TABLE {copy} DROP COLUMN {c}")
         client.command(f"ALTER TABLE {copy} DROP COLUMN {c}_in")
         client.command(f"ALTER TABLE {copy} RENAME COLUMN {c}_ct TO {c}")
+    client.command(f"ALTER TABLE {copy} DROP COLUMN subject_key_bytes")
     client.command(f"ALTER TABLE {copy} DROP COLUMN subject_key")
     client.command(f"ALTER TABLE {copy} DROP COLUMN user_in")
 

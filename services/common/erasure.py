@@ -29,7 +29,7 @@ import uuid
 from typing import Any, Callable, Iterator
 
 from services.common.signing import sign
-from services.common.subject_keys import SEALED, KeyServiceClient
+from services.common.subject_keys import ENSURE_DICTIONARY, SEALED, KeyServiceClient
 
 RECEIPT_VERSION = 1
 # the topics whose messages carry a subject's texts (and their dead-letter topics)
@@ -110,6 +110,8 @@ def erase(
     before = _counts(client, db, sid)
     destroyed = keys.destroy(tenant, subject)
     keys_destroyed = clock()
+    # the insert path's cached copy of the key goes too (reads never cache it)
+    client.command(f"SYSTEM RELOAD DICTIONARY {db}.{ENSURE_DICTIONARY}")
     deadline = keys_destroyed + unreadable_timeout_s
     while True:
         after = _counts(client, db, sid, before=keys_destroyed)

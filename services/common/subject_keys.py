@@ -7,9 +7,12 @@ what the rest of Argus shares about it:
 - :class:`KeyServiceRef`: its URL and tokens, from settings (``ARGUS_PRIVACY_KEYS_URL``,
   ``…_DICTIONARY_TOKEN_FILE``, ``…_ADMIN_TOKEN_FILE``) or, when none is set, the local
   stack's (``<home>/secrets/privacy/…``, written by ``argus stack up``).
-- :func:`dictionary_ddl`: ``subject_keys_ensure`` (inserts: creates keys) and
-  ``subject_keys`` (reads), both ``COMPLEX_KEY_DIRECT``: ClickHouse caches no key, so a
-  destroyed key is unreadable from the next query on, with no reload to wait for.
+- :func:`dictionary_ddl`: ``subject_keys`` (reads) is ``COMPLEX_KEY_DIRECT``: ClickHouse
+  caches no key for reading, so a destroyed key is unreadable from the next query on,
+  with no reload to wait for. ``subject_keys_ensure`` (inserts: creates keys) caches
+  entries 5 to 10 s (``COMPLEX_KEY_CACHE``), so an insert block costs hash probes rather
+  than a call; an erasure reloads it at once (a key destroyed some other way would seal
+  at most those seconds of new rows with it: unreadable, never readable).
 - :class:`KeyServiceClient`: the admin calls ``argus privacy`` makes.
 
 The dictionaries' token sits in their DDL; only the admin can read DDL or call
@@ -49,6 +52,8 @@ TEXT_COLUMNS = frozenset(
 )
 
 ENSURE_DICTIONARY = "subject_keys_ensure"
+ENSURE_CACHE_CELLS = 100_000
+ENSURE_LIFETIME_S = (5, 10)
 READ_DICTIONARY = "subject_keys"
 KEY_DICTIONARIES = (ENSURE_DICTIONARY, READ_DICTIONARY)
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/=]{16,512}")
@@ -130,9 +135,12 @@ def dictionary_ddl(db: str, ref: KeyServiceRef) -> list[str]:
         )
 
     return [
+        # inserts: cached a few seconds (a block's lookups cost a hash probe, not a call);
+        # an erasure reloads it, and reads never use it
         f"CREATE OR REPLACE DICTIONARY {db}.{ENSURE_DICTIONARY} "
         "(tenant String, subject String, subject_id String, key String) PRIMARY KEY tenant, subject "
-        f"{source('/v1/dictionary/ensure')} LAYOUT(COMPLEX_KEY_DIRECT())",
+        f"{source('/v1/dictionary/ensure')} LAYOUT(COMPLEX_KEY_CACHE(SIZE_IN_CELLS {ENSURE_CACHE_CELLS})) "
+        f"LIFETIME(MIN {ENSURE_LIFETIME_S[0]} MAX {ENSURE_LIFETIME_S[1]})",
         # a destroyed key reads as the zero key: AES-GCM's tag then fails and the text is NULL
         f"CREATE OR REPLACE DICTIONARY {db}.{READ_DICTIONARY} "
         f"(subject_id String, key String DEFAULT '{'0' * 64}') PRIMARY KEY subject_id "
