@@ -47,3 +47,13 @@ def get_client(settings: ClickHouseSettings | str, database: str | None = None, 
     opts.update(dict(parse_qsl(parts.query)))
     opts.update(overrides)
     return clickhouse_connect.get_client(**opts)
+
+
+def check_database(db: str) -> str:
+    """``db`` if it is a plain identifier (SQL takes it as a name, never as a value), else
+    ``ValueError``: every statement that names a database from settings checks it first."""
+    import re
+
+    if not isinstance(db, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", db):
+        raise ValueError(f"invalid database name {db!r}")
+    return db

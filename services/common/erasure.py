@@ -28,6 +28,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterator
 
+from services.common.clickhouse import check_database
 from services.common.signing import sign
 from services.common.subject_keys import ENSURE_DICTIONARY, SEALED, KeyServiceClient
 
@@ -105,6 +106,7 @@ def erase(
     unreadable_timeout_s: float = 30.0,
 ) -> dict[str, Any]:
     """Erase one subject (see the module doc); returns the signed receipt."""
+    check_database(db)
     requested = clock()
     sid = keys.resolve(tenant, subject)["subject_id"]
     before = _counts(client, db, sid)
@@ -172,6 +174,7 @@ def erase(
 def verify(client: Any, db: str, keys: KeyServiceClient, payload: dict[str, Any]) -> list[str]:
     """What is wrong with an (already signature-checked) receipt's claims now: empty
     when every key id is gone and nothing written before the erasure is readable or left."""
+    check_database(db)
     problems = []
     if payload.get("kind") != "argus.erasure-receipt" or payload.get("version") != RECEIPT_VERSION:
         return ["not an Argus erasure receipt of a version this release knows"]
@@ -194,6 +197,7 @@ def verify(client: Any, db: str, keys: KeyServiceClient, payload: dict[str, Any]
 
 def export(client: Any, db: str, keys: KeyServiceClient, tenant: str, subject: str) -> Iterator[dict[str, Any]]:
     """Every row stored about a subject, texts decrypted (sealed bytes left out)."""
+    check_database(db)
     sid = keys.resolve(tenant, subject)["subject_id"]
     for table in SEALED:
         sealed = ", ".join(f"{c}_ct" for c in texts(table))

@@ -15,6 +15,7 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 
 from services.common import retention
+from services.common.clickhouse import check_database
 from services.common.contracts import contract_path
 from services.common.subject_keys import KeyServiceRef, dictionary_ddl
 
@@ -65,8 +66,10 @@ def apply(
     dictionaries are (re)created first, every time: their source (the key service's URL
     and token, ``keys`` or the settings') is deployment configuration, not schema; so
     are the TTLs, set last from the retention policy (:mod:`services.common.retention`)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", db):
-        raise MigrationError(f"invalid database name {db!r}")
+    try:
+        check_database(db)
+    except ValueError as exc:
+        raise MigrationError(str(exc)) from None
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     for stmt in dictionary_ddl(db, keys or KeyServiceRef.from_settings()):
         client.command(stmt)

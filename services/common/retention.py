@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.clickhouse import check_database
 from services.common.contracts import contract_path
 from services.common.tenant_names import NAME
 
@@ -144,6 +145,7 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
     left (a column TTL cannot do it: ClickHouse's TTL step recomputes a sealed column's
     default from its EPHEMERAL input). Run daily (the chart's CronJob, ``argus privacy
     expire-texts``); returns the rows cleared per table."""
+    check_database(db)
     import time as _time
 
     from services.common.subject_keys import SEALED
@@ -174,6 +176,7 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
 
 def apply(client: Any, db: str, policy: Policy | None = None) -> list[str]:
     """Set every table's TTL from the policy where it changed; returns the tables altered."""
+    check_database(db)
     policy = policy or Policy.load()
     client.command(
         f"CREATE TABLE IF NOT EXISTS {db}.retention_applied (table String, ttl String, "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -83,42 +83,32 @@ def make_app(store: KeyStore, dictionary_token: SecretStr, admin_token: SecretSt
                 raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=len(data))
         return bytes(data)
 
-    async def ensure(request: web.Request) -> web.Response:
-        authorized(request, dictionary_token)
-        rows = _rows(await body(request))
+    def dictionary(endpoint: str, answer: Callable[[dict[str, Any]], dict[str, Any] | None]):  # noqa: ANN202
+        """A dictionary endpoint: each distinct requested key answered (or left out) by ``answer``."""
 
-        def work() -> list[dict[str, Any]]:
-            out = []
-            for r in rows:
-                tenant, subject = r.get("tenant"), r.get("subject")
-                try:
-                    k = store.ensure(tenant, subject)
-                except KeyStoreError:
-                    continue  # no key: the insert's text then fails to encrypt rather than store in clear
-                out.append({"tenant": tenant, "subject": subject, "subject_id": k.subject_id, "key": k.key.hex()})
-            return out
+        async def handle(request: web.Request) -> web.Response:
+            authorized(request, dictionary_token)
+            rows = _rows(await body(request))
+            out = await asyncio.to_thread(lambda: [a for r in rows if (a := answer(r)) is not None])
+            metrics.inc("argus_subject_keys_requests_total", endpoint=endpoint, outcome="ok")
+            metrics.inc("argus_subject_keys_served_total", len(out), endpoint=endpoint)
+            return _json_lines(out)
 
-        out = await asyncio.to_thread(work)
-        metrics.inc("argus_subject_keys_requests_total", endpoint="ensure", outcome="ok")
-        metrics.inc("argus_subject_keys_served_total", len(out), endpoint="ensure")
-        return _json_lines(out)
+        return handle
 
-    async def lookup(request: web.Request) -> web.Response:
-        authorized(request, dictionary_token)
-        rows = _rows(await body(request))
+    def ensured(r: dict[str, Any]) -> dict[str, Any] | None:
+        tenant, subject = r.get("tenant"), r.get("subject")
+        try:
+            k = store.ensure(tenant, subject)
+        except KeyStoreError:
+            return None  # not strings: no key, and the insert fails to seal rather than store in clear
+        return {"tenant": tenant, "subject": subject, "subject_id": k.subject_id, "key": k.key.hex()}
 
-        def work() -> list[dict[str, Any]]:
-            out = []
-            for r in rows:
-                k = store.lookup(r.get("subject_id"))
-                if k is not None:
-                    out.append({"subject_id": k.subject_id, "key": k.key.hex()})
-            return out
+    def looked_up(r: dict[str, Any]) -> dict[str, Any] | None:
+        k = store.lookup(r.get("subject_id"))
+        return None if k is None else {"subject_id": k.subject_id, "key": k.key.hex()}
 
-        out = await asyncio.to_thread(work)
-        metrics.inc("argus_subject_keys_requests_total", endpoint="lookup", outcome="ok")
-        metrics.inc("argus_subject_keys_served_total", len(out), endpoint="lookup")
-        return _json_lines(out)
+    ensure, lookup = dictionary("ensure", ensured), dictionary("lookup", looked_up)
 
     async def subject(request: web.Request) -> tuple[str, str]:
         authorized(request, admin_token)

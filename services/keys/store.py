@@ -128,17 +128,22 @@ class KeyStore:
             self._cache.popitem(last=False)
         return key
 
+    def _load(self, sid: str) -> SubjectKey | None:  # under the lock: the cache, else the store
+        if (hit := self._cached(sid)) is not None:
+            return hit
+        row = self._db.execute(
+            "SELECT key_id, wrapped, created_at FROM subject_keys WHERE subject_id = ?", (sid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return self._remember(SubjectKey(sid, row[0], self._unwrap(sid, row[0], row[1]), row[2]))
+
     def ensure(self, tenant: str, subject: str) -> SubjectKey:
         """The subject's key, created on first use (the insert path)."""
         sid = self.subject_id(tenant, subject)
         with self._lock:
-            if (hit := self._cached(sid)) is not None:
-                return hit
-            row = self._db.execute(
-                "SELECT key_id, wrapped, created_at FROM subject_keys WHERE subject_id = ?", (sid,)
-            ).fetchone()
-            if row is not None:
-                return self._remember(SubjectKey(sid, row[0], self._unwrap(sid, row[0], row[1]), row[2]))
+            if (found := self._load(sid)) is not None:
+                return found
             key, key_id, now = AESGCM.generate_key(256), str(uuid.uuid4()), time.time()
             nonce = secrets.token_bytes(12)
             wrapped = nonce + self._kek.encrypt(nonce, key, f"{sid}|{key_id}".encode())
@@ -153,14 +158,7 @@ class KeyStore:
         if not isinstance(subject_id, str) or len(subject_id) != 64:
             return None
         with self._lock:
-            if (hit := self._cached(subject_id)) is not None:
-                return hit
-            row = self._db.execute(
-                "SELECT key_id, wrapped, created_at FROM subject_keys WHERE subject_id = ?", (subject_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            return self._remember(SubjectKey(subject_id, row[0], self._unwrap(subject_id, row[0], row[1]), row[2]))
+            return self._load(subject_id)
 
     def destroy(self, tenant: str, subject: str) -> Destroyed:
         """Destroy the subject's key (idempotent: a second call destroys nothing more)."""

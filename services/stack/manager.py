@@ -38,6 +38,18 @@ class ComponentStatus:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def _wait_until_up(process: ManagedProcess, pid: int, ping, timeout_s: float, what: str, probe: str) -> int:  # noqa: ANN001
+    """``pid`` once ``ping()`` answers; a process that exits meanwhile, or never answers, is an error."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise StackError(f"{what} exited during start-up:\n{process.tail()}")
+        if ping():
+            return pid
+        time.sleep(0.1)
+    raise StackError(f"{what} did not answer {probe} within {timeout_s:.0f}s")
+
+
 class ClickHouseLocal:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
@@ -81,14 +93,7 @@ class ClickHouseLocal:
             cmd += ["--tls-cert", str(ensure_cert(home, "clickhouse", hosts))]
         repo = Path(__file__).resolve().parents[2]
         pid = self.process.spawn(cmd, cwd=repo, env={"ARGUS_STACK_HOME": str(Path(self.settings.home).resolve())})
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.process.alive():
-                raise StackError(f"the ClickHouse endpoint exited during start-up:\n{self.process.tail()}")
-            if self.ping():
-                return pid
-            time.sleep(0.2)
-        raise StackError(f"the ClickHouse endpoint did not answer /ping within {timeout_s:.0f}s")
+        return _wait_until_up(self.process, pid, self.ping, timeout_s, "the ClickHouse endpoint", "/ping")
 
     def ping(self) -> bool:
         ctx = None
@@ -146,14 +151,7 @@ class KeyServiceLocal:
         self.root.mkdir(parents=True, exist_ok=True)
         repo = Path(__file__).resolve().parents[2]
         pid = self.process.spawn([sys.executable, "-m", "services.keys"], cwd=repo, env=self.env())
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.process.alive():
-                raise StackError(f"the key service exited during start-up:\n{self.process.tail()}")
-            if self.ping():
-                return pid
-            time.sleep(0.1)
-        raise StackError(f"the key service did not answer /healthz within {timeout_s:.0f}s")
+        return _wait_until_up(self.process, pid, self.ping, timeout_s, "the key service", "/healthz")
 
     def ping(self) -> bool:
         try:

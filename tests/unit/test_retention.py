@@ -57,3 +57,22 @@ def test_texts_have_their_own_days_per_tenant() -> None:
     assert Policy.parse(DOC).texts_days_expr() is None and Policy.load().texts_days == 30
     with pytest.raises(RetentionError, match="needs a default"):
         Policy.parse({**DOC, "tenants": {"clinic": {"texts": 7}}})
+
+
+def test_a_database_name_that_is_not_an_identifier_is_refused_before_any_sql() -> None:
+    from services.common.erasure import export, verify
+    from services.common.retention import apply, expire_texts
+
+    class NoClient:  # any statement would be an error: the name is refused first
+        def __getattr__(self, name: str):  # noqa: ANN204
+            raise AssertionError(f"SQL was built with a bad database name ({name})")
+
+    bad = "argus; DROP TABLE x"
+    for call in (
+        lambda: apply(NoClient(), bad, Policy.parse(DOC)),
+        lambda: expire_texts(NoClient(), bad, Policy.parse(DOC)),
+        lambda: verify(NoClient(), bad, None, {}),
+        lambda: list(export(NoClient(), bad, None, "t", "s")),
+    ):
+        with pytest.raises(ValueError, match="invalid database name"):
+            call()
