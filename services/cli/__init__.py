@@ -13,6 +13,7 @@
     argus acl plan | apply                          Kafka ACLs from the registry
     argus tenants add | list | remove               a tenant's principal, topics and ACLs
     argus keys create | revoke | list               API keys of the HTTP route
+    argus identity init | list | revoke             signing keys of approvers, operators, pipelines
     argus privacy subject | erase | verify | export a data subject: crypto-shredding, receipts, access
     argus clickhouse-users                          production users.d files from the grants
     argus demo                                      the end-to-end demo on the local stack
@@ -25,7 +26,21 @@ its commands on :data:`services.cli.base.app`."""
 
 from __future__ import annotations
 
-from services.cli import acl, alerts, contracts, data, demo, dlq, keys, privacy, retrain, runners, stack, tenants  # noqa: F401 (registers commands)
+from services.cli import (  # noqa: F401 (registers commands)
+    acl,
+    alerts,
+    contracts,
+    data,
+    demo,
+    dlq,
+    identity,
+    keys,
+    privacy,
+    retrain,
+    runners,
+    stack,
+    tenants,
+)
 from services.cli.base import app
 
 

@@ -50,11 +50,46 @@ def _read_all(key: str) -> list[dict]:
     return asyncio.run(run())
 
 
+def _gate():  # noqa: ANN202 - GovernanceGate | None
+    """The trust file's gate when this machine has the trust file (records no trusted key
+    signed are then left out, as the service leaves them out), else None."""
+    from services.common.governance import GovernanceGate, GovernanceSettings, Trust, trust_path
+
+    path = trust_path()
+    return GovernanceGate(Trust(path), GovernanceSettings().allow_unsigned_artifacts) if path.exists() else None
+
+
+def _trusted(key: str, records: list[dict]) -> list[dict]:
+    from services.common.governance import Refused
+
+    gate = _gate()
+    if gate is None:
+        return records
+    out = []
+    for rec in records:
+        try:
+            gate.check(key, rec)
+        except Refused:
+            continue  # refused and dead-lettered by the service too
+        out.append(rec)
+    return out
+
+
+def _signer(by: str, key: Optional[Path]):  # noqa: ANN202 - Signer
+    from services.common.governance import Signer, key_path
+    from services.common.signing import SignatureError
+
+    try:
+        return Signer.load(by, key or key_path(by))
+    except (SignatureError, OSError, ValueError) as exc:
+        _fail(f"cannot sign as {by}: {exc}")
+
+
 def _book():  # noqa: ANN202
     from services.retraining.lifecycle import TransitionError, TriggerBook
 
     book = TriggerBook()
-    for rec in _read_all("retraining-triggers"):
+    for rec in _trusted("retraining-triggers", _read_all("retraining-triggers")):
         try:
             book.apply(rec)
         except TransitionError:
@@ -138,37 +173,50 @@ def retrain_show(trigger: str = typer.Argument(..., help="Trigger id or a unique
     console.print(table)
 
 
-def _decide(trigger: str, state: str, by: str, comment: str) -> None:
+_KEY = typer.Option(
+    None,
+    "--key",
+    envvar="ARGUS_GOVERNANCE_SIGNING_KEY_FILE",
+    help="Your Ed25519 private key (default: the local stack's key of --by, from `argus identity init`).",
+)
+
+
+def _decide(trigger: str, state: str, by: str, comment: str, key: Optional[Path]) -> None:
+    from services.common.registry import get_codec
     from services.retraining.lifecycle import TransitionError
 
+    signer = _signer(by, key)
     book = _book()
     try:
         t = book.find(trigger)
         rec = book.next_record(t.trigger_id, state, by, comment)
     except TransitionError as exc:
         _fail(str(exc))
-    _publish("retraining-triggers", rec, t.trigger_id)
-    console.print(f"trigger {t.trigger_id} {state} by {by}", highlight=False)
+    codec = get_codec("retraining-triggers")
+    _publish("retraining-triggers", signer.sign_record(codec.name, codec.version, rec), t.trigger_id)
+    console.print(f"trigger {t.trigger_id} {state} by {by} (signed, key {signer.key_id})", highlight=False)
 
 
 @retrain_app.command("approve")
 def retrain_approve(
     trigger: str = typer.Argument(...),
-    by: str = typer.Option(..., help="Who approves."),
+    by: str = typer.Option(..., help="Who approves: the name your key is trusted under (role approver)."),
     comment: str = typer.Option("", help="Why."),
+    key: Optional[Path] = _KEY,
 ) -> None:
-    """Approve a trigger awaiting approval: the service dispatches the job."""
-    _decide(trigger, "approved", by, comment)
+    """Approve a trigger awaiting approval (signed with your key): the service dispatches the job."""
+    _decide(trigger, "approved", by, comment, key)
 
 
 @retrain_app.command("reject")
 def retrain_reject(
     trigger: str = typer.Argument(...),
-    by: str = typer.Option(..., help="Who rejects."),
+    by: str = typer.Option(..., help="Who rejects: the name your key is trusted under (role approver)."),
     comment: str = typer.Option(..., help="Why (kept with the trigger)."),
+    key: Optional[Path] = _KEY,
 ) -> None:
-    """Reject a trigger awaiting approval: nothing is dispatched."""
-    _decide(trigger, "rejected", by, comment)
+    """Reject a trigger awaiting approval (signed with your key): nothing is dispatched."""
+    _decide(trigger, "rejected", by, comment, key)
 
 
 @models_app.command("list")
@@ -177,7 +225,7 @@ def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
     from services.retraining.registry import ModelRegistry
 
     reg = ModelRegistry()
-    for rec in _read_all("model-registry"):
+    for rec in _trusted("model-registry", _read_all("model-registry")):
         reg.apply(rec)
     rows = sorted(reg.versions.values(), key=lambda r: (r["model"], r["version"]))
     if json_out:
@@ -202,16 +250,35 @@ def models_register(
     trigger: Optional[str] = typer.Option(None, help="The retraining trigger this version answers."),
     parent: Optional[str] = typer.Option(None, help="The version it was trained from."),
     card: list[str] = typer.Option([], help="Model card entries key=value (data window, metrics, limitations, owner)."),
-    by: str = typer.Option(..., help="Who registers it."),
+    by: str = typer.Option(
+        ..., help="Who registers it: the name your key is trusted under (pipeline; operator for --status active)."
+    ),
     comment: str = typer.Option(""),
     sha256: Optional[str] = typer.Option(
         None, help="The digest the pipeline built (default: computed from ARTIFACT now)."
     ),
+    key: Optional[Path] = _KEY,
+    artifact_key: Optional[Path] = typer.Option(
+        None, help="The pipeline key that signs the artifact (default: --key, i.e. the registrant's)."
+    ),
 ) -> None:
-    """Register a model version with its artifact's digest and model card. Whatever
-    loads the version later (validation, inference) refuses a file with another digest."""
+    """Register a model version with its artifact's digest and model card, signed: the
+    record by you, the artifact (model, version, digest, card digest) by a pipeline key.
+    Whatever loads the version later (validation, inference) refuses a file with another
+    digest or no valid artifact signature."""
+    from services.common.governance import Signer
     from services.common.llm import sha256_of
+    from services.common.registry import get_codec
+    from services.common.signing import load_key
     from services.retraining.registry import version_record
+
+    signer = _signer(by, key)
+    artifact_signer = signer
+    if artifact_key is not None:
+        try:
+            artifact_signer = Signer("pipeline", load_key(artifact_key))
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot sign the artifact with {artifact_key}: {exc}")
 
     entries = dict(c.split("=", 1) for c in card if "=" in c)
     if len(entries) != len(card):
@@ -232,5 +299,11 @@ def models_register(
         )
     except ValueError as exc:
         _fail(str(exc), 2)
-    _publish("model-registry", rec, f"{model}/{version}")
-    console.print(f"registered {model} {version} ({status}) sha256 {digest}", highlight=False)
+    rec["artifact_signature"] = artifact_signer.sign_artifact(model, version, rec["sha256"], rec["card"])
+    codec = get_codec("model-registry")
+    _publish("model-registry", signer.sign_record(codec.name, codec.version, rec), f"{model}/{version}")
+    console.print(
+        f"registered {model} {version} ({status}) sha256 {digest}, signed by {by} (key {signer.key_id}), "
+        f"artifact by key {artifact_signer.key_id}",
+        highlight=False,
+    )

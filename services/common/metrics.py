@@ -82,6 +82,17 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_retraining_transitions_total": MetricDef(
         "counter", "Retraining trigger state changes written, by policy and state.", ("service", "policy", "state")
     ),
+    "argus_governance_verified_total": MetricDef(
+        "counter",
+        "Governance records (triggers, registry) whose signature verified, by topic and signer.",
+        ("service", "topic", "signer"),
+    ),
+    "argus_governance_refused_total": MetricDef(
+        "counter",
+        "Governance records refused and dead-lettered (unsigned, bad signature, untrusted, revoked, "
+        "wrong role or actor, replayed), by topic and reason.",
+        ("service", "topic", "reason"),
+    ),
     "argus_pii_findings_total": MetricDef(
         "counter", "PII found (and redacted, hashed or dropped) before storage.", ("service", "kind", "mode")
     ),

@@ -52,8 +52,9 @@ def create_key(path: Path) -> Ed25519PublicKey:
 
 def load_key(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
-    if path.stat().st_mode & 0o077:
-        raise SignatureError(f"{path} is readable by others: chmod 600 it")
+    # group read is allowed: Kubernetes adds it to a Secret's files for the pod's fsGroup
+    if path.stat().st_mode & 0o037:
+        raise SignatureError(f"{path} is readable by others (or writable by its group): chmod 600 it")
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{path} is not an Ed25519 private key")

@@ -6,7 +6,8 @@ No consumer group: every instance reads every record, in offset order per partit
 It is the runtime's ``DecodeStep -> RunTaskStep`` without commits: each record is
 decoded with its topic's codec; an undecodable one goes to the topic's dead-letter topic
 through the service's :class:`~services.common.dlq.DeadLetterPolicy`, the rest are
-handed to ``handler(topic_key, record)`` in offset order. ``on_caught_up`` runs once, when every partition has
+handed to ``handler(topic_key, record)`` in offset order; ``check(topic_key, record)``,
+when given, may refuse a decoded record the same way (e.g. an unsigned approval). ``on_caught_up`` runs once, when every partition has
 reached the end offsets seen at start.
 
 Example::
@@ -46,6 +47,7 @@ class StateTopicReader:
         producer: Any,
         on_caught_up: Callable[[], Awaitable[None]] | None = None,
         metrics: Any = None,
+        check: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         reg = default_registry()
         self.kafka = kafka
@@ -57,15 +59,19 @@ class StateTopicReader:
         self.send_dead_letter = producer_sender(producer)
         self.on_caught_up = on_caught_up
         self.metrics = metrics
+        self.check = check  # raises InvalidMessage for a record to refuse (dead-lettered with the reason)
         self.caught_up = asyncio.Event()
         self.last_progress = time.time()
 
     def _decode(self, msg: Message) -> tuple[str, dict[str, Any]]:
         key = self.keys[msg.topic]
         try:
-            return key, self.codecs[key].decode_plain(msg.raw)
+            rec = self.codecs[key].decode_plain(msg.raw)
         except SerializationError as exc:
             raise InvalidMessage(str(exc), "InvalidMessage.SerializationError") from exc
+        if self.check is not None:
+            self.check(key, rec)
+        return key, rec
 
     async def _handle(self, item: tuple[str, dict[str, Any]]) -> None:
         await self.handler(*item)

@@ -52,6 +52,24 @@ def _passthrough(rows: AvroRows) -> Callable[[Any], bytes | None]:
     return run
 
 
+GOVERNED = ("retraining-triggers", "model-registry")
+
+
+def _governed(topic_key: str, transform: Callable[[Message], Row], gate: Any) -> Callable[[Message], Row]:
+    """Only records a trusted key of the right role signed reach ClickHouse; the rest are
+    dead-lettered with the reason (docs/governance.md)."""
+    from services.common.governance import Refused
+
+    def run(msg: Message) -> Row:
+        try:
+            gate.check(topic_key, msg.value)
+        except Refused as exc:
+            raise InvalidMessage(f"refused: {exc}", f"Refused.{exc.kind}") from None
+        return transform(msg)
+
+    return run
+
+
 class IngestService:
     def __init__(self, settings: IngestSettings, registry: SchemaRegistry | None = None) -> None:
         """``registry``: the contracts to decode with (default: the ones shipped in the
@@ -65,6 +83,8 @@ class IngestService:
         for topic_key in settings.topics:
             spec = table_for(topic_key)
             transform = spec.transform(self.protector)
+            if topic_key in GOVERNED:
+                transform = _governed(topic_key, transform, self._gate())
             rows = avro_rows_for(topic_key, spec, self.protector, registry) if settings.avro_passthrough else None
             fast_path = None
             if rows is not None:
@@ -90,6 +110,15 @@ class IngestService:
                     consumer_overrides={"max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20},
                 )
             )
+
+    def _gate(self) -> Any:
+        from services.common.governance import GovernanceGate, Trust, trust_path
+
+        if not hasattr(self, "_governance_gate"):
+            gov = self.settings.governance
+            # no replay check: a consumer group may read a batch again after a rebalance
+            self._governance_gate = GovernanceGate(Trust(trust_path(gov)), gov.allow_unsigned_artifacts, False)
+        return self._governance_gate
 
     def migrate(self) -> list[str]:
         client = get_client(self.settings.clickhouse, database="default")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.governance import GovernanceSettings
 from services.common.pii import PiiPolicy
 from services.common.settings import PipelineSettings, ServiceSettings
 from services.ingest.transforms import TABLES
@@ -49,6 +50,11 @@ class IngestSettings(ServiceSettings):
     group_id: str = "argus-ingest"
     topics: tuple[str, ...] = Field(default_factory=_all_topics, description="Registry keys to ingest.")
     pii: PiiSettings = PiiSettings()
+    governance: GovernanceSettings = Field(
+        default_factory=GovernanceSettings,
+        description="The trust file trigger and registry records are checked against (ARGUS_GOVERNANCE_*): "
+        "ClickHouse stores only what a trusted key of the right role signed.",
+    )
     pipeline: PipelineSettings = PipelineSettings(batch_max_messages=20000, batch_max_seconds=0.5)
     apply_migrations: bool = Field(
         False,

@@ -269,6 +269,8 @@ def _model_version(msg: Message, protect: Protector) -> Row:
         v["trigger_id"],
         v["actor"],
         protect(v["comment"], None, pii) or "",
+        *_signature(v.get("signature")),
+        *_signature(v.get("artifact_signature")),
         v["occurred_at"],
         *_coords(msg),
     )
@@ -292,6 +294,13 @@ def _serving_state(msg: Message, protect: Protector) -> Row:
     )
 
 
+def _signature(sig: Any) -> tuple[str, str]:
+    """(key id, the signature as JSON) of a signed governance record; empty when unsigned."""
+    if not isinstance(sig, dict):
+        return "", ""
+    return str(sig.get("key_id", "")), json.dumps(to_json(sig), sort_keys=True, separators=(",", ":"))
+
+
 def _trigger(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
@@ -310,6 +319,7 @@ def _trigger(msg: Message, protect: Protector) -> Row:
         v["alert_event_ids"],
         v["dataset_spec"],
         v["candidate_version"],
+        *_signature(v.get("signature")),
         v["occurred_at"],
         *_coords(msg),
     )
@@ -568,6 +578,8 @@ TABLES: dict[str, TableSpec] = {
                 "alert_event_ids",
                 "dataset_spec",
                 "candidate_version",
+                "signed_by",
+                "signature",
                 "occurred_at",
                 *_K,
             ),
@@ -588,6 +600,10 @@ TABLES: dict[str, TableSpec] = {
                 "trigger_id",
                 "actor",
                 "comment",
+                "signed_by",
+                "signature",
+                "artifact_signed_by",
+                "artifact_signature",
                 "occurred_at",
                 *_K,
             ),

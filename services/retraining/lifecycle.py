@@ -205,6 +205,7 @@ def record(
         "dataset_spec": {k: str(v) for k, v in (fields.get("dataset_spec") or {}).items()},
         "candidate_version": fields.get("candidate_version"),
         "occurred_at": int((now if now is not None else time.time()) * 1000),
+        "signature": None,  # signed by whoever publishes it (services.common.governance.Signer)
     }
 
 

@@ -55,7 +55,10 @@ def version_record(
     trigger_id: str | None = None,
     comment: str = "",
     now: float | None = None,
+    artifact_signature: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """An unsigned ``ModelVersion`` record (:class:`services.common.governance.Signer`
+    signs it; ``artifact_signature`` is the pipeline's, carried by every status change)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower()):
@@ -73,6 +76,8 @@ def version_record(
         "actor": actor,
         "comment": comment,
         "occurred_at": int((now if now is not None else time.time()) * 1000),
+        "artifact_signature": artifact_signature,
+        "signature": None,
     }
 
 
@@ -89,4 +94,5 @@ def with_status(rec: dict[str, Any], status: str, actor: str, comment: str = "")
         parent_version=rec.get("parent_version"),
         trigger_id=rec.get("trigger_id"),
         comment=comment,
+        artifact_signature=rec.get("artifact_signature"),
     )

@@ -33,6 +33,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
+from services.common.governance import GovernanceGate, Refused, Signer, Trust, key_path, trust_path
 from services.common.health import HealthServer, Readiness
 from services.common.kafka import GroupLagReporter, make_consumer, make_producer
 from services.common.logging import get_logger
@@ -96,6 +97,11 @@ class RetrainingService:
         self.codecs = {
             key: get_codec(key) for key in ("retraining-triggers", "model-registry", "drift-events", "alerts")
         }
+        # every transition and registry change this service makes is signed with its key;
+        # every record it reads on those topics is checked against the trust file
+        gov = settings.governance
+        self.signer = Signer.load(settings.actor, key_path(settings.actor, gov))
+        self.gate = GovernanceGate(Trust(trust_path(gov)), gov.allow_unsigned_artifacts)
         self.locks: dict[str, asyncio.Lock] = {}
         self.rollback_reasons: dict[str, str] = {}
         self.failed_dispatch: dict[str, float] = {}
@@ -118,7 +124,9 @@ class RetrainingService:
 
     # -- writing --------------------------------------------------------------------
     async def emit(self, rec: dict[str, Any]) -> Trigger:
-        """Publish a transition (acks=all), then fold it in (the echo is ignored)."""
+        """Sign and publish a transition (acks=all), then fold it in (the echo is ignored)."""
+        codec = self.codecs["retraining-triggers"]
+        rec = self.signer.sign_record(codec.name, codec.version, rec)
         try:
             await self.producer.send_and_wait(
                 self.k.topic("retraining-triggers"),
@@ -145,6 +153,8 @@ class RetrainingService:
         return t
 
     async def emit_version(self, rec: dict[str, Any]) -> None:
+        codec = self.codecs["model-registry"]
+        rec = self.signer.sign_record(codec.name, codec.version, rec)
         await self.producer.send_and_wait(
             self.k.topic("model-registry"),
             self.codecs["model-registry"].encode(rec),
@@ -359,6 +369,20 @@ class RetrainingService:
             )
 
     # -- inputs -----------------------------------------------------------------------
+    def check_signed(self, key: str, rec: dict[str, Any]) -> None:
+        """Refuse a trigger or registry record no trusted key of the right role signed:
+        it is dead-lettered with the reason (the DeadLetters and GovernanceRefused alert
+        rules fire on it) and never folded in."""
+        if key == "serving-state":
+            return
+        try:
+            signer = self.gate.check(key, rec)
+        except Refused as exc:
+            self.metrics.inc("argus_governance_refused_total", topic=self.k.topic(key), reason=exc.kind)
+            self.log.error("retraining.record_refused", topic=self.k.topic(key), reason=exc.kind, error=str(exc))
+            raise InvalidMessage(f"refused: {exc}", f"Refused.{exc.kind}") from None
+        self.metrics.inc("argus_governance_verified_total", topic=self.k.topic(key), signer=signer.name)
+
     async def on_state_record(self, key: str, rec: dict[str, Any]) -> None:
         if key == "model-registry":
             self.registry.apply(rec)
@@ -437,6 +461,7 @@ class RetrainingService:
             producer=self.producer,
             on_caught_up=rebuilt,
             metrics=self.metrics,
+            check=self.check_signed,
         )
         follower = asyncio.create_task(reader.run(stop))
         try:

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.contracts import contract_path
+from services.common.governance import GovernanceSettings
 from services.common.settings import ServiceSettings
 
 DEFAULT_CONFIG = contract_path("retraining.yaml")  # the Helm chart's default, shipped in the package
@@ -23,7 +24,14 @@ class RetrainingSettings(ServiceSettings):
     service_name: str = "retraining"
     group_id: str = "argus-retraining"
     config_file: Path = DEFAULT_CONFIG
-    actor: str = "argus-retraining"
+    actor: str = Field(
+        "argus-retraining",
+        description="This service's identity: the name its signing key is trusted under (role `service`).",
+    )
+    governance: GovernanceSettings = Field(
+        default_factory=GovernanceSettings,
+        description="The trust file and this service's signing key (ARGUS_GOVERNANCE_*; default the local stack's).",
+    )
     webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     rollout_enabled: bool = Field(
         True, description="Change inference traffic (canary, promote, rollback) with serving-state records."

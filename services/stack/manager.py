@@ -236,6 +236,10 @@ class Stack:
             )
         else:
             progress("security   [bold red]INSECURE[/]: plaintext Kafka, no authentication, no ACLs (--insecure)")
+        from services.common.governance import ensure_identity, local_dir
+
+        kid = ensure_identity(local_dir(self.settings), "argus-retraining", ["service"])
+        progress(f"governance the retraining service signs with key {kid} ({local_dir(self.settings) / 'trust.yaml'})")
         created = asyncio.run(ensure_topics(self.kafka_settings))
         progress(f"topics     {len(created)} created" + (f": {', '.join(created)}" if created else " (all exist)"))
         client = get_client(self.clickhouse_settings, database="default")

@@ -169,6 +169,11 @@ class LocalServices:
             secrets_dir = Path(s.home).resolve() / "secrets" / "privacy"
             env["ARGUS_PRIVACY_KEYS_URL"] = f"http://{s.host}:{s.keys_port}"
             env["ARGUS_PRIVACY_KEYS_DICTIONARY_TOKEN_FILE"] = str(secrets_dir / "dictionary-token")
+        governance = Path(s.home).resolve() / "secrets" / "governance"  # as `argus stack up` made it
+        if spec.name in ("retraining", "ingest"):  # both check trigger and registry records against it
+            env["ARGUS_GOVERNANCE_TRUST_FILE"] = str(governance / "trust.yaml")
+        if spec.name == "retraining":  # the only service that signs
+            env["ARGUS_GOVERNANCE_SIGNING_KEY_FILE"] = str(governance / "keys" / "argus-retraining.pem")
         if spec.name == "inference":
             env[f"{p}HTTP_PORT"] = str(free_port())
             env[f"{p}HTTP_API_KEYS_FILE"] = str(s.api_keys_file())  # `argus keys create` writes it

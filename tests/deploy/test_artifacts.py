@@ -24,6 +24,7 @@ SECRETS = {
     "clickhouse": {"users": {u: {"existingSecret": f"ch-{u}"} for u in CH_USERS}},
     "kafka": {"caSecret": {"name": "kafka-cluster-ca-cert"}},
     "keys": {"existingSecret": "argus-subject-keys"},
+    "governance": {"trustSecret": "argus-governance-trust", "retrainingKeySecret": "argus-retraining-key"},
 }
 
 
@@ -53,6 +54,7 @@ INLINE = {
     "clickhouse": {"users": {u: {"dsn": f"http://argus_{u}:pw@ch:8123/argus"} for u in CH_USERS}},
     "kafka": SECRETS["kafka"],
     "keys": SECRETS["keys"],
+    "governance": SECRETS["governance"],
 }
 
 
@@ -354,6 +356,32 @@ def test_the_key_service_needs_its_secret_and_the_migration_job_points_clickhous
     assert not [
         d for d in render({"keys": {"enabled": False, "existingSecret": ""}}) if "keys" in d["metadata"]["name"]
     ]
+
+
+def test_the_retraining_service_mounts_the_trust_file_and_its_own_key_only() -> None:
+    for missing in ("trustSecret", "retrainingKeySecret"):
+        with pytest.raises(Exception, match=f"governance.{missing}"):
+            render({"governance": {missing: ""}})
+    docs = render()
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-retraining")
+    pod = dep["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["ARGUS_GOVERNANCE_TRUST_FILE"] == "/etc/argus/governance/trust/trust.yaml"
+    assert env["ARGUS_GOVERNANCE_SIGNING_KEY_FILE"] == "/etc/argus/governance/key/signing-key.pem"
+    assert env["ARGUS_GOVERNANCE_ALLOW_UNSIGNED_ARTIFACTS"] == "false"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["governance-key"]["secret"] == {
+        "secretName": "argus-retraining-key",
+        "defaultMode": 0o400,
+        "items": [{"key": "signing-key.pem", "path": "signing-key.pem"}],
+    }
+    assert volumes["governance-trust"]["secret"]["secretName"] == "argus-governance-trust"
+    ingest = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-ingest")
+    ingest_pod = ingest["spec"]["template"]["spec"]
+    assert {v["name"] for v in ingest_pod["volumes"]} >= {"governance-trust"}
+    assert "governance-key" not in {v["name"] for v in ingest_pod["volumes"]}  # only the retraining service signs
+    without = render({"retraining": {"enabled": False}, "governance": {"retrainingKeySecret": ""}})
+    assert not [d for d in without if "retraining" in d["metadata"]["name"] and d["kind"] == "Deployment"]
 
 
 def test_the_http_apis_get_their_key_file_and_token_from_secrets() -> None:

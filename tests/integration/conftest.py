@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -83,6 +84,28 @@ def key_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
             else:
                 os.environ[k] = v
         keys.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def governance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's trust file and keys directory, as `argus stack up` makes them: the
+    retraining service's key (role service). Tests add their people with
+    `argus identity init`; every service and CLI run finds both through the settings."""
+    from services.common.governance import ensure_identity
+
+    home = tmp_path_factory.mktemp("governance")
+    ensure_identity(home, "argus-retraining", ["service"])
+    env = {"ARGUS_GOVERNANCE_TRUST_FILE": str(home / "trust.yaml"), "ARGUS_GOVERNANCE_KEYS_DIR": str(home / "keys")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield home
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -132,11 +132,38 @@ def count(client, table: str) -> int:  # noqa: ANN001
     return client.query(f"SELECT count() FROM {table}").result_rows[0][0]
 
 
+def signed_as_their_writers(governance: Path, key: str, records: list[dict]) -> list[dict]:
+    """The governance topics' examples of the current version, signed by keys of the roles
+    their writers hold (the older, unsigned examples are left as they are: refused)."""
+    from services.common.governance import Signer, ensure_identity
+    from services.common.signing import load_key
+
+    def signer(name: str, roles: list[str]) -> Signer:
+        ensure_identity(governance, name, roles)
+        return Signer(name, load_key(governance / "keys" / f"{name}.pem"))
+
+    codec, out = REG.codec(key), []
+    for rec in records:
+        if "signature" not in rec:
+            out.append(rec)
+            continue
+        if key == "model-registry":
+            rec["artifact_signature"] = signer("ci-pipeline", ["pipeline"]).sign_artifact(
+                rec["model"], rec["version"], rec["sha256"], rec["card"]
+            )
+            who = signer("ci-pipeline", ["pipeline"]) if rec["status"] == "candidate" else signer("argus-retraining", [])
+        else:
+            who = signer("an.approver", ["approver"]) if rec["state"] == "approved" else signer("argus-retraining", [])
+        out.append(who.sign_record(codec.name, codec.version, rec))
+    return out
+
+
 async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
-    kafka_settings, clickhouse_settings, clickhouse_users
+    kafka_settings, clickhouse_settings, clickhouse_users, governance
 ) -> None:
     """Golden examples of every topic plus a realistic stream; then every query of
-    docs/sre-queries.md runs against the result and returns rows."""
+    docs/sre-queries.md runs against the result and returns rows. Trigger and registry
+    records reach their tables only signed by trusted keys; v1's unsigned ones are refused."""
     for key in REG.topics:
         records = [rec for items in REG.examples(key).values() for _, rec in items]
         if key == "inference-responses":
@@ -167,6 +194,8 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
                     r[f] = now
             if r.get("deadline"):
                 r["deadline"] = now + 30_000
+        if key in ("retraining-triggers", "model-registry"):
+            records = signed_as_their_writers(governance, key, records)
         await produce(kafka_settings, key, records, raw=[b"\x00garbage"] if key == "feedback" else [])
 
     client = get_client(clickhouse_settings)
@@ -181,8 +210,9 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
         "retraining_triggers": 2,
         "model_registry": 2,
         "serving_state": 2,
-        # one golden example per dead-letter topic, plus the raw garbage sent to feedback
-        "dead_letters": len(REG.dead_letter_topics()) + 1,
+        # one golden example per dead-letter topic, plus the raw garbage sent to feedback,
+        # plus the unsigned v1 examples of the triggers and the registry (refused)
+        "dead_letters": len(REG.dead_letter_topics()) + 1 + 4,
     }
 
     def done() -> bool:
@@ -197,6 +227,12 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
     )
     for table, n in expected.items():
         assert count(client, f"{db}.{table}") == n, table
+    refused = client.query(
+        f"SELECT error_type, count() FROM {db}.dead_letters WHERE service = 'ingest' AND error_type LIKE 'Refused.%' "
+        "GROUP BY error_type"
+    ).result_rows
+    assert refused == [("Refused.unsigned", 4)], refused
+    assert client.query(f"SELECT countIf(signed_by != '') FROM {db}.retraining_triggers").result_rows == [(2,)]
     # the malformed feedback message was dead-lettered, then ingested as a dead letter
     assert client.query(
         f"SELECT count() FROM {db}.dead_letters WHERE original_topic = '{kafka_settings.topic('feedback')}'"

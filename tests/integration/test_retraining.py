@@ -36,10 +36,12 @@ from ray import serve
 from services.alerting.receiver import WebhookReceiver
 from services.common import migrations
 from services.common.clickhouse import get_client
+from services.common.governance import Signer
 from services.common.kafka import make_producer
 from services.common.llm import packaged_model_path, sha256_of
 from services.common.registry import get_codec
 from services.common.settings import ClickHouseSettings, KafkaSettings
+from services.common.signing import load_key
 from services.inference.app import deploy
 from services.inference.bridge import InferenceBridge
 from services.inference.serving import ServingStateApplier
@@ -47,6 +49,7 @@ from services.inference.settings import BridgeSettings, EngineSettings, Inferenc
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.retraining.config import load_config
+from services.retraining.lifecycle import record
 from services.retraining.service import RetrainingService
 from services.retraining.settings import RetrainingSettings
 from services.sdk.loadgen import LoadProfile, make_prompt
@@ -74,6 +77,16 @@ def alerting_config(path: Path, port: int) -> Path:
                         "severity": "warning",
                         "matchers": ['feature="prompt_embedding"'],
                         "annotations": {"summary": "{feature} drifted on {model}"},
+                    },
+                    {
+                        "name": "GovernanceRecordRefused",
+                        "source": "dead_letters",
+                        "metric": "count",
+                        "by": ["original_topic", "error_type"],
+                        "matchers": ['error_type=~"Refused\\..*"'],
+                        "window": "1h",
+                        "threshold": 0,
+                        "severity": "critical",
                     },
                     {
                         "name": "CanaryErrors",
@@ -157,11 +170,74 @@ def states(ch: Any, db: str, trigger_id: str | None = None) -> list[tuple[str, i
     ]
 
 
+async def forge_and_expect_refusals(
+    k: KafkaSettings, ch: Any, db: str, service: RetrainingService, t: Any, keys: Path, alerts_rx: Any
+) -> None:
+    """An unsigned approval, an approval signed by a pipeline key, a valid approval of
+    another trigger replayed onto this one, and a `validated` record signed by an
+    approver: each is dead-lettered with its reason, and GovernanceRecordRefused fires."""
+    approver = Signer("jane.sre", load_key(keys / "jane.sre.pem"))
+    pipeline_key = Signer("pipeline", load_key(keys / "pipeline.pem"))
+    codec = get_codec("retraining-triggers")
+
+    def sign(signer: Signer, rec: dict[str, Any]) -> dict[str, Any]:
+        return signer.sign_record(codec.name, codec.version, rec)
+
+    approval = service.book.next_record(t.trigger_id, "approved", "jane.sre", "looks fine")
+    other = sign(approver, {**approval, "trigger_id": str(uuid.uuid4()), "event_id": str(uuid.uuid4())})
+    forged = [
+        ("Refused.unsigned", approval),
+        ("Refused.wrong_role", sign(pipeline_key, {**approval, "event_id": str(uuid.uuid4())})),
+        ("Refused.bad_signature", {**other, "trigger_id": t.trigger_id}),
+        (
+            "Refused.wrong_role",
+            sign(
+                approver,
+                record(t.trigger_id, t.sequence + 1, t.model, t.model_version, t.policy, "validated", t.reason, "x"),
+            ),
+        ),
+    ]
+    producer = make_producer(k)
+    await producer.start()
+    try:
+        for _, rec in forged:
+            await producer.send_and_wait(k.topic("retraining-triggers"), codec.encode(rec), key=t.trigger_id.encode())
+    finally:
+        await producer.stop()
+
+    def refused(service: str = "retraining") -> list[tuple[str, str]]:
+        return [
+            tuple(r)
+            for r in ch.query(
+                f"SELECT error_type, reason FROM {db}.dead_letters FINAL WHERE original_topic = {{t:String}} "
+                "AND service = {s:String} ORDER BY original_offset",
+                parameters={"t": k.topic("retraining-triggers"), "s": service},
+            ).result_rows
+        ]
+
+    rows = await until(lambda: len(refused()) >= 4 and refused(), 60, "four refused records in ClickHouse")
+    # ingest refused them too: ClickHouse's trigger history holds only what trusted keys signed
+    await until(lambda: [r[0] for r in refused("ingest")] == [r[0] for r in rows], 60, "ingest's refusals")
+    assert [r[0] for r in rows] == [kind for kind, _ in forged], rows
+    assert "not signed" in rows[0][1] and "with the approver role" in rows[1][1], rows
+    assert "does not match" in rows[2][1] and "with the service role" in rows[3][1], rows
+
+    def alerted() -> bool:
+        return any(
+            a["labels"].get("alertname") == "GovernanceRecordRefused"
+            for r in alerts_rx.delivered()
+            for a in r["json"].get("alerts", [])
+        )
+
+    await until(alerted, 90, "the GovernanceRecordRefused alert at the subscriber")
+
+
 async def test_drift_to_promotion_and_canary_alert_to_rollback(
     ray_serve,  # noqa: ANN001
     kafka_settings: KafkaSettings,
     clickhouse_settings: ClickHouseSettings,
     clickhouse_as,  # noqa: ANN001
+    governance: Path,
     tmp_path: Path,
 ) -> None:
     k, db = kafka_settings, clickhouse_settings.database
@@ -192,6 +268,9 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
         )
         await asyncio.to_thread(migrations.apply, get_client(clickhouse_settings, database="default"), db)
         tasks.append(asyncio.create_task(ingest.run(stop, health=False), name="ingest"))
+        # the people and the pipeline sign with their own keys (the retraining service's is the stack's)
+        for name, roles in (("ops", ["operator", "pipeline"]), ("jane.sre", ["approver"]), ("pipeline", ["pipeline"])):
+            await cli(k, "identity", "init", "--name", name, *[a for r in roles for a in ("--role", r)])
         gguf = packaged_model_path()
         await cli(
             k,
@@ -290,6 +369,11 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
         shown = await cli(k, "retrain", "show", t.trigger_id[:8])
         assert "awaiting_approval" in shown and "DriftDetected" in shown
         assert pipeline.requests == [], "dispatched before approval"
+
+        # forged records on the triggers topic are refused, dead-lettered with the reason and alerted on
+        await forge_and_expect_refusals(k, ch, db, service, t, governance / "keys", alerts_rx)
+        assert service.book.triggers[t.trigger_id].state == "awaiting_approval"
+        assert pipeline.requests == [], "a forged record dispatched a job"
 
         # approved from the CLI -> the job reaches the pipeline, which registers a candidate
         await cli(k, "retrain", "approve", t.trigger_id[:8], "--by", "jane.sre", "--comment", "data window looks right")
