@@ -55,16 +55,20 @@ def _passthrough(rows: AvroRows) -> Callable[[Any], bytes | None]:
 GOVERNED = ("retraining-triggers", "model-registry")
 
 
-def _governed(topic_key: str, transform: Callable[[Message], Row], gate: Any) -> Callable[[Message], Row]:
+def _governed(
+    topic_key: str, transform: Callable[[Message], Row], gate: Any, metrics: Metrics
+) -> Callable[[Message], Row]:
     """Only records a trusted key of the right role signed reach ClickHouse; the rest are
     dead-lettered with the reason (docs/governance.md)."""
     from services.common.governance import Refused
 
     def run(msg: Message) -> Row:
         try:
-            gate.check(topic_key, msg.value)
+            signer = gate.check(topic_key, msg.value)
         except Refused as exc:
+            metrics.inc("argus_governance_refused_total", topic=msg.topic, reason=exc.kind)
             raise InvalidMessage(f"refused: {exc}", f"Refused.{exc.kind}") from None
+        metrics.inc("argus_governance_verified_total", topic=msg.topic, signer=signer.name)
         return transform(msg)
 
     return run
@@ -84,7 +88,7 @@ class IngestService:
             spec = table_for(topic_key)
             transform = spec.transform(self.protector)
             if topic_key in GOVERNED:
-                transform = _governed(topic_key, transform, self._gate())
+                transform = _governed(topic_key, transform, self._gate(), self.metrics)
             rows = avro_rows_for(topic_key, spec, self.protector, registry) if settings.avro_passthrough else None
             fast_path = None
             if rows is not None:

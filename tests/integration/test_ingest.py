@@ -151,7 +151,9 @@ def signed_as_their_writers(governance: Path, key: str, records: list[dict]) -> 
             rec["artifact_signature"] = signer("ci-pipeline", ["pipeline"]).sign_artifact(
                 rec["model"], rec["version"], rec["sha256"], rec["card"]
             )
-            who = signer("ci-pipeline", ["pipeline"]) if rec["status"] == "candidate" else signer("argus-retraining", [])
+            who = (
+                signer("ci-pipeline", ["pipeline"]) if rec["status"] == "candidate" else signer("argus-retraining", [])
+            )
         else:
             who = signer("an.approver", ["approver"]) if rec["state"] == "approved" else signer("argus-retraining", [])
         out.append(who.sign_record(codec.name, codec.version, rec))
