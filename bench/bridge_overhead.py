@@ -122,6 +122,7 @@ async def _measure(kafka: Any, admin: Any, secure: bool, n: int, warmup: int) ->
     reader_kafka = kafka.client_settings("argus-operator", "bench.", "argus-operator") if secure else admin
     settings = InferenceSettings(
         kafka=service,
+        allow_unsigned_models=True,  # the packaged model: the bench measures overhead, not governance
         bridge=BridgeSettings(group_id="argus-inference-bench", max_in_flight=8, commit_interval_s=0.5),
         gateway=GatewaySettings(group_id="argus-inference-gateway-bench", discovery_interval_s=1.0),
     )

@@ -133,12 +133,17 @@ class Trust:
     """The trusted keys, re-read when the file changes (a key added or revoked takes
     effect without a restart)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | None, doc: Any = None) -> None:
+        """From a file (re-read when it changes), or from an already parsed document
+        (``path=None``: a replica gets the keys through its Serve config)."""
+        self.path = Path(path) if path is not None else None
         self._stamp: tuple[int, int] | None = None
         self._keys: dict[str, TrustedKey] = {}
         self._lock = threading.Lock()
-        self.reload()
+        if self.path is None:
+            self._keys = self.parse(doc, "the trust document")
+        else:
+            self.reload()
 
     @staticmethod
     def parse(doc: Any, where: str = "trust file") -> dict[str, TrustedKey]:
@@ -166,6 +171,8 @@ class Trust:
         return out
 
     def reload(self) -> None:
+        if self.path is None:
+            return
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -328,13 +335,17 @@ def card_digest(card: dict[str, str] | None) -> str:
 
 
 def artifact_payload(model: str, version: str, sha256: str, card: dict[str, str] | None, kid: str, at: int) -> bytes:
+    return _artifact_payload(model, version, sha256, card_digest(card), kid, at)
+
+
+def _artifact_payload(model: str, version: str, sha256: str, card_sha256: str, kid: str, at: int) -> bytes:
     return canonical(
         {
             "argus": ARTIFACT_DOMAIN,
             "model": model,
             "version": version,
             "sha256": sha256.lower(),
-            "card_sha256": card_digest(card),
+            "card_sha256": card_sha256,
             "key_id": kid,
             "signed_at": at,
         }
@@ -436,12 +447,22 @@ class GovernanceGate:
 def check_artifact(trust: Trust, rec: dict[str, Any]) -> TrustedKey:
     """The pipeline key that signed ``(model, version, sha256, card)`` of a registry
     record; :class:`Refused` when none did."""
+    return check_served_artifact(
+        trust, rec["model"], rec["version"], rec["sha256"], card_digest(rec.get("card")), rec.get("artifact_signature")
+    )
+
+
+def check_served_artifact(
+    trust: Trust, model: str, version: str, sha256: str | None, card_sha256: str | None, signature: Any
+) -> TrustedKey:
+    """The same check where a version is loaded: the engine has the digest and the card's
+    digest (carried by the serving state), not the card."""
     return _check(
         trust,
-        rec.get("artifact_signature"),
-        lambda kid, at: artifact_payload(rec["model"], rec["version"], rec["sha256"], rec.get("card"), kid, at),
+        signature,
+        lambda kid, at: _artifact_payload(model, version, sha256 or "", card_sha256 or "", kid, at),
         {"pipeline"},
-        f"the artifact of {rec['model']}/{rec['version']}",
+        f"the artifact of {model}/{version}",
     )
 
 

@@ -89,6 +89,67 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+class VerifiedArtifact:
+    """An artifact copied into sealed anonymous memory while its SHA-256 is computed: the
+    engine loads exactly the bytes that were hashed (``path`` is ``/proc/self/fd/N`` of
+    the memfd). Swapping or rewriting the file on disk after the check changes nothing;
+    a digest other than ``expected`` raises :class:`ArtifactDigestMismatch` before any
+    byte reaches the engine. Close it once the engine has loaded (llama.cpp maps the file;
+    the mapping keeps the memory alive).
+
+    Where ``memfd_create`` is missing (not Linux), the file is opened once and the engine
+    reads that same descriptor: a file swapped by rename cannot be loaded instead."""
+
+    def __init__(self, source: Path, expected: str | None) -> None:
+        self.source = Path(source)
+        h = hashlib.sha256()
+        with open(self.source, "rb") as f:
+            if hasattr(os, "memfd_create"):
+                self.fd = os.memfd_create("argus-artifact", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                try:
+                    for chunk in iter(lambda: f.read(1 << 22), b""):
+                        h.update(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(self.fd, view) :]
+                    import fcntl
+
+                    fcntl.fcntl(
+                        self.fd,
+                        fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL,
+                    )
+                except BaseException:
+                    os.close(self.fd)
+                    raise
+            else:
+                self.fd = os.dup(f.fileno())
+                os.lseek(self.fd, 0, os.SEEK_SET)
+                for chunk in iter(lambda: os.read(self.fd, 1 << 22), b""):
+                    h.update(chunk)
+        self.digest = h.hexdigest()
+        if expected and self.digest != expected.lower():
+            self.close()
+            raise ArtifactDigestMismatch(
+                f"{self.source}: sha256 {self.digest} does not match the registered digest {expected}"
+            )
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> VerifiedArtifact:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def verify_digest(path: Path, expected: str | None) -> str:
     """Return the artifact's sha256; raise if it is not the expected one."""
     actual = sha256_of(path)
@@ -150,16 +211,19 @@ class LlamaCppEngine:
         from llama_cpp import Llama
 
         self.model_path = Path(model_path) if model_path else packaged_model_path()
-        self.digest = verify_digest(self.model_path, sha256)
         self._lock = threading.Lock()
-        self._llm = Llama(
-            model_path=str(self.model_path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            seed=seed,
-            verbose=False,
-        )
+        # hashed while copied into sealed memory, loaded from that memory: the bytes
+        # checked are the bytes served, whatever happens to the file afterwards
+        with VerifiedArtifact(self.model_path, sha256) as artifact:
+            self.digest = artifact.digest
+            self._llm = Llama(
+                model_path=artifact.path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                seed=seed,
+                verbose=False,
+            )
         self.model_file = self.model_path.name
         self._failures = 0
 

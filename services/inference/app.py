@@ -28,10 +28,51 @@ from services.inference.serveconfig import serve_config
 from services.inference.settings import InferenceSettings, ModelVersion
 
 
+class ArtifactRefused(RuntimeError):
+    """A version whose artifact no trusted pipeline key signed (or signed other bytes)."""
+
+
+def check_artifact_signature(model_name: str, version: ModelVersion, governance: dict[str, Any]) -> None:
+    """Refuse, before loading a byte, a version whose artifact signature is missing (unless
+    unsigned models are allowed) or does not verify against the trust file's pipeline
+    keys. The digest it covers is then checked on the bytes loaded (VerifiedArtifact)."""
+    from services.common.governance import Refused, Trust, check_served_artifact
+    from services.common.signing import SignatureError
+
+    where = f"{model_name}/{version.version}"
+    if version.artifact_signature is None:
+        if governance.get("allow_unsigned"):
+            return
+        raise ArtifactRefused(
+            f"{where}: the artifact is not signed by a pipeline key, and this deployment does not allow unsigned "
+            "models (register it with `argus models register`, or set allow_unsigned_models)"
+        )
+    if not version.sha256:
+        raise ArtifactRefused(f"{where}: a signed artifact needs its sha256 (the signature covers it)")
+    if not governance.get("trust"):
+        raise ArtifactRefused(f"{where}: the artifact is signed but this deployment has no trust file to check it")
+    try:
+        trust = Trust(None, governance["trust"])
+    except SignatureError as exc:
+        raise ArtifactRefused(f"{where}: {exc}") from None
+    try:
+        check_served_artifact(
+            trust, model_name, version.version, version.sha256, version.card_sha256, version.artifact_signature
+        )
+    except Refused as exc:
+        raise ArtifactRefused(f"refused: {exc}") from None
+
+
 class LLMServer:
     """One model version on one replica."""
 
-    def __init__(self, model_name: str, version: dict[str, Any], engine: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        version: dict[str, Any],
+        engine: dict[str, Any],
+        governance: dict[str, Any] | None = None,
+    ) -> None:
         from services.common.llm import LlamaCppEngine
 
         self.model_name = model_name
@@ -40,6 +81,7 @@ class LLMServer:
             raise ValueError(
                 "LLMServer runs the llama.cpp engine; GPU nodes use services.inference.gpu (Ray Serve LLM)"
             )
+        check_artifact_signature(model_name, self.version, governance or {})
         self.engine = LlamaCppEngine(
             model_path=self.version.model_path,
             sha256=self.version.sha256,
@@ -117,7 +159,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
             ray_actor_options={"num_cpus": engine["replica_num_cpus"], "num_gpus": engine["num_gpus"]},
             health_check_period_s=10,
         )
-        handles[artifact["version"]] = dep.bind(args["model_name"], artifact, engine)
+        handles[artifact["version"]] = dep.bind(args["model_name"], artifact, engine, args.get("governance"))
     router = serve.deployment(Router).options(
         name="router",
         num_replicas=1,

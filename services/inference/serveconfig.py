@@ -8,13 +8,30 @@ from typing import Any
 from services.inference.settings import InferenceSettings
 
 
+def governance_args(settings: InferenceSettings) -> dict[str, Any]:
+    """What a replica checks an artifact's signature against: the trust file's public keys
+    (not secret; carried in the config so a replica on another node needs no file) and
+    whether unsigned models may be served."""
+    import yaml
+
+    from services.common.governance import trust_path
+
+    path = trust_path(settings.governance)
+    trust = yaml.safe_load(path.read_text()) if path.exists() else None
+    return {"allow_unsigned": settings.allow_unsigned_models, "trust": trust}
+
+
 def static_args(settings: InferenceSettings) -> dict[str, Any]:
     """What the application is built from: only what needs new replicas when it
     changes (which versions exist, their artifacts, the engine's load-time settings)."""
     e = settings.engine
     return {
         "model_name": settings.model_name,
-        "versions": [v.model_dump(mode="json", include={"version", "model_path", "sha256"}) for v in settings.versions],
+        "versions": [
+            v.model_dump(mode="json", include={"version", "model_path", "sha256", "card_sha256", "artifact_signature"})
+            for v in settings.versions
+        ],
+        "governance": governance_args(settings),
         "engine": e.model_dump(
             mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}
         ),

@@ -43,6 +43,8 @@ def served_versions(versions: tuple[ModelVersion, ...] | list[ModelVersion]) -> 
             "artifact_uri": str(v.model_path or ""),
             "sha256": v.sha256,
             "shadow": v.shadow,
+            "card_sha256": v.card_sha256,
+            "artifact_signature": v.artifact_signature,
         }
         for v in versions
     ]
@@ -153,12 +155,25 @@ class ServingStateApplier:
                 "model_path": Path(v["artifact_uri"]) if v["artifact_uri"] else None,
                 "sha256": v["sha256"],
                 "shadow": v["shadow"],
+                "card_sha256": v.get("card_sha256"),
+                "artifact_signature": v.get("artifact_signature"),
             }
             versions.append(
                 base.model_copy(update=update) if base is not None else ModelVersion(version=v["version"], **update)
             )
         if not versions:
             raise ValueError("a serving state needs at least one version")
+        # every version's artifact signature before anything is deployed: a refused
+        # state changes nothing (the replicas check again, and the digest on the bytes)
+        from services.inference.app import ArtifactRefused, check_artifact_signature
+        from services.inference.serveconfig import governance_args
+
+        governance = governance_args(self.current)
+        for v in versions:
+            try:
+                check_artifact_signature(self.model, v, governance)
+            except ArtifactRefused as exc:
+                raise ValueError(str(exc)) from None
         candidate = self.current.model_copy(update={"versions": tuple(versions)})
         try:
             InferenceSettings.model_validate(candidate.model_dump())  # the same checks as at start-up

@@ -9,11 +9,12 @@ Example: 90/10 canary plus a shadow candidate::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.governance import GovernanceSettings
 from services.common.settings import ServiceSettings
 
 
@@ -32,6 +33,12 @@ class ModelVersion(BaseModel):
     )
     sha256: str | None = Field(
         default=None, description="Expected digest of the artifact: the replica refuses to load another file."
+    )
+    card_sha256: str | None = Field(default=None, description="Digest of the model card the artifact signature covers.")
+    artifact_signature: dict[str, Any] | None = Field(
+        default=None,
+        description="A pipeline key's signature over (model, version, sha256, card digest), from the registry; "
+        "the replica verifies it against the trust file before it loads a byte (docs/governance.md).",
     )
     min_replicas: int = 1
     max_replicas: int = 1
@@ -118,6 +125,14 @@ class InferenceSettings(ServiceSettings):
     )
     http_rate_per_minute: int = Field(
         default=60, ge=1, description="Requests per minute per key (unless the key sets one)."
+    )
+    allow_unsigned_models: bool = Field(
+        default=False,
+        description="Serve versions whose artifact no pipeline key signed (the local stack allows it for the packaged "
+        "model; production refuses).",
+    )
+    governance: GovernanceSettings = Field(
+        default_factory=GovernanceSettings, description="The trust file artifact signatures are checked against."
     )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; default: start a local one.")
     ray_num_cpus: int = 2

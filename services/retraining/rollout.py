@@ -93,14 +93,30 @@ class ServingRollout:
         return [v for v in versions if v["weight"] > 0 and not v.get("shadow")]
 
     async def canary(
-        self, model: str, version: str, artifact: str, sha256: str, weight: float, trigger_id: str | None = None
+        self,
+        model: str,
+        version: str,
+        artifact: str,
+        sha256: str,
+        weight: float,
+        trigger_id: str | None = None,
+        card_sha256: str | None = None,
+        artifact_signature: dict[str, Any] | None = None,
     ) -> None:
         current = self.serving(model)
         old = self._live(current)
         total = sum(v["weight"] for v in old) or 1.0
         scaled = [v | {"weight": v["weight"] / total * (100.0 - weight)} for v in old]
         shadows = [v for v in current if v.get("shadow")]
-        new = {"version": version, "weight": weight, "artifact_uri": artifact, "sha256": sha256, "shadow": False}
+        new = {
+            "version": version,
+            "weight": weight,
+            "artifact_uri": artifact,
+            "sha256": sha256,
+            "shadow": False,
+            "card_sha256": card_sha256,  # the replica verifies the pipeline's signature over these
+            "artifact_signature": artifact_signature,
+        }
         await self.apply(model, scaled + shadows + [new], f"canary: {version} takes {weight:g}% of traffic", trigger_id)
 
     async def promote(self, model: str, version: str, trigger_id: str | None = None) -> list[str]:

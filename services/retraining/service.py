@@ -33,7 +33,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
-from services.common.governance import GovernanceGate, Refused, Signer, Trust, key_path, trust_path
+from services.common.governance import GovernanceGate, Refused, Signer, Trust, card_digest, key_path, trust_path
 from services.common.health import HealthServer, Readiness
 from services.common.kafka import GroupLagReporter, make_consumer, make_producer
 from services.common.logging import get_logger
@@ -248,7 +248,14 @@ class RetrainingService:
         elif t.state == "validated":
             cand = self.registry.get(t.model, t.candidate_version or "")
             if cand is None or not await self._traffic(
-                t, "canary", cand["version"], cand["artifact_uri"], cand["sha256"], self.config.canary.weight
+                t,
+                "canary",
+                cand["version"],
+                cand["artifact_uri"],
+                cand["sha256"],
+                self.config.canary.weight,
+                card_sha256=card_digest(cand.get("card")),
+                artifact_signature=cand.get("artifact_signature"),
             ):
                 return
             await self.emit_version(with_status(cand, "canary", actor, f"{self.config.canary.weight:g}% of traffic"))
@@ -289,7 +296,7 @@ class RetrainingService:
                     )
                 )
 
-    async def _traffic(self, t: Trigger, change: str, version: str, *args: Any) -> Any:
+    async def _traffic(self, t: Trigger, change: str, version: str, *args: Any, **kwargs: Any) -> Any:
         """Ask the inference service for a traffic change and wait for its answer. Returns
         ``None`` when it failed (the trigger stays where it is and is tried again after a
         pause, see ``_timers``), else the change's result (truthy)."""
@@ -298,7 +305,7 @@ class RetrainingService:
         if time.time() - self.failed_rollout.get(t.trigger_id, 0.0) < self.settings.rollout_retry_s:
             return None
         try:
-            result = await getattr(self.rollout, change)(t.model, version, *args, trigger_id=t.trigger_id)
+            result = await getattr(self.rollout, change)(t.model, version, *args, trigger_id=t.trigger_id, **kwargs)
         except RolloutFailed as exc:
             self.failed_rollout[t.trigger_id] = time.time()
             self.log.error(

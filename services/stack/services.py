@@ -176,6 +176,9 @@ class LocalServices:
             env["ARGUS_GOVERNANCE_SIGNING_KEY_FILE"] = str(governance / "keys" / "argus-retraining.pem")
         if spec.name == "inference":
             env[f"{p}HTTP_PORT"] = str(free_port())
+            # the local default serves the packaged (unsigned) SmolLM2; signed versions are still verified
+            env[f"{p}ALLOW_UNSIGNED_MODELS"] = "true"
+            env["ARGUS_GOVERNANCE_TRUST_FILE"] = str(governance / "trust.yaml")
             env[f"{p}HTTP_API_KEYS_FILE"] = str(s.api_keys_file())  # `argus keys create` writes it
         if spec.name == "alerting":
             from services.stack.credentials import secret

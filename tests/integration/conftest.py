@@ -95,7 +95,13 @@ def governance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     home = tmp_path_factory.mktemp("governance")
     ensure_identity(home, "argus-retraining", ["service"])
-    env = {"ARGUS_GOVERNANCE_TRUST_FILE": str(home / "trust.yaml"), "ARGUS_GOVERNANCE_KEYS_DIR": str(home / "keys")}
+    env = {
+        "ARGUS_GOVERNANCE_TRUST_FILE": str(home / "trust.yaml"),
+        "ARGUS_GOVERNANCE_KEYS_DIR": str(home / "keys"),
+        # the tests serve the packaged (unsigned) SmolLM2 as v1, as the local stack does; signed versions are
+        # verified all the same, and the refusal of unsigned ones is tested with this set to false
+        "ARGUS_INFERENCE_ALLOW_UNSIGNED_MODELS": "true",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

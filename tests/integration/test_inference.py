@@ -284,3 +284,95 @@ def test_ray_refuses_a_client_without_the_clusters_token(ray_serve) -> None:  # 
         assert run.returncode != 0 and "JOINED" not in run.stdout, extra
     run = subprocess.run([sys.executable, "-c", probe], env=os.environ, capture_output=True, text=True, timeout=120)
     assert "JOINED" in run.stdout, run.stderr[-2000:]  # the session's own token joins
+
+
+async def test_unsigned_or_forged_artifacts_are_refused_and_the_served_version_keeps_serving(
+    ray_serve,  # noqa: ANN001
+    kafka_settings: KafkaSettings,
+    governance,  # noqa: ANN001
+) -> None:
+    """Production mode (unsigned models not allowed): v1 is the packaged model signed by a
+    trusted pipeline key and serves. Serving states asking for a v2 that is unsigned,
+    signed by a key the trust file does not know, or signed for other bytes are each
+    answered `failed` with the reason; v1 keeps all the traffic."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from services.common.governance import Signer, card_digest, ensure_identity
+    from services.common.llm import packaged_model_path, sha256_of
+    from services.common.signing import load_key
+    from services.inference.serving import ServingStateApplier, state_record
+
+    ensure_identity(governance, "serving-test-pipeline", ["pipeline"])
+    ci = Signer("serving-test-pipeline", load_key(governance / "keys" / "serving-test-pipeline.pem"))
+    model, gguf = "smollm2-135m-instruct", packaged_model_path()
+    digest, card = sha256_of(gguf), {"owner": "ml-platform"}
+
+    def signed(version: str, signer: Signer, sha: str = digest) -> dict:
+        return {
+            "version": version,
+            "artifact_uri": str(gguf),
+            "sha256": sha,
+            "card_sha256": card_digest(card),
+            "artifact_signature": signer.sign_artifact(model, version, digest, card),
+        }
+
+    v1 = signed("v1", ci)
+    s = settings(
+        kafka_settings,
+        ModelVersion(
+            version="v1",
+            weight=100.0,
+            model_path=gguf,
+            sha256=digest,
+            card_sha256=v1["card_sha256"],
+            artifact_signature=v1["artifact_signature"],
+        ),
+        allow_unsigned_models=False,
+    )
+    await asyncio.to_thread(deploy, s)  # the replica checks v1's signature, then its digest on the bytes it loads
+    producer = make_producer(kafka_settings)
+    await producer.start()
+    stop = asyncio.Event()
+    applier = ServingStateApplier(s, producer, deploy)
+    task = asyncio.create_task(applier.run(stop))
+    try:
+        answers = await read_topic(kafka_settings, "serving-state", 1)  # v1 deployed from the settings
+        assert answers[-1]["status"] == "applied", answers[-1]["comment"]
+        codec = get_codec("serving-state")
+        live = {"version": "v1", "weight": 90.0, "shadow": False, **v1}
+        stranger = Signer("serving-test-pipeline", Ed25519PrivateKey.generate())
+        asks = [
+            ("not signed", {"version": "v2", "artifact_uri": str(gguf), "sha256": digest}),
+            ("not in the trust file", signed("v2", stranger)),
+            ("does not match the record", signed("v2", ci, "0" * 64)),
+        ]
+        for revision, (_, v2) in enumerate(asks, start=1):
+            rec = state_record(model, revision, "desired", [live, {"weight": 10.0, "shadow": False} | v2], "t", "")
+            await producer.send_and_wait(kafka_settings.topic("serving-state"), codec.encode(rec), key=model.encode())
+        states = await read_topic(kafka_settings, "serving-state", 1 + 2 * len(asks))
+        failed = [r for r in states if r["status"] == "failed"]
+        assert len(failed) == len(asks), [(r["revision"], r["status"], r["comment"][:200]) for r in states]
+        for (why, _), rec in zip(asks, sorted(failed, key=lambda r: r["revision"])):
+            assert why in rec["comment"] and [v["version"] for v in rec["versions"]] == ["v1"], rec["comment"]
+        router = serve_handle(s.app_name)
+        assert (await router.routing.remote())["weights"] == {"v1": 100.0}
+        reply = await router.infer.remote(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 1,
+                "request_id": "r",
+                "tenant": "t",
+            }
+        )
+        assert reply["primary"]["version"] == "v1" and "error_type" not in reply["primary"]
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
+
+
+def serve_handle(app_name: str):  # noqa: ANN201
+    from ray import serve
+
+    return serve.get_app_handle(app_name)

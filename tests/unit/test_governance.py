@@ -161,3 +161,28 @@ def test_ensure_identity_is_idempotent_and_private(tmp_path: Path) -> None:
     assert (tmp_path / "trust.yaml").stat().st_mode & 0o777 == 0o600
     [k] = Trust(tmp_path / "trust.yaml").keys()
     assert (k.name, k.key_id, k.roles) == ("argus-retraining", first, frozenset({"service"}))
+
+
+def test_the_engine_loads_the_bytes_it_hashed_whatever_happens_to_the_file(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from services.common.llm import ArtifactDigestMismatch, VerifiedArtifact
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"A" * 3_000_000)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    with pytest.raises(ArtifactDigestMismatch, match="does not match the registered digest"):
+        VerifiedArtifact(model, "0" * 64)
+    with VerifiedArtifact(model, digest) as artifact:
+        assert artifact.digest == digest
+        model.write_bytes(b"B" * 3_000_000)  # rewritten in place after the check
+        swapped = tmp_path / "evil.gguf"
+        swapped.write_bytes(b"C" * 10)
+        os.replace(swapped, model)  # and swapped for another file
+        with open(artifact.path, "rb") as loaded:  # what the engine opens
+            assert hashlib.sha256(loaded.read()).hexdigest() == digest
+        with pytest.raises(PermissionError):
+            os.pwrite(artifact.fd, b"x", 0)  # sealed: nothing rewrites it either
+    with pytest.raises(ArtifactDigestMismatch):  # the swapped file itself is refused
+        VerifiedArtifact(model, digest)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from services.common.governance import GovernanceSettings, Signer, add_trusted, card_digest
 from services.common.registry import get_codec
 from services.common.settings import KafkaSettings
 from services.inference.serving import ServingStateApplier, served_versions
@@ -92,8 +93,12 @@ async def test_a_refused_or_unanswered_change_is_a_rollout_failure() -> None:
     assert rollout.serving(MODEL) == [v("v1", 100.0)]  # nothing changed without an acknowledgement
 
 
-def test_the_inference_side_keeps_per_version_tunables_and_refuses_a_bad_state() -> None:
-    settings = InferenceSettings(versions=(ModelVersion(version="v1", weight=100.0, max_replicas=3),))
+def test_the_inference_side_keeps_per_version_tunables_and_refuses_a_bad_state(tmp_path: Path) -> None:
+    settings = InferenceSettings(
+        versions=(ModelVersion(version="v1", weight=100.0, max_replicas=3),),
+        allow_unsigned_models=True,
+        governance=GovernanceSettings(trust_file=tmp_path / "none.yaml"),
+    )
     applier = ServingStateApplier(settings, Producer(), deploy=lambda s: None)
     wanted = applier.desired_settings({"versions": [v("v1", 90.0), v("v2", 10.0)]})
     by_version = {x.version: x for x in wanted.versions}
@@ -104,3 +109,36 @@ def test_the_inference_side_keeps_per_version_tunables_and_refuses_a_bad_state()
         applier.desired_settings({"versions": []})
     with pytest.raises(ValueError):
         applier.desired_settings({"versions": [v("not a valid version!", 100.0)]})
+
+
+def test_a_state_whose_artifact_no_trusted_pipeline_key_signed_is_refused_before_deploying(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    trust = tmp_path / "trust.yaml"
+    ci, stranger = Signer("ci", Ed25519PrivateKey.generate()), Signer("ci", Ed25519PrivateKey.generate())
+    add_trusted(trust, "ci", ci.key.public_key(), ["pipeline"])
+    deployed: list[Any] = []
+    settings = InferenceSettings(
+        versions=(ModelVersion(version="v1", weight=100.0),), governance=GovernanceSettings(trust_file=trust)
+    )
+    applier = ServingStateApplier(settings, Producer(), deploy=deployed.append)
+    card = card_digest({"owner": "ml"})
+
+    def signed(signer: Signer, sha: str = "ab" * 32) -> dict[str, Any]:
+        return v("v2", 10.0) | {
+            "sha256": sha,
+            "card_sha256": card,
+            "artifact_signature": signer.sign_artifact("smollm2-135m-instruct", "v2", "ab" * 32, {"owner": "ml"}),
+        }
+
+    # v1 (unsigned) is refused where unsigned models are not allowed: the production default
+    with pytest.raises(ValueError, match="v1: the artifact is not signed"):
+        applier.desired_settings({"versions": [v("v1", 100.0)]})
+    applier.current = settings.model_copy(update={"allow_unsigned_models": True})
+    wanted = applier.desired_settings({"versions": [v("v1", 90.0), signed(ci)]})
+    assert [x.artifact_signature is not None for x in wanted.versions] == [False, True]
+    with pytest.raises(ValueError, match="not in the trust file"):
+        applier.desired_settings({"versions": [v("v1", 90.0), signed(stranger)]})
+    with pytest.raises(ValueError, match="does not match"):  # signed for other bytes
+        applier.desired_settings({"versions": [v("v1", 90.0), signed(ci, "cd" * 32)]})
+    assert deployed == []
