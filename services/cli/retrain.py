@@ -93,7 +93,12 @@ def _book():  # noqa: ANN202
         try:
             book.apply(rec)
         except TransitionError:
-            pass  # ignored by the service too
+            pass  # ignored by the service too (or its start is gone with the topic's retention)
+    for rec in _trusted("retraining-state", _read_all("retraining-state")):
+        try:
+            book.restore(rec)  # the latest state of triggers whose history retention has shortened
+        except TransitionError:
+            pass
     return book
 
 

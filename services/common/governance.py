@@ -403,10 +403,10 @@ class GovernanceGate:
         self.allow_unsigned_artifacts = allow_unsigned_artifacts
         # off for a consumer group (ingest), which may read a batch twice after a rebalance
         self.check_replays = check_replays
-        self.seen: set[str] = set()
+        self.seen: set[tuple[str, str]] = set()
 
-    def check(self, topic_key: str, rec: dict[str, Any]) -> TrustedKey:
-        if topic_key == "retraining-triggers":
+    def _verify(self, topic_key: str, rec: dict[str, Any]) -> TrustedKey:
+        if topic_key in ("retraining-triggers", "retraining-state"):
             k = self._record(
                 "retraining_trigger",
                 rec,
@@ -420,14 +420,16 @@ class GovernanceGate:
                 check_artifact(self.trust, rec)
         else:
             raise ValueError(f"{topic_key} carries no governance records")
-        return self._seen(rec, k)
+        return k
 
-    def _seen(self, rec: dict[str, Any], k: TrustedKey) -> TrustedKey:
-        event = str(rec["event_id"])
-        if not self.check_replays:
+    def check(self, topic_key: str, rec: dict[str, Any]) -> TrustedKey:
+        k = self._verify(topic_key, rec)
+        # the state topic repeats a trigger's latest record by design (compaction keeps one)
+        if not self.check_replays or topic_key == "retraining-state":
             return k
+        event = (topic_key, str(rec["event_id"]))
         if event in self.seen:
-            raise Refused("replayed", f"event {event} was already applied: a replayed record")
+            raise Refused("replayed", f"event {event[1]} was already applied: a replayed record")
         self.seen.add(event)
         return k
 

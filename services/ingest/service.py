@@ -52,7 +52,7 @@ def _passthrough(rows: AvroRows) -> Callable[[Any], bytes | None]:
     return run
 
 
-GOVERNED = ("retraining-triggers", "model-registry")
+GOVERNED = ("retraining-triggers", "retraining-state", "model-registry")
 
 
 def _governed(

@@ -562,7 +562,7 @@ TABLES: dict[str, TableSpec] = {
         ),
         TableSpec(
             "retraining_triggers",
-            ("retraining-triggers",),
+            ("retraining-triggers", "retraining-state"),  # the state topic repeats the latest: same rows
             (
                 "event_id",
                 "trigger_id",

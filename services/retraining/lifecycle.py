@@ -8,7 +8,9 @@ evidence into proposals with minimum evidence, cooldown and dedup.
 
 Every transition is one ``RetrainingTrigger`` record (``sequence`` +1) on
 ``argus.retraining.triggers``, keyed by trigger id, so the topic is the trigger's
-history and the book can be rebuilt from it after a restart.
+history; the latest record of each trigger is also on the compacted
+``argus.retraining.state``, so the book is rebuilt after a restart even when retention
+has deleted the oldest part of that history (:meth:`TriggerBook.restore`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class TriggerBook:
             self.triggers[tid] = t
         else:
             if rec["sequence"] <= t.sequence:
+                if rec["sequence"] == 1:  # restored from a snapshot first: the proposal's time is the raise time
+                    t.created_at = min(t.created_at, at)
                 return t  # a replayed record: already applied
             if rec["sequence"] != t.sequence + 1 or rec["state"] not in NEXT.get(t.state, set()):
                 raise TransitionError(
@@ -105,6 +109,50 @@ class TriggerBook:
                 t.dataset_spec = dict(rec["dataset_spec"])
             if rec.get("candidate_version"):
                 t.candidate_version = rec["candidate_version"]
+        t.history.append(
+            {
+                "sequence": rec["sequence"],
+                "state": rec["state"],
+                "actor": rec.get("actor"),
+                "comment": rec.get("comment"),
+                "at": at,
+            }
+        )
+        return t
+
+    def restore(self, rec: dict[str, Any]) -> Trigger | None:
+        """Fold in a trigger's latest transition from the compacted state topic: the
+        trigger as that record leaves it, whatever history the triggers topic still
+        holds (its oldest records may be gone with retention). ``None`` when the book
+        already knows the trigger at that sequence or later."""
+        tid = str(rec["trigger_id"])
+        at = _seconds(rec["occurred_at"])
+        t = self.triggers.get(tid)
+        if t is not None and rec["sequence"] <= t.sequence:
+            return None
+        if rec["state"] not in NEXT and rec["state"] not in TERMINAL:
+            raise TransitionError(f"trigger {tid}: unknown state {rec['state']!r}")
+        if t is None:
+            t = Trigger(
+                tid,
+                rec["model"],
+                rec["model_version"],
+                rec["policy"],
+                rec["reason"],
+                rec["state"],
+                rec["sequence"],
+                at,
+                at,
+                list(rec.get("drift_event_ids") or []),
+                list(rec.get("alert_event_ids") or []),
+                dict(rec.get("dataset_spec") or {}),
+                rec.get("candidate_version"),
+            )
+            self.triggers[tid] = t
+        else:
+            t.state, t.sequence, t.updated_at = rec["state"], rec["sequence"], at
+            t.dataset_spec = dict(rec.get("dataset_spec") or t.dataset_spec)
+            t.candidate_version = rec.get("candidate_version") or t.candidate_version
         t.history.append(
             {
                 "sequence": rec["sequence"],

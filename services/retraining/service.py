@@ -95,7 +95,8 @@ class RetrainingService:
         self.registry = ModelRegistry()
         self.policies = PolicyEngine(config, self.book)
         self.codecs = {
-            key: get_codec(key) for key in ("retraining-triggers", "model-registry", "drift-events", "alerts")
+            key: get_codec(key)
+            for key in ("retraining-triggers", "retraining-state", "model-registry", "drift-events", "alerts")
         }
         # every transition and registry change this service makes is signed with its key;
         # every record it reads on those topics is checked against the trust file
@@ -103,6 +104,9 @@ class RetrainingService:
         self.signer = Signer.load(settings.actor, key_path(settings.actor, gov))
         self.gate = GovernanceGate(Trust(trust_path(gov)), gov.allow_unsigned_artifacts)
         self.locks: dict[str, asyncio.Lock] = {}
+        self.snapshot_seq: dict[str, int] = {}  # trigger -> latest sequence on the state topic
+        self.latest: dict[str, dict[str, Any]] = {}  # trigger -> its latest record (to snapshot once caught up)
+        self.pending: dict[str, list[dict[str, Any]]] = {}  # records of triggers whose base is not read yet
         self.rollback_reasons: dict[str, str] = {}
         self.failed_dispatch: dict[str, float] = {}
         self.metric_due: dict[str, float] = {}
@@ -140,6 +144,7 @@ class RetrainingService:
         self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("retraining-triggers"))
         self.metrics.inc("argus_retraining_transitions_total", policy=rec["policy"], state=rec["state"])
         t = self.book.apply(rec)
+        await self.snapshot(rec)
         self.log.info(
             "retraining.transition",
             trigger=t.trigger_id,
@@ -151,6 +156,20 @@ class RetrainingService:
             comment=rec.get("comment"),
         )
         return t
+
+    async def snapshot(self, rec: dict[str, Any]) -> None:
+        """The trigger's latest signed record on the compacted state topic (after the
+        triggers topic has it): what a restart rebuilds from when retention has taken
+        the oldest history. A person's record (an approval) is copied unchanged, still
+        signed by that person."""
+        tid = str(rec["trigger_id"])
+        if rec["sequence"] <= self.snapshot_seq.get(tid, 0):
+            return
+        await self.producer.send_and_wait(
+            self.k.topic("retraining-state"), self.codecs["retraining-state"].encode(rec), key=tid.encode()
+        )
+        self.snapshot_seq[tid] = rec["sequence"]
+        self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("retraining-state"))
 
     async def emit_version(self, rec: dict[str, Any]) -> None:
         codec = self.codecs["model-registry"]
@@ -396,13 +415,40 @@ class RetrainingService:
             if self.caught_up and rec.get("trigger_id") and rec["trigger_id"] in self.book.triggers:
                 self.advance_soon(rec["trigger_id"])
             return
-        try:
-            t = self.book.apply(rec)
-        except TransitionError as exc:
-            self.log.warning("retraining.transition_ignored", error=str(exc), actor=rec.get("actor"))
-            return
+        tid = str(rec["trigger_id"])
+        if key == "retraining-state":
+            self.snapshot_seq[tid] = max(self.snapshot_seq.get(tid, 0), rec["sequence"])
+            try:
+                t = self.book.restore(rec)
+            except TransitionError as exc:
+                self.log.warning("retraining.snapshot_ignored", error=str(exc))
+                return
+            if t is None:
+                return
+            self._remember(rec)
+            for later in sorted(self.pending.pop(tid, []), key=lambda r: r["sequence"]):
+                await self.on_state_record("retraining-triggers", later)  # history read before its snapshot
+        else:
+            try:
+                t = self.book.apply(rec)
+            except TransitionError as exc:
+                if tid not in self.book.triggers and not self.caught_up:
+                    # its start is gone with retention, or its snapshot is not read yet
+                    self.pending.setdefault(tid, []).append(rec)
+                    return
+                self.log.warning("retraining.transition_ignored", error=str(exc), actor=rec.get("actor"))
+                return
+            if t.sequence == rec["sequence"]:
+                self._remember(rec)
+                if self.caught_up:
+                    await self.snapshot(rec)  # a person's transition (approval, rejection)
         if self.caught_up:
             self.advance_soon(t.trigger_id)
+
+    def _remember(self, rec: dict[str, Any]) -> None:
+        tid = str(rec["trigger_id"])
+        if rec["sequence"] >= self.latest.get(tid, {}).get("sequence", 0):
+            self.latest[tid] = rec
 
     def advance_soon(self, tid: str) -> None:
         """Advance a trigger beside the state reader: a step may wait for the inference
@@ -449,6 +495,17 @@ class RetrainingService:
                 await self.on_state_record(key, rec)
 
         async def rebuilt() -> None:
+            for tid, rec in list(self.latest.items()):
+                await self.snapshot(rec)  # history the state topic does not hold yet (an upgrade, a crash)
+            ignored = sum(len(v) for v in self.pending.values())
+            if ignored:
+                self.log.warning(
+                    "retraining.history_without_start",
+                    triggers=len(self.pending),
+                    records=ignored,
+                    detail="their first records are gone and no snapshot holds them",
+                )
+            self.pending.clear()
             self.caught_up = True
             self.log.info(
                 "retraining.state_rebuilt",
@@ -462,7 +519,7 @@ class RetrainingService:
 
         reader = StateTopicReader(
             self.k,
-            ["retraining-triggers", "model-registry", "serving-state"],
+            ["retraining-state", "retraining-triggers", "model-registry", "serving-state"],
             on_record,
             dlq=self.dlq,
             producer=self.producer,

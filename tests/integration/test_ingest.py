@@ -196,7 +196,7 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
                     r[f] = now
             if r.get("deadline"):
                 r["deadline"] = now + 30_000
-        if key in ("retraining-triggers", "model-registry"):
+        if key in ("retraining-triggers", "retraining-state", "model-registry"):
             records = signed_as_their_writers(governance, key, records)
         await produce(kafka_settings, key, records, raw=[b"\x00garbage"] if key == "feedback" else [])
 
@@ -209,7 +209,7 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
         "drift_events": sum(len(items) for items in REG.examples("drift-events").values()),
         "alerts": 2,
         "alert_silences": 2,
-        "retraining_triggers": 2,
+        "retraining_triggers": 2 + 1,  # and the state topic's example
         "model_registry": 2,
         "serving_state": 2,
         # one golden example per dead-letter topic, plus the raw garbage sent to feedback,
@@ -234,7 +234,7 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
         "GROUP BY error_type"
     ).result_rows
     assert refused == [("Refused.unsigned", 4)], refused
-    assert client.query(f"SELECT countIf(signed_by != '') FROM {db}.retraining_triggers").result_rows == [(2,)]
+    assert client.query(f"SELECT countIf(signed_by != '') FROM {db}.retraining_triggers").result_rows == [(3,)]
     # the malformed feedback message was dead-lettered, then ingested as a dead letter
     assert client.query(
         f"SELECT count() FROM {db}.dead_letters WHERE original_topic = '{kafka_settings.topic('feedback')}'"
