@@ -118,8 +118,10 @@ def test_a_state_whose_artifact_no_trusted_pipeline_key_signed_is_refused_before
     ci, stranger = Signer("ci", Ed25519PrivateKey.generate()), Signer("ci", Ed25519PrivateKey.generate())
     add_trusted(trust, "ci", ci.key.public_key(), ["pipeline"])
     deployed: list[Any] = []
-    settings = InferenceSettings(
-        versions=(ModelVersion(version="v1", weight=100.0),), governance=GovernanceSettings(trust_file=trust)
+    settings = InferenceSettings(  # explicit: the environment of a test session may allow unsigned models
+        versions=(ModelVersion(version="v1", weight=100.0),),
+        governance=GovernanceSettings(trust_file=trust),
+        allow_unsigned_models=False,
     )
     applier = ServingStateApplier(settings, Producer(), deploy=deployed.append)
     card = card_digest({"owner": "ml"})
