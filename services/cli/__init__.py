@@ -14,6 +14,7 @@
     argus tenants add | list | remove               a tenant's principal, topics and ACLs
     argus keys create | revoke | list               API keys of the HTTP route
     argus identity init | list | revoke             signing keys of approvers, operators, pipelines
+    argus audit verify | log                        the hash-chained audit trail
     argus privacy subject | erase | verify | export a data subject: crypto-shredding, receipts, access
     argus clickhouse-users                          production users.d files from the grants
     argus demo                                      the end-to-end demo on the local stack
@@ -29,6 +30,7 @@ from __future__ import annotations
 from services.cli import (  # noqa: F401 (registers commands)
     acl,
     alerts,
+    audit,
     contracts,
     data,
     demo,

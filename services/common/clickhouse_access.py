@@ -28,6 +28,7 @@ ADMIN = "argus_admin"
 # the tables the ingest service writes (one per registry topic it stores)
 INGEST_TABLES: tuple[str, ...] = (
     "alert_silences",
+    "audit_log",
     "alerts",
     "dead_letters",
     "drift_events",

@@ -301,6 +301,26 @@ def _signature(sig: Any) -> tuple[str, str]:
     return str(sig.get("key_id", "")), json.dumps(to_json(sig), sort_keys=True, separators=(",", ":"))
 
 
+def _audit(msg: Message, protect: Protector) -> Row:
+    """Stored exactly as written: a scrubbed or normalised field would break its hash."""
+    v = msg.value
+    return (
+        _id(v["event_id"], "event_id"),
+        v["writer"],
+        _unsigned(v["chain_seq"], "chain_seq"),
+        v["prev_hash"],
+        v["occurred_at"],
+        v["action"],
+        v["actor"],
+        v["subject"],
+        v["detail"],
+        v["hash"],
+        v["signature"],
+        v["key_id"],
+        *_coords(msg),
+    )
+
+
 def _trigger(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
@@ -559,6 +579,26 @@ TABLES: dict[str, TableSpec] = {
                 *_K,
             ),
             _silence,
+        ),
+        TableSpec(
+            "audit_log",
+            ("audit",),
+            (
+                "event_id",
+                "writer",
+                "chain_seq",
+                "prev_hash",
+                "occurred_at",
+                "action",
+                "actor",
+                "subject",
+                "detail",
+                "hash",
+                "signature",
+                "key_id",
+                *_K,
+            ),
+            _audit,
         ),
         TableSpec(
             "retraining_triggers",

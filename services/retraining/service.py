@@ -30,6 +30,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from services.common.audit import AuditChain
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
@@ -96,7 +97,7 @@ class RetrainingService:
         self.policies = PolicyEngine(config, self.book)
         self.codecs = {
             key: get_codec(key)
-            for key in ("retraining-triggers", "retraining-state", "model-registry", "drift-events", "alerts")
+            for key in ("retraining-triggers", "retraining-state", "model-registry", "drift-events", "alerts", "audit")
         }
         # every transition and registry change this service makes is signed with its key;
         # every record it reads on those topics is checked against the trust file
@@ -104,6 +105,10 @@ class RetrainingService:
         self.signer = Signer.load(settings.actor, key_path(settings.actor, gov))
         self.gate = GovernanceGate(Trust(trust_path(gov)), gov.allow_unsigned_artifacts)
         self.locks: dict[str, asyncio.Lock] = {}
+        # the audit trail: this service's hash chain on argus.audit (docs/governance.md)
+        self.audit = AuditChain(self.signer, self._send_audit, settings.audit_checkpoint_s)
+        self.audited: set[str] = set()  # event ids of the records (or refusals) already in the trail
+        self.to_audit: list[tuple[str, dict[str, Any]]] = []  # found while rebuilding / refused in a sync step
         self.snapshot_seq: dict[str, int] = {}  # trigger -> latest sequence on the state topic
         self.latest: dict[str, dict[str, Any]] = {}  # trigger -> its latest record (to snapshot once caught up)
         self.pending: dict[str, list[dict[str, Any]]] = {}  # records of triggers whose base is not read yet
@@ -145,6 +150,7 @@ class RetrainingService:
         self.metrics.inc("argus_retraining_transitions_total", policy=rec["policy"], state=rec["state"])
         t = self.book.apply(rec)
         await self.snapshot(rec)
+        await self.audit_record("retraining-triggers", rec)
         self.log.info(
             "retraining.transition",
             trigger=t.trigger_id,
@@ -156,6 +162,105 @@ class RetrainingService:
             comment=rec.get("comment"),
         )
         return t
+
+    async def _send_audit(self, ev: dict[str, Any]) -> None:
+        await self.producer.send_and_wait(
+            self.k.topic("audit"), self.codecs["audit"].encode(ev), key=ev["writer"].encode()
+        )
+        self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("audit"))
+
+    async def audit_record(self, key: str, rec: dict[str, Any]) -> None:
+        """One audit event per trigger transition or registry change, once (a restart
+        finds what its chain already holds)."""
+        record_id = str(rec["event_id"])
+        if record_id in self.audited:
+            return
+        sig = rec.get("signature") or {}
+        if key == "model-registry":
+            art = rec.get("artifact_signature") or {}
+            action, subject = f"model.{rec['status']}", f"{rec['model']}/{rec['version']}"
+            detail = {
+                "record": record_id,
+                "signed_by": sig.get("key_id"),
+                "sha256": rec["sha256"],
+                "artifact": rec["artifact_uri"],
+                "artifact_signed_by": art.get("key_id"),
+                "trigger_id": rec.get("trigger_id"),
+            }
+        else:
+            action, subject = f"trigger.{rec['state']}", str(rec["trigger_id"])
+            detail = {
+                "record": record_id,
+                "signed_by": sig.get("key_id"),
+                "sequence": rec["sequence"],
+                "model": rec["model"],
+                "model_version": rec["model_version"],
+                "policy": rec["policy"],
+                "candidate_version": rec.get("candidate_version"),
+            }
+        self.audited.add(record_id)  # before the await: the reader's echo of this record must not audit it again
+        try:
+            await self.audit.append(action, subject, rec.get("actor") or "", detail)
+        except BaseException:
+            self.audited.discard(record_id)
+            raise
+
+    async def audit_refusal(self, key: str, rec: dict[str, Any], kind: str, reason: str) -> None:
+        marker = f"refused:{key}:{rec.get('event_id')}"
+        if marker in self.audited:
+            return
+        self.audited.add(marker)
+        try:
+            await self.audit.append(
+                "governance.refused",
+                self.k.topic(key),
+                str(rec.get("actor") or ""),
+                {
+                    "record": marker,
+                    "kind": kind,
+                    "reason": reason[:1000],
+                    "state": rec.get("state") or rec.get("status"),
+                },
+            )
+        except BaseException:
+            self.audited.discard(marker)
+            raise
+
+    async def flush_audit(self) -> None:
+        while self.to_audit and self.caught_up:
+            key, rec = self.to_audit.pop(0)
+            if key.startswith("refused:"):
+                _, topic_key, kind, reason = key.split(":", 3)
+                await self.audit_refusal(topic_key, rec, kind, reason)
+            else:
+                await self.audit_record(key, rec)
+
+    async def resume_audit(self) -> None:
+        """Continue this service's chain from the audit topic (and learn what it holds)."""
+        from aiokafka import TopicPartition
+
+        codec, name = self.codecs["audit"], self.k.topic("audit")
+        consumer = make_consumer(self.k, None)
+        await consumer.start()
+        events: list[dict[str, Any]] = []
+        try:
+            tp = TopicPartition(name, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    try:
+                        ev = codec.decode_plain(m.value)
+                    except SerializationError:
+                        continue  # not an event: ingest dead-letters it, verify reports the chain
+                    if ev["writer"] == self.signer.name:
+                        events.append(ev)
+        finally:
+            await consumer.stop()
+        self.audit.resume(events)
+        self.audited |= {e["detail"].get("record", "") for e in events}
+        self.log.info("retraining.audit_resumed", events=len(events), head=self.audit.seq)
 
     async def snapshot(self, rec: dict[str, Any]) -> None:
         """The trigger's latest signed record on the compacted state topic (after the
@@ -181,6 +286,7 @@ class RetrainingService:
         )
         self.metrics.inc("argus_messages_produced_total", topic=self.k.topic("model-registry"))
         self.registry.apply(rec)
+        await self.audit_record("model-registry", rec)
 
     def _clickhouse(self) -> Any:
         return get_client(self.settings.clickhouse)
@@ -406,12 +512,16 @@ class RetrainingService:
         except Refused as exc:
             self.metrics.inc("argus_governance_refused_total", topic=self.k.topic(key), reason=exc.kind)
             self.log.error("retraining.record_refused", topic=self.k.topic(key), reason=exc.kind, error=str(exc))
+            self.to_audit.append((f"refused:{key}:{exc.kind}:{exc}", rec))
             raise InvalidMessage(f"refused: {exc}", f"Refused.{exc.kind}") from None
         self.metrics.inc("argus_governance_verified_total", topic=self.k.topic(key), signer=signer.name)
 
     async def on_state_record(self, key: str, rec: dict[str, Any]) -> None:
+        await self.flush_audit()
         if key == "model-registry":
             self.registry.apply(rec)
+            self.to_audit.append((key, rec))  # a pipeline's registration, an operator's change
+            await self.flush_audit()
             if self.caught_up and rec.get("trigger_id") and rec["trigger_id"] in self.book.triggers:
                 self.advance_soon(rec["trigger_id"])
             return
@@ -440,8 +550,10 @@ class RetrainingService:
                 return
             if t.sequence == rec["sequence"]:
                 self._remember(rec)
+                self.to_audit.append((key, rec))
                 if self.caught_up:
                     await self.snapshot(rec)  # a person's transition (approval, rejection)
+                    await self.flush_audit()
         if self.caught_up:
             self.advance_soon(t.trigger_id)
 
@@ -507,6 +619,7 @@ class RetrainingService:
                 )
             self.pending.clear()
             self.caught_up = True
+            await self.flush_audit()  # what the trail does not hold yet (records applied while this service was down)
             self.log.info(
                 "retraining.state_rebuilt",
                 triggers=len(self.book.triggers),
@@ -586,6 +699,8 @@ class RetrainingService:
             await asyncio.sleep(1.0)
             if not self.caught_up:
                 continue
+            await self.flush_audit()
+            await self.audit.checkpoint_if_due()
             now = time.time()
             for p in self.policies.due_schedules(now):
                 await self.propose(p)
@@ -659,6 +774,7 @@ class RetrainingService:
             self.log.info("retraining.health", port=port)
         tasks: list[asyncio.Task] = []
         try:
+            await self.resume_audit()
             tasks = [
                 asyncio.create_task(c(stop))
                 for c in (self._follow_state, self._follow_evidence, self._timers, self._report_lag)
@@ -678,6 +794,11 @@ class RetrainingService:
             await asyncio.gather(*tasks, return_exceptions=True)
             if server is not None:
                 await server.stop()
+            if self.caught_up:  # close the chain's new events with a signed checkpoint
+                try:
+                    await asyncio.wait_for(self.audit.checkpoint_if_due(force=True), 10)
+                except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+                    self.log.warning("retraining.audit_checkpoint_failed", error=repr(exc)[:500])
             try:
                 await self.producer.stop()
             except KafkaError:

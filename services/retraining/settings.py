@@ -28,6 +28,9 @@ class RetrainingSettings(ServiceSettings):
         "argus-retraining",
         description="This service's identity: the name its signing key is trusted under (role `service`).",
     )
+    audit_checkpoint_s: float = Field(
+        60.0, gt=0, description="How often a signed checkpoint (count, head hash) closes the audit chain's new events."
+    )
     governance: GovernanceSettings = Field(
         default_factory=GovernanceSettings,
         description="The trust file and this service's signing key (ARGUS_GOVERNANCE_*; default the local stack's).",

@@ -11,8 +11,11 @@ from services.common.settings import KafkaSettings
 from tests.conftest import REPO
 
 
-async def cli(kafka: KafkaSettings, *args: str, timeout_s: float = 90, env: dict[str, str] | None = None) -> str:
-    """Run ``argus ARGS`` the way a user does, against the test's topics; its stdout."""
+async def cli(
+    kafka: KafkaSettings, *args: str, timeout_s: float = 90, env: dict[str, str] | None = None, expect_rc: int = 0
+) -> str:
+    """Run ``argus ARGS`` the way a user does, against the test's topics; its stdout
+    (the exit status must be ``expect_rc``)."""
     env = {
         **os.environ,
         **kafka.as_env("ARGUS_CLI_"),
@@ -30,7 +33,7 @@ async def cli(kafka: KafkaSettings, *args: str, timeout_s: float = 90, env: dict
         stderr=asyncio.subprocess.PIPE,
     )
     out, errout = await asyncio.wait_for(proc.communicate(), timeout_s)
-    assert proc.returncode == 0, (args, errout.decode())
+    assert proc.returncode == expect_rc, (args, proc.returncode, out.decode()[-2000:], errout.decode())
     return out.decode()
 
 

@@ -550,6 +550,30 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
             return all([s for tid, _, s in got if tid == key] == want for key, want in expected.items())
 
         await until(logged, 60, "every transition in ClickHouse")
+
+        # every step of every trigger is in the audit trail, in order, by who signed it; the
+        # forged records too; and the trail verifies against the topic
+        def audited(tid: str) -> list[tuple[str, str]]:
+            return [
+                (r[0], r[1])
+                for r in ch.query(
+                    f"SELECT action, actor FROM {db}.audit_log WHERE subject = {{s:String}} ORDER BY chain_seq",
+                    parameters={"s": tid},
+                ).result_rows
+            ]
+
+        for tid, want in expected.items():
+            await until(lambda: [a for a, _ in audited(tid)] == [f"trigger.{s}" for s in want], 60, f"{tid} audited")
+        assert ("trigger.approved", "jane.sre") in audited(t.trigger_id)
+        assert ("trigger.rejected", "jane.sre") in audited(first[0].trigger_id)
+        refused = ch.query(
+            f"SELECT groupArray(detail['kind']) FROM {db}.audit_log WHERE action = 'governance.refused'"
+        ).result_rows[0][0]
+        assert sorted(refused) == ["bad_signature", "unsigned", "wrong_role", "wrong_role"], refused
+        verified = await cli(
+            k, "audit", "verify", env={"ARGUS_CLI_CLICKHOUSE__DSN": clickhouse_settings.dsn.get_secret_value()}
+        )
+        assert "every chain intact" in verified, verified
         for key in expected:
             seqs = [seq for tid, seq, _ in states(ch, db, key)]
             assert seqs == list(range(1, len(seqs) + 1))

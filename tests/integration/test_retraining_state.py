@@ -1,11 +1,13 @@
-"""The retraining lifecycle outlives the triggers topic's retention: every open trigger is
-rebuilt from the compacted state topic after the topic's history is deleted (what
-retention does to its oldest segments), and goes on from where it was.
+"""The retraining lifecycle outlives the triggers topic's retention, and every step is in
+the hash-chained audit trail, where tampering is found.
 
-On the real broker: the retraining service opens two triggers (one awaiting approval,
-one approved and dispatched), stops; every record of ``argus.retraining.triggers`` is
-deleted (DeleteRecords, as retention deletes the oldest segments); a new instance knows
-both triggers at the same step, and the waiting one is approved with the CLI and goes on.
+On the real broker and ClickHouse engine: the retraining service opens two triggers
+(one awaiting approval, one approved and dispatched), stops; every record of
+``argus.retraining.triggers`` is deleted (DeleteRecords, as retention deletes the oldest
+segments); a new instance knows both triggers at the same step, and the waiting one is
+approved with the CLI and goes on. Ingest stores the audit trail; `argus audit verify`
+passes, then reports an edited, a deleted, an inserted, a reordered event and a
+truncated tail, each at its first bad event.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from services.common import migrations
+from services.common.clickhouse import get_client
 from services.common.governance import Signer, ensure_identity
 from services.common.kafka import client_kwargs, make_producer
 from services.common.registry import get_codec
-from services.common.settings import KafkaSettings
+from services.common.settings import ClickHouseSettings, KafkaSettings
 from services.common.signing import load_key
+from services.ingest.service import IngestService
+from services.ingest.settings import IngestSettings
 from services.retraining.config import load_config
 from services.retraining.lifecycle import record
 from services.retraining.service import RetrainingService
@@ -45,11 +51,25 @@ async def until(predicate, timeout_s: float, what: str, task: asyncio.Task | Non
 
 
 async def start(k: KafkaSettings) -> tuple[RetrainingService, asyncio.Task]:
-    settings = RetrainingSettings(kafka=k, group_id="retraining-" + uuid.uuid4().hex[:6], rollout_enabled=False)
+    settings = RetrainingSettings(
+        kafka=k, group_id="retraining-" + uuid.uuid4().hex[:6], rollout_enabled=False, audit_checkpoint_s=1.0
+    )
     service = RetrainingService(settings, load_config({"policies": []}))
     task = asyncio.create_task(service.run(asyncio.Event(), health=False), name="retraining")
     await until(lambda: service.caught_up, 60, "the state rebuilt", task)
     return service, task
+
+
+async def topic_end(k: KafkaSettings, key: str) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    tp = TopicPartition(k.topic(key), 0)
+    consumer = AIOKafkaConsumer(**client_kwargs(k))
+    await consumer.start()
+    try:
+        return (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
 
 
 async def stop(task: asyncio.Task) -> None:
@@ -57,10 +77,30 @@ async def stop(task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_open_triggers_survive_the_deletion_of_the_triggers_history(
-    kafka_settings: KafkaSettings, governance: Path
+async def test_open_triggers_survive_the_deletion_of_the_triggers_history_and_the_trail_shows_tampering(
+    kafka_settings: KafkaSettings,
+    clickhouse_settings: ClickHouseSettings,
+    clickhouse_as,  # noqa: ANN001
+    governance: Path,
 ) -> None:
-    k = kafka_settings
+    k, db = kafka_settings, clickhouse_settings.database
+    admin = get_client(clickhouse_settings)
+    await asyncio.to_thread(migrations.apply, get_client(clickhouse_settings, database="default"), db)
+    ingest = IngestService(
+        IngestSettings(kafka=k, clickhouse=clickhouse_as("argus_ingest"), group_id="ingest-" + uuid.uuid4().hex[:6])
+    )
+    stop_ingest = asyncio.Event()
+    ingesting = asyncio.create_task(ingest.run(stop_ingest, health=False), name="ingest")
+    try:
+        await lifecycle_survives(k, governance)
+        await trail_is_intact_and_tampering_is_found(k, db, admin, clickhouse_settings)
+    finally:
+        stop_ingest.set()
+        await asyncio.gather(ingesting, return_exceptions=True)
+        admin.close()
+
+
+async def lifecycle_survives(k: KafkaSettings, governance: Path) -> None:
     codec = get_codec("retraining-triggers")
     service_key = Signer("argus-retraining", load_key(governance / "keys" / "argus-retraining.pem"))
     ensure_identity(governance, "state.approver", ["approver"])
@@ -94,8 +134,8 @@ async def test_open_triggers_survive_the_deletion_of_the_triggers_history(
 
     # retention takes the triggers topic's history: here all of it
     tp = TopicPartition(k.topic("retraining-triggers"), 0)
-    admin = AIOKafkaAdminClient(**client_kwargs(k))
-    await admin.start()
+    kadmin = AIOKafkaAdminClient(**client_kwargs(k))
+    await kadmin.start()
     try:
         from aiokafka import AIOKafkaConsumer
 
@@ -104,12 +144,12 @@ async def test_open_triggers_survive_the_deletion_of_the_triggers_history(
         try:
             end = (await probe.end_offsets([tp]))[tp]
             assert end >= 5  # 2 proposals, 2 awaiting, 1 approval, 1 dispatched
-            await admin.delete_records({tp: RecordsToDelete(before_offset=end)})
+            await kadmin.delete_records({tp: RecordsToDelete(before_offset=end)})
             assert (await probe.beginning_offsets([tp]))[tp] == end
         finally:
             await probe.stop()
     finally:
-        await admin.close()
+        await kadmin.close()
 
     service, task = await start(k)
     try:
@@ -124,3 +164,66 @@ async def test_open_triggers_survive_the_deletion_of_the_triggers_history(
         assert service.book.triggers[waiting].sequence == 4
     finally:
         await stop(task)
+
+
+async def trail_is_intact_and_tampering_is_found(k: KafkaSettings, db: str, admin, ch: ClickHouseSettings) -> None:  # noqa: ANN001
+    env = {"ARGUS_CLI_CLICKHOUSE__DSN": ch.dsn.get_secret_value()}
+
+    def trail() -> list[tuple]:
+        return admin.query(
+            f"SELECT chain_seq, action, actor, subject FROM {db}.audit_log ORDER BY chain_seq"
+        ).result_rows
+
+    # both triggers' every step, the approvals by the person who signed them, and a checkpoint
+    written = await topic_end(k, "audit")  # the service has stopped: its chain is complete on the topic
+    rows = await until(lambda: len(trail()) == written and trail(), 60, "the whole trail in ClickHouse")
+    steps = [(r[1], r[2]) for r in rows if r[1] != "checkpoint"]
+    assert any(r[1] == "checkpoint" for r in rows), rows
+    assert steps.count(("trigger.proposed", "argus-retraining")) == 2, steps
+    assert steps.count(("trigger.awaiting_approval", "argus-retraining")) == 2
+    assert steps.count(("trigger.approved", "state.approver")) == 2
+    assert steps.count(("trigger.dispatched", "argus-retraining")) == 2
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    out = await cli(k, "audit", "verify", "--lag-s", "0", env=env)
+    assert "clickhouse" in out and "kafka" in out and "intact" in out, out
+    log = await cli(k, "audit", "log", env=env)
+    assert "trigger.approved" in log and "state.approver" in log
+
+    n = len(rows)
+    admin.command(f"CREATE TABLE {db}.audit_backup AS {db}.audit_log")
+    admin.command(f"INSERT INTO {db}.audit_backup SELECT * FROM {db}.audit_log")
+    cols = (
+        "event_id, writer, chain_seq, prev_hash, occurred_at, action, actor, subject, detail, hash, signature, key_id"
+    )
+    tampering = [
+        ("edited", 3, [f"ALTER TABLE {db}.audit_log UPDATE actor = 'mallory' WHERE chain_seq = 3"]),
+        ("missing", 2, [f"ALTER TABLE {db}.audit_log DELETE WHERE chain_seq = 2"]),
+        (
+            "edited",
+            n + 1,
+            [
+                f"INSERT INTO {db}.audit_log ({cols}, _topic, _partition, _offset) SELECT event_id, writer, {n + 1}, "
+                f"prev_hash, occurred_at, 'trigger.approved', 'mallory', subject, detail, hash, signature, key_id, "
+                f"_topic, _partition, 999999 FROM {db}.audit_backup WHERE chain_seq = 4"
+            ],
+        ),
+        (
+            "edited",  # #3's event at #2: its hash covers its position
+            2,
+            [
+                f"ALTER TABLE {db}.audit_log DELETE WHERE chain_seq IN (2, 3)",
+                f"INSERT INTO {db}.audit_log SELECT * REPLACE (if(chain_seq = 2, 3, 2) AS chain_seq) "
+                f"FROM {db}.audit_backup WHERE chain_seq IN (2, 3)",
+            ],
+        ),
+        ("truncated", n - 1, [f"ALTER TABLE {db}.audit_log DELETE WHERE chain_seq >= {n - 1}"]),
+    ]
+    for kind, seq, statements in tampering:
+        for sql in statements:
+            admin.command(sql, settings={"mutations_sync": 2})
+        out = await cli(k, "audit", "verify", "--lag-s", "0", env=env, expect_rc=1)
+        first = next(line for line in out.splitlines() if "first bad event" in line)
+        assert f"#{seq} " in first and f": {kind}" in first, (kind, seq, out)
+        admin.command(f"TRUNCATE TABLE {db}.audit_log")
+        admin.command(f"INSERT INTO {db}.audit_log SELECT * FROM {db}.audit_backup")
+    assert "intact" in await cli(k, "audit", "verify", "--lag-s", "0", env=env)
