@@ -21,21 +21,6 @@ from services.cli.base import fail as _fail
 audit_app = typer.Typer(help="The audit trail: verify its hash chains, read it.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-_COLUMNS = (
-    "event_id",
-    "writer",
-    "chain_seq",
-    "prev_hash",
-    "occurred_at",
-    "action",
-    "actor",
-    "subject",
-    "detail",
-    "hash",
-    "signature",
-    "key_id",
-)
-
 
 def _since_ms(since: Optional[str]) -> int | None:
     if not since:
@@ -49,6 +34,7 @@ def _since_ms(since: Optional[str]) -> int | None:
 
 
 def _from_clickhouse(since: int | None) -> list[dict]:
+    from services.common.audit import FIELDS
     from services.common.clickhouse import check_database, get_client
 
     ch = clickhouse_for("argus_sre")
@@ -57,12 +43,12 @@ def _from_clickhouse(since: int | None) -> list[dict]:
     try:
         where = "WHERE occurred_at >= fromUnixTimestamp64Milli({s:Int64})" if since is not None else ""
         rows = client.query(
-            f"SELECT {', '.join(_COLUMNS)} FROM {db}.audit_log {where} ORDER BY writer, chain_seq",
+            f"SELECT {', '.join(FIELDS)} FROM {db}.audit_log {where} ORDER BY writer, chain_seq",
             parameters={"s": since or 0},
         ).result_rows
     finally:
         client.close()
-    return [dict(zip(_COLUMNS, (str(r[0]), *r[1:]))) for r in rows]
+    return [dict(zip(FIELDS, (str(r[0]), *r[1:]))) for r in rows]
 
 
 def _from_kafka() -> list[dict]:

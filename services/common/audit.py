@@ -36,7 +36,8 @@ from cryptography.exceptions import InvalidSignature
 from services.common.signing import canonical
 
 GENESIS = ""
-HASHED = (
+# the AuditEvent's fields, in the contract's order (the ClickHouse columns are the same)
+FIELDS = (
     "event_id",
     "writer",
     "chain_seq",
@@ -46,8 +47,11 @@ HASHED = (
     "actor",
     "subject",
     "detail",
+    "hash",
+    "signature",
     "key_id",
 )
+HASHED = tuple(f for f in FIELDS if f not in ("hash", "signature"))
 
 
 def _ms(v: Any) -> int:

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from services.common.audit import FIELDS as AUDIT_FIELDS
 from services.common.codec import SerializationError, to_json
 from services.common.errors import describe
 from services.common.pii import PiiPolicy, scrub
@@ -583,21 +584,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(
             "audit_log",
             ("audit",),
-            (
-                "event_id",
-                "writer",
-                "chain_seq",
-                "prev_hash",
-                "occurred_at",
-                "action",
-                "actor",
-                "subject",
-                "detail",
-                "hash",
-                "signature",
-                "key_id",
-                *_K,
-            ),
+            (*AUDIT_FIELDS, *_K),
             _audit,
         ),
         TableSpec(

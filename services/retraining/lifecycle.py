@@ -65,6 +65,35 @@ def _seconds(v: Any) -> float:
     return v.timestamp() if hasattr(v, "timestamp") else float(v) / 1000.0
 
 
+def _trigger_from(rec: dict[str, Any], at: float) -> Trigger:
+    """A trigger as its record leaves it (the proposal, or a restored latest record)."""
+    return Trigger(
+        str(rec["trigger_id"]),
+        rec["model"],
+        rec["model_version"],
+        rec["policy"],
+        rec["reason"],
+        rec["state"],
+        rec["sequence"],
+        at,
+        at,
+        list(rec.get("drift_event_ids") or []),
+        list(rec.get("alert_event_ids") or []),
+        dict(rec.get("dataset_spec") or {}),
+        rec.get("candidate_version"),
+    )
+
+
+def _add_history(t: Trigger, rec: dict[str, Any], at: float) -> None:
+    entry = {
+        "sequence": rec["sequence"],
+        "state": rec["state"],
+        "actor": rec.get("actor"),
+        "comment": rec.get("comment"),
+    }
+    t.history.append(entry | {"at": at})
+
+
 class TriggerBook:
     def __init__(self) -> None:
         self.triggers: dict[str, Trigger] = {}
@@ -79,21 +108,7 @@ class TriggerBook:
                 raise TransitionError(
                     f"trigger {tid}: first record must be sequence 1 'proposed', got {rec['sequence']} {rec['state']!r}"
                 )
-            t = Trigger(
-                tid,
-                rec["model"],
-                rec["model_version"],
-                rec["policy"],
-                rec["reason"],
-                "proposed",
-                1,
-                at,
-                at,
-                list(rec.get("drift_event_ids") or []),
-                list(rec.get("alert_event_ids") or []),
-                dict(rec.get("dataset_spec") or {}),
-            )
-            self.triggers[tid] = t
+            t = self.triggers[tid] = _trigger_from(rec, at)
         else:
             if rec["sequence"] <= t.sequence:
                 if rec["sequence"] == 1:  # restored from a snapshot first: the proposal's time is the raise time
@@ -109,15 +124,7 @@ class TriggerBook:
                 t.dataset_spec = dict(rec["dataset_spec"])
             if rec.get("candidate_version"):
                 t.candidate_version = rec["candidate_version"]
-        t.history.append(
-            {
-                "sequence": rec["sequence"],
-                "state": rec["state"],
-                "actor": rec.get("actor"),
-                "comment": rec.get("comment"),
-                "at": at,
-            }
-        )
+        _add_history(t, rec, at)
         return t
 
     def restore(self, rec: dict[str, Any]) -> Trigger | None:
@@ -133,35 +140,12 @@ class TriggerBook:
         if rec["state"] not in NEXT and rec["state"] not in TERMINAL:
             raise TransitionError(f"trigger {tid}: unknown state {rec['state']!r}")
         if t is None:
-            t = Trigger(
-                tid,
-                rec["model"],
-                rec["model_version"],
-                rec["policy"],
-                rec["reason"],
-                rec["state"],
-                rec["sequence"],
-                at,
-                at,
-                list(rec.get("drift_event_ids") or []),
-                list(rec.get("alert_event_ids") or []),
-                dict(rec.get("dataset_spec") or {}),
-                rec.get("candidate_version"),
-            )
-            self.triggers[tid] = t
+            t = self.triggers[tid] = _trigger_from(rec, at)
         else:
             t.state, t.sequence, t.updated_at = rec["state"], rec["sequence"], at
             t.dataset_spec = dict(rec.get("dataset_spec") or t.dataset_spec)
             t.candidate_version = rec.get("candidate_version") or t.candidate_version
-        t.history.append(
-            {
-                "sequence": rec["sequence"],
-                "state": rec["state"],
-                "actor": rec.get("actor"),
-                "comment": rec.get("comment"),
-                "at": at,
-            }
-        )
+        _add_history(t, rec, at)
         return t
 
     def next_record(

@@ -108,7 +108,8 @@ class RetrainingService:
         # the audit trail: this service's hash chain on argus.audit (docs/governance.md)
         self.audit = AuditChain(self.signer, self._send_audit, settings.audit_checkpoint_s)
         self.audited: set[str] = set()  # event ids of the records (or refusals) already in the trail
-        self.to_audit: list[tuple[str, dict[str, Any]]] = []  # found while rebuilding / refused in a sync step
+        # (topic key, record, refusal kind or None, reason): found while rebuilding, or refused in the sync check
+        self.to_audit: list[tuple[str, dict[str, Any], str | None, str]] = []
         self.snapshot_seq: dict[str, int] = {}  # trigger -> latest sequence on the state topic
         self.latest: dict[str, dict[str, Any]] = {}  # trigger -> its latest record (to snapshot once caught up)
         self.pending: dict[str, list[dict[str, Any]]] = {}  # records of triggers whose base is not read yet
@@ -228,10 +229,9 @@ class RetrainingService:
 
     async def flush_audit(self) -> None:
         while self.to_audit and self.caught_up:
-            key, rec = self.to_audit.pop(0)
-            if key.startswith("refused:"):
-                _, topic_key, kind, reason = key.split(":", 3)
-                await self.audit_refusal(topic_key, rec, kind, reason)
+            key, rec, refused, reason = self.to_audit.pop(0)
+            if refused is not None:
+                await self.audit_refusal(key, rec, refused, reason)
             else:
                 await self.audit_record(key, rec)
 
@@ -512,7 +512,7 @@ class RetrainingService:
         except Refused as exc:
             self.metrics.inc("argus_governance_refused_total", topic=self.k.topic(key), reason=exc.kind)
             self.log.error("retraining.record_refused", topic=self.k.topic(key), reason=exc.kind, error=str(exc))
-            self.to_audit.append((f"refused:{key}:{exc.kind}:{exc}", rec))
+            self.to_audit.append((key, rec, exc.kind, str(exc)))
             raise InvalidMessage(f"refused: {exc}", f"Refused.{exc.kind}") from None
         self.metrics.inc("argus_governance_verified_total", topic=self.k.topic(key), signer=signer.name)
 
@@ -520,7 +520,7 @@ class RetrainingService:
         await self.flush_audit()
         if key == "model-registry":
             self.registry.apply(rec)
-            self.to_audit.append((key, rec))  # a pipeline's registration, an operator's change
+            self.to_audit.append((key, rec, None, ""))  # a pipeline's registration, an operator's change
             await self.flush_audit()
             if self.caught_up and rec.get("trigger_id") and rec["trigger_id"] in self.book.triggers:
                 self.advance_soon(rec["trigger_id"])
@@ -550,7 +550,7 @@ class RetrainingService:
                 return
             if t.sequence == rec["sequence"]:
                 self._remember(rec)
-                self.to_audit.append((key, rec))
+                self.to_audit.append((key, rec, None, ""))
                 if self.caught_up:
                     await self.snapshot(rec)  # a person's transition (approval, rejection)
                     await self.flush_audit()

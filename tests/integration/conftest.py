@@ -11,6 +11,7 @@ Each test gets its own topics (a unique topic prefix) and its own database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -61,6 +62,21 @@ def kafka_bootstrap(request: pytest.FixtureRequest, kafka_local: KafkaLocal | No
     return request.config.getoption("--kafka-bootstrap") or kafka_local.bootstrap
 
 
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set in this process (and the services and CLI runs it spawns), then restored."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session", autouse=True)
 def key_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """The session's subject key service. Every migration run (in the tests and in the
@@ -73,16 +89,10 @@ def key_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         "ARGUS_PRIVACY_KEYS_DICTIONARY_TOKEN_FILE": str(secrets / "dictionary-token"),
         "ARGUS_PRIVACY_KEYS_ADMIN_TOKEN_FILE": str(secrets / "admin-token"),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        yield ref
+        with environment(env):
+            yield ref
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         keys.stop()
 
 
@@ -102,16 +112,8 @@ def governance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         # verified all the same, and the refusal of unsigned ones is tested with this set to false
         "ARGUS_INFERENCE_ALLOW_UNSIGNED_MODELS": "true",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         yield home
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

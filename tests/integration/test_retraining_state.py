@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from services.common import migrations
-from services.common.clickhouse import get_client
+from services.common.clickhouse import check_database, get_client
 from services.common.governance import Signer, ensure_identity
 from services.common.kafka import client_kwargs, make_producer
 from services.common.registry import get_codec
@@ -83,7 +83,7 @@ async def test_open_triggers_survive_the_deletion_of_the_triggers_history_and_th
     clickhouse_as,  # noqa: ANN001
     governance: Path,
 ) -> None:
-    k, db = kafka_settings, clickhouse_settings.database
+    k, db = kafka_settings, check_database(clickhouse_settings.database)  # a name every statement below uses
     admin = get_client(clickhouse_settings)
     await asyncio.to_thread(migrations.apply, get_client(clickhouse_settings, database="default"), db)
     ingest = IngestService(
