@@ -112,21 +112,28 @@ class AuditChain:
 
     async def append(self, action: str, subject: str, actor: str, detail: dict[str, Any] | None = None) -> dict:
         async with self._lock:
-            ev = self.build(action, subject, actor, detail or {})
-            await self.send(ev)
-            self.seq, self.head = ev["chain_seq"], ev["hash"]
-            self.since_checkpoint += 1
-            return ev
+            return await self._append(action, subject, actor, detail or {})
+
+    async def _append(self, action: str, subject: str, actor: str, detail: dict[str, Any]) -> dict:
+        ev = self.build(action, subject, actor, detail)
+        await self.send(ev)
+        self.seq, self.head = ev["chain_seq"], ev["hash"]
+        self.since_checkpoint += 1
+        return ev
 
     async def checkpoint_if_due(self, force: bool = False) -> dict | None:
         """A signed checkpoint (count, head hash) when events were appended since the last
-        one and the interval has passed: a truncated tail then misses a checkpoint too."""
-        due = time.monotonic() - self.last_checkpoint >= self.checkpoint_every_s
-        if not self.since_checkpoint or not (due or force):
-            return None
-        ev = await self.append("checkpoint", self.signer.name, self.signer.name, {"count": self.seq, "head": self.head})
-        self.since_checkpoint, self.last_checkpoint = 0, time.monotonic()
-        return ev
+        one and the interval has passed: a truncated tail then misses a checkpoint too.
+        Count and head are read under the same lock as the append: no event slips between."""
+        async with self._lock:
+            due = time.monotonic() - self.last_checkpoint >= self.checkpoint_every_s
+            if not self.since_checkpoint or not (due or force):
+                return None
+            ev = await self._append(
+                "checkpoint", self.signer.name, self.signer.name, {"count": self.seq, "head": self.head}
+            )
+            self.since_checkpoint, self.last_checkpoint = 0, time.monotonic()
+            return ev
 
 
 @dataclass(frozen=True)

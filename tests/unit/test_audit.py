@@ -93,3 +93,22 @@ def test_a_window_is_verified_from_its_first_event(chain) -> None:  # noqa: ANN0
     events, trust, _ = chain
     assert verify(events[3:], trust, anchored=True) == []
     assert kinds(verify(events[3:], trust))[0] == (1, "missing")
+
+
+def test_a_checkpoint_racing_appends_still_names_the_chain_before_it(tmp_path) -> None:  # noqa: ANN001
+    trust_file = tmp_path / "trust.yaml"
+    writer = Signer("w", Ed25519PrivateKey.generate())
+    add_trusted(trust_file, "w", writer.key.public_key(), ["service"])
+    written: list[dict] = []
+
+    async def send(ev: dict) -> None:
+        await asyncio.sleep(0)  # the broker's round trip: other appends get scheduled meanwhile
+        written.append(ev)
+
+    async def run() -> None:
+        c = AuditChain(writer, send, checkpoint_every_s=0)
+        await c.append("a", "s", "w")
+        await asyncio.gather(*(c.append("a", "s", "w") for _ in range(5)), c.checkpoint_if_due(force=True))
+
+    asyncio.run(run())
+    assert verify(written, Trust(trust_file)) == []
