@@ -2,7 +2,10 @@
 standalone vLLM on the same model and prompts, in one run. Needs a GPU node with the GPU
 image (``pip install 'ray[llm]==2.60.0'``); CI never runs it.
 
-    python -m bench.inference_gpu --model HuggingFaceTB/SmolLM2-135M-Instruct --requests 256
+    python -m bench.inference_gpu --model /models/SmolLM2-135M-Instruct --requests 256
+
+``--model`` is a local model directory (Argus serves only pinned local artifacts; both
+sides load the same files, Argus a verified private copy of them).
 
 Writes its rows to bench/RESULTS-gpu.md.
 """
@@ -48,13 +51,15 @@ def standalone(model: str, n: int, max_tokens: int) -> float:
 async def through_serve(model: str, n: int, max_tokens: int) -> float:
     from ray import serve
 
+    from services.common.artifacts import artifact_digest
     from services.inference.app import deploy
     from services.inference.settings import EngineSettings, InferenceSettings, ModelVersion
 
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
     settings = InferenceSettings(
-        versions=(ModelVersion(version="v1", model_path=model),),
+        versions=(ModelVersion(version="v1", model_path=model, sha256=artifact_digest(Path(model))),),
         engine=EngineSettings(kind="vllm", num_gpus=1, max_tokens=max_tokens, gpu_memory_utilization=0.45),
+        allow_unsigned_models=True,  # a benchmark of the engine path, not of registration
     )
     router = deploy(settings, timeout_s=900)
     reqs = [
@@ -76,7 +81,7 @@ async def through_serve(model: str, n: int, max_tokens: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    ap.add_argument("--model", required=True, help="A local model directory (config, tokenizer, safetensors).")
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=128)
     args = ap.parse_args(argv)

@@ -8,6 +8,9 @@ Kafka bridge expect (``generate(request) -> dict``: text, finish reason, token c
 time to first token, latency, mean token logprob). The Router, weights, shadows and the
 bridge are unchanged.
 
+Every replica loads a verified private copy of the registered artifact, never a hub
+model id (:func:`stage_artifact`, ``docs/governance.md``).
+
 vLLM is installed only in the GPU image (``pip install 'ray[llm]==2.60.0'``), never in
 CI: this module imports ``ray.serve.llm`` lazily, and its configuration builders are
 plain dicts so they are tested without a GPU.
@@ -27,10 +30,13 @@ from services.inference.settings import InferenceSettings, ModelVersion
 def llm_config(settings: InferenceSettings, version: ModelVersion) -> dict[str, Any]:
     """Keyword arguments of ``ray.serve.llm.LLMConfig`` for one model version."""
     e = settings.engine
+    if version.model_path is None:
+        raise ValueError(f"version {version.version}: vLLM serves only a pinned local artifact (model_path)")
     cfg: dict[str, Any] = {
         "model_loading_config": {
             "model_id": f"{settings.model_name}-{version.version}",
-            "model_source": str(version.model_path) if version.model_path else "HuggingFaceTB/SmolLM2-135M-Instruct",
+            # the registered artifact; each replica loads a verified private copy of it (VerifiedLLMServer)
+            "model_source": str(version.model_path),
         },
         "deployment_config": {
             "autoscaling_config": {
@@ -139,6 +145,54 @@ class VLLMAdapter:
         }
 
 
+def stage_artifact(model_name: str, artifact: dict[str, Any], governance: dict[str, Any]) -> Any:
+    """What a vLLM replica does before its engine starts: refuse an artifact no trusted
+    pipeline key signed (unless unsigned models are allowed), then copy it into a private
+    directory while hashing it, and refuse it unless the digest is the registered one.
+    Returns the :class:`~services.common.artifacts.StagedArtifact` whose ``path`` vLLM
+    loads (it is removed when the replica stops)."""
+    from services.common.artifacts import StagedArtifact
+    from services.inference.settings import ModelVersion
+    from services.inference.verify import check_artifact_signature
+
+    version = ModelVersion(**artifact)
+    if version.model_path is None:
+        raise ValueError(f"{model_name}/{version.version}: vLLM serves only a pinned local artifact (model_path)")
+    check_artifact_signature(model_name, version, governance)
+    return StagedArtifact(version.model_path, version.sha256)
+
+
+def verified_llm_server() -> type:
+    """Ray Serve LLM's ``LLMServer`` that loads only a verified copy of the registered
+    artifact (:func:`stage_artifact`). Built on call: ``ray.serve.llm`` needs vLLM, which
+    only the GPU image has."""
+    import asyncio
+
+    from ray.serve.llm.deployment import LLMServer
+
+    class VerifiedLLMServer(LLMServer):
+        async def __init__(
+            self,
+            llm_config: Any,
+            *,
+            argus_model: str,
+            argus_artifact: dict[str, Any],
+            argus_governance: dict[str, Any],
+            **kwargs: Any,
+        ) -> None:
+            self.argus_artifact = await asyncio.to_thread(stage_artifact, argus_model, argus_artifact, argus_governance)
+            loading = llm_config.model_loading_config.model_copy(update={"model_source": str(self.argus_artifact.path)})
+            llm_config = llm_config.model_copy(update={"model_loading_config": loading})
+            await super().__init__(llm_config, **kwargs)
+
+        def __del__(self) -> None:  # Serve calls it when the replica stops: the private copy goes
+            staged = getattr(self, "argus_artifact", None)
+            if staged is not None:
+                staged.close()
+
+    return VerifiedLLMServer
+
+
 def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
     """Serve config builder for GPU nodes (``import_path:
     services.inference.gpu:gpu_app_builder``); same args as the CPU builder plus the
@@ -150,7 +204,16 @@ def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
     settings_engine = args["engine"]
     handles = {}
     for artifact, cfg in zip(args["versions"], args["llm_configs"]):
-        llm_app = build_llm_deployment(LLMConfig(**cfg), name_prefix=f"vllm-{artifact['version']}-")
+        llm_app = build_llm_deployment(
+            LLMConfig(**cfg),
+            name_prefix=f"vllm-{artifact['version']}-",
+            deployment_cls=verified_llm_server(),
+            bind_kwargs={
+                "argus_model": args["model_name"],
+                "argus_artifact": artifact,
+                "argus_governance": args.get("governance") or {},
+            },
+        )
         adapter = serve.deployment(VLLMAdapter).options(
             name=f"llm-{artifact['version']}",
             max_ongoing_requests=256,

@@ -165,8 +165,8 @@ class ServingStateApplier:
             raise ValueError("a serving state needs at least one version")
         # every version's artifact signature before anything is deployed: a refused
         # state changes nothing (the replicas check again, and the digest on the bytes)
-        from services.inference.app import ArtifactRefused, check_artifact_signature
         from services.inference.serveconfig import governance_args
+        from services.inference.verify import ArtifactRefused, check_artifact_signature
 
         governance = governance_args(self.current)
         for v in versions:

@@ -29,7 +29,9 @@ class ModelVersion(BaseModel):
         default=False, description="Mirror every request to this version; log its answer, never return it."
     )
     model_path: Path | None = Field(
-        default=None, description="GGUF file (llama.cpp) or model id/path (vLLM); default: the packaged SmolLM2 GGUF."
+        default=None,
+        description="GGUF file (llama.cpp; default: the packaged SmolLM2 GGUF) or a local model directory "
+        "(vLLM; required there), verified against sha256 where it is loaded.",
     )
     sha256: str | None = Field(
         default=None, description="Expected digest of the artifact: the replica refuses to load another file."
@@ -148,6 +150,13 @@ class InferenceSettings(ServiceSettings):
             raise ValueError(f"duplicate model versions: {names}")
         if not any(v.live_weight > 0 for v in self.versions):
             raise ValueError("at least one non-shadow version needs a weight above 0")
+        if self.engine.kind == "vllm":
+            unpinned = [v.version for v in self.versions if v.model_path is None]
+            if unpinned:
+                raise ValueError(
+                    f"vLLM serves only pinned local artifacts: give versions {unpinned} a model_path (a model "
+                    "directory or file, with its sha256); a hub model id would load whatever the hub serves that day"
+                )
         return self
 
     def routing_config(self) -> dict:
