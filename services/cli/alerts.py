@@ -6,6 +6,8 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -13,8 +15,15 @@ from rich.table import Table
 from services.cli.base import app, console, err
 from services.cli.base import fail as _fail
 from services.cli.base import settings as _settings
+from services.cli.base import when as _when
 from services.cli.data import _follow
 
+_KEY = typer.Option(
+    None,
+    "--key",
+    envvar="ARGUS_GOVERNANCE_SIGNING_KEY_FILE",
+    help="Your Ed25519 governance key (default: the local stack's key of --author, from `argus identity init`).",
+)
 alerts_app = typer.Typer(help="Alerts and silences of the alerting service.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
 _ALERTING_URL = typer.Option(
@@ -50,12 +59,6 @@ def _api(url: str, path: str) -> list[dict]:
     if r.status_code != 200:
         _fail(f"{url}{path}: HTTP {r.status_code}: {r.text[:300]}")
     return r.json()
-
-
-def _when(t: float | None) -> str:
-    from datetime import datetime, timezone
-
-    return "" if t is None else datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @alerts_app.command("list")
@@ -123,12 +126,16 @@ def alerts_silence(
         ..., "--matcher", "-m", help="Alertmanager matcher, e.g. -m 'alertname=\"Drift\"' -m 'model=~\"smollm2.*\"'."
     ),
     duration: str = typer.Option("2h", help="How long, e.g. 30m, 2h, 1d."),
-    author: str = typer.Option(..., help="Who silences (kept with the silence)."),
+    author: str = typer.Option(
+        ..., help="Who silences: the name your governance key is trusted under (operator or approver)."
+    ),
     comment: str = typer.Option(..., help="Why."),
+    key: Optional[Path] = _KEY,
 ) -> None:
-    """Create a silence (published on argus.alerts.silences; the service applies it)."""
-
+    """Create a silence (published on argus.alerts.silences; the service applies it),
+    signed into the audit trail with your key."""
     from services.alerting.app import new_silence_record
+    from services.cli.audit import signer_for, submit
     from services.common.durations import parse_duration
     from services.common.labels import Matcher, MatcherError
 
@@ -138,26 +145,38 @@ def alerts_silence(
         seconds = parse_duration(duration)
     except (MatcherError, ValueError) as exc:
         _fail(str(exc), 2)
+    signer = signer_for(author, key)
     now = time.time()
     record = new_silence_record(list(matcher), now, now + seconds, author, comment)
+    submit(
+        signer,
+        "alert.silenced",
+        record["silence_id"],
+        {"matchers": " ".join(matcher), "ends_at": _when(now + seconds), "comment": comment},
+    )
     _publish_silence(record)
     console.print(f"silence {record['silence_id']} until {_when(now + seconds)} UTC", highlight=False)
 
 
 @alerts_app.command("expire")
 def alerts_expire(
-    silence_id: str = typer.Argument(...), author: str = typer.Option(..., help="Who expires it.")
+    silence_id: str = typer.Argument(...),
+    author: str = typer.Option(..., help="Who expires it: the name your governance key is trusted under."),
+    key: Optional[Path] = _KEY,
 ) -> None:
-    """End a silence now."""
+    """End a silence now (signed into the audit trail with your key)."""
     import uuid as _uuid
 
     from services.alerting.app import new_silence_record
+    from services.cli.audit import signer_for, submit
 
     try:
         _uuid.UUID(silence_id)
     except ValueError:
         _fail(f"{silence_id!r} is not a silence id (a UUID)", 2)
+    signer = signer_for(author, key)
     now = time.time()
+    submit(signer, "alert.silence_expired", silence_id, {})
     _publish_silence(new_silence_record([], now, now, author, "expired", silence_id=silence_id, action="expire"))
     console.print(f"silence {silence_id} expired", highlight=False)
 

@@ -102,9 +102,23 @@ def audit_verify(
         if kafka_events is not None:  # what ClickHouse must hold by now
             horizon = (time.time() - lag_s) * 1000
             settled = [e for e in kafka_events if int(e["occurred_at"]) <= horizon]
-        reports.append(("clickhouse", verify(ch_events, trust, settled, anchored=since_ms is not None), len(ch_events)))
+        witness_by = int((time.time() - lag_s) * 1000)  # a submission older than this must be witnessed
+        reports.append(
+            (
+                "clickhouse",
+                verify(ch_events, trust, settled, anchored=since_ms is not None, witness_by_ms=witness_by),
+                len(ch_events),
+            )
+        )
     if kafka_events is not None:
-        reports.append(("kafka", verify(kafka_events, trust, anchored=since_ms is not None), len(kafka_events)))
+        witness_by = int((time.time() - lag_s) * 1000)
+        reports.append(
+            (
+                "kafka",
+                verify(kafka_events, trust, anchored=since_ms is not None, witness_by_ms=witness_by),
+                len(kafka_events),
+            )
+        )
     bad = False
     for where, problems, n in reports:
         if problems:
@@ -144,3 +158,22 @@ def audit_log(
         evidence = ", ".join(f"{k}={v}" for k, v in sorted(dict(e["detail"]).items()) if v)
         table.add_row(when, f"{e['writer']}#{e['chain_seq']}", e["actor"], e["action"], e["subject"], evidence)
     console.print(table if events else "no audit events")
+
+
+def signer_for(name: str, key: Optional[Path]):  # noqa: ANN201 - Signer
+    """A person's governance key (``--key``, else the local stack's key of ``name``), loaded
+    before the action it will sign: no key, no action."""
+    from services.cli.retrain import _signer
+
+    return _signer(name, key)
+
+
+def submit(signer, action: str, subject: str, detail: dict) -> dict:  # noqa: ANN001
+    """Publish a person's signed submission on argus.audit; the retraining service
+    witnesses it into its chain (docs/governance.md)."""
+    from services.cli.retrain import _publish
+    from services.common.audit import submission
+
+    ev = submission(signer, action, subject, detail)
+    _publish("audit", ev, ev["writer"])
+    return ev

@@ -72,3 +72,10 @@ def clickhouse_for(user: str) -> ClickHouseSettings:
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+def when(t: float | None) -> str:
+    """A UTC time (epoch seconds) as people read it."""
+    from datetime import datetime, timezone
+
+    return "" if t is None else datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

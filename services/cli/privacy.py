@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -79,13 +80,28 @@ def erase_cmd(
     receipt: Path = typer.Option(
         None, "--receipt", help="Where to write the receipt (default: <home>/privacy/receipts/)."
     ),
+    operator: str = typer.Option(
+        ...,
+        "--as",
+        help="Who performs it: the name your governance key is trusted under (role operator); the erasure is "
+        "signed into the audit trail with that key.",
+    ),
+    governance_key: Optional[Path] = typer.Option(
+        None,
+        "--key",
+        envvar="ARGUS_GOVERNANCE_SIGNING_KEY_FILE",
+        help="Your governance key (default: the local stack's key of --as).",
+    ),
 ) -> None:
-    """Destroy the subject's key, delete its rows, and write a signed erasure receipt."""
+    """Destroy the subject's key, delete its rows, write a signed erasure receipt, and
+    record the erasure in the audit trail."""
+    from services.cli.audit import signer_for
     from services.common.erasure import ErasureError, erase
     from services.common.signing import SignatureError, create_key, load_key
     from services.common.subject_keys import KeyServiceError
 
     subject = _subject(user, request)
+    auditor = signer_for(operator, governance_key)  # no key, no erasure: it must reach the trail
     key_path = signing_key or _local_signing_key()
     if signing_key is None and not key_path.exists():
         create_key(key_path)
@@ -107,6 +123,7 @@ def erase_cmd(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     rows = sum(t["rows_deleted"] for t in p["tables"].values())
+    _record(auditor, doc, out)
     console.print(
         f"[green]✓[/] erased subject {p['subject']['subject_id'][:16]}… of tenant {tenant}: "
         f"{len(p['key_ids_destroyed'])} key(s) destroyed, unreadable after {p['unreadable_after_ms']} ms, "
@@ -114,6 +131,54 @@ def erase_cmd(
         highlight=False,
     )
     typer.echo(str(out))
+
+
+def _record(signer, doc: dict, where: Path) -> None:  # noqa: ANN001
+    """The erasure's audit submission: the receipt's id and digest, the tenant and the
+    subject's pseudonym, what was destroyed and deleted (never the user id)."""
+    import hashlib
+
+    from services.cli.audit import submit
+    from services.common.signing import canonical
+
+    p = doc["payload"]
+    try:
+        submit(
+            signer,
+            "privacy.erased",
+            p["subject"]["subject_id"],
+            {
+                "tenant": p["subject"]["tenant"],
+                "receipt_id": p["receipt_id"],
+                "receipt_sha256": hashlib.sha256(canonical(doc)).hexdigest(),
+                "receipt_signer": doc["signature"]["key_id"],
+                "requested_by": p["requested_by"],
+                "keys_destroyed": len(p["key_ids_destroyed"]),
+                "rows_deleted": sum(t["rows_deleted"] for t in p["tables"].values()),
+                "unreadable_after_ms": p["unreadable_after_ms"],
+            },
+        )
+    except Exception as exc:  # the erasure is done and its receipt written: say how to record it
+        fail(
+            f"the subject is erased (receipt {where}) but the audit trail did not take it: {exc}; "
+            f"record it with `argus privacy record {where} --as {signer.name}`"
+        )
+
+
+@privacy_app.command("record")
+def record_cmd(
+    receipt: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="A receipt written by `argus privacy erase`."
+    ),
+    operator: str = typer.Option(..., "--as", help="Who performed the erasure (role operator)."),
+    governance_key: Optional[Path] = typer.Option(None, "--key", envvar="ARGUS_GOVERNANCE_SIGNING_KEY_FILE"),
+) -> None:
+    """Record an erasure in the audit trail (when `erase` could not reach it)."""
+    from services.cli.audit import signer_for
+
+    signer = signer_for(operator, governance_key)
+    _record(signer, json.loads(receipt.read_text()), receipt)
+    console.print(f"[green]✓[/] erasure of receipt {receipt} recorded in the audit trail", highlight=False)
 
 
 @privacy_app.command("verify")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from services.cli.alerts import _when
 from services.cli.base import app, console
 from services.cli.base import fail as _fail
 from services.cli.base import settings as _settings
+from services.cli.base import when as _when
 
 retrain_app = typer.Typer(help="Retraining triggers: list, inspect, approve, reject.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
@@ -224,14 +224,22 @@ def retrain_reject(
     _decide(trigger, "rejected", by, comment, key)
 
 
-@models_app.command("list")
-def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Every registered version with its latest status."""
+def _registry() -> tuple[Any, list[dict]]:
+    """The registry folded from the trusted records, and those records (its history)."""
     from services.retraining.registry import ModelRegistry
 
     reg = ModelRegistry()
+    history = []
     for rec in _trusted("model-registry", _read_all("model-registry")):
-        reg.apply(rec)
+        if reg.apply(rec):  # not a record that would bring a retired version back (refused by the service too)
+            history.append(rec)
+    return reg, history
+
+
+@models_app.command("list")
+def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Every registered version with its latest status."""
+    reg, _ = _registry()
     rows = sorted(reg.versions.values(), key=lambda r: (r["model"], r["version"]))
     if json_out:
         console.print_json(json.dumps(rows))
@@ -249,7 +257,10 @@ def models_register(
     model: str = typer.Argument(...),
     version: str = typer.Argument(...),
     artifact: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="The artifact file (its sha256 is computed)."
+        ...,
+        exists=True,
+        help="The artifact: a GGUF file, or a model directory for vLLM (its digest is computed: a file's sha256, a "
+        "directory's manifest digest).",
     ),
     status: str = typer.Option("candidate", help="candidate, or active for the version serving today."),
     trigger: Optional[str] = typer.Option(None, help="The retraining trigger this version answers."),
@@ -271,8 +282,8 @@ def models_register(
     record by you, the artifact (model, version, digest, card digest) by a pipeline key.
     Whatever loads the version later (validation, inference) refuses a file with another
     digest or no valid artifact signature."""
+    from services.common.artifacts import ArtifactRejected, artifact_digest
     from services.common.governance import Signer
-    from services.common.llm import sha256_of
     from services.common.registry import get_codec
     from services.common.signing import load_key
     from services.retraining.registry import version_record
@@ -288,7 +299,10 @@ def models_register(
     entries = dict(c.split("=", 1) for c in card if "=" in c)
     if len(entries) != len(card):
         _fail("card entries are key=value", 2)
-    digest = sha256 or sha256_of(artifact)
+    try:
+        digest = sha256 or artifact_digest(artifact)
+    except (ArtifactRejected, OSError) as exc:
+        _fail(str(exc), 2)
     try:
         rec = version_record(
             model,
@@ -310,5 +324,107 @@ def models_register(
     console.print(
         f"registered {model} {version} ({status}) sha256 {digest}, signed by {by} (key {signer.key_id}), "
         f"artifact by key {artifact_signer.key_id}",
+        highlight=False,
+    )
+
+
+@models_app.command("show")
+def models_show(
+    model: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """A version's model card, artifact, signatures (checked against the trust file) and
+    status history."""
+    from services.common.governance import Refused, card_digest, check_artifact
+    from services.retraining.registry import epoch_ms
+
+    reg, history = _registry()
+    rec = reg.get(model, version)
+    if rec is None:
+        _fail(f"{model} {version} is not registered (argus models list)")
+    gate = _gate()
+    if gate is None:
+        artifact_check = "not checked: no trust file on this machine"
+    else:
+        try:
+            artifact_check = f"verified: signed by {check_artifact(gate.trust, rec).name} (pipeline)"
+        except Refused as exc:
+            artifact_check = f"REFUSED ({exc.kind}): {exc}"
+    steps = [
+        {
+            "status": r["status"],
+            "actor": r["actor"],
+            "comment": r["comment"],
+            "trigger_id": r.get("trigger_id"),
+            "signed_by": (r.get("signature") or {}).get("key_id"),
+            "occurred_at": _when(epoch_ms(r["occurred_at"]) / 1000),
+        }
+        for r in history
+        if (r["model"], r["version"]) == (model, version)
+    ]
+    shown = {
+        "model": model,
+        "version": version,
+        "status": rec["status"],
+        "artifact_uri": rec["artifact_uri"],
+        "sha256": rec["sha256"],
+        "parent_version": rec.get("parent_version"),
+        "trigger_id": rec.get("trigger_id"),
+        "card": dict(sorted(rec["card"].items())),
+        "card_sha256": card_digest(rec["card"]),
+        "artifact_signature": {
+            "key_id": (rec.get("artifact_signature") or {}).get("key_id"),
+            "check": artifact_check,
+        },
+        "history": steps,
+    }
+    if json_out:
+        console.print_json(json.dumps(shown))
+        return
+    console.print(f"[bold]{model} {version}[/] status=[bold]{rec['status']}[/]", highlight=False)
+    console.print(
+        f"artifact: {rec['artifact_uri']}\nsha256: {rec['sha256']}\n"
+        f"parent: {rec.get('parent_version') or '-'}  trigger: {rec.get('trigger_id') or '-'}\n"
+        f"artifact signature: {artifact_check}",
+        highlight=False,
+    )
+    card = Table("model card", "", title=f"card sha256 {shown['card_sha256'][:16]}…")
+    for k, v in shown["card"].items():
+        card.add_row(k, v)
+    console.print(card if shown["card"] else "model card: empty")
+    table = Table("status", "by", "comment", "signed by key", "at")
+    for st in steps:
+        table.add_row(st["status"], st["actor"], st["comment"], st["signed_by"] or "", st["occurred_at"])
+    console.print(table)
+
+
+@models_app.command("retire")
+def models_retire(
+    model: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    by: str = typer.Option(..., help="Who retires it: the name your key is trusted under (role operator)."),
+    comment: str = typer.Option(..., help="Why (kept with the version and in the audit trail)."),
+    key: Optional[Path] = _KEY,
+) -> None:
+    """Retire a version (signed with your operator key): the retraining service drains it
+    from traffic (unless it is the only version serving: promote a replacement first), and
+    it can never be canaried or promoted again; its history stays."""
+    from services.common.registry import get_codec
+    from services.retraining.registry import with_status
+
+    signer = _signer(by, key)
+    reg, _ = _registry()
+    rec = reg.get(model, version)
+    if rec is None:
+        _fail(f"{model} {version} is not registered (argus models list)")
+    if rec["status"] == "retired":
+        _fail(f"{model} {version} is already retired (by {rec['actor']})")
+    codec = get_codec("model-registry")
+    retired = signer.sign_record(codec.name, codec.version, with_status(rec, "retired", by, comment))
+    _publish("model-registry", retired, f"{model}/{version}")
+    console.print(
+        f"retired {model} {version} (was {rec['status']}), signed by {by} (key {signer.key_id}); "
+        "the retraining service drains it from traffic",
         highlight=False,
     )

@@ -57,6 +57,7 @@ DOMAIN = "signed-record/1"
 ARTIFACT_DOMAIN = "model-artifact/1"
 
 # the role a change needs, per topic and state/status
+SERVING_ROLES = {"service", "operator"}  # who may change what the inference service serves
 TRIGGER_ROLES = {"approved": {"approver"}, "rejected": {"approver"}}  # every other state: service
 REGISTRY_ROLES = {
     "candidate": {"pipeline"},
@@ -418,6 +419,11 @@ class GovernanceGate:
             k = self._record("model_version", rec, REGISTRY_ROLES.get(rec["status"], {"service"}), what)
             if not (self.allow_unsigned_artifacts and not rec.get("artifact_signature")):
                 check_artifact(self.trust, rec)
+        elif topic_key == "serving-state":
+            if rec["status"] != "desired":
+                raise ValueError("only desired serving states are signed (the answers are the inference service's)")
+            what = f"serving state of {rec['model']} revision {rec['revision']}"
+            k = self._record("serving_state", rec, SERVING_ROLES, what)
         else:
             raise ValueError(f"{topic_key} carries no governance records")
         return k

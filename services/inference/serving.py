@@ -27,6 +27,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from services.common.dlq import DeadLetterPolicy
+from services.common.governance import Refused
 from services.common.logging import get_logger
 from services.common.metrics import Metrics
 from services.common.statetopic import StateTopicReader
@@ -69,6 +70,7 @@ def state_record(
         "actor": actor,
         "comment": comment[:2000],
         "occurred_at": int(time.time() * 1000),
+        "signature": None,  # a desired state is signed by who asks for it (Signer.sign_record)
     }
 
 
@@ -109,7 +111,9 @@ class ServingStateApplier:
             producer=producer,
             on_caught_up=self.on_caught_up,
             metrics=self.metrics,
+            check=self.check_record,
         )
+        self._answers: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.reader.run(stop)
@@ -181,11 +185,61 @@ class ServingStateApplier:
             raise ValueError(str(exc)) from exc
         return candidate
 
+    def check_signed(self, rec: dict[str, Any]) -> str:
+        """The name of the trusted key (role service or operator) that signed a desired
+        state; :class:`~services.common.governance.Refused` when none did."""
+        from services.common.governance import GovernanceGate, Trust, trust_path
+        from services.common.signing import SignatureError
+
+        try:
+            gate = GovernanceGate(Trust(trust_path(self.current.governance)), check_replays=False)
+        except SignatureError as exc:
+            raise Refused("no_trust", str(exc)) from None
+        return gate.check("serving-state", rec).name
+
+    def check_record(self, key: str, rec: dict[str, Any]) -> None:
+        """The state reader's check: a desired state of this model that no trusted key
+        signed is dead-lettered with the reason (the GovernanceRecordRefused alert fires
+        on it) and answered ``failed``; it never reaches :meth:`on_record`."""
+        from services.common.runtime.decode import InvalidMessage
+
+        if rec["model"] != self.model or rec["status"] != "desired":
+            return
+        try:
+            self.check_signed(rec)
+        except Refused as exc:
+            self.metrics.inc("argus_governance_refused_total", topic=self.topic, reason=exc.kind)
+            self.log.error("serving.refused", revision=rec["revision"], actor=rec["actor"], error=str(exc)[:1000])
+            if self.reader.caught_up.is_set():  # the writer waits for an answer to its revision
+                answer = asyncio.get_running_loop().create_task(
+                    self._publish(
+                        rec["revision"],
+                        "failed",
+                        served_versions(self.current.versions),
+                        f"revision {rec['revision']} not applied: refused: {exc}",
+                        rec.get("trigger_id"),
+                    )
+                )
+                self._answers.add(answer)
+                answer.add_done_callback(self._answers.discard)
+            raise InvalidMessage(f"refused: {exc}", f"Refused.{exc.kind}") from None
+
     async def apply(self, rec: dict[str, Any], note: str = "") -> None:
         revision = rec["revision"]
         try:
+            self.check_signed(rec)  # who asked, before what was asked is even looked at
             wanted = self.desired_settings(rec)
             await asyncio.to_thread(self.deploy, wanted)
+        except Refused as exc:
+            self.log.error("serving.apply_failed", revision=revision, actor=rec["actor"], error=str(exc)[:1000])
+            await self._publish(
+                revision,
+                "failed",
+                served_versions(self.current.versions),
+                f"revision {revision} not applied: refused: {exc}",
+                rec.get("trigger_id"),
+            )
+            return
         except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
             # refused or failed: what is served stays as it was; the writer reads why
             self.log.error("serving.apply_failed", revision=revision, actor=rec["actor"], error=str(exc)[:1000])

@@ -290,6 +290,7 @@ def _serving_state(msg: Message, protect: Protector) -> Row:
         v["trigger_id"],
         v["actor"],
         protect(v["comment"], None, pii) or "",
+        *_signature(v.get("signature")),
         v["occurred_at"],
         *_coords(msg),
     )
@@ -648,6 +649,8 @@ TABLES: dict[str, TableSpec] = {
                 "trigger_id",
                 "actor",
                 "comment",
+                "signed_by",
+                "signature",
                 "occurred_at",
                 *_K,
             ),

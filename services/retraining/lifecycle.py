@@ -5,6 +5,7 @@ evidence into proposals with minimum evidence, cooldown and dedup.
     proposed -> awaiting_approval -> approved -> dispatched -> candidate_registered
              -> validated -> canary -> promoted | rolled_back
                                    \\-> rejected      \\-> validation_failed
+    (validated -> validation_failed too, when an operator retired the candidate first)
 
 Every transition is one ``RetrainingTrigger`` record (``sequence`` +1) on
 ``argus.retraining.triggers``, keyed by trigger id, so the topic is the trigger's
@@ -29,7 +30,7 @@ NEXT: dict[str, set[str]] = {
     "approved": {"dispatched"},
     "dispatched": {"candidate_registered"},
     "candidate_registered": {"validated", "validation_failed"},
-    "validated": {"canary"},
+    "validated": {"canary", "validation_failed"},  # failed: its candidate was retired before the canary
     "canary": {"promoted", "rolled_back"},
 }
 TERMINAL = {"rejected", "validation_failed", "promoted", "rolled_back"}

@@ -1,6 +1,8 @@
 """The model registry as a fold of ``ModelVersion`` records on ``argus.models.registry``:
 the latest record per (model, version) is its state, the topic (and the ClickHouse
-table ``model_registry``) its history. Retired versions stay in it, queryable.
+table ``model_registry``) its history. Retired versions stay in it, queryable, and stay
+retired: a later record of another status for a retired version is not folded in (the
+retraining service refuses and dead-letters it, see ``docs/governance.md``).
 
 Example::
 
@@ -23,22 +25,31 @@ class ModelRegistry:
     def __init__(self) -> None:
         self.versions: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def apply(self, rec: dict[str, Any]) -> None:
+    def apply(self, rec: dict[str, Any]) -> bool:
+        """Fold a record in; ``False`` (and nothing changes) for a record that would bring
+        a retired version back."""
+        if self.retired(rec["model"], rec["version"]) and rec["status"] != "retired":
+            return False
         self.versions[(rec["model"], rec["version"])] = dict(rec)
+        return True
+
+    def retired(self, model: str, version: str) -> bool:
+        rec = self.versions.get((model, version))
+        return rec is not None and rec["status"] == "retired"
 
     def get(self, model: str, version: str) -> dict[str, Any] | None:
         return self.versions.get((model, version))
 
     def active(self, model: str) -> dict[str, Any] | None:
         live = [r for (m, _), r in self.versions.items() if m == model and r["status"] == "active"]
-        return max(live, key=lambda r: _ms(r["occurred_at"])) if live else None
+        return max(live, key=lambda r: epoch_ms(r["occurred_at"])) if live else None
 
     def candidate_for(self, trigger_id: str) -> dict[str, Any] | None:
         hits = [r for r in self.versions.values() if r.get("trigger_id") == trigger_id and r["status"] == "candidate"]
-        return max(hits, key=lambda r: _ms(r["occurred_at"])) if hits else None
+        return max(hits, key=lambda r: epoch_ms(r["occurred_at"])) if hits else None
 
 
-def _ms(v: Any) -> float:
+def epoch_ms(v: Any) -> float:
     return v.timestamp() * 1000 if hasattr(v, "timestamp") else float(v)
 
 

@@ -29,7 +29,7 @@ class ServingRollout:
     service's state reader does it); ``canary``/``promote``/``rollback`` publish and wait.
     """
 
-    def __init__(self, kafka: Any, producer: Any, actor: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, kafka: Any, producer: Any, actor: str, timeout_s: float = 300.0, signer: Any = None) -> None:
         from services.common.registry import get_codec
 
         self.topic = kafka.topic(TOPIC)
@@ -37,6 +37,7 @@ class ServingRollout:
         self.producer = producer
         self.actor = actor
         self.timeout_s = timeout_s
+        self.signer = signer  # governance.Signer: the inference service applies only signed desired states
         self.revisions: dict[str, int] = {}  # model -> highest revision seen
         self.live: dict[str, list[dict[str, Any]]] = {}  # model -> versions the inference service last applied
         self._waiting: dict[tuple[str, int], asyncio.Future] = {}
@@ -74,7 +75,12 @@ class ServingRollout:
             "actor": self.actor,
             "comment": comment,
             "occurred_at": int(time.time() * 1000),
+            "signature": None,
         }
+        if self.signer is not None:  # signed as the topic will carry it (every field of the contract)
+            rec = self.signer.sign_record(
+                self.codec.name, self.codec.version, self.codec.decode_plain(self.codec.encode(rec))
+            )
         try:
             await self.producer.send_and_wait(self.topic, self.codec.encode(rec), key=model.encode())
             try:
@@ -129,12 +135,17 @@ class ServingRollout:
         await self.apply(model, keep, f"promote {version}; drain {', '.join(drained) or 'none'}", trigger_id)
         return drained
 
-    async def rollback(self, model: str, version: str, trigger_id: str | None = None) -> None:
+    async def rollback(
+        self, model: str, version: str, trigger_id: str | None = None, comment: str | None = None
+    ) -> None:
+        """Drain ``version``; the other live versions share its weight in proportion."""
         rest = [v for v in self.serving(model) if v["version"] != version]
+        if not self._live(rest):
+            raise RolloutFailed(f"draining {version} of {model} would leave no version taking traffic")
         total = sum(v["weight"] for v in self._live(rest)) or 1.0
         await self.apply(
             model,
             [v if v.get("shadow") else v | {"weight": v["weight"] / total * 100.0} for v in rest],
-            f"roll back {version}",
+            comment or f"roll back {version}",
             trigger_id,
         )

@@ -21,6 +21,7 @@ so nothing is dispatched twice (the transition is the record) and nothing is for
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -30,7 +31,14 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from services.common.audit import AuditChain
+from services.common.audit import (
+    SUBMITTED,
+    AuditChain,
+    check_submission,
+    trust_changes,
+    trust_state,
+    witness_detail,
+)
 from services.common.clickhouse import get_client
 from services.common.codec import SerializationError, to_json
 from services.common.dlq import DeadLetterPolicy, Message, producer_sender
@@ -83,6 +91,38 @@ def dataset_spec(client: Any, db: str, model: str, version: str, window_s: float
     }
 
 
+def retired_to_drain(
+    registry: ModelRegistry, live: dict[str, list[dict[str, Any]]], canaries: set[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
+    """Which retired versions to drain now from the applied serving states ``live``, and
+    which cannot be (the only versions taking live traffic, or all of them retired). A
+    canary of an open trigger is left to its trigger (a rollback)."""
+    drain: list[tuple[str, str]] = []
+    blocked: set[tuple[str, str]] = set()
+    for model, versions in live.items():
+        keep = [
+            v for v in versions if v["weight"] > 0 and not v.get("shadow") and not registry.retired(model, v["version"])
+        ]
+        for v in versions:
+            key = (model, v["version"])
+            if not registry.retired(*key) or key in canaries:
+                continue
+            if v["weight"] > 0 and not v.get("shadow"):
+                drainable = bool(keep)  # its share goes to the versions that stay
+            else:  # a shadow (or a zero weight) takes no live traffic: removing it moves none
+                drainable = any(x["weight"] > 0 and not x.get("shadow") for x in versions)
+            if drainable:
+                drain.append(key)
+            else:
+                blocked.add(key)
+    return drain, blocked
+
+
+def _retired(rec: dict[str, Any]) -> str:
+    why = f": {rec['comment']}" if rec.get("comment") else ""
+    return f"{rec.get('model')}/{rec.get('version')} retired by {rec.get('actor')}{why}"
+
+
 async def _nothing_to_finish(revoked: list[Any]) -> None:
     """Evidence is handled and committed chunk by chunk: nothing is held at a rebalance."""
 
@@ -108,6 +148,7 @@ class RetrainingService:
         # the audit trail: this service's hash chain on argus.audit (docs/governance.md)
         self.audit = AuditChain(self.signer, self._send_audit, settings.audit_checkpoint_s)
         self.audited: set[str] = set()  # event ids of the records (or refusals) already in the trail
+        self.trust_recorded: dict[str, dict[str, str]] = {}  # the trust file as the trail last recorded it
         # (topic key, record, refusal kind or None, reason): found while rebuilding, or refused in the sync check
         self.to_audit: list[tuple[str, dict[str, Any], str | None, str]] = []
         self.snapshot_seq: dict[str, int] = {}  # trigger -> latest sequence on the state topic
@@ -118,11 +159,13 @@ class RetrainingService:
         self.metric_due: dict[str, float] = {}
         self.producer = make_producer(self.k)
         self.rollout = (
-            ServingRollout(self.k, self.producer, settings.actor, settings.rollout_timeout_s)
+            ServingRollout(self.k, self.producer, settings.actor, settings.rollout_timeout_s, signer=self.signer)
             if settings.rollout_enabled
             else None
         )
         self.failed_rollout: dict[str, float] = {}  # trigger -> when its last traffic change failed
+        self.failed_drain: dict[tuple[str, str], float] = {}  # retired (model, version) -> last failed drain
+        self.drain_blocked: set[tuple[str, str]] = set()  # retired, but the only version serving
         self._advancing: set[asyncio.Task] = set()
         self._failure: BaseException | None = None
         self.caught_up = False
@@ -206,6 +249,20 @@ class RetrainingService:
             self.audited.discard(record_id)
             raise
 
+    async def witness(self, sub: dict[str, Any]) -> None:
+        """A person's signed submission (an erasure, a silence), copied into this chain
+        once, naming it and its hash (services/common/audit.py)."""
+        detail = witness_detail(sub)
+        if detail["record"] in self.audited:
+            return
+        self.audited.add(detail["record"])
+        try:
+            await self.audit.append(sub["action"], sub["subject"], sub["actor"], detail)
+        except BaseException:
+            self.audited.discard(detail["record"])
+            raise
+        self.log.info("retraining.submission_witnessed", action=sub["action"], by=sub["actor"], subject=sub["subject"])
+
     async def audit_refusal(self, key: str, rec: dict[str, Any], kind: str, reason: str) -> None:
         marker = f"refused:{key}:{rec.get('event_id')}"
         if marker in self.audited:
@@ -232,6 +289,8 @@ class RetrainingService:
             key, rec, refused, reason = self.to_audit.pop(0)
             if refused is not None:
                 await self.audit_refusal(key, rec, refused, reason)
+            elif key == "audit":
+                await self.witness(rec)
             else:
                 await self.audit_record(key, rec)
 
@@ -260,7 +319,26 @@ class RetrainingService:
             await consumer.stop()
         self.audit.resume(events)
         self.audited |= {e["detail"].get("record", "") for e in events}
+        self.trust_recorded = trust_state(events)
         self.log.info("retraining.audit_resumed", events=len(events), head=self.audit.seq)
+
+    async def audit_trust(self) -> None:
+        """Every change of the trust file (a key trusted, its roles changed, revoked,
+        reinstated, removed), as this service sees the file: one audit event each, with
+        the file's digest. The first start records the keys trusted then."""
+        keys = self.gate.trust.keys()  # re-read when the file changed
+        changes = trust_changes(self.trust_recorded, keys)
+        if not changes:
+            return
+        path = self.gate.trust.path
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.exists() else ""
+        for action, kid, detail in changes:
+            await self.audit.append(action, kid, "trust-file", detail | {"trust_file_sha256": digest})
+            if action == "key.removed":
+                self.trust_recorded.pop(kid, None)
+            else:
+                self.trust_recorded[kid] = {k: detail[k] for k in ("name", "roles", "revoked_at")}
+            self.log.info("retraining.trust_changed", action=action, key_id=kid, name=detail["name"])
 
     async def snapshot(self, rec: dict[str, Any]) -> None:
         """The trigger's latest signed record on the compacted state topic (after the
@@ -372,6 +450,9 @@ class RetrainingService:
             await self.validate(t)
         elif t.state == "validated":
             cand = self.registry.get(t.model, t.candidate_version or "")
+            if cand is not None and cand["status"] == "retired":
+                await self.emit(self.book.next_record(t.trigger_id, "validation_failed", actor, _retired(cand)))
+                return
             if cand is None or not await self._traffic(
                 t,
                 "canary",
@@ -393,10 +474,13 @@ class RetrainingService:
             cand = self.registry.get(t.model, t.candidate_version or "")
             if cand is None:
                 return
+            if cand["status"] == "retired":  # an operator retired the canary: it leaves traffic now
+                self.rollback_reasons.setdefault(t.trigger_id, _retired(cand))
             if t.trigger_id in self.rollback_reasons:
                 if not await self._traffic(t, "rollback", cand["version"]):
                     return
-                await self.emit_version(with_status(cand, "rejected", actor, self.rollback_reasons[t.trigger_id]))
+                if cand["status"] != "retired":
+                    await self.emit_version(with_status(cand, "rejected", actor, self.rollback_reasons[t.trigger_id]))
                 await self.emit(
                     self.book.next_record(t.trigger_id, "rolled_back", actor, self.rollback_reasons.pop(t.trigger_id))
                 )
@@ -481,6 +565,11 @@ class RetrainingService:
         cand = self.registry.get(t.model, t.candidate_version or "")
         if cand is None:
             return
+        if cand["status"] == "retired":
+            await self.emit(
+                self.book.next_record(t.trigger_id, "validation_failed", self.settings.actor, _retired(cand))
+            )
+            return
         client = await asyncio.to_thread(self._clickhouse)
         try:
             examples = await asyncio.to_thread(
@@ -507,8 +596,28 @@ class RetrainingService:
         rules fire on it) and never folded in."""
         if key == "serving-state":
             return
+        if key == "audit":  # a person's submission is witnessed only when its signature holds
+            bad = check_submission(rec, self.gate.trust) if int(rec["chain_seq"]) == SUBMITTED else None
+            if bad is not None:
+                kind, why = bad
+                self.metrics.inc("argus_governance_refused_total", topic=self.k.topic(key), reason=kind)
+                self.log.error("retraining.submission_refused", reason=kind, error=why, writer=rec.get("writer"))
+                self.to_audit.append((key, rec, kind, why))
+                raise InvalidMessage(f"refused: {why}", f"Refused.{kind}")
+            return
         try:
             signer = self.gate.check(key, rec)
+            if (
+                key == "model-registry"
+                and rec["status"] != "retired"
+                and self.registry.retired(rec["model"], rec["version"])
+            ):
+                gone = self.registry.get(rec["model"], rec["version"]) or {}
+                raise Refused(
+                    "retired",
+                    f"{rec['model']}/{rec['version']} was retired by {gone.get('actor')}: a retired version cannot "
+                    f"become {rec['status']} again (register a new version)",
+                )
         except Refused as exc:
             self.metrics.inc("argus_governance_refused_total", topic=self.k.topic(key), reason=exc.kind)
             self.log.error("retraining.record_refused", topic=self.k.topic(key), reason=exc.kind, error=str(exc))
@@ -518,6 +627,11 @@ class RetrainingService:
 
     async def on_state_record(self, key: str, rec: dict[str, Any]) -> None:
         await self.flush_audit()
+        if key == "audit":
+            if int(rec["chain_seq"]) == SUBMITTED:
+                self.to_audit.append((key, rec, None, ""))  # witnessed once caught up
+                await self.flush_audit()
+            return
         if key == "model-registry":
             self.registry.apply(rec)
             self.to_audit.append((key, rec, None, ""))  # a pipeline's registration, an operator's change
@@ -632,7 +746,7 @@ class RetrainingService:
 
         reader = StateTopicReader(
             self.k,
-            ["retraining-state", "retraining-triggers", "model-registry", "serving-state"],
+            ["retraining-state", "retraining-triggers", "model-registry", "serving-state", "audit"],
             on_record,
             dlq=self.dlq,
             producer=self.producer,
@@ -700,6 +814,7 @@ class RetrainingService:
             if not self.caught_up:
                 continue
             await self.flush_audit()
+            await self.audit_trust()
             await self.audit.checkpoint_if_due()
             now = time.time()
             for p in self.policies.due_schedules(now):
@@ -719,6 +834,44 @@ class RetrainingService:
                     t.state == "approved" and now - self.failed_dispatch.get(tid, 0) > 30
                 ):
                     await self.advance(tid)
+            await self.drain_retired(now)
+
+    async def drain_retired(self, now: float) -> None:
+        """A retired version receives no traffic: drain it from every model's serving state
+        (the others keep their shares). A canary of an open trigger is rolled back by its
+        trigger instead; the only version taking live traffic is not drained (the model
+        would answer nothing): that is logged, counted and left to an operator."""
+        if self.rollout is None:
+            return
+        canaries = {(t.model, t.candidate_version or "") for t in self.book.triggers.values() if t.state == "canary"}
+        drain, blocked = retired_to_drain(self.registry, self.rollout.live, canaries)
+        for key in blocked - self.drain_blocked:
+            self.metrics.inc("argus_retraining_retired_still_serving_total", model=key[0])
+            self.log.error(
+                "retraining.retired_still_serving",
+                model=key[0],
+                version=key[1],
+                detail="it is the only version taking traffic: promote a replacement to drain it",
+            )
+        self.drain_blocked = blocked
+        for model, version in drain:
+            if now - self.failed_drain.get((model, version), 0.0) < self.settings.rollout_retry_s:
+                continue
+            rec = self.registry.get(model, version) or {}
+            try:
+                await self.rollout.rollback(model, version, comment=f"drain {version}: {_retired(rec)}")
+            except RolloutFailed as exc:  # tried again after rollout_retry_s
+                self.failed_drain[(model, version)] = now
+                self.log.error("retraining.drain_failed", model=model, version=version, error=str(exc)[:1000])
+                continue
+            self.failed_drain.pop((model, version), None)
+            self.log.info("retraining.retired_drained", model=model, version=version, by=rec.get("actor"))
+            await self.audit.append(
+                "serving.drained",
+                f"{model}/{version}",
+                self.settings.actor,
+                {"reason": _retired(rec), "retired_record": str(rec.get("event_id"))},
+            )
 
     def _metric(self, query: str) -> float | None:
         client = self._clickhouse()

@@ -205,6 +205,9 @@ async def wait_ready(port: int, timeout_s: float = 90) -> None:
 
 
 async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    # the people who silence sign it into the audit trail with their governance keys
+    await cli(kafka_settings, "identity", "init", "--name", "alice", "--role", "operator", "--if-missing")
+    await cli(kafka_settings, "identity", "init", "--name", "bob", "--role", "approver", "--if-missing")
     receiver = Receiver()
     await receiver.start()
     config = write_config(tmp_path / "alerting.yaml", receiver.port)
@@ -239,7 +242,7 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         await asyncio.sleep(4)  # more than group_interval: time for a duplicate or an un-inhibited m1 to show up
         assert len(receiver.groups("HighErrorRate")) == 1, receiver.groups("HighErrorRate")
         assert [g["groupLabels"]["model"] for g in receiver.groups("DriftDetected")] == ["m2"]
-        # a silence (published as the CLI does) suppresses a new breach on m3
+        # a silence (published as the CLI does, signed into the audit trail by alice) suppresses a new breach on m3
         out = await cli(
             kafka_settings,
             "alerts",

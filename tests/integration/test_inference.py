@@ -293,8 +293,9 @@ async def test_unsigned_or_forged_artifacts_are_refused_and_the_served_version_k
 ) -> None:
     """Production mode (unsigned models not allowed): v1 is the packaged model signed by a
     trusted pipeline key and serves. Serving states asking for a v2 that is unsigned,
-    signed by a key the trust file does not know, or signed for other bytes are each
-    answered `failed` with the reason; v1 keeps all the traffic."""
+    signed by a key the trust file does not know, or signed for other bytes, and states
+    that no key with the service or operator role signed, are each answered `failed`
+    with the reason; v1 keeps all the traffic."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from services.common.governance import Signer, card_digest, ensure_identity
@@ -341,18 +342,24 @@ async def test_unsigned_or_forged_artifacts_are_refused_and_the_served_version_k
         codec = get_codec("serving-state")
         live = {"version": "v1", "weight": 90.0, "shadow": False, **v1}
         stranger = Signer("serving-test-pipeline", Ed25519PrivateKey.generate())
-        asks = [
-            ("not signed", {"version": "v2", "artifact_uri": str(gguf), "sha256": digest}),
-            ("not in the trust file", signed("v2", stranger)),
-            ("does not match the record", signed("v2", ci, "0" * 64)),
+        service = Signer("argus-retraining", load_key(governance / "keys" / "argus-retraining.pem"))
+        asks = [  # (why, v2, who signs the desired state)
+            ("not signed", {"version": "v2", "artifact_uri": str(gguf), "sha256": digest}, service),
+            ("not in the trust file", signed("v2", stranger), service),
+            ("does not match the record", signed("v2", ci, "0" * 64), service),
+            # a validly signed v2, but the state itself is not signed by the service or an operator
+            ("serving state of smollm2-135m-instruct revision 4 is not signed", signed("v2", ci), None),
+            ("needs a key with the operator/service role", signed("v2", ci), ci),
         ]
-        for revision, (_, v2) in enumerate(asks, start=1):
+        for revision, (_, v2, signer) in enumerate(asks, start=1):
             rec = state_record(model, revision, "desired", [live, {"weight": 10.0, "shadow": False} | v2], "t", "")
+            rec = codec.decode_plain(codec.encode(rec))
+            rec = signer.sign_record(codec.name, codec.version, rec) if signer else rec
             await producer.send_and_wait(kafka_settings.topic("serving-state"), codec.encode(rec), key=model.encode())
         states = await read_topic(kafka_settings, "serving-state", 1 + 2 * len(asks))
         failed = [r for r in states if r["status"] == "failed"]
         assert len(failed) == len(asks), [(r["revision"], r["status"], r["comment"][:200]) for r in states]
-        for (why, _), rec in zip(asks, sorted(failed, key=lambda r: r["revision"])):
+        for (why, _, _), rec in zip(asks, sorted(failed, key=lambda r: r["revision"])):
             assert why in rec["comment"] and [v["version"] for v in rec["versions"]] == ["v1"], rec["comment"]
         router = serve_handle(s.app_name)
         assert (await router.routing.remote())["weights"] == {"v1": 100.0}

@@ -15,11 +15,14 @@ import time
 import uuid
 from pathlib import Path
 
+from services.common.audit import check_submission
 from services.common.clickhouse import get_client
 from services.common.erasure import texts
+from services.common.governance import Trust, ensure_identity
 from services.common.signing import create_key, load_key, public_key_b64
 from services.common.subject_keys import SEALED
 from tests.conftest import REPO
+from tests.integration.helpers import read_topic
 from tests.integration.test_ingest import NOW, as_user, count, ingest_settings, produce, response, run_ingest
 
 # Names and postal addresses: no detector finds them (docs/privacy.md); erasure must.
@@ -67,7 +70,7 @@ def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subject(
-    kafka_settings, clickhouse_settings, clickhouse_users, tmp_path: Path
+    kafka_settings, clickhouse_settings, clickhouse_users, governance: Path, tmp_path: Path
 ) -> None:
     target = ("acme", "alice")
     others = [("globex", "alice"), ("acme", "bob"), ("acme", None)]
@@ -138,6 +141,7 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
 
     env = {
         **os.environ,
+        **kafka_settings.as_env("ARGUS_CLI_"),  # the erasure goes into the audit trail
         "ARGUS_CLI_CLICKHOUSE__DSN": clickhouse_settings.dsn.get_secret_value(),
         "ARGUS_CLI_PRIVACY_SIGNING_KEY": str(tmp_path / "operator.pem"),
     }
@@ -159,7 +163,11 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
     assert all(r["metadata"]["address"].startswith(SECRET) for r in by_table["inference_requests"])
 
     receipt = tmp_path / "receipt.json"
-    erased = _cli(env, "erase", "--tenant", "acme", "--user", "alice", "--by", "dpo@acme", "--receipt", str(receipt))
+    refused = _cli(env, "erase", "--tenant", "acme", "--user", "alice", "--by", "dpo@acme", "--as", "nobody")
+    assert refused.returncode == 1 and "cannot sign as nobody" in refused.stderr  # no key: nothing is erased
+    ensure_identity(governance, "privacy.operator", ["operator"])
+    args = ("--tenant", "acme", "--user", "alice", "--by", "dpo@acme", "--as", "privacy.operator")
+    erased = _cli(env, "erase", *args, "--receipt", str(receipt))
     assert erased.returncode == 0, erased.stderr
     doc = json.loads(receipt.read_text())
     p = doc["payload"]
@@ -168,6 +176,14 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
     assert p["kafka"]["raw_copies_expire_by"] and "alice" not in receipt.read_text()
     print(f"erasure: unreadable {p['unreadable_after_ms']} ms after the command")
     assert p["unreadable_after_ms"] < 5000
+    # the erasure is in the audit trail, signed by the operator: the receipt's digest, never the user
+    (sub,) = [e for e in await read_topic(kafka_settings, "audit") if e["action"] == "privacy.erased"]
+    assert sub["writer"] == "privacy.operator" and sub["subject"] == sid and sub["chain_seq"] == 0
+    assert sub["detail"]["receipt_id"] == p["receipt_id"] and sub["detail"]["rows_deleted"] == str(
+        sum(t["rows_deleted"] for t in p["tables"].values())
+    )
+    assert check_submission(sub, Trust(governance / "trust.yaml")) is None
+    assert "alice" not in json.dumps(sub)
 
     after = _dump(client, db)
     assert SECRET not in after and "acme-alice" not in after

@@ -50,6 +50,7 @@ from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.retraining.config import load_config
 from services.retraining.lifecycle import record
+from services.retraining.registry import with_status
 from services.retraining.service import RetrainingService
 from services.retraining.settings import RetrainingSettings
 from services.sdk.loadgen import LoadProfile, make_prompt
@@ -230,6 +231,53 @@ async def forge_and_expect_refusals(
         )
 
     await until(alerted, 90, "the GovernanceRecordRefused alert at the subscriber")
+
+
+async def retire_v1(k: KafkaSettings, ch: Any, db: str, service: RetrainingService, keys: Path) -> None:
+    """An operator retires v1 (deprecated since v2's promotion): `argus models show` has
+    its card, its verified artifact signature and its history; a signed record that would
+    make it active again is refused; retiring it twice is an error."""
+    await cli(k, "models", "retire", MODEL, "v1", "--by", "ops", "--comment", "superseded; licence review")
+    await until(lambda: service.registry.retired(MODEL, "v1"), 60, "v1 retired")
+    shown = json.loads(await cli(k, "models", "show", MODEL, "v1", "--json"))
+    assert shown["status"] == "retired" and shown["card"] == {"owner": "ml-platform"}, shown
+    assert shown["artifact_signature"]["check"].startswith("verified: signed by ops"), shown
+    assert [h["status"] for h in shown["history"]] == ["active", "deprecated", "retired"], shown
+    assert shown["history"][-1]["comment"] == "superseded; licence review"
+    text = await cli(k, "models", "show", MODEL, "v1")
+    assert "owner" in text and "ml-platform" in text and "verified" in text
+
+    codec = get_codec("model-registry")
+    ops = Signer("ops", load_key(keys / "ops.pem"))
+    back = ops.sign_record(codec.name, codec.version, with_status(service.registry.get(MODEL, "v1"), "active", "ops"))
+    producer = make_producer(k)
+    await producer.start()
+    try:
+        await producer.send_and_wait(k.topic("model-registry"), codec.encode(back), key=f"{MODEL}/v1".encode())
+    finally:
+        await producer.stop()
+
+    def refused() -> list[tuple]:
+        return ch.query(
+            f"SELECT error_type, reason FROM {db}.dead_letters FINAL WHERE original_topic = {{t:String}} "
+            "AND service = 'retraining'",
+            parameters={"t": k.topic("model-registry")},
+        ).result_rows
+
+    rows = await until(refused, 60, "the re-activation of a retired version refused")
+    assert rows[0][0] == "Refused.retired" and "cannot become active" in rows[0][1], rows
+    assert service.registry.get(MODEL, "v1")["status"] == "retired"
+    await until(
+        lambda: (
+            ch.query(
+                f"SELECT count() FROM {db}.audit_log WHERE action = 'governance.refused' AND detail['kind'] = 'retired'"
+            ).result_rows[0][0]
+            == 1
+        ),
+        60,
+        "the refusal in the audit trail",
+    )
+    await cli(k, "models", "retire", MODEL, "v1", "--by", "ops", "--comment", "again", expect_rc=1)  # already retired
 
 
 async def test_drift_to_promotion_and_canary_alert_to_rollback(
@@ -612,6 +660,8 @@ async def test_drift_to_promotion_and_canary_alert_to_rollback(
         assert rows[2][2] == [("v1", 90.0), ("v2", 10.0)] and rows[2][3] == t.trigger_id  # canary
         assert rows[4][2] == [("v2", 100.0)]  # promotion
         assert rows[8][2] == [("v2", 100.0)] and rows[8][3] == second[0].trigger_id  # rollback of v3
+
+        await retire_v1(k, ch, db, service, governance / "keys")
     finally:
         stop.set()
         for task in tasks:

@@ -27,7 +27,7 @@ from services.common.governance import Signer, ensure_identity
 from services.common.kafka import client_kwargs, make_producer
 from services.common.registry import get_codec
 from services.common.settings import ClickHouseSettings, KafkaSettings
-from services.common.signing import load_key
+from services.common.signing import key_id, load_key
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.retraining.config import load_config
@@ -93,7 +93,7 @@ async def test_open_triggers_survive_the_deletion_of_the_triggers_history_and_th
     ingesting = asyncio.create_task(ingest.run(stop_ingest, health=False), name="ingest")
     try:
         await lifecycle_survives(k, governance)
-        await trail_is_intact_and_tampering_is_found(k, db, admin, clickhouse_settings)
+        await trail_is_intact_and_tampering_is_found(k, db, admin, clickhouse_settings, governance)
     finally:
         stop_ingest.set()
         await asyncio.gather(ingesting, return_exceptions=True)
@@ -162,16 +162,56 @@ async def lifecycle_survives(k: KafkaSettings, governance: Path) -> None:
         await cli(k, "retrain", "approve", waiting[:8], "--by", "state.approver")
         await until(lambda: service.book.triggers[waiting].state == "dispatched", 60, "the approved trigger", task)
         assert service.book.triggers[waiting].sequence == 4
+        # a key trusted and then revoked in the trust file: both changes are in the trail
+        leaver = ensure_identity(governance, "state.leaver", ["approver"])
+        await until(lambda: leaver in service.trust_recorded, 30, "the new key recorded", task)
+        await cli(k, "identity", "revoke", leaver)
+        await until(lambda: service.trust_recorded[leaver]["revoked_at"], 30, "the revocation recorded", task)
+        # a person's silence is submitted, signed, to the trail; the service witnesses it into its chain
+        await cli(
+            k,
+            "alerts",
+            "silence",
+            "-m",
+            'model="m"',
+            "--duration",
+            "1h",
+            "--author",
+            "state.approver",
+            "--comment",
+            "maintenance",
+        )
+        await until(lambda: any(a.startswith("submitted:") for a in service.audited), 60, "the silence witnessed", task)
+        # a submission signed by a revoked key is refused (dead-lettered, and audited as a refusal)
+        ensure_identity(governance, "state.leaver", ["approver"])  # the key file is still there
+        await cli(
+            k,
+            "alerts",
+            "silence",
+            "-m",
+            'model="m"',
+            "--duration",
+            "1h",
+            "--author",
+            "state.leaver",
+            "--comment",
+            "after leaving",
+        )
+        await until(
+            lambda: any(a.startswith("refused:audit:") for a in service.audited), 60, "the revoked key refused", task
+        )
     finally:
         await stop(task)
 
 
-async def trail_is_intact_and_tampering_is_found(k: KafkaSettings, db: str, admin, ch: ClickHouseSettings) -> None:  # noqa: ANN001
+async def trail_is_intact_and_tampering_is_found(  # noqa: ANN001
+    k: KafkaSettings, db: str, admin, ch: ClickHouseSettings, governance: Path
+) -> None:
     env = {"ARGUS_CLI_CLICKHOUSE__DSN": ch.dsn.get_secret_value()}
 
     def trail() -> list[tuple]:
         return admin.query(
-            f"SELECT chain_seq, action, actor, subject FROM {db}.audit_log ORDER BY chain_seq"
+            f"SELECT chain_seq, action, actor, subject, writer FROM {db}.audit_log ORDER BY chain_seq"
         ).result_rows
 
     # both triggers' every step, the approvals by the person who signed them, and a checkpoint
@@ -183,13 +223,26 @@ async def trail_is_intact_and_tampering_is_found(k: KafkaSettings, db: str, admi
     assert steps.count(("trigger.awaiting_approval", "argus-retraining")) == 2
     assert steps.count(("trigger.approved", "state.approver")) == 2
     assert steps.count(("trigger.dispatched", "argus-retraining")) == 2
-    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    keys = {(r[1], r[3]) for r in rows if r[1].startswith("key.")}
+    approver = load_key(governance / "keys" / "state.approver.pem").public_key()
+    assert ("key.trusted", key_id(approver)) in keys, keys  # the keys trusted at the first start
+    leaver = key_id(load_key(governance / "keys" / "state.leaver.pem").public_key())
+    assert {("key.trusted", leaver), ("key.revoked", leaver)} <= keys, keys
+    chained = [r for r in rows if r[4] == "argus-retraining"]
+    assert [r[0] for r in chained] == list(range(1, len(chained) + 1))
+    # the people's submissions (seq 0): the silence, witnessed; the revoked key's, refused
+    assert sorted((r[4], r[1]) for r in rows if r[0] == 0) == [
+        ("state.approver", "alert.silenced"),
+        ("state.leaver", "alert.silenced"),
+    ]
+    assert ("alert.silenced", "state.approver") in steps
+    assert ("governance.refused", "state.leaver") in steps
     out = await cli(k, "audit", "verify", "--lag-s", "0", env=env)
     assert "clickhouse" in out and "kafka" in out and "intact" in out, out
     log = await cli(k, "audit", "log", env=env)
     assert "trigger.approved" in log and "state.approver" in log
 
-    n = len(rows)
+    n = len(chained)
     admin.command(f"CREATE TABLE {db}.audit_backup AS {db}.audit_log")
     admin.command(f"INSERT INTO {db}.audit_backup SELECT * FROM {db}.audit_log")
     cols = (
@@ -217,6 +270,12 @@ async def trail_is_intact_and_tampering_is_found(k: KafkaSettings, db: str, admi
             ],
         ),
         ("truncated", n - 1, [f"ALTER TABLE {db}.audit_log DELETE WHERE chain_seq >= {n - 1}"]),
+        # a person's witnessed submission deleted: the witness names it
+        (
+            "missing",
+            0,
+            [f"ALTER TABLE {db}.audit_log DELETE WHERE chain_seq = 0 AND writer = 'state.approver'"],
+        ),
     ]
     for kind, seq, statements in tampering:
         for sql in statements:

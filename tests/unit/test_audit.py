@@ -112,3 +112,80 @@ def test_a_checkpoint_racing_appends_still_names_the_chain_before_it(tmp_path) -
 
     asyncio.run(run())
     assert verify(written, Trust(trust_file)) == []
+
+
+def test_trust_file_changes_become_events_once(tmp_path) -> None:  # noqa: ANN001
+    from services.common.audit import trust_changes, trust_state
+    from services.common.governance import revoke_trusted
+
+    trust_file = tmp_path / "trust.yaml"
+    writer = Signer("argus-retraining", Ed25519PrivateKey.generate())
+    jane, ci = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    add_trusted(trust_file, "argus-retraining", writer.key.public_key(), ["service"])
+    add_trusted(trust_file, "jane", jane.public_key(), ["approver"])
+    written: list[dict] = []
+
+    async def send(ev: dict) -> None:
+        written.append(ev)
+
+    chain = AuditChain(writer, send)
+
+    async def record(trust: Trust) -> list[tuple[str, str]]:
+        # what the retraining service does each tick: the trail's view, diffed with the file
+        changes = trust_changes(trust_state(written), trust.keys())
+        for action, kid, detail in changes:
+            await chain.append(action, kid, "trust-file", detail)
+        return [(a, d["name"]) for a, _, d in changes]
+
+    trust = Trust(trust_file)
+    first = asyncio.run(record(trust))
+    assert sorted(first) == [("key.trusted", "argus-retraining"), ("key.trusted", "jane")]
+    assert asyncio.run(record(trust)) == []  # a restart finds them in its chain: nothing again
+    add_trusted(trust_file, "jane", jane.public_key(), ["approver", "operator"])
+    add_trusted(trust_file, "ci", ci.public_key(), ["pipeline"])
+    jane_id = next(k.key_id for k in trust.keys() if k.name == "jane")
+    revoke_trusted(trust_file, jane_id)
+    changed = asyncio.run(record(Trust(trust_file)))
+    assert sorted(changed) == [("key.revoked", "jane"), ("key.roles_changed", "jane"), ("key.trusted", "ci")]
+    roles = next(e for e in written if e["action"] == "key.roles_changed")["detail"]
+    assert roles["roles"] == "approver,operator" and roles["previous_roles"] == "approver"
+    assert verify(written, Trust(trust_file)) == []
+
+
+def test_a_persons_submission_is_witnessed_and_its_deletion_or_edit_is_found(chain, tmp_path) -> None:  # noqa: ANN001
+    from services.common.audit import SUBMITTED, submission, witness_detail
+
+    written, trust, writer = chain
+    op = Signer("olga", Ed25519PrivateKey.generate())
+    nobody = Signer("mallory", Ed25519PrivateKey.generate())
+    add_trusted(trust.path, "olga", op.key.public_key(), ["operator"])
+    add_trusted(trust.path, "mallory", nobody.key.public_key(), ["pipeline"])
+    codec = get_codec("audit")
+    sub = codec.decode_plain(
+        codec.encode(submission(op, "privacy.erased", "subj-1", {"tenant": "acme", "receipt_id": "r1"}, now=100.0))
+    )
+    assert sub["chain_seq"] == SUBMITTED and sub["writer"] == "olga"
+    late = 200_000  # ms: the submission is old enough to have been witnessed
+    assert kinds(verify([*written, sub], Trust(trust.path), witness_by_ms=late)) == [(0, "unwitnessed")]
+    assert verify([*written, sub], Trust(trust.path), witness_by_ms=50_000) == []  # not yet due
+
+    c = AuditChain(writer, lambda ev: _append(written, ev))
+    c.resume(written)
+    asyncio.run(c.append(sub["action"], sub["subject"], sub["actor"], witness_detail(sub)))
+    trail = [*written, sub]
+    assert verify(trail, Trust(trust.path), witness_by_ms=late) == []
+    # deleted: the witness names it
+    assert kinds(verify(written, Trust(trust.path), witness_by_ms=late)) == [(0, "missing")]
+    # edited after the fact (its subject): its own hash, and the witnessed one, no longer match
+    edited = dict(sub, subject="subj-2")
+    assert "edited" in {p.kind for p in verify([*written, edited], Trust(trust.path), witness_by_ms=late)}
+    # from a key without the role, or for an action people do not submit
+    with pytest.raises(ValueError, match="not an action a person submits"):
+        submission(op, "model.active", "m/v1", {})
+    wrong = submission(nobody, "privacy.erased", "subj-3", {}, now=150.0)
+    problems = verify([*trail, wrong], Trust(trust.path), witness_by_ms=late)
+    assert [(p.writer, p.kind) for p in problems] == [("mallory", "untrusted_writer")]
+
+
+async def _append(written: list, ev: dict) -> None:
+    written.append(ev)

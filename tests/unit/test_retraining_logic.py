@@ -11,6 +11,7 @@ from services.alerting.config import ConfigError
 from services.retraining.config import load_config
 from services.retraining.lifecycle import PolicyEngine, TransitionError, TriggerBook, record
 from services.retraining.registry import ModelRegistry, version_record, with_status
+from services.retraining.service import retired_to_drain
 from services.retraining.settings import DEFAULT_CONFIG
 
 
@@ -131,6 +132,40 @@ def test_registry_fold() -> None:
     assert reg.active("m")["version"] == "v2" and reg.candidate_for("t1") is None
     with pytest.raises(ValueError, match="64 hex"):
         version_record("m", "v3", "candidate", "/c", "xyz", actor="ci")
+
+
+def test_a_retired_version_stays_retired() -> None:
+    reg = ModelRegistry()
+    v1 = version_record("m", "v1", "active", "/a.gguf", "a" * 64, actor="ops", now=1)
+    assert reg.apply(v1)
+    assert reg.apply(with_status(v1, "retired", "ops", "license withdrawn"))
+    assert not reg.apply(with_status(v1, "active", "ops"))  # cannot be promoted again
+    assert not reg.apply(with_status(v1, "canary", "argus-retraining"))
+    assert reg.retired("m", "v1") and reg.active("m") is None
+    assert not reg.retired("m", "v2")
+
+
+def live(*versions: tuple[str, float, bool]) -> list[dict]:
+    return [{"version": v, "weight": w, "shadow": shadow} for v, w, shadow in versions]
+
+
+def test_retired_versions_are_drained_unless_nothing_would_serve() -> None:
+    reg = ModelRegistry()
+    for v in ("v1", "v2", "v3", "s1"):
+        reg.apply(version_record("m", v, "active", f"/{v}.gguf", "a" * 64, actor="ops", now=1))
+        reg.apply(version_record("n", v, "active", f"/{v}.gguf", "a" * 64, actor="ops", now=1))
+    for model, v in (("m", "v1"), ("m", "s1"), ("n", "v1"), ("n", "v3")):
+        reg.apply(with_status(reg.get(model, v), "retired", "ops"))
+    serving = {
+        "m": live(("v1", 70.0, False), ("v2", 30.0, False), ("s1", 0.0, True)),  # v1 and its shadow go
+        "n": live(("v1", 100.0, False), ("v2", 0.0, True)),  # v1 is the only live version: it stays
+        "o": live(("v1", 100.0, False)),  # unregistered: nothing to do
+    }
+    drain, blocked = retired_to_drain(reg, serving, canaries=set())
+    assert drain == [("m", "v1"), ("m", "s1")] and blocked == {("n", "v1")}
+    # a retired canary is its trigger's to roll back
+    drain, _ = retired_to_drain(reg, serving, canaries={("m", "v1")})
+    assert drain == [("m", "s1")]
 
 
 def test_a_drift_episode_that_ended_is_not_evidence_for_retraining() -> None:

@@ -76,6 +76,10 @@ async def test_promotion_drains_the_others_and_a_rollback_rescales_the_rest() ->
     await rollout.rollback(MODEL, "v3")
     assert [(x["version"], x["weight"]) for x in producer.sent[-1]["versions"]] == [("v2", 100.0)]
     assert [r["revision"] for r in producer.sent] == [1, 2]
+    applied(rollout, [v("v2", 100.0), v("s1", 0.0, shadow=True)], revision=2)
+    with pytest.raises(RolloutFailed, match="would leave no version"):
+        await rollout.rollback(MODEL, "v2")
+    assert len(producer.sent) == 2  # nothing asked for
 
 
 async def test_a_refused_or_unanswered_change_is_a_rollout_failure() -> None:
@@ -144,3 +148,41 @@ def test_a_state_whose_artifact_no_trusted_pipeline_key_signed_is_refused_before
     with pytest.raises(ValueError, match="does not match"):  # signed for other bytes
         applier.desired_settings({"versions": [v("v1", 90.0), signed(ci, "cd" * 32)]})
     assert deployed == []
+
+
+async def test_only_a_desired_state_signed_by_the_service_or_an_operator_is_applied(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from services.inference.serving import state_record
+
+    trust = tmp_path / "trust.yaml"
+    service, ops, jane = (Signer(n, Ed25519PrivateKey.generate()) for n in ("argus-retraining", "ops", "jane"))
+    for s, roles in ((service, ["service"]), (ops, ["operator"]), (jane, ["approver"])):
+        add_trusted(trust, s.name, s.key.public_key(), roles)
+    deployed: list[Any] = []
+    settings = InferenceSettings(
+        versions=(ModelVersion(version="v1", weight=100.0),),
+        governance=GovernanceSettings(trust_file=trust),
+        allow_unsigned_models=True,
+    )
+    producer = Producer()
+    applier = ServingStateApplier(settings, producer, deploy=deployed.append)
+    codec = get_codec("serving-state")
+
+    def desired(revision: int, signer: Signer | None) -> dict[str, Any]:
+        rec = state_record(MODEL, revision, "desired", [v("v1", 100.0)], "argus-retraining", "weights")
+        rec = codec.decode_plain(codec.encode(rec))  # every field of the contract, as ServingRollout signs it
+        rec = signer.sign_record(codec.name, codec.version, rec) if signer else rec
+        return codec.decode_plain(codec.encode(rec))  # as the topic carries it
+
+    for revision, signer, why in ((1, None, "not signed"), (2, jane, "operator/service role")):
+        await applier.apply(desired(revision, signer))
+        answer = producer.sent[-1]
+        assert answer["status"] == "failed" and "refused" in answer["comment"] and why in answer["comment"], answer
+    forged = desired(3, service) | {"versions": [v("v1", 100.0), v("evil", 50.0)]}  # altered after signing
+    await applier.apply(forged)
+    assert "does not match the record" in producer.sent[-1]["comment"]
+    assert deployed == []  # nothing reached Serve
+    await applier.apply(desired(4, service))
+    await applier.apply(desired(5, ops))
+    assert [r["status"] for r in producer.sent[-2:]] == ["applied", "applied"] and len(deployed) == 2
