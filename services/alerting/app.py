@@ -39,6 +39,7 @@ from services.alerting.settings import AlertingSettings
 from services.alerting.signals import (
     SOURCES,
     SignalExtractor,
+    SilenceGate,
     dead_letter_signal,
     drift_signal,
     feedback_signal,
@@ -49,6 +50,7 @@ from services.alerting.signals import (
 from services.alerting.windows import Signal
 from services.common.codec import SerializationError
 from services.common.faust_support import DeadLetterWriter, faust_readiness, heartbeat, make_app, report_lag
+from services.common.governance import Refused, trust_path
 from services.common.health import HealthServer, Readiness
 from services.common.kafka import group_lag
 from services.common.labels import MatcherError
@@ -129,12 +131,22 @@ def create_app(settings: AlertingSettings, config: AlertingConfig) -> faust.App:
     app.argus_alerting = wiring
 
     # -- extract: one agent per source topic ------------------------------------------
+    silences = SilenceGate(trust_path(settings.governance))
+
     def make_extractor(key: str) -> None:
         async def extract(stream: Any) -> None:
             async for event in stream.events():
                 metrics.inc("argus_messages_consumed_total", topic=event.message.topic)
                 try:
-                    signal = wiring.extractor.signal(key, codecs[key].decode_plain(event.value))
+                    record = codecs[key].decode_plain(event.value)
+                    if key == "alert-silences":
+                        silences.check(record)  # who mutes alerts is proven, or nothing is muted
+                    signal = wiring.extractor.signal(key, record)
+                except Refused as exc:
+                    metrics.inc("argus_governance_refused_total", topic=event.message.topic, reason=exc.kind)
+                    log.error("alerting.silence_refused", reason=exc.kind, error=str(exc))
+                    await wiring.dlq.send(event, f"refused: {exc}", f"Refused.{exc.kind}")
+                    continue
                 except (SerializationError, MatcherError) as exc:
                     await wiring.dlq.send(event, str(exc), "InvalidMessage." + type(exc).__name__)
                     continue

@@ -121,8 +121,13 @@ class AlertingRuntime:
         now = time.time()
         if "silence" in body:
             s = body["silence"]
+            old = eng.silences.get(s["id"])
             if s["action"] == "expire":
                 eng.expire_silence(s["id"], now)
+            elif old is not None and old.ends_at <= old.updated_at:
+                # a person expired it: a replayed create or update (validly signed) cannot bring it back
+                self.log.warning("alerting.silence_revival_ignored", id=s["id"], by=s["created_by"])
+                return
             else:
                 eng.add_silence(
                     Silence(s["id"], s["matchers"], s["starts_at"], s["ends_at"], s["created_by"], s["comment"]), now

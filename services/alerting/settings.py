@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.contracts import contract_path
+from services.common.governance import GovernanceSettings
 from services.common.settings import ServiceSettings
 
 # the Helm chart ships the same file as its default ConfigMap
@@ -48,6 +49,10 @@ class AlertingSettings(ServiceSettings):
         default=None, description="Bearer token of /api/v2/* (without one, that API refuses every call)."
     )
     api_token_file: Path | None = Field(default=None, description="Read the API token from this file instead.")
+    governance: GovernanceSettings = Field(
+        default_factory=GovernanceSettings,
+        description="The trust file silences' signatures are checked against (docs/governance.md).",
+    )
 
     def token(self) -> SecretStr | None:
         if self.api_token_file is not None:

@@ -118,6 +118,28 @@ def silence_from_record(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class SilenceGate:
+    """Only silences their author signed (a trusted key with the operator or approver role,
+    trusted under the name in ``created_by``) are applied; the trust file is read when the
+    first silence arrives and re-read when it changes. ``check`` raises
+    :class:`~services.common.governance.Refused` (the record is dead-lettered)."""
+
+    def __init__(self, trust_file: Any) -> None:
+        self.trust_file = trust_file
+        self._gate: Any = None
+
+    def check(self, record: dict[str, Any]) -> str:
+        from services.common.governance import GovernanceGate, Refused, Trust
+        from services.common.signing import SignatureError
+
+        if self._gate is None:
+            try:
+                self._gate = GovernanceGate(Trust(self.trust_file), check_replays=False)
+            except SignatureError as exc:
+                raise Refused("no_trust", str(exc)) from None
+        return self._gate.check("alert-silences", record).name
+
+
 class SignalExtractor:
     """Source record -> signal (or silence command). Feedback and responses are both keyed
     by request_id with the same partition count, so the response a feedback item is about

@@ -120,6 +120,14 @@ def _publish_silence(record: dict) -> None:
     asyncio.run(run())
 
 
+def _signed(signer, record: dict) -> dict:  # noqa: ANN001
+    """The silence signed by its author (the alerting service applies no other)."""
+    from services.common.registry import get_codec
+
+    codec = get_codec("alert-silences")
+    return signer.sign_record(codec.name, codec.version, codec.decode_plain(codec.encode(record)))
+
+
 @alerts_app.command("silence")
 def alerts_silence(
     matcher: list[str] = typer.Option(
@@ -154,7 +162,7 @@ def alerts_silence(
         record["silence_id"],
         {"matchers": " ".join(matcher), "ends_at": _when(now + seconds), "comment": comment},
     )
-    _publish_silence(record)
+    _publish_silence(_signed(signer, record))
     console.print(f"silence {record['silence_id']} until {_when(now + seconds)} UTC", highlight=False)
 
 
@@ -177,7 +185,9 @@ def alerts_expire(
     signer = signer_for(author, key)
     now = time.time()
     submit(signer, "alert.silence_expired", silence_id, {})
-    _publish_silence(new_silence_record([], now, now, author, "expired", silence_id=silence_id, action="expire"))
+    _publish_silence(
+        _signed(signer, new_silence_record([], now, now, author, "expired", silence_id=silence_id, action="expire"))
+    )
     console.print(f"silence {silence_id} expired", highlight=False)
 
 

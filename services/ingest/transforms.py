@@ -250,6 +250,7 @@ def _silence(msg: Message, protect: Protector) -> Row:
         v["ends_at"],
         v["created_by"],
         protect(v["comment"], None, pii) or "",
+        *_signature(v.get("signature")),
         v["emitted_at"],
         *_coords(msg),
     )
@@ -577,6 +578,8 @@ TABLES: dict[str, TableSpec] = {
                 "ends_at",
                 "created_by",
                 "comment",
+                "signed_by",
+                "signature",
                 "emitted_at",
                 *_K,
             ),

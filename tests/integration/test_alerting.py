@@ -22,6 +22,7 @@ import yaml
 from aiokafka import TopicPartition
 
 from services.alerting.receiver import WebhookReceiver
+from services.alerting.records import new_silence_record
 from services.common.kafka import make_consumer, make_producer
 from services.common.registry import default_registry, get_codec
 from services.common.settings import KafkaSettings
@@ -257,6 +258,9 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
             "maintenance",
         )
         silence_id = out.split()[1]
+        # the same silence for m1, unsigned (anyone who can write the topic): refused, so m1's resolution below is sent
+        forged = new_silence_record(['model="m1"'], time.time(), time.time() + 3600, "alice", "forged")
+        await produce(kafka_settings, "alert-silences", [forged], "silence_id")
         await asyncio.sleep(1)
         await breach(kafka_settings, "m3")
         # a malformed response is dead-lettered (and the dead letter raises its own alert)
@@ -268,6 +272,10 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         await until(lambda: any(g["status"] == "resolved" for g in receiver.groups("HighErrorRate")), 30, "resolved")
         resolved = [g for g in receiver.groups("HighErrorRate") if g["status"] == "resolved"]
         assert [g["groupLabels"]["model"] for g in resolved] == ["m1"]
+        refused = [
+            d for d in await read_topic(kafka_settings, "alert-silences-dlq") if d["error_type"].startswith("Refused")
+        ]
+        assert [d["error_type"] for d in refused] == ["Refused.unsigned"], refused
         # drift on m1 was held back while its error-rate alert fired; once that resolved it may be sent
         resolved_at = next(r["at"] for r in receiver.delivered() if r["json"]["status"] == "resolved")
         assert not [

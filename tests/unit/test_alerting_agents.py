@@ -39,8 +39,8 @@ class DeadLetters:
         self.valid_count += 1
 
 
-def app_with_collectors():  # noqa: ANN201 - (app, emitted signals, dead letters)
-    app = create_app(SETTINGS, config())
+def app_with_collectors(settings: AlertingSettings = SETTINGS):  # noqa: ANN201 - (app, emitted, dead letters)
+    app = create_app(settings, config())
     emitted: list[dict] = []
 
     async def emit(body: dict) -> None:
@@ -70,14 +70,39 @@ async def test_a_response_becomes_a_signal_and_labels_later_feedback() -> None:
     assert fb.values["negative"] == 1.0 and dead.sent == [] and dead.valid_count == 2
 
 
-async def test_undecodable_records_and_bad_silences_are_dead_lettered_not_emitted() -> None:
-    app, emitted, dead = app_with_collectors()
-    silence = example("alert-silences") | {"matchers": ["model=~(("], "action": "create"}
+async def test_undecodable_records_and_bad_or_unsigned_silences_are_dead_lettered_not_emitted(tmp_path) -> None:  # noqa: ANN001
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from services.common.governance import GovernanceSettings, Signer, add_trusted
+
+    trust = tmp_path / "trust.yaml"
+    alice, ci = Signer("alice", Ed25519PrivateKey.generate()), Signer("ci", Ed25519PrivateKey.generate())
+    add_trusted(trust, "alice", alice.key.public_key(), ["operator"])
+    add_trusted(trust, "ci", ci.key.public_key(), ["pipeline"])
+    app, emitted, dead = app_with_collectors(
+        SETTINGS.model_copy(update={"governance": GovernanceSettings(trust_file=trust)})
+    )
+    codec = get_codec("alert-silences")
+
+    def silence(signer: Signer | None, **changes: Any) -> bytes:
+        rec = example("alert-silences") | {"signature": None, "created_by": "alice"} | changes
+        return codec.encode(signer.sign_record(codec.name, codec.version, rec) if signer else rec)
+
     async with app.agents["argus-alerting.extract.alert-silences"].test_context() as agent:
-        await agent.put(key=b"s", value=get_codec("alert-silences").encode(silence))
+        await agent.put(key=b"s", value=silence(alice, matchers=["model=~(("]))
         await agent.put(key=b"s", value=b"not avro")
-    assert emitted == []
-    assert [t for _, t in dead.sent] == ["InvalidMessage.MatcherError", "InvalidMessage.SerializationError"]
+        await agent.put(key=b"s", value=silence(None))  # nobody signed it
+        await agent.put(key=b"s", value=silence(ci, created_by="ci"))  # a key that may not mute alerts
+        await agent.put(key=b"s", value=silence(alice, created_by="bob"))  # alice's key, bob's name
+        await agent.put(key=b"s", value=silence(alice))  # the one to apply
+    assert [t for _, t in dead.sent] == [
+        "InvalidMessage.MatcherError",
+        "InvalidMessage.SerializationError",
+        "Refused.unsigned",
+        "Refused.wrong_role",
+        "Refused.wrong_actor",
+    ]
+    assert [body["silence"]["created_by"] for body in emitted] == ["alice"]
 
 
 def runtime(tables: dict, owner: list[bool], sent: list, fail: list[int] | None = None) -> AlertingRuntime:
@@ -147,3 +172,24 @@ async def test_the_api_answers_only_on_the_owner(owner: bool) -> None:
     rt = runtime({name: {} for name in TABLES}, [owner], [])
     resp = await rt.api_silences(None)
     assert resp.status == (200 if owner else 503)
+
+
+def test_an_expired_silence_is_not_revived_by_a_replayed_create() -> None:
+    rt = runtime({name: {} for name in TABLES}, [True], [])
+    eng = rt.engine()
+    now = time.time()
+    create = {
+        "id": "s1",
+        "action": "create",
+        "matchers": ['model="m"'],
+        "starts_at": now - 1,
+        "ends_at": now + 3600,
+        "created_by": "alice",
+        "comment": "maintenance",
+    }
+    rt.apply_signal(eng, {"silence": create})
+    assert eng.silences["s1"].active(time.time())
+    rt.apply_signal(eng, {"silence": create | {"action": "expire", "matchers": []}})
+    rt.apply_signal(eng, {"silence": create})  # the signed create, replayed onto the topic
+    rt.apply_signal(eng, {"silence": create | {"action": "update", "ends_at": now + 7200}})
+    assert not eng.silences["s1"].active(time.time())
