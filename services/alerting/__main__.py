@@ -25,7 +25,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(config.inhibit_rules)} inhibition rules: valid"
         )
         return 0
+    from services.alerting.settings import check_rules
+    from services.common.governance import Refused
+
+    try:
+        provenance = check_rules(settings)  # only rules an operator signed (unless a demo allows others)
+    except Refused as exc:
+        print(f"error: refused: {exc}", file=sys.stderr)
+        return 2
     prepare(settings)
+    from services.common.logging import get_logger
+
+    get_logger("argus.alerting").info("alerting.rules", config=str(settings.config_file), provenance=provenance)
     from faust.worker import Worker
 
     from services.alerting.app import create_app

@@ -49,6 +49,14 @@ class AlertingSettings(ServiceSettings):
         default=None, description="Bearer token of /api/v2/* (without one, that API refuses every call)."
     )
     api_token_file: Path | None = Field(default=None, description="Read the API token from this file instead.")
+    config_signature_file: Path | None = Field(
+        default=None,
+        description="The rules' detached signature (`argus alerts sign-rules`); default: the config file + `.sig`.",
+    )
+    allow_unsigned_rules: bool = Field(
+        default=False,
+        description="Start with rules no operator signed (the local stack and compose demo allow it; production refuses).",
+    )
     governance: GovernanceSettings = Field(
         default_factory=GovernanceSettings,
         description="The trust file silences' signatures are checked against (docs/governance.md).",
@@ -61,3 +69,22 @@ class AlertingSettings(ServiceSettings):
                 raise ValueError(f"{self.api_token_file} is empty")
             return SecretStr(value)
         return self.api_token
+
+    def signature_path(self) -> Path:
+        return self.config_signature_file or Path(f"{self.config_file}.sig")
+
+
+def check_rules(settings: AlertingSettings) -> str:
+    """Who signed the rules this service is about to load (an operator key of the trust
+    file, over the parsed document), or that unsigned rules are allowed; raises
+    :class:`~services.common.governance.Refused` otherwise: the service does not start."""
+    from services.common.governance import check_policy_file, trust_path
+
+    return check_policy_file(
+        "alerting-rules",
+        Path(settings.config_file),
+        settings.signature_path(),
+        trust_path(settings.governance),
+        settings.allow_unsigned_rules,
+        "`argus alerts sign-rules FILE --by OPERATOR`, or set ARGUS_ALERTING_ALLOW_UNSIGNED_RULES for a demo",
+    )

@@ -143,7 +143,7 @@ def alerts_silence(
     """Create a silence (published on argus.alerts.silences; the service applies it),
     signed into the audit trail with your key."""
     from services.alerting.app import new_silence_record
-    from services.cli.audit import signer_for, submit
+    from services.cli.signed import signer_for, submit
     from services.common.durations import parse_duration
     from services.common.labels import Matcher, MatcherError
 
@@ -166,6 +166,46 @@ def alerts_silence(
     console.print(f"silence {record['silence_id']} until {_when(now + seconds)} UTC", highlight=False)
 
 
+@alerts_app.command("sign-rules")
+def alerts_sign_rules(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="The alerting configuration (YAML)."),
+    by: str = typer.Option(
+        ..., "--by", help="Who approves these rules: the name your key is trusted under (operator)."
+    ),
+    key: Optional[Path] = typer.Option(
+        None, "--key", envvar="ARGUS_GOVERNANCE_SIGNING_KEY_FILE", help="Your governance key (default: the local one)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the signature goes (default: CONFIG.sig)."),
+) -> None:
+    """Sign an alerting configuration (checked first) for the alerting service, which
+    starts only with rules an operator signed; the signing is recorded in the audit trail."""
+    import json as _json
+
+    import yaml
+
+    from services.alerting.config import ConfigError, load_config
+    from services.cli.signed import signer_for, submit
+
+    try:
+        parsed = load_config(config)
+    except ConfigError as exc:
+        _fail(f"{config}: {exc}", 2)
+    signer = signer_for(by, key)
+    signed = signer.sign_policy("alerting-rules", yaml.safe_load(config.read_text()))
+    target = out or Path(f"{config}.sig")
+    target.write_text(_json.dumps(signed, indent=2, sort_keys=True) + "\n")
+    submit(
+        signer,
+        "alert.rules_signed",
+        signed["sha256"],
+        {"file": config.name, "rules": len(parsed.rules), "receivers": len(parsed.receivers)},
+    )
+    console.print(
+        f"signed {config} ({len(parsed.rules)} rules, sha256 {signed['sha256'][:16]}…) as {by}: {target}",
+        highlight=False,
+    )
+
+
 @alerts_app.command("expire")
 def alerts_expire(
     silence_id: str = typer.Argument(...),
@@ -176,7 +216,7 @@ def alerts_expire(
     import uuid as _uuid
 
     from services.alerting.app import new_silence_record
-    from services.cli.audit import signer_for, submit
+    from services.cli.signed import signer_for, submit
 
     try:
         _uuid.UUID(silence_id)

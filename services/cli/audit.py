@@ -52,9 +52,9 @@ def _from_clickhouse(since: int | None) -> list[dict]:
 
 
 def _from_kafka() -> list[dict]:
-    from services.cli.retrain import _read_all
+    from services.cli.signed import read_all
 
-    return _read_all("audit")
+    return read_all("audit")
 
 
 def _trust(trust_file: Optional[Path]):  # noqa: ANN202 - Trust
@@ -158,22 +158,3 @@ def audit_log(
         evidence = ", ".join(f"{k}={v}" for k, v in sorted(dict(e["detail"]).items()) if v)
         table.add_row(when, f"{e['writer']}#{e['chain_seq']}", e["actor"], e["action"], e["subject"], evidence)
     console.print(table if events else "no audit events")
-
-
-def signer_for(name: str, key: Optional[Path]):  # noqa: ANN201 - Signer
-    """A person's governance key (``--key``, else the local stack's key of ``name``), loaded
-    before the action it will sign: no key, no action."""
-    from services.cli.retrain import _signer
-
-    return _signer(name, key)
-
-
-def submit(signer, action: str, subject: str, detail: dict) -> dict:  # noqa: ANN001
-    """Publish a person's signed submission on argus.audit; the retraining service
-    witnesses it into its chain (docs/governance.md)."""
-    from services.cli.retrain import _publish
-    from services.common.audit import submission
-
-    ev = submission(signer, action, subject, detail)
-    _publish("audit", ev, ev["writer"])
-    return ev

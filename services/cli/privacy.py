@@ -95,7 +95,7 @@ def erase_cmd(
 ) -> None:
     """Destroy the subject's key, delete its rows, write a signed erasure receipt, and
     record the erasure in the audit trail."""
-    from services.cli.audit import signer_for
+    from services.cli.signed import signer_for
     from services.common.erasure import ErasureError, erase
     from services.common.signing import SignatureError, create_key, load_key
     from services.common.subject_keys import KeyServiceError
@@ -138,7 +138,7 @@ def _record(signer, doc: dict, where: Path) -> None:  # noqa: ANN001
     subject's pseudonym, what was destroyed and deleted (never the user id)."""
     import hashlib
 
-    from services.cli.audit import submit
+    from services.cli.signed import submit
     from services.common.signing import canonical
 
     p = doc["payload"]
@@ -174,7 +174,7 @@ def record_cmd(
     governance_key: Optional[Path] = typer.Option(None, "--key", envvar="ARGUS_GOVERNANCE_SIGNING_KEY_FILE"),
 ) -> None:
     """Record an erasure in the audit trail (when `erase` could not reach it)."""
-    from services.cli.audit import signer_for
+    from services.cli.signed import signer_for
 
     signer = signer_for(operator, governance_key)
     _record(signer, json.loads(receipt.read_text()), receipt)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -12,42 +11,15 @@ from rich.table import Table
 
 from services.cli.base import app, console
 from services.cli.base import fail as _fail
-from services.cli.base import settings as _settings
 from services.cli.base import when as _when
+from services.cli.signed import publish as _publish
+from services.cli.signed import read_all as _read_all
+from services.cli.signed import signer_for as _signer
 
 retrain_app = typer.Typer(help="Retraining triggers: list, inspect, approve, reject.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(retrain_app, name="retrain")
 app.add_typer(models_app, name="models")
-
-
-def _read_all(key: str) -> list[dict]:
-    """Every record of a one-partition registry topic, from the beginning (plain values)."""
-    from aiokafka import TopicPartition
-
-    from services.common.kafka import make_consumer
-    from services.common.registry import get_codec
-
-    s = _settings()
-    codec = get_codec(key)
-
-    async def run() -> list[dict]:
-        consumer = make_consumer(s.kafka, None)
-        await consumer.start()
-        try:
-            tp = TopicPartition(s.kafka.topic(key), 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            out: list[dict] = []
-            while await consumer.position(tp) < end:
-                for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    out.append(codec.decode_plain(m.value))
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 def _gate():  # noqa: ANN202 - GovernanceGate | None
@@ -75,16 +47,6 @@ def _trusted(key: str, records: list[dict]) -> list[dict]:
     return out
 
 
-def _signer(by: str, key: Optional[Path]):  # noqa: ANN202 - Signer
-    from services.common.governance import Signer, key_path
-    from services.common.signing import SignatureError
-
-    try:
-        return Signer.load(by, key or key_path(by))
-    except (SignatureError, OSError, ValueError) as exc:
-        _fail(f"cannot sign as {by}: {exc}")
-
-
 def _book():  # noqa: ANN202
     from services.retraining.lifecycle import TransitionError, TriggerBook
 
@@ -100,23 +62,6 @@ def _book():  # noqa: ANN202
         except TransitionError:
             pass
     return book
-
-
-def _publish(key: str, rec: dict, kafka_key: str) -> None:
-    from services.common.kafka import make_producer
-    from services.common.registry import get_codec
-
-    s = _settings()
-
-    async def run() -> None:
-        producer = make_producer(s.kafka)
-        await producer.start()
-        try:
-            await producer.send_and_wait(s.kafka.topic(key), get_codec(key).encode(rec), key=kafka_key.encode())
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
 
 
 @retrain_app.command("list")
@@ -426,5 +371,37 @@ def models_retire(
     console.print(
         f"retired {model} {version} (was {rec['status']}), signed by {by} (key {signer.key_id}); "
         "the retraining service drains it from traffic",
+        highlight=False,
+    )
+
+
+@retrain_app.command("sign-policies")
+def retrain_sign_policies(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="The retraining policies (YAML)."),
+    by: str = typer.Option(..., "--by", help="Who approves them: the name your key is trusted under (operator)."),
+    key: Optional[Path] = _KEY,
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the signature goes (default: CONFIG.sig)."),
+) -> None:
+    """Sign retraining policies (checked first) for the retraining service, which starts
+    only with policies an operator signed; the signing is recorded in the audit trail."""
+    import yaml
+
+    from services.cli.signed import submit
+    from services.common.configfile import ConfigError
+    from services.retraining.config import load_config
+
+    try:
+        parsed = load_config(config)
+    except ConfigError as exc:
+        _fail(f"{config}: {exc}", 2)
+    signer = _signer(by, key)
+    signed = signer.sign_policy("retraining-policies", yaml.safe_load(config.read_text()))
+    target = out or Path(f"{config}.sig")
+    target.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
+    submit(
+        signer, "retraining.policies_signed", signed["sha256"], {"file": config.name, "policies": len(parsed.policies)}
+    )
+    console.print(
+        f"signed {config} ({len(parsed.policies)} policies, sha256 {signed['sha256'][:16]}…) as {by}: {target}",
         highlight=False,
     )

@@ -151,6 +151,8 @@ SUBMISSION_ROLES: dict[str, frozenset[str]] = {
     "privacy.erased": frozenset({"operator"}),
     "alert.silenced": frozenset({"operator", "approver"}),
     "alert.silence_expired": frozenset({"operator", "approver"}),
+    "alert.rules_signed": frozenset({"operator"}),
+    "retraining.policies_signed": frozenset({"operator"}),
 }
 WITNESS_PREFIX = "submitted:"
 REFUSED_PREFIX = "refused:audit:"  # the record of a service's governance.refused event for a submission

@@ -55,6 +55,8 @@ from services.common.signing import SignatureError, canonical, key_id, load_key,
 ROLES = ("approver", "operator", "pipeline", "service")
 DOMAIN = "signed-record/1"
 ARTIFACT_DOMAIN = "model-artifact/1"
+POLICY_DOMAIN = "policy-file/1"
+POLICY_ROLES = {"operator"}  # who may change alerting rules and retraining policies
 
 # the role a change needs, per topic and state/status
 SILENCE_ROLES = {"operator", "approver"}  # who may mute alerts
@@ -328,9 +330,68 @@ class Signer:
         out["signature"] = self._signature(record_payload(schema_name, version, out, self.key_id, at), at, version)
         return out
 
+    def sign_policy(self, kind: str, doc: Any) -> dict[str, Any]:
+        """A detached signature of a policy file (alerting rules, retraining policies):
+        over the digest of its parsed document, so formatting (a Helm ConfigMap, a
+        re-indented copy) does not matter and any change of meaning does."""
+        at = int(time.time() * 1000)
+        digest = policy_digest(doc)
+        sig = self._signature(_policy_payload(kind, digest, self.key_id, at), at, 1)
+        return {"argus": POLICY_DOMAIN, "kind": kind, "sha256": digest, "signer": self.name, "signature": sig}
+
     def sign_artifact(self, model: str, version: str, sha256: str, card: dict[str, str]) -> dict[str, Any]:
         at = int(time.time() * 1000)
         return self._signature(artifact_payload(model, version, sha256, card, self.key_id, at), at, 1)
+
+
+def policy_digest(doc: Any) -> str:
+    """The SHA-256 of a policy document's canonical JSON (what a policy signature covers)."""
+    return hashlib.sha256(canonical(doc)).hexdigest()
+
+
+def _policy_payload(kind: str, digest: str, kid: str, at: int) -> bytes:
+    return canonical({"argus": POLICY_DOMAIN, "kind": kind, "sha256": digest, "key_id": kid, "signed_at": at})
+
+
+def check_policy(trust: Trust, kind: str, doc: Any, signed: Any) -> TrustedKey:
+    """The operator key that signed this policy document (``signed``: the detached
+    signature file's content); :class:`Refused` when none did, or it signed another."""
+    what = f"the {kind} policy"
+    if not isinstance(signed, dict) or signed.get("argus") != POLICY_DOMAIN or signed.get("kind") != kind:
+        raise Refused("bad_signature", f"{what}: not a {kind} policy signature ({POLICY_DOMAIN})")
+    digest = policy_digest(doc)
+    if signed.get("sha256") != digest:
+        raise Refused(
+            "bad_signature", f"{what} changed since it was signed (sha256 {digest}, signed {signed.get('sha256')})"
+        )
+    return _check(
+        trust,
+        signed.get("signature"),
+        lambda kid, at: _policy_payload(kind, digest, kid, at),
+        POLICY_ROLES,
+        what,
+        signed.get("signer"),
+    )
+
+
+def check_policy_file(kind: str, path: Path, sig: Path, trust_file: Path, allow_unsigned: bool, how: str) -> str:
+    """What a service says about the policy file it is about to load: who signed it (an
+    operator key), or that an unsigned one is allowed; :class:`Refused` otherwise (the
+    service does not start). A signature that is there is always checked."""
+    import json
+
+    doc = yaml.safe_load(Path(path).read_text())
+    if not sig.exists():
+        if allow_unsigned:
+            return f"unsigned {kind} (allowed), sha256 {policy_digest(doc)}"
+        raise Refused("unsigned", f"{path}: no operator signed this file of {kind} (no {sig}); sign it with {how}")
+    try:
+        k = check_policy(Trust(trust_file), kind, doc, json.loads(sig.read_text()))
+    except Refused:
+        raise
+    except (ValueError, SignatureError) as exc:
+        raise Refused("bad_signature", f"{sig}: {exc}") from None
+    return f"{kind} signed by {k.name} (key {k.key_id}), sha256 {policy_digest(doc)}"
 
 
 def card_digest(card: dict[str, str] | None) -> str:

@@ -23,9 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["check"]:
         print(f"{path}: {len(config.policies)} policies: valid")
         return 0
+    from services.common.governance import Refused
     from services.retraining.service import RetrainingService
+    from services.retraining.settings import check_policies
 
+    try:
+        provenance = check_policies(settings)  # only policies an operator signed (unless a demo allows others)
+    except Refused as exc:
+        print(f"error: refused: {exc}", file=sys.stderr)
+        return 2
     prepare(settings)
+    from services.common.logging import get_logger
+
+    get_logger("argus.retraining").info("retraining.policies", config=str(settings.config_file), provenance=provenance)
     return run_until_signalled(lambda stop: RetrainingService(settings, config).run(stop))
 
 

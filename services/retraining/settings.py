@@ -35,6 +35,14 @@ class RetrainingSettings(ServiceSettings):
         default_factory=GovernanceSettings,
         description="The trust file and this service's signing key (ARGUS_GOVERNANCE_*; default the local stack's).",
     )
+    config_signature_file: Path | None = Field(
+        default=None,
+        description="The policies' detached signature (`argus retrain sign-policies`); default: the config file + `.sig`.",
+    )
+    allow_unsigned_policies: bool = Field(
+        default=False,
+        description="Start with policies no operator signed (the local stack and compose demo allow it).",
+    )
     webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     rollout_enabled: bool = Field(
         True, description="Change inference traffic (canary, promote, rollback) with serving-state records."
@@ -43,3 +51,18 @@ class RetrainingSettings(ServiceSettings):
         300.0, gt=0, description="How long to wait for the inference service to apply a serving state."
     )
     rollout_retry_s: float = Field(30.0, ge=0, description="Pause before a failed traffic change is asked for again.")
+
+
+def check_policies(settings: RetrainingSettings) -> str:
+    """Who signed the policies this service is about to load (an operator key), or that
+    unsigned ones are allowed; :class:`~services.common.governance.Refused` otherwise."""
+    from services.common.governance import check_policy_file, trust_path
+
+    return check_policy_file(
+        "retraining-policies",
+        Path(settings.config_file),
+        settings.config_signature_file or Path(f"{settings.config_file}.sig"),
+        trust_path(settings.governance),
+        settings.allow_unsigned_policies,
+        "`argus retrain sign-policies FILE --by OPERATOR`, or set ARGUS_RETRAINING_ALLOW_UNSIGNED_POLICIES for a demo",
+    )

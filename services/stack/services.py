@@ -174,6 +174,7 @@ class LocalServices:
             env["ARGUS_GOVERNANCE_TRUST_FILE"] = str(governance / "trust.yaml")
         if spec.name == "retraining":  # the only service that signs
             env["ARGUS_GOVERNANCE_SIGNING_KEY_FILE"] = str(governance / "keys" / "argus-retraining.pem")
+            env[f"{p}ALLOW_UNSIGNED_POLICIES"] = "true"  # the shipped policies; production signs them
         if spec.name == "inference":
             env[f"{p}HTTP_PORT"] = str(free_port())
             # the local default serves the packaged (unsigned) SmolLM2; signed versions are still verified
@@ -187,6 +188,8 @@ class LocalServices:
             env[f"{p}API_TOKEN_FILE"] = str(Path(s.home).resolve() / "secrets" / "alerting" / "api-token")
             # the shipped config delivers to the local subscriber, signed with the secret named "local"
             env[f"{p}WEBHOOK_SECRETS"] = json.dumps({"local": self.webhook_secret()})
+            # the shipped rules, unsigned on a laptop; production starts only with rules an operator signed
+            env[f"{p}ALLOW_UNSIGNED_RULES"] = "true"
         return env
 
     def webhook_secret(self) -> str:

@@ -25,6 +25,8 @@ SECRETS = {
     "kafka": {"caSecret": {"name": "kafka-cluster-ca-cert"}},
     "keys": {"existingSecret": "argus-subject-keys"},
     "governance": {"trustSecret": "argus-governance-trust", "retrainingKeySecret": "argus-retraining-key"},
+    "alerting": {"rulesSignatureSecret": "argus-alerting-rules-signature"},
+    "retraining": {"policiesSignatureSecret": "argus-retraining-policies-signature"},
 }
 
 
@@ -55,6 +57,8 @@ INLINE = {
     "kafka": SECRETS["kafka"],
     "keys": SECRETS["keys"],
     "governance": SECRETS["governance"],
+    "alerting": SECRETS["alerting"],
+    "retraining": SECRETS["retraining"],
 }
 
 
@@ -356,6 +360,31 @@ def test_the_key_service_needs_its_secret_and_the_migration_job_points_clickhous
     assert not [
         d for d in render({"keys": {"enabled": False, "existingSecret": ""}}) if "keys" in d["metadata"]["name"]
     ]
+
+
+def test_alerting_and_retraining_start_only_with_signed_rules_and_policies_unless_a_demo_allows_others() -> None:
+    with pytest.raises(Exception, match="alerting.rulesSignatureSecret"):
+        render({"alerting": {"rulesSignatureSecret": ""}})
+
+    def alerting(docs: list) -> dict:
+        dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-alerting")
+        return dep["spec"]["template"]["spec"]
+
+    pod = alerting(render())
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["ARGUS_ALERTING_CONFIG_SIGNATURE_FILE"] == "/etc/argus/rules-signature/alerting.yaml.sig"
+    assert env["ARGUS_ALERTING_ALLOW_UNSIGNED_RULES"] == "false"
+    assert env["ARGUS_GOVERNANCE_TRUST_FILE"] == "/etc/argus/governance/trust/trust.yaml"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["rules-signature"]["secret"]["secretName"] == "argus-alerting-rules-signature"
+    demo = alerting(render({"alerting": {"rulesSignatureSecret": ""}, "governance": {"allowUnsignedRules": True}}))
+    env = {e["name"]: e.get("value") for e in demo["containers"][0]["env"]}
+    assert env["ARGUS_ALERTING_ALLOW_UNSIGNED_RULES"] == "true" and "ARGUS_ALERTING_CONFIG_SIGNATURE_FILE" not in env
+    with pytest.raises(Exception, match="retraining.policiesSignatureSecret"):
+        render({"retraining": {"policiesSignatureSecret": ""}})
+    dep = next(d for d in render() if d["metadata"]["name"] == "argus-argus-retraining" and d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ARGUS_RETRAINING_CONFIG_SIGNATURE_FILE"] == "/etc/argus/policies-signature/retraining.yaml.sig"
 
 
 def test_the_retraining_service_mounts_the_trust_file_and_its_own_key_only() -> None:

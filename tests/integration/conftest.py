@@ -111,6 +111,9 @@ def governance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         # the tests serve the packaged (unsigned) SmolLM2 as v1, as the local stack does; signed versions are
         # verified all the same, and the refusal of unsigned ones is tested with this set to false
         "ARGUS_INFERENCE_ALLOW_UNSIGNED_MODELS": "true",
+        # the tests' alerting configs are unsigned; test_alerting's main test signs its rules and refuses others
+        "ARGUS_ALERTING_ALLOW_UNSIGNED_RULES": "true",
+        "ARGUS_RETRAINING_ALLOW_UNSIGNED_POLICIES": "true",
     }
     with environment(env):
         yield home

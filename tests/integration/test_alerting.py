@@ -104,9 +104,10 @@ def write_config(path: Path, port: int) -> Path:
     return path
 
 
-def start_worker(kafka: KafkaSettings, app_id: str, config: Path, health_port: int) -> subprocess.Popen:
+def start_worker(kafka: KafkaSettings, app_id: str, config: Path, health_port: int, **extra: str) -> subprocess.Popen:
     env = {
         **os.environ,
+        **extra,
         **kafka.as_env("ARGUS_ALERTING_"),
         "ARGUS_ALERTING_APP_ID": app_id,
         "ARGUS_ALERTING_CONFIG_FILE": str(config),
@@ -214,7 +215,12 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
     config = write_config(tmp_path / "alerting.yaml", receiver.port)
     app_id = "alerting-" + uuid.uuid4().hex[:6]
     health = free_port()
-    worker = start_worker(kafka_settings, app_id, config, health)
+    # production mode: the service starts only with rules an operator signed
+    signed_only = {"ARGUS_ALERTING_ALLOW_UNSIGNED_RULES": "false"}
+    refused = start_worker(kafka_settings, app_id, config, health, **signed_only)
+    assert refused.wait(60) == 2, "started with unsigned rules"
+    await cli(kafka_settings, "alerts", "sign-rules", str(config), "--by", "alice")
+    worker = start_worker(kafka_settings, app_id, config, health, **signed_only)
     try:
         await wait_ready(health)
         # a breach: one grouped, signed webhook in Alertmanager's format
@@ -296,7 +302,7 @@ async def test_breach_dedup_resolve_silence_inhibit_and_restart(kafka_settings: 
         await asyncio.sleep(2)  # the notification log reaches its changelog
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        worker = start_worker(kafka_settings, app_id, config, health)
+        worker = start_worker(kafka_settings, app_id, config, health, **signed_only)
         await wait_ready(health)
         url = f"http://127.0.0.1:{health}"
         token_file = tmp_path / "alerting-api-token"

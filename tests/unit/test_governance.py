@@ -186,3 +186,72 @@ def test_the_engine_loads_the_bytes_it_hashed_whatever_happens_to_the_file(tmp_p
             os.pwrite(artifact.fd, b"x", 0)  # sealed: nothing rewrites it either
     with pytest.raises(ArtifactDigestMismatch):  # the swapped file itself is refused
         VerifiedArtifact(model, digest)
+
+
+def test_policy_files_load_only_as_an_operator_signed_them(world, tmp_path: Path) -> None:  # noqa: ANN001
+    import json
+
+    import yaml
+
+    from services.alerting.settings import AlertingSettings, check_rules
+    from services.common.governance import GovernanceSettings, check_policy
+
+    trust, p, _ = world
+    rules = tmp_path / "alerting.yaml"
+    rules.write_text("rules:\n- {name: HighErrorRate, source: responses, metric: error_rate, threshold: 0.2}\n")
+    doc = yaml.safe_load(rules.read_text())
+    signed = p["ops"].sign_policy("alerting-rules", doc)
+    assert check_policy(Trust(trust), "alerting-rules", doc, signed).name == "ops"
+    # formatting is not meaning: the same rules re-indented (a Helm ConfigMap) still verify
+    assert check_policy(Trust(trust), "alerting-rules", yaml.safe_load(yaml.safe_dump(doc, indent=4)), signed)
+    changed = yaml.safe_load(rules.read_text().replace("0.2", "0.9"))
+    for bad, kind, sig in (
+        (changed, "bad_signature", signed),  # a threshold raised after signing
+        (doc, "wrong_role", p["jane"].sign_policy("alerting-rules", doc)),  # an approver cannot change rules
+        (doc, "wrong_actor", signed | {"signer": "jane"}),
+        (doc, "bad_signature", p["ops"].sign_policy("retraining-policies", doc)),  # signed for another use
+    ):
+        with pytest.raises(Refused) as err:
+            check_policy(Trust(trust), "alerting-rules", bad, sig)
+        assert err.value.kind == kind
+
+    settings = AlertingSettings(config_file=rules, governance=GovernanceSettings(trust_file=trust))
+    with pytest.raises(Refused, match="no operator signed this file of alerting-rules"):
+        check_rules(settings)
+    assert check_rules(settings.model_copy(update={"allow_unsigned_rules": True})).startswith("unsigned alerting-rules")
+    (tmp_path / "alerting.yaml.sig").write_text(json.dumps(signed))
+    assert check_rules(settings).startswith("alerting-rules signed by ops")
+    rules.write_text(rules.read_text().replace("0.2", "0.9"))
+    with pytest.raises(Refused, match="changed since it was signed"):
+        check_rules(settings.model_copy(update={"allow_unsigned_rules": True}))  # a bad signature is never allowed
+
+
+def test_the_retraining_service_refuses_to_start_with_unsigned_or_altered_policies(
+    world,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import json
+
+    import yaml
+
+    from services.retraining.__main__ import main
+    from services.retraining.settings import DEFAULT_CONFIG, RetrainingSettings, check_policies
+
+    trust, p, _ = world
+    policies = tmp_path / "retraining.yaml"
+    policies.write_text(Path(DEFAULT_CONFIG).read_text())
+    monkeypatch.setenv("ARGUS_RETRAINING_CONFIG_FILE", str(policies))
+    monkeypatch.setenv("ARGUS_RETRAINING_ALLOW_UNSIGNED_POLICIES", "false")
+    monkeypatch.setenv("ARGUS_GOVERNANCE_TRUST_FILE", str(trust))
+    assert main([]) == 2 and "no operator signed this file of retraining-policies" in capsys.readouterr().err
+    signed = p["ops"].sign_policy("retraining-policies", yaml.safe_load(policies.read_text()))
+    (tmp_path / "retraining.yaml.sig").write_text(json.dumps(signed))
+    assert check_policies(RetrainingSettings()).startswith("retraining-policies signed by ops")
+    policies.write_text(policies.read_text() + "\n# harmless comment\n")  # formatting: still the same policies
+    assert check_policies(RetrainingSettings()).startswith("retraining-policies signed by ops")
+    doc = yaml.safe_load(policies.read_text())
+    doc["policies"] = []  # every policy removed after signing
+    policies.write_text(yaml.safe_dump(doc))
+    assert main([]) == 2 and "changed since it was signed" in capsys.readouterr().err
