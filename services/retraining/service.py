@@ -230,6 +230,7 @@ class RetrainingService:
                 "artifact": rec["artifact_uri"],
                 "artifact_signed_by": art.get("key_id"),
                 "trigger_id": rec.get("trigger_id"),
+                "comment": rec.get("comment"),
             }
         else:
             action, subject = f"trigger.{rec['state']}", str(rec["trigger_id"])
@@ -241,6 +242,7 @@ class RetrainingService:
                 "model_version": rec["model_version"],
                 "policy": rec["policy"],
                 "candidate_version": rec.get("candidate_version"),
+                "comment": rec.get("comment"),  # e.g. the canary's share of traffic, the validation result
             }
         self.audited.add(record_id)  # before the await: the reader's echo of this record must not audit it again
         try:
