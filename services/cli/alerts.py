@@ -192,14 +192,15 @@ def alerts_sign_rules(
         _fail(f"{config}: {exc}", 2)
     signer = signer_for(by, key)
     signed = signer.sign_policy("alerting-rules", yaml.safe_load(config.read_text()))
-    target = out or Path(f"{config}.sig")
-    target.write_text(_json.dumps(signed, indent=2, sort_keys=True) + "\n")
     submit(
         signer,
         "alert.rules_signed",
         signed["sha256"],
         {"file": config.name, "rules": len(parsed.rules), "receivers": len(parsed.receivers)},
     )
+    # the signature exists only once the trail holds its signing
+    target = out or Path(f"{config}.sig")
+    target.write_text(_json.dumps(signed, indent=2, sort_keys=True) + "\n")
     console.print(
         f"signed {config} ({len(parsed.rules)} rules, sha256 {signed['sha256'][:16]}…) as {by}: {target}",
         highlight=False,

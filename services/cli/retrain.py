@@ -396,11 +396,12 @@ def retrain_sign_policies(
         _fail(f"{config}: {exc}", 2)
     signer = _signer(by, key)
     signed = signer.sign_policy("retraining-policies", yaml.safe_load(config.read_text()))
-    target = out or Path(f"{config}.sig")
-    target.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
     submit(
         signer, "retraining.policies_signed", signed["sha256"], {"file": config.name, "policies": len(parsed.policies)}
     )
+    # the signature exists only once the trail holds its signing
+    target = out or Path(f"{config}.sig")
+    target.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
     console.print(
         f"signed {config} ({len(parsed.policies)} policies, sha256 {signed['sha256'][:16]}…) as {by}: {target}",
         highlight=False,

@@ -59,11 +59,11 @@ def publish(key: str, rec: dict, kafka_key: str) -> None:
 
     async def run() -> None:
         producer = make_producer(s.kafka)
-        await producer.start()
         try:
+            await producer.start()
             await producer.send_and_wait(s.kafka.topic(key), get_codec(key).encode(rec), key=kafka_key.encode())
         finally:
-            await producer.stop()
+            await producer.stop()  # also after a failed start: nothing left open
 
     asyncio.run(run())
 
@@ -74,5 +74,8 @@ def submit(signer, action: str, subject: str, detail: dict) -> dict:  # noqa: AN
     from services.common.audit import submission
 
     ev = submission(signer, action, subject, detail)
-    publish("audit", ev, ev["writer"])
+    try:
+        publish("audit", ev, ev["writer"])
+    except Exception as exc:  # the broker unreachable or refusing: nothing was recorded, say so plainly
+        _fail(f"the audit trail (argus.audit) did not take the {action} event: {type(exc).__name__}: {exc}")
     return ev
