@@ -27,6 +27,7 @@ BENCHMARKS = {
     "drift-cases": "bench.drift_cases",
     "pii": "bench.pii_bench",
     "alerting": "bench.alerting_bench",
+    "artifacts": "bench.artifact_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -215,7 +215,9 @@ def test_policy_files_load_only_as_an_operator_signed_them(world, tmp_path: Path
             check_policy(Trust(trust), "alerting-rules", bad, sig)
         assert err.value.kind == kind
 
-    settings = AlertingSettings(config_file=rules, governance=GovernanceSettings(trust_file=trust))
+    settings = AlertingSettings(  # explicit: the session may allow unsigned rules (the integration tests do)
+        config_file=rules, governance=GovernanceSettings(trust_file=trust), allow_unsigned_rules=False
+    )
     with pytest.raises(Refused, match="no operator signed this file of alerting-rules"):
         check_rules(settings)
     assert check_rules(settings.model_copy(update={"allow_unsigned_rules": True})).startswith("unsigned alerting-rules")
