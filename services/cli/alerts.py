@@ -179,28 +179,22 @@ def alerts_sign_rules(
 ) -> None:
     """Sign an alerting configuration (checked first) for the alerting service, which
     starts only with rules an operator signed; the signing is recorded in the audit trail."""
-    import json as _json
-
-    import yaml
-
     from services.alerting.config import ConfigError, load_config
-    from services.cli.signed import signer_for, submit
+    from services.cli.signed import sign_policy_file
 
     try:
         parsed = load_config(config)
     except ConfigError as exc:
         _fail(f"{config}: {exc}", 2)
-    signer = signer_for(by, key)
-    signed = signer.sign_policy("alerting-rules", yaml.safe_load(config.read_text()))
-    submit(
-        signer,
+    signed, target = sign_policy_file(
+        config,
+        "alerting-rules",
         "alert.rules_signed",
-        signed["sha256"],
-        {"file": config.name, "rules": len(parsed.rules), "receivers": len(parsed.receivers)},
+        by,
+        key,
+        out,
+        {"rules": len(parsed.rules), "receivers": len(parsed.receivers)},
     )
-    # the signature exists only once the trail holds its signing
-    target = out or Path(f"{config}.sig")
-    target.write_text(_json.dumps(signed, indent=2, sort_keys=True) + "\n")
     console.print(
         f"signed {config} ({len(parsed.rules)} rules, sha256 {signed['sha256'][:16]}…) as {by}: {target}",
         highlight=False,

@@ -384,9 +384,7 @@ def retrain_sign_policies(
 ) -> None:
     """Sign retraining policies (checked first) for the retraining service, which starts
     only with policies an operator signed; the signing is recorded in the audit trail."""
-    import yaml
-
-    from services.cli.signed import submit
+    from services.cli.signed import sign_policy_file
     from services.common.configfile import ConfigError
     from services.retraining.config import load_config
 
@@ -394,14 +392,9 @@ def retrain_sign_policies(
         parsed = load_config(config)
     except ConfigError as exc:
         _fail(f"{config}: {exc}", 2)
-    signer = _signer(by, key)
-    signed = signer.sign_policy("retraining-policies", yaml.safe_load(config.read_text()))
-    submit(
-        signer, "retraining.policies_signed", signed["sha256"], {"file": config.name, "policies": len(parsed.policies)}
+    signed, target = sign_policy_file(
+        config, "retraining-policies", "retraining.policies_signed", by, key, out, {"policies": len(parsed.policies)}
     )
-    # the signature exists only once the trail holds its signing
-    target = out or Path(f"{config}.sig")
-    target.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
     console.print(
         f"signed {config} ({len(parsed.policies)} policies, sha256 {signed['sha256'][:16]}…) as {by}: {target}",
         highlight=False,

@@ -14,31 +14,9 @@ from services.cli.base import settings as _settings
 
 def read_all(key: str) -> list[dict]:
     """Every record of a one-partition registry topic, from the beginning (plain values)."""
-    from aiokafka import TopicPartition
+    from services.common.statetopic import read_topic
 
-    from services.common.kafka import make_consumer
-    from services.common.registry import get_codec
-
-    s = _settings()
-    codec = get_codec(key)
-
-    async def run() -> list[dict]:
-        consumer = make_consumer(s.kafka, None)
-        await consumer.start()
-        try:
-            tp = TopicPartition(s.kafka.topic(key), 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            out: list[dict] = []
-            while await consumer.position(tp) < end:
-                for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    out.append(codec.decode_plain(m.value))
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
+    return asyncio.run(read_topic(_settings().kafka, key))
 
 
 def signer_for(by: str, key: Optional[Path]):  # noqa: ANN202 - Signer
@@ -79,3 +57,22 @@ def submit(signer, action: str, subject: str, detail: dict) -> dict:  # noqa: AN
     except Exception as exc:  # the broker unreachable or refusing: nothing was recorded, say so plainly
         _fail(f"the audit trail (argus.audit) did not take the {action} event: {type(exc).__name__}: {exc}")
     return ev
+
+
+def sign_policy_file(
+    config: Path, kind: str, action: str, by: str, key: Optional[Path], out: Optional[Path], detail: dict
+):  # noqa: ANN201
+    """Sign a policy file (alerting rules, retraining policies) as ``by``: the audit trail
+    records the signing first, then the detached signature is written (default
+    ``CONFIG.sig``), so a signature exists only once the trail holds it. Returns
+    (signature document, its path)."""
+    import json
+
+    import yaml
+
+    signer = signer_for(by, key)
+    signed = signer.sign_policy(kind, yaml.safe_load(config.read_text()))
+    submit(signer, action, signed["sha256"], {"file": config.name, **detail})
+    target = out or Path(f"{config}.sig")
+    target.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
+    return signed, target

@@ -106,3 +106,28 @@ class StateTopicReader:
                 self.last_progress = time.time()
         finally:
             await consumer.stop()
+
+
+async def read_topic(kafka: KafkaSettings, key: str, skip_undecodable: bool = False) -> list[dict[str, Any]]:
+    """Every record of a one-partition registry topic up to its end now, decoded with its
+    contract (plain values): what the CLI, the tests and a restarting writer read whole.
+    An undecodable record raises :class:`SerializationError`, or is left out."""
+    codec = default_registry().codec(key)
+    tp = TopicPartition(kafka.topic(key), 0)
+    consumer = make_consumer(kafka, None)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: list[dict[str, Any]] = []
+        while await consumer.position(tp) < end:
+            for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                try:
+                    out.append(codec.decode_plain(m.value))
+                except SerializationError:
+                    if not skip_undecodable:
+                        raise
+        return out
+    finally:
+        await consumer.stop()

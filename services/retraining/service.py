@@ -50,7 +50,7 @@ from services.common.metrics import Metrics
 from services.common.registry import get_codec
 from services.common.runtime import DecodeStep, RunTaskStep, StreamProcessor
 from services.common.runtime.decode import InvalidMessage
-from services.common.statetopic import StateTopicReader
+from services.common.statetopic import StateTopicReader, read_topic
 from services.common.webhook import RetryPolicy, WebhookClient
 from services.retraining.config import RetrainingConfig
 from services.retraining.evaluation import evaluate, holdout
@@ -298,27 +298,9 @@ class RetrainingService:
 
     async def resume_audit(self) -> None:
         """Continue this service's chain from the audit topic (and learn what it holds)."""
-        from aiokafka import TopicPartition
-
-        codec, name = self.codecs["audit"], self.k.topic("audit")
-        consumer = make_consumer(self.k, None)
-        await consumer.start()
-        events: list[dict[str, Any]] = []
-        try:
-            tp = TopicPartition(name, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            while await consumer.position(tp) < end:
-                for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    try:
-                        ev = codec.decode_plain(m.value)
-                    except SerializationError:
-                        continue  # not an event: ingest dead-letters it, verify reports the chain
-                    if ev["writer"] == self.signer.name:
-                        events.append(ev)
-        finally:
-            await consumer.stop()
+        # an undecodable record is not an event: ingest dead-letters it, verify reports the chain
+        trail = await read_topic(self.k, "audit", skip_undecodable=True)
+        events = [ev for ev in trail if ev["writer"] == self.signer.name]
         self.audit.resume(events)
         self.audited |= {e["detail"].get("record", "") for e in events}
         self.trust_recorded = trust_state(events)

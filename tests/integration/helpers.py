@@ -67,22 +67,6 @@ def start_key_service(home: Path, port: int):  # noqa: ANN201 - (KeyServiceLocal
 
 async def read_topic(kafka: KafkaSettings, key: str) -> list[dict]:
     """Every record of a one-partition topic (decoded with its contract), from the beginning."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from services.common.statetopic import read_topic as read_whole
 
-    from services.common.kafka import client_kwargs
-    from services.common.registry import get_codec
-
-    codec, tp = get_codec(key), TopicPartition(kafka.topic(key), 0)
-    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        out: list[dict] = []
-        while await consumer.position(tp) < end:
-            for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                out.append(codec.decode_plain(m.value))
-        return out
-    finally:
-        await consumer.stop()
+    return await read_whole(kafka, key)

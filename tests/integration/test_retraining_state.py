@@ -72,6 +72,11 @@ async def topic_end(k: KafkaSettings, key: str) -> int:
         await consumer.stop()
 
 
+async def silence(k: KafkaSettings, author: str, comment: str) -> None:
+    """`argus alerts silence` as ``author``: a signed silence and its audit submission."""
+    await cli(k, "alerts", "silence", "-m", 'model="m"', "--duration", "1h", "--author", author, "--comment", comment)
+
+
 async def stop(task: asyncio.Task) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -168,35 +173,10 @@ async def lifecycle_survives(k: KafkaSettings, governance: Path) -> None:
         await cli(k, "identity", "revoke", leaver)
         await until(lambda: service.trust_recorded[leaver]["revoked_at"], 30, "the revocation recorded", task)
         # a person's silence is submitted, signed, to the trail; the service witnesses it into its chain
-        await cli(
-            k,
-            "alerts",
-            "silence",
-            "-m",
-            'model="m"',
-            "--duration",
-            "1h",
-            "--author",
-            "state.approver",
-            "--comment",
-            "maintenance",
-        )
+        await silence(k, "state.approver", "maintenance")
         await until(lambda: any(a.startswith("submitted:") for a in service.audited), 60, "the silence witnessed", task)
         # a submission signed by a revoked key is refused (dead-lettered, and audited as a refusal)
-        ensure_identity(governance, "state.leaver", ["approver"])  # the key file is still there
-        await cli(
-            k,
-            "alerts",
-            "silence",
-            "-m",
-            'model="m"',
-            "--duration",
-            "1h",
-            "--author",
-            "state.leaver",
-            "--comment",
-            "after leaving",
-        )
+        await silence(k, "state.leaver", "after leaving")  # its key file is still there, revoked in the trust file
         await until(
             lambda: any(a.startswith("refused:audit:") for a in service.audited), 60, "the revoked key refused", task
         )
