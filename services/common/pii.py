@@ -42,6 +42,9 @@ class PiiPolicy(BaseModel):
 
     mode: Mode = "redact"
     store_text: bool = True
+    # the user id is personal data: stored only as its keyed pseudonym (``user``) unless the
+    # tenant keeps it, and then sealed with the subject key like a text (``user_id``)
+    keep_user: bool = False
 
 
 @dataclass(frozen=True)

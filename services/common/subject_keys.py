@@ -37,9 +37,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # ``<name>_ct``, and the ALIAS ``<name>`` opens it while the key exists. ``user`` (and
 # the dead letters' ``subject``) go in the same way and come out as the keyed pseudonym.
 SEALED: dict[str, tuple[str, ...]] = {
-    "inference_requests": ("user", "prompt", "system_prompt", "metadata"),
-    "inference_responses": ("user", "output", "error_message"),
-    "feedback": ("user", "label", "comment"),
+    "inference_requests": ("user", "user_id", "prompt", "system_prompt", "metadata"),
+    "inference_responses": ("user", "user_id", "output", "error_message"),
+    "feedback": ("user", "user_id", "label", "comment"),
     "dead_letters": ("subject", "user", "original_key", "original_value"),
 }
 # what a role without text access may not name: the texts, clear or sealed

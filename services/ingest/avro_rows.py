@@ -3,7 +3,7 @@
 ClickHouse reads Avro itself (``INSERT ... FORMAT Avro``). An Avro record is the
 concatenation of its fields' encodings, so a row for a table is the message body as the
 producer wrote it followed by the encodings of the columns ingest adds (``pii_counts``,
-derived lengths, ``_topic``, ``_partition``, ``_offset``), and a batch is one Avro
+derived lengths, a null ``user_id``, ``_topic``, ``_partition``, ``_offset``), and a batch is one Avro
 object container block of such rows. For a message in the topic's current schema this
 needs no decoding into Python objects and no re-encoding.
 
@@ -13,7 +13,7 @@ body field by field and found it exactly as the full path would accept it:
 - written with this codec's schema id, every field well framed, no byte left over;
 - union branches and enum symbols in range, UUID fields canonical, ints within 32 and
   longs within 64 bits, unsigned fields not negative, every string valid UTF-8;
-- the tenant's policy stores text, and no text field the PII policy covers could
+- the tenant's policy stores text and keeps no user id, and no text field the PII policy covers could
   contain anything a detector finds (:func:`~services.common.pii.maybe_pii`, a
   superset of every detector, applied to the decoded text).
 
@@ -177,13 +177,23 @@ class AvroRows:
                 break
             self._walk.append((k[0], k[1], 4 if f["name"] == tenant_field else roles.get(f["name"], 0)))
         self._tail_cache: dict[tuple[str, int], bytes] = {}
-        every_tenant_stores = protector.default.store_text and all(p.store_text for p in protector.tenants.values())
+        every_tenant_passes = self._passes(protector.default) and all(
+            self._passes(p) for p in protector.tenants.values()
+        )
         self._walker = (
-            None if self._walk is None else make_walker(self._walk, None if every_tenant_stores else self._stores_text)
+            None
+            if self._walk is None
+            else make_walker(self._walk, None if every_tenant_passes else self._tenant_passes)
         )
 
-    def _stores_text(self, tenant: bytes) -> bool:
-        return self.protector.policy(tenant.decode()).store_text
+    @staticmethod
+    def _passes(policy: Any) -> bool:
+        """Whether a tenant's messages may pass through: its policy stores text as the
+        producer wrote it (clean texts), and keeps no user id (``user_id`` is null)."""
+        return policy.store_text and not policy.keep_user
+
+    def _tenant_passes(self, tenant: bytes) -> bool:
+        return self._passes(self.protector.policy(tenant.decode()))
 
     # -- a batch -------------------------------------------------------------
     def block(self, rows: list[bytes]) -> bytes:
@@ -213,9 +223,9 @@ class AvroRows:
             return None
         key = (topic, partition)
         tail = self._tail_cache.get(key)
-        if tail is None:
+        if tail is None:  # user_id null (a tenant that keeps it takes the full path), topic, partition
             t = topic.encode()
-            tail = self._tail_cache[key] = zigzag(len(t)) + t + zigzag(partition)
+            tail = self._tail_cache[key] = b"\x00" + zigzag(len(t)) + t + zigzag(partition)
         return b"".join((value[5:], derived, tail, zigzag(offset)))
 
 
@@ -363,8 +373,8 @@ def _chars(s: bytes | None) -> int:
 
 def response_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> AvroRows:
     """The row format of ``inference_responses``: the response as produced, then
-    ``output_chars``, ``pii_counts`` (empty: a passed-through message has no findings)
-    and the Kafka coordinates."""
+    ``output_chars``, ``pii_counts`` (empty: a passed-through message has no findings),
+    a null ``user_id`` and the Kafka coordinates."""
 
     def derived(texts: list[bytes | None]) -> bytes:  # texts: output, error_message
         return zigzag(_chars(texts[0])) + b"\x00"
@@ -379,6 +389,7 @@ def response_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Av
         extra=[
             {"name": "output_chars", "type": "long"},
             {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
+            {"name": "user_id", "type": ["null", "string"]},
             {"name": "_topic", "type": "string"},
             {"name": "_partition", "type": "int"},
             {"name": "_offset", "type": "long"},
@@ -427,7 +438,7 @@ def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Avr
     the columns the full path computes from the messages: ``prompt`` (the non-system
     messages as ``role: content`` joined by blank lines), ``system_prompt`` (the system
     messages joined by newlines, null when that is empty), ``message_count``,
-    ``prompt_chars``, and an empty ``pii_counts`` and the Kafka coordinates. A request
+    ``prompt_chars``, an empty ``pii_counts``, a null ``user_id`` and the Kafka coordinates. A request
     passes through only when the walker found every metadata key and value clean and the
     assembled prompt and system prompt are clean too: the screen sees exactly the texts
     the full path protects."""
@@ -448,6 +459,7 @@ def request_rows(spec: TableSpec, codec: AvroCodec, protector: Protector) -> Avr
             {"name": "message_count", "type": "int"},
             {"name": "prompt_chars", "type": "long"},
             {"name": "pii_counts", "type": {"type": "map", "values": "long"}},
+            {"name": "user_id", "type": ["null", "string"]},
             {"name": "_topic", "type": "string"},
             {"name": "_partition", "type": "int"},
             {"name": "_offset", "type": "long"},

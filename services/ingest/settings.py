@@ -3,7 +3,7 @@
 PII policy per tenant, e.g.::
 
     ARGUS_INGEST_PII__DEFAULT='{"mode": "redact"}'
-    ARGUS_INGEST_PII__TENANTS='{"bank": {"mode": "hash"}, "clinic": {"store_text": false}}'
+    ARGUS_INGEST_PII__TENANTS='{"bank": {"mode": "hash"}, "clinic": {"store_text": false}, "crm": {"keep_user": true}}'
     ARGUS_INGEST_PII__HMAC_KEY=...   # required for "hash"; keep it stable so hashes join
 """
 

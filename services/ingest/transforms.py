@@ -98,6 +98,12 @@ def _coords(msg: Message) -> tuple[str, int, int]:
     return msg.topic, msg.partition, msg.offset
 
 
+def _kept_user(v: dict[str, Any], protect: Protector) -> str | None:
+    """The user id for ``user_id`` (sealed by ClickHouse) where the tenant's policy keeps
+    it; elsewhere only its keyed pseudonym is stored (``user``)."""
+    return v["user"] if protect.policy(v["tenant"]).keep_user else None
+
+
 def _request(msg: Message, protect: Protector) -> Row:
     v = msg.value
     pii: dict[str, int] = {}
@@ -128,6 +134,7 @@ def _request(msg: Message, protect: Protector) -> Row:
         v["span_id"],
         metadata,
         pii,
+        _kept_user(v, protect),
         *_coords(msg),
     )
 
@@ -165,6 +172,7 @@ def _response(msg: Message, protect: Protector) -> Row:
         v["trace_id"],
         v["span_id"],
         pii,
+        _kept_user(v, protect),
         *_coords(msg),
     )
 
@@ -185,6 +193,7 @@ def _feedback(msg: Message, protect: Protector) -> Row:
         protect(v["comment"], t, pii),
         v["source"],
         pii,
+        _kept_user(v, protect),
         *_coords(msg),
     )
 
@@ -458,6 +467,7 @@ TABLES: dict[str, TableSpec] = {
                 "span_id",
                 "metadata",
                 "pii_counts",
+                "user_id",
                 *_K,
             ),
             _request,
@@ -492,6 +502,7 @@ TABLES: dict[str, TableSpec] = {
                 "trace_id",
                 "span_id",
                 "pii_counts",
+                "user_id",
                 *_K,
             ),
             _response,
@@ -511,6 +522,7 @@ TABLES: dict[str, TableSpec] = {
                 "comment",
                 "source",
                 "pii_counts",
+                "user_id",
                 *_K,
             ),
             _feedback,

@@ -19,8 +19,10 @@ from services.common.audit import check_submission
 from services.common.clickhouse import get_client
 from services.common.erasure import texts
 from services.common.governance import Trust, ensure_identity
+from services.common.pii import PiiPolicy
 from services.common.signing import create_key, load_key, public_key_b64
 from services.common.subject_keys import SEALED
+from services.ingest.settings import PiiSettings
 from tests.conftest import REPO
 from tests.integration.helpers import read_topic
 from tests.integration.test_ingest import NOW, as_user, count, ingest_settings, produce, response, run_ingest
@@ -107,6 +109,7 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
             kafka_settings,
             as_user(clickhouse_settings, clickhouse_users),
             topics=("inference-requests", "inference-responses", "feedback", "inference-requests-dlq"),
+            pii=PiiSettings(tenants={"acme": PiiPolicy(keep_user=True)}),  # acme keeps its users' ids, sealed
         ),
         lambda: (
             count(client, f"{db}.inference_requests") >= len(requests)
@@ -132,6 +135,12 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
     assert len(sid) == 1
     sid = sid[0][0]
     assert not client.query(f"SELECT count() FROM {db}.inference_requests WHERE user = 'alice'").result_rows[0][0]
+    kept = "SELECT tenant, user_id, count() FROM ({}) WHERE user_id IS NOT NULL GROUP BY ALL ORDER BY ALL".format(
+        " UNION ALL ".join(
+            f"SELECT tenant, user_id FROM {db}.{t}" for t in ("inference_requests", "inference_responses", "feedback")
+        )
+    )
+    assert client.query(kept).result_rows == [("acme", "alice", 9), ("acme", "bob", 9)]
 
     # a copy of the requests' data parts taken before the erasure (ClickHouse's FREEZE)
     client.command(f"ALTER TABLE {db}.inference_requests FREEZE WITH NAME 'pre_erasure'")
@@ -161,6 +170,7 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
         f"user: {SECRET} #acme-alice-{k}" for k in range(3)
     )
     assert all(r["metadata"]["address"].startswith(SECRET) for r in by_table["inference_requests"])
+    assert {r["user_id"] for t in ("inference_requests", "feedback") for r in by_table[t]} == {"alice"}
 
     receipt = tmp_path / "receipt.json"
     refused = _cli(env, "erase", "--tenant", "acme", "--user", "alice", "--by", "dpo@acme", "--as", "nobody")
@@ -187,6 +197,7 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
 
     after = _dump(client, db)
     assert SECRET not in after and "acme-alice" not in after
+    assert client.query(kept).result_rows == [("acme", "bob", 9)]
     for t in SEALED:  # everyone else: same rows, same content
         assert client.query(
             f"SELECT {', '.join(['subject_id', *texts(t)])} FROM {db}.{t} WHERE subject_id != {{s:String}} ORDER BY ALL",

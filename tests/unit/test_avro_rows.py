@@ -62,7 +62,9 @@ def both(rows, protector: Protector, data: bytes, offset: int = 5):  # noqa: ANN
 @pytest.fixture
 def protector() -> Protector:
     return Protector(
-        PiiPolicy(mode="redact"), {"clinic": PiiPolicy(store_text=False), "bank": PiiPolicy(mode="hash")}, b"k"
+        PiiPolicy(mode="redact"),
+        {"clinic": PiiPolicy(store_text=False), "bank": PiiPolicy(mode="hash"), "crm": PiiPolicy(keep_user=True)},
+        b"k",
     )
 
 
@@ -71,7 +73,7 @@ def rows(request, protector):  # noqa: ANN001, ANN201
     """The response rows with the compiled walker, then with the Python one: every test
     below holds both to the same contract."""
     r = avro_rows_for(KEY, table_for(KEY), protector)
-    r._walker = make_walker(r._walk, r._stores_text, native=request.param == "native")
+    r._walker = make_walker(r._walk, r._tenant_passes, native=request.param == "native")
     return r
 
 
@@ -137,6 +139,20 @@ def test_tenant_without_text_storage_takes_the_full_path(rows, protector) -> Non
     fast, full = both(rows, protector, codec.encode(response(1, tenant="clinic")))
     assert fast is None and b"Paris" not in full
     assert rows.passthrough(codec.encode(response(1, tenant="acme")), TOPIC, 0, 0) is not None
+
+
+def test_tenant_keeping_user_ids_takes_the_full_path_with_the_id(rows, protector) -> None:
+    import io
+
+    import fastavro
+
+    codec = get_codec(KEY)
+    fast, full = both(rows, protector, codec.encode(response(1, tenant="crm")))
+    assert fast is None
+    fast = rows.passthrough(codec.encode(response(2, tenant="acme")), TOPIC, 0, 0)
+    back = list(fastavro.reader(io.BytesIO(rows.block([full, fast]))))
+    assert back[0]["user_id_in"] == response(1)["user"] and back[1]["user_id_in"] is None
+    assert back[0]["output_in"] == response(1)["output"]
 
 
 def _with_schema_id(data: bytes, schema_id: int) -> bytes:
@@ -324,8 +340,8 @@ def test_compiled_and_python_walkers_agree(protector) -> None:
     inserted, a length forged): the two walkers return the same texts or both refuse."""
     codec = get_codec(KEY)
     r = avro_rows_for(KEY, table_for(KEY), protector)
-    native = make_walker(r._walk, r._stores_text, native=True)
-    python = make_walker(r._walk, r._stores_text, native=False)
+    native = make_walker(r._walk, r._tenant_passes, native=True)
+    python = make_walker(r._walk, r._tenant_passes, native=False)
     rng = random.Random(7)
     passed = refused = 0
     for i in range(1500):
@@ -561,6 +577,14 @@ def test_request_tenant_without_text_storage_takes_the_full_path(request_rows, p
     codec = get_codec(RKEY)
     fast, full = both_request(request_rows, protector, codec.encode(request(1, tenant="clinic")))
     assert fast is None and "sky" not in repr(full) and full["prompt_in"] is None
+
+
+def test_request_tenant_keeping_user_ids_takes_the_full_path_with_the_id(request_rows, protector) -> None:
+    codec = get_codec(RKEY)
+    fast, full = both_request(request_rows, protector, codec.encode(request(1, tenant="crm")))
+    assert fast is None and full["user_id_in"] == request(1)["user"]
+    fast, full = both_request(request_rows, protector, codec.encode(request(1, tenant="acme")))
+    assert fast is not None and full["user_id_in"] is None
 
 
 def test_corrupted_requests_pass_through_only_as_the_full_path_would_store_them(request_rows, protector) -> None:
