@@ -44,7 +44,7 @@ def make_app(app_id: str, kafka: KafkaSettings, partitions: int, session_timeout
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=kafka.replicas()[0],
         broker_session_timeout=session_timeout_s,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,

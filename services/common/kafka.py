@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
 from services.common.registry import SchemaRegistry, default_registry
@@ -80,27 +80,43 @@ async def ensure_topics(
     k: KafkaSettings,
     registry: SchemaRegistry | None = None,
     keys: list[str] | None = None,
-    replication_factor: int = 1,
     timeout_s: float = 30.0,
 ) -> list[str]:
     """Create every registry topic (or ``keys``) that does not exist yet, with the
-    partitions and config the registry gives. Idempotent. Returns the names created."""
+    partitions, config and replication the registry gives (``k.replication`` decides
+    whether a one-broker cluster gets 1 and 1). Idempotent. Returns the names created."""
     reg = registry or default_registry()
-    wanted = {
-        k.topic_prefix + reg.topic(key).name: (reg.topic(key).partitions, dict(reg.topic(key).config))
-        for key in (keys or list(reg.topics))
-    }
-    return await ensure_named_topics(k, wanted, replication_factor, timeout_s)
+    wanted, factors = {}, {}
+    for key in keys or list(reg.topics):
+        spec = reg.topic(key)
+        name = k.topic_prefix + spec.name
+        factor, min_insync = k.replicas(spec.replication_factor, spec.min_insync_replicas)
+        wanted[name] = (spec.partitions, {**spec.config, "min.insync.replicas": str(min_insync)})
+        factors[name] = factor
+    return await ensure_named_topics(k, wanted, factors, timeout_s)
 
 
 async def ensure_named_topics(
     k: KafkaSettings,
     wanted: dict[str, tuple[int, dict[str, str]]],
-    replication_factor: int = 1,
+    replication_factor: int | dict[str, int] | None = None,
     timeout_s: float = 30.0,
 ) -> list[str]:
     """Create the topics named in ``wanted`` (name -> partitions, config) that do not
-    exist yet; idempotent, safe beside a concurrent creator. Returns the names created."""
+    exist yet; idempotent, safe beside a concurrent creator. Returns the names created.
+    ``replication_factor`` (one for all, or per name) defaults to what ``k`` gives an
+    internal topic (3, min.insync.replicas 2; 1 and 1 on a single broker)."""
+    default_factor, default_min_insync = k.replicas()
+    wanted = {
+        name: (partitions, {"min.insync.replicas": str(default_min_insync), **config})
+        for name, (partitions, config) in wanted.items()
+    }
+
+    def factor(name: str) -> int:
+        if isinstance(replication_factor, dict):
+            return replication_factor.get(name, default_factor)
+        return default_factor if replication_factor is None else replication_factor
+
     admin = AIOKafkaAdminClient(**client_kwargs(k), request_timeout_ms=int(timeout_s * 1000))
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
@@ -115,16 +131,20 @@ async def ensure_named_topics(
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name, partitions, replication_factor, topic_configs=config)
+            NewTopic(name, partitions, factor(name), topic_configs=config)
             for name, (partitions, config) in wanted.items()
             if name not in existing
         ]
         for topic in new:  # one at a time: a concurrent creator must not fail the rest
-            try:
-                await admin.create_topics([topic])
+            # aiokafka hands back the broker's per-topic errors rather than raising them
+            response = await admin.create_topics([topic])
+            for _name, code, *detail in response.topic_errors:
+                if code == TopicAlreadyExistsError.errno:
+                    break
+                if code:
+                    raise for_code(code)(f"cannot create topic {topic.name}: {detail[0] if detail else ''}")
+            else:
                 created.append(topic.name)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
     return created

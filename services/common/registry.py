@@ -58,6 +58,10 @@ class TopicSpec:
     message_key: str = ""
     # per-tenant copies of this topic (same contract): e.g. "argus.tenant.{tenant}.requests"
     tenant_topic: str | None = None
+    # copies of each partition, and how many must have a write before acks=all answers: a
+    # cluster of three keeps taking writes with one broker down, and loses none
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,9 +126,15 @@ class SchemaRegistry:
                 dead_letter_topic=d.get("dead_letter_topic"),
                 message_key=d.get("key", ""),
                 tenant_topic=d.get("tenant_topic"),
+                replication_factor=int((d.get("replication") or {}).get("factor", 3)),
+                min_insync_replicas=int((d.get("replication") or {}).get("min_insync_replicas", 2)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RegistryError(f"{path}: invalid topic definition: {exc!r}") from exc
+        if not 1 <= spec.min_insync_replicas <= spec.replication_factor:
+            raise RegistryError(f"{path}: replication needs 1 <= min_insync_replicas <= factor")
+        if "min.insync.replicas" in spec.config or "replication.factor" in spec.config:
+            raise RegistryError(f"{path}: set replication under `replication:`, not in config")
         if spec.compatibility not in ("BACKWARD", "FORWARD", "FULL", "NONE"):
             raise RegistryError(f"{path}: unknown compatibility mode {spec.compatibility}")
         if spec.tenant_topic is not None and spec.tenant_topic.count("{tenant}") != 1:
@@ -259,3 +269,19 @@ def dead_letter_topics() -> tuple[str, ...]:
 def get_codec(topic: str, version: int | None = None) -> AvroCodec:
     """The cached codec of a topic's value schema (its current version by default)."""
     return default_registry().codec(topic, version)
+
+
+def strimzi_topics(registry: SchemaRegistry | None = None) -> dict[str, dict[str, Any]]:
+    """Every registry topic as a Strimzi ``KafkaTopic`` spec, by unprefixed name:
+    partitions, replicas and config (with ``min.insync.replicas``), as the production
+    cluster gets them (``deploy/helm/argus/files/kafka-topics.yaml``, `argus topics plan
+    --strimzi`)."""
+    reg = registry or default_registry()
+    return {
+        spec.name: {
+            "partitions": spec.partitions,
+            "replicas": spec.replication_factor,
+            "config": {**spec.config, "min.insync.replicas": str(spec.min_insync_replicas)},
+        }
+        for spec in sorted(reg.topics.values(), key=lambda t: t.name)
+    }

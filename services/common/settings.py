@@ -49,6 +49,17 @@ class KafkaSettings(BaseModel):
     schema_registry_url: str | None = None
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None
+    replication: Literal["registry", "single-broker"] = Field(
+        default="registry",
+        description="Replication of the topics Argus creates: `registry` takes each topic's factor and "
+        "min.insync.replicas from schemas/topics (3 and 2 unless a topic says otherwise; faust's and the "
+        "tenants' topics get 3 and 2); `single-broker` makes every topic 1 and 1, for a cluster of one "
+        "broker (the local stack, docker-compose).",
+    )
+
+    def replicas(self, factor: int = 3, min_insync: int = 2) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of a topic the registry gives these."""
+        return (1, 1) if self.replication == "single-broker" else (factor, min_insync)
 
     def password(self) -> str | None:
         """The SASL password: from ``sasl_password_file`` when set, else ``sasl_password``."""
@@ -67,6 +78,7 @@ class KafkaSettings(BaseModel):
             f"{prefix}KAFKA__TOPIC_PREFIX": self.topic_prefix,
         }
         out[f"{prefix}KAFKA__SECURITY_PROTOCOL"] = self.security_protocol
+        out[f"{prefix}KAFKA__REPLICATION"] = self.replication
         for name in (
             "sasl_mechanism",
             "sasl_username",

@@ -79,12 +79,18 @@ class KafkaLocal:
         from services.stack.credentials import secret
 
         if not self.secure:
-            return KafkaSettings(bootstrap_servers=self.bootstrap, topic_prefix=topic_prefix, client_id=client_id)
+            return KafkaSettings(
+                bootstrap_servers=self.bootstrap,
+                topic_prefix=topic_prefix,
+                client_id=client_id,
+                replication="single-broker",
+            )
         secret(Path(self.home), f"kafka/{user}")  # generated on first use
         return KafkaSettings(
             bootstrap_servers=self.bootstrap,
             topic_prefix=topic_prefix,
             client_id=client_id,
+            replication="single-broker",  # one broker: every topic 1 and 1
             security_protocol="SASL_SSL",
             sasl_mechanism="SCRAM-SHA-512",
             sasl_username=user,

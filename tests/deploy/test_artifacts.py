@@ -271,6 +271,50 @@ def test_kafka_users_are_the_registry_plan_and_valid_strimzi_resources() -> None
     )  # group unprefixed
 
 
+def test_kafka_topics_are_the_registry_with_production_replication_and_valid_strimzi_resources() -> None:
+    from services.common.registry import default_registry, strimzi_topics
+
+    committed = yaml.safe_load((CHART / "files" / "kafka-topics.yaml").read_text())
+    assert committed == strimzi_topics(), "run `argus topics plan --strimzi`"
+    crd = yaml.safe_load((crds_dir() / "strimzi.kafkatopics.yaml").read_text())
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    topics = [
+        d
+        for d in render({"kafka": {"topicPrefix": "prod.", "strimzi": {"enabled": True, "cluster": "main"}}})
+        if d["kind"] == "KafkaTopic"
+    ]
+    reg = default_registry()
+    assert {t["spec"]["topicName"] for t in topics} == {"prod." + s.name for s in reg.topics.values()}
+    for topic in topics:
+        jsonschema.validate(topic, schema)
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "main"
+        assert topic["spec"]["replicas"] == 3 and topic["spec"]["config"]["min.insync.replicas"] == "2"
+    audit = next(t for t in topics if t["spec"]["topicName"] == "prod.argus.audit")
+    assert audit["spec"]["config"]["retention.ms"] == "-1" and audit["spec"]["partitions"] == 1
+    assert not [d for d in render() if d["kind"] == "KafkaTopic"]  # only with Strimzi
+
+
+def test_every_pod_creates_topics_with_the_registry_replication_unless_told_one_broker() -> None:
+    def replication(docs: list[dict]) -> set[str]:
+        return {
+            e["value"]
+            for d in docs
+            if d["kind"] in ("Deployment", "Job", "CronJob")
+            for c in _containers(d)
+            for e in c.get("env", [])
+            if e["name"].endswith("_KAFKA__REPLICATION")
+        }
+
+    assert replication(render()) == {"registry"}
+    assert replication(render({"kafka": {"replication": "single-broker"}})) == {"single-broker"}
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = doc["spec"]
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"] if doc["kind"] == "CronJob" else spec["template"]["spec"]
+    return pod.get("containers", []) + pod.get("initContainers", [])
+
+
 def _policies(docs: list[dict]) -> dict[str, dict]:
     return {d["metadata"]["name"].removeprefix("argus-argus-"): d for d in docs if d["kind"] == "NetworkPolicy"}
 

@@ -153,7 +153,12 @@ def topic_prefix() -> str:
 def kafka_settings(kafka_bootstrap: str, kafka_local: KafkaLocal | None, topic_prefix: str) -> KafkaSettings:
     """Settings with a unique topic prefix; every registry topic created under it."""
     if kafka_local is None:
-        settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, client_id="argus-tests")
+        settings = KafkaSettings(
+            bootstrap_servers=kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            client_id="argus-tests",
+            replication="single-broker",
+        )
     else:  # the stack's super user: tests set up topics and traffic; ACLs are tested on their own
         settings = kafka_local.client_settings(topic_prefix=topic_prefix, client_id="argus-tests")
     asyncio.run(ensure_topics(settings))

@@ -180,3 +180,25 @@ async def test_clients_without_a_valid_identity_are_refused(secured, case: str) 
             await asyncio.wait_for(producer.send_and_wait(good.topic("inference-requests"), b"x"), 10)
     finally:
         await producer.stop()
+
+
+async def test_topics_get_the_registry_replication_and_a_one_broker_cluster_refuses_three(kafka_settings) -> None:  # noqa: ANN001
+    """The broker's own view of what ``ensure_topics`` created: min.insync.replicas from the
+    registry's plan (1 on the one-broker stack), and ``registry`` replication (3 copies)
+    refused by a cluster of one rather than quietly created with fewer."""
+    from aiokafka.errors import InvalidReplicationFactorError
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    topic = kafka_settings.topic_prefix + REG.topic("feedback").name
+    admin = AdminClient(kafka_acl.admin_config(kafka_settings))
+    meta = admin.list_topics(topic, timeout=20).topics[topic]
+    assert {len(p.replicas) for p in meta.partitions.values()} == {1}
+    (future,) = admin.describe_configs([ConfigResource("TOPIC", topic)]).values()
+    configs = {k: v.value for k, v in future.result(timeout=20).items()}
+    assert configs["min.insync.replicas"] == "1"
+    assert configs["retention.ms"] == REG.topic("feedback").config["retention.ms"]
+    production = kafka_settings.model_copy(
+        update={"replication": "registry", "topic_prefix": "repl-" + uuid.uuid4().hex[:6] + "."}
+    )
+    with pytest.raises(InvalidReplicationFactorError):
+        await ensure_topics(production, keys=["feedback"])

@@ -94,3 +94,24 @@ def test_a_dead_letter_topic_never_outlives_its_source(tmp_path) -> None:  # noq
     path.write_text(path.read_text().replace('retention.ms: "604800000"', 'retention.ms: "2592000000"'))
     with pytest.raises(RegistryError, match="keeps messages longer"):
         SchemaRegistry(root)
+
+
+def test_replication_comes_from_the_registry_and_a_single_broker_setting_makes_it_one(tmp_path) -> None:  # noqa: ANN001
+    from services.common.settings import KafkaSettings
+
+    reg = default_registry()
+    assert {(t.replication_factor, t.min_insync_replicas) for t in reg.topics.values()} == {(3, 2)}
+    assert KafkaSettings().replicas(3, 2) == (3, 2)  # production unless told otherwise
+    assert KafkaSettings(replication="single-broker").replicas(3, 2) == (1, 1)
+    root = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS_DIR, root)
+    path = root / "topics" / "audit.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("{factor: 3, min_insync_replicas: 2}", "{factor: 5, min_insync_replicas: 3}"))
+    assert SchemaRegistry(root).topic("audit").replication_factor == 5
+    path.write_text(original.replace("{factor: 3, min_insync_replicas: 2}", "{factor: 2, min_insync_replicas: 3}"))
+    with pytest.raises(RegistryError, match="min_insync_replicas"):
+        SchemaRegistry(root)
+    path.write_text(original.replace("cleanup.policy: delete", "cleanup.policy: delete\n  min.insync.replicas: 1"))
+    with pytest.raises(RegistryError, match="not in config"):
+        SchemaRegistry(root)

@@ -21,6 +21,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ include "argus.kafkaProtocol" .root | quote }}
 - name: ARGUS_{{ .service }}_KAFKA__CLIENT_ID
   value: {{ .principal | quote }}
+- name: ARGUS_{{ .service }}_KAFKA__REPLICATION
+  value: {{ .root.Values.kafka.replication | quote }}
 {{- if hasPrefix "SASL" .root.Values.kafka.securityProtocol }}
 - name: ARGUS_{{ .service }}_KAFKA__SASL_MECHANISM
   value: {{ .root.Values.kafka.saslMechanism | quote }}
