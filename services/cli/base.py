@@ -31,8 +31,8 @@ def settings() -> ServiceSettings:
     from services.stack.manager import Stack
 
     local = Stack(stack)
-    if not local.kafka.secure:
-        return s
+    if not local.kafka.secure:  # the local stack's one broker: its topics get one copy
+        return s.model_copy(update={"kafka": s.kafka.model_copy(update={"replication": "single-broker"})})
     op = local.kafka_settings_for("argus-operator")
     return s.model_copy(update={"kafka": op.model_copy(update={"topic_prefix": s.kafka.topic_prefix})})
 

@@ -63,6 +63,24 @@ def inference_deploy() -> None:
     _main("inference", ["deploy"])
 
 
+@inference_app.command("serve-config")
+def inference_serve_config(
+    trust_file: str = typer.Option(
+        None,
+        "--trust-file",
+        help="Where every Ray node mounts the trust file (KubeRay: /etc/argus/governance/trust/trust.yaml); "
+        "default: the local trust file's keys, inline.",
+    ),
+) -> None:
+    """The Serve config the code applies for ARGUS_INFERENCE_* (KubeRay's serveConfigV2)."""
+    import sys
+
+    from services.inference.serveconfig import serve_config_v2
+    from services.inference.settings import InferenceSettings
+
+    sys.stdout.write(serve_config_v2(InferenceSettings(), trust_file))
+
+
 @ingest_app.command("run")
 def ingest_run() -> None:
     """Run the logging service; settings from ARGUS_INGEST_*."""

@@ -8,6 +8,9 @@
   is widened or a version rolled back without a restart.
 - ``bridge``: run only the Kafka bridge against an application already deployed on the
   Ray cluster at ``ARGUS_INFERENCE_RAY_ADDRESS``.
+- ``states``: run only the serving-state applier against that cluster's application
+  (KubeRay: one replica beside the bridges, which scale on their lag; the canary weights
+  and rollbacks it applies are the same Serve application's).
 """
 
 from __future__ import annotations
@@ -103,9 +106,43 @@ async def _run_bridge(settings: InferenceSettings, router, stop: asyncio.Event, 
         await health.stop()
 
 
+async def _run_states(settings: InferenceSettings, stop: asyncio.Event) -> None:
+    import time
+
+    from services.common.health import Readiness
+    from services.common.kafka import make_producer
+    from services.common.metrics import Metrics
+    from services.inference.app import deploy
+    from services.inference.serving import ServingStateApplier
+
+    metrics = Metrics("inference-serving")
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    applier = ServingStateApplier(settings, producer, deploy, metrics)
+
+    async def readiness() -> Readiness:
+        caught_up = applier.reader.caught_up.is_set()
+        return Readiness(
+            ready=caught_up,
+            service="inference-serving",
+            kafka_connected=True,
+            sink_healthy=True,
+            detail="" if caught_up else "reading the serving-state topic",
+        )
+
+    # the applier waits for records most of the time: alive while its task runs
+    health = HealthServer(settings.health, metrics, time.time, readiness)
+    await health.start()
+    try:
+        await applier.run(stop)
+    finally:
+        await producer.stop()
+        await health.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", default="serve", choices=["serve", "bridge", "deploy"])
+    ap.add_argument("command", nargs="?", default="serve", choices=["serve", "bridge", "deploy", "states"])
     args = ap.parse_args(argv)
     settings = InferenceSettings()
     prepare(settings)
@@ -123,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("inference.deployed", app=settings.app_name, routing=settings.routing_config())
         if args.command == "deploy":
             return 0
+    elif args.command == "states":
+        return run_until_signalled(lambda stop: _run_states(settings, stop))
     else:
         router = serve.get_app_handle(settings.app_name)
     return run_until_signalled(lambda stop: _run_bridge(settings, router, stop, apply_states=args.command == "serve"))

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from services.inference.responses import chat_params
 from services.inference.router import Router
-from services.inference.serveconfig import serve_config
+from services.inference.serveconfig import application_config
 from services.inference.settings import InferenceSettings, ModelVersion
 from services.inference.verify import check_artifact_signature
 
@@ -142,13 +142,7 @@ def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentH
     from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
     client = _get_global_client()
-    if settings.engine.kind == "vllm":
-        from services.inference.gpu import gpu_serve_config
-
-        config = gpu_serve_config(settings)
-    else:
-        config = serve_config(settings)
-    apps = [ServeApplicationSchema(**config)]
+    apps = [ServeApplicationSchema(**application_config(settings))]
     # keep the other applications of this Serve instance as they are
     for name, status in serve.status().applications.items():
         if name != settings.app_name and getattr(status, "deployed_app_config", None) is not None:

@@ -232,11 +232,11 @@ def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
     return router.bind(args["model_name"], handles)
 
 
-def gpu_serve_config(settings: InferenceSettings) -> dict[str, Any]:
+def gpu_serve_config(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
     """The Serve application config for GPU nodes (for ``serve deploy`` / KubeRay)."""
     from services.inference.serveconfig import serve_config
 
-    cfg = serve_config(settings)
+    cfg = serve_config(settings, trust_file)
     cfg["import_path"] = "services.inference.gpu:gpu_app_builder"
     cfg["args"]["llm_configs"] = [llm_config(settings, v) for v in settings.versions]
     return cfg

@@ -8,20 +8,25 @@ from typing import Any
 from services.inference.settings import InferenceSettings
 
 
-def governance_args(settings: InferenceSettings) -> dict[str, Any]:
+def governance_args(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
     """What a replica checks an artifact's signature against: the trust file's public keys
     (not secret; carried in the config so a replica on another node needs no file) and
-    whether unsigned models may be served."""
+    whether unsigned models may be served. With ``trust_file``, the path every node of the
+    Ray cluster mounts the trust file at instead (KubeRay: the trust Secret), so the
+    config does not go stale when the trust file changes."""
     import yaml
 
     from services.common.governance import trust_path
+
+    if trust_file is not None:
+        return {"allow_unsigned": settings.allow_unsigned_models, "trust_file": trust_file}
 
     path = trust_path(settings.governance)
     trust = yaml.safe_load(path.read_text()) if path.exists() else None
     return {"allow_unsigned": settings.allow_unsigned_models, "trust": trust}
 
 
-def static_args(settings: InferenceSettings) -> dict[str, Any]:
+def static_args(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
     """What the application is built from: only what needs new replicas when it
     changes (which versions exist, their artifacts, the engine's load-time settings)."""
     e = settings.engine
@@ -31,7 +36,7 @@ def static_args(settings: InferenceSettings) -> dict[str, Any]:
             v.model_dump(mode="json", include={"version", "model_path", "sha256", "card_sha256", "artifact_signature"})
             for v in settings.versions
         ],
-        "governance": governance_args(settings),
+        "governance": governance_args(settings, trust_file),
         "engine": e.model_dump(
             mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}
         ),
@@ -39,7 +44,7 @@ def static_args(settings: InferenceSettings) -> dict[str, Any]:
     }
 
 
-def serve_config(settings: InferenceSettings) -> dict[str, Any]:
+def serve_config(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
     """The Serve application config (the ``applications[]`` entry of a ``serve deploy``
     file or a KubeRay RayService ``serveConfigV2``). Weights, shadows and engine
     tunables are per-deployment ``user_config``; changing only those reconfigures the
@@ -49,7 +54,7 @@ def serve_config(settings: InferenceSettings) -> dict[str, Any]:
         "name": settings.app_name,
         "route_prefix": settings.route_prefix,
         "import_path": "services.inference.app:app_builder",
-        "args": static_args(settings),
+        "args": static_args(settings, trust_file),
         "deployments": [{"name": "router", "user_config": settings.routing_config()}]
         + [
             {
@@ -64,3 +69,21 @@ def serve_config(settings: InferenceSettings) -> dict[str, Any]:
             for v in settings.versions
         ],
     }
+
+
+def application_config(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
+    """The config of the engine the settings name: :func:`serve_config` on CPU (llama.cpp),
+    :func:`~services.inference.gpu.gpu_serve_config` for vLLM. What :func:`deploy
+    <services.inference.app.deploy>` applies and `argus inference serve-config` prints."""
+    if settings.engine.kind == "vllm":
+        from services.inference.gpu import gpu_serve_config
+
+        return gpu_serve_config(settings, trust_file)
+    return serve_config(settings, trust_file)
+
+
+def serve_config_v2(settings: InferenceSettings, trust_file: str | None = None) -> str:
+    """:func:`application_config` as a Serve config file (KubeRay's ``serveConfigV2``)."""
+    import yaml
+
+    return yaml.safe_dump({"applications": [application_config(settings, trust_file)]}, sort_keys=False)

@@ -5,6 +5,7 @@ the bytes loaded (:class:`services.common.llm.VerifiedArtifact` for llama.cpp,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from services.inference.settings import ModelVersion
@@ -31,10 +32,18 @@ def check_artifact_signature(model_name: str, version: ModelVersion, governance:
         )
     if not version.sha256:
         raise ArtifactRefused(f"{where}: a signed artifact needs its sha256 (the signature covers it)")
-    if not governance.get("trust"):
+    doc = governance.get("trust")
+    if doc is None and governance.get("trust_file"):  # on a Ray cluster (KubeRay): the file every node mounts
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(governance["trust_file"]).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ArtifactRefused(f"{where}: cannot read the trust file {governance['trust_file']}: {exc}") from None
+    if not doc:
         raise ArtifactRefused(f"{where}: the artifact is signed but this deployment has no trust file to check it")
     try:
-        trust = Trust(None, governance["trust"])
+        trust = Trust(None, doc)
     except SignatureError as exc:
         raise ArtifactRefused(f"{where}: {exc}") from None
     try:

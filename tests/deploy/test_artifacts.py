@@ -508,3 +508,141 @@ def test_ray_runs_with_token_authentication_everywhere() -> None:
         "\n".join(p.read_text() for p in (REPO / "services").rglob("*.py")) + (REPO / "scripts" / "test.sh").read_text()
     )
     assert '"RAY_AUTH_MODE": "disabled"' not in text and "RAY_AUTH_MODE=disabled\n" not in text
+
+
+TRUST_FILE = "/etc/argus/governance/trust/trust.yaml"  # where every Ray node mounts the trust Secret
+KUBERAY = {"inference": {"mode": "kuberay", "kuberay": {"authTokenSecret": "argus-ray-token"}}}
+
+
+def _crd_schema(file: str, version: str) -> dict:
+    crd = yaml.safe_load((crds_dir() / file).read_text())
+    return next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
+
+
+def chart_serve_config(values: dict | None = None) -> str:
+    """What `argus inference serve-config --trust-file …` prints for the ARGUS_INFERENCE_*
+    settings the chart gives the single-pod inference container (``values`` over the
+    defaults): the config the code applies for that chart."""
+    import os
+
+    from services.inference.serveconfig import serve_config_v2
+    from services.inference.settings import InferenceSettings
+
+    (pod,) = [d for d in render(values) if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
+    env = {e["name"]: e["value"] for e in _containers(pod)[0]["env"] if "value" in e}
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("ARGUS_INFERENCE_")})
+    try:
+        return serve_config_v2(InferenceSettings(), TRUST_FILE)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_kuberay_mode_renders_a_valid_rayservice_whose_serve_config_is_what_the_code_applies() -> None:
+    committed = (CHART / "files" / "serve-config.yaml").read_text()
+    assert yaml.safe_load(committed) == yaml.safe_load(chart_serve_config()), (
+        "regenerate files/serve-config.yaml: argus inference serve-config --trust-file " + TRUST_FILE
+    )
+    docs = render(KUBERAY)
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("RayService") == 1
+    (svc,) = [d for d in docs if d["kind"] == "RayService"]
+    jsonschema.validate(svc, _crd_schema("kuberay.ray.io_rayservices.yaml", "v1"))
+    for doc in docs:
+        if doc["apiVersion"].split("/")[0] in ("apps", "v1", "batch", "policy", "autoscaling", "networking.k8s.io"):
+            kubernetes_validate.validate(doc, "1.33", strict=True)
+    assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == yaml.safe_load(committed)
+    app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["governance"] == {"allow_unsigned": False, "trust_file": TRUST_FILE}
+    cluster = svc["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] and cluster["authOptions"] == {
+        "mode": "token",
+        "secretName": "argus-ray-token",
+    }
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # replicas run on the workers
+    (workers,) = cluster["workerGroupSpecs"]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 4)
+    assert "nvidia.com/gpu" not in workers["template"]["spec"]["containers"][0]["resources"]["limits"]  # CPU engine
+    deployments = {d["metadata"]["name"].removeprefix("argus-argus-"): d for d in docs if d["kind"] == "Deployment"}
+    assert "inference" not in deployments and {"bridge", "serving"} <= set(deployments)
+    bridge, serving = (_containers(deployments[c])[0] for c in ("bridge", "serving"))
+    assert bridge["command"][-1] == "bridge" and serving["command"][-1] == "states"
+    address = {e["name"]: e.get("value") for e in bridge["env"]}["ARGUS_INFERENCE_RAY_ADDRESS"]
+    assert address == "ray://argus-argus-inference-head-svc:10001"
+    assert deployments["serving"]["spec"]["replicas"] == 1 and "replicas" not in deployments["bridge"]["spec"]
+    policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert {"argus-argus-ray-cluster", "argus-argus-kuberay-operator"} <= policies
+    with pytest.raises(Exception, match="authTokenSecret"):
+        render({"inference": {"mode": "kuberay"}})
+
+
+def test_kuberay_on_gpu_nodes_asks_for_gpus_and_carries_the_vllm_serve_config() -> None:
+    from services.inference.gpu import gpu_serve_config  # noqa: F401 - the GPU builder the config names
+
+    gpu = {
+        "engine": {"kind": "vllm", "numGpus": 1},
+        "versions": [{"version": "v1", "weight": 100, "model_path": "/models/smollm2", "sha256": "a" * 64}],
+    }
+    config = chart_serve_config({"inference": gpu})
+    values = _merge(
+        KUBERAY,
+        {
+            "inference": {
+                **gpu,
+                "kuberay": {
+                    "serveConfig": config,
+                    "workers": {
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+                    },
+                },
+            }
+        },
+    )
+    (svc,) = [d for d in render(values) if d["kind"] == "RayService"]
+    jsonschema.validate(svc, _crd_schema("kuberay.ray.io_rayservices.yaml", "v1"))
+    app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
+    assert app["import_path"] == "services.inference.gpu:gpu_app_builder" and app["args"]["llm_configs"]
+    worker = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["containers"][0]["image"].startswith("ghcr.io/argus-llmops/argus-gpu:")
+    assert worker["tolerations"][0]["key"] == "nvidia.com/gpu"
+    with pytest.raises(Exception, match="serveConfig"):  # a vLLM engine never runs the CPU defaults
+        render(_merge(KUBERAY, {"inference": gpu}))
+
+
+def test_consumers_scale_on_lag_with_keda_and_on_cpu_without_it() -> None:
+    keda = _merge(KUBERAY, {"autoscaling": {"keda": {"enabled": True}}})
+    docs = render(keda)
+    scaled = {d["metadata"]["name"].removeprefix("argus-argus-"): d for d in docs if d["kind"] == "ScaledObject"}
+    auths = [d for d in docs if d["kind"] == "TriggerAuthentication"]
+    assert set(scaled) == {"bridge", "ingest", "drift"} and len(auths) == 3
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    so_schema = _crd_schema("keda.keda.sh_scaledobjects.yaml", "v1alpha1")
+    ta_schema = _crd_schema("keda.keda.sh_triggerauthentications.yaml", "v1alpha1")
+    for d in scaled.values():
+        jsonschema.validate(d, so_schema)
+    for d in auths:
+        jsonschema.validate(d, ta_schema)
+    kafka = {c: next(t for t in d["spec"]["triggers"] if t["type"] == "kafka") for c, d in scaled.items()}
+    assert {c: t["metadata"]["consumerGroup"] for c, t in kafka.items()} == {
+        "bridge": "argus-inference",
+        "ingest": "argus-ingest",
+        "drift": "argus-drift",
+    }
+    assert all(t["metadata"]["sasl"] == "scram_sha512" and t["metadata"]["tls"] == "enable" for t in kafka.values())
+    ingest_auth = next(a for a in auths if a["metadata"]["name"] == "argus-argus-ingest-kafka")
+    refs = {r["parameter"]: r["name"] for r in ingest_auth["spec"]["secretTargetRef"]}
+    assert refs == {"password": "argus-ingest", "ca": "kafka-cluster-ca-cert"}  # its own principal, never the admin
+    assert scaled["ingest"]["spec"]["maxReplicaCount"] == 3
+    deployments = {d["metadata"]["name"].removeprefix("argus-argus-"): d for d in docs if d["kind"] == "Deployment"}
+    assert all("replicas" not in deployments[c]["spec"] for c in scaled)  # the autoscaler owns them
+
+    plain = render()
+    hpas = {d["metadata"]["name"].removeprefix("argus-argus-") for d in plain if d["kind"] == "HorizontalPodAutoscaler"}
+    assert hpas == {"ingest", "drift"} and not [d for d in plain if d["kind"] in ("ScaledObject", "RayService")]
+    pdbs = {d["metadata"]["name"].removeprefix("argus-argus-") for d in plain if d["kind"] == "PodDisruptionBudget"}
+    assert pdbs == {"ingest", "drift", "alerting"}
+    fixed = render({"autoscaling": {"hpa": {"enabled": False}}})
+    ingest = next(d for d in fixed if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-ingest")
+    assert ingest["spec"]["replicas"] == 1

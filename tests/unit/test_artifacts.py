@@ -105,6 +105,13 @@ def test_a_vllm_replica_loads_only_a_signed_verified_copy(tmp_path: Path) -> Non
         stage_artifact("m", artifact(None), governance)
     with pytest.raises(ArtifactRefused, match="pipeline role"):
         stage_artifact("m", artifact(approver), governance)
+    # on KubeRay the config names the trust file every node mounts, and it is read there
+    mounted = {"allow_unsigned": False, "trust_file": str(trust)}
+    stage_artifact("m", artifact(pipeline), mounted).close()
+    with pytest.raises(ArtifactRefused, match="pipeline role"):
+        stage_artifact("m", artifact(approver), mounted)
+    with pytest.raises(ArtifactRefused, match="cannot read the trust file"):
+        stage_artifact("m", artifact(pipeline), {"allow_unsigned": False, "trust_file": str(tmp_path / "absent")})
     (source / "config.json").write_text('{"model_type": "tampered"}')
     with pytest.raises(ArtifactDigestMismatch):  # signed, but the bytes are not the signed ones
         stage_artifact("m", artifact(pipeline), governance)
