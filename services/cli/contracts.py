@@ -113,15 +113,28 @@ def schemas_roundtrip() -> None:
 
 
 @app.command("migrate")
-def migrate() -> None:
+def migrate(
+    print_only: bool = typer.Option(False, "--print", help="Print the statements instead of running them."),
+    cluster: str = typer.Option(
+        None, "--cluster", help="Render for this cluster (default: ARGUS_CLI_CLICKHOUSE__CLUSTER, else one server)."
+    ),
+) -> None:
     """Apply pending ClickHouse migrations to the configured DSN."""
     from services.common import migrations
-    from services.common.clickhouse import get_client
     from services.common.clickhouse_access import ADMIN
 
     ch = clickhouse_for(ADMIN)
+    cluster = cluster or ch.cluster
+    if print_only:
+        for mig in migrations.load():
+            console.print(f"-- {mig.version:04d}_{mig.name}", highlight=False)
+            for stmt in mig.statements(ch.database, cluster):
+                console.print(stmt + ";\n", highlight=False, markup=False)
+        return
+    from services.common.clickhouse import get_client
+
     client = get_client(ch, database="default")
-    applied = migrations.apply(client, ch.database)
+    applied = migrations.apply(client, ch.database, cluster=cluster)
     console.print(f"applied {len(applied)} migrations" + (": " + ", ".join(applied) if applied else " (up to date)"))
 
 

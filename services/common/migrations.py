@@ -3,7 +3,14 @@ recorded in ``<db>.schema_migrations`` with a checksum. Applying is idempotent;
 an applied file that was edited afterwards is an error (add a new migration instead).
 
 Statements are separated by lines ending in ``;``. ``{db}`` is replaced with the
-target database."""
+target database.
+
+The files are written for one server (the local engine, a single ClickHouse). The same
+files render for a cluster (:func:`on_cluster`, ``ARGUS_*_CLICKHOUSE__CLUSTER``): every
+DDL runs ``ON CLUSTER``, every ``*MergeTree`` becomes its ``Replicated*`` form (ZooKeeper
+or Keeper path per shard and table, ``{replica}`` from the server's macros), and each row
+table gets a ``Distributed`` table ``<name>_all`` over it for reads across shards.
+`argus migrate --print --cluster NAME` shows what would run."""
 
 from __future__ import annotations
 
@@ -37,9 +44,61 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
-    def statements(self, db: str) -> list[str]:
+    def statements(self, db: str, cluster: str | None = None) -> list[str]:
         text = "\n".join(line for line in self.sql.splitlines() if not line.strip().startswith("--"))
-        return [s.strip().replace("{db}", db) for s in re.split(r";\s*(?:\n|$)", text) if s.strip()]
+        out = [s.strip().replace("{db}", db) for s in re.split(r";\s*(?:\n|$)", text) if s.strip()]
+        return out if cluster is None else on_cluster(out, db, cluster)
+
+
+_CLUSTER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_TABLE = r"(?P<table>[A-Za-z_][A-Za-z0-9_]*\.(?P<name>[A-Za-z_][A-Za-z0-9_]*))"
+_DDL = [
+    # (statement head, where ON CLUSTER goes: right after the object's name)
+    re.compile(
+        rf"^(?P<head>CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW|MATERIALIZED\s+VIEW|DICTIONARY)\s+(?:IF\s+NOT\s+EXISTS\s+)?{_TABLE})",
+        re.I,
+    ),
+    re.compile(
+        rf"^(?P<head>(?:ALTER\s+TABLE|DROP\s+(?:TABLE|VIEW|DICTIONARY)\s+(?:IF\s+EXISTS\s+)?)\s*{_TABLE})", re.I
+    ),
+    re.compile(rf"^(?P<head>EXCHANGE\s+TABLES\s+{_TABLE}\s+AND\s+[A-Za-z0-9_.]+)", re.I),
+    re.compile(rf"^(?P<head>RENAME\s+TABLE\s+{_TABLE}\s+TO\s+[A-Za-z0-9_.]+)", re.I),
+]
+_ENGINE = re.compile(
+    r"ENGINE\s*=\s*(?P<kind>Replacing|Aggregating|Summing|Collapsing)?MergeTree(?:\((?P<args>[^)]*)\))?", re.I
+)
+
+
+def on_cluster(statements: list[str], db: str, cluster: str) -> list[str]:
+    """``statements`` (one server's) for the cluster ``cluster``: each DDL ``ON CLUSTER``,
+    each MergeTree replicated, a ``Distributed`` ``<name>_all`` after each row table.
+    ``INSERT … SELECT`` (the rebuild migrations) stays as it is: replication copies it to
+    the shard's replicas; on more than one shard it runs on each (docs/deploy.md)."""
+    if not _CLUSTER.match(cluster):
+        raise MigrationError(f"cluster name {cluster!r} is not a ClickHouse identifier")
+    out = []
+    for stmt in statements:
+        for pattern in _DDL:
+            m = pattern.match(stmt)
+            if m:
+                stmt = f"{m['head']} ON CLUSTER '{cluster}'{stmt[m.end() :]}"
+                break
+        engine = _ENGINE.search(stmt)
+        if engine and re.match(r"^CREATE\s", stmt, re.I) and m is not None:
+            name = m["name"]
+            args = ", ".join(
+                a for a in ("'/clickhouse/tables/{uuid}/{shard}'", "'{replica}'", (engine["args"] or "").strip()) if a
+            )
+            stmt = f"{stmt[: engine.start()]}ENGINE = Replicated{engine['kind'] or ''}MergeTree({args}){stmt[engine.end() :]}"
+            out.append(stmt)
+            if not name.endswith(("_sealed", "_new", "_tmp")):
+                out.append(
+                    f"CREATE TABLE IF NOT EXISTS {db}.{name}_all ON CLUSTER '{cluster}' AS {db}.{name} "
+                    f"ENGINE = Distributed('{cluster}', '{db}', '{name}', rand())"
+                )
+            continue
+        out.append(stmt)
+    return out
 
 
 def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -61,6 +120,7 @@ def apply(
     directory: Path = MIGRATIONS_DIR,
     keys: KeyServiceRef | None = None,
     retention_policy: retention.Policy | None = None,
+    cluster: str | None = None,
 ) -> list[str]:
     """Apply pending migrations to ``db``; returns the names applied. The key
     dictionaries are (re)created first, every time: their source (the key service's URL
@@ -70,13 +130,16 @@ def apply(
         check_database(db)
     except ValueError as exc:
         raise MigrationError(str(exc)) from None
-    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    for stmt in dictionary_ddl(db, keys or KeyServiceRef.from_settings()):
-        client.command(stmt)
-    client.command(
+    if cluster is not None:
+        on_cluster([], db, cluster)  # refuses a name that is not an identifier
+    client.command(f"CREATE DATABASE IF NOT EXISTS {db}" + (f" ON CLUSTER '{cluster}'" if cluster else ""))
+    setup = [
+        *dictionary_ddl(db, keys or KeyServiceRef.from_settings()),
         f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, checksum String, "
-        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
-    )
+        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version",
+    ]
+    for stmt in setup if cluster is None else on_cluster(setup, db, cluster):
+        client.command(stmt)
     applied = {
         int(v): (n, c)
         for v, n, c in client.query(f"SELECT version, name, checksum FROM {db}.schema_migrations").result_rows
@@ -89,7 +152,7 @@ def apply(
                     f"migration {mig.version:04d}_{mig.name} changed after it was applied to {db}; add a new migration instead"
                 )
             continue
-        for stmt in mig.statements(db):
+        for stmt in mig.statements(db, cluster):
             client.command(stmt)
         client.insert(
             f"{db}.schema_migrations",
@@ -97,5 +160,5 @@ def apply(
             column_names=["version", "name", "checksum"],
         )
         done.append(f"{mig.version:04d}_{mig.name}")
-    retention.apply(client, db, retention_policy)  # TTLs per family and tenant: deployment policy, not schema
+    retention.apply(client, db, retention_policy, cluster)  # TTLs per family and tenant: deployment policy, not schema
     return done

@@ -174,12 +174,14 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
     return out
 
 
-def apply(client: Any, db: str, policy: Policy | None = None) -> list[str]:
-    """Set every table's TTL from the policy where it changed; returns the tables altered."""
+def apply(client: Any, db: str, policy: Policy | None = None, cluster: str | None = None) -> list[str]:
+    """Set every table's TTL from the policy where it changed; returns the tables altered.
+    ``cluster``: on every server of that cluster (its name already checked by the caller)."""
     check_database(db)
     policy = policy or Policy.load()
+    on = f" ON CLUSTER '{cluster}'" if cluster else ""
     client.command(
-        f"CREATE TABLE IF NOT EXISTS {db}.retention_applied (table String, ttl String, "
+        f"CREATE TABLE IF NOT EXISTS {db}.retention_applied{on} (table String, ttl String, "
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY (table, applied_at)"
     )
     last = {
@@ -194,7 +196,7 @@ def apply(client: Any, db: str, policy: Policy | None = None) -> list[str]:
         ttl = policy.ttl(table)
         if table not in existing or last.get(table) == ttl:
             continue
-        client.command(f"ALTER TABLE {db}.{table} MODIFY TTL {ttl}")
+        client.command(f"ALTER TABLE {db}.{table}{on} MODIFY TTL {ttl}")
         client.insert(f"{db}.retention_applied", [[table, ttl]], column_names=["table", "ttl"])
         changed.append(table)
     return changed

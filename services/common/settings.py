@@ -112,6 +112,13 @@ class ClickHouseSettings(BaseModel):
     )
     connect_timeout_s: float = 10.0
     send_receive_timeout_s: float = 300.0
+    cluster: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="A ClickHouse cluster (remote_servers) to migrate: every DDL ON CLUSTER, tables "
+        "Replicated*MergeTree, a Distributed <table>_all for reads across shards (docs/deploy.md). "
+        "None: one server (the local engine).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -646,3 +646,19 @@ def test_consumers_scale_on_lag_with_keda_and_on_cpu_without_it() -> None:
     fixed = render({"autoscaling": {"hpa": {"enabled": False}}})
     ingest = next(d for d in fixed if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-ingest")
     assert ingest["spec"]["replicas"] == 1
+
+
+def test_the_migration_job_migrates_a_clickhouse_cluster_when_one_is_named() -> None:
+    def cluster_env(docs: list[dict]) -> dict[str, str]:
+        return {
+            d["metadata"]["name"]: e["value"]
+            for d in docs
+            if d["kind"] in ("Deployment", "Job", "CronJob")
+            for c in _containers(d)
+            for e in c.get("env", [])
+            if e["name"].endswith("_CLICKHOUSE__CLUSTER")
+        }
+
+    assert cluster_env(render()) == {}
+    named = cluster_env(render({"clickhouse": {"cluster": "analytics"}}))
+    assert named and set(named.values()) == {"analytics"}

@@ -85,6 +85,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
     secretKeyRef:
       name: {{ include "argus.clickhouseSecret" . }}
       key: dsn
+{{- with .root.Values.clickhouse.cluster }}
+- name: ARGUS_{{ $.service }}_CLICKHOUSE__CLUSTER
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "argus.clickhouseSecret" -}}
