@@ -28,6 +28,7 @@ BENCHMARKS = {
     "pii": "bench.pii_bench",
     "alerting": "bench.alerting_bench",
     "artifacts": "bench.artifact_bench",
+    "failover": "bench.failover_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -26,7 +26,7 @@ def settings() -> ServiceSettings:
     if any(k.upper().startswith("ARGUS_CLI_KAFKA__SECURITY_PROTOCOL") for k in os.environ):
         return s
     stack = StackSettings()
-    if s.kafka.bootstrap_servers != stack.bootstrap:
+    if s.kafka.bootstrap_servers.split(",")[0] != stack.bootstrap:  # a stack of several brokers: its first
         return s
     from services.stack.manager import Stack
 
@@ -47,7 +47,7 @@ def admin_kafka():  # noqa: ANN201 - KafkaSettings
     if any(k.upper().startswith("ARGUS_CLI_KAFKA__SECURITY_PROTOCOL") for k in os.environ):
         return s.kafka
     stack = StackSettings()
-    if s.kafka.bootstrap_servers != stack.bootstrap:
+    if s.kafka.bootstrap_servers.split(",")[0] != stack.bootstrap:
         return s.kafka
     from services.stack.manager import Stack
 

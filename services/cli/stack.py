@@ -21,13 +21,24 @@ def stack_up(
     insecure: bool = typer.Option(
         False, "--insecure", help="Plaintext Kafka without authentication or ACLs (a new broker only; shown in red)."
     ),
+    brokers: int = typer.Option(
+        None,
+        "--brokers",
+        min=1,
+        max=5,
+        help="Kafka brokers (KRaft, one JVM each, 512 MB heap): 3 gives the registry's replication "
+        "(3 copies, min.insync.replicas 2). A new stack only; default 1.",
+    ),
 ) -> None:
     """Start Kafka (SASL_SSL, SCRAM, ACLs from the registry) and the ClickHouse endpoint
     (idempotent), create topics, apply migrations."""
     from services.stack.manager import Stack, StackError
 
     try:
-        settings = StackSettings(kafka_insecure=True) if insecure else StackSettings()
+        options = {"kafka_insecure": True} if insecure else {}
+        if brokers is not None:
+            options["kafka_brokers"] = brokers
+        settings = StackSettings(**options)
         Stack(settings).up(progress=lambda m: console.print(f"[green]✓[/] {m}"))
     except StackError as exc:
         _fail(str(exc))

@@ -31,7 +31,7 @@ _SUFFIX = {"python": "env", "java": "properties", "librdkafka": "librdkafka.prop
 def _local_home(k) -> Path | None:  # noqa: ANN001
     """The local stack's home when ``k`` is its broker (its secrets live there)."""
     stack = StackSettings()
-    return Path(stack.home) if k.bootstrap_servers == stack.bootstrap else None
+    return Path(stack.home) if k.bootstrap_servers.split(",")[0] == stack.bootstrap else None
 
 
 @tenants_app.command("add")

@@ -226,6 +226,14 @@ class StackSettings(BaseSettings):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
+    kafka_brokers: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Brokers of the local Kafka (`argus stack up --brokers 3`): each a KRaft broker and "
+        "controller, node i on kafka_port + 2i; topics then get the registry's replication (3, min ISR 2). "
+        "An existing stack keeps the count its data was made with.",
+    )
     kafka_version: str = "4.4.0"
     kafka_libs: Path | None = Field(
         default=None, description="Where Maven puts Kafka's jars; default <home>/kafka/libs."

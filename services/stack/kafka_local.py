@@ -63,6 +63,10 @@ class KafkaLocal:
     log_level: str = "WARN"
     libs_dir: Path | None = None  # shared jar cache; default <home>/kafka/libs
     secure: bool = True
+    # one node of a cluster (:class:`KafkaCluster`): its id, and the static controller
+    # quorum of every node ("1@host:port,2@host:port,…"); None: one node, standalone
+    node_id: int = 1
+    voters: str | None = None
 
     @property
     def tls(self) -> Path:
@@ -73,24 +77,30 @@ class KafkaLocal:
 
         return secret(Path(self.home), f"kafka/{ADMIN_PRINCIPAL}").get_secret_value()
 
-    def client_settings(self, user: str = ADMIN_PRINCIPAL, topic_prefix: str = "", client_id: str = "argus") -> Any:
-        """:class:`KafkaSettings` for ``user`` on this broker (its password file from the stack)."""
+    def client_settings(
+        self,
+        user: str = ADMIN_PRINCIPAL,
+        topic_prefix: str = "",
+        client_id: str = "argus",
+        bootstrap: str | None = None,
+    ) -> Any:
+        """:class:`KafkaSettings` for ``user`` on this broker (its password file from the
+        stack); ``bootstrap``: every node of its cluster."""
         from services.common.settings import KafkaSettings
         from services.stack.credentials import secret
 
+        replication = "single-broker" if self.voters is None else "registry"
+        bootstrap = bootstrap or self.bootstrap
         if not self.secure:
             return KafkaSettings(
-                bootstrap_servers=self.bootstrap,
-                topic_prefix=topic_prefix,
-                client_id=client_id,
-                replication="single-broker",
+                bootstrap_servers=bootstrap, topic_prefix=topic_prefix, client_id=client_id, replication=replication
             )
         secret(Path(self.home), f"kafka/{user}")  # generated on first use
         return KafkaSettings(
-            bootstrap_servers=self.bootstrap,
+            bootstrap_servers=bootstrap,
             topic_prefix=topic_prefix,
             client_id=client_id,
-            replication="single-broker",  # one broker: every topic 1 and 1
+            replication=replication,  # one broker: every topic 1 and 1
             security_protocol="SASL_SSL",
             sasl_mechanism="SCRAM-SHA-512",
             sasl_username=user,
@@ -100,11 +110,11 @@ class KafkaLocal:
 
     @property
     def root(self) -> Path:
-        return Path(self.home).resolve() / "kafka"
+        return Path(self.home).resolve() / ("kafka" if self.voters is None else f"kafka-{self.node_id}")
 
     @property
     def libs(self) -> Path:
-        return Path(self.libs_dir).resolve() if self.libs_dir else self.root / "libs"
+        return Path(self.libs_dir).resolve() if self.libs_dir else Path(self.home).resolve() / "kafka" / "libs"
 
     @property
     def data(self) -> Path:
@@ -116,7 +126,8 @@ class KafkaLocal:
 
     @property
     def process(self) -> ManagedProcess:
-        return ManagedProcess("kafka", self.root / "kafka.pid", self.root / "kafka.out")
+        name = "kafka" if self.voters is None else f"kafka-{self.node_id}"
+        return ManagedProcess(name, self.root / "kafka.pid", self.root / "kafka.out")
 
     # -- install -------------------------------------------------------------
     def check_tools(self) -> None:
@@ -197,21 +208,28 @@ class KafkaLocal:
 
     def write_config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
+        # a cluster keeps its own state three times, and takes writes with one node down
+        rf, isr = ("1", "1") if self.voters is None else ("3", "2")
+        quorum = (
+            {"controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}"}
+            if self.voters is None
+            else {"controller.quorum.voters": self.voters}
+        )
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            **quorum,
             **self._security_props(),
             "controller.listener.names": "CONTROLLER",
             "log.dirs": str(self.data),
             "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": isr,
             "transaction.state.log.num.partitions": "4",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": isr,
             "group.initial.rebalance.delay.ms": "0",
             # topics come from the registry; a typo must fail instead of creating a topic
             "auto.create.topics.enable": "false",
@@ -239,9 +257,10 @@ class KafkaLocal:
             *args,
         ]
 
-    def format(self) -> bool:
-        """Format KRaft storage once (standalone controller), seeding the admin's SCRAM
-        credential when secure. Returns True if it formatted."""
+    def format(self, cluster_id: str | None = None) -> bool:
+        """Format KRaft storage once (standalone controller, or a node of a static quorum
+        with the cluster's id), seeding the admin's SCRAM credential when secure. Returns
+        True if it formatted."""
         marker = self.root / "security"
         mode = "sasl_ssl" if self.secure else "plaintext"
         if (self.data / "meta.properties").exists():
@@ -252,8 +271,9 @@ class KafkaLocal:
                 )
             return False
         config = self.write_config()
-        cluster_id = new_cluster_id()
-        args = ["format", "-t", cluster_id, "-c", str(config), "--standalone"]
+        args = ["format", "-t", cluster_id or new_cluster_id(), "-c", str(config)]
+        if self.voters is None:
+            args.append("--standalone")
         if self.secure:
             args += ["--add-scram", f"SCRAM-SHA-512=[name={ADMIN_PRINCIPAL},password={self.admin_password()}]"]
         proc = subprocess.run(self._java_cmd("kafka.tools.StorageTool", *args), capture_output=True, text=True)
@@ -267,16 +287,26 @@ class KafkaLocal:
         return True
 
     # -- run --------------------------------------------------------------------
-    def start(self, timeout_s: float = 90.0) -> int:
-        """Start the broker unless it runs already; wait until it accepts connections."""
+    def spawn(self, cluster_id: str | None = None) -> int:
+        """Format (once) and start the process, without waiting for it."""
         if self.process.alive():
             return self.process.pid() or 0
         if _port_open(self.host, self.port):
             raise StackError(f"port {self.host}:{self.port} is taken by another process; set ARGUS_STACK_KAFKA_PORT")
         self.fetch()
         self.write_config()
-        self.format()
-        pid = self.process.spawn(self._java_cmd("kafka.Kafka", str(self.root / "server.properties")), cwd=self.root)
+        self.format(cluster_id)
+        return self.process.spawn(self._java_cmd("kafka.Kafka", str(self.root / "server.properties")), cwd=self.root)
+
+    def start(self, timeout_s: float = 90.0) -> int:
+        """Start the broker unless it runs already; wait until it accepts connections."""
+        if self.process.alive():
+            return self.process.pid() or 0
+        pid = self.spawn()
+        self.wait_ready(timeout_s)
+        return pid
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.process.alive():
@@ -284,7 +314,7 @@ class KafkaLocal:
                     f"Kafka exited during start-up; see {self.process.log} and {self.root / 'server.log'}:\n{self.process.tail()}"
                 )
             if _port_open(self.host, self.port) and self._broker_ready():
-                return pid
+                return
             time.sleep(0.3)
         raise StackError(f"Kafka did not become ready within {timeout_s:.0f}s; see {self.root / 'server.log'}")
 
@@ -314,6 +344,138 @@ class KafkaLocal:
         return self.process.stop(timeout_s)
 
 
+@dataclass
+class KafkaCluster:
+    """Three (or ``size``) KRaft nodes on loopback, each broker and controller, a static
+    quorum of all of them: `argus stack up --brokers 3`'s cluster and the broker-failure
+    drill's (``python -m bench.run failover``). Internal topics get 3 copies and
+    min.insync.replicas 2; clients get ``replication="registry"``."""
+
+    home: Path
+    size: int = 3
+    host: str = "127.0.0.1"
+    heap: str = "512m"
+    libs_dir: Path | None = None
+    secure: bool = True
+    log_level: str = "WARN"
+    # node i listens on port + 2i (clients) and controller_port + 2i; None: free ports
+    port: int | None = None
+    controller_port: int | None = None
+    version: str = "4.4.0"
+    java: str = "java"
+    maven: str = "mvn"
+
+    def __post_init__(self) -> None:
+        if self.port is None or self.controller_port is None:
+            ports = [(free_port(), free_port()) for _ in range(self.size)]
+        else:
+            ports = [(self.port + 2 * i, self.controller_port + 2 * i) for i in range(self.size)]
+        voters = ",".join(f"{i + 1}@{self.host}:{c}" for i, (_, c) in enumerate(ports))
+        self.nodes = [
+            KafkaLocal(
+                home=self.home,
+                host=self.host,
+                port=p,
+                controller_port=c,
+                heap=self.heap,
+                libs_dir=self.libs_dir,
+                secure=self.secure,
+                log_level=self.log_level,
+                version=self.version,
+                java=self.java,
+                maven=self.maven,
+                node_id=i + 1,
+                voters=voters,
+            )
+            for i, (p, c) in enumerate(ports)
+        ]
+
+    # what the stack manager reads of its Kafka, one node or a cluster alike
+    @property
+    def process(self) -> ManagedProcess:
+        return self.nodes[0].process
+
+    @property
+    def data(self) -> Path:
+        return self.nodes[0].data
+
+    @property
+    def tls(self) -> Path:
+        return self.nodes[0].tls
+
+    @property
+    def libs(self) -> Path:
+        return self.nodes[0].libs
+
+    def fetch(self) -> bool:
+        return self.nodes[0].fetch()
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def client_settings(self, user: str = ADMIN_PRINCIPAL, topic_prefix: str = "", client_id: str = "argus") -> Any:
+        return self.nodes[0].client_settings(user, topic_prefix, client_id, bootstrap=self.bootstrap)
+
+    def start(self, timeout_s: float = 120.0) -> int:
+        """Start every node not running (formatting new ones with one cluster id); wait
+        until each answers. Returns node 1's pid."""
+        import re
+
+        ids = [
+            m[1]
+            for node in self.nodes
+            if (node.data / "meta.properties").exists()
+            for m in [re.search(r"^cluster\.id=(\S+)", (node.data / "meta.properties").read_text(), re.M)]
+            if m
+        ]
+        cluster_id = ids[0] if ids else new_cluster_id()
+        for node in self.nodes:  # a quorum forms only once a majority runs: spawn all, then wait
+            node.spawn(cluster_id)
+        for node in self.nodes:
+            node.wait_ready(timeout_s)
+        return self.nodes[0].process.pid() or 0
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (no shutdown, no flush): what a lost machine looks like."""
+        import os
+        import signal
+
+        node = self.nodes[node_id - 1]
+        pid = node.process.pid()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while node.process.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def restart(self, node_id: int, timeout_s: float = 120.0) -> None:
+        node = self.nodes[node_id - 1]
+        node.spawn()
+        node.wait_ready(timeout_s)
+
+    def controller_leader(self) -> int:
+        """The node id of the active controller: the leader of the highest epoch any node
+        has written to its KRaft quorum state (``__cluster_metadata-0/quorum-state``)."""
+        import json
+
+        best = (-1, 0)
+        for node in self.nodes:
+            path = node.data / "__cluster_metadata-0" / "quorum-state"
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if state.get("leaderId", -1) >= 0 and state.get("leaderEpoch", -1) > best[0]:
+                best = (state["leaderEpoch"], state["leaderId"])
+        if best[1] == 0:
+            raise StackError("no node knows a controller leader yet")
+        return best[1]
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        return any([node.stop(timeout_s) for node in self.nodes])
+
+
 def new_cluster_id() -> str:
     """A KRaft cluster id (base64url of a random UUID) that does not start with '-': the
     storage tool's argument parser would take such an id for an option (1 start in 64
@@ -325,9 +487,12 @@ def new_cluster_id() -> str:
 
 
 def _port_open(host: str, port: int) -> bool:
+    """Something listens on ``host:port``. A connection to a free port of the ephemeral
+    range on loopback can connect to itself (TCP simultaneous open, the kernel picking
+    that very port as the source): that is nobody listening."""
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
+        with socket.create_connection((host, port), timeout=0.5) as conn:
+            return conn.getsockname() != conn.getpeername()
     except OSError:
         return False
 

@@ -24,7 +24,7 @@ from services.common.clickhouse_access import ADMIN
 from services.common.settings import ClickHouseSettings, KafkaSettings, StackSettings
 from services.common.subject_keys import KeyServiceRef
 from services.stack.credentials import clickhouse_users_file
-from services.stack.kafka_local import KafkaLocal, _port_open
+from services.stack.kafka_local import KafkaCluster, KafkaLocal, _port_open
 from services.stack.process import ManagedProcess, StackError
 
 
@@ -168,7 +168,7 @@ class Stack:
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
         s = self.settings
-        self.kafka = KafkaLocal(
+        common = dict(
             home=Path(s.home),
             host=s.host,
             port=s.kafka_port,
@@ -179,6 +179,10 @@ class Stack:
             maven=s.maven,
             libs_dir=s.kafka_libs,
             secure=kafka_secure(s),
+        )
+        brokers = kafka_brokers(s)
+        self.kafka: KafkaLocal | KafkaCluster = (
+            KafkaLocal(**common) if brokers == 1 else KafkaCluster(size=brokers, **common)
         )
         self.clickhouse = ClickHouseLocal(s)
         self.keys = KeyServiceLocal(s)
@@ -330,10 +334,28 @@ class Stack:
 
 def kafka_secure(settings: StackSettings) -> bool:
     """SASL_SSL unless asked for plaintext; an existing broker keeps the mode its data was made in."""
-    marker = Path(settings.home).resolve() / "kafka" / "security"
-    if marker.exists():
-        return marker.read_text().strip() != "plaintext"
+    for node in ("kafka", "kafka-1"):
+        marker = Path(settings.home).resolve() / node / "security"
+        if marker.exists():
+            return marker.read_text().strip() != "plaintext"
     return not settings.kafka_insecure
+
+
+def kafka_brokers(settings: StackSettings) -> int:
+    """How many brokers the local Kafka has: as its data was made (one node in
+    ``<home>/kafka``, a cluster in ``<home>/kafka-1…``), else as asked; asking for
+    another count than the data's is refused (`argus stack down`, delete the data)."""
+    home = Path(settings.home).resolve()
+    nodes = [d for d in home.glob("kafka-*") if (d / "server.properties").exists()]
+    made = len(nodes) if any((d / "data" / "meta.properties").exists() for d in nodes) else 0
+    if not made and (home / "kafka" / "data" / "meta.properties").exists():
+        made = 1
+    if made and settings.kafka_brokers not in (1, made):
+        raise StackError(
+            f"the local Kafka in {home} was made with {made} broker(s), not {settings.kafka_brokers}: "
+            "run `argus stack down`, delete its data (its topics are lost) and `argus stack up` again"
+        )
+    return made or settings.kafka_brokers
 
 
 def stack_from_env() -> Stack:
