@@ -22,15 +22,12 @@ ClickHouse would leave the two cores here no room for the load.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import Result
-from bench.ingest_bench import _event, _request
+from bench.ingest_bench import _event, _request, spawn_ingest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,21 +75,7 @@ async def _drill(cluster, admin_dsn: str, ingest_dsn: str, ref, n: int, rate: in
     await ensure_topics(kafka, keys=[k for key in keys for k in (key, key + "-dlq")])
     migrations.apply(get_client(admin_dsn.rsplit("/", 1)[0] + "/default"), "argus", keys=ref)
     client = get_client(admin_dsn)
-    env = {
-        **os.environ,
-        **kafka.as_env("ARGUS_INGEST_"),
-        "ARGUS_INGEST_CLICKHOUSE__DSN": ingest_dsn,
-        "ARGUS_INGEST_TOPICS": '["inference-requests", "inference-responses"]',
-        "ARGUS_INGEST_LOG_LEVEL": "WARNING",
-        "ARGUS_INGEST_GROUP_ID": "bench-failover",
-    }
-    ingest = subprocess.Popen(
-        [sys.executable, "-m", "services.ingest"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    ingest = spawn_ingest(kafka, ingest_dsn, keys, "bench-failover")
     codecs = {k: get_codec(k) for k in keys}
     producer = make_producer(kafka, linger_ms=20, request_timeout_ms=60_000, retry_backoff_ms=200)
     await producer.start()

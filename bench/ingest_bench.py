@@ -73,6 +73,27 @@ def _request(i: int, created_at: int) -> dict:
     }
 
 
+def spawn_ingest(kafka, dsn: str, topics: list[str], group: str) -> subprocess.Popen:  # noqa: ANN001
+    """One ingest process (``python -m services.ingest``) on ``topics``, as its own ClickHouse user."""
+    import json
+
+    env = {
+        **os.environ,
+        **kafka.as_env("ARGUS_INGEST_"),
+        "ARGUS_INGEST_CLICKHOUSE__DSN": dsn,
+        "ARGUS_INGEST_TOPICS": json.dumps(topics),
+        "ARGUS_INGEST_LOG_LEVEL": "WARNING",
+        "ARGUS_INGEST_GROUP_ID": group,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.ingest"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _unsealed_copy(client, table: str, copy: str, spec) -> None:  # noqa: ANN001
     """``copy``: ``table`` (same engine, order, columns) with every sealed text stored in
     clear under its own name, and no key lookup on insert: the baseline without sealing."""
@@ -241,21 +262,7 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
     del rows_by_pos
 
     # Argus ingest, one process
-    env = {
-        **os.environ,
-        **kafka.as_env("ARGUS_INGEST_"),
-        "ARGUS_INGEST_CLICKHOUSE__DSN": dsn,
-        "ARGUS_INGEST_TOPICS": f'["{key}"]',
-        "ARGUS_INGEST_LOG_LEVEL": "WARNING",
-        "ARGUS_INGEST_GROUP_ID": "bench-ingest",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.ingest"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn_ingest(kafka, dsn, [key], "bench-ingest")
     count = lambda: client.query(f"SELECT count() FROM {table}").result_rows[0][0]  # noqa: E731
     what = "responses" if spec.table == "inference_responses" else "requests"
     try:

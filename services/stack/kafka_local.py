@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -371,22 +371,10 @@ class KafkaCluster:
         else:
             ports = [(self.port + 2 * i, self.controller_port + 2 * i) for i in range(self.size)]
         voters = ",".join(f"{i + 1}@{self.host}:{c}" for i, (_, c) in enumerate(ports))
+        mine = {f.name for f in fields(self)} - {"port", "controller_port"}
+        shared = {f.name: getattr(self, f.name) for f in fields(KafkaLocal) if f.name in mine}
         self.nodes = [
-            KafkaLocal(
-                home=self.home,
-                host=self.host,
-                port=p,
-                controller_port=c,
-                heap=self.heap,
-                libs_dir=self.libs_dir,
-                secure=self.secure,
-                log_level=self.log_level,
-                version=self.version,
-                java=self.java,
-                maven=self.maven,
-                node_id=i + 1,
-                voters=voters,
-            )
+            KafkaLocal(**shared, port=p, controller_port=c, node_id=i + 1, voters=voters)
             for i, (p, c) in enumerate(ports)
         ]
 
