@@ -22,9 +22,9 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from services.inference.applied import application_config
 from services.inference.responses import chat_params
 from services.inference.router import Router
-from services.inference.serveconfig import application_config
 from services.inference.settings import InferenceSettings, ModelVersion
 from services.inference.verify import check_artifact_signature
 

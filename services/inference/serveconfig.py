@@ -69,21 +69,3 @@ def serve_config(settings: InferenceSettings, trust_file: str | None = None) -> 
             for v in settings.versions
         ],
     }
-
-
-def application_config(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
-    """The config of the engine the settings name: :func:`serve_config` on CPU (llama.cpp),
-    :func:`~services.inference.gpu.gpu_serve_config` for vLLM. What :func:`deploy
-    <services.inference.app.deploy>` applies and `argus inference serve-config` prints."""
-    if settings.engine.kind == "vllm":
-        from services.inference.gpu import gpu_serve_config
-
-        return gpu_serve_config(settings, trust_file)
-    return serve_config(settings, trust_file)
-
-
-def serve_config_v2(settings: InferenceSettings, trust_file: str | None = None) -> str:
-    """:func:`application_config` as a Serve config file (KubeRay's ``serveConfigV2``)."""
-    import yaml
-
-    return yaml.safe_dump({"applications": [application_config(settings, trust_file)]}, sort_keys=False)

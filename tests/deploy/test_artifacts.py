@@ -525,7 +525,7 @@ def chart_serve_config(values: dict | None = None) -> str:
     defaults): the config the code applies for that chart."""
     import os
 
-    from services.inference.serveconfig import serve_config_v2
+    from services.inference.applied import serve_config_v2
     from services.inference.settings import InferenceSettings
 
     (pod,) = [d for d in render(values) if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
