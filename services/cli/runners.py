@@ -73,12 +73,7 @@ def inference_serve_config(
     ),
 ) -> None:
     """The Serve config the code applies for ARGUS_INFERENCE_* (KubeRay's serveConfigV2)."""
-    import sys
-
-    from services.inference.applied import serve_config_v2
-    from services.inference.settings import InferenceSettings
-
-    sys.stdout.write(serve_config_v2(InferenceSettings(), trust_file))
+    _main("inference", ["serve-config", *(["--trust-file", trust_file] if trust_file else [])])
 
 
 @ingest_app.command("run")

@@ -49,6 +49,16 @@ def get_client(settings: ClickHouseSettings | str, database: str | None = None, 
     return clickhouse_connect.get_client(**opts)
 
 
+def check_cluster(cluster: str) -> str:
+    """``cluster`` if it is a plain identifier (it goes into ``ON CLUSTER '…'``), else
+    ``ValueError``."""
+    import re
+
+    if not isinstance(cluster, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", cluster):
+        raise ValueError(f"cluster name {cluster!r} is not a ClickHouse identifier")
+    return cluster
+
+
 def check_database(db: str) -> str:
     """``db`` if it is a plain identifier (SQL takes it as a name, never as a value), else
     ``ValueError``: every statement that names a database from settings checks it first."""

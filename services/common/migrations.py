@@ -22,7 +22,7 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 
 from services.common import retention
-from services.common.clickhouse import check_database
+from services.common.clickhouse import check_cluster, check_database
 from services.common.contracts import contract_path
 from services.common.subject_keys import KeyServiceRef, dictionary_ddl
 
@@ -50,7 +50,6 @@ class Migration:
         return out if cluster is None else on_cluster(out, db, cluster)
 
 
-_CLUSTER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _TABLE = r"(?P<table>[A-Za-z_][A-Za-z0-9_]*\.(?P<name>[A-Za-z_][A-Za-z0-9_]*))"
 _DDL = [
     # (statement head, where ON CLUSTER goes: right after the object's name)
@@ -74,8 +73,10 @@ def on_cluster(statements: list[str], db: str, cluster: str) -> list[str]:
     each MergeTree replicated, a ``Distributed`` ``<name>_all`` after each row table.
     ``INSERT … SELECT`` (the rebuild migrations) stays as it is: replication copies it to
     the shard's replicas; on more than one shard it runs on each (docs/deploy.md)."""
-    if not _CLUSTER.match(cluster):
-        raise MigrationError(f"cluster name {cluster!r} is not a ClickHouse identifier")
+    try:
+        check_cluster(cluster)
+    except ValueError as exc:
+        raise MigrationError(str(exc)) from None
     out = []
     for stmt in statements:
         for pattern in _DDL:
@@ -131,7 +132,7 @@ def apply(
     except ValueError as exc:
         raise MigrationError(str(exc)) from None
     if cluster is not None:
-        on_cluster([], db, cluster)  # refuses a name that is not an identifier
+        on_cluster([], db, cluster)  # refuses a name that is not an identifier (MigrationError)
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}" + (f" ON CLUSTER '{cluster}'" if cluster else ""))
     setup = [
         *dictionary_ddl(db, keys or KeyServiceRef.from_settings()),

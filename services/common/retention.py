@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.clickhouse import check_database
+from services.common.clickhouse import check_cluster, check_database
 from services.common.contracts import contract_path
 from services.common.tenant_names import NAME
 
@@ -176,10 +176,10 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
 
 def apply(client: Any, db: str, policy: Policy | None = None, cluster: str | None = None) -> list[str]:
     """Set every table's TTL from the policy where it changed; returns the tables altered.
-    ``cluster``: on every server of that cluster (its name already checked by the caller)."""
+    ``cluster``: on every server of that cluster."""
     check_database(db)
     policy = policy or Policy.load()
-    on = f" ON CLUSTER '{cluster}'" if cluster else ""
+    on = f" ON CLUSTER '{check_cluster(cluster)}'" if cluster else ""
     client.command(
         f"CREATE TABLE IF NOT EXISTS {db}.retention_applied{on} (table String, ttl String, "
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY (table, applied_at)"

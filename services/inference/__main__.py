@@ -8,6 +8,7 @@
   is widened or a version rolled back without a restart.
 - ``bridge``: run only the Kafka bridge against an application already deployed on the
   Ray cluster at ``ARGUS_INFERENCE_RAY_ADDRESS``.
+- ``serve-config``: print the Serve config the code applies (KubeRay's serveConfigV2).
 - ``states``: run only the serving-state applier against that cluster's application
   (KubeRay: one replica beside the bridges, which scale on their lag; the canary weights
   and rollbacks it applies are the same Serve application's).
@@ -107,8 +108,6 @@ async def _run_bridge(settings: InferenceSettings, router, stop: asyncio.Event, 
 
 
 async def _run_states(settings: InferenceSettings, stop: asyncio.Event) -> None:
-    import time
-
     from services.common.health import Readiness
     from services.common.kafka import make_producer
     from services.common.metrics import Metrics
@@ -130,8 +129,8 @@ async def _run_states(settings: InferenceSettings, stop: asyncio.Event) -> None:
             detail="" if caught_up else "reading the serving-state topic",
         )
 
-    # the applier waits for records most of the time: alive while its task runs
-    health = HealthServer(settings.health, metrics, time.time, readiness)
+    # alive while the reader polls the topic (it does every fraction of a second, records or not)
+    health = HealthServer(settings.health, metrics, lambda: applier.reader.last_progress, readiness)
     await health.start()
     try:
         await applier.run(stop)
@@ -142,9 +141,17 @@ async def _run_states(settings: InferenceSettings, stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", default="serve", choices=["serve", "bridge", "deploy", "states"])
+    ap.add_argument(
+        "command", nargs="?", default="serve", choices=["serve", "bridge", "deploy", "states", "serve-config"]
+    )
+    ap.add_argument("--trust-file", help="serve-config: where every Ray node mounts the trust file")
     args = ap.parse_args(argv)
     settings = InferenceSettings()
+    if args.command == "serve-config":  # print only: no Ray, no Kafka
+        from services.inference.applied import serve_config_v2
+
+        sys.stdout.write(serve_config_v2(settings, args.trust_file))
+        return 0
     prepare(settings)
     log = get_logger("argus.inference")
     _ray_auth(settings)

@@ -45,3 +45,14 @@ def test_every_statement_renders_for_a_cluster_and_parses() -> None:
 def test_a_cluster_name_that_is_not_an_identifier_is_refused() -> None:
     with pytest.raises(migrations.MigrationError, match="not a ClickHouse identifier"):
         migrations.on_cluster(["ALTER TABLE argus.alerts DELETE WHERE 1"], "argus", "main' SETTINGS x=1 --")
+
+
+def test_the_retention_ttls_refuse_a_cluster_name_before_any_statement() -> None:
+    from services.common import retention
+
+    class Refusing:  # any statement reaching the server would fail this test
+        def command(self, sql: str) -> None:
+            raise AssertionError(sql)
+
+    with pytest.raises(ValueError, match="not a ClickHouse identifier"):
+        retention.apply(Refusing(), "argus", cluster="x' ON CLUSTER 'y")
