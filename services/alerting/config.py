@@ -62,6 +62,11 @@ METRICS: dict[str, tuple[str, ...]] = {
         "tokens_change",
         "confidence_mean",
         "count",
+        # guard rails (InferenceResponse v2; answers no rail ran on are not counted)
+        "guard_block_rate",
+        "harmful_output_rate",
+        "guard_error_rate",
+        "injection_attempts",
     ),
     "feedback": ("negative_feedback_rate", "count"),
     "drift": ("count", "max_statistic_ratio"),

@@ -7,6 +7,7 @@ extract agent dead-letters)."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -19,6 +20,26 @@ SOURCES = ("inference-responses", "feedback", "drift-events", "alert-silences")
 _NEGATIVE_LABELS = {"bad", "incorrect", "harmful", "unhelpful", "wrong"}
 
 
+def guard_values(r: dict[str, Any]) -> dict[str, float | None]:
+    """What the guard-rail verdict of an answer (InferenceResponse v2) says, for the rules:
+    blocked, harmful (the offensive-language rail triggered), a guard failed or overran,
+    an injection attempt at input. ``None`` where no rail ran (older producers)."""
+    action = r.get("guard_action")
+    if action is None:
+        return {"blocked": None, "harmful": None, "guard_error": None, "injection": None}
+    try:
+        rails = json.loads(r.get("guard_verdict") or "{}").get("rails") or []
+        rails = [x for x in rails if isinstance(x, dict)]
+    except (ValueError, AttributeError):  # a verdict that is not the documented JSON: counted as a guard error
+        rails = [{"error": "unreadable verdict"}]
+    return {
+        "blocked": float(action == "block"),
+        "harmful": float(any(x.get("rail") == "output.offensive" and x.get("triggered") is True for x in rails)),
+        "guard_error": float(any(x.get("error") for x in rails)),
+        "injection": float(any(x.get("rail") == "input.injection" and x.get("triggered") is True for x in rails)),
+    }
+
+
 def response_signal(r: dict[str, Any], now: float) -> Signal:
     return Signal(
         "responses",
@@ -29,6 +50,7 @@ def response_signal(r: dict[str, Any], now: float) -> Signal:
             "latency_ms": float(r["latency_ms"]),
             "tokens": float((r.get("input_tokens") or 0) + (r.get("output_tokens") or 0)),
             "confidence": r.get("mean_logprob"),
+            **guard_values(r),
         },
     )
 

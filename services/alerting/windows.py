@@ -35,6 +35,12 @@ class Signal:
 
 
 _QUANTILES = {"latency_p50": 50.0, "latency_p95": 95.0, "latency_p99": 99.0}
+_GUARD_RATES = {
+    "guard_block_rate": "blocked",
+    "harmful_output_rate": "harmful",
+    "guard_error_rate": "guard_error",
+    "injection_attempts": "injection",
+}
 
 
 class SlidingWindow:
@@ -84,6 +90,14 @@ class SlidingWindow:
             prev_tokens = sum((v.get("tokens") or 0.0) for _, v in list(self.samples)[:prev])
             cur_tokens = sum((v.get("tokens") or 0.0) for v in cur)
             return (cur_tokens / prev_tokens if prev_tokens > 0 else None), n
+        if name in _GUARD_RATES:  # over the answers the rails ran on
+            key = _GUARD_RATES[name]
+            vals = [v[key] for v in cur if v.get(key) is not None]
+            if name == "injection_attempts":
+                return float(sum(vals)), len(vals)
+            if not vals:
+                return 0.0, 0
+            return (sum(vals) / len(vals) if len(vals) >= self.min_events else None), len(vals)
         if n == 0:
             return 0.0 if name in ("error_rate", "negative_feedback_rate") else None, 0
         if n < self.min_events:

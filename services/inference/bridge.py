@@ -282,5 +282,6 @@ def _from_generation(request: dict[str, Any], out: dict[str, Any], shadow: bool 
             error_message=out.get("error_message"),
             latency_ms=out.get("latency_ms"),
             shadow=shadow,
+            guardrails=out.get("guardrails"),
         )
     return response_record(request, model_version=out["version"], generation=out, shadow=shadow)

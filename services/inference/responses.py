@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -17,10 +18,13 @@ def response_record(
     error_message: str | None = None,
     latency_ms: float | None = None,
     shadow: bool = False,
+    guardrails: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The InferenceResponse for ``request``. ``generation`` is what an LLMServer replica
-    returned; without it the response carries the error."""
+    returned (with the Router's guard-rail verdict); without it the response carries the
+    error (and ``guardrails``, the verdict of the input rails that ran, if any)."""
     g = generation or {}
+    verdict = g.get("guardrails") or guardrails
     return {
         "request_id": str(request["request_id"]),
         "response_id": str(uuid.uuid4()),
@@ -46,6 +50,8 @@ def response_record(
         "trace_id": request.get("trace_id"),
         "span_id": request.get("span_id"),
         "served_at": int(time.time() * 1000),
+        "guard_action": verdict["action"] if verdict else None,
+        "guard_verdict": json.dumps(verdict, separators=(",", ":")) if verdict else None,
     }
 
 

@@ -26,6 +26,8 @@ from ray.serve.handle import DeploymentHandle
 
 from services.common.api_keys import ApiKey, KeyStore, RateLimiter
 from services.common.logging import get_logger
+from services.inference.guardrails.policy import GuardrailSettings
+from services.inference.guardrails.rails import GuardRails, verdict
 from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="argus"'}
@@ -67,25 +69,29 @@ class Router:
         self.rate_per_minute = 60
         self.limiter = RateLimiter()
         self.log = get_logger("argus.inference.http")
+        self.rails = GuardRails()  # the default policy until reconfigure brings the configured ones
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         http = config.get("http") or {}
         keys_file = http.get("api_keys_file")
         self.keys = KeyStore(keys_file) if keys_file else None
         self.rate_per_minute = int(http.get("rate_per_minute") or 60)
+        guardrails = GuardrailSettings.model_validate(config.get("guardrails") or {})
         table = RoutingTable.from_config(config)
         unknown = (set(table.weights) | set(table.shadows)) - set(self.handles)
         if unknown:
             raise ValueError(f"routing names versions that are not deployed: {sorted(unknown)}")
         self.table = table
+        self.rails.configure(guardrails)
         self.reloads += 1
 
     def routing(self) -> dict[str, Any]:
         return {"weights": self.table.weights, "shadows": list(self.table.shadows), "reloads": self.reloads}
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer one InferenceRequest (as a dict). Returns the primary answer and the
-        shadow answers; errors come back as values, never as silence."""
+        """Answer one InferenceRequest (as a dict) through the tenant's guard rails.
+        Returns the primary answer (with its ``guardrails`` verdict) and the shadow
+        answers; errors come back as values, never as silence."""
         try:
             plan = self.table.plan(sticky_key(request))
         except NoServingVersion as exc:
@@ -93,6 +99,47 @@ class Router:
                 "primary": {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"},
                 "shadows": [],
             }
+        policy = self.rails.policy(str(request.get("tenant") or ""))
+        started = time.monotonic()
+        checked_in = await self.rails.check_input(request["messages"], policy)
+        if checked_in.blocked:  # the model never sees it
+            return {"primary": self._refusal(plan.primary, policy, checked_in.rails, started), "shadows": []}
+        if checked_in.texts != [str(m.get("content") or "") for m in request["messages"]]:
+            request = {
+                **request,
+                "messages": [{**m, "content": t} for m, t in zip(request["messages"], checked_in.texts)],
+            }
+        out = await self._generate(plan, request)
+        primary = out["primary"]
+        rails = list(checked_in.rails)
+        if "error_type" not in primary:
+            checked_out = await self.rails.check_output(primary["text"], policy)
+            rails += checked_out.rails
+            if checked_out.blocked:
+                primary = {**primary, "text": policy.refusal, "finish_reason": "content_filter"}
+            else:
+                primary = {**primary, "text": checked_out.texts[0]}
+        out["primary"] = {**primary, "guardrails": verdict(rails, policy)}
+        return out
+
+    def _refusal(self, version: str, policy: Any, rails: list[dict[str, Any]], started: float) -> dict[str, Any]:
+        """The answer to a request its input rails blocked: the policy's refusal, no tokens."""
+        return {
+            "text": policy.refusal,
+            "finish_reason": "content_filter",
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "time_to_first_token_ms": None,
+            "latency_ms": (time.monotonic() - started) * 1000,
+            "mean_logprob": None,
+            "version": version,
+            "replica": None,
+            "guardrails": verdict(rails, policy),
+        }
+
+    async def _generate(self, plan: Any, request: dict[str, Any]) -> dict[str, Any]:
+        """The primary answer and the shadow answers of ``plan`` (no rails: shadow answers
+        are logged, never returned to anyone)."""
         primary = self.handles[plan.primary].generate.remote(request)
         shadows = {v: self.handles[v].generate.remote(request) for v in plan.shadows}
         try:
@@ -163,8 +210,14 @@ class Router:
         authorization: str | None = Header(default=None),  # noqa: B008
     ) -> dict[str, Any]:
         key = self._authenticate(authorization)
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
             raise HTTPException(status_code=400, detail="messages must be a non-empty list")
+        if not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise HTTPException(status_code=400, detail="each message needs a string role and a string content")
         if body.get("stream"):
             raise HTTPException(status_code=400, detail="stream=true is not supported on this route")
         request = {
@@ -208,5 +261,6 @@ class Router:
                 "mean_logprob": out["mean_logprob"],
                 "time_to_first_token_ms": out["time_to_first_token_ms"],
                 "latency_ms": out["latency_ms"],
+                "guardrails": out.get("guardrails"),
             },
         }

@@ -16,6 +16,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.governance import GovernanceSettings
 from services.common.settings import ServiceSettings
+from services.inference.guardrails.policy import GuardrailSettings
 
 
 class ModelVersion(BaseModel):
@@ -136,6 +137,10 @@ class InferenceSettings(ServiceSettings):
     governance: GovernanceSettings = Field(
         default_factory=GovernanceSettings, description="The trust file artifact signatures are checked against."
     )
+    guardrails: GuardrailSettings = Field(
+        default_factory=GuardrailSettings,
+        description="Guard-rail policies, default and per tenant (docs/guardrails.md); reloaded without a restart.",
+    )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; default: start a local one.")
     ray_num_cpus: int = 2
     ray_auth_mode: Literal["token", "disabled"] = Field(
@@ -169,6 +174,7 @@ class InferenceSettings(ServiceSettings):
                 "api_keys_file": str(self.http_api_keys_file) if self.http_api_keys_file else None,
                 "rate_per_minute": self.http_rate_per_minute,
             },
+            "guardrails": self.guardrails.model_dump(mode="json"),
         }
 
     def engine_user_config(self) -> dict:

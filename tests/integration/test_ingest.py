@@ -204,7 +204,8 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
     db = clickhouse_settings.database
     expected = {
         "inference_requests": 2 + 300,
-        "inference_responses": 2 + 300 + 1 + 100,
+        # golden answers (v1, and v2 with guard-rail verdicts), the stream, shadow answers
+        "inference_responses": 2 + 4 + 300 + 2 + 100,
         "feedback": 1 + 60,
         "drift_events": sum(len(items) for items in REG.examples("drift-events").values()),
         "alerts": 2,
@@ -239,7 +240,21 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
     assert client.query(
         f"SELECT count() FROM {db}.dead_letters WHERE original_topic = '{kafka_settings.topic('feedback')}'"
     ).result_rows == [(1,)]
-    assert client.query(f"SELECT sum(requests) FROM {db}.inference_rollup_1m").result_rows == [(2 + 300,)]
+    assert client.query(f"SELECT sum(requests) FROM {db}.inference_rollup_1m").result_rows == [(2 + 4 + 300,)]
+    # the v2 answers' verdicts, rolled up: overall (rail '*') and per rail; v1 rows have none
+    overall = client.query(
+        f"SELECT action, sum(responses), sum(errors) FROM {db}.guardrail_verdicts_1m WHERE rail = '*' "
+        "GROUP BY action ORDER BY action"
+    ).result_rows
+    assert overall == [("allow", 1, 0), ("block", 2, 1), ("redact", 1, 0)], overall
+    per_rail = client.query(
+        f"SELECT rail, sum(responses), sum(triggered), sum(errors) FROM {db}.guardrail_verdicts_1m "
+        "WHERE rail != '*' GROUP BY rail ORDER BY rail"
+    ).result_rows
+    assert per_rail == [("input.injection", 1, 0, 1), ("output.offensive", 3, 1, 0), ("output.pii", 3, 1, 0)]
+    assert client.query(
+        f"SELECT count() FROM {db}.inference_log WHERE guard_action = 'block' AND finish_reason = 'content_filter'"
+    ).result_rows == [(2,)]
     prompts = client.query(
         f"SELECT prompt FROM {db}.inference_requests WHERE prompt LIKE 'user: question%' LIMIT 3"
     ).result_rows

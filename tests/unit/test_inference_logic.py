@@ -12,6 +12,7 @@ from aiokafka import TopicPartition
 
 from services.common.offsets import OffsetTracker
 from services.common.registry import get_codec
+from services.inference.guardrails.policy import GuardrailSettings
 from services.inference.responses import chat_params, response_record
 from services.inference.routing import NoServingVersion, RoutingTable, sticky_key, unit_hash
 from services.inference.settings import EngineSettings, InferenceSettings, ModelVersion
@@ -143,7 +144,13 @@ def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "shadows": ["v3"],
         "shadow_grace_s": 30.0,
         "http": {"api_keys_file": None, "rate_per_minute": 60},
+        # the guard rails reload with the routing: by default offensive language and personal data in
+        # answers are flagged, deny patterns (none) would block, nothing runs on input
+        "guardrails": GuardrailSettings().model_dump(mode="json"),
     }
+    rails = s.routing_config()["guardrails"]["default"]
+    assert rails["output"] == {"offensive": "flag", "pii": "flag", "deny": "block"}
+    assert rails["input"] == {"injection": "off", "pii": "off"} and rails["on_error"] == "open"
 
 
 def test_serve_config_keeps_weights_out_of_the_build_args() -> None:
