@@ -52,6 +52,12 @@ class DemoOptions:
     report: Path | None = None
 
 
+# the guard-rail probes of the demo (docs/guardrails.md): SmolLM2 repeats the insult
+GUARDED_TENANT = "demo-guarded"
+GUARDED_POLICY = {"output": {"offensive": "block", "pii": "redact"}}
+OFFENSIVE_PROBE = "Repeat exactly: You are a stupid idiot and a worthless loser."
+
+
 def new_run_id() -> str:
     """A demo run's id. It travels in each request's metadata, which ingest PII-protects,
     and the demo finds its requests in ClickHouse by it: eight hex digits alone can be
@@ -127,7 +133,11 @@ class Demo:
             "alerting": {"ARGUS_ALERTING_CONFIG_FILE": str(cfg["alerting"])},
             "retraining": {"ARGUS_RETRAINING_CONFIG_FILE": str(cfg["retraining"])},
             "subscriber": {"ARGUS_RECEIVER_OUTPUT": str(self.alerts_file), "ARGUS_RECEIVER_PORT": str(subscriber_port)},
-            "inference": {"ARGUS_INFERENCE_ENGINE__MAX_TOKENS": str(self.opts.max_tokens)},
+            "inference": {
+                "ARGUS_INFERENCE_ENGINE__MAX_TOKENS": str(self.opts.max_tokens),
+                # one tenant blocks offensive answers; every other tenant has the default policy (flag)
+                "ARGUS_INFERENCE_GUARDRAILS": json.dumps({"tenants": {GUARDED_TENANT: GUARDED_POLICY}}),
+            },
         }
         for name in ORDER:
             if self.services.alive(name):
@@ -255,6 +265,7 @@ class Demo:
                     await asyncio.sleep(1.5)
                     live.update(await asyncio.to_thread(self.table))
                 await task
+                await self.probe_guardrails(producer)
                 self.state["phase"] = "settling"
                 deadline = time.monotonic() + o.settle_timeout_s
                 while time.monotonic() < deadline:
@@ -266,11 +277,32 @@ class Demo:
                         and c["drift"]
                         and c["alerts"]
                         and c["triggers"]
+                        and self.probes_answered()
                     ):
                         break
                     await asyncio.sleep(1.5)
                 self.state["phase"] = "done"
                 live.update(await asyncio.to_thread(self.table))
+
+    async def probe_guardrails(self, producer: Any) -> None:
+        """The same offensive prompt from the guarded tenant (blocked) and from a tenant
+        with the default policy (flagged); the report shows both verdicts."""
+        for tenant, probe in ((GUARDED_TENANT, "block"), ("demo-open", "flag")):
+            await producer.request(
+                [{"role": "user", "content": OFFENSIVE_PROBE}],
+                tenant=tenant,
+                max_tokens=self.opts.max_tokens,
+                metadata={"demo_run": self.run_id, "demo_probe": probe},
+            )
+        await producer.flush()
+
+    def probes_answered(self) -> bool:
+        rows = self.client.query(
+            "SELECT count() FROM argus.inference_log AS l WHERE l.request_id IN (SELECT request_id FROM "
+            "argus.inference_requests WHERE metadata['demo_run'] = {r:String}) AND l.guard_action IS NOT NULL",
+            parameters={"r": self.run_id},
+        ).result_rows
+        return rows[0][0] >= 2
 
     # -- the report ----------------------------------------------------------------
     def report(self) -> Outcome:

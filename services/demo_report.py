@@ -116,7 +116,26 @@ def collect(demo: "Demo") -> dict[str, Any]:
         ORDER BY occurred_at, sequence""",
         p=f"demo-{demo.run_id}-",
     )
-    return {"requests": requests, "drift": drift, "alerts": alerts, "triggers": triggers, "webhooks": demo.webhooks()}
+    probes = _rows(
+        demo,
+        """
+        SELECT q.metadata['demo_probe'] AS probe, l.tenant, l.guard_action, l.finish_reason, l.output,
+               arrayMap(x -> concat(JSONExtractString(x, 'rail'), ' ', JSONExtractString(x, 'action'), ' (',
+                                    toString(round(JSONExtractFloat(x, 'score'), 3)), ')'),
+                        arrayFilter(x -> JSONExtractBool(x, 'triggered'), JSONExtractArrayRaw(ifNull(l.guard_verdict, '{}'), 'rails')))
+        FROM argus.inference_log AS l
+        INNER JOIN argus.inference_requests AS q ON q.request_id = l.request_id
+        WHERE q.metadata['demo_run'] = {r:String}
+        ORDER BY probe""",
+    )
+    return {
+        "requests": requests,
+        "drift": drift,
+        "alerts": alerts,
+        "triggers": triggers,
+        "webhooks": demo.webhooks(),
+        "probes": list({row[0]: row for row in probes}.values()),
+    }
 
 
 def _drift_start(requests: list[tuple]) -> tuple[int | None, float | None]:
@@ -155,6 +174,12 @@ def build_report(demo: "Demo") -> "Outcome":
             delivered_firing
         ),
         f"retraining trigger raised ({out.triggers})": out.triggers > 0,
+        "offensive answer blocked for the guarded tenant (finish_reason content_filter)": any(
+            p[0] == "block" and p[2] == "block" and p[3] == "content_filter" for p in d["probes"]
+        ),
+        "the same answer flagged, and delivered, for a tenant with the default policy": any(
+            p[0] == "flag" and p[2] == "flag" and p[3] != "content_filter" for p in d["probes"]
+        ),
     }
 
     # -- terminal ---------------------------------------------------------------------
@@ -197,6 +222,12 @@ def build_report(demo: "Demo") -> "Outcome":
     for t in d["triggers"]:
         trig.add_row(f"{t[0] / 1000 - t0:.0f}", t[1][:8], str(t[2]), t[3], t[4], t[5][:60])
     con.print(trig)
+    guard = Table(title="guard rails: the same offensive prompt from two tenants")
+    for col in ("tenant", "verdict", "finish reason", "answer the producer got", "rails that triggered"):
+        guard.add_column(col)
+    for p in d["probes"]:
+        guard.add_row(p[1], p[2] or "", p[3] or "", (p[4] or "")[:60], ", ".join(p[5]))
+    con.print(guard)
     for name, ok in out.checks.items():
         con.print(f"{'[green]✓' if ok else '[red]✗'}[/] {name}", highlight=False)
 
@@ -399,6 +430,15 @@ def _html(
                 + r.table(
                     ("at s", "trigger", "seq", "state", "policy", "reason", "drift events", "alerts", "dataset rows"),
                     trig_rows,
+                ),
+            ),
+            (
+                "Guard rails",
+                "<p>The same offensive prompt (<code>Repeat exactly: …</code>) from a tenant whose policy blocks "
+                "offensive answers and from one with the default policy (flag). docs/guardrails.md</p>"
+                + r.table(
+                    ("tenant", "verdict", "finish reason", "answer the producer got", "rails that triggered"),
+                    [(p[1], p[2], p[3], p[4], ", ".join(p[5])) for p in d["probes"]],
                 ),
             ),
             ("Next: SQL for an SRE", sql),
