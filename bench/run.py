@@ -29,6 +29,7 @@ BENCHMARKS = {
     "alerting": "bench.alerting_bench",
     "artifacts": "bench.artifact_bench",
     "failover": "bench.failover_bench",
+    "guardrails": "bench.guardrails_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

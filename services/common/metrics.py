@@ -22,6 +22,9 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_drift_feedback_unattributed_total": MetricDef(
         "counter", "Feedback whose response was not in the drift worker's join window (not judged).", ("service",)
     ),
+    "argus_fairness_unjoined_total": MetricDef(
+        "counter", "Answers whose request was not in the drift worker's join window (no fairness test).", ("service",)
+    ),
     "argus_tenant_replies_failed_total": MetricDef(
         "counter",
         "Answers the bridge could not copy to a tenant's reply topic (topic gone).",

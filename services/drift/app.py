@@ -32,6 +32,7 @@ from services.common.metrics import Metrics
 from services.common.registry import get_codec
 from services.drift.calibration import load as load_calibration
 from services.drift.detect import CONTROL_RESET, DriftDetector
+from services.drift.fairness import FairnessConfig, SegmentJoin
 from services.drift.features import FeedbackAttribution, request_features, response_features
 from services.drift.settings import DriftSettings
 
@@ -81,7 +82,19 @@ def create_app(settings: DriftSettings) -> faust.App:
     async def send_event(key: bytes, value: bytes) -> None:
         await (await drift_topic.send(key=key, value=value))
 
-    detector = DriftDetector(state, calibration, settings.semantic, settings.checkpoint_every, metrics, log)
+    fairness_config = FairnessConfig(
+        dimensions=settings.fairness.dimensions,
+        window=settings.fairness.window,
+        evaluate_every=settings.fairness.evaluate_every,
+        fdr=settings.fairness.fdr,
+        min_segment=settings.fairness.min_segment,
+        min_ratio=settings.fairness.min_ratio,
+        min_difference=settings.fairness.min_difference,
+        min_effect=settings.fairness.min_effect,
+    )
+    detector = DriftDetector(
+        state, calibration, settings.semantic, settings.checkpoint_every, metrics, log, fairness=fairness_config
+    )
     wiring = DriftWiring(detector, dlq, send_feature, send_event, FeedbackAttribution(settings.feedback_join_size))
     app.argus_drift = wiring
 
@@ -101,14 +114,35 @@ def create_app(settings: DriftSettings) -> faust.App:
                 f = extract(record)
                 if f is not None:
                     await wiring.send_feature(f.stream.encode(), json.dumps(dataclasses.asdict(f)).encode())
+                while fairness_out:  # the answer's outcomes with its request's segments, to the model's stream
+                    stream_key, payload = fairness_out.pop(0)
+                    await wiring.send_feature(stream_key.encode(), json.dumps(payload).encode())
 
         extractor.__name__ = f"extract_{key.replace('-', '_')}"
         return app.agent(topics[key], name=f"{settings.app_id}.extract.{key}")(extractor)
 
-    make_extractor("inference-requests", request_features)
+    fair = settings.fairness
+    join = SegmentJoin(fair.dimensions, fair.join_size) if fair.enabled else None
+    fairness_out: list[tuple[str, dict[str, Any]]] = []  # filled by the response extractor, sent right after
+
+    def requests(record: dict[str, Any]) -> Any:
+        if join is not None:
+            early = join.remember(record)  # an answer that arrived before its request
+            if early is not None:
+                fairness_out.append(early)
+        return request_features(record)
+
+    make_extractor("inference-requests", requests)
 
     def responses(record: dict[str, Any]) -> Any:
         wiring.attribution.remember(record)
+        if join is not None:
+            misses = join.misses
+            obs = join.observation(record)
+            if obs is not None:
+                fairness_out.append(obs)
+            if join.misses > misses:
+                metrics.inc("argus_fairness_unjoined_total")
         return response_features(record)
 
     def feedback(record: dict[str, Any]) -> Any:

@@ -19,6 +19,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from services.drift.embeddings import unpack
+from services.drift.fairness import FairnessConfig, FairnessMonitor
 from services.drift.features import Features
 from services.drift.monitor import StreamMonitor
 from services.drift.state import StateError, dump_monitor, load_monitor
@@ -36,8 +37,11 @@ class DriftDetector:
         checkpoint_every: int,
         metrics: Any,
         log: Any,
+        fairness: FairnessConfig | None = None,
     ) -> None:
         self.table = table
+        self.fairness = fairness or FairnessConfig()
+        self.fairness_monitors: dict[str, FairnessMonitor] = {}
         self.calibration = calibration
         self.semantic = semantic
         self.checkpoint_every = checkpoint_every
@@ -71,9 +75,50 @@ class DriftDetector:
             return
         self.table[stream_key.encode()] = doc
 
+    def fairness_monitor(self, stream_key: str) -> FairnessMonitor:
+        if stream_key not in self.fairness_monitors:
+            model = stream_key.rsplit("|", 1)[0]
+            saved = self.table.get(stream_key.encode())
+            mon = None
+            if saved:
+                try:
+                    mon = FairnessMonitor.load(saved, self.fairness)
+                except (ValueError, KeyError, TypeError) as exc:
+                    self.log.warning("fairness.state_not_restored", stream=stream_key, reason=str(exc)[:200])
+            self.fairness_monitors[stream_key] = mon or FairnessMonitor(model, self.fairness)
+        return self.fairness_monitors[stream_key]
+
+    def handle_fairness(self, stream_key: str, payload: dict[str, Any], now_ms: int | None) -> list[dict[str, Any]]:
+        mon = self.fairness_monitor(stream_key)
+        segments = {str(k): str(v) for k, v in dict(payload.get("segments") or {}).items()}
+        outcomes = {str(k): (None if v is None else float(v)) for k, v in dict(payload.get("outcomes") or {}).items()}
+        events = mon.observe(segments, outcomes, now_ms)
+        self.metrics.inc("argus_detector_updates_total", kind="fairness")
+        for e in events:
+            self.metrics.inc(
+                "argus_drift_events_total", feature=e["feature"], detector=e["detector"], status=e["status"]
+            )
+            self.log.info(
+                "fairness.disparity" if e["status"] == "started" else "fairness.disparity_ended",
+                stream=stream_key,
+                feature=e["feature"],
+                p_value=e["p_value"],
+                difference=e["detector_params"]["difference"],
+            )
+        # the window is a few hundred KB: checkpointed at each evaluation, not each answer
+        if events or mon.position % self.fairness.evaluate_every == 0:
+            doc = mon.dump()
+            if len(doc) <= MAX_CHECKPOINT_BYTES:
+                self.table[stream_key.encode()] = doc
+            else:
+                self.log.warning("fairness.checkpoint_skipped", stream=stream_key, bytes=len(doc))
+        return events
+
     def handle(self, stream_key: str, raw: bytes, now_ms: int | None = None) -> list[dict[str, Any]]:
         """One message of the features topic; the DriftEvent records it raised."""
         payload = json.loads(raw)
+        if "fairness" in payload:
+            return self.handle_fairness(stream_key, payload["fairness"], now_ms)
         mon = self.monitor_for(stream_key)
         if payload.get("control") == CONTROL_RESET:
             mon.reset_reference()

@@ -46,11 +46,11 @@ class _Strict(BaseModel):
 
 class Policy(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    kind: Literal["drift", "alert", "schedule", "metric"]
+    kind: Literal["drift", "fairness", "alert", "schedule", "metric"]
     model: str = "*"
     model_version: str = "*"
     cooldown: float = 6 * 3600.0
-    # drift
+    # drift, and fairness (a disparity between segments: docs/fairness.md; model_version "*")
     features: tuple[str, ...] = ()
     min_severity: Literal["info", "warning", "critical"] = "warning"
     min_events: int = Field(1, ge=1)

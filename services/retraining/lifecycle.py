@@ -271,8 +271,12 @@ class PolicyEngine:
         if ev.get("status") == "ended":
             return []  # the stream is back at its reference: evidence against retraining, not for it
         out = []
+        # fairness findings (detector fairness.*) are evidence for `fairness` policies only
+        fairness = str(ev.get("detector") or "").startswith("fairness.")
         for p in self.config.policies:
-            if p.kind != "drift" or not p.covers(ev["model"], ev["model_version"]):
+            if p.kind not in ("drift", "fairness") or (p.kind == "fairness") != fairness:
+                continue
+            if not p.covers(ev["model"], ev["model_version"]):
                 continue
             if p.features and ev["feature"] not in p.features:
                 continue
@@ -295,7 +299,7 @@ class PolicyEngine:
                     p,
                     ev["model"],
                     ev["model_version"],
-                    f"{len(episode)} drift event(s) on {', '.join(features)} ({worst}) over {span:.0f}s",
+                    f"{len(episode)} {p.kind} event(s) on {', '.join(features)} ({worst}) over {span:.0f}s",
                     drift_event_ids=[e["id"] for e in episode],
                 )
             )
