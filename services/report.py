@@ -3,6 +3,7 @@ the file opens anywhere, from a CI artifact or an e-mail).
 
 - :func:`scatter` : points (optionally joined) on numeric axes, vertical markers;
 - :func:`timeline`: lanes of bars (from-to) and points on a time axis;
+- :func:`bars`    : one bar per category, with interval whiskers and a reference line;
 - :func:`page`    : a titled HTML document of sections (text, tables, charts).
 """
 
@@ -206,6 +207,63 @@ def timeline(
             f'stroke-dasharray="{m.dash}"/><text x="{x + 4:.1f}" y="{f.t - 3}" fill="{m.color}">{html.escape(m.label)}</text>'
         )
     return _svg(width, height, title, body)
+
+
+def bars(
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    low: Sequence[float] | None = None,
+    high: Sequence[float] | None = None,
+    reference: float | None = None,
+    ylabel: str = "",
+    colors: Sequence[str] | None = None,
+    width: int = 720,
+    height: int = 300,
+) -> str:
+    """Vertical bars, one per label, with optional interval whiskers (``low``-``high``)
+    and a dashed horizontal ``reference`` line (e.g. the overall rate)."""
+    tops = [v for v in values if math.isfinite(v)] + [v for v in (high or []) if math.isfinite(v)]
+    if reference is not None:
+        tops.append(reference)
+    f = _Frame(0, max(len(labels), 1), 0, max(tops, default=1.0) * 1.1 or 1.0, width, height, bottom=64)
+    out = f.axes("", ylabel, yticks=True)[:1]  # the frame; category labels instead of x ticks
+    for y in nice_ticks(f.y0, f.y1, 5):
+        out.append(
+            f'<line x1="{f.l}" x2="{f.w - f.r}" y1="{f.py(y):.1f}" y2="{f.py(y):.1f}" stroke="#eee"/>'
+            f'<text x="{f.l - 6}" y="{f.py(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>'
+        )
+    if ylabel:
+        out.append(
+            f'<text transform="translate(14 {(f.t + f.h - f.b) / 2:.0f}) rotate(-90)" '
+            f'text-anchor="middle">{html.escape(ylabel)}</text>'
+        )
+    slot = (f.w - f.l - f.r) / max(len(labels), 1)
+    for i, (label, v) in enumerate(zip(labels, values)):
+        x = f.l + i * slot
+        color = (colors or PALETTE)[i % len(colors or PALETTE)]
+        if math.isfinite(v):
+            out.append(
+                f'<rect x="{x + slot * 0.2:.1f}" y="{f.py(v):.1f}" width="{slot * 0.6:.1f}" '
+                f'height="{f.py(0) - f.py(v):.1f}" fill="{color}" opacity="0.8"><title>{html.escape(label)}: '
+                f"{_fmt(v)}</title></rect>"
+            )
+        if low is not None and high is not None and math.isfinite(low[i]) and math.isfinite(high[i]):
+            cx = x + slot / 2
+            out.append(
+                f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{f.py(low[i]):.1f}" y2="{f.py(high[i]):.1f}" stroke="#222"/>'
+                f'<line x1="{cx - 5:.1f}" x2="{cx + 5:.1f}" y1="{f.py(high[i]):.1f}" y2="{f.py(high[i]):.1f}" stroke="#222"/>'
+                f'<line x1="{cx - 5:.1f}" x2="{cx + 5:.1f}" y1="{f.py(low[i]):.1f}" y2="{f.py(low[i]):.1f}" stroke="#222"/>'
+            )
+        out.append(
+            f'<text x="{x + slot / 2:.1f}" y="{f.h - f.b + 16}" text-anchor="middle">{html.escape(label[:18])}</text>'
+        )
+    if reference is not None:
+        out.append(
+            f'<line x1="{f.l}" x2="{f.w - f.r}" y1="{f.py(reference):.1f}" y2="{f.py(reference):.1f}" '
+            'stroke="#555" stroke-dasharray="5,3"><title>all segments</title></line>'
+        )
+    return _svg(width, height, title, out)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -35,6 +35,7 @@ from services.cli import (  # noqa: F401 (registers commands)
     data,
     demo,
     dlq,
+    fairness,
     identity,
     keys,
     privacy,

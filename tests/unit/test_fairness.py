@@ -147,3 +147,47 @@ def test_a_finding_goes_to_fairness_rules_and_policies_not_to_drift_ones() -> No
     )
     (proposal,) = PolicyEngine(policies, TriggerBook()).on_drift(event, now=100)
     assert proposal.policy.name == "fair" and "fairness event(s)" in proposal.reason
+
+
+def test_the_report_shows_the_disparity_with_its_interval_and_matches_fairlearn_on_raw_answers() -> None:
+    import numpy as np
+    from fairlearn.metrics import MetricFrame, equalized_odds_difference, selection_rate
+
+    from services.fairness_report import aggregate, build, html_page
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    seg = rng.choice([f"l{i}" for i in range(5)], size=n)
+    refused = (rng.random(n) < np.where(seg == "l3", 0.09, 0.03)).astype(float)
+    label = np.where(rng.random(n) < 0.3, (rng.random(n) < 0.2).astype(float), np.nan)
+    flagged = (rng.random(n) < np.where(label == 1, 0.6, 0.05)).astype(float)
+    rows = {
+        "segment": seg,
+        "refused": refused,
+        "flagged": flagged,
+        "harmful": np.zeros(n),
+        "error": (rng.random(n) < 0.01).astype(float),
+        "deadline_missed": np.zeros(n),
+        "negative_feedback": label,
+        "output_tokens": rng.integers(5, 30, n).astype(float),
+        "latency_ms": rng.normal(400, 50, n),
+    }
+    rep = build(aggregate(rows), "locale", 7 * 86400)
+    assert [(o, s) for o, s, _, _ in rep.significant()] == [("refused", "l3")]
+    (refusals,) = [o for o in rep.outcomes if o.name == "refused"]
+    raw = MetricFrame(metrics=selection_rate, y_true=refused, y_pred=refused, sensitive_features=seg)
+    assert abs(refusals.difference - raw.difference()) < 1e-12 and abs(refusals.ratio - raw.ratio()) < 1e-12
+    low, high = refusals.difference_ci
+    assert 0.03 < low < refusals.difference < high < 0.09  # the injected gap is 6 points
+    (l3,) = [s for s in refusals.segments if s["segment"] == "l3"]
+    assert l3["ci_low"] < 0.09 < l3["ci_high"] and l3["ci_low"] > 0.05
+    labelled = ~np.isnan(label)
+    assert (
+        abs(
+            rep.equalized_odds_difference
+            - equalized_odds_difference(label[labelled], flagged[labelled], sensitive_features=seg[labelled])
+        )
+        < 1e-12
+    )
+    page = html_page(rep)
+    assert page.count("<svg") == 8 and "<b>l3</b> on refused" in page
