@@ -30,6 +30,7 @@ BENCHMARKS = {
     "artifacts": "bench.artifact_bench",
     "failover": "bench.failover_bench",
     "guardrails": "bench.guardrails_bench",
+    "fairness": "bench.fairness_bench",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
