@@ -40,7 +40,9 @@ async def send_prompts(kafka: KafkaSettings, n: int, drifted: bool, seed: int, d
         await producer.flush()
 
 
-def start_worker(kafka: KafkaSettings, app_id: str, semantic: bool = False) -> subprocess.Popen:
+def start_worker(
+    kafka: KafkaSettings, app_id: str, semantic: bool = False, extra: dict[str, str] | None = None
+) -> subprocess.Popen:
     env = {
         **os.environ,
         **kafka.as_env("ARGUS_DRIFT_"),
@@ -51,6 +53,7 @@ def start_worker(kafka: KafkaSettings, app_id: str, semantic: bool = False) -> s
         "ARGUS_DRIFT_SEMANTIC__ENABLED": "true" if semantic else "false",
         "ARGUS_DRIFT_SEMANTIC__MAX_PER_S": "1000",
         "ARGUS_DRIFT_SEMANTIC__QUEUE": "1000",  # embed every prompt
+        **(extra or {}),
     }
     # output to a file, never an unread pipe: a full pipe would stall the worker
     log = open(f"/tmp/{app_id}-{uuid.uuid4().hex[:4]}.log", "wb")
@@ -307,3 +310,82 @@ async def test_feedback_drift_names_the_model_and_version_that_got_worse(kafka_s
     finally:
         worker.terminate()
         worker.wait(60)
+
+
+async def test_a_segment_refused_more_often_raises_one_fairness_event(kafka_settings: KafkaSettings) -> None:
+    """Requests carry a locale; from request 1,000 on, one locale's answers are refused at
+    10x the others' rate. The worker joins answers with their requests and raises one
+    fairness event, for that locale's refusals (a small window here, to keep the test short;
+    the defaults are in docs/fairness.md)."""
+    app_id = "drift-" + uuid.uuid4().hex[:6]
+    codec = get_codec("inference-responses")
+    (_, golden), *_ = get_registry_examples()
+    rng = random.Random(5)
+    n = 2400
+    worker = start_worker(
+        kafka_settings,
+        app_id,
+        extra={
+            "ARGUS_DRIFT_FAIRNESS__DIMENSIONS": '["locale", "tenant"]',
+            "ARGUS_DRIFT_FAIRNESS__WINDOW": "1200",
+            "ARGUS_DRIFT_FAIRNESS__EVALUATE_EVERY": "100",
+            "ARGUS_DRIFT_FAIRNESS__MIN_SEGMENT": "100",
+        },
+    )
+    try:
+        async with ArgusProducer(kafka_settings) as p:
+            ids, locales = [], []
+            for i in range(n):
+                locale = f"l{i % 4}"
+                ids.append(
+                    await p.request(
+                        [{"role": "user", "content": f"question {i}"}],
+                        tenant="acme",
+                        model="m-fair",
+                        metadata={"locale": locale},
+                    )
+                )
+                locales.append(locale)
+            await p.flush()
+        producer = make_producer(kafka_settings)
+        await producer.start()
+        try:
+            for i, (rid, locale) in enumerate(zip(ids, locales)):
+                refused = rng.random() < (0.3 if locale == "l2" and i >= 1000 else 0.03)
+                r = golden | {
+                    "request_id": rid,
+                    "model": "m-fair",
+                    "tenant": "acme",
+                    "status": "ok",
+                    "shadow": False,
+                    "finish_reason": "content_filter" if refused else "stop",
+                    "latency_ms": rng.lognormvariate(5.0, 0.3),
+                    "output_tokens": rng.randint(20, 40),
+                }
+                await producer.send(kafka_settings.topic("inference-responses"), codec.encode(r), key=rid.encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + 90
+        events: list[dict] = []
+        while time.monotonic() < deadline and not events:
+            events = [e for e in await drift_events(kafka_settings, "m-fair") if e["detector"].startswith("fairness.")]
+            await asyncio.sleep(1)
+        assert events, "no fairness event"
+        await processed(kafka_settings, app_id, "inference-responses")
+        await asyncio.sleep(3)
+        started = [e for e in await drift_events(kafka_settings, "m-fair") if e["status"] == "started"]
+        assert [e["feature"] for e in started] == ["fairness.refused[locale=l2]"], started
+        (e,) = started
+        assert e["detector"] == "fairness.rate" and e["model_version"] == "*" and e["direction"] == "up"
+        assert e["current_summary"]["value"] > 3 * e["reference_summary"]["value"]
+        assert float(e["detector_params"]["ci95_low"]) > 0 and 1000 < position(e) <= n
+    finally:
+        worker.terminate()
+        worker.wait(60)
+
+
+def get_registry_examples() -> list:
+    from services.common.registry import default_registry
+
+    return default_registry().examples("inference-responses")[1]
