@@ -226,10 +226,30 @@ def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
             settings_engine.get("max_tokens", 256),
             settings_engine.get("system_prompt", ""),
         )
+    guard = None
+    if args.get("guard"):
+        from services.inference.guardrails.llama_guard import GUARD_DEPLOYMENT, LlamaGuardAdapter
+
+        g = args["guard"]
+        guard_llm = build_llm_deployment(
+            LLMConfig(**g["llm_config"]),
+            name_prefix="vllm-guard-",
+            deployment_cls=verified_llm_server(),
+            bind_kwargs={
+                "argus_model": g["llm_config"]["model_loading_config"]["model_id"],
+                "argus_artifact": g["artifact"],
+                "argus_governance": args.get("governance") or {},
+            },
+        )
+        guard = (
+            serve.deployment(LlamaGuardAdapter)
+            .options(name=GUARD_DEPLOYMENT, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
+            .bind(g["llm_config"]["model_loading_config"]["model_id"], guard_llm, g["info"])
+        )
     router = serve.deployment(Router).options(
         name="router", num_replicas=1, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0}
     )
-    return router.bind(args["model_name"], handles)
+    return router.bind(args["model_name"], handles, guard, args["guard"]["info"] if guard is not None else None)
 
 
 def gpu_serve_config(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
@@ -239,4 +259,37 @@ def gpu_serve_config(settings: InferenceSettings, trust_file: str | None = None)
     cfg = serve_config(settings, trust_file)
     cfg["import_path"] = "services.inference.gpu:gpu_app_builder"
     cfg["args"]["llm_configs"] = [llm_config(settings, v) for v in settings.versions]
+    if settings.guard_model is not None:
+        cfg["args"]["guard"] = guard_config(settings)
     return cfg
+
+
+def guard_config(settings: InferenceSettings) -> dict[str, Any]:
+    """The guard model's part of the GPU application: its artifact (verified by the
+    replica as a version's is), its ``LLMConfig`` and what its verdicts name."""
+    g = settings.guard_model
+    assert g is not None
+    return {
+        "artifact": {
+            "version": "guard",
+            "model_path": str(g.model_path),
+            "sha256": g.sha256,
+            "card_sha256": g.card_sha256,
+            "artifact_signature": g.artifact_signature,
+        },
+        "llm_config": {
+            "model_loading_config": {"model_id": g.model_id, "model_source": str(g.model_path)},
+            "deployment_config": {
+                "autoscaling_config": {"min_replicas": g.min_replicas, "max_replicas": g.max_replicas},
+                "max_ongoing_requests": 64,
+            },
+            "engine_kwargs": {
+                "max_model_len": g.max_model_len,
+                "gpu_memory_utilization": g.gpu_memory_utilization,
+                "max_logprobs": 5,  # the first token's top log-probabilities give the score
+            },
+            "placement_group_config": {"bundles": [{"GPU": g.num_gpus}]},
+            "runtime_env": {"env_vars": {"VLLM_USE_V1": "1"}},
+        },
+        "info": {"name": "llama-guard", "version": g.model_id, "digest": "sha256:" + g.sha256},
+    }

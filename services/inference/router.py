@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from services.common.api_keys import ApiKey, KeyStore, RateLimiter
 from services.common.logging import get_logger
+from services.inference.guardrails.offensive import GuardInfo
 from services.inference.guardrails.policy import GuardrailSettings
 from services.inference.guardrails.rails import GuardRails, verdict
 from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
@@ -60,7 +61,13 @@ async def _openai_error(_: Request, exc: HTTPException) -> JSONResponse:
 
 @serve.ingress(api)
 class Router:
-    def __init__(self, model_name: str, versions: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        versions: dict[str, DeploymentHandle],
+        guard: DeploymentHandle | None = None,
+        guard_info: dict[str, str] | None = None,
+    ) -> None:
         self.model_name = model_name
         self.handles = versions
         self.table = RoutingTable.from_config({"weights": {v: 1.0 for v in versions}})
@@ -70,6 +77,10 @@ class Router:
         self.limiter = RateLimiter()
         self.log = get_logger("argus.inference.http")
         self.rails = GuardRails()  # the default policy until reconfigure brings the configured ones
+        if guard is not None:  # Llama Guard on GPU nodes takes the output.offensive rail
+            self.rails.use_remote_guard(
+                lambda prompt, answer: guard.classify.remote(prompt, answer), GuardInfo(**(guard_info or {}))
+            )
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         http = config.get("http") or {}
@@ -113,7 +124,8 @@ class Router:
         primary = out["primary"]
         rails = list(checked_in.rails)
         if "error_type" not in primary:
-            checked_out = await self.rails.check_output(primary["text"], policy)
+            prompt = next((m["content"] for m in reversed(request["messages"]) if m.get("role") == "user"), "")
+            checked_out = await self.rails.check_output(primary["text"], policy, prompt=str(prompt))
             rails += checked_out.rails
             if checked_out.blocked:
                 primary = {**primary, "text": policy.refusal, "finish_reason": "content_filter"}

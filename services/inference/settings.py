@@ -82,6 +82,27 @@ class EngineSettings(BaseModel):
     tensor_parallel_size: int = 1
 
 
+class GuardModelSettings(BaseModel):
+    """Llama Guard (or a model with its answer format) served by vLLM beside the versions,
+    taking the output.offensive rail on GPU nodes (docs/guardrails.md). A pinned artifact,
+    verified where it loads, like a model version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: str = Field(default="llama-guard", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    model_path: Path = Field(description="The guard model's local directory (never a hub id).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The artifact digest the replica verifies.")
+    card_sha256: str | None = None
+    artifact_signature: dict[str, Any] | None = Field(
+        default=None, description="A pipeline key's signature over the artifact, as for model versions."
+    )
+    num_gpus: float = 1.0
+    gpu_memory_utilization: float = 0.3
+    max_model_len: int = 4096
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+
 class BridgeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -141,6 +162,9 @@ class InferenceSettings(ServiceSettings):
         default_factory=GuardrailSettings,
         description="Guard-rail policies, default and per tenant (docs/guardrails.md); reloaded without a restart.",
     )
+    guard_model: GuardModelSettings | None = Field(
+        default=None, description="A Llama Guard model on GPU nodes for the output.offensive rail (vLLM only)."
+    )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; default: start a local one.")
     ray_num_cpus: int = 2
     ray_auth_mode: Literal["token", "disabled"] = Field(
@@ -155,6 +179,11 @@ class InferenceSettings(ServiceSettings):
             raise ValueError(f"duplicate model versions: {names}")
         if not any(v.live_weight > 0 for v in self.versions):
             raise ValueError("at least one non-shadow version needs a weight above 0")
+        if self.guard_model is not None and self.engine.kind != "vllm":
+            raise ValueError(
+                "guard_model runs on vLLM (engine.kind=vllm, GPU nodes); on CPU the output.offensive rail uses "
+                "the packaged offensive-language model"
+            )
         if self.engine.kind == "vllm":
             unpinned = [v.version for v in self.versions if v.model_path is None]
             if unpinned:

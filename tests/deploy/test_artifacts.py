@@ -662,3 +662,47 @@ def test_the_migration_job_migrates_a_clickhouse_cluster_when_one_is_named() -> 
     assert cluster_env(render()) == {}
     named = cluster_env(render({"clickhouse": {"cluster": "analytics"}}))
     assert named and set(named.values()) == {"analytics"}
+
+
+def test_a_guard_model_on_gpu_nodes_reaches_the_inference_settings_and_the_serve_config() -> None:
+    """`inference.guardModel` (vLLM only) becomes ARGUS_INFERENCE_GUARD_MODEL; the settings
+    built from the chart's env give a GPU Serve config with the guard's pinned artifact and
+    an LLMConfig that Ray Serve LLM accepts."""
+    import json as _json
+    import os
+
+    from services.inference.gpu import gpu_serve_config
+    from services.inference.settings import InferenceSettings
+
+    guard = {"model_path": "/models/llama-guard-3-1b", "sha256": "c" * 64, "gpu_memory_utilization": 0.25}
+    values = {
+        "inference": {
+            "engine": {"kind": "vllm", "numGpus": 1},
+            "versions": [{"version": "v1", "weight": 100, "model_path": "/models/m", "sha256": "a" * 64}],
+            "guardModel": guard,
+        }
+    }
+    (pod,) = [d for d in render(values) if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
+    env = {e["name"]: e["value"] for e in _containers(pod)[0]["env"] if "value" in e}
+    assert _json.loads(env["ARGUS_INFERENCE_GUARD_MODEL"]) == guard
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("ARGUS_INFERENCE_")})
+    try:
+        cfg = gpu_serve_config(InferenceSettings())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    g = cfg["args"]["guard"]
+    assert g["artifact"]["model_path"] == guard["model_path"] and g["artifact"]["sha256"] == "c" * 64
+    assert g["info"] == {"name": "llama-guard", "version": "llama-guard", "digest": "sha256:" + "c" * 64}
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+    llm = LLMConfig(**g["llm_config"])
+    assert llm.model_loading_config.model_source == guard["model_path"] and llm.engine_kwargs["max_logprobs"] == 5
+    # without a guard model, the CPU defaults have none
+    assert "ARGUS_INFERENCE_GUARD_MODEL" not in {e["name"] for e in _containers(pod_of(render()))[0]["env"]}
+
+
+def pod_of(docs: list[dict]) -> dict:
+    (pod,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
+    return pod

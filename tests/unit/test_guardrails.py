@@ -212,3 +212,47 @@ def test_the_shipped_alert_rules_fire_on_blocked_harmful_and_injected_traffic() 
     assert ("HarmfulOutputRate", "") in firing  # 20 of the model's 120 answers offensive
     assert ("InjectionAttempts", "probe") in firing and ("InjectionAttempts", "blk") not in firing
     assert not any(name == "GuardrailErrors" for name, _ in firing)
+
+
+def test_llama_guards_answer_becomes_a_score() -> None:
+    from services.inference.guardrails.llama_guard import guard_verdict
+
+    assert guard_verdict("safe") == {"unsafe": False, "categories": [], "score": 0.0}
+    v = guard_verdict("unsafe\nS1, S10", [{"token": "unsafe", "logprob": -0.1}, {"token": "safe", "logprob": -2.4}])
+    assert v["unsafe"] and v["categories"] == ["S1", "S10"] and 0.90 < v["score"] < 0.92
+
+
+def test_a_served_guard_takes_the_offensive_rail_with_the_same_policy_semantics() -> None:
+    """The rail's plumbing for a remote classifier (Llama Guard through a Serve handle on
+    GPU nodes): its score against the threshold, categories as findings, its failures and
+    overruns under on_error. The classifier here is a local coroutine with Llama Guard's
+    answer format; the served model itself needs a GPU (docs/guardrails.md)."""
+    from services.inference.guardrails.llama_guard import guard_verdict
+    from services.inference.guardrails.offensive import GuardInfo
+
+    async def classify(prompt: str, answer: str) -> dict:
+        return guard_verdict("unsafe\nS10" if "idiot" in answer else "safe")
+
+    async def broken(prompt: str, answer: str) -> dict:
+        raise ConnectionError("replica gone")
+
+    async def slow(prompt: str, answer: str) -> dict:
+        await asyncio.sleep(5)
+        return guard_verdict("safe")
+
+    info = GuardInfo("llama-guard", "llama-guard-3-1b", "sha256:" + "c" * 64)
+    rails = GuardRails(GuardrailSettings())
+    rails.use_remote_guard(classify, info)
+    block = policy(output={"offensive": "block", "pii": "off"})
+    out = run(rails.check_output("You idiot.", block, prompt="Repeat: you idiot"))
+    (r,) = out.rails
+    assert out.blocked and r["guard"] == "llama-guard" and r["findings"] == {"S10": 1} and r["score"] == 1.0
+    redact = policy(output={"offensive": "redact", "pii": "off"})
+    assert run(rails.check_output("You idiot.", redact)).texts == ["[OFFENSIVE]"]
+    assert not run(rails.check_output("Paris.", block)).blocked
+    rails.use_remote_guard(broken, info)
+    closed = run(rails.check_output("Paris.", block.model_copy(update={"on_error": "closed"})))
+    assert closed.blocked and "ConnectionError" in closed.rails[0]["error"]
+    rails.use_remote_guard(slow, info)
+    late = run(rails.check_output("Paris.", block.model_copy(update={"output_budget_ms": 20})))
+    assert not late.blocked and late.rails[0]["error"].startswith("timeout")

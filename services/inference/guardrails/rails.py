@@ -26,7 +26,7 @@ import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from services.common.pii import ScreenTimeout, find_pii
 from services.inference.guardrails.injection import InjectionGuard
@@ -87,6 +87,7 @@ class GuardRails:
         self._injection: concurrent.futures.Future[InjectionGuard] | None = None
         self._lock = threading.Lock()
         self._deny: dict[tuple[str, ...], Any] = {}
+        self._remote: tuple[Callable[[str, str], Awaitable[dict[str, Any]]], GuardInfo] | None = None
         self.settings = GuardrailSettings()
         self.configure(settings or GuardrailSettings())
 
@@ -114,6 +115,13 @@ class GuardRails:
                         fut.set_exception(exc)
 
                 threading.Thread(target=load, name="injection-guard-load", daemon=True).start()
+
+    def use_remote_guard(self, classify: Callable[[str, str], Awaitable[dict[str, Any]]], info: GuardInfo) -> None:
+        """Run the output.offensive rail through a served classifier (Llama Guard on GPU,
+        :mod:`services.inference.guardrails.llama_guard`): ``classify(prompt, answer)``
+        returns ``{"unsafe", "categories", "score"}``. It finds no spans: ``redact``
+        replaces the whole answer."""
+        self._remote = (classify, info)
 
     def policy(self, tenant: str) -> RailPolicy:
         return self.settings.policy(tenant)
@@ -149,9 +157,8 @@ class GuardRails:
             remaining = deadline - started
             if remaining <= 0:
                 raise asyncio.TimeoutError
-            score, threshold, triggered, findings, payload = await asyncio.wait_for(
-                asyncio.to_thread(run), timeout=remaining
-            )
+            work = run() if asyncio.iscoroutinefunction(run) else asyncio.to_thread(run)
+            score, threshold, triggered, findings, payload = await asyncio.wait_for(work, timeout=remaining)
             result.update(score=score, threshold=threshold, triggered=triggered, findings=findings)
             if triggered:
                 result["action"] = setting
@@ -201,7 +208,7 @@ class GuardRails:
         return checked
 
     # -- output --------------------------------------------------------------------
-    async def check_output(self, text: str, policy: RailPolicy) -> Checked:
+    async def check_output(self, text: str, policy: RailPolicy, prompt: str = "") -> Checked:
         """The output rails over an answer (deny patterns, personal data, offensive
         language, in that order; each sees the previous one's redactions)."""
         checked = Checked([text])
@@ -226,7 +233,21 @@ class GuardRails:
             if result["action"] == "redact":
                 checked.texts = redacted
             checked.rails.append(result)
-        if rails.offensive != "off":
+        if rails.offensive != "off" and self._remote is not None:
+            classify, info = self._remote
+            threshold = policy.offensive_threshold
+
+            async def remote() -> tuple[float, float, bool, dict[str, int], list[str]]:
+                v = await classify(prompt, checked.texts[0])
+                score = float(v["score"])
+                findings = {str(c): 1 for c in v.get("categories") or []}
+                return score, threshold, score >= threshold, findings, ["[OFFENSIVE]"]
+
+            result, redacted = await self._rail("output.offensive", info, rails.offensive, remote, policy, deadline)
+            if result["action"] == "redact":
+                checked.texts = redacted
+            checked.rails.append(result)
+        elif rails.offensive != "off":
             guard, threshold = self.offensive, policy.offensive_threshold
 
             def offensive() -> tuple[float, float, bool, dict[str, int], list[str]]:
