@@ -22,6 +22,11 @@ CATALOGUE: dict[str, MetricDef] = {
     "argus_drift_feedback_unattributed_total": MetricDef(
         "counter", "Feedback whose response was not in the drift worker's join window (not judged).", ("service",)
     ),
+    "argus_duplicate_requests_total": MetricDef(
+        "counter",
+        "Requests whose id the bridge had answered (or was answering) within its dedupe window.",
+        ("service",),
+    ),
     "argus_fairness_unjoined_total": MetricDef(
         "counter", "Answers whose request was not in the drift worker's join window (no fairness test).", ("service",)
     ),

@@ -33,6 +33,7 @@ from services.common.dlq import DeadLetterPolicy, Message, producer_sender
 from services.common.health import Readiness
 from services.common.kafka import assigned_lag, make_consumer, make_producer
 from services.common.logging import get_logger
+from services.common.lru import RecentMap
 from services.common.metrics import Metrics
 from services.common.offsets import OffsetTracker
 from services.common.registry import SchemaRegistry, default_registry
@@ -77,6 +78,9 @@ class InferenceBridge(ConsumerService):
         self.processor: StreamProcessor | None = None
         self.answering: ConcurrentStep[tuple[dict[str, Any], str | None]] | None = None
         self.answered = 0
+        # request id -> when it was first taken (a producer's retry within the window is not generated twice)
+        self.seen = RecentMap(settings.bridge.dedupe_max_ids)
+        self.duplicates = 0
 
     # -- what readiness, metrics and tests read --------------------------------------
     @property
@@ -144,6 +148,11 @@ class InferenceBridge(ConsumerService):
         committed)."""
         request, reply_tenant = item
         log = self.log.bind(partition=tp.partition, offset=offset, request_id=str(request["request_id"]))
+        if self._duplicate(str(request["request_id"])):
+            self.metrics.inc("argus_duplicate_requests_total")
+            self.duplicates += 1
+            log.info("bridge.duplicate_dropped", reason="request id answered or in flight within the dedupe window")
+            return
         plain = to_json(request)
         started = time.monotonic()
         deadline = request.get("deadline")
@@ -197,6 +206,18 @@ class InferenceBridge(ConsumerService):
         self.metrics.inc("argus_messages_produced_total", topic=self.responses_topic)
         self.answered += 1
         log.debug("bridge.answered", status=resp["status"], model_version=resp["model_version"])
+
+    def _duplicate(self, request_id: str) -> bool:
+        """Whether this request id was taken within the dedupe window (and remember it)."""
+        window = self.settings.bridge.dedupe_window_s
+        if window <= 0:
+            return False
+        now = time.monotonic()
+        first = self.seen.get(request_id)
+        if first is not None and now - first <= window:
+            return True
+        self.seen.put(request_id, now)
+        return False
 
     async def _reply(self, tenant: str, key: bytes, value: bytes, log: Any) -> None:
         """The answer on the tenant's reply topic. A tenant whose topic is gone (removed

@@ -8,6 +8,22 @@ import uuid
 from typing import Any
 
 
+# response ids are derived from the request id: an answer produced again for the same
+# request (a bridge restarted before it committed the offset) is the same row to ClickHouse
+_RESPONSE_IDS = uuid.UUID("1b7c2f3e-5a4d-4c6b-9e8f-7a6b5c4d3e2f")
+
+
+def response_id(request_id: str, shadow_version: str | None = None) -> str:
+    """The primary answer's id (``shadow_version`` None) or a shadow version's, from the
+    request id.
+
+    >>> response_id("5d2a3c4b-1e2f-4a5b-8c7d-9e0f1a2b3c4d") == response_id("5d2a3c4b-1e2f-4a5b-8c7d-9e0f1a2b3c4d")
+    True
+    """
+    name = request_id if shadow_version is None else f"{request_id}|shadow|{shadow_version}"
+    return str(uuid.uuid5(_RESPONSE_IDS, name))
+
+
 def response_record(
     request: dict[str, Any],
     *,
@@ -27,7 +43,7 @@ def response_record(
     verdict = g.get("guardrails") or guardrails
     return {
         "request_id": str(request["request_id"]),
-        "response_id": str(uuid.uuid4()),
+        "response_id": response_id(str(request["request_id"]), model_version if shadow else None),
         "model": request["model"],
         "response_model": g.get("response_model") or request["model"],
         "model_version": model_version,

@@ -111,6 +111,13 @@ class BridgeSettings(BaseModel):
     default_timeout_s: float = Field(default=120.0, description="Per-request limit when a request carries no deadline.")
     shadow_grace_s: float = Field(default=30.0, description="How long a shadow answer may trail its primary.")
     commit_interval_s: float = 0.5
+    dedupe_window_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="A request id seen again within this window (a producer's retry) is not answered again: "
+        "dropped with a metric, its first answer is on the responses topic (0: off).",
+    )
+    dedupe_max_ids: int = Field(default=200_000, ge=1, description="Request ids remembered per bridge, newest kept.")
 
 
 class GatewaySettings(BaseModel):

@@ -101,6 +101,10 @@ async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered
         late = await p.request([{"role": "user", "content": "too late"}], tenant="t0", deadline_s=-1.0)
         empty = p.build_request([], tenant="t0")
         await p.send_record(empty)
+        # a producer's retry: the same request again; generated once, answered once
+        retried = p.build_request([{"role": "user", "content": "What is 2 plus 2?"}], tenant="t0", max_tokens=4)
+        await p.send_record(retried)
+        await p.send_record(retried)
         await p.flush()
     producer = make_producer(kafka_settings)
     await producer.start()
@@ -108,10 +112,13 @@ async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered
     await producer.send_and_wait(kafka_settings.topic("inference-requests"), wire_header(1) + b"\x01", key=b"y")
     await producer.stop()
 
-    bridge = await run_bridge(s, router, lambda b: asyncio.sleep(0, b.answered >= 51 and b.tracker.in_flight() == 0))
-    responses = await read_topic(kafka_settings, "inference-responses", 51)
+    bridge = await run_bridge(
+        s, router, lambda b: asyncio.sleep(0, b.answered >= 52 and b.duplicates >= 1 and b.tracker.in_flight() == 0)
+    )
+    responses = await read_topic(kafka_settings, "inference-responses", 52)
     by_id = {str(r["request_id"]): r for r in responses}
-    assert set(ids) | {late} == set(by_id) and len(responses) == 51
+    assert set(ids) | {late, str(retried["request_id"])} == set(by_id) and len(responses) == 52
+    assert bridge.duplicates == 1 and bridge.metrics.value("argus_duplicate_requests_total") == 1
     for rid in ids:
         r = by_id[rid]
         assert r["status"] == "ok" and r["_key"] == rid.encode()
@@ -127,7 +134,7 @@ async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered
     assert len(dead) == 3
     assert any("messages is empty" in r for r in reasons) and any("magic byte" in r for r in reasons)
     assert any("cannot decode" in r for r in reasons)
-    assert sum(bridge.tracker.committable().values()) == 54  # every offset committed, bad ones included
+    assert sum(bridge.tracker.committable().values()) == 56  # every offset committed, bad ones and the retry included
 
 
 async def test_killed_bridge_loses_no_request(ray_serve, kafka_settings) -> None:

@@ -15,7 +15,7 @@ from services.common.registry import get_codec
 from services.inference.guardrails.policy import GuardrailSettings
 from services.inference.responses import chat_params, response_record
 from services.inference.routing import NoServingVersion, RoutingTable, sticky_key, unit_hash
-from services.inference.settings import EngineSettings, InferenceSettings, ModelVersion
+from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings, ModelVersion
 
 
 def test_weighted_routing_splits_traffic_in_proportion() -> None:
@@ -191,3 +191,21 @@ def test_gpu_configuration_for_ray_serve_llm() -> None:
         "smollm2-135m-instruct-v2",
     ]
     assert full["args"]["engine"]["num_gpus"] == 1
+
+
+def test_a_retried_request_id_is_taken_once_within_the_window() -> None:
+    from services.inference.bridge import InferenceBridge
+    from services.inference.responses import response_id
+
+    bridge = InferenceBridge(InferenceSettings(bridge=BridgeSettings(dedupe_window_s=60, dedupe_max_ids=2)), None)
+    assert not bridge._duplicate("a") and bridge._duplicate("a")
+    assert not bridge._duplicate("b") and not bridge._duplicate("c")  # only the newest two are remembered
+    assert not bridge._duplicate("a")  # forgotten: taken again
+    off = InferenceBridge(InferenceSettings(bridge=BridgeSettings(dedupe_window_s=0)), None)
+    assert not off._duplicate("a") and not off._duplicate("a")
+    # an answer produced again for the same request has the same id (one row in ClickHouse)
+    rid = "5d2a3c4b-1e2f-4a5b-8c7d-9e0f1a2b3c4d"
+    assert response_id(rid) == response_id(rid) != response_id(rid, "v2")
+    req = {"request_id": rid, "model": "m", "tenant": "t", "messages": []}
+    assert response_record(req, model_version="v1")["response_id"] == response_id(rid)
+    assert response_record(req, model_version="v2", shadow=True)["response_id"] == response_id(rid, "v2")
