@@ -7,7 +7,6 @@ import time
 import uuid
 from typing import Any
 
-
 # response ids are derived from the request id: an answer produced again for the same
 # request (a bridge restarted before it committed the offset) is the same row to ClickHouse
 _RESPONSE_IDS = uuid.UUID("1b7c2f3e-5a4d-4c6b-9e8f-7a6b5c4d3e2f")
