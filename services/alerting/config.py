@@ -67,6 +67,8 @@ METRICS: dict[str, tuple[str, ...]] = {
         "harmful_output_rate",
         "guard_error_rate",
         "injection_attempts",
+        # the answers' cost (InferenceResponse v2), summed in one-minute buckets: windows up to days
+        "spend",
     ),
     "feedback": ("negative_feedback_rate", "count"),
     "drift": ("count", "max_statistic_ratio"),

@@ -50,6 +50,7 @@ def response_signal(r: dict[str, Any], now: float) -> Signal:
             "latency_ms": float(r["latency_ms"]),
             "tokens": float((r.get("input_tokens") or 0) + (r.get("output_tokens") or 0)),
             "confidence": r.get("mean_logprob"),
+            "cost": r.get("cost"),
             **guard_values(r),
         },
     )

@@ -55,6 +55,17 @@ class SlidingWindow:
         self.last_update = 0.0
 
     def add(self, t: float, values: dict[str, float | None]) -> None:
+        if self.metric_name == "spend":  # one sample per minute: a day's window holds 1,440
+            bucket = t - t % 60.0
+            cost = float(values.get("cost") or 0.0)
+            if self.samples and self.samples[-1][0] == bucket:
+                last = self.samples[-1][1]
+                last["cost"] = (last.get("cost") or 0.0) + cost
+            else:
+                self.samples.append((bucket, {"cost": cost}))
+            self.last_update = t
+            self.expire(t)
+            return
         self.samples.append((t, values))
         self.last_update = t
         self.expire(t)
@@ -90,6 +101,8 @@ class SlidingWindow:
             prev_tokens = sum((v.get("tokens") or 0.0) for _, v in list(self.samples)[:prev])
             cur_tokens = sum((v.get("tokens") or 0.0) for v in cur)
             return (cur_tokens / prev_tokens if prev_tokens > 0 else None), n
+        if name == "spend":
+            return float(sum(v.get("cost") or 0.0 for v in cur)), n
         if name in _GUARD_RATES:  # over the answers the rails ran on
             key = _GUARD_RATES[name]
             vals = [v[key] for v in cur if v.get(key) is not None]

@@ -67,6 +67,7 @@ def response_record(
         "served_at": int(time.time() * 1000),
         "guard_action": verdict["action"] if verdict else None,
         "guard_verdict": json.dumps(verdict, separators=(",", ":")) if verdict else None,
+        "cost": g.get("cost") if generation else None,
     }
 
 
@@ -85,3 +86,21 @@ def chat_params(request: dict[str, Any], max_tokens_cap: int, system_prompt: str
         "stop": list(request.get("stop_sequences") or []),
         "seed": request.get("seed"),
     }
+
+
+def answer_cost(prices: dict[str, Any], model: str, answer: dict[str, Any]) -> float | None:
+    """An answer's cost from the price table (``Price`` by ``"<model>@<version>"``, else by
+    ``"<model>"``); ``None`` for an error or an unpriced model.
+
+    >>> from services.inference.settings import Price
+    >>> answer_cost({"m": Price(input_per_1k=1, output_per_1k=2)}, "m", {"version": "v1", "input_tokens": 500,
+    ...             "output_tokens": 250})
+    1.0
+    """
+    if "error_type" in answer:
+        return None
+    price = prices.get(f"{model}@{answer.get('version')}") or prices.get(model)
+    if price is None:
+        return None
+    tokens_in, tokens_out = int(answer.get("input_tokens") or 0), int(answer.get("output_tokens") or 0)
+    return round(price.cost(tokens_in, tokens_out, answer.get("latency_ms")), 10)

@@ -29,7 +29,9 @@ from services.common.logging import get_logger
 from services.inference.guardrails.offensive import GuardInfo
 from services.inference.guardrails.policy import GuardrailSettings
 from services.inference.guardrails.rails import GuardRails, verdict
+from services.inference.responses import answer_cost
 from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
+from services.inference.settings import Price
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="argus"'}
 
@@ -76,6 +78,7 @@ class Router:
         self.rate_per_minute = 60
         self.limiter = RateLimiter()
         self.log = get_logger("argus.inference.http")
+        self.prices: dict[str, Price] = {}
         self.rails = GuardRails()  # the default policy until reconfigure brings the configured ones
         if guard is not None:  # Llama Guard on GPU nodes takes the output.offensive rail
             self.rails.use_remote_guard(
@@ -88,12 +91,14 @@ class Router:
         self.keys = KeyStore(keys_file) if keys_file else None
         self.rate_per_minute = int(http.get("rate_per_minute") or 60)
         guardrails = GuardrailSettings.model_validate(config.get("guardrails") or {})
+        prices = {k: Price.model_validate(v) for k, v in (config.get("prices") or {}).items()}
         table = RoutingTable.from_config(config)
         unknown = (set(table.weights) | set(table.shadows)) - set(self.handles)
         if unknown:
             raise ValueError(f"routing names versions that are not deployed: {sorted(unknown)}")
         self.table = table
         self.rails.configure(guardrails)
+        self.prices = prices
         self.reloads += 1
 
     def routing(self) -> dict[str, Any]:
@@ -131,8 +136,11 @@ class Router:
                 primary = {**primary, "text": policy.refusal, "finish_reason": "content_filter"}
             else:
                 primary = {**primary, "text": checked_out.texts[0]}
-        out["primary"] = {**primary, "guardrails": verdict(rails, policy)}
+        out["primary"] = {**primary, "guardrails": verdict(rails, policy), "cost": self.cost(request, primary)}
         return out
+
+    def cost(self, request: dict[str, Any], answer: dict[str, Any]) -> float | None:
+        return answer_cost(self.prices, str(request.get("model") or self.model_name), answer)
 
     def _refusal(self, version: str, policy: Any, rails: list[dict[str, Any]], started: float) -> dict[str, Any]:
         """The answer to a request its input rails blocked: the policy's refusal, no tokens."""
@@ -274,5 +282,6 @@ class Router:
                 "time_to_first_token_ms": out["time_to_first_token_ms"],
                 "latency_ms": out["latency_ms"],
                 "guardrails": out.get("guardrails"),
+                "cost": out.get("cost"),
             },
         }

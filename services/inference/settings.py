@@ -103,6 +103,28 @@ class GuardModelSettings(BaseModel):
     max_replicas: int = 1
 
 
+class Price(BaseModel):
+    """What an answer of one model (or one version of it) costs, in ``price_currency``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_per_1k: float = Field(default=0.0, ge=0, description="Per 1,000 input tokens.")
+    output_per_1k: float = Field(default=0.0, ge=0, description="Per 1,000 output tokens.")
+    per_replica_second: float = Field(
+        default=0.0,
+        ge=0,
+        description="Self-hosted engines: what a replica (its GPUs included) costs per second; an answer is "
+        "charged its engine time (an upper bound while the replica batches several answers).",
+    )
+
+    def cost(self, input_tokens: int, output_tokens: int, latency_ms: float | None) -> float:
+        return (
+            input_tokens * self.input_per_1k / 1000
+            + output_tokens * self.output_per_1k / 1000
+            + (latency_ms or 0.0) / 1000 * self.per_replica_second
+        )
+
+
 class BridgeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -169,6 +191,12 @@ class InferenceSettings(ServiceSettings):
         default_factory=GuardrailSettings,
         description="Guard-rail policies, default and per tenant (docs/guardrails.md); reloaded without a restart.",
     )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description='The price table: "<model>" or "<model>@<version>" (a version\'s price wins) -> Price; '
+        "answers of a model without one carry no cost.",
+    )
+    price_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     guard_model: GuardModelSettings | None = Field(
         default=None, description="A Llama Guard model on GPU nodes for the output.offensive rail (vLLM only)."
     )
@@ -211,6 +239,7 @@ class InferenceSettings(ServiceSettings):
                 "rate_per_minute": self.http_rate_per_minute,
             },
             "guardrails": self.guardrails.model_dump(mode="json"),
+            "prices": {k: v.model_dump(mode="json") for k, v in self.prices.items()},
         }
 
     def engine_user_config(self) -> dict:

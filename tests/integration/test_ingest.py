@@ -255,6 +255,10 @@ async def test_every_topic_lands_in_its_table_and_the_cookbook_runs(
     assert client.query(
         f"SELECT count() FROM {db}.inference_log WHERE guard_action = 'block' AND finish_reason = 'content_filter'"
     ).result_rows == [(2,)]
+    # the priced v2 answers' spend, per day (three of them at 0.0069)
+    assert client.query(f"SELECT sum(priced), round(sum(cost), 6) FROM {db}.inference_spend_1d").result_rows == [
+        (3, 0.0207)
+    ]
     prompts = client.query(
         f"SELECT prompt FROM {db}.inference_requests WHERE prompt LIKE 'user: question%' LIMIT 3"
     ).result_rows

@@ -147,6 +147,7 @@ def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         # the guard rails reload with the routing: by default offensive language and personal data in
         # answers are flagged, deny patterns (none) would block, nothing runs on input
         "guardrails": GuardrailSettings().model_dump(mode="json"),
+        "prices": {},  # no price table: answers carry no cost
     }
     rails = s.routing_config()["guardrails"]["default"]
     assert rails["output"] == {"offensive": "flag", "pii": "flag", "deny": "block"}
@@ -209,3 +210,43 @@ def test_a_retried_request_id_is_taken_once_within_the_window() -> None:
     req = {"request_id": rid, "model": "m", "tenant": "t", "messages": []}
     assert response_record(req, model_version="v1")["response_id"] == response_id(rid)
     assert response_record(req, model_version="v2", shadow=True)["response_id"] == response_id(rid, "v2")
+
+
+def test_an_answer_costs_what_the_price_table_says() -> None:
+    from services.inference.responses import answer_cost
+    from services.inference.settings import Price
+
+    prices = {
+        "m": Price(input_per_1k=0.1, output_per_1k=0.4),
+        "m@v2": Price(input_per_1k=0.2, output_per_1k=0.8, per_replica_second=0.001),
+    }
+    v1 = {"version": "v1", "input_tokens": 1000, "output_tokens": 500, "latency_ms": 2000.0}
+    assert answer_cost(prices, "m", v1) == 0.3
+    assert answer_cost(prices, "m", {**v1, "version": "v2"}) == 0.602  # a version's price wins: 0.2 + 0.4 + 0.002
+    assert answer_cost(prices, "other", v1) is None and answer_cost(prices, "m", {"error_type": "X"}) is None
+    s = InferenceSettings(prices={"m": {"input_per_1k": 0.1}})
+    assert s.routing_config()["prices"] == {"m": {"input_per_1k": 0.1, "output_per_1k": 0.0, "per_replica_second": 0.0}}
+    req = {"request_id": "5d2a3c4b-1e2f-4a5b-8c7d-9e0f1a2b3c4d", "model": "m", "tenant": "t", "messages": []}
+    rec = response_record(req, model_version="v1", generation={"text": "x", "latency_ms": 1.0, "cost": 0.3})
+    assert (
+        rec["cost"] == 0.3
+        and get_codec("inference-responses").decode(get_codec("inference-responses").encode(rec))["cost"] == 0.3
+    )
+
+
+def test_a_tenants_daily_spend_alerts_from_minute_buckets() -> None:
+    from services.alerting.config import load_config
+    from services.alerting.engine import AlertEngine
+    from services.alerting.settings import DEFAULT_CONFIG
+    from services.alerting.signals import response_signal
+
+    eng = AlertEngine(load_config(DEFAULT_CONFIG), now=0)
+    base = {"model": "m", "model_version": "v1", "status": "ok", "latency_ms": 5.0}
+    for i in range(3000):  # 3,000 answers over ~8 hours, 0.04 each: 120 for acme, above the budget of 100
+        t = 1000.0 + i * 10
+        eng.observe(response_signal({**base, "tenant": "acme", "cost": 0.04}, t), t)
+        eng.observe(response_signal({**base, "tenant": "calm", "cost": 0.001}, t), t)
+    (window,) = [w for k, w in eng.windows.items() if k[0].startswith("TenantDailySpend") and k[1] == ("acme",)]
+    assert len(window.samples) <= 501  # minute buckets, not 3,000 samples
+    firing = {(c.alert.labels["alertname"], c.alert.labels.get("tenant")) for c in eng.evaluate(31_000.0)}
+    assert ("TenantDailySpend", "acme") in firing and ("TenantDailySpend", "calm") not in firing

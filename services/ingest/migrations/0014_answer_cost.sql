@@ -1,0 +1,37 @@
+-- What each answer cost (InferenceResponse v2 `cost`, from the inference service's price
+-- table; docs/inference.md#cost), and spend per tenant, model, version and day. Rows
+-- without a price (older producers, unpriced models) have NULL and count no spend.
+
+ALTER TABLE {db}.inference_responses
+    ADD COLUMN IF NOT EXISTS cost Nullable(Float64) COMMENT 'the answer''s cost in the price currency; NULL without a price' AFTER guard_verdict;
+
+--   SELECT day, tenant, model, sum(cost) FROM argus.inference_spend_1d GROUP BY day, tenant, model
+CREATE TABLE IF NOT EXISTS {db}.inference_spend_1d
+(
+    day             Date,
+    tenant          LowCardinality(String),
+    model           LowCardinality(String),
+    model_version   LowCardinality(String),
+    answers         SimpleAggregateFunction(sum, UInt64),
+    priced          SimpleAggregateFunction(sum, UInt64),
+    input_tokens    SimpleAggregateFunction(sum, UInt64),
+    output_tokens   SimpleAggregateFunction(sum, UInt64),
+    cost            SimpleAggregateFunction(sum, Float64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (tenant, model, model_version, day)
+TTL day + INTERVAL 800 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.inference_spend_1d_mv TO {db}.inference_spend_1d AS
+SELECT
+    toDate(served_at) AS day,
+    tenant, model, model_version,
+    toUInt64(count()) AS answers,
+    toUInt64(countIf(r.cost IS NOT NULL)) AS priced,
+    toUInt64(sum(input_tokens)) AS input_tokens,
+    toUInt64(sum(output_tokens)) AS output_tokens,
+    sum(ifNull(r.cost, 0)) AS cost  -- r.cost: the column, not this alias
+FROM {db}.inference_responses AS r
+WHERE NOT shadow
+GROUP BY day, tenant, model, model_version;
