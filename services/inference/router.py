@@ -43,7 +43,12 @@ async def _awaited(resp: Any) -> Any:
 
 api = FastAPI(title="Argus inference", description="OpenAI-compatible chat completions over the Argus router")
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 @api.exception_handler(HTTPException)
@@ -108,6 +113,16 @@ class Router:
         """Answer one InferenceRequest (as a dict) through the tenant's guard rails.
         Returns the primary answer (with its ``guardrails`` verdict) and the shadow
         answers; errors come back as values, never as silence."""
+        model = str(request.get("model") or self.model_name)
+        if model != self.model_name:  # never another model's answer under the name asked for
+            return {
+                "primary": {
+                    "error_type": "model_not_found",
+                    "error_message": f"model {model[:200]!r} is not served here; served: {self.model_name}",
+                    "version": "none",
+                },
+                "shadows": [],
+            }
         try:
             plan = self.table.plan(sticky_key(request))
         except NoServingVersion as exc:
@@ -254,6 +269,8 @@ class Router:
         }
         self.log.info("http.request", request_id=request["request_id"], tenant=key.tenant, key_id=key.key_id)
         out = (await self.infer(request))["primary"]
+        if out.get("error_type") == "model_not_found":
+            raise HTTPException(status_code=404, detail={"message": out["error_message"], "code": "model_not_found"})
         if "error_type" in out:
             raise HTTPException(status_code=503, detail=f"{out['error_type']}: {out.get('error_message')}")
         return {

@@ -105,6 +105,8 @@ async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered
         retried = p.build_request([{"role": "user", "content": "What is 2 plus 2?"}], tenant="t0", max_tokens=4)
         await p.send_record(retried)
         await p.send_record(retried)
+        # a model this service does not serve: an error answer, never another model's answer
+        other = await p.request([{"role": "user", "content": "Hi"}], tenant="t0", model="gpt-4o")
         await p.flush()
     producer = make_producer(kafka_settings)
     await producer.start()
@@ -113,11 +115,13 @@ async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered
     await producer.stop()
 
     bridge = await run_bridge(
-        s, router, lambda b: asyncio.sleep(0, b.answered >= 52 and b.duplicates >= 1 and b.tracker.in_flight() == 0)
+        s, router, lambda b: asyncio.sleep(0, b.answered >= 53 and b.duplicates >= 1 and b.tracker.in_flight() == 0)
     )
-    responses = await read_topic(kafka_settings, "inference-responses", 52)
+    responses = await read_topic(kafka_settings, "inference-responses", 53)
     by_id = {str(r["request_id"]): r for r in responses}
-    assert set(ids) | {late, str(retried["request_id"])} == set(by_id) and len(responses) == 52
+    assert set(ids) | {late, str(retried["request_id"]), other} == set(by_id) and len(responses) == 53
+    assert by_id[other]["status"] == "error" and by_id[other]["error_type"] == "model_not_found"
+    assert by_id[other]["output"] is None and by_id[other]["model"] == "gpt-4o"
     assert bridge.duplicates == 1 and bridge.metrics.value("argus_duplicate_requests_total") == 1
     for rid in ids:
         r = by_id[rid]
@@ -134,7 +138,7 @@ async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered
     assert len(dead) == 3
     assert any("messages is empty" in r for r in reasons) and any("magic byte" in r for r in reasons)
     assert any("cannot decode" in r for r in reasons)
-    assert sum(bridge.tracker.committable().values()) == 56  # every offset committed, bad ones and the retry included
+    assert sum(bridge.tracker.committable().values()) == 57  # every offset committed, bad ones and the retry included
 
 
 async def test_killed_bridge_loses_no_request(ray_serve, kafka_settings) -> None:
@@ -254,6 +258,8 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
         assert 0 < body["usage"]["completion_tokens"] <= 5 and body["argus"]["model_version"] == "v1"
         assert body["argus"]["tenant"] == "acme"  # the key's tenant, whatever the body said
         assert (await http.post(url + "/chat/completions", json={"messages": []}, headers=auth)).status_code == 400
+        other = await http.post(url + "/chat/completions", json={**hello, "model": "gpt-4o"}, headers=auth)
+        assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
         assert (await http.get(url + "/models", headers=auth)).json()["data"][0]["versions"] == ["v1"]
 
         # over the key's rate: 429 with Retry-After; other keys unaffected
