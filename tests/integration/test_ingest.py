@@ -708,3 +708,53 @@ async def test_adversarial_megabyte_prompts_do_not_stall_ingest(
     print(
         f"longest event-loop stall {max(gaps):.2f} s; adversarial rows: {[(len(p), pii) for _, p, pii in adversarial]}"
     )
+
+
+def test_the_v2_migrations_apply_on_a_database_that_holds_v1_rows(clickhouse_settings, tmp_path: Path) -> None:
+    """A database at migration 0012 with answers written before InferenceResponse v2 is
+    migrated to the guard-rail verdicts and the cost: its rows keep their content with NULL
+    verdicts and costs, the rollups and the log view work, new rows carry both."""
+    import shutil
+
+    from services.common import migrations
+
+    db = clickhouse_settings.database
+    admin = get_client(clickhouse_settings, database="default")
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for path in sorted(migrations.MIGRATIONS_DIR.glob("*.sql")):
+        if int(path.name[:4]) <= 12:
+            shutil.copy(path, old / path.name)
+    migrations.apply(admin, db, directory=old)
+    cols = (
+        "request_id, response_id, served_at, model, response_model, model_version, tenant, user_in, output_in, "
+        "output_chars, finish_reason, input_tokens, output_tokens, latency_ms, status, shadow, _topic, _partition, _offset"
+    )
+
+    def row(i: int, extra: str = "") -> str:
+        return (
+            f"('{uuid.UUID(int=i + 1)}', '{uuid.uuid4()}', now64(3), 'm', 'm', 'v1', 'acme', NULL, 'answer {i}', 8, "
+            f"'stop', 3, 2, 5.0, 'ok', false, '_t', 0, {i}{extra})"
+        )
+
+    admin.command(f"INSERT INTO {db}.inference_responses ({cols}) VALUES {', '.join(row(i) for i in range(3))}")
+    applied = migrations.apply(admin, db)
+    assert applied == ["0013_guardrail_verdicts", "0014_answer_cost"], applied
+    admin.command(
+        f"INSERT INTO {db}.inference_responses ({cols}, guard_action, guard_verdict, cost) VALUES "
+        + row(3, ', \'block\', \'{"version":1,"action":"block","rails":[]}\', 0.25')
+    )
+    got = admin.query(f"SELECT output, guard_action, cost FROM {db}.inference_log ORDER BY output").result_rows
+    assert got == [
+        ("answer 0", None, None),
+        ("answer 1", None, None),
+        ("answer 2", None, None),
+        ("answer 3", "block", 0.25),
+    ]
+    assert admin.query(
+        f"SELECT rail, action, sum(responses) FROM {db}.guardrail_verdicts_1m GROUP BY rail, action"
+    ).result_rows == [("*", "block", 1)]
+    assert admin.query(f"SELECT sum(answers), sum(priced), sum(cost) FROM {db}.inference_spend_1d").result_rows == [
+        (1, 1, 0.25)
+    ]
+    admin.close()

@@ -62,19 +62,3 @@ FROM {db}.inference_responses
 ARRAY JOIN JSONExtractArrayRaw(ifNull(guard_verdict, '{}'), 'rails') AS r
 WHERE NOT shadow AND guard_action IS NOT NULL
 GROUP BY minute, model, model_version, tenant, rail, action;
-
--- inference_log gains the verdict, and shows one row per request
-CREATE OR REPLACE VIEW {db}.inference_log AS
-SELECT
-    r.request_id AS request_id, q.created_at AS created_at, r.served_at AS served_at,
-    r.model AS model, r.model_version AS model_version, r.tenant AS tenant, r.user AS user,
-    r.latency_ms AS latency_ms, r.time_to_first_token_ms AS time_to_first_token_ms,
-    r.input_tokens AS input_tokens, r.output_tokens AS output_tokens, r.mean_logprob AS confidence,
-    r.status AS status, r.finish_reason AS finish_reason, r.error_type AS error_type,
-    r.trace_id AS trace_id, q.prompt AS prompt, r.output AS output, r.replica AS replica,
-    r.guard_action AS guard_action, r.guard_verdict AS guard_verdict
--- one row per request id: FINAL folds an answer written twice (its id is derived from the
--- request id), ANY joins one request row when a producer's retry delivered it twice
-FROM {db}.inference_responses AS r FINAL
-LEFT ANY JOIN {db}.inference_requests AS q ON q.request_id = r.request_id
-WHERE NOT r.shadow;
