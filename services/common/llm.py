@@ -281,6 +281,55 @@ class LlamaCppEngine:
         return self._failures < 3 and self.model_path.exists()
 
 
+def replica_resources() -> dict[str, float | int | None]:
+    """What the serving process uses, for every answer: its memory (CPU RSS, GPU bytes),
+    the CPU it used since the previous call (percent of one core) and, on GPU engines, the
+    utilisation of its GPU from NVML (``nvidia-ml-py``, in the GPU image)."""
+    rss, gpu = process_memory()
+    cpu = None
+    try:
+        import psutil
+
+        cpu = float(_this_process(psutil).cpu_percent(interval=None))
+    except ImportError:
+        pass
+    return {
+        "replica_cpu_memory_bytes": rss,
+        "replica_gpu_memory_bytes": gpu,
+        "replica_cpu_percent": cpu,
+        "replica_gpu_utilization": gpu_utilization(),
+    }
+
+
+_PROCESS: dict[int, Any] = {}
+
+
+def _this_process(psutil: Any) -> Any:
+    """One psutil.Process per pid: cpu_percent measures since the previous call on it."""
+    pid = os.getpid()
+    if pid not in _PROCESS:
+        _PROCESS[pid] = psutil.Process(pid)
+        _PROCESS[pid].cpu_percent(interval=None)  # the first call only starts the measurement
+    return _PROCESS[pid]
+
+
+def gpu_utilization() -> float | None:
+    """The utilisation (percent) of the first GPU visible to this process, from NVML; None
+    without a GPU or without NVML (CPU images)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if visible in ("", "-1") or importlib.util.find_spec("pynvml") is None:
+        return None
+    try:
+        import pynvml  # nvidia-ml-py, GPU images only
+
+        pynvml.nvmlInit()
+        index = int(visible.split(",")[0]) if visible.split(",")[0].isdigit() else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception:  # NVML missing or the driver refusing: no figure rather than no answer
+        return None
+
+
 def process_memory() -> tuple[int | None, int | None]:
     """(CPU RSS bytes, GPU bytes in use by this process where a GPU is present)."""
     try:

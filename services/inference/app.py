@@ -90,7 +90,7 @@ class LLMServer:
         return await asyncio.to_thread(lambda: [self._generate_one(r) for r in requests])
 
     def _generate_one(self, request: dict[str, Any]) -> dict[str, Any]:
-        from services.common.llm import GenerationParams, process_memory
+        from services.common.llm import GenerationParams, replica_resources
 
         params = GenerationParams(**chat_params(request, self.max_tokens, self.system_prompt))
         try:
@@ -102,14 +102,13 @@ class LLMServer:
                 "version": self.version.version,
                 "replica": self.replica,
             }
-        rss, gpu = process_memory()
+        resources = replica_resources()
         return {
             **gen.to_dict(),
             "version": self.version.version,
             "replica": self.replica,
             "response_model": self.engine.model_file,
-            "replica_cpu_memory_bytes": rss,
-            "replica_gpu_memory_bytes": gpu,
+            **resources,
         }
 
 

@@ -126,9 +126,9 @@ class VLLMAdapter:
                 "replica": self.replica,
             }
         ended = time.perf_counter()
-        from services.common.llm import process_memory
+        from services.common.llm import replica_resources
 
-        rss, gpu = process_memory()
+        resources = replica_resources()
         return {
             "text": "".join(parts),
             "finish_reason": finish,
@@ -140,8 +140,7 @@ class VLLMAdapter:
             "version": self.version,
             "replica": self.replica,
             "response_model": self.model_id,
-            "replica_cpu_memory_bytes": rss,
-            "replica_gpu_memory_bytes": gpu,
+            **resources,
         }
 
 

@@ -61,6 +61,8 @@ def response_record(
         "replica": g.get("replica"),
         "replica_cpu_memory_bytes": g.get("replica_cpu_memory_bytes"),
         "replica_gpu_memory_bytes": g.get("replica_gpu_memory_bytes"),
+        "replica_cpu_percent": g.get("replica_cpu_percent"),
+        "replica_gpu_utilization": g.get("replica_gpu_utilization"),
         "shadow": shadow,
         "trace_id": request.get("trace_id"),
         "span_id": request.get("span_id"),

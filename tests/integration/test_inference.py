@@ -131,6 +131,7 @@ async def test_fifty_requests_get_fifty_responses_and_bad_input_is_dead_lettered
         assert r["model_version"] == "v1" and r["replica"].startswith("llm-v1#")
         assert r["latency_ms"] > 0 and r["time_to_first_token_ms"] is not None
         assert r["replica_cpu_memory_bytes"] > 50_000_000
+        assert r["replica_cpu_percent"] is not None and r["replica_gpu_utilization"] is None  # CPU engine
     assert by_id[late]["status"] == "deadline_exceeded" and by_id[late]["error_type"] == "DeadlineExceeded"
 
     dead = await read_topic(kafka_settings, "inference-requests-dlq", 3)

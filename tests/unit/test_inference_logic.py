@@ -250,3 +250,18 @@ def test_a_tenants_daily_spend_alerts_from_minute_buckets() -> None:
     assert len(window.samples) <= 501  # minute buckets, not 3,000 samples
     firing = {(c.alert.labels["alertname"], c.alert.labels.get("tenant")) for c in eng.evaluate(31_000.0)}
     assert ("TenantDailySpend", "acme") in firing and ("TenantDailySpend", "calm") not in firing
+
+
+def test_every_answer_says_what_the_replica_used() -> None:
+    import hashlib
+
+    from services.common.llm import replica_resources
+
+    replica_resources()  # starts the CPU measurement
+    hashlib.sha256(b"x" * 20_000_000).hexdigest()  # some CPU between two answers
+    r = replica_resources()
+    assert r["replica_cpu_memory_bytes"] > 10_000_000 and r["replica_cpu_percent"] > 0
+    assert r["replica_gpu_utilization"] is None and r["replica_gpu_memory_bytes"] is None  # no GPU here
+    req = {"request_id": "5d2a3c4b-1e2f-4a5b-8c7d-9e0f1a2b3c4d", "model": "m", "tenant": "t", "messages": []}
+    rec = response_record(req, model_version="v1", generation={"text": "x", "latency_ms": 1.0, **r})
+    assert rec["replica_cpu_percent"] == r["replica_cpu_percent"]

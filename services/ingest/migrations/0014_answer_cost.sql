@@ -1,9 +1,12 @@
+-- The replica's CPU and GPU utilisation on every answer (InferenceResponse v2).
 -- What each answer cost (InferenceResponse v2 `cost`, from the inference service's price
 -- table; docs/inference.md#cost), and spend per tenant, model, version and day. Rows
 -- without a price (older producers, unpriced models) have NULL and count no spend.
 
 ALTER TABLE {db}.inference_responses
-    ADD COLUMN IF NOT EXISTS cost Nullable(Float64) COMMENT 'the answer''s cost in the price currency; NULL without a price' AFTER guard_verdict;
+    ADD COLUMN IF NOT EXISTS cost Nullable(Float64) COMMENT 'the answer''s cost in the price currency; NULL without a price' AFTER guard_verdict,
+    ADD COLUMN IF NOT EXISTS replica_cpu_percent Nullable(Float64) COMMENT 'CPU the replica used since its previous answer, percent of one core' AFTER replica_gpu_memory_bytes,
+    ADD COLUMN IF NOT EXISTS replica_gpu_utilization Nullable(Float64) COMMENT 'GPU engines: utilisation of the replica GPU (NVML), percent' AFTER replica_cpu_percent;
 
 --   SELECT day, tenant, model, sum(cost) FROM argus.inference_spend_1d GROUP BY day, tenant, model
 CREATE TABLE IF NOT EXISTS {db}.inference_spend_1d
