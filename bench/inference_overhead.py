@@ -117,7 +117,8 @@ async def _measure(kafka, reqs, bare, bare_tput, engine_settings, saturation_n) 
     await consumer.seek_to_end(*tps)
     codec = get_codec("inference-responses")
     e2e = []
-    async with ArgusProducer(kafka) as producer:
+    # a latency-sensitive producer (what ArgusClient configures): no linger
+    async with ArgusProducer(kafka, linger_ms=0) as producer:
 
         async def wait_for(ids: set[str]) -> None:
             while ids:

@@ -83,7 +83,7 @@ class LLMServer:
             "max_tokens": self.max_tokens,
         }
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.0)
     async def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # llama.cpp's Python API generates one sequence at a time, so a batch is served in
         # order on one worker thread; batching still amortises the hop to that thread.

@@ -69,7 +69,9 @@ class EngineSettings(BaseModel):
     n_threads: int = 1
     max_tokens: int = 64
     max_batch_size: int = 4
-    batch_wait_timeout_s: float = 0.005
+    # llama.cpp generates one sequence at a time, so waiting for a batch to fill only adds
+    # latency to a lone request; a batch is whatever queued while the replica was busy
+    batch_wait_timeout_s: float = 0.0
     max_ongoing_requests: int = 4
     replica_num_cpus: float = Field(
         default=0.5, description="Ray CPU reservation per replica (llama.cpp uses n_threads cores while generating)."
