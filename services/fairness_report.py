@@ -91,10 +91,10 @@ def query(db: str, by: str) -> str:
                        WHERE created_at >= now64(3) - toIntervalSecond({{since_s:UInt64}} + 86400)
                        GROUP BY request_id) AS q ON q.request_id = r.request_id
             LEFT JOIN (SELECT request_id,
-                              toUInt8(max((kind = 'thumbs' AND score < 0.5) OR (kind = 'rating' AND score <= 2))) AS negative
+                              toNullable(toUInt8(max((kind = 'thumbs' AND score < 0.5) OR (kind = 'rating' AND score <= 2))))
+                              AS negative
                        FROM {db}.feedback WHERE score IS NOT NULL GROUP BY request_id) AS f
                    ON f.request_id = r.request_id
-            SETTINGS join_use_nulls = 1
         )
         GROUP BY segment
         ORDER BY segment
@@ -103,6 +103,8 @@ def query(db: str, by: str) -> str:
 
 def fetch(client: Any, db: str, since_s: int, by: str) -> dict[str, dict[str, float]]:
     """Per segment, its aggregates (:data:`AGGREGATES`) over the last ``since_s`` seconds."""
+    # `negative` is Nullable: an answer without feedback joins NULL, not 0 (join_use_nulls is
+    # not a setting a read-only role may change)
     result = client.query(query(db, by), parameters={"since_s": int(since_s), "key": by})
     names = list(result.column_names)
     return {str(row[0]): {n: float(v or 0.0) for n, v in zip(names[1:], row[1:])} for row in result.result_rows}

@@ -39,8 +39,13 @@ def report_cmd(
     since_s = int(parse_duration(since))
     ch = clickhouse_for("argus_sre")
     client = get_client(ch)
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
     try:
         aggregates = fetch(client, ch.database, since_s, by)
+    except ClickHouseError as exc:
+        fail(str(exc).split("(for url")[0].strip())
+        return
     finally:
         client.close()
     if not aggregates:
