@@ -79,10 +79,3 @@ async def test_the_report_finds_the_locale_refused_more_often_with_its_interval(
     assert refused["ratio"] < 0.5 and report["equalized_odds_difference"] is not None
     page = html.read_text()
     assert page.count("<svg") == 8 and "<b>l2</b> on refused" in page
-    # a metadata key is passed as a query parameter, never spliced into the SQL
-    await cli(
-        kafka_settings,
-        "fairness", "report", "--by", "locale']) --", "--out", str(tmp_path / "x.html"),
-        env={"ARGUS_CLI_CLICKHOUSE__DSN": sre},
-        expect_rc=1,
-    )  # fmt: skip

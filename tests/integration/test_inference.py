@@ -189,13 +189,13 @@ async def test_weights_route_within_tolerance_and_rollback_reloads_without_resta
     base = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     calls = [
         router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant=f"t{i % 5}", user=f"user-{i}"))
-        for i in range(240)
+        for i in range(160)
     ]
     results = [await c for c in calls]
     versions = Counter(r["primary"]["version"] for r in results)
-    assert sum(versions.values()) == 240 and all("error_type" not in r["primary"] for r in results)
-    # binomial(240, 0.1): mean 24, sd 4.6; 8..40 is beyond 3.4 sd (the split itself is unit-tested exactly)
-    assert 8 <= versions["v2"] <= 40, versions
+    assert sum(versions.values()) == 160 and all("error_type" not in r["primary"] for r in results)
+    # binomial(160, 0.1): mean 16, sd 3.8; 3..29 is beyond 3.4 sd (the split itself is unit-tested exactly)
+    assert 3 <= versions["v2"] <= 29, versions
     # sticky: the same user lands on the same version again
     again = await router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t3", user="user-3"))
     assert again["primary"]["version"] == results[3]["primary"]["version"]

@@ -191,3 +191,14 @@ def test_the_report_shows_the_disparity_with_its_interval_and_matches_fairlearn_
     )
     page = html_page(rep)
     assert page.count("<svg") == 8 and "<b>l3</b> on refused" in page
+
+
+def test_the_report_refuses_a_segment_key_that_is_not_a_key() -> None:
+    """The key also travels as a query parameter; anything but a plain key is refused
+    before ClickHouse is reached."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    result = CliRunner().invoke(app, ["fairness", "report", "--by", "locale']) --"])
+    assert result.exit_code == 1 and "a metadata key is letters" in result.output
