@@ -197,6 +197,8 @@ class InferenceBridge(ConsumerService):
                     error_message=str(exc),
                     latency_ms=(time.monotonic() - started) * 1000,
                 )
+        if resp["status"] != "ok":  # a retry of a request that failed deserves another try, not a drop
+            self.seen.pop(str(request["request_id"]), None)
         assert self.producer is not None
         key = str(request["request_id"]).encode()
         futures = [await self.producer.send(self.responses_topic, self.resp_codec.encode(resp), key=key)]

@@ -48,6 +48,12 @@ class Checked:
     rails: list[dict[str, Any]] = field(default_factory=list)
     blocked: bool = False
 
+    def take(self, result: dict[str, Any], redacted: list[str] | None) -> None:
+        """Record one rail's result; its redactions become the texts the next rail sees."""
+        if result["action"] == "redact" and redacted is not None:
+            self.texts = redacted
+        self.rails.append(result)
+
 
 def verdict(rails: list[dict[str, Any]], policy: RailPolicy) -> dict[str, Any]:
     action = max((r["action"] for r in rails), key=_SEVERITY.__getitem__, default="allow")
@@ -201,9 +207,7 @@ class GuardRails:
             result, redacted = await self._rail(
                 "input.pii", PII_GUARD, rails.pii, lambda: self._pii(checked.texts, deadline), policy, deadline
             )
-            if result["action"] == "redact":
-                checked.texts = redacted
-            checked.rails.append(result)
+            checked.take(result, redacted)
         checked.blocked = any(r["action"] == "block" for r in checked.rails)
         return checked
 
@@ -223,16 +227,12 @@ class GuardRails:
                 return None, None, bool(spans), {"DENY": len(spans)} if spans else {}, [_splice(t, spans, "[DENIED]")]
 
             result, redacted = await self._rail("output.deny", DENY_GUARD, rails.deny, deny_rail, policy, deadline)
-            if result["action"] == "redact":
-                checked.texts = redacted
-            checked.rails.append(result)
+            checked.take(result, redacted)
         if rails.pii != "off":
             result, redacted = await self._rail(
                 "output.pii", PII_GUARD, rails.pii, lambda: self._pii(checked.texts, deadline), policy, deadline
             )
-            if result["action"] == "redact":
-                checked.texts = redacted
-            checked.rails.append(result)
+            checked.take(result, redacted)
         if rails.offensive != "off" and self._remote is not None:
             classify, info = self._remote
             threshold = policy.offensive_threshold
@@ -244,9 +244,7 @@ class GuardRails:
                 return score, threshold, score >= threshold, findings, ["[OFFENSIVE]"]
 
             result, redacted = await self._rail("output.offensive", info, rails.offensive, remote, policy, deadline)
-            if result["action"] == "redact":
-                checked.texts = redacted
-            checked.rails.append(result)
+            checked.take(result, redacted)
         elif rails.offensive != "off":
             guard, threshold = self.offensive, policy.offensive_threshold
 
@@ -264,9 +262,7 @@ class GuardRails:
             result, redacted = await self._rail(
                 "output.offensive", guard.info, rails.offensive, offensive, policy, deadline
             )
-            if result["action"] == "redact":
-                checked.texts = redacted
-            checked.rails.append(result)
+            checked.take(result, redacted)
         checked.blocked = any(r["action"] == "block" for r in checked.rails)
         return checked
 
