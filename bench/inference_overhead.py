@@ -8,6 +8,13 @@ directly, on the same model, prompts and settings, in one run.
 - saturation: N requests produced at once; completed requests per second, against the
   bare engine's sequential throughput (one llama.cpp replica, one thread: the same
   compute).
+- HTTP route: ``POST /v1/chat/completions`` with an API key, one at a time, not streamed
+  (until the whole answer) and streamed (time to the first content chunk, against the
+  bare engine's time to first token); each call is published to Kafka and acknowledged
+  before it is answered.
+- the hops without the model, for the breakdown in docs/inference.md: a Serve handle
+  call that does no work (``Router.routing``), and the Kafka round trip through the
+  bridge with a router that answers at once (produce, broker, bridge, produce, consume).
 """
 
 from __future__ import annotations
@@ -55,12 +62,13 @@ def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Resul
     engine = LlamaCppEngine(n_threads=engine_settings.n_threads)
     for r in reqs[:3]:
         engine.generate(GenerationParams(**chat_params(r, max_tokens, engine_settings.system_prompt)))
-    bare = []
+    bare, bare_ttft = [], []
     t0 = time.perf_counter()
     for r in reqs:
         t = time.perf_counter()
-        engine.generate(GenerationParams(**chat_params(r, max_tokens, engine_settings.system_prompt)))
+        g = engine.generate(GenerationParams(**chat_params(r, max_tokens, engine_settings.system_prompt)))
         bare.append((time.perf_counter() - t) * 1000)
+        bare_ttft.append(g.time_to_first_token_ms or 0.0)
     bare_tput = n / (time.perf_counter() - t0)
     del engine
 
@@ -69,10 +77,18 @@ def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Resul
     kafka = KafkaLocal(home=home, port=free_port(), controller_port=free_port(), libs_dir=repo / ".argus/kafka/libs")
     kafka.start()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    http_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     try:
         return asyncio.run(
-            _measure(kafka.client_settings(topic_prefix="bench."), reqs, bare, bare_tput, engine_settings, saturation_n)
+            _measure(
+                kafka.client_settings(topic_prefix="bench."),
+                reqs,
+                (bare, bare_ttft, bare_tput),
+                engine_settings,
+                saturation_n,
+                (home, http_port),
+            )
         )
     finally:
         serve.shutdown()
@@ -80,9 +96,12 @@ def run(n: int = 40, saturation_n: int = 60, max_tokens: int = 16) -> list[Resul
         kafka.stop()
 
 
-async def _measure(kafka, reqs, bare, bare_tput, engine_settings, saturation_n) -> list[Result]:  # noqa: ANN001
+async def _measure(kafka, reqs, baseline, engine_settings, saturation_n, http) -> list[Result]:  # noqa: ANN001
+    import httpx
     from aiokafka import TopicPartition
 
+    from bench.bridge_overhead import _InstantRouter
+    from services.common.api_keys import KeyStore
     from services.common.kafka import ensure_topics, make_consumer
     from services.common.registry import get_codec
     from services.inference.app import deploy
@@ -90,21 +109,58 @@ async def _measure(kafka, reqs, bare, bare_tput, engine_settings, saturation_n) 
     from services.inference.settings import BridgeSettings, InferenceSettings
     from services.sdk.producer import ArgusProducer
 
+    bare, bare_ttft, bare_tput = baseline
+    home, http_port = http
     await ensure_topics(kafka)
+    store = KeyStore(home / "api-keys.json")
+    _, key = store.create("bench", name="bench", rate_per_minute=100_000)
     settings = InferenceSettings(
         kafka=kafka,
         engine=engine_settings,
         bridge=BridgeSettings(group_id="bench", max_in_flight=8),
         allow_unsigned_models=True,  # the packaged model: the bench measures overhead, not governance
+        http_api_keys_file=store.path,
     )
     router = deploy(settings)
     for r in reqs[:3]:
         await router.infer.remote(r)
+    noop = []
+    for _ in range(len(reqs)):
+        t = time.perf_counter()
+        await router.routing.remote()
+        noop.append((time.perf_counter() - t) * 1000)
     serve_lat = []
     for r in reqs:
         t = time.perf_counter()
         await router.infer.remote(dict(r, request_id=str(uuid.uuid4())))
         serve_lat.append((time.perf_counter() - t) * 1000)
+
+    # the HTTP route, whole answers and streamed (time to the first content chunk)
+    http_lat, http_ttfb = [], []
+    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+        url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
+
+        async def call(r: dict, stream: bool) -> float | None:
+            body = {"messages": r["messages"], "max_tokens": r["max_tokens"], "user": r["user"], "stream": stream}
+            first = None
+            t = time.perf_counter()
+            async with client.stream("POST", url, json=body) as resp:
+                resp.raise_for_status()
+                async for line in resp.aiter_lines():
+                    if first is None and stream and '"content":"' in line and '"content":""' not in line:
+                        first = (time.perf_counter() - t) * 1000
+            if not stream:
+                http_lat.append((time.perf_counter() - t) * 1000)
+            return first
+
+        for r in reqs[:3]:
+            await call(r, False)
+            await call(r, True)
+        http_lat.clear()
+        for r in reqs:
+            await call(r, False)
+        for r in reqs:
+            http_ttfb.append(await call(r, True) or float("nan"))
 
     bridge = InferenceBridge(settings, router)
     stop = asyncio.Event()
@@ -144,6 +200,25 @@ async def _measure(kafka, reqs, bare, bare_tput, engine_settings, saturation_n) 
         await producer.flush()
         await wait_for(ids)
         sat_tput = saturation_n / (time.perf_counter() - t)
+    stop.set()
+    await task
+
+    # the Kafka round trip through the bridge without the model (a router that answers at once)
+    instant = InferenceBridge(
+        settings.model_copy(update={"bridge": BridgeSettings(group_id="bench-instant", max_in_flight=8)}),
+        _InstantRouter(),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(instant.run(stop))
+    await consumer.seek_to_end(*tps)
+    kafka_rt = []
+    async with ArgusProducer(kafka, linger_ms=0) as producer:
+        for i in range(len(reqs) + 10):
+            t = time.perf_counter()
+            rid = await producer.request(reqs[0]["messages"], tenant="bench", user=f"k{i}", wait=True)
+            await wait_for({rid})
+            if i >= 10:
+                kafka_rt.append((time.perf_counter() - t) * 1000)
     await consumer.stop()
     stop.set()
     await task
@@ -196,6 +271,66 @@ async def _measure(kafka, reqs, bare, bare_tput, engine_settings, saturation_n) 
             "inference",
             "bridge+Serve overhead p50 (added ms)",
             over(e2e, 0.5),
+            "bare engine p50",
+            pct(bare, 0.5),
+            "ms",
+            "(informational)",
+            False,
+        ),
+        Result(
+            "inference",
+            "bridge+Serve overhead p99 (added ms)",
+            over(e2e, 0.99),
+            "bare engine p99",
+            pct(bare, 0.99),
+            "ms",
+            "(informational)",
+            False,
+        ),
+        Result(
+            "inference",
+            "Serve handle overhead p50 (added ms)",
+            over(serve_lat, 0.5),
+            "bare engine p50",
+            pct(bare, 0.5),
+            "ms",
+            "(informational)",
+            False,
+        ),
+        Result(
+            "inference",
+            "HTTP route, whole answer, overhead p50 (added ms; request and answer on Kafka)",
+            over(http_lat, 0.5),
+            "bare engine p50",
+            pct(bare, 0.5),
+            "ms",
+            "(informational)",
+            False,
+        ),
+        Result(
+            "inference",
+            "HTTP route, streamed: time to first content chunk p50",
+            pct(http_ttfb, 0.5),
+            "bare engine time to first token p50",
+            pct(bare_ttft, 0.5),
+            "ms",
+            "(informational)",
+            False,
+        ),
+        Result(
+            "inference",
+            "hop: Serve handle call, no work (Router.routing) p50",
+            pct(noop, 0.5),
+            "bare engine p50",
+            pct(bare, 0.5),
+            "ms",
+            "(informational)",
+            False,
+        ),
+        Result(
+            "inference",
+            "hop: Kafka round trip through the bridge, no model p50",
+            pct(kafka_rt, 0.5),
             "bare engine p50",
             pct(bare, 0.5),
             "ms",

@@ -35,7 +35,7 @@ from rich.live import Live
 from rich.table import Table
 
 from services.common.settings import StackSettings
-from services.demo_report import Outcome, build_report
+from services.demo_report import HTTP_TENANT, Outcome, build_report
 from services.stack.services import ORDER, SERVICES, LocalServices, _get_json
 
 MODEL = "smollm2-135m-instruct"
@@ -118,12 +118,15 @@ class Demo:
         self.t_load = 0.0
         self.state = {"sent": 0, "phase": "waiting"}
         self.alerts_file = self.dir / "subscriber.jsonl"
+        self.http_port = 0  # the inference service's OpenAI-compatible route, chosen when it starts
+        self.http_status: dict[str, int] = {}
 
     # -- services ------------------------------------------------------------------
     def start_services(self) -> None:
         from services.stack.kafka_local import free_port
 
         subscriber_port = free_port()
+        self.http_port = free_port()
         cfg = _demo_configs(self.dir, self.run_id, subscriber_port)
         common_log = {"LOG_LEVEL": "INFO"}
         env = {
@@ -135,6 +138,7 @@ class Demo:
             "subscriber": {"ARGUS_RECEIVER_OUTPUT": str(self.alerts_file), "ARGUS_RECEIVER_PORT": str(subscriber_port)},
             "inference": {
                 "ARGUS_INFERENCE_ENGINE__MAX_TOKENS": str(self.opts.max_tokens),
+                "ARGUS_INFERENCE_HTTP_PORT": str(self.http_port),
                 # one tenant blocks offensive answers; every other tenant has the default policy (flag)
                 "ARGUS_INFERENCE_GUARDRAILS": json.dumps({"tenants": {GUARDED_TENANT: GUARDED_POLICY}}),
             },
@@ -266,6 +270,7 @@ class Demo:
                     live.update(await asyncio.to_thread(self.table))
                 await task
                 await self.probe_guardrails(producer)
+                await self.probe_http()
                 self.state["phase"] = "settling"
                 deadline = time.monotonic() + o.settle_timeout_s
                 while time.monotonic() < deadline:
@@ -296,13 +301,41 @@ class Demo:
             )
         await producer.flush()
 
+    async def probe_http(self) -> None:
+        """Two calls to the OpenAI-compatible HTTP route with an API key of its own tenant,
+        one streamed: each reaches ClickHouse like a producer's request (the key's tenant,
+        ``metadata['source'] = 'http'``). The key is revoked afterwards."""
+        import httpx
+
+        from services.common.api_keys import KeyStore
+
+        store = KeyStore(self.settings.api_keys_file())
+        key_id, key = store.create(HTTP_TENANT, name=f"argus demo {self.run_id}")
+        url = f"http://127.0.0.1:{self.http_port}/v1/chat/completions"
+        try:
+            async with httpx.AsyncClient(timeout=120) as http:
+                for probe, stream in (("http", False), ("http-stream", True)):
+                    body = {
+                        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                        "max_tokens": self.opts.max_tokens,
+                        "stream": stream,
+                        "metadata": {"demo_run": self.run_id, "demo_probe": probe},
+                    }
+                    async with http.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+                        await r.aread()
+                        self.http_status[probe] = r.status_code
+        except httpx.HTTPError as exc:  # the report's check says the HTTP calls are missing
+            self.console.print(f"[red]✗[/] the HTTP route did not answer: {type(exc).__name__}")
+        finally:
+            store.revoke(key_id)
+
     def probes_answered(self) -> bool:
         rows = self.client.query(
             "SELECT count() FROM argus.inference_log AS l WHERE l.request_id IN (SELECT request_id FROM "
             "argus.inference_requests WHERE metadata['demo_run'] = {r:String}) AND l.guard_action IS NOT NULL",
             parameters={"r": self.run_id},
         ).result_rows
-        return rows[0][0] >= 2
+        return rows[0][0] >= 4  # two guard-rail probes on Kafka, two HTTP calls
 
     # -- the report ----------------------------------------------------------------
     def report(self) -> Outcome:

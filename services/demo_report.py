@@ -76,6 +76,10 @@ SRE_QUERIES = (
 )
 
 
+# the tenant of the API key the demo's HTTP calls use
+HTTP_TENANT = "demo-http"
+
+
 def _rows(demo: "Demo", sql: str, **params: Any) -> list[tuple]:
     return demo.client.query(sql, parameters={"r": demo.run_id, "t": int(demo.t_start * 1000), **params}).result_rows
 
@@ -134,7 +138,8 @@ def collect(demo: "Demo") -> dict[str, Any]:
         "alerts": alerts,
         "triggers": triggers,
         "webhooks": demo.webhooks(),
-        "probes": list({row[0]: row for row in probes}.values()),
+        "probes": [row for row in {row[0]: row for row in probes}.values() if row[1] != HTTP_TENANT],
+        "http": sorted(row[0] for row in {row[0]: row for row in probes}.values() if row[1] == HTTP_TENANT),
     }
 
 
@@ -180,6 +185,8 @@ def build_report(demo: "Demo") -> "Outcome":
         "the same answer flagged, and delivered, for a tenant with the default policy": any(
             p[0] == "flag" and p[2] == "flag" and p[3] != "content_filter" for p in d["probes"]
         ),
+        f"HTTP calls (one streamed) in ClickHouse with the API key's tenant ({len(d['http'])}/2)": d["http"]
+        == ["http", "http-stream"],
     }
 
     # -- terminal ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -227,7 +227,15 @@ class LlamaCppEngine:
         self.model_file = self.model_path.name
         self._failures = 0
 
-    def generate(self, params: GenerationParams) -> Generation:
+    def generate(
+        self,
+        params: GenerationParams,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Generation:
+        """One answer. ``on_text`` gets each piece of text as it is generated (streaming);
+        a set ``cancelled`` ends the generation early (``finish_reason="cancelled"``: the
+        client went away, the engine is free for the next request)."""
         from llama_cpp import LogitsProcessorList
 
         recorder = LogprobRecorder()
@@ -256,8 +264,14 @@ class LlamaCppEngine:
                         if first is None:
                             first = time.perf_counter()
                         parts.append(text)
+                        if on_text is not None:
+                            on_text(text)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
+                    if cancelled is not None and cancelled.is_set():
+                        finish = "cancelled"
+                        stream.close()  # llama.cpp stops sampling; the engine is free again
+                        break
             except (RuntimeError, ValueError):
                 self._failures += 1
                 raise

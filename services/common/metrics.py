@@ -27,6 +27,11 @@ CATALOGUE: dict[str, MetricDef] = {
         "Requests whose id the bridge had answered (or was answering) within its dedupe window.",
         ("service",),
     ),
+    "argus_http_requests_seen_total": MetricDef(
+        "counter",
+        "Requests on the requests topic that the HTTP route answered and published itself (not generated again).",
+        ("service",),
+    ),
     "argus_fairness_unjoined_total": MetricDef(
         "counter", "Answers whose request was not in the drift worker's join window (no fairness test).", ("service",)
     ),

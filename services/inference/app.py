@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, AsyncIterator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -89,12 +90,41 @@ class LLMServer:
         # order on one worker thread; batching still amortises the hop to that thread.
         return await asyncio.to_thread(lambda: [self._generate_one(r) for r in requests])
 
-    def _generate_one(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The answer as it is generated (the HTTP route's ``stream: true``): ``{"delta":
+        text}`` items, then ``{"done": answer}``, the same answer :meth:`generate` gives. A
+        caller that goes away (the generator closed) stops the generation at the next token."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def run() -> None:
+            out = self._generate_one(
+                request,
+                on_text=lambda t: loop.call_soon_threadsafe(pieces.put_nowait, {"delta": t}),
+                cancelled=cancelled,
+            )
+            loop.call_soon_threadsafe(pieces.put_nowait, {"done": out})
+
+        worker = loop.run_in_executor(None, run)
+        try:
+            while True:
+                item = await pieces.get()
+                yield item
+                if "done" in item:
+                    break
+        finally:
+            cancelled.set()
+            await worker
+
+    def _generate_one(
+        self, request: dict[str, Any], on_text: Any = None, cancelled: threading.Event | None = None
+    ) -> dict[str, Any]:
         from services.common.llm import GenerationParams, replica_resources
 
         params = GenerationParams(**chat_params(request, self.max_tokens, self.system_prompt))
         try:
-            gen = self.engine.generate(params)
+            gen = self.engine.generate(params, on_text=on_text, cancelled=cancelled)
         except (RuntimeError, ValueError) as exc:
             return {
                 "error_type": type(exc).__name__,

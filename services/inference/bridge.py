@@ -12,6 +12,8 @@ built from the runtime's steps (``DecodeStep`` -> ``ConcurrentStep``).
 - A request the tenant gateway forwarded (header ``argus.reply_tenant`` equal to its
   ``tenant``) is also answered on that tenant's reply topic
   (:mod:`services.common.tenants`), acknowledged before the offset is committed.
+- A request the HTTP route already answered (header ``argus.answered_by: http``, see
+  :mod:`services.inference.journal`) is committed past without generating it again.
 - Invalid requests go to the dead-letter topic with the reason.
 - Offsets are committed only after the response (and any dead letter) was acknowledged
   by the broker, up to the longest finished prefix of each partition; a crash re-answers
@@ -42,7 +44,8 @@ from services.common.runtime.decode import InvalidMessage
 from services.common.runtime.service import ConsumerService
 from services.common.tenants import NAME as TENANT_NAME
 from services.common.tenants import REPLY_HEADER, response_topic
-from services.inference.responses import response_record
+from services.inference.journal import ANSWERED_BY_HEADER, ANSWERED_BY_HTTP
+from services.inference.responses import answer_record, response_record
 from services.inference.settings import InferenceSettings
 
 
@@ -76,8 +79,9 @@ class InferenceBridge(ConsumerService):
         self.consumer: Any = None
         self.producer: Any = None
         self.processor: StreamProcessor | None = None
-        self.answering: ConcurrentStep[tuple[dict[str, Any], str | None]] | None = None
+        self.answering: ConcurrentStep[tuple[dict[str, Any], str | None, bool]] | None = None
         self.answered = 0
+        self.answered_by_http = 0  # requests the HTTP route answered and published itself
         # request id -> when it was first taken (a producer's retry within the window is not generated twice)
         self.seen = RecentMap(settings.bridge.dedupe_max_ids)
         self.duplicates = 0
@@ -144,12 +148,16 @@ class InferenceBridge(ConsumerService):
         return self.answering
 
     # -- one request -----------------------------------------------------------------
-    async def _answer(self, tp: TopicPartition, offset: int, item: tuple[dict[str, Any], str | None]) -> None:
+    async def _answer(self, tp: TopicPartition, offset: int, item: tuple[dict[str, Any], str | None, bool]) -> None:
         """Answer one request: its response (and shadow answers, and the tenant's copy)
         acknowledged by the broker before it counts as finished (and its offset may be
         committed)."""
-        request, reply_tenant = item
+        request, reply_tenant, answered_by_http = item
         log = self.log.bind(partition=tp.partition, offset=offset, request_id=str(request["request_id"]))
+        if answered_by_http:  # its answer is on the responses topic already, from the HTTP route
+            self.metrics.inc("argus_http_requests_seen_total")
+            self.answered_by_http += 1
+            return
         if self._duplicate(str(request["request_id"])):
             self.metrics.inc("argus_duplicate_requests_total")
             self.duplicates += 1
@@ -177,8 +185,8 @@ class InferenceBridge(ConsumerService):
         else:
             try:
                 out = await asyncio.wait_for(self.router.infer.remote(plain), timeout=remaining)
-                resp = _from_generation(plain, out["primary"])
-                shadows = [_from_generation(plain, s, shadow=True) for s in out["shadows"]]
+                resp = answer_record(plain, out["primary"])
+                shadows = [answer_record(plain, s, shadow=True) for s in out["shadows"]]
             except asyncio.TimeoutError:
                 resp = response_record(
                     plain,
@@ -267,14 +275,16 @@ class InvalidRequest(ValueError):
     """A well-formed record that cannot be answered (no messages, bad roles...)."""
 
 
-def _request(msg: Message) -> tuple[dict[str, Any], str | None]:
-    """The bridge's transform: a decoded request it can answer (and the tenant whose reply
-    topic gets a copy of the answer), else an InvalidMessage."""
+def _request(msg: Message) -> tuple[dict[str, Any], str | None, bool]:
+    """The bridge's transform: a decoded request it can answer (the tenant whose reply
+    topic gets a copy of the answer, and whether the HTTP route answered it already),
+    else an InvalidMessage."""
     try:
         _validate(msg.value)
     except InvalidRequest as exc:
         raise InvalidMessage(str(exc), "InvalidMessage.InvalidRequest") from exc
-    return msg.value, _reply_tenant(msg)
+    answered_by_http = any(n == ANSWERED_BY_HEADER and v == ANSWERED_BY_HTTP for n, v in msg.headers)
+    return msg.value, _reply_tenant(msg), answered_by_http
 
 
 def _reply_tenant(msg: Message) -> str | None:
@@ -295,18 +305,3 @@ def _validate(request: dict[str, Any]) -> None:
         raise InvalidRequest(f"unknown message roles {sorted(roles - {'system', 'user', 'assistant', 'tool'})}")
     if request.get("max_tokens") is not None and request["max_tokens"] <= 0:
         raise InvalidRequest(f"max_tokens must be positive, got {request['max_tokens']}")
-
-
-def _from_generation(request: dict[str, Any], out: dict[str, Any], shadow: bool = False) -> dict[str, Any]:
-    if "error_type" in out:
-        return response_record(
-            request,
-            model_version=out.get("version", "unknown"),
-            status="error",
-            error_type=out["error_type"],
-            error_message=out.get("error_message"),
-            latency_ms=out.get("latency_ms"),
-            shadow=shadow,
-            guardrails=out.get("guardrails"),
-        )
-    return response_record(request, model_version=out["version"], generation=out, shadow=shadow)

@@ -19,7 +19,7 @@ plain dicts so they are tested without a GPU.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 from ray import serve
 
@@ -84,6 +84,15 @@ class VLLMAdapter:
         }
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The whole answer (what the bridge and a non-streaming HTTP call get)."""
+        result: dict[str, Any] = {}
+        async for item in self.generate_stream(request):
+            result = item.get("done", result)
+        return result
+
+    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The answer as it is generated: ``{"delta": text}`` items, then ``{"done": answer}``
+        (the same answer :meth:`generate` returns), as :class:`~services.inference.app.LLMServer`."""
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
         p = chat_params(request, self.max_tokens, self.system_prompt)
@@ -112,6 +121,7 @@ class VLLMAdapter:
                     if text:
                         first = first or time.perf_counter()
                         parts.append(text)
+                        yield {"delta": text}
                     for item in (choice.get("logprobs") or {}).get("content") or []:
                         logprobs.append(float(item["logprob"]))
                     if choice.get("finish_reason"):
@@ -119,28 +129,33 @@ class VLLMAdapter:
                 if data.get("usage"):
                     usage = data["usage"]
         except Exception as exc:  # the adapter reports engine failures as values, like LLMServer
-            return {
-                "error_type": type(exc).__name__,
-                "error_message": str(exc)[:2000],
-                "version": self.version,
-                "replica": self.replica,
+            yield {
+                "done": {
+                    "error_type": type(exc).__name__,
+                    "error_message": str(exc)[:2000],
+                    "version": self.version,
+                    "replica": self.replica,
+                }
             }
+            return
         ended = time.perf_counter()
         from services.common.llm import replica_resources
 
         resources = replica_resources()
-        return {
-            "text": "".join(parts),
-            "finish_reason": finish,
-            "input_tokens": int(usage.get("prompt_tokens", 0)),
-            "output_tokens": int(usage.get("completion_tokens", len(logprobs))),
-            "time_to_first_token_ms": (first - started) * 1000 if first else None,
-            "latency_ms": (ended - started) * 1000,
-            "mean_logprob": sum(logprobs) / len(logprobs) if logprobs else None,
-            "version": self.version,
-            "replica": self.replica,
-            "response_model": self.model_id,
-            **resources,
+        yield {
+            "done": {
+                "text": "".join(parts),
+                "finish_reason": finish,
+                "input_tokens": int(usage.get("prompt_tokens", 0)),
+                "output_tokens": int(usage.get("completion_tokens", len(logprobs))),
+                "time_to_first_token_ms": (first - started) * 1000 if first else None,
+                "latency_ms": (ended - started) * 1000,
+                "mean_logprob": sum(logprobs) / len(logprobs) if logprobs else None,
+                "version": self.version,
+                "replica": self.replica,
+                "response_model": self.model_id,
+                **resources,
+            }
         }
 
 

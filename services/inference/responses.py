@@ -73,6 +73,23 @@ def response_record(
     }
 
 
+def answer_record(request: dict[str, Any], out: dict[str, Any], shadow: bool = False) -> dict[str, Any]:
+    """The InferenceResponse of what the Router answered (an answer or an error), for the
+    bridge and the HTTP route alike."""
+    if "error_type" in out:
+        return response_record(
+            request,
+            model_version=out.get("version", "unknown"),
+            status="error",
+            error_type=out["error_type"],
+            error_message=out.get("error_message"),
+            latency_ms=out.get("latency_ms"),
+            shadow=shadow,
+            guardrails=out.get("guardrails"),
+        )
+    return response_record(request, model_version=out["version"], generation=out, shadow=shadow)
+
+
 def chat_params(request: dict[str, Any], max_tokens_cap: int, system_prompt: str) -> dict[str, Any]:
     """Generation parameters for a request: the service caps max_tokens, and adds a
     system prompt when the caller sent none (a 135M model answers nonsense without)."""

@@ -5,7 +5,11 @@ versions, and serves ``POST /v1/chat/completions`` (OpenAI-compatible) and
 ``GET /v1/models``. Both need an API key (``Authorization: Bearer argus_…``, see
 :mod:`services.common.api_keys`): the key decides the tenant (whatever the body says) and
 its rate (429 with ``Retry-After`` above it); without a configured key file every call is
-refused. Its ``user_config`` is the routing table: redeploying with new
+refused. Every HTTP call is on Kafka like a producer's (:mod:`services.inference.journal`):
+its request and its answer are published, and acknowledged, before the client gets the
+answer. ``stream: true`` answers with server-sent events in OpenAI's chunk format; the
+output rails run over the answer as it grows and hold back its tail
+(``stream_hold_chars``) until they have seen what follows. Its ``user_config`` is the routing table: redeploying with new
 weights calls ``reconfigure`` on the running replicas, so a rollback (weight 0) takes
 effect with no restart and no dropped request. The CPU builder
 (:mod:`services.inference.app`) and the GPU builder (:mod:`services.inference.gpu`)
@@ -15,21 +19,26 @@ both put it in front of their model deployments.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
 
 from fastapi import Body, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.serve import metrics as serve_metrics
 from ray.serve.handle import DeploymentHandle
 
 from services.common.api_keys import ApiKey, KeyStore, RateLimiter
 from services.common.logging import get_logger
 from services.inference.guardrails.offensive import GuardInfo
-from services.inference.guardrails.policy import GuardrailSettings
+from services.inference.guardrails.policy import GuardrailSettings, RailPolicy
 from services.inference.guardrails.rails import GuardRails, verdict
-from services.inference.responses import answer_cost
+from services.inference.journal import HttpJournal, JournalUnavailable, http_request_record
+from services.inference.responses import answer_cost, answer_record
 from services.inference.routing import NoServingVersion, RoutingTable, sticky_key
 from services.inference.settings import Price
 
@@ -66,6 +75,61 @@ async def _openai_error(_: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str = Field(max_length=32)
+    content: str
+
+
+class ChatCompletionBody(BaseModel):
+    """What the route reads of an OpenAI chat-completion body (other fields are ignored);
+    a value of the wrong type or out of range is a 400, never a failed generation."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=256)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1024)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    user: str | None = Field(default=None, max_length=256)
+    stream: bool = False
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+
+def _body_error(exc: ValidationError) -> str:
+    """The validation errors without the values (a message never echoes the caller's text)."""
+    parts = [".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors(include_input=False)[:5]]
+    return "invalid request body: " + "; ".join(parts)
+
+
+@dataclass
+class Admitted:
+    """A request its input rails let through, with the version it goes to."""
+
+    plan: Any
+    policy: RailPolicy
+    request: dict[str, Any]  # the messages as the model sees them (redacted where a rail redacted)
+    rails: list[dict[str, Any]]  # the input rails' results
+    started: float
+
+
+def _sse(obj: Any) -> str:
+    return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
+
+
+def _usage(answer: dict[str, Any]) -> dict[str, int]:
+    i, o = int(answer.get("input_tokens") or 0), int(answer.get("output_tokens") or 0)
+    return {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
+
+
+def _last_user(request: dict[str, Any]) -> str:
+    return str(next((m["content"] for m in reversed(request["messages"]) if m.get("role") == "user"), ""))
+
+
 @serve.ingress(api)
 class Router:
     def __init__(
@@ -83,7 +147,16 @@ class Router:
         self.rate_per_minute = 60
         self.limiter = RateLimiter()
         self.log = get_logger("argus.inference.http")
+        # on Ray's metrics endpoint with Serve's own (deployment, replica tags added by Serve)
+        self.journal_failures = serve_metrics.Counter(
+            "argus_http_journal_failures",
+            description="HTTP calls answered 503 (or a stream ended with an error) because their request or answer "
+            "was not acknowledged by the broker.",
+        )
         self.prices: dict[str, Price] = {}
+        self.journal: HttpJournal | None = None  # the HTTP route's producer; without one it answers 503
+        self._journal_config: dict[str, Any] | None = None
+        self._closing: set[asyncio.Task] = set()
         self.rails = GuardRails()  # the default policy until reconfigure brings the configured ones
         if guard is not None:  # Llama Guard on GPU nodes takes the output.offensive rail
             self.rails.use_remote_guard(
@@ -104,6 +177,15 @@ class Router:
         self.table = table
         self.rails.configure(guardrails)
         self.prices = prices
+        journal = config.get("journal")
+        if journal != self._journal_config:
+            old, self.journal = self.journal, HttpJournal(journal) if journal else None
+            self._journal_config = journal
+            if old is not None:  # reconfigure is not a coroutine: close the old producer on the loop
+                try:
+                    self._in_background(old.close())
+                except RuntimeError:
+                    pass  # no loop yet: the old producer never started
         self.reloads += 1
 
     def routing(self) -> dict[str, Any]:
@@ -113,46 +195,57 @@ class Router:
         """Answer one InferenceRequest (as a dict) through the tenant's guard rails.
         Returns the primary answer (with its ``guardrails`` verdict) and the shadow
         answers; errors come back as values, never as silence."""
+        admitted = await self._admit(request)
+        if isinstance(admitted, dict):
+            return {"primary": admitted, "shadows": []}
+        out = await self._generate(admitted.plan, admitted.request)
+        out["primary"] = await self._finish(admitted, out["primary"])
+        return out
+
+    async def _admit(self, request: dict[str, Any]) -> Admitted | dict[str, Any]:
+        """The request routed and through its input rails, or the final answer it gets
+        without the model: an error (``model_not_found``, no serving version) or the
+        refusal of an input rail that blocked."""
         model = str(request.get("model") or self.model_name)
         if model != self.model_name:  # never another model's answer under the name asked for
             return {
-                "primary": {
-                    "error_type": "model_not_found",
-                    "error_message": f"model {model[:200]!r} is not served here; served: {self.model_name}",
-                    "version": "none",
-                },
-                "shadows": [],
+                "error_type": "model_not_found",
+                "error_message": f"model {model[:200]!r} is not served here; served: {self.model_name}",
+                "version": "none",
             }
         try:
             plan = self.table.plan(sticky_key(request))
         except NoServingVersion as exc:
-            return {
-                "primary": {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"},
-                "shadows": [],
-            }
+            return {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"}
         policy = self.rails.policy(str(request.get("tenant") or ""))
         started = time.monotonic()
         checked_in = await self.rails.check_input(request["messages"], policy)
         if checked_in.blocked:  # the model never sees it
-            return {"primary": self._refusal(plan.primary, policy, checked_in.rails, started), "shadows": []}
+            return self._refusal(plan.primary, policy, checked_in.rails, started)
         if checked_in.texts != [str(m.get("content") or "") for m in request["messages"]]:
             request = {
                 **request,
                 "messages": [{**m, "content": t} for m, t in zip(request["messages"], checked_in.texts)],
             }
-        out = await self._generate(plan, request)
-        primary = out["primary"]
-        rails = list(checked_in.rails)
+        return Admitted(plan, policy, request, list(checked_in.rails), started)
+
+    async def _finish(self, admitted: Admitted, primary: dict[str, Any]) -> dict[str, Any]:
+        """The answer through the output rails, with its verdict and cost."""
+        rails = list(admitted.rails)
         if "error_type" not in primary:
-            prompt = next((m["content"] for m in reversed(request["messages"]) if m.get("role") == "user"), "")
-            checked_out = await self.rails.check_output(primary["text"], policy, prompt=str(prompt))
+            checked_out = await self.rails.check_output(
+                primary["text"], admitted.policy, prompt=_last_user(admitted.request)
+            )
             rails += checked_out.rails
             if checked_out.blocked:
-                primary = {**primary, "text": policy.refusal, "finish_reason": "content_filter"}
+                primary = {**primary, "text": admitted.policy.refusal, "finish_reason": "content_filter"}
             else:
                 primary = {**primary, "text": checked_out.texts[0]}
-        out["primary"] = {**primary, "guardrails": verdict(rails, policy), "cost": self.cost(request, primary)}
-        return out
+        return {
+            **primary,
+            "guardrails": verdict(rails, admitted.policy),
+            "cost": self.cost(admitted.request, primary),
+        }
 
     def cost(self, request: dict[str, Any], answer: dict[str, Any]) -> float | None:
         return answer_cost(self.prices, str(request.get("model") or self.model_name), answer)
@@ -181,6 +274,10 @@ class Router:
             result = await primary
         except Exception as exc:  # a replica died or Serve refused: the caller gets an error response
             result = {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": plan.primary}
+        return {"primary": result, "shadows": await self._shadows(shadows)}
+
+    async def _shadows(self, shadows: dict[str, Any]) -> list[dict[str, Any]]:
+        """The shadow answers, each waited for at most the grace period after the primary."""
         shadow_results = []
         grace = self.table.shadow_grace_s
         for version, resp in shadows.items():
@@ -205,7 +302,7 @@ class Router:
                         "latency_ms": (time.monotonic() - started) * 1000,
                     }
                 )
-        return {"primary": result, "shadows": shadow_results}
+        return shadow_results
 
     def _authenticate(self, authorization: str | None) -> ApiKey:
         """The caller's key, or the HTTP error to answer (401 without a valid, unrevoked
@@ -241,64 +338,290 @@ class Router:
     @api.post("/v1/chat/completions")
     async def chat_completions(
         self,
-        body: dict = Body(...),  # noqa: B008
+        body: Any = Body(...),  # noqa: B008
         authorization: str | None = Header(default=None),  # noqa: B008
-    ) -> dict[str, Any]:
+    ) -> Any:
         key = self._authenticate(authorization)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise HTTPException(status_code=400, detail="messages must be a non-empty list")
-        if not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            raise HTTPException(status_code=400, detail="each message needs a string role and a string content")
-        if body.get("stream"):
-            raise HTTPException(status_code=400, detail="stream=true is not supported on this route")
-        request = {
-            "request_id": str(uuid.uuid4()),
-            "model": body.get("model") or self.model_name,
-            "messages": body["messages"],
-            "max_tokens": body.get("max_tokens"),
-            "temperature": body.get("temperature"),
-            "top_p": body.get("top_p"),
-            "stop_sequences": [body["stop"]] if isinstance(body.get("stop"), str) else (body.get("stop") or []),
-            "seed": body.get("seed"),
-            "tenant": key.tenant,  # the key's, whatever the body says
-            "user": body.get("user") if isinstance(body.get("user"), str) else None,
-        }
-        self.log.info("http.request", request_id=request["request_id"], tenant=key.tenant, key_id=key.key_id)
-        out = (await self.infer(request))["primary"]
-        if out.get("error_type") == "model_not_found":
-            raise HTTPException(status_code=404, detail={"message": out["error_message"], "code": "model_not_found"})
-        if "error_type" in out:
-            raise HTTPException(status_code=503, detail=f"{out['error_type']}: {out.get('error_message')}")
+        try:
+            call = ChatCompletionBody.model_validate(body)
+        except ValidationError as exc:
+            raise HTTPException(status_code=400, detail=_body_error(exc)) from None
+        request = http_request_record(
+            str(uuid.uuid4()),
+            call.model or self.model_name,
+            [{"role": m.role, "content": m.content} for m in call.messages],
+            key.tenant,  # the key's, whatever the body says
+            user=call.user,
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            top_p=call.top_p,
+            stop=[call.stop] if isinstance(call.stop, str) else list(call.stop or []),
+            seed=call.seed,
+            metadata=call.metadata,
+        )
+        self.log.info(
+            "http.request", request_id=request["request_id"], tenant=key.tenant, key_id=key.key_id, stream=call.stream
+        )
+        journal = self.journal
+        if journal is None:
+            raise HTTPException(status_code=503, detail="the HTTP route has no Kafka journal configured")
+        try:
+            sent = await journal.send_request(request)  # on its way while the model answers
+        except JournalUnavailable as exc:
+            raise self._unrecorded(exc) from None
+        admitted = await self._admit(request)
+        if call.stream and not isinstance(admitted, dict):
+            return StreamingResponse(
+                self._stream(request, admitted, journal, sent),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        if isinstance(admitted, dict):  # an error or a refusal of the input rails: no model call
+            out = {"primary": admitted, "shadows": []}
+        else:
+            out = await self._generate(admitted.plan, admitted.request)
+            out["primary"] = await self._finish(admitted, out["primary"])
+        primary = out["primary"]
+        try:
+            acks = [sent, await journal.send_response(answer_record(request, primary))]
+            for shadow in out["shadows"]:
+                acks.append(await journal.send_shadow(answer_record(request, shadow, shadow=True)))
+            await journal.acknowledged(*acks)
+        except JournalUnavailable as exc:
+            raise self._unrecorded(exc) from None
+        if primary.get("error_type") == "model_not_found":
+            raise HTTPException(
+                status_code=404, detail={"message": primary["error_message"], "code": "model_not_found"}
+            )
+        if "error_type" in primary:
+            raise HTTPException(status_code=503, detail=f"{primary['error_type']}: {primary.get('error_message')}")
+        if call.stream:  # refused by an input rail: the refusal as a stream of one chunk
+            return StreamingResponse(self._one_chunk_stream(request, primary), media_type="text/event-stream")
         return {
             "id": "chatcmpl-" + request["request_id"],
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request["model"],
-            "system_fingerprint": out["version"],
+            "system_fingerprint": primary["version"],
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": out["text"]},
-                    "finish_reason": out["finish_reason"],
+                    "message": {"role": "assistant", "content": primary["text"]},
+                    "finish_reason": primary["finish_reason"],
                 }
             ],
-            "usage": {
-                "prompt_tokens": out["input_tokens"],
-                "completion_tokens": out["output_tokens"],
-                "total_tokens": out["input_tokens"] + out["output_tokens"],
-            },
-            "argus": {
-                "tenant": key.tenant,
-                "model_version": out["version"],
-                "replica": out["replica"],
-                "mean_logprob": out["mean_logprob"],
-                "time_to_first_token_ms": out["time_to_first_token_ms"],
-                "latency_ms": out["latency_ms"],
-                "guardrails": out.get("guardrails"),
-                "cost": out.get("cost"),
-            },
+            "usage": _usage(primary),
+            "argus": self._argus(request, primary),
         }
+
+    def _unrecorded(self, exc: JournalUnavailable) -> HTTPException:
+        """An answer that is not on Kafka is not given: 503 (the client may retry)."""
+        self.journal_failures.inc()
+        self.log.error("http.unrecorded", error=str(exc))
+        return HTTPException(
+            status_code=503,
+            detail={"message": "the call could not be recorded; try again", "code": "journal_unavailable"},
+            headers={"Retry-After": "1"},
+        )
+
+    def _argus(self, request: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "request_id": request["request_id"],
+            "tenant": request["tenant"],
+            "model_version": out["version"],
+            "replica": out.get("replica"),
+            "mean_logprob": out.get("mean_logprob"),
+            "time_to_first_token_ms": out.get("time_to_first_token_ms"),
+            "latency_ms": out.get("latency_ms"),
+            "guardrails": out.get("guardrails"),
+            "cost": out.get("cost"),
+        }
+
+    def _chunk(self, request: dict[str, Any], version: str, delta: dict[str, Any], finish: str | None = None) -> str:
+        return _sse(
+            {
+                "id": "chatcmpl-" + request["request_id"],
+                "object": "chat.completion.chunk",
+                "created": int(request["created_at"] / 1000),
+                "model": request["model"],
+                "system_fingerprint": version,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
+
+    def _last_chunks(self, request: dict[str, Any], primary: dict[str, Any]) -> list[str]:
+        """Usage (and Argus's fields) in a last chunk without choices, then ``[DONE]``."""
+        usage = {
+            "id": "chatcmpl-" + request["request_id"],
+            "object": "chat.completion.chunk",
+            "created": int(request["created_at"] / 1000),
+            "model": request["model"],
+            "system_fingerprint": primary["version"],
+            "choices": [],
+            "usage": _usage(primary),
+            "argus": self._argus(request, primary),
+        }
+        return [_sse(usage), "data: [DONE]\n\n"]
+
+    async def _one_chunk_stream(self, request: dict[str, Any], primary: dict[str, Any]) -> AsyncIterator[str]:
+        yield self._chunk(request, primary["version"], {"role": "assistant", "content": primary["text"]})
+        yield self._chunk(request, primary["version"], {}, primary["finish_reason"])
+        for line in self._last_chunks(request, primary):
+            yield line
+
+    async def _stream(
+        self, request: dict[str, Any], admitted: Admitted, journal: HttpJournal, sent: Any
+    ) -> AsyncIterator[str]:
+        """The answer as server-sent events, released only as far as the output rails have
+        passed it; the whole answer is published to Kafka once it is finished."""
+        version = admitted.plan.primary
+        try:
+            await journal.acknowledged(sent)  # nothing is streamed of a request that is not on record
+        except JournalUnavailable as exc:
+            self._unrecorded(exc)
+            yield _sse(
+                {
+                    "error": {
+                        "message": "the call could not be recorded; try again",
+                        "type": "server_error",
+                        "code": "journal_unavailable",
+                    }
+                }
+            )
+            yield "data: [DONE]\n\n"
+            return
+        policy = admitted.policy
+        shadows = {v: self.handles[v].generate.remote(admitted.request) for v in admitted.plan.shadows}
+        gen = self.handles[version].options(stream=True).generate_stream.remote(admitted.request)
+        text, released, checked_at = "", "", 0
+        blocked: Any = None  # the output check that ended the stream early
+        done: dict[str, Any] | None = None
+        try:
+            yield self._chunk(request, version, {"role": "assistant", "content": ""})
+            async for item in gen:
+                if "done" in item:
+                    done = item["done"]
+                    continue
+                text += item["delta"]
+                if blocked is not None:
+                    continue  # ended for the client; the engine's answer is still needed for the record
+                if not policy.checks_output:
+                    released += item["delta"]
+                    yield self._chunk(request, version, {"content": item["delta"]})
+                elif len(text) - checked_at >= policy.stream_check_chars:
+                    checked_at = len(text)
+                    piece, stop = await self._release(text, released, policy, _last_user(admitted.request))
+                    if stop is not None:
+                        blocked = stop
+                        yield self._chunk(request, version, {}, "content_filter")
+                    elif piece:
+                        released += piece
+                        yield self._chunk(request, version, {"content": piece})
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: stop the engine, keep the record
+            gen.cancel()
+            for resp in shadows.values():
+                resp.cancel()
+            gone = {
+                "error_type": "ClientDisconnected",
+                "error_message": f"the client closed the stream after {len(released)} characters",
+                "version": version,
+                "guardrails": verdict(admitted.rails, policy),
+            }
+            self._in_background(self._record(journal, request, gone))
+            raise
+        except Exception as exc:  # the replica died or Serve refused: an error answer, on record too
+            done = {"error_type": type(exc).__name__, "error_message": str(exc)[:2000], "version": version}
+        if done is None:
+            done = {
+                "error_type": "StreamEnded",
+                "error_message": "the replica's stream ended without an answer",
+                "version": version,
+            }
+        if blocked is not None and "error_type" not in done:
+            primary = {
+                **done,
+                "text": policy.refusal,
+                "finish_reason": "content_filter",
+                "guardrails": verdict(admitted.rails + blocked.rails, policy),
+                "cost": self.cost(admitted.request, done),
+            }
+        else:
+            primary = await self._finish(admitted, done)
+        tail: list[str] = []
+        if "error_type" in primary:
+            tail.append(
+                _sse(
+                    {
+                        "error": {
+                            "message": f"{primary['error_type']}: {primary.get('error_message')}",
+                            "type": "server_error",
+                            "code": None,
+                        }
+                    }
+                )
+            )
+        elif blocked is None:
+            final = primary["text"] if primary["finish_reason"] != "content_filter" else None
+            if final is not None and final.startswith(released):
+                if final[len(released) :]:
+                    tail.append(self._chunk(request, version, {"content": final[len(released) :]}))
+                tail.append(self._chunk(request, version, {}, primary["finish_reason"]))
+            else:  # blocked at the end, or a redaction reached into text already released
+                if final is not None:
+                    self.log.warning("http.stream_late_redaction", request_id=request["request_id"])
+                    primary = {**primary, "text": released, "finish_reason": "content_filter"}
+                tail.append(self._chunk(request, version, {}, "content_filter"))
+        shadow_results = await self._shadows(shadows)
+        try:
+            acks = [await journal.send_response(answer_record(request, primary))]
+            for shadow in shadow_results:
+                acks.append(await journal.send_shadow(answer_record(request, shadow, shadow=True)))
+            await journal.acknowledged(*acks)
+        except JournalUnavailable as exc:
+            self._unrecorded(exc)
+            tail = [
+                _sse(
+                    {
+                        "error": {
+                            "message": "the answer could not be recorded",
+                            "type": "server_error",
+                            "code": "journal_unavailable",
+                        }
+                    }
+                )
+            ]
+            yield "".join(tail) + "data: [DONE]\n\n"
+            return
+        if "error_type" not in primary:
+            tail += self._last_chunks(request, primary)
+        else:
+            tail.append("data: [DONE]\n\n")
+        for line in tail:
+            yield line
+
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._closing.add(task)  # a reference until it is done
+        task.add_done_callback(self._closing.discard)
+
+    async def _record(self, journal: HttpJournal, request: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Publish the answer of a call whose client is gone (nobody to tell if it fails: logged, counted)."""
+        try:
+            await journal.acknowledged(await journal.send_response(answer_record(request, answer)))
+        except JournalUnavailable as exc:
+            self._unrecorded(exc)
+
+    async def _release(self, text: str, released: str, policy: RailPolicy, prompt: str) -> tuple[str, Any]:
+        """What of ``text`` (the answer so far) may be released after ``released``: the
+        output rails' text but its last ``stream_hold_chars``. Returns (piece, None), or
+        (``""``, the check) when the rails block, or a redaction reaches released text."""
+        checked = await self.rails.check_output(text, policy, prompt=prompt)
+        if checked.blocked:
+            return "", checked
+        safe = checked.texts[0]
+        upto = safe[: max(len(released), len(safe) - policy.stream_hold_chars)]
+        if not upto.startswith(released):
+            self.log.warning("http.stream_late_redaction")
+            checked.blocked = True
+            return "", checked
+        return upto[len(released) :], None

@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.governance import GovernanceSettings
 from services.common.settings import ServiceSettings
 from services.inference.guardrails.policy import GuardrailSettings
+from services.inference.journal import journal_config
 
 
 class ModelVersion(BaseModel):
@@ -242,6 +243,8 @@ class InferenceSettings(ServiceSettings):
             },
             "guardrails": self.guardrails.model_dump(mode="json"),
             "prices": {k: v.model_dump(mode="json") for k, v in self.prices.items()},
+            # where the HTTP route publishes its calls (connection settings and file paths, no secret)
+            "journal": journal_config(self.kafka),
         }
 
     def engine_user_config(self) -> dict:

@@ -564,6 +564,13 @@ def test_kuberay_mode_renders_a_valid_rayservice_whose_serve_config_is_what_the_
     (workers,) = cluster["workerGroupSpecs"]
     assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 4)
     assert "nvidia.com/gpu" not in workers["template"]["spec"]["containers"][0]["resources"]["limits"]  # CPU engine
+    # the Router's HTTP route publishes to Kafka from any Ray pod: each mounts the password file and CA the
+    # serve config's journal names, never the password itself
+    journal = app["deployments"][0]["user_config"]["journal"]
+    assert "sasl_password" not in journal
+    for group in (cluster["headGroupSpec"], workers):
+        mounts = {m["mountPath"] for m in group["template"]["spec"]["containers"][0]["volumeMounts"]}
+        assert {str(Path(journal["sasl_password_file"]).parent), str(Path(journal["ssl_cafile"]).parent)} <= mounts
     deployments = {d["metadata"]["name"].removeprefix("argus-argus-"): d for d in docs if d["kind"] == "Deployment"}
     assert "inference" not in deployments and {"bridge", "serving"} <= set(deployments)
     bridge, serving = (_containers(deployments[c])[0] for c in ("bridge", "serving"))

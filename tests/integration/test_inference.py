@@ -240,7 +240,8 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
     store = KeyStore(tmp_path / "api-keys.json")
     _, acme = store.create("acme", name="tests")
     slow_id, slow = store.create("bravo", rate_per_minute=2)
-    deploy(settings(kafka_settings, http_api_keys_file=store.path))
+    s = settings(kafka_settings, http_api_keys_file=store.path)
+    router = deploy(s)
     hello = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5, "tenant": "bravo"}
     async with httpx.AsyncClient(timeout=60) as http:
         url = f"http://127.0.0.1:{ray_serve['http_port']}/v1"
@@ -263,6 +264,19 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
         assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
         assert (await http.get(url + "/models", headers=auth)).json()["data"][0]["versions"] == ["v1"]
 
+        # stream: true: OpenAI's chunks, the same answer as without (temperature 0), usage in the last chunk
+        same = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0}
+        whole = (await http.post(url + "/chat/completions", json=same, headers=auth)).json()
+        chunks = await sse(http, url + "/chat/completions", {**same, "stream": True}, auth)
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+        streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert streamed == whole["choices"][0]["message"]["content"] and "Paris" in streamed
+        finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+        assert finish == [whole["choices"][0]["finish_reason"]]
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+        assert chunks[-1]["argus"]["tenant"] == "acme" and len(chunks) >= 4  # role, text in pieces, finish, usage
+
         # over the key's rate: 429 with Retry-After; other keys unaffected
         slow_auth = {"Authorization": f"Bearer {slow}"}
         codes = [(await http.get(url + "/models", headers=slow_auth)).status_code for _ in range(2)]
@@ -276,6 +290,37 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
         store.revoke(slow_id)
         KeyStore(store.path).revoke(store.keys()[0].key_id)
         assert (await http.get(url + "/models", headers=auth)).status_code == 401
+
+    # every call that was authenticated and valid is on Kafka like a producer's: its request (tenant from the
+    # key, marked answered by HTTP) and its answer (the model_not_found too); the bridge generates none again
+    calls = {body["argus"]["request_id"]: body, whole["argus"]["request_id"]: whole}
+    calls[chunks[-1]["argus"]["request_id"]] = {"choices": [{"message": {"content": streamed}}]}
+    requests = await read_topic(kafka_settings, "inference-requests", 4)
+    assert len(requests) == 4 and {r["tenant"] for r in requests} == {"acme"}
+    assert all(r["metadata"] == {"source": "http"} for r in requests) and set(calls) < {
+        str(r["request_id"]) for r in requests
+    }
+    answers = {str(r["request_id"]): r for r in await read_topic(kafka_settings, "inference-responses", 4)}
+    assert answers.keys() == {str(r["request_id"]) for r in requests}
+    for rid, call in calls.items():
+        assert answers[rid]["output"] == call["choices"][0]["message"]["content"] and answers[rid]["status"] == "ok"
+    (missing,) = [a for a in answers.values() if a["status"] == "error"]
+    assert missing["error_type"] == "model_not_found" and missing["model"] == "gpt-4o"
+    bridge = await run_bridge(s, router, lambda b: asyncio.sleep(0, b.answered_by_http >= 4), timeout_s=60)
+    assert bridge.answered == 0 and bridge.answered_by_http == 4
+    assert len(await read_topic(kafka_settings, "inference-responses", 5, timeout_s=2)) == 4
+
+
+async def sse(http: httpx.AsyncClient, url: str, body: dict, headers: dict) -> list[dict]:
+    """The events of a streamed chat completion (``data: [DONE]`` last)."""
+    events = []
+    async with http.stream("POST", url, json=body, headers=headers) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.status_code
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+    assert events[-1] == "[DONE]", events[-3:]
+    return [json.loads(e) for e in events[:-1]]
 
 
 def test_engine_refuses_an_artifact_whose_digest_does_not_match() -> None:
@@ -426,11 +471,19 @@ async def test_guard_rails_block_flag_and_redact_per_tenant_on_kafka_and_http(
                 "inj": injection,
                 "fc": {**tight, "on_error": "closed"},
                 "fo": {**tight, "on_error": "open"},
+                # streaming: a small hold-back window, so the block comes after some released text
+                "stm": {
+                    "output": {"offensive": "off", "pii": "off", "deny": "block"},
+                    "deny_patterns": ["(?i)idiot"],
+                    "stream_hold_chars": 2,
+                    "stream_check_chars": 1,
+                },
             }
         }
     )
     store = KeyStore(tmp_path / "api-keys.json")
     _, blk_key = store.create("blk", name="tests")
+    _, stm_key = store.create("stm", name="tests")
     s = settings(
         kafka_settings,
         engine=EngineSettings(max_tokens=16, max_batch_size=2),
@@ -502,3 +555,22 @@ async def test_guard_rails_block_flag_and_redact_per_tenant_on_kafka_and_http(
     assert body["choices"][0]["finish_reason"] == "content_filter"
     assert body["choices"][0]["message"]["content"] == "I can't help with that request."
     assert body["argus"]["guardrails"]["action"] == "block"
+
+    # a stream the deny rail stops mid-way: what was released passed the rails, then content_filter; the
+    # record on Kafka carries the refusal and the verdict
+    async with httpx.AsyncClient(timeout=60) as http:
+        chunks = await sse(
+            http,
+            f"http://127.0.0.1:{ray_serve['http_port']}/v1/chat/completions",
+            {"messages": [{"role": "user", "content": rude}], "max_tokens": 16, "stream": True},
+            {"Authorization": f"Bearer {stm_key}"},
+        )
+    released = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert released and "idiot" not in released.lower(), released
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "content_filter"
+    assert chunks[-1]["argus"]["guardrails"]["action"] == "block"
+    rid = chunks[-1]["argus"]["request_id"]
+    (record,) = [
+        r for r in await read_topic(kafka_settings, "inference-responses", len(ids) + 2) if str(r["request_id"]) == rid
+    ]
+    assert record["finish_reason"] == "content_filter" and record["guard_action"] == "block"

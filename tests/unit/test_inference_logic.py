@@ -148,6 +148,10 @@ def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         # answers are flagged, deny patterns (none) would block, nothing runs on input
         "guardrails": GuardrailSettings().model_dump(mode="json"),
         "prices": {},  # no price table: answers carry no cost
+        # the HTTP route's producer: the service's Kafka settings, never a secret value
+        "journal": {
+            **s.kafka.model_dump(mode="json", exclude={"sasl_password", "ssl_key_password", "schema_registry_password"})
+        },
     }
     rails = s.routing_config()["guardrails"]["default"]
     assert rails["output"] == {"offensive": "flag", "pii": "flag", "deny": "block"}
@@ -265,3 +269,70 @@ def test_every_answer_says_what_the_replica_used() -> None:
     req = {"request_id": "5d2a3c4b-1e2f-4a5b-8c7d-9e0f1a2b3c4d", "model": "m", "tenant": "t", "messages": []}
     rec = response_record(req, model_version="v1", generation={"text": "x", "latency_ms": 1.0, **r})
     assert rec["replica_cpu_percent"] == r["replica_cpu_percent"]
+
+
+def test_an_http_call_is_an_inference_request_on_the_contract() -> None:
+    from services.common.codec import from_json
+    from services.common.registry import default_registry
+    from services.inference.journal import http_request_record
+
+    rid = str(uuid.uuid4())
+    record = http_request_record(
+        rid,
+        "m",
+        [{"role": "user", "content": "hi"}],
+        "acme",
+        user="u1",
+        seed=7,
+        metadata={"source": "forged", "k": "v"},
+    )
+    assert record["metadata"] == {"source": "http", "k": "v"}  # the route says where it came from, not the body
+    reg = default_registry()
+    codec = reg.codec("inference-requests")
+    decoded = codec.decode(codec.encode(from_json(reg.schema_json("inference_request", codec.version), record)))
+    assert str(decoded["request_id"]) == rid and decoded["tenant"] == "acme" and decoded["seed"] == 7
+
+
+def test_the_http_journal_config_carries_no_secret_and_refuses_an_env_password(tmp_path) -> None:  # noqa: ANN001
+    from pydantic import SecretStr
+
+    from services.common.settings import KafkaSettings
+    from services.inference.journal import journal_config
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-value")
+    ok = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="argus-inference",
+        sasl_password_file=secret,
+    )
+    config = journal_config(ok)
+    assert "s3cret-value" not in str(config) and config["sasl_password_file"] == str(secret)
+    assert KafkaSettings.model_validate(config).password() == "s3cret-value"  # the replica reads the file
+    env_only = KafkaSettings(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password=SecretStr("x")
+    )
+    with pytest.raises(ValueError, match="SASL_PASSWORD_FILE"):
+        journal_config(env_only)
+
+
+def test_a_chat_completion_body_is_validated_without_echoing_it() -> None:
+    from services.inference.router import ChatCompletionBody, _body_error
+
+    ok = ChatCompletionBody.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi", "name": "x"}], "stream": True, "n": 1}
+    )
+    assert ok.stream and ok.messages[0].content == "hi"  # unknown fields (OpenAI's others) are ignored
+    bad = [
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots-of-secret-text"},
+        {"messages": [{"role": "user", "content": {"secret": "text"}}]},
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": 9},
+        {"messages": "secret-text"},
+    ]
+    for body in bad:
+        with pytest.raises(pydantic.ValidationError) as exc:
+            ChatCompletionBody.model_validate(body)
+        message = _body_error(exc.value)
+        assert message.startswith("invalid request body: ") and "secret" not in message, message

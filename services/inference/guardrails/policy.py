@@ -55,6 +55,17 @@ class RailPolicy(BaseModel):
     refusal: str = Field(
         default="I can't help with that request.", max_length=2000, description="The answer a blocked request gets."
     )
+    stream_hold_chars: int = Field(
+        default=48,
+        ge=0,
+        le=4096,
+        description="Streaming: the output rails run on the answer so far, and its last this many characters are "
+        "held back until the rails have seen what follows them (a match that starts in released text and is "
+        "longer than this ends the stream with content_filter; it can no longer be redacted).",
+    )
+    stream_check_chars: int = Field(
+        default=16, ge=1, le=4096, description="Streaming: the output rails run again after this many new characters."
+    )
 
     @field_validator("deny_patterns")
     @classmethod
@@ -71,6 +82,11 @@ class RailPolicy(BaseModel):
     @property
     def uses_injection(self) -> bool:
         return self.input.injection != "off"
+
+    @property
+    def checks_output(self) -> bool:
+        o = self.output
+        return o.offensive != "off" or o.pii != "off" or (o.deny != "off" and bool(self.deny_patterns))
 
 
 class GuardrailSettings(BaseModel):
