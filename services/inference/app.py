@@ -146,22 +146,27 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     """Application builder for Serve's declarative config (``import_path``
     ``services.inference.app:app_builder``), as used by ``serve deploy`` and KubeRay."""
     engine = dict(args["engine"])
-    handles = {}
-    for artifact in args["versions"]:
-        dep = serve.deployment(LLMServer).options(
-            name=f"llm-{artifact['version']}",
-            max_ongoing_requests=engine["max_ongoing_requests"],
-            ray_actor_options={"num_cpus": engine["replica_num_cpus"], "num_gpus": engine["num_gpus"]},
-            health_check_period_s=10,
-        )
-        handles[artifact["version"]] = dep.bind(args["model_name"], artifact, engine, args.get("governance"))
+
+    def versions(model: str, artifacts: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+        handles = {}
+        for artifact in artifacts:
+            dep = serve.deployment(LLMServer).options(
+                name=f"{prefix}{artifact['version']}",
+                max_ongoing_requests=engine["max_ongoing_requests"],
+                ray_actor_options={"num_cpus": engine["replica_num_cpus"], "num_gpus": engine["num_gpus"]},
+                health_check_period_s=10,
+            )
+            handles[artifact["version"]] = dep.bind(model, artifact, engine, args.get("governance"))
+        return handles
+
     router = serve.deployment(Router).options(
         name="router",
         num_replicas=1,
         max_ongoing_requests=args["router_max_ongoing_requests"],
         ray_actor_options={"num_cpus": 0},
     )
-    return router.bind(args["model_name"], handles)
+    models = {m["name"]: versions(m["name"], m["versions"], f"llm-{m['name']}-") for m in args.get("models") or []}
+    return router.bind(args["model_name"], versions(args["model_name"], args["versions"], "llm-"), models=models)
 
 
 def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentHandle:
@@ -186,7 +191,11 @@ def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentH
             # a blocking handle call must not run on a caller's event loop: use a thread
             with ThreadPoolExecutor(1) as pool:
                 routing = pool.submit(lambda: handle.routing.remote().result()).result()
-            if routing["weights"] == target["weights"] and routing["shadows"] == target["shadows"]:
+            others = all(
+                routing["models"].get(m) == {"weights": r["weights"], "shadows": r["shadows"]}
+                for m, r in target["models"].items()
+            )
+            if routing["weights"] == target["weights"] and routing["shadows"] == target["shadows"] and others:
                 return handle
         if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
             raise RuntimeError(f"{settings.app_name}: {app.status}: {app.message}")

@@ -1,7 +1,8 @@
 """The ingress deployment of the inference application.
 
-``Router`` routes each request by weight with sticky assignment, mirrors it to shadow
-versions, and serves ``POST /v1/chat/completions`` (OpenAI-compatible) and
+``Router`` routes each request to the model it names (several models may be served,
+each with its own versions; an unknown one is ``model_not_found``), then by weight with
+sticky assignment among that model's versions, mirrors it to shadow versions, and serves ``POST /v1/chat/completions`` (OpenAI-compatible) and
 ``GET /v1/models``. Both need an API key (``Authorization: Bearer argus_…``, see
 :mod:`services.common.api_keys`): the key decides the tenant (whatever the body says) and
 its rate (429 with ``Retry-After`` above it); without a configured key file every call is
@@ -108,8 +109,9 @@ def _body_error(exc: ValidationError) -> str:
 
 @dataclass
 class Admitted:
-    """A request its input rails let through, with the version it goes to."""
+    """A request its input rails let through, with the model and version it goes to."""
 
+    model: str
     plan: Any
     policy: RailPolicy
     request: dict[str, Any]  # the messages as the model sees them (redacted where a rail redacted)
@@ -138,10 +140,16 @@ class Router:
         versions: dict[str, DeploymentHandle],
         guard: DeploymentHandle | None = None,
         guard_info: dict[str, str] | None = None,
+        models: dict[str, dict[str, DeploymentHandle]] | None = None,
     ) -> None:
         self.model_name = model_name
         self.handles = versions
         self.table = RoutingTable.from_config({"weights": {v: 1.0 for v in versions}})
+        # every model served here -> its versions' handles and routing table (model_name's are the two above)
+        self.served: dict[str, dict[str, DeploymentHandle]] = {model_name: versions, **(models or {})}
+        self.tables: dict[str, RoutingTable] = {
+            m: RoutingTable.from_config({"weights": {v: 1.0 for v in handles}}) for m, handles in self.served.items()
+        }
         self.reloads = 0
         self.keys: KeyStore | None = None  # no key file: the HTTP routes refuse every call
         self.rate_per_minute = 60
@@ -171,10 +179,17 @@ class Router:
         guardrails = GuardrailSettings.model_validate(config.get("guardrails") or {})
         prices = {k: Price.model_validate(v) for k, v in (config.get("prices") or {}).items()}
         table = RoutingTable.from_config(config)
-        unknown = (set(table.weights) | set(table.shadows)) - set(self.handles)
-        if unknown:
-            raise ValueError(f"routing names versions that are not deployed: {sorted(unknown)}")
+        tables = {self.model_name: table}
+        for model, routing in (config.get("models") or {}).items():
+            if model not in self.served:
+                raise ValueError(f"routing names a model that is not deployed: {model[:200]!r}")
+            tables[model] = RoutingTable.from_config({**routing, "shadow_grace_s": table.shadow_grace_s})
+        for model, t in tables.items():
+            unknown = (set(t.weights) | set(t.shadows)) - set(self.served[model])
+            if unknown:
+                raise ValueError(f"routing of {model} names versions that are not deployed: {sorted(unknown)}")
         self.table = table
+        self.tables.update(tables)  # a model the config does not name keeps its table
         self.rails.configure(guardrails)
         self.prices = prices
         journal = config.get("journal")
@@ -189,7 +204,12 @@ class Router:
         self.reloads += 1
 
     def routing(self) -> dict[str, Any]:
-        return {"weights": self.table.weights, "shadows": list(self.table.shadows), "reloads": self.reloads}
+        return {
+            "weights": self.table.weights,
+            "shadows": list(self.table.shadows),
+            "reloads": self.reloads,
+            "models": {m: {"weights": t.weights, "shadows": list(t.shadows)} for m, t in self.tables.items()},
+        }
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer one InferenceRequest (as a dict) through the tenant's guard rails.
@@ -198,7 +218,7 @@ class Router:
         admitted = await self._admit(request)
         if isinstance(admitted, dict):
             return {"primary": admitted, "shadows": []}
-        out = await self._generate(admitted.plan, admitted.request)
+        out = await self._generate(admitted)
         out["primary"] = await self._finish(admitted, out["primary"])
         return out
 
@@ -207,14 +227,14 @@ class Router:
         without the model: an error (``model_not_found``, no serving version) or the
         refusal of an input rail that blocked."""
         model = str(request.get("model") or self.model_name)
-        if model != self.model_name:  # never another model's answer under the name asked for
+        if model not in self.served:  # never another model's answer under the name asked for
             return {
                 "error_type": "model_not_found",
-                "error_message": f"model {model[:200]!r} is not served here; served: {self.model_name}",
+                "error_message": f"model {model[:200]!r} is not served here; served: {', '.join(sorted(self.served))}",
                 "version": "none",
             }
         try:
-            plan = self.table.plan(sticky_key(request))
+            plan = self.tables[model].plan(sticky_key(request))
         except NoServingVersion as exc:
             return {"error_type": "NoServingVersion", "error_message": str(exc), "version": "none"}
         policy = self.rails.policy(str(request.get("tenant") or ""))
@@ -227,7 +247,7 @@ class Router:
                 **request,
                 "messages": [{**m, "content": t} for m, t in zip(request["messages"], checked_in.texts)],
             }
-        return Admitted(plan, policy, request, list(checked_in.rails), started)
+        return Admitted(model, plan, policy, request, list(checked_in.rails), started)
 
     async def _finish(self, admitted: Admitted, primary: dict[str, Any]) -> dict[str, Any]:
         """The answer through the output rails, with its verdict and cost."""
@@ -265,11 +285,12 @@ class Router:
             "guardrails": verdict(rails, policy),
         }
 
-    async def _generate(self, plan: Any, request: dict[str, Any]) -> dict[str, Any]:
-        """The primary answer and the shadow answers of ``plan`` (no rails: shadow answers
-        are logged, never returned to anyone)."""
-        primary = self.handles[plan.primary].generate.remote(request)
-        shadows = {v: self.handles[v].generate.remote(request) for v in plan.shadows}
+    async def _generate(self, admitted: Admitted) -> dict[str, Any]:
+        """The primary answer and the shadow answers of the admitted request's plan (no
+        rails: shadow answers are logged, never returned to anyone)."""
+        plan, request, handles = admitted.plan, admitted.request, self.served[admitted.model]
+        primary = handles[plan.primary].generate.remote(request)
+        shadows = {v: handles[v].generate.remote(request) for v in plan.shadows}
         try:
             result = await primary
         except Exception as exc:  # a replica died or Serve refused: the caller gets an error response
@@ -332,7 +353,10 @@ class Router:
         self._authenticate(authorization)
         return {
             "object": "list",
-            "data": [{"id": self.model_name, "object": "model", "owned_by": "argus", "versions": sorted(self.handles)}],
+            "data": [
+                {"id": model, "object": "model", "owned_by": "argus", "versions": sorted(handles)}
+                for model, handles in self.served.items()
+            ],
         }
 
     @api.post("/v1/chat/completions")
@@ -379,7 +403,7 @@ class Router:
         if isinstance(admitted, dict):  # an error or a refusal of the input rails: no model call
             out = {"primary": admitted, "shadows": []}
         else:
-            out = await self._generate(admitted.plan, admitted.request)
+            out = await self._generate(admitted)
             out["primary"] = await self._finish(admitted, out["primary"])
         primary = out["primary"]
         try:
@@ -491,8 +515,9 @@ class Router:
             yield "data: [DONE]\n\n"
             return
         policy = admitted.policy
-        shadows = {v: self.handles[v].generate.remote(admitted.request) for v in admitted.plan.shadows}
-        gen = self.handles[version].options(stream=True).generate_stream.remote(admitted.request)
+        handles = self.served[admitted.model]
+        shadows = {v: handles[v].generate.remote(admitted.request) for v in admitted.plan.shadows}
+        gen = handles[version].options(stream=True).generate_stream.remote(admitted.request)
         text, released, checked_at = "", "", 0
         blocked: Any = None  # the output check that ended the stream early
         done: dict[str, Any] | None = None

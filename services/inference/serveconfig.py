@@ -36,6 +36,18 @@ def static_args(settings: InferenceSettings, trust_file: str | None = None) -> d
             v.model_dump(mode="json", include={"version", "model_path", "sha256", "card_sha256", "artifact_signature"})
             for v in settings.versions
         ],
+        "models": [
+            {
+                "name": m.name,
+                "versions": [
+                    v.model_dump(
+                        mode="json", include={"version", "model_path", "sha256", "card_sha256", "artifact_signature"}
+                    )
+                    for v in m.versions
+                ],
+            }
+            for m in settings.models
+        ],
         "governance": governance_args(settings, trust_file),
         "engine": e.model_dump(
             mode="json", exclude={"max_tokens", "max_batch_size", "batch_wait_timeout_s", "system_prompt"}
@@ -67,5 +79,22 @@ def serve_config(settings: InferenceSettings, trust_file: str | None = None) -> 
                 },
             }
             for v in settings.versions
+        ]
+        + [
+            {
+                "name": f"llm-{m.name}-{v.version}",
+                "user_config": {
+                    **engine_user_config,
+                    **({"system_prompt": m.system_prompt} if m.system_prompt is not None else {}),
+                    **({"max_tokens": m.max_tokens} if m.max_tokens is not None else {}),
+                },
+                "autoscaling_config": {
+                    "min_replicas": v.min_replicas,
+                    "max_replicas": v.max_replicas,
+                    "target_ongoing_requests": v.target_ongoing_requests,
+                },
+            }
+            for m in settings.models
+            for v in m.versions
         ],
     }

@@ -160,6 +160,29 @@ class GatewaySettings(BaseModel):
     )
 
 
+class ServedModel(BaseModel):
+    """A further model served next to ``model_name``, with its own versions (weights,
+    shadows, artifacts) and deployments ``llm-<name>-<version>``; requests name it in
+    ``model``. Its replicas run the service's engine kind with its own system prompt and
+    token cap when given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    versions: tuple[ModelVersion, ...] = (ModelVersion(version="v1"),)
+    system_prompt: str | None = Field(default=None, max_length=4000)
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+
+    @model_validator(mode="after")
+    def _servable(self) -> "ServedModel":
+        names = [v.version for v in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name}: duplicate versions {names}")
+        if not any(v.live_weight > 0 for v in self.versions):
+            raise ValueError(f"model {self.name}: at least one non-shadow version needs a weight above 0")
+        return self
+
+
 class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="ARGUS_INFERENCE_", frozen=True, env_nested_delimiter="__", extra="ignore"
@@ -168,6 +191,11 @@ class InferenceSettings(ServiceSettings):
     service_name: str = "inference"
     model_name: str = "smollm2-135m-instruct"
     versions: tuple[ModelVersion, ...] = (ModelVersion(version="v1"),)
+    models: tuple[ServedModel, ...] = Field(
+        default=(),
+        description="More models served side by side with model_name (each its own versions and deployments), "
+        'e.g. ARGUS_INFERENCE_MODELS=\'[{"name": "smollm2-terse", "system_prompt": "Answer in one word."}]\'.',
+    )
     engine: EngineSettings = EngineSettings()
     bridge: BridgeSettings = BridgeSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -217,6 +245,11 @@ class InferenceSettings(ServiceSettings):
             raise ValueError(f"duplicate model versions: {names}")
         if not any(v.live_weight > 0 for v in self.versions):
             raise ValueError("at least one non-shadow version needs a weight above 0")
+        served = [self.model_name, *(m.name for m in self.models)]
+        if len(set(served)) != len(served):
+            raise ValueError(f"duplicate served model names: {served}")
+        if self.models and self.engine.kind != "llama_cpp":
+            raise ValueError("several models are served on the llama.cpp engine only so far (GPU builder: one model)")
         if self.guard_model is not None and self.engine.kind != "vllm":
             raise ValueError(
                 "guard_model runs on vLLM (engine.kind=vllm, GPU nodes); on CPU the output.offensive rail uses "
@@ -243,6 +276,13 @@ class InferenceSettings(ServiceSettings):
             },
             "guardrails": self.guardrails.model_dump(mode="json"),
             "prices": {k: v.model_dump(mode="json") for k, v in self.prices.items()},
+            "models": {
+                m.name: {
+                    "weights": {v.version: v.live_weight for v in m.versions},
+                    "shadows": [v.version for v in m.versions if v.shadow],
+                }
+                for m in self.models
+            },
             # where the HTTP route publishes its calls (connection settings and file paths, no secret)
             "journal": journal_config(self.kafka),
         }

