@@ -322,6 +322,17 @@ async def test_openai_compatible_http_route_needs_a_key_and_bills_its_tenant(
     assert bridge.answered == 0 and bridge.answered_by_http == 5
     assert len(await read_topic(kafka_settings, "inference-responses", 6, timeout_s=2)) == 5
 
+    # a streaming client that goes away: the generation stops, the call is still on record
+    _, again = store.create("acme", name="tests")  # the first key was revoked above
+    async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {again}"}) as http:
+        long = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 128, "stream": True}
+        async with http.stream("POST", url + "/chat/completions", json=long) as r:
+            lines = r.aiter_lines()
+            first = json.loads((await anext(lines)).removeprefix("data: "))
+    gone = first["id"].removeprefix("chatcmpl-")
+    records = {str(x["request_id"]): x for x in await read_topic(kafka_settings, "inference-responses", 6)}
+    assert records[gone]["status"] == "error" and records[gone]["error_type"] == "ClientDisconnected", records.get(gone)
+
 
 async def sse(http: httpx.AsyncClient, url: str, body: dict, headers: dict) -> list[dict]:
     """The events of a streamed chat completion (``data: [DONE]`` last)."""
