@@ -530,7 +530,7 @@ class Router:
                 text += item["delta"]
                 if blocked is not None:
                     continue  # ended for the client; the engine's answer is still needed for the record
-                if not policy.checks_output:
+                if not policy.holds_stream:  # no output rail can change or stop it: released as generated
                     released += item["delta"]
                     yield self._chunk(request, version, {"content": item["delta"]})
                 elif len(text) - checked_at >= policy.stream_check_chars:

@@ -367,3 +367,15 @@ def test_two_models_side_by_side_each_with_its_own_versions_and_deployments() ->
         InferenceSettings(models=(ServedModel(name="smollm2-135m-instruct"),))
     with pytest.raises(pydantic.ValidationError, match="non-shadow"):
         ServedModel(name="x", versions=(ModelVersion(version="v1", weight=0),))
+
+
+def test_a_stream_is_held_back_only_when_an_output_rail_can_change_or_stop_it() -> None:
+    from services.inference.guardrails.policy import RailPolicy
+
+    assert not RailPolicy().holds_stream  # the default only flags (and has no deny patterns)
+    assert RailPolicy(output={"pii": "redact"}).holds_stream
+    assert RailPolicy(output={"offensive": "block"}).holds_stream
+    assert not RailPolicy(output={"offensive": "off", "pii": "off"}, deny_patterns=()).holds_stream
+    assert RailPolicy(deny_patterns=("secret",)).holds_stream  # deny blocks by default
+    assert RailPolicy(on_error="closed").holds_stream  # a failing guard would block
+    assert not RailPolicy(on_error="closed", output={"offensive": "off", "pii": "off"}).holds_stream

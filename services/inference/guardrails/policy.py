@@ -84,9 +84,15 @@ class RailPolicy(BaseModel):
         return self.input.injection != "off"
 
     @property
-    def checks_output(self) -> bool:
+    def holds_stream(self) -> bool:
+        """Whether a streamed answer is held back for the output rails: only when one of them
+        can change or stop the text (``redact``/``block``, or any rail under ``on_error:
+        closed``). Rails that only flag see the whole answer at its end, for the verdict."""
         o = self.output
-        return o.offensive != "off" or o.pii != "off" or (o.deny != "off" and bool(self.deny_patterns))
+        acting = [o.offensive, o.pii] + ([o.deny] if self.deny_patterns else [])
+        if self.on_error == "closed":
+            return any(a != "off" for a in acting)
+        return any(a in ("redact", "block") for a in acting)
 
 
 class GuardrailSettings(BaseModel):
