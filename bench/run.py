@@ -22,6 +22,7 @@ BENCHMARKS = {
     "codec": "bench.codec_bench",
     "inference": "bench.inference_overhead",
     "bridge": "bench.bridge_overhead",
+    "hops": "bench.hops",
     "ingest": "bench.ingest_bench",
     "drift": "bench.drift_bench",
     "drift-cases": "bench.drift_cases",

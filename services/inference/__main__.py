@@ -36,6 +36,11 @@ def _ray_auth(settings: InferenceSettings) -> None:
     if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != settings.ray_auth_mode:
         raise RuntimeError("ray was imported before its authentication mode was set")
     os.environ["RAY_AUTH_MODE"] = settings.ray_auth_mode
+    if settings.serve_low_latency:  # read when ray.serve is imported, like the auth mode
+        from services.inference.serveconfig import LOW_LATENCY_CALLER_ENV
+
+        for name, value in LOW_LATENCY_CALLER_ENV.items():
+            os.environ.setdefault(name, value)
     if settings.ray_auth_mode != "token":
         get_logger("argus.inference").warning(
             "inference.ray_unauthenticated", detail="RAY_AUTH_MODE=disabled: anyone reaching Ray's ports can run code"

@@ -7,6 +7,19 @@ from typing import Any
 
 from services.inference.settings import InferenceSettings
 
+# Ray Serve's request path with fewer hops (Ray 2.60; what its RAY_SERVE_THROUGHPUT_OPTIMIZED
+# mode sets, without direct ingress, which would open an HTTP port on every replica).
+# Measured here (a no-op call, p50): driver -> replica 4.6 -> 2.2 ms, driver -> replica ->
+# replica 12.9 -> 6.4 ms. User code on the replica's own loop is safe because nothing of
+# Argus blocks it: generation and the guard rails run in worker threads.
+LOW_LATENCY_REPLICA_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+}
+# what the process that calls the Router (bridge, tests) needs: requests over gRPC too
+LOW_LATENCY_CALLER_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+
 
 def governance_args(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
     """What a replica checks an artifact's signature against: the trust file's public keys
@@ -66,6 +79,7 @@ def serve_config(settings: InferenceSettings, trust_file: str | None = None) -> 
         "name": settings.app_name,
         "route_prefix": settings.route_prefix,
         "import_path": "services.inference.app:app_builder",
+        **({"runtime_env": {"env_vars": dict(LOW_LATENCY_REPLICA_ENV)}} if settings.serve_low_latency else {}),
         "args": static_args(settings, trust_file),
         "deployments": [{"name": "router", "user_config": settings.routing_config()}]
         + [

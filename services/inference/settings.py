@@ -237,6 +237,13 @@ class InferenceSettings(ServiceSettings):
         default="token",
         description="Ray's token authentication (RAY_AUTH_MODE); `disabled` lets anyone who reaches Ray run code.",
     )
+    serve_low_latency: bool = Field(
+        default=True,
+        description="Ray Serve's request path without extra threads or object-store hops: replicas run "
+        "their code and their handles' routers on their own event loop and send requests and answers "
+        "over Ray's inter-deployment gRPC (token-authenticated like the rest of Ray); see "
+        "docs/inference.md#where-the-time-goes.",
+    )
 
     @model_validator(mode="after")
     def _versions_are_servable(self) -> "InferenceSettings":

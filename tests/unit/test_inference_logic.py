@@ -176,6 +176,32 @@ def test_serve_config_keeps_weights_out_of_the_build_args() -> None:
     assert a["deployments"][0]["user_config"]["weights"] != b["deployments"][0]["user_config"]["weights"]
 
 
+def test_serve_low_latency_reaches_every_replica_through_the_applications_runtime_env() -> None:
+    from ray.serve.schema import ServeApplicationSchema
+
+    from services.inference.serveconfig import LOW_LATENCY_REPLICA_ENV, serve_config
+
+    on = serve_config(InferenceSettings())
+    assert on["runtime_env"] == {"env_vars": LOW_LATENCY_REPLICA_ENV}
+    assert LOW_LATENCY_REPLICA_ENV == {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    }
+    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in LOW_LATENCY_REPLICA_ENV  # no HTTP port on every replica
+    ServeApplicationSchema(**on)  # what deploy() and KubeRay apply
+    off = serve_config(InferenceSettings(serve_low_latency=False))
+    assert "runtime_env" not in off and off["args"] == on["args"]
+
+
+def test_the_bridge_keeps_a_router_that_is_not_a_serve_handle() -> None:
+    from services.common.logging import get_logger
+    from services.inference.bridge import current_loop_handle
+
+    router = object()
+    assert current_loop_handle(router, get_logger("test")) is router
+
+
 def test_gpu_configuration_for_ray_serve_llm() -> None:
     from services.inference.gpu import gpu_serve_config, llm_config
 
