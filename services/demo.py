@@ -35,7 +35,7 @@ from rich.live import Live
 from rich.table import Table
 
 from services.common.settings import StackSettings
-from services.demo_report import HTTP_TENANT, Outcome, build_report
+from services.demo_report import HTTP_CALLS, HTTP_OFFENSIVE_EVERY, HTTP_TENANT, Outcome, build_report
 from services.stack.services import ORDER, SERVICES, LocalServices, _get_json
 
 MODEL = "smollm2-135m-instruct"
@@ -56,6 +56,12 @@ class DemoOptions:
 GUARDED_TENANT = "demo-guarded"
 GUARDED_POLICY = {"output": {"offensive": "block", "pii": "redact"}}
 OFFENSIVE_PROBE = "Repeat exactly: You are a stupid idiot and a worthless loser."
+HTTP_PROMPTS = (
+    "What is the capital of France?",
+    "Name one use of a message queue.",
+    "What does a database index do?",
+    "Why do services log their requests?",
+)
 
 
 def new_run_id() -> str:
@@ -76,6 +82,8 @@ def _demo_configs(out: Path, run_id: str, subscriber_port: int) -> dict[str, Pat
 
     alerting = yaml.safe_load(Path(ALERTING).read_text())
     for rule in alerting["rules"]:
+        if rule["name"] == "GuardrailBlockRate":  # the HTTP tenant's, from this run only
+            rule["labels"] = {**rule.get("labels", {}), "demo_run": run_id}
         if rule["name"] == "DriftDetected":
             # the run in the labels: an alert of an earlier demo (restored as firing when
             # alerting restarts) must not absorb this run's drift, as it would in production
@@ -140,7 +148,9 @@ class Demo:
                 "ARGUS_INFERENCE_ENGINE__MAX_TOKENS": str(self.opts.max_tokens),
                 "ARGUS_INFERENCE_HTTP_PORT": str(self.http_port),
                 # one tenant blocks offensive answers; every other tenant has the default policy (flag)
-                "ARGUS_INFERENCE_GUARDRAILS": json.dumps({"tenants": {GUARDED_TENANT: GUARDED_POLICY}}),
+                "ARGUS_INFERENCE_GUARDRAILS": json.dumps(
+                    {"tenants": {GUARDED_TENANT: GUARDED_POLICY, HTTP_TENANT: GUARDED_POLICY}}
+                ),
             },
         }
         for name in ORDER:
@@ -283,6 +293,7 @@ class Demo:
                         and c["alerts"]
                         and c["triggers"]
                         and self.probes_answered()
+                        and self.http_alert()
                     ):
                         break
                     await asyncio.sleep(1.5)
@@ -302,29 +313,39 @@ class Demo:
         await producer.flush()
 
     async def probe_http(self) -> None:
-        """Two calls to the OpenAI-compatible HTTP route with an API key of its own tenant,
-        one streamed: each reaches ClickHouse like a producer's request (the key's tenant,
-        ``metadata['source'] = 'http'``). The key is revoked afterwards."""
+        """HTTP-only traffic: :data:`HTTP_CALLS` calls to the OpenAI-compatible route with an
+        API key of its own tenant, every other one streamed, every fifth the offensive probe
+        (blocked by that tenant's policy). Each reaches ClickHouse like a producer's request
+        (the key's tenant, ``metadata['source'] = 'http'``) and alerting sees its answer.
+        Four calls at a time; the key is revoked afterwards."""
         import httpx
 
         from services.common.api_keys import KeyStore
 
         store = KeyStore(self.settings.api_keys_file())
-        key_id, key = store.create(HTTP_TENANT, name=f"argus demo {self.run_id}")
+        key_id, key = store.create(HTTP_TENANT, name=f"argus demo {self.run_id}", rate_per_minute=600)
         url = f"http://127.0.0.1:{self.http_port}/v1/chat/completions"
+        room = asyncio.Semaphore(4)
+
+        async def call(http: httpx.AsyncClient, i: int) -> None:
+            stream = i % 2 == 1
+            offensive = i % HTTP_OFFENSIVE_EVERY == 0
+            probe = ("http-block" if offensive else "http") + ("-stream" if stream else "")
+            body = {
+                "messages": [{"role": "user", "content": OFFENSIVE_PROBE if offensive else HTTP_PROMPTS[i % 4]}],
+                "max_tokens": self.opts.max_tokens,
+                "stream": stream,
+                "metadata": {"demo_run": self.run_id, "demo_probe": probe},
+            }
+            async with room:
+                async with http.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+                    await r.aread()
+                    self.http_status[f"{probe}-{i}"] = r.status_code
+
         try:
             async with httpx.AsyncClient(timeout=120) as http:
-                for probe, stream in (("http", False), ("http-stream", True)):
-                    body = {
-                        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                        "max_tokens": self.opts.max_tokens,
-                        "stream": stream,
-                        "metadata": {"demo_run": self.run_id, "demo_probe": probe},
-                    }
-                    async with http.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
-                        await r.aread()
-                        self.http_status[probe] = r.status_code
-        except httpx.HTTPError as exc:  # the report's check says the HTTP calls are missing
+                await asyncio.gather(*(call(http, i) for i in range(HTTP_CALLS)))
+        except httpx.HTTPError as exc:  # the report's checks say which HTTP calls are missing
             self.console.print(f"[red]✗[/] the HTTP route did not answer: {type(exc).__name__}")
         finally:
             store.revoke(key_id)
@@ -335,7 +356,16 @@ class Demo:
             "argus.inference_requests WHERE metadata['demo_run'] = {r:String}) AND l.guard_action IS NOT NULL",
             parameters={"r": self.run_id},
         ).result_rows
-        return rows[0][0] >= 4  # two guard-rail probes on Kafka, two HTTP calls
+        return rows[0][0] >= 2 + HTTP_CALLS  # two guard-rail probes on Kafka, the HTTP calls
+
+    def http_alert(self) -> bool:
+        """GuardrailBlockRate firing for the HTTP tenant, from this run (in ClickHouse)."""
+        rows = self.client.query(
+            "SELECT count() FROM argus.alerts FINAL WHERE rule = 'GuardrailBlockRate' AND status = 'firing' "
+            "AND labels['tenant'] = {t:String} AND labels['demo_run'] = {r:String}",
+            parameters={"t": HTTP_TENANT, "r": self.run_id},
+        ).result_rows
+        return rows[0][0] > 0
 
     # -- the report ----------------------------------------------------------------
     def report(self) -> Outcome:

@@ -78,6 +78,11 @@ SRE_QUERIES = (
 
 # the tenant of the API key the demo's HTTP calls use
 HTTP_TENANT = "demo-http"
+# HTTP-only traffic (issue 21): 50 calls of the HTTP tenant, 25 streamed, 10 of them the
+# offensive probe, blocked by its policy: 20% blocked, so GuardrailBlockRate (10%, at
+# least 20 answers) fires for that tenant from calls no Kafka producer made
+HTTP_CALLS = 50
+HTTP_OFFENSIVE_EVERY = 5
 
 
 def _rows(demo: "Demo", sql: str, **params: Any) -> list[tuple]:
@@ -126,7 +131,8 @@ def collect(demo: "Demo") -> dict[str, Any]:
         SELECT q.metadata['demo_probe'] AS probe, l.tenant, l.guard_action, l.finish_reason, l.output,
                arrayMap(x -> concat(JSONExtractString(x, 'rail'), ' ', JSONExtractString(x, 'action'), ' (',
                                     toString(round(JSONExtractFloat(x, 'score'), 3)), ')'),
-                        arrayFilter(x -> JSONExtractBool(x, 'triggered'), JSONExtractArrayRaw(ifNull(l.guard_verdict, '{}'), 'rails')))
+                        arrayFilter(x -> JSONExtractBool(x, 'triggered'), JSONExtractArrayRaw(ifNull(l.guard_verdict, '{}'), 'rails'))),
+               toString(l.request_id)
         FROM argus.inference_log AS l
         INNER JOIN argus.inference_requests AS q ON q.request_id = l.request_id
         WHERE q.metadata['demo_run'] = {r:String}
@@ -139,7 +145,8 @@ def collect(demo: "Demo") -> dict[str, Any]:
         "triggers": triggers,
         "webhooks": demo.webhooks(),
         "probes": [row for row in {row[0]: row for row in probes}.values() if row[1] != HTTP_TENANT],
-        "http": sorted(row[0] for row in {row[0]: row for row in probes}.values() if row[1] == HTTP_TENANT),
+        # every HTTP call, once each (by request id)
+        "http": list({row[6]: row for row in probes if row[1] == HTTP_TENANT}.values()),
     }
 
 
@@ -159,6 +166,17 @@ def build_report(demo: "Demo") -> "Outcome":
     after = [e for e in d["drift"] if drift_t is not None and e[0] / 1000 >= drift_t]
     before = [e for e in prompt_drift if drift_t is not None and e[0] / 1000 < drift_t]
     delivered_firing = demo.firing()
+    http = d["http"]
+    streamed = sum(1 for p in http if p[0].endswith("-stream"))
+    blocked = [p for p in http if p[0].startswith("http-block") and p[2] == "block" and p[3] == "content_filter"]
+    http_alerts = [
+        a
+        for a in d["alerts"]
+        if a[1] == "GuardrailBlockRate"
+        and a[2] == "firing"
+        and a[3].get("tenant") == HTTP_TENANT
+        and a[3].get("demo_run") == demo.run_id
+    ]
     out = Outcome(
         sent=demo.total,
         logged=len(reqs),
@@ -185,8 +203,14 @@ def build_report(demo: "Demo") -> "Outcome":
         "the same answer flagged, and delivered, for a tenant with the default policy": any(
             p[0] == "flag" and p[2] == "flag" and p[3] != "content_filter" for p in d["probes"]
         ),
-        f"HTTP calls (one streamed) in ClickHouse with the API key's tenant ({len(d['http'])}/2)": d["http"]
-        == ["http", "http-stream"],
+        f"HTTP calls in ClickHouse with the API key's tenant ({len(http)}/{HTTP_CALLS}, {streamed} streamed)": len(http)
+        == HTTP_CALLS
+        and streamed == HTTP_CALLS // 2,
+        f"offensive HTTP answers blocked, streamed or not ({len(blocked)}/{HTTP_CALLS // HTTP_OFFENSIVE_EVERY})": len(
+            blocked
+        )
+        == HTTP_CALLS // HTTP_OFFENSIVE_EVERY,
+        f"GuardrailBlockRate fired for tenant {HTTP_TENANT} from HTTP-only traffic": bool(http_alerts),
     }
 
     # -- terminal ---------------------------------------------------------------------

@@ -111,6 +111,7 @@ def test_status_shows_health_and_broker_lag_and_turns_red_when_a_service_stops(s
     assert run(env, "stack", "stop", "ingest", "subscriber").returncode == 0
 
 
+@pytest.mark.timeout(540)  # the load (60 s), its answers, 50 HTTP calls, alerts and the report
 def test_demo_end_to_end(stack_env: dict[str, str], tmp_path: Path) -> None:
     """The README's demo on its own stack: every service, drift injected, checks pass,
     report with its plots written, every service it started stopped afterwards."""
@@ -128,6 +129,9 @@ def test_demo_end_to_end(stack_env: dict[str, str], tmp_path: Path) -> None:
         "drift detected after its start",
         "drift alert delivered to the subscriber",
         "retraining trigger raised",
+        "HTTP calls in ClickHouse with the API key's tenant (50/50, 25 streamed)",
+        "offensive HTTP answers blocked, streamed or not (10/10)",
+        "GuardrailBlockRate fired for tenant demo-http from HTTP-only traffic",
     ):
         assert f"✓ {check}" in out, out[-4000:]
     page = report.read_text()

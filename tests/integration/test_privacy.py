@@ -284,3 +284,43 @@ def test_retention_per_tenant_removes_one_tenants_old_rows_and_keeps_the_others(
     assert left == [("acme", 1, "acme 1"), ("acme", 1, None), ("clinic", 1, None)]
     assert expire_texts(admin, db, texts, now=time.time() + 60)["inference_requests"] == 0  # nothing left to clear
     admin.close()
+
+
+async def test_sealed_texts_read_in_a_block_that_mixes_them_with_nulls(
+    kafka_settings, clickhouse_settings, clickhouse_users
+) -> None:
+    """Answers that failed (no output, an error message) beside answers that did not (an
+    output, no error message), of the same subjects, in one part: every text opens, every
+    missing one is NULL. Before migration 0015 the NULLs' empty IVs failed the whole
+    query ("Invalid IV size 0"), as the demo's deadline-exceeded answers did."""
+    ok = [response(i, tenant="mixed", output=f"answer {i}") for i in range(30)]
+    failed = [
+        dict(
+            response(i, tenant="mixed", status="error"),
+            request_id=str(uuid.uuid4()),
+            error_type="DeadlineExceeded",
+            error_message=f"deadline exceeded {i}",
+        )
+        for i in range(10)
+    ]
+    await produce(kafka_settings, "inference-responses", [*ok, *failed])
+    db = clickhouse_settings.database
+    client = get_client(clickhouse_settings)
+
+    def stored() -> int:
+        return client.query(f"SELECT count() FROM {db}.inference_responses WHERE tenant = 'mixed'").result_rows[0][0]
+
+    await run_ingest(
+        ingest_settings(
+            kafka_settings, as_user(clickhouse_settings, clickhouse_users), topics=("inference-responses",)
+        ),
+        lambda: stored() >= len(ok) + len(failed),
+        clickhouse_settings,
+    )
+    client.command(f"OPTIMIZE TABLE {db}.inference_responses FINAL")  # one part: NULLs and texts in one block
+    rows = client.query(
+        f"SELECT output, error_message FROM {db}.inference_responses WHERE tenant = 'mixed'"
+    ).result_rows
+    assert sorted(r[0] for r in rows if r[0] is not None) == sorted(f"answer {i}" for i in range(30))
+    assert sorted(r[1] for r in rows if r[1] is not None) == sorted(f"deadline exceeded {i}" for i in range(10))
+    assert all((r[0] is None) != (r[1] is None) for r in rows)
