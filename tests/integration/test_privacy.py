@@ -289,10 +289,11 @@ def test_retention_per_tenant_removes_one_tenants_old_rows_and_keeps_the_others(
 async def test_sealed_texts_read_in_a_block_that_mixes_them_with_nulls(
     kafka_settings, clickhouse_settings, clickhouse_users
 ) -> None:
-    """Answers that failed (no output, an error message) beside answers that did not (an
-    output, no error message), of the same subjects, in one part: every text opens, every
-    missing one is NULL. Before migration 0015 the NULLs' empty IVs failed the whole
-    query ("Invalid IV size 0"), as the demo's deadline-exceeded answers did."""
+    """Answers that did not fail (an output, no error message), then answers that did (no
+    output, an error message), of the same subjects, written in two inserts and merged
+    into one part: every text opens, every missing one is NULL. Without migration 0015 this
+    fails ("Invalid IV size 0": tryDecrypt ran on the NULLs' empty defaults), as the demo's
+    deadline-exceeded answers did."""
     ok = [response(i, tenant="mixed", output=f"answer {i}") for i in range(30)]
     failed = [
         dict(
@@ -303,21 +304,19 @@ async def test_sealed_texts_read_in_a_block_that_mixes_them_with_nulls(
         )
         for i in range(10)
     ]
-    await produce(kafka_settings, "inference-responses", [*ok, *failed])
     db = clickhouse_settings.database
     client = get_client(clickhouse_settings)
 
     def stored() -> int:
         return client.query(f"SELECT count() FROM {db}.inference_responses WHERE tenant = 'mixed'").result_rows[0][0]
 
-    await run_ingest(
-        ingest_settings(
-            kafka_settings, as_user(clickhouse_settings, clickhouse_users), topics=("inference-responses",)
-        ),
-        lambda: stored() >= len(ok) + len(failed),
-        clickhouse_settings,
+    settings = ingest_settings(
+        kafka_settings, as_user(clickhouse_settings, clickhouse_users), topics=("inference-responses",)
     )
-    client.command(f"OPTIMIZE TABLE {db}.inference_responses FINAL")  # one part: NULLs and texts in one block
+    for batch, total in ((ok, len(ok)), (failed, len(ok) + len(failed))):  # two inserts, two parts
+        await produce(kafka_settings, "inference-responses", batch)
+        await run_ingest(settings, lambda total=total: stored() >= total, clickhouse_settings)
+    client.command(f"OPTIMIZE TABLE {db}.inference_responses FINAL")  # merged: NULLs and texts in one block
     rows = client.query(
         f"SELECT output, error_message FROM {db}.inference_responses WHERE tenant = 'mixed'"
     ).result_rows
