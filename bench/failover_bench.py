@@ -46,7 +46,7 @@ def run(n: int = 100_000, rate: int = 2_000) -> list[Result]:
     keys = KeyServiceLocal(stack)
     keys.start()
     ch_port = free_port()
-    ch = spawn(home / "ch", ch_port, clickhouse_users_file(home))
+    ch = spawn(home / "ch", ch_port, clickhouse_users_file(home), trust_ca=keys.ca_file)
 
     def dsn(user: str) -> str:
         return f"http://{user}:{clickhouse_password(home, user).get_secret_value()}@127.0.0.1:{ch_port}/argus"

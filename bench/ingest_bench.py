@@ -164,7 +164,7 @@ def _one_broker(secure: bool, n: int, rate: int, freshness_s: int, keys_: tuple[
     keys.start()
     ref = KeyServiceRef.local(stack)
     ch_port = free_port()
-    ch = spawn(home / "ch", ch_port, clickhouse_users_file(home))
+    ch = spawn(home / "ch", ch_port, clickhouse_users_file(home), trust_ca=keys.ca_file)
 
     def dsn(user: str) -> str:
         return f"http://{user}:{clickhouse_password(home, user).get_secret_value()}@127.0.0.1:{ch_port}/argus"

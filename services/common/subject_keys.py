@@ -4,9 +4,12 @@ The key service (``services.keys``) holds one data key per data subject; ClickHo
 seals and opens texts with them in SQL (migration ``0008_sealed_texts``). This module is
 what the rest of Argus shares about it:
 
-- :class:`KeyServiceRef`: its URL and tokens, from settings (``ARGUS_PRIVACY_KEYS_URL``,
-  ``…_DICTIONARY_TOKEN_FILE``, ``…_ADMIN_TOKEN_FILE``) or, when none is set, the local
-  stack's (``<home>/secrets/privacy/…``, written by ``argus stack up``).
+- :class:`KeyServiceRef`: its URL, tokens and the CA its certificate is checked against,
+  from settings (``ARGUS_PRIVACY_KEYS_URL``, ``…_DICTIONARY_TOKEN_FILE``,
+  ``…_ADMIN_TOKEN_FILE``, ``…_CA_FILE``) or, when none is set, the local stack's
+  (``https://`` with the stack's CA, ``<home>/secrets/privacy/…``, written by ``argus
+  stack up``). ClickHouse checks the same certificate through its ``<openSSL><client>``
+  configuration (:func:`clickhouse_client_tls_config`).
 - :func:`dictionary_ddl`: ``subject_keys`` (reads) is ``COMPLEX_KEY_DIRECT``: ClickHouse
   caches no key for reading, so a destroyed key is unreadable from the next query on,
   with no reload to wait for. ``subject_keys_ensure`` (inserts: creates keys) caches
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -70,6 +74,7 @@ class PrivacySettings(BaseSettings):
     keys_url: str | None = None
     keys_dictionary_token_file: Path | None = None
     keys_admin_token_file: Path | None = None
+    keys_ca_file: Path | None = None  # the CA of an https:// key service's certificate (else the system's)
 
 
 def _read(path: Path) -> SecretStr:
@@ -89,23 +94,33 @@ class KeyServiceRef:
     url: str
     dictionary_token: SecretStr
     admin_token: SecretStr | None = None
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not _URL.fullmatch(self.url):
             raise KeyServiceError(f"the key service URL {self.url!r} is not an http(s) URL")
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How a client checks the key service's certificate (hostname included)."""
+        if not self.url.startswith("https://"):
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
     @classmethod
     def local(cls, stack: Any = None) -> KeyServiceRef:
-        """The local stack's key service (``argus stack up`` started it)."""
+        """The local stack's key service (``argus stack up`` started it): HTTPS with a
+        certificate from the stack's CA."""
         from services.common.settings import StackSettings
 
         s = stack or StackSettings()
-        secrets = Path(s.home).resolve() / "secrets" / "privacy"
+        home = Path(s.home).resolve()
+        secrets = home / "secrets" / "privacy"
         admin = secrets / "admin-token"
         return cls(
-            f"http://{s.host}:{s.keys_port}",
+            f"https://{s.host}:{s.keys_port}",
             _read(secrets / "dictionary-token"),
             _read(admin) if admin.exists() else None,
+            home / "tls" / "ca.pem",
         )
 
     @classmethod
@@ -119,6 +134,7 @@ class KeyServiceRef:
             p.keys_url.rstrip("/"),
             _read(p.keys_dictionary_token_file),
             _read(p.keys_admin_token_file) if p.keys_admin_token_file else None,
+            p.keys_ca_file,
         )
 
 
@@ -168,7 +184,7 @@ class KeyServiceClient:
             },
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:  # noqa: S310 - URL validated above
+            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self.ref.ssl_context()) as r:  # noqa: S310 - URL validated above
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
             raise KeyServiceError(f"key service {path}: HTTP {exc.code}") from None
@@ -183,6 +199,25 @@ class KeyServiceClient:
 
     def destroy(self, tenant: str, subject: str) -> dict[str, Any]:
         return self._post("/v1/subjects/destroy", {"tenant": tenant, "subject": subject})
+
+
+def clickhouse_client_tls_config(ca_file: Path) -> str:
+    """The ClickHouse server configuration (a ``config.d`` file) with which its HTTP
+    dictionary source checks the key service's certificate: against ``ca_file`` only (no
+    system CAs), chain and host name, refusing what fails. Measured on the engine here:
+    with it, a certificate from another CA and one for another host name are refused; a
+    server without the key service's CA refuses the certificate too."""
+    from xml.sax.saxutils import escape
+
+    return (
+        "<clickhouse>\n  <openSSL>\n    <client>\n"
+        f"      <caConfig>{escape(str(Path(ca_file).resolve()))}</caConfig>\n"
+        "      <loadDefaultCAFile>false</loadDefaultCAFile>\n"
+        "      <verificationMode>strict</verificationMode>\n"
+        "      <extendedVerification>true</extendedVerification>\n"
+        "      <invalidCertificateHandler><name>RejectCertificateHandler</name></invalidCertificateHandler>\n"
+        "    </client>\n  </openSSL>\n</clickhouse>\n"
+    )
 
 
 def bounded_subject(subject: str) -> str:

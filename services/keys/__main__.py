@@ -39,17 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     log = get_logger("keys")
     try:
         master, dictionary_token, admin_token = settings.secrets()
+        tls = settings.ssl_context()
     except ValueError as exc:
         print(f"argus keys service: {exc}", file=sys.stderr)
         return 2
     store = KeyStore(settings.store, master)
     log.info(
-        "key service starting", host=settings.host, port=settings.port, store=str(settings.store), keys=store.count()
+        "key service starting",
+        host=settings.host,
+        port=settings.port,
+        https=tls is not None,
+        store=str(settings.store),
+        keys=store.count(),
     )
     web.run_app(
         make_app(store, dictionary_token, admin_token, settings.max_body_bytes),
         host=settings.host,
         port=settings.port,
+        ssl_context=tls,
         print=None,
         access_log=None,
     )

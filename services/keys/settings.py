@@ -1,9 +1,14 @@
-"""Settings of the key service (``ARGUS_KEYS_…``): where it listens, its store, and the
+"""Settings of the key service (``ARGUS_KEYS_…``): where it listens, its store, the
 three secrets it needs, each from a file (a Kubernetes Secret, or what ``argus stack
-up`` generated). None has a default value: the service refuses to start without them."""
+up`` generated), and its TLS certificate. None of the secrets has a default value: the
+service refuses to start without them, and refuses to listen beyond loopback without
+TLS (the dictionaries' token and every key would cross the network in clear) unless
+``ARGUS_KEYS_ALLOW_PLAINTEXT`` says so."""
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -29,6 +34,11 @@ class KeyServiceSettings(BaseSettings):
     master_key_file: Path | None = None
     dictionary_token_file: Path | None = None  # ClickHouse's (the dictionaries' HTTP source)
     admin_token_file: Path | None = None  # `argus privacy …`'s
+    # HTTPS: a PEM file with the certificate chain (and the private key, unless
+    # tls_key_file names it: a kubernetes.io/tls Secret's tls.crt and tls.key)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    allow_plaintext: bool = False  # plain HTTP on a non-loopback address (behind a TLS proxy or mesh)
     max_body_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True
@@ -52,3 +62,32 @@ class KeyServiceSettings(BaseSettings):
         if dictionary.get_secret_value() == admin.get_secret_value():
             raise ValueError("the dictionary token and the admin token must differ")
         return master, dictionary, admin
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (TLS 1.2+), or None for plain HTTP, which only a
+        loopback address gets unless ``allow_plaintext`` is set."""
+        if self.tls_cert_file is None:
+            if self.tls_key_file is not None:
+                raise ValueError("ARGUS_KEYS_TLS_KEY_FILE is set without ARGUS_KEYS_TLS_CERT_FILE")
+            if not _loopback(self.host) and not self.allow_plaintext:
+                raise ValueError(
+                    f"refusing to serve keys in clear on {self.host}: set ARGUS_KEYS_TLS_CERT_FILE "
+                    "(or ARGUS_KEYS_ALLOW_PLAINTEXT=true behind a TLS proxy)"
+                )
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"TLS certificate {self.tls_cert_file}: {exc.__class__.__name__}") from None
+        return ctx
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -30,6 +30,10 @@ of the protocol stock clients use and nothing a real server would not do:
   (``--max-decompressed-bytes``), sessions per user and in all. HTTP sessions keep
   ``SET`` state (admin only), and a session used concurrently is refused
   (``SESSION_IS_LOCKED``).
+- The engine's outgoing TLS (the key dictionaries' HTTPS source): ``--trust-ca FILE``
+  gives it the server configuration a production ClickHouse gets in ``config.d``
+  (:func:`services.common.subject_keys.clickhouse_client_tls_config`): certificates
+  checked against that CA, host name included.
 
 Run: ``python -m services.stack.clickhouse_http --data-dir .argus/clickhouse/data
 --users-file .argus/clickhouse/users.json --port 8123``
@@ -371,11 +375,21 @@ class Engine:
         session_timeout_s: float = 60.0,
         max_sessions: int = 256,
         max_sessions_per_user: int = 32,
+        trust_ca: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.users = users
-        self._root = chdb.connect(str(self.data_dir))  # keeps the engine alive for the process
+        self._target = str(self.data_dir)
+        if trust_ca is not None:  # the engine's own server configuration: its outgoing TLS
+            from services.common.subject_keys import clickhouse_client_tls_config
+
+            if not Path(trust_ca).is_file():
+                raise ValueError(f"--trust-ca {trust_ca}: no such file")
+            config = self.data_dir.parent / f"{self.data_dir.name}.config.xml"
+            config.write_text(clickhouse_client_tls_config(Path(trust_ca)))
+            self._target = f"file:{self.data_dir}?config-file={config}"
+        self._root = chdb.connect(self._target)  # keeps the engine alive for the process
         for stale in (self.data_dir / ".http-inserts").glob("*"):  # spooled bodies of a process that died mid-insert
             stale.unlink(missing_ok=True)
         self.version = self._scalar("SELECT version()")
@@ -408,7 +422,7 @@ class Engine:
         return user
 
     def new_connection(self, user: User) -> Any:
-        conn = chdb.connect(str(self.data_dir))
+        conn = chdb.connect(self._target)
         if user.readonly:
             conn.query("SET readonly = 1", "TabSeparated")
         return conn
@@ -834,9 +848,12 @@ def spawn(  # noqa: ANN201
     quiet: bool = True,
     extra_args: list[str] | None = None,
     ca_file: Path | None = None,
+    trust_ca: Path | None = None,
 ):
     """Start this endpoint as its own process and wait until it answers ``/ping``
-    (tests and benchmarks; ``argus stack up`` manages it by pid file instead)."""
+    (tests and benchmarks; ``argus stack up`` manages it by pid file instead). ``ca_file``:
+    the CA of its own certificate (``--tls-cert`` in ``extra_args``), to ping it;
+    ``trust_ca``: the CA of the key service it calls."""
     import subprocess
     import urllib.request
 
@@ -855,6 +872,7 @@ def spawn(  # noqa: ANN201
             host,
             "--port",
             str(port),
+            *(["--trust-ca", str(trust_ca)] if trust_ca is not None else []),
             *(extra_args or []),
         ],
         cwd=repo,
@@ -892,13 +910,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-body-bytes", type=int, default=512 << 20)
     ap.add_argument("--max-decompressed-bytes", type=int, default=DEFAULT_MAX_DECOMPRESSED)
     ap.add_argument("--tls-cert", type=Path, help="Serve HTTPS with this PEM file (private key and certificate chain).")
+    ap.add_argument(
+        "--trust-ca",
+        type=Path,
+        help="The CA the engine checks HTTPS servers it calls against (the key service's); no system CAs.",
+    )
     args = ap.parse_args(argv)
     try:
         users = load_users(args.users_file)
+        engine = Engine(args.data_dir, users, trust_ca=args.trust_ca)
     except (OSError, ValueError) as exc:
         print(json.dumps({"event": "clickhouse_http.refused", "error": str(exc)}), file=sys.stderr, flush=True)
         return 2
-    engine = Engine(args.data_dir, users)
     server = serve(
         engine,
         args.host,
@@ -921,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
                 "host": args.host,
                 "port": server.server_address[1],
                 "https": args.tls_cert is not None,
+                "trust_ca": str(args.trust_ca) if args.trust_ca else None,
                 "engine_version": engine.version,
                 "data_dir": str(engine.data_dir),
                 "users": sorted(users),

@@ -9,7 +9,11 @@ mounts every secret only where it is needed:
 - ``broker/``: ``server.properties`` (with the admin's JAAS line), the broker's key and
   certificate chain, the CA, the cluster id, the admin's password and a client
   properties file for the healthcheck; owned by the image's user (uid 1000), 0600;
-- ``ca/ca.pem``: the CA certificate every client trusts (0644);
+- ``ca/ca.pem``: the CA certificate every client trusts (0644), the broker's and the key
+  service's;
+- ``keys-tls/keys.pem``: the key service's key and certificate (for ``keys`` and
+  ``localhost``), owned by the Argus image's user, 0600; ClickHouse checks it against
+  the CA (``deploy/clickhouse/config.d/argus-keys-tls.xml``);
 - ``<principal>/password``: one directory per principal of ``schemas/principals.yaml``
   plus ``argus-admin`` (owned by the Argus image's user, uid 10001, 0600).
 
@@ -29,10 +33,12 @@ from pathlib import Path
 from services.common.kafka_acl import ADMIN_PRINCIPAL, load_principals
 from services.stack.credentials import secret, write_private
 from services.stack.kafka_local import KafkaLocal, new_cluster_id
+from services.stack.tls import ensure_cert
 
 BROKER_UID = 1000  # apache/kafka's appuser
 ARGUS_UID = 10001  # deploy/docker/Dockerfile
 BROKER_DIR = "/etc/kafka-argus"  # where compose mounts broker/ in the kafka container
+KEYS_HOSTS = ["keys", "localhost"]  # the key service's names: on the compose network, and in its container
 DATA_DIR = "/var/lib/kafka/data"
 
 
@@ -86,6 +92,11 @@ def generate(
         shutil.copyfile(broker / "ca.pem", ca / "ca.pem")
         os.chmod(ca / "ca.pem", 0o644)
         wrote.append("ca")
+    keys_tls = out / "keys-tls" / "keys.pem"
+    if not keys_tls.exists():
+        keys_tls.parent.mkdir(parents=True, exist_ok=True)
+        write_private(keys_tls, ensure_cert(work, "keys", KEYS_HOSTS).read_text())  # signed by the same CA
+        wrote.append("keys-tls")
     for principal in [ADMIN_PRINCIPAL, *load_principals()]:
         target = out / principal / "password"
         if not target.exists():
@@ -97,6 +108,8 @@ def generate(
             os.chown(path, BROKER_UID, BROKER_UID)
             os.chmod(path, 0o644 if path.name == "ca.pem" else 0o600)
         os.chown(broker, BROKER_UID, BROKER_UID)
+        os.chown(keys_tls.parent, ARGUS_UID, ARGUS_UID)
+        os.chown(keys_tls, ARGUS_UID, ARGUS_UID)
         for principal in [ADMIN_PRINCIPAL, *load_principals()]:
             os.chown(out / principal, ARGUS_UID, ARGUS_UID)
             os.chown(out / principal / "password", ARGUS_UID, ARGUS_UID)

@@ -84,6 +84,9 @@ class ClickHouseLocal:
             "--port",
             str(self.settings.clickhouse_port),
         ]
+        from services.stack.tls import ensure_ca
+
+        cmd += ["--trust-ca", str(ensure_ca(Path(self.settings.home)))]  # the key service's certificate
         if self.settings.clickhouse_https:  # a certificate from the stack's CA, as the broker's
             from services.stack.tls import ensure_ca, ensure_cert
 
@@ -112,8 +115,10 @@ class ClickHouseLocal:
 
 
 class KeyServiceLocal:
-    """The subject key service (crypto-shredding) on loopback: its store in
-    ``<home>/keys/``, its master key and two tokens in ``<home>/secrets/privacy/``."""
+    """The subject key service (crypto-shredding) on loopback, over HTTPS with a
+    certificate from the stack's CA (``<home>/tls/keys.pem``; ClickHouse and ``argus
+    privacy`` check it against ``<home>/tls/ca.pem``): its store in ``<home>/keys/``, its
+    master key and two tokens in ``<home>/secrets/privacy/``."""
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
@@ -123,15 +128,23 @@ class KeyServiceLocal:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.keys_port}"
+        return f"https://{self.settings.host}:{self.settings.keys_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.home / "tls" / "ca.pem"
 
     def env(self) -> dict[str, str]:
         from services.stack.credentials import secret
+        from services.stack.tls import ensure_ca, ensure_cert
 
         secrets_dir = self.home / "secrets" / "privacy"
         for name in ("master-key", "dictionary-token", "admin-token"):
             secret(self.home, f"privacy/{name}")  # generated once, 0600
+        ensure_ca(self.home)
+        cert = ensure_cert(self.home, "keys", sorted({self.settings.host, "127.0.0.1", "localhost"}))
         return {
+            "ARGUS_KEYS_TLS_CERT_FILE": str(cert),
             "ARGUS_KEYS_HOST": self.settings.host,
             "ARGUS_KEYS_PORT": str(self.settings.keys_port),
             "ARGUS_KEYS_STORE": str(self.root / "subject-keys.sqlite3"),
@@ -154,8 +167,11 @@ class KeyServiceLocal:
         return _wait_until_up(self.process, pid, self.ping, timeout_s, "the key service", "/healthz")
 
     def ping(self) -> bool:
+        import ssl
+
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:  # noqa: S310 - loopback
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2, context=ctx) as r:  # noqa: S310 - loopback
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False

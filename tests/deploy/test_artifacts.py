@@ -23,7 +23,7 @@ CH_USERS = ("admin", "ingest", "retraining")
 SECRETS = {
     "clickhouse": {"users": {u: {"existingSecret": f"ch-{u}"} for u in CH_USERS}},
     "kafka": {"caSecret": {"name": "kafka-cluster-ca-cert"}},
-    "keys": {"existingSecret": "argus-subject-keys"},
+    "keys": {"existingSecret": "argus-subject-keys", "tls": {"secretName": "argus-keys-tls"}},
     "governance": {"trustSecret": "argus-governance-trust", "retrainingKeySecret": "argus-retraining-key"},
     "alerting": {"rulesSignatureSecret": "argus-alerting-rules-signature"},
     "retraining": {"policiesSignatureSecret": "argus-retraining-policies-signature"},
@@ -383,7 +383,7 @@ def test_the_key_service_needs_its_secret_and_the_migration_job_points_clickhous
     docs = render()
     job = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in job["containers"][0]["env"]}
-    assert env["ARGUS_PRIVACY_KEYS_URL"] == "http://argus-argus-keys:8129"
+    assert env["ARGUS_PRIVACY_KEYS_URL"] == "https://argus-argus-keys:8129"
     (token,) = [v for v in job["volumes"] if v["name"] == "keys-token"]
     assert token["secret"]["items"] == [{"key": "dictionary-token", "path": "dictionary-token"}]  # not the master key
     assert env["ARGUS_RETENTION_FILE"] == "/etc/argus/retention/retention.yaml"
@@ -397,9 +397,34 @@ def test_the_key_service_needs_its_secret_and_the_migration_job_points_clickhous
     keys = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-keys")
     assert keys["spec"]["replicas"] == 1 and keys["spec"]["strategy"] == {"type": "Recreate"}
     pod = keys["spec"]["template"]["spec"]
-    assert {v["name"] for v in pod["volumes"]} == {"store", "secrets"}
-    assert all(
-        e.get("value", "").startswith("/") or not e["name"].endswith("_FILE") for e in pod["containers"][0]["env"]
+    assert {v["name"] for v in pod["volumes"]} == {"store", "secrets", "tls"}
+    container = pod["containers"][0]
+    assert all(e.get("value", "").startswith("/") or not e["name"].endswith("_FILE") for e in container["env"])
+    # HTTPS from a kubernetes.io/tls Secret; the probes speak it, the admin client checks it
+    kenv = {e["name"]: e.get("value") for e in container["env"]}
+    assert kenv["ARGUS_KEYS_TLS_CERT_FILE"] == "/etc/argus/keys-tls/tls.crt"
+    assert kenv["ARGUS_PRIVACY_KEYS_CA_FILE"] == "/etc/argus/keys-tls/ca.crt"
+    assert (
+        kenv["ARGUS_PRIVACY_KEYS_URL"] == "https://argus-argus-keys:8129" and "ARGUS_KEYS_ALLOW_PLAINTEXT" not in kenv
+    )
+    assert (
+        container["livenessProbe"]["httpGet"]["scheme"] == container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    )
+    tls = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]
+    assert tls["secretName"] == "argus-keys-tls" and {i["key"] for i in tls["items"]} == {
+        "tls.crt",
+        "tls.key",
+        "ca.crt",
+    }
+    # no TLS: refused, unless plain HTTP is asked for (behind a mesh), which says so
+    with pytest.raises(Exception, match="keys.tls.secretName"):
+        render({"keys": {"tls": {"secretName": ""}}})
+    plain = render({"keys": {"tls": {"secretName": "", "plaintext": True}}})
+    keys = next(d for d in plain if d["kind"] == "Deployment" and d["metadata"]["name"] == "argus-argus-keys")
+    kenv = {e["name"]: e.get("value") for e in keys["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (
+        kenv["ARGUS_KEYS_ALLOW_PLAINTEXT"] == "true"
+        and kenv["ARGUS_PRIVACY_KEYS_URL"] == "http://argus-argus-keys:8129"
     )
     assert not [
         d for d in render({"keys": {"enabled": False, "existingSecret": ""}}) if "keys" in d["metadata"]["name"]
@@ -713,3 +738,27 @@ def test_a_guard_model_on_gpu_nodes_reaches_the_inference_settings_and_the_serve
 def pod_of(docs: list[dict]) -> dict:
     (pod,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-inference")]
     return pod
+
+
+def test_compose_serves_the_key_service_over_https_and_clickhouse_checks_it() -> None:
+    from services.common.subject_keys import clickhouse_client_tls_config
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    keys = services["keys"]["environment"]
+    assert (
+        keys["ARGUS_KEYS_TLS_CERT_FILE"] == "/etc/argus/keys-tls/keys.pem" and "ARGUS_KEYS_ALLOW_PLAINTEXT" not in keys
+    )
+    assert keys["ARGUS_PRIVACY_KEYS_URL"].startswith("https://")
+    assert services["argus-init"]["environment"]["ARGUS_PRIVACY_KEYS_URL"] == "https://keys:8129"
+    assert "https://" in " ".join(services["keys"]["healthcheck"]["test"])
+    # the certificate's key: only its generator and the key service hold it
+    holders = {n for n, s in services.items() if any(str(v).startswith("keys-tls:") for v in s.get("volumes", []))}
+    assert holders == {"keys", "kafka-secrets"}
+    # ClickHouse's config.d: the generated strict client section, the CA mounted where it says
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["clickhouse"]["volumes"] if v.count(":") == 2)
+    xml = mounts["./deploy/clickhouse/config.d/argus-keys-tls.xml"]
+    assert xml == "/etc/clickhouse-server/config.d/argus-keys-tls.xml"
+    assert mounts["kafka-ca"] == "/etc/argus/kafka-ca"
+    shipped = (REPO / "deploy" / "clickhouse" / "config.d" / "argus-keys-tls.xml").read_text()
+    assert shipped.endswith(clickhouse_client_tls_config(Path("/etc/argus/kafka-ca/ca.pem")))

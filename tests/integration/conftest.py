@@ -15,7 +15,7 @@ import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from pydantic import SecretStr
@@ -88,6 +88,7 @@ def key_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         "ARGUS_PRIVACY_KEYS_URL": ref.url,
         "ARGUS_PRIVACY_KEYS_DICTIONARY_TOKEN_FILE": str(secrets / "dictionary-token"),
         "ARGUS_PRIVACY_KEYS_ADMIN_TOKEN_FILE": str(secrets / "admin-token"),
+        "ARGUS_PRIVACY_KEYS_CA_FILE": str(ref.ca_file),  # HTTPS, a certificate from its stack CA
     }
     try:
         with environment(env):
@@ -120,15 +121,20 @@ def governance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def clickhouse_users(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """Base DSN (no database) of every user: the admin ``argus_admin`` and each role."""
+def clickhouse_users(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, key_service: Any
+) -> Iterator[dict]:
+    """Base DSN (no database) of every user: the admin ``argus_admin`` and each role. The
+    engine trusts the key service's CA (and no other) for the key dictionaries' HTTPS."""
     given = request.config.getoption("--clickhouse-dsn")
     if given:
         from services.common.clickhouse_access import ADMIN
 
         yield {ADMIN: given.rstrip("/")}
         return
-    proc, urls = start_clickhouse_endpoint(tmp_path_factory.mktemp("clickhouse-home"), free_port())
+    proc, urls = start_clickhouse_endpoint(
+        tmp_path_factory.mktemp("clickhouse-home"), free_port(), trust_ca=key_service.ca_file
+    )
     try:
         yield urls
     finally:

@@ -37,15 +37,27 @@ async def cli(
     return out.decode()
 
 
-def start_clickhouse_endpoint(home: Path, port: int, extra_args: list[str] | None = None, ca_file: Path | None = None):  # noqa: ANN201 - (Popen, {user: base url})
+def start_clickhouse_endpoint(  # noqa: ANN201 - (Popen, {user: base url})
+    home: Path,
+    port: int,
+    extra_args: list[str] | None = None,
+    ca_file: Path | None = None,
+    trust_ca: Path | None = None,
+):
     """The ClickHouse endpoint on ``port`` with the stack's users, their passwords
-    generated under ``home``; grants on ``argus`` and every per-test ``test_*`` database."""
+    generated under ``home``; grants on ``argus`` and every per-test ``test_*`` database.
+    The engine trusts ``trust_ca`` for the key service's HTTPS, by default the session key
+    service's CA (``ARGUS_PRIVACY_KEYS_CA_FILE``, set by the ``key_service`` fixture)."""
+    import os
+
     from services.common.clickhouse_access import ADMIN, ROLES
     from services.stack.clickhouse_http import spawn
     from services.stack.credentials import clickhouse_password, clickhouse_users_file
 
     users_file = clickhouse_users_file(home, ("argus", "test_*"))
-    proc = spawn(home / "data", port, users_file, extra_args=extra_args, ca_file=ca_file)
+    if trust_ca is None and os.environ.get("ARGUS_PRIVACY_KEYS_CA_FILE"):
+        trust_ca = Path(os.environ["ARGUS_PRIVACY_KEYS_CA_FILE"])
+    proc = spawn(home / "data", port, users_file, extra_args=extra_args, ca_file=ca_file, trust_ca=trust_ca)
     scheme = "https" if "--tls-cert" in (extra_args or []) else "http"
     urls = {
         u: f"{scheme}://{u}:{clickhouse_password(home, u).get_secret_value()}@127.0.0.1:{port}" for u in (ADMIN, *ROLES)

@@ -15,6 +15,7 @@ import time
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from cryptography import x509
 
 from services.common.kafka import client_kwargs
 from services.common.settings import KafkaSettings
@@ -49,6 +50,13 @@ def test_the_compose_broker_authenticates_every_principal_and_nobody_else(tmp_pa
     for f in ("server.properties", "argus-broker.pem", "admin-password"):
         assert (os.stat(out / "broker" / f).st_mode & 0o077) == 0, f
     assert "PRIVATE KEY" not in (out / "ca" / "ca.pem").read_text()  # what every client gets: no key
+    # the key service's certificate: from the same CA, for its compose name, its key private
+    assert "keys-tls" in wrote and (os.stat(out / "keys-tls" / "keys.pem").st_mode & 0o077) == 0
+    keys_pem = (out / "keys-tls" / "keys.pem").read_bytes()
+    cert = x509.load_pem_x509_certificates(keys_pem)[0]
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate((out / "ca" / "ca.pem").read_bytes()))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) >= {"keys", "localhost"}
 
     java = f"java -Xmx384m -cp '{LIBS}/*'"
     cmd = (

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 
 import pytest
 from cryptography.exceptions import InvalidTag
+from pydantic import SecretStr
 
 from services.common.signing import SignatureError, create_key, load_key, sign, verify
 from services.common.subject_keys import TEXT_COLUMNS, bounded_subject, subject_of
@@ -73,3 +75,33 @@ def test_signed_documents_verify_only_unaltered_and_from_trusted_keys(tmp_path) 
     os.chmod(tmp_path / "op.pem", 0o644)
     with pytest.raises(SignatureError, match="readable by others"):
         load_key(tmp_path / "op.pem")
+
+
+def test_the_key_service_serves_keys_in_clear_on_loopback_only(tmp_path) -> None:
+    from services.keys.settings import KeyServiceSettings
+    from services.stack.tls import ensure_cert
+
+    assert KeyServiceSettings(host="127.0.0.1").ssl_context() is None
+    assert KeyServiceSettings(host="::1").ssl_context() is None
+    with pytest.raises(ValueError, match="refusing to serve keys in clear on 0.0.0.0"):
+        KeyServiceSettings(host="0.0.0.0").ssl_context()  # noqa: S104 - what is refused
+    assert KeyServiceSettings(host="0.0.0.0", allow_plaintext=True).ssl_context() is None  # noqa: S104
+    cert = ensure_cert(tmp_path, "keys", ["keys.example"])
+    assert KeyServiceSettings(host="0.0.0.0", tls_cert_file=cert).ssl_context() is not None  # noqa: S104
+    with pytest.raises(ValueError, match="TLS certificate"):
+        KeyServiceSettings(tls_cert_file=tmp_path / "missing.pem").ssl_context()
+    with pytest.raises(ValueError, match="TLS_KEY_FILE is set without"):
+        KeyServiceSettings(tls_key_file=cert).ssl_context()
+
+
+def test_clickhouse_checks_the_key_services_certificate_strictly(tmp_path) -> None:
+    from services.common.subject_keys import KeyServiceRef, clickhouse_client_tls_config
+
+    xml = clickhouse_client_tls_config(tmp_path / "ca&.pem")
+    assert f"<caConfig>{tmp_path}/ca&amp;.pem</caConfig>" in xml
+    for part in ("<verificationMode>strict</verificationMode>", "<loadDefaultCAFile>false</loadDefaultCAFile>"):
+        assert part in xml
+    assert "RejectCertificateHandler" in xml and "AcceptCertificateHandler" not in xml
+    ref = KeyServiceRef("https://keys:8129", SecretStr("t" * 32), None, None)
+    assert ref.ssl_context().check_hostname and ref.ssl_context().verify_mode == ssl.CERT_REQUIRED
+    assert KeyServiceRef("http://127.0.0.1:8129", SecretStr("t" * 32)).ssl_context() is None

@@ -95,3 +95,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $u := index .root.Values.clickhouse.users .user -}}
 {{- default (printf "%s-clickhouse-%s" (include "argus.fullname" .root) .user) $u.existingSecret -}}
 {{- end -}}
+
+{{/* How ClickHouse and `argus privacy` reach the key service: keys.url, else this release's Service (https with keys.tls.secretName). */}}
+{{- define "argus.keysUrl" -}}
+{{- $scheme := ternary "https" "http" (not (empty .Values.keys.tls.secretName)) -}}
+{{- .Values.keys.url | default (printf "%s://%s-keys:8129" $scheme (include "argus.fullname" .)) -}}
+{{- end }}
