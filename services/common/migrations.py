@@ -68,20 +68,41 @@ _ENGINE = re.compile(
 )
 
 
+_COLUMNS_CHANGE = re.compile(r"\b(?:ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
+_TRANSIENT = ("_sealed", "_new", "_tmp")  # a rebuild's working tables: no Distributed table over them
+
+
+def _distributed(db: str, name: str, cluster: str, replace: bool = False) -> str:
+    verb = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
+    return (
+        f"{verb} {db}.{name}_all ON CLUSTER '{cluster}' AS {db}.{name} "
+        f"ENGINE = Distributed('{cluster}', '{db}', '{name}', rand())"
+    )
+
+
 def on_cluster(statements: list[str], db: str, cluster: str) -> list[str]:
     """``statements`` (one server's) for the cluster ``cluster``: each DDL ``ON CLUSTER``,
     each MergeTree replicated, a ``Distributed`` ``<name>_all`` after each row table.
-    ``INSERT … SELECT`` (the rebuild migrations) stays as it is: replication copies it to
-    the shard's replicas; on more than one shard it runs on each (docs/deploy.md)."""
+    A ``Distributed`` table copies its columns when it is created, so where a migration
+    changes a row table's columns (``ALTER … ADD/DROP/MODIFY/RENAME COLUMN``) or swaps it
+    for a rebuilt one (``EXCHANGE TABLES``), its ``_all`` is recreated over it at the end
+    of the migration (it holds no rows: reads go to the shards). ``INSERT … SELECT`` (the
+    rebuild migrations) stays as it is: replication copies it to the shard's replicas; on
+    more than one shard it runs on each (docs/deploy.md)."""
     try:
         check_cluster(cluster)
     except ValueError as exc:
         raise MigrationError(str(exc)) from None
     out = []
+    stale: list[str] = []  # row tables whose _all no longer has their columns, in order
     for stmt in statements:
         for pattern in _DDL:
             m = pattern.match(stmt)
             if m:
+                head = m["head"].split(None, 1)[0].upper()
+                changed = (head == "ALTER" and _COLUMNS_CHANGE.search(stmt)) or head == "EXCHANGE"
+                if changed and not m["name"].endswith(_TRANSIENT) and m["name"] not in stale:
+                    stale.append(m["name"])
                 stmt = f"{m['head']} ON CLUSTER '{cluster}'{stmt[m.end() :]}"
                 break
         engine = _ENGINE.search(stmt)
@@ -92,13 +113,11 @@ def on_cluster(statements: list[str], db: str, cluster: str) -> list[str]:
             )
             stmt = f"{stmt[: engine.start()]}ENGINE = Replicated{engine['kind'] or ''}MergeTree({args}){stmt[engine.end() :]}"
             out.append(stmt)
-            if not name.endswith(("_sealed", "_new", "_tmp")):
-                out.append(
-                    f"CREATE TABLE IF NOT EXISTS {db}.{name}_all ON CLUSTER '{cluster}' AS {db}.{name} "
-                    f"ENGINE = Distributed('{cluster}', '{db}', '{name}', rand())"
-                )
+            if not name.endswith(_TRANSIENT):
+                out.append(_distributed(db, name, cluster))
             continue
         out.append(stmt)
+    out.extend(_distributed(db, name, cluster, replace=True) for name in stale)
     return out
 
 

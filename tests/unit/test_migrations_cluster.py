@@ -56,3 +56,61 @@ def test_the_retention_ttls_refuse_a_cluster_name_before_any_statement() -> None
 
     with pytest.raises(ValueError, match="not a ClickHouse identifier"):
         retention.apply(Refusing(), "argus", cluster="x' ON CLUSTER 'y")
+
+
+def _one_server(stmt: str) -> str:
+    """A cluster statement as one server runs it: no ``ON CLUSTER`` (that needs Keeper),
+    plain MergeTree; the ``Distributed`` tables stay, over a cluster of this one server."""
+    stmt = stmt.replace(" ON CLUSTER 'main'", "")
+    return re.sub(
+        r"Replicated(\w*)MergeTree\('/clickhouse/tables/\{uuid\}/\{shard\}', '\{replica\}'(?:, )?([^)]*)\)",
+        r"\1MergeTree(\2)",
+        stmt,
+    )
+
+
+def test_every_distributed_table_has_its_row_tables_columns_after_all_migrations(tmp_path) -> None:  # noqa: ANN001
+    """Run on the real engine, with ``main`` a cluster of this one server: after every
+    migration (columns added, tables rebuilt and exchanged), each ``<table>_all`` has
+    exactly its table's columns and reads through it."""
+    from chdb import session
+    from pydantic import SecretStr
+
+    from services.common.subject_keys import KeyServiceRef, dictionary_ddl
+
+    config = tmp_path / "config.xml"
+    config.write_text(
+        "<clickhouse><tcp_port>9000</tcp_port><remote_servers><main><shard><replica>"
+        "<host>localhost</host><port>9000</port></replica></shard></main></remote_servers></clickhouse>"
+    )
+    s = session.Session(f"file:{tmp_path / 'data'}?config-file={config}")
+    try:
+        s.query("CREATE DATABASE argus")
+        for ddl in dictionary_ddl("argus", KeyServiceRef("https://127.0.0.1:9", SecretStr("t" * 32))):
+            s.query(ddl)
+        for m in migrations.load():
+            for stmt in m.statements("argus", "main"):
+                s.query(_one_server(stmt))
+
+        def columns(kind: str) -> dict[str, list[tuple[str, str]]]:
+            rows = s.query(
+                "SELECT t.name, c.name, c.type FROM system.tables t JOIN system.columns c "
+                "ON c.database = t.database AND c.table = t.name "
+                f"WHERE t.database = 'argus' AND t.engine {kind} ORDER BY t.name, c.position",
+                "JSONCompact",
+            )
+            out: dict[str, list[tuple[str, str]]] = {}
+            for table, name, typ in json.loads(rows.bytes())["data"]:
+                out.setdefault(table, []).append((name, typ))
+            return out
+
+        local, distributed = columns("LIKE '%MergeTree'"), columns("= 'Distributed'")
+        assert set(distributed) == {f"{t}_all" for t in local if t != "schema_migrations"}
+        for name, cols in distributed.items():
+            assert cols == local[name.removesuffix("_all")], name
+        # the rebuilt (sealed) tables' columns and the ALTERs' additions are there
+        assert ("prompt_ct", "Nullable(String)") in distributed["inference_requests_all"]
+        assert "signature" in {c for c, _ in distributed["serving_state_all"]}
+        s.query("SELECT count() FROM argus.inference_requests_all")  # reads through it
+    finally:
+        s.close()
