@@ -1,5 +1,6 @@
-"""Serving states as records: the inference service applies the desired state of its
-model's Serve application from ``argus.serving.state`` and acknowledges it there.
+"""Serving states as records: the inference service applies the desired states of its
+models (``model_name`` and each of ``models``, keyed by name, each with revisions of its
+own) from ``argus.serving.state`` and acknowledges each there.
 
 A canary, a promotion or a rollback is a ``desired`` record (versions, weights,
 artifact digests, a revision one above the last) written by the retraining service or
@@ -13,7 +14,8 @@ The services never call each other, and every change is on the topic and in Clic
 At start-up the topic is read from its beginning: the latest desired state is applied
 again (a restarted service keeps the last promotion instead of falling back to its
 environment's versions); with none, the state the service deployed from its settings
-is published as ``applied``, so writers know what is live.
+is published as ``applied``, so writers know what is live. A state of one model changes
+that model's versions only: the others' routing and replicas stay as they are.
 """
 
 from __future__ import annotations
@@ -74,8 +76,27 @@ def state_record(
     }
 
 
+def model_versions(settings: InferenceSettings, model: str) -> tuple[ModelVersion, ...]:
+    """The versions ``settings`` serves for ``model`` (``KeyError`` when it serves none)."""
+    if model == settings.model_name:
+        return settings.versions
+    for m in settings.models:
+        if m.name == model:
+            return m.versions
+    raise KeyError(model)
+
+
+def with_versions(settings: InferenceSettings, model: str, versions: tuple[ModelVersion, ...]) -> InferenceSettings:
+    """``settings`` with ``model``'s versions replaced, every other model's as they were."""
+    if model == settings.model_name:
+        return settings.model_copy(update={"versions": versions})
+    models = tuple(m.model_copy(update={"versions": versions}) if m.name == model else m for m in settings.models)
+    return settings.model_copy(update={"models": models})
+
+
 class ServingStateApplier:
-    """Follows ``argus.serving.state`` and applies this model's desired states in order."""
+    """Follows ``argus.serving.state`` and applies the desired states of the models this
+    service serves, each model's in its own revision order."""
 
     def __init__(
         self,
@@ -89,17 +110,18 @@ class ServingStateApplier:
 
         self.settings = settings
         self.model = settings.model_name
+        self.models = (settings.model_name, *(m.name for m in settings.models))
         self.producer = producer
         self.deploy = deploy
         self.actor = actor
         self.metrics = metrics or Metrics("inference")
         self.codec = get_codec(TOPIC)
         self.topic = settings.kafka.topic(TOPIC)
-        self.log = get_logger("argus.inference.serving", model=self.model)
+        self.log = get_logger("argus.inference.serving", models=",".join(self.models))
         self.current: InferenceSettings = settings  # what is deployed now
-        self.last_revision = 0  # highest revision seen on the topic for this model
-        self.latest_desired: dict[str, Any] | None = None
-        self.applied_revision: int | None = None
+        self.last_revision: dict[str, int] = dict.fromkeys(self.models, 0)  # highest revision seen, per model
+        self.latest_desired: dict[str, dict[str, Any]] = {}
+        self.applied_revision: dict[str, int] = {}
         dlq = DeadLetterPolicy(
             kafka=settings.kafka, service="inference", group=f"{settings.app_name}-serving-state", metrics=self.metrics
         )
@@ -119,38 +141,45 @@ class ServingStateApplier:
         await self.reader.run(stop)
 
     async def on_record(self, key: str, rec: dict[str, Any]) -> None:
-        if rec["model"] != self.model:
+        model = rec["model"]
+        if model not in self.last_revision:
             return
-        self.last_revision = max(self.last_revision, rec["revision"])
+        self.last_revision[model] = max(self.last_revision[model], rec["revision"])
         if rec["status"] != "desired":
             return
-        if self.latest_desired is not None and rec["revision"] <= self.latest_desired["revision"]:
+        latest = self.latest_desired.get(model)
+        if latest is not None and rec["revision"] <= latest["revision"]:
             self.log.warning(
                 "serving.stale_revision_ignored",
+                model=model,
                 revision=rec["revision"],
-                latest=self.latest_desired["revision"],
+                latest=latest["revision"],
                 actor=rec["actor"],
             )
             return
-        self.latest_desired = rec
+        self.latest_desired[model] = rec
         if self.reader.caught_up.is_set():
             await self.apply(rec)
 
     async def on_caught_up(self) -> None:
-        if self.latest_desired is not None:
-            await self.apply(self.latest_desired, "re-applied at start-up")
-        else:
-            await self._publish(
-                self.last_revision,
-                "applied",
-                served_versions(self.current.versions),
-                "deployed from the service's settings at start-up",
-            )
+        for model in self.models:
+            if model in self.latest_desired:
+                await self.apply(self.latest_desired[model], "re-applied at start-up")
+            else:
+                await self._publish(
+                    model,
+                    self.last_revision[model],
+                    "applied",
+                    served_versions(model_versions(self.current, model)),
+                    "deployed from the service's settings at start-up",
+                )
 
     def desired_settings(self, rec: dict[str, Any]) -> InferenceSettings:
-        """The service's settings with the record's versions (per-version tunables kept
-        for versions already served); raises ``ValueError`` for a state it must refuse."""
-        known = {v.version: v for v in self.current.versions}
+        """The service's settings with the record's versions for its model (per-version
+        tunables kept for versions already served, the other models untouched); raises
+        ``ValueError`` for a state it must refuse."""
+        model = rec["model"]
+        known = {v.version: v for v in model_versions(self.current, model)}
         versions = []
         for v in rec["versions"]:
             base = known.get(v["version"])
@@ -175,10 +204,10 @@ class ServingStateApplier:
         governance = governance_args(self.current)
         for v in versions:
             try:
-                check_artifact_signature(self.model, v, governance)
+                check_artifact_signature(model, v, governance)
             except ArtifactRefused as exc:
                 raise ValueError(str(exc)) from None
-        candidate = self.current.model_copy(update={"versions": tuple(versions)})
+        candidate = with_versions(self.current, model, tuple(versions))
         try:
             InferenceSettings.model_validate(candidate.model_dump())  # the same checks as at start-up
         except ValidationError as exc:
@@ -203,19 +232,26 @@ class ServingStateApplier:
         on it) and answered ``failed``; it never reaches :meth:`on_record`."""
         from services.common.runtime.decode import InvalidMessage
 
-        if rec["model"] != self.model or rec["status"] != "desired":
+        if rec["model"] not in self.last_revision or rec["status"] != "desired":
             return
         try:
             self.check_signed(rec)
         except Refused as exc:
             self.metrics.inc("argus_governance_refused_total", topic=self.topic, reason=exc.kind)
-            self.log.error("serving.refused", revision=rec["revision"], actor=rec["actor"], error=str(exc)[:1000])
+            self.log.error(
+                "serving.refused",
+                model=rec["model"],
+                revision=rec["revision"],
+                actor=rec["actor"],
+                error=str(exc)[:1000],
+            )
             if self.reader.caught_up.is_set():  # the writer waits for an answer to its revision
                 answer = asyncio.get_running_loop().create_task(
                     self._publish(
+                        rec["model"],
                         rec["revision"],
                         "failed",
-                        served_versions(self.current.versions),
+                        served_versions(model_versions(self.current, rec["model"])),
                         f"revision {rec['revision']} not applied: refused: {exc}",
                         rec.get("trigger_id"),
                     )
@@ -225,47 +261,54 @@ class ServingStateApplier:
             raise InvalidMessage(f"refused: {exc}", f"Refused.{exc.kind}") from None
 
     async def apply(self, rec: dict[str, Any], note: str = "") -> None:
-        revision = rec["revision"]
+        model, revision = rec["model"], rec["revision"]
+
+        async def failed(reason: str) -> None:  # what is served stays as it was; the writer reads why
+            self.log.error(
+                "serving.apply_failed", model=model, revision=revision, actor=rec["actor"], error=reason[:1000]
+            )
+            await self._publish(
+                model,
+                revision,
+                "failed",
+                served_versions(model_versions(self.current, model)),
+                f"revision {revision} not applied: {reason}",
+                rec.get("trigger_id"),
+            )
+
         try:
             self.check_signed(rec)  # who asked, before what was asked is even looked at
             wanted = self.desired_settings(rec)
             await asyncio.to_thread(self.deploy, wanted)
         except Refused as exc:
-            self.log.error("serving.apply_failed", revision=revision, actor=rec["actor"], error=str(exc)[:1000])
-            await self._publish(
-                revision,
-                "failed",
-                served_versions(self.current.versions),
-                f"revision {revision} not applied: refused: {exc}",
-                rec.get("trigger_id"),
-            )
+            await failed(f"refused: {exc}")
             return
         except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
-            # refused or failed: what is served stays as it was; the writer reads why
-            self.log.error("serving.apply_failed", revision=revision, actor=rec["actor"], error=str(exc)[:1000])
-            await self._publish(
-                revision,
-                "failed",
-                served_versions(self.current.versions),
-                f"revision {revision} not applied: {type(exc).__name__}: {exc}",
-                rec.get("trigger_id"),
-            )
+            await failed(f"{type(exc).__name__}: {exc}")
             return
         self.current = wanted
-        self.applied_revision = revision
-        weights = ", ".join(f"{v.version}={v.weight:g}" for v in wanted.versions)
-        self.log.info("serving.applied", revision=revision, actor=rec["actor"], weights=weights)
+        self.applied_revision[model] = revision
+        versions = model_versions(wanted, model)
+        weights = ", ".join(f"{v.version}={v.weight:g}" for v in versions)
+        self.log.info("serving.applied", model=model, revision=revision, actor=rec["actor"], weights=weights)
         await self._publish(
+            model,
             revision,
             "applied",
-            served_versions(wanted.versions),
+            served_versions(versions),
             f"serve application running with weights {weights}" + (f" ({note})" if note else ""),
             rec.get("trigger_id"),
         )
 
     async def _publish(
-        self, revision: int, status: str, versions: list[dict[str, Any]], comment: str, trigger_id: str | None = None
+        self,
+        model: str,
+        revision: int,
+        status: str,
+        versions: list[dict[str, Any]],
+        comment: str,
+        trigger_id: str | None = None,
     ) -> None:
-        rec = state_record(self.model, revision, status, versions, self.actor, comment, trigger_id)
-        await self.producer.send_and_wait(self.topic, self.codec.encode(rec), key=self.model.encode())
+        rec = state_record(model, revision, status, versions, self.actor, comment, trigger_id)
+        await self.producer.send_and_wait(self.topic, self.codec.encode(rec), key=model.encode())
         self.metrics.inc("argus_messages_produced_total", topic=self.topic)

@@ -104,15 +104,15 @@ def test_the_inference_side_keeps_per_version_tunables_and_refuses_a_bad_state(t
         governance=GovernanceSettings(trust_file=tmp_path / "none.yaml"),
     )
     applier = ServingStateApplier(settings, Producer(), deploy=lambda s: None)
-    wanted = applier.desired_settings({"versions": [v("v1", 90.0), v("v2", 10.0)]})
+    wanted = applier.desired_settings({"model": MODEL, "versions": [v("v1", 90.0), v("v2", 10.0)]})
     by_version = {x.version: x for x in wanted.versions}
     assert by_version["v1"].max_replicas == 3 and by_version["v1"].weight == 90.0
     assert by_version["v2"].model_path == Path("/m/v2.gguf") and by_version["v2"].max_replicas == 1
     assert served_versions(wanted.versions)[1]["artifact_uri"] == "/m/v2.gguf"
     with pytest.raises(ValueError, match="at least one version"):
-        applier.desired_settings({"versions": []})
+        applier.desired_settings({"model": MODEL, "versions": []})
     with pytest.raises(ValueError):
-        applier.desired_settings({"versions": [v("not a valid version!", 100.0)]})
+        applier.desired_settings({"model": MODEL, "versions": [v("not a valid version!", 100.0)]})
 
 
 def test_a_state_whose_artifact_no_trusted_pipeline_key_signed_is_refused_before_deploying(tmp_path: Path) -> None:
@@ -139,14 +139,14 @@ def test_a_state_whose_artifact_no_trusted_pipeline_key_signed_is_refused_before
 
     # v1 (unsigned) is refused where unsigned models are not allowed: the production default
     with pytest.raises(ValueError, match="v1: the artifact is not signed"):
-        applier.desired_settings({"versions": [v("v1", 100.0)]})
+        applier.desired_settings({"model": MODEL, "versions": [v("v1", 100.0)]})
     applier.current = settings.model_copy(update={"allow_unsigned_models": True})
-    wanted = applier.desired_settings({"versions": [v("v1", 90.0), signed(ci)]})
+    wanted = applier.desired_settings({"model": MODEL, "versions": [v("v1", 90.0), signed(ci)]})
     assert [x.artifact_signature is not None for x in wanted.versions] == [False, True]
     with pytest.raises(ValueError, match="not in the trust file"):
-        applier.desired_settings({"versions": [v("v1", 90.0), signed(stranger)]})
+        applier.desired_settings({"model": MODEL, "versions": [v("v1", 90.0), signed(stranger)]})
     with pytest.raises(ValueError, match="does not match"):  # signed for other bytes
-        applier.desired_settings({"versions": [v("v1", 90.0), signed(ci, "cd" * 32)]})
+        applier.desired_settings({"model": MODEL, "versions": [v("v1", 90.0), signed(ci, "cd" * 32)]})
     assert deployed == []
 
 
@@ -186,3 +186,58 @@ async def test_only_a_desired_state_signed_by_the_service_or_an_operator_is_appl
     await applier.apply(desired(4, service))
     await applier.apply(desired(5, ops))
     assert [r["status"] for r in producer.sent[-2:]] == ["applied", "applied"] and len(deployed) == 2
+
+
+async def test_each_served_model_has_its_own_states_and_a_canary_on_one_leaves_the_other(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from services.inference.serving import state_record
+    from services.inference.settings import ServedModel
+
+    trust = tmp_path / "trust.yaml"
+    service = Signer("argus-retraining", Ed25519PrivateKey.generate())
+    add_trusted(trust, service.name, service.key.public_key(), ["service"])
+    terse = ServedModel(name="smollm2-terse", system_prompt="Answer with one word.", max_tokens=3)
+    settings = InferenceSettings(
+        versions=(ModelVersion(version="v1", weight=100.0, max_replicas=2),),
+        models=(terse,),
+        governance=GovernanceSettings(trust_file=trust),
+        allow_unsigned_models=True,
+    )
+    producer, deployed = Producer(), []
+    applier = ServingStateApplier(settings, producer, deploy=deployed.append)
+    codec = get_codec("serving-state")
+
+    def desired(model: str, revision: int, versions: list[dict[str, Any]]) -> dict[str, Any]:
+        rec = codec.decode_plain(
+            codec.encode(state_record(model, revision, "desired", versions, "argus-retraining", ""))
+        )
+        return codec.decode_plain(codec.encode(service.sign_record(codec.name, codec.version, rec)))
+
+    # start-up with nothing desired: each model's state, as deployed from the settings
+    await applier.on_caught_up()
+    assert [(r["model"], r["revision"], r["status"]) for r in producer.sent] == [
+        (MODEL, 0, "applied"),
+        ("smollm2-terse", 0, "applied"),
+    ]
+    applier.reader.caught_up.set()
+    # a canary on the second model: its versions change, the first's stay (tunables too)
+    await applier.on_record("smollm2-terse", desired("smollm2-terse", 1, [v("v1", 90.0), v("v2", 10.0)]))
+    (now,) = deployed
+    assert [(x.version, x.weight) for x in now.models[0].versions] == [("v1", 90.0), ("v2", 10.0)]
+    assert now.models[0].system_prompt == "Answer with one word." and now.models[0].max_tokens == 3
+    assert now.versions == settings.versions and now.routing_config()["weights"] == {"v1": 100.0}
+    assert (producer.sent[-1]["model"], producer.sent[-1]["revision"], producer.sent[-1]["status"]) == (
+        "smollm2-terse",
+        1,
+        "applied",
+    )
+    # revisions are per model: revision 1 of the first model is not stale
+    await applier.on_record(MODEL, desired(MODEL, 1, [v("v1", 100.0)]))
+    assert producer.sent[-1]["model"] == MODEL and producer.sent[-1]["status"] == "applied"
+    assert [(x.version, x.weight) for x in deployed[-1].models[0].versions] == [("v1", 90.0), ("v2", 10.0)]
+    assert applier.applied_revision == {"smollm2-terse": 1, MODEL: 1}
+    # a model this service does not serve: not applied, not answered (another service's)
+    sent = len(producer.sent)
+    await applier.on_record("gpt-4o", desired("gpt-4o", 1, [v("v1", 100.0)]))
+    assert len(producer.sent) == sent and len(deployed) == 2
