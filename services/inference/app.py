@@ -1,14 +1,15 @@
 """The Ray Serve application.
 
-- ``LLMServer``: one deployment per model version (``llm-<version>``). Loads its engine
+- ``LLMServer``: one deployment per model version (``llm-<version>``, in an application
+  of its own, ``<app>.llm-<version>``: :func:`version_builder`). Loads its engine
   in ``__init__`` (verifying the artifact's digest), batches with ``@serve.batch``, keeps
   tunables in ``user_config`` (``reconfigure``: max tokens, batch size, system prompt)
   and raises from ``check_health`` when the engine is unusable.
 - ``Router`` (:mod:`services.inference.router`): the ingress, shared with the GPU
   builder in :mod:`services.inference.gpu`.
-- :func:`app_builder` builds the application from the declarative config of
-  :mod:`services.inference.serveconfig`; :func:`deploy` applies that config to the
-  running Serve instance.
+- :func:`app_builder` builds the router's application from the declarative config of
+  :mod:`services.inference.serveconfig`; :func:`deploy` applies that config (the router
+  and every version's application) to the running Serve instance.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, AsyncIterator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from services.inference.applied import application_config
+from services.inference.applied import application_configs
 from services.inference.responses import chat_params
 from services.inference.router import Router
 from services.inference.settings import InferenceSettings, ModelVersion
@@ -143,64 +144,109 @@ class LLMServer:
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
-    """Application builder for Serve's declarative config (``import_path``
-    ``services.inference.app:app_builder``), as used by ``serve deploy`` and KubeRay."""
-    engine = dict(args["engine"])
-
-    def versions(model: str, artifacts: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
-        handles = {}
-        for artifact in artifacts:
-            dep = serve.deployment(LLMServer).options(
-                name=f"{prefix}{artifact['version']}",
-                max_ongoing_requests=engine["max_ongoing_requests"],
-                ray_actor_options={"num_cpus": engine["replica_num_cpus"], "num_gpus": engine["num_gpus"]},
-                health_check_period_s=10,
-            )
-            handles[artifact["version"]] = dep.bind(model, artifact, engine, args.get("governance"))
-        return handles
-
+    """The router's application (``import_path services.inference.app:app_builder``), as
+    used by ``serve deploy`` and KubeRay: the ingress, which finds each version's
+    replicas by the names its ``user_config`` gives (``served``)."""
     router = serve.deployment(Router).options(
         name="router",
         num_replicas=1,
         max_ongoing_requests=args["router_max_ongoing_requests"],
         ray_actor_options={"num_cpus": 0},
     )
-    models = {m["name"]: versions(m["name"], m["versions"], f"llm-{m['name']}-") for m in args.get("models") or []}
-    return router.bind(args["model_name"], versions(args["model_name"], args["versions"], "llm-"), models=models)
+    return router.bind(args["model_name"])
+
+
+def version_builder(args: dict[str, Any]) -> serve.Application:
+    """One model version's application (``services.inference.app:version_builder``)."""
+    engine = dict(args["engine"])
+    dep = serve.deployment(LLMServer).options(
+        name=args["deployment"],
+        max_ongoing_requests=engine["max_ongoing_requests"],
+        ray_actor_options={"num_cpus": engine["replica_num_cpus"], "num_gpus": engine["num_gpus"]},
+        health_check_period_s=10,
+    )
+    return dep.bind(args["model_name"], args["artifact"], engine, args.get("governance"))
+
+
+def _owned(settings: InferenceSettings, name: str, config: Any) -> bool:
+    """An application this service deploys: its router, or a version whose owner it is."""
+    return name == settings.app_name or (config is not None and (config.args or {}).get("owner") == settings.app_name)
 
 
 def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentHandle:
-    """Apply :func:`serve_config` to the running Serve instance (what ``serve deploy``
-    does through the dashboard's REST API) and wait until the application is running."""
+    """Apply the settings' Serve applications (:func:`application_configs`) to the running
+    Serve instance (what ``serve deploy`` does through the dashboard's REST API) and wait
+    until the router serves them. In steps, so that no request is routed to replicas that
+    are not there: the new or changed versions first (the router as it is), then the
+    router's new routing, then the versions it no longer routes to are deleted. Every
+    other application of the Serve instance is kept as it is."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
     client = _get_global_client()
-    apps = [ServeApplicationSchema(**application_config(settings))]
-    # keep the other applications of this Serve instance as they are
-    for name, status in serve.status().applications.items():
-        if name != settings.app_name and getattr(status, "deployed_app_config", None) is not None:
-            apps.append(status.deployed_app_config)
-    client.deploy_apps(ServeDeploySchema(applications=apps), _blocking=False)
+    wanted = [ServeApplicationSchema(**a) for a in application_configs(settings)]
+    router, versions = wanted[0], {a.name: a for a in wanted[1:]}
     deadline = time.monotonic() + timeout_s
+    deployed = {
+        name: status.deployed_app_config
+        for name, status in serve.status().applications.items()
+        if getattr(status, "deployed_app_config", None) is not None
+    }
+    others = [c for n, c in deployed.items() if not _owned(settings, n, c)]
+    ours = {n: c for n, c in deployed.items() if _owned(settings, n, c)}
+
+    def apply(apps: list[Any]) -> None:
+        client.deploy_apps(ServeDeploySchema(applications=others + apps), _blocking=False)
+
+    def wait(names: list[str]) -> None:
+        while True:
+            status = serve.status().applications
+            for n in names:
+                app = status.get(n)
+                if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                    raise RuntimeError(f"{n}: {app.status}: {app.message}")
+            if all(status.get(n) is not None and status[n].status == "RUNNING" for n in names):
+                return
+            if time.monotonic() > deadline:
+                states = {n: (status[n].status if n in status else "absent") for n in names}
+                raise TimeoutError(f"{settings.app_name} not running after {timeout_s:.0f}s: {states}")
+            time.sleep(0.25)
+
+    changed = [n for n, a in versions.items() if n not in ours or ours[n].args != a.args]
+    if changed and settings.app_name in ours:  # 1. the new versions' replicas, routed to by nobody yet
+        apply(
+            [ours[settings.app_name]]
+            + [versions.get(n) or c for n, c in ours.items() if n != settings.app_name]
+            + [versions[n] for n in changed if n not in ours]
+        )
+        wait(changed)
+    removed = [n for n in ours if n != settings.app_name and n not in versions]
+    # 2. the router's new routing (the versions it no longer routes to still there)
+    apply([router, *versions.values(), *(ours[n] for n in removed)])
+    wait([router.name, *versions])
+    handle = _wait_for_routing(settings, deadline, timeout_s)
+    if removed:  # 3. the versions nothing routes to any more
+        apply([router, *versions.values()])
+        while any(n in serve.status().applications for n in removed):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{settings.app_name}: {removed} not deleted after {timeout_s:.0f}s")
+            time.sleep(0.25)
+    return handle
+
+
+def _wait_for_routing(settings: InferenceSettings, deadline: float, timeout_s: float) -> DeploymentHandle:
+    target = settings.routing_config()
+    handle = serve.get_app_handle(settings.app_name)
     while True:
-        app = serve.status().applications.get(settings.app_name)
-        target = settings.routing_config()
-        if app is not None and app.status == "RUNNING":
-            handle = serve.get_app_handle(settings.app_name)
-            # a blocking handle call must not run on a caller's event loop: use a thread
-            with ThreadPoolExecutor(1) as pool:
-                routing = pool.submit(lambda: handle.routing.remote().result()).result()
-            others = all(
-                routing["models"].get(m) == {"weights": r["weights"], "shadows": r["shadows"]}
-                for m, r in target["models"].items()
-            )
-            if routing["weights"] == target["weights"] and routing["shadows"] == target["shadows"] and others:
-                return handle
-        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"{settings.app_name}: {app.status}: {app.message}")
+        # a blocking handle call must not run on a caller's event loop: use a thread
+        with ThreadPoolExecutor(1) as pool:
+            routing = pool.submit(lambda: handle.routing.remote().result()).result()
+        others = all(
+            routing["models"].get(m) == {"weights": r["weights"], "shadows": r["shadows"]}
+            for m, r in target["models"].items()
+        )
+        if routing["weights"] == target["weights"] and routing["shadows"] == target["shadows"] and others:
+            return handle
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{settings.app_name} not running after {timeout_s:.0f}s: {app.status if app else 'absent'}"
-            )
+            raise TimeoutError(f"{settings.app_name}: routing not applied after {timeout_s:.0f}s")
         time.sleep(0.25)

@@ -6,23 +6,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.inference.serveconfig import serve_config
+from services.inference.serveconfig import serve_applications
 from services.inference.settings import InferenceSettings
 
 
-def application_config(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
-    """The config of the engine the settings name: :func:`serve_config` on CPU (llama.cpp),
-    :func:`~services.inference.gpu.gpu_serve_config` for vLLM. What :func:`deploy
+def application_configs(settings: InferenceSettings, trust_file: str | None = None) -> list[dict[str, Any]]:
+    """The applications of the engine the settings name (the router first, then one per
+    model version): :func:`serve_applications` on CPU (llama.cpp),
+    :func:`~services.inference.gpu.gpu_serve_applications` for vLLM. What :func:`deploy
     <services.inference.app.deploy>` applies and `argus inference serve-config` prints."""
     if settings.engine.kind == "vllm":
-        from services.inference.gpu import gpu_serve_config
+        from services.inference.gpu import gpu_serve_applications
 
-        return gpu_serve_config(settings, trust_file)
-    return serve_config(settings, trust_file)
+        return gpu_serve_applications(settings, trust_file)
+    return serve_applications(settings, trust_file)
 
 
 def serve_config_v2(settings: InferenceSettings, trust_file: str | None = None) -> str:
-    """:func:`application_config` as a Serve config file (KubeRay's ``serveConfigV2``)."""
+    """:func:`application_configs` as a Serve config file (KubeRay's ``serveConfigV2``)."""
     import yaml
 
-    return yaml.safe_dump({"applications": [application_config(settings, trust_file)]}, sort_keys=False)
+    return yaml.safe_dump({"applications": application_configs(settings, trust_file)}, sort_keys=False)

@@ -27,14 +27,15 @@ from services.inference.responses import chat_params
 from services.inference.settings import InferenceSettings, ModelVersion
 
 
-def llm_config(settings: InferenceSettings, version: ModelVersion) -> dict[str, Any]:
-    """Keyword arguments of ``ray.serve.llm.LLMConfig`` for one model version."""
+def llm_config(settings: InferenceSettings, version: ModelVersion, model: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``ray.serve.llm.LLMConfig`` for one version of ``model``
+    (the settings' ``model_name`` by default)."""
     e = settings.engine
     if version.model_path is None:
         raise ValueError(f"version {version.version}: vLLM serves only a pinned local artifact (model_path)")
     cfg: dict[str, Any] = {
         "model_loading_config": {
-            "model_id": f"{settings.model_name}-{version.version}",
+            "model_id": f"{model or settings.model_name}-{version.version}",
             # the registered artifact; each replica loads a verified private copy of it (VerifiedLLMServer)
             "model_source": str(version.model_path),
         },
@@ -208,38 +209,13 @@ def verified_llm_server() -> type:
 
 
 def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
-    """Serve config builder for GPU nodes (``import_path:
-    services.inference.gpu:gpu_app_builder``); same args as the CPU builder plus the
-    ``llm_configs`` computed by :func:`llm_config`."""
+    """The router's application on GPU nodes (``import_path:
+    services.inference.gpu:gpu_app_builder``): the CPU builder's router, with the guard
+    model (Llama Guard on vLLM) when ``args["guard"]`` names one."""
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
     from services.inference.router import Router
 
-    settings_engine = args["engine"]
-    handles = {}
-    for artifact, cfg in zip(args["versions"], args["llm_configs"]):
-        llm_app = build_llm_deployment(
-            LLMConfig(**cfg),
-            name_prefix=f"vllm-{artifact['version']}-",
-            deployment_cls=verified_llm_server(),
-            bind_kwargs={
-                "argus_model": args["model_name"],
-                "argus_artifact": artifact,
-                "argus_governance": args.get("governance") or {},
-            },
-        )
-        adapter = serve.deployment(VLLMAdapter).options(
-            name=f"llm-{artifact['version']}",
-            max_ongoing_requests=256,
-            ray_actor_options={"num_cpus": 0.1},
-        )
-        handles[artifact["version"]] = adapter.bind(
-            cfg["model_loading_config"]["model_id"],
-            artifact["version"],
-            llm_app,
-            settings_engine.get("max_tokens", 256),
-            settings_engine.get("system_prompt", ""),
-        )
     guard = None
     if args.get("guard"):
         from services.inference.guardrails.llama_guard import GUARD_DEPLOYMENT, LlamaGuardAdapter
@@ -263,19 +239,60 @@ def gpu_app_builder(args: dict[str, Any]) -> serve.Application:
     router = serve.deployment(Router).options(
         name="router", num_replicas=1, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0}
     )
-    return router.bind(args["model_name"], handles, guard, args["guard"]["info"] if guard is not None else None)
+    return router.bind(args["model_name"], guard, args["guard"]["info"] if guard is not None else None)
 
 
-def gpu_serve_config(settings: InferenceSettings, trust_file: str | None = None) -> dict[str, Any]:
-    """The Serve application config for GPU nodes (for ``serve deploy`` / KubeRay)."""
-    from services.inference.serveconfig import serve_config
+def gpu_version_builder(args: dict[str, Any]) -> serve.Application:
+    """One model version's application on GPU nodes (``services.inference.gpu:
+    gpu_version_builder``): its vLLM server (Ray Serve LLM, from ``args["llm_config"]``,
+    verifying the artifact) behind the Router's contract (:class:`VLLMAdapter`)."""
+    from ray.serve.llm import LLMConfig, build_llm_deployment
 
-    cfg = serve_config(settings, trust_file)
-    cfg["import_path"] = "services.inference.gpu:gpu_app_builder"
-    cfg["args"]["llm_configs"] = [llm_config(settings, v) for v in settings.versions]
+    artifact, cfg, engine = args["artifact"], args["llm_config"], args["engine"]
+    llm_app = build_llm_deployment(
+        LLMConfig(**cfg),
+        name_prefix=f"vllm-{artifact['version']}-",
+        deployment_cls=verified_llm_server(),
+        bind_kwargs={
+            "argus_model": args["model_name"],
+            "argus_artifact": artifact,
+            "argus_governance": args.get("governance") or {},
+        },
+    )
+    adapter = serve.deployment(VLLMAdapter).options(
+        name=args["deployment"], max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1}
+    )
+    return adapter.bind(
+        cfg["model_loading_config"]["model_id"],
+        artifact["version"],
+        llm_app,
+        engine.get("max_tokens", 256),
+        engine.get("system_prompt", ""),
+    )
+
+
+def gpu_serve_applications(settings: InferenceSettings, trust_file: str | None = None) -> list[dict[str, Any]]:
+    """The Serve applications for GPU nodes (for ``serve deploy`` / KubeRay): the CPU
+    layout (:func:`~services.inference.serveconfig.serve_applications`: the router, one
+    application per model version) with the vLLM builders, each version's
+    ``LLMConfig`` and the guard model's."""
+    from services.inference.serveconfig import governance_args, serve_applications
+
+    router, *versions = serve_applications(settings, trust_file)
+    router["import_path"] = "services.inference.gpu:gpu_app_builder"
     if settings.guard_model is not None:
-        cfg["args"]["guard"] = guard_config(settings)
-    return cfg
+        router["args"]["guard"] = guard_config(settings)
+        router["args"]["governance"] = governance_args(settings, trust_file)  # the guard's artifact is checked too
+    by_name = {
+        settings.version_deployment(model, v.version)[0]: (model, v)
+        for model, served in settings.served_versions().items()
+        for v in served
+    }
+    for app in versions:
+        model, v = by_name[app["name"]]
+        app["import_path"] = "services.inference.gpu:gpu_version_builder"
+        app["args"]["llm_config"] = llm_config(settings, v, model)
+    return [router, *versions]
 
 
 def guard_config(settings: InferenceSettings) -> dict[str, Any]:

@@ -137,19 +137,24 @@ class Router:
     def __init__(
         self,
         model_name: str,
-        versions: dict[str, DeploymentHandle],
         guard: DeploymentHandle | None = None,
         guard_info: dict[str, str] | None = None,
+        versions: dict[str, DeploymentHandle] | None = None,
         models: dict[str, dict[str, DeploymentHandle]] | None = None,
     ) -> None:
+        """``versions`` and ``models`` (handles, for a router built without Serve's
+        config) are the served versions until ``reconfigure`` brings ``served``: where
+        each model version's application is (one per version, called by name)."""
         self.model_name = model_name
-        self.handles = versions
-        self.table = RoutingTable.from_config({"weights": {v: 1.0 for v in versions}})
-        # every model served here -> its versions' handles and routing table (model_name's are the two above)
-        self.served: dict[str, dict[str, DeploymentHandle]] = {model_name: versions, **(models or {})}
+        # every model served here -> its versions' handles and routing table
+        self.served: dict[str, dict[str, DeploymentHandle]] = {model_name: dict(versions or {}), **(models or {})}
+        self._where: dict[tuple[str, str], tuple[str, str]] = {}  # (model, version) -> (application, deployment)
         self.tables: dict[str, RoutingTable] = {
-            m: RoutingTable.from_config({"weights": {v: 1.0 for v in handles}}) for m, handles in self.served.items()
+            m: RoutingTable.from_config({"weights": {v: 1.0 for v in handles}})
+            for m, handles in self.served.items()
+            if handles
         }
+        self.table = self.tables.get(model_name)
         self.reloads = 0
         self.keys: KeyStore | None = None  # no key file: the HTTP routes refuse every call
         self.rate_per_minute = 60
@@ -178,18 +183,20 @@ class Router:
         self.rate_per_minute = int(http.get("rate_per_minute") or 60)
         guardrails = GuardrailSettings.model_validate(config.get("guardrails") or {})
         prices = {k: Price.model_validate(v) for k, v in (config.get("prices") or {}).items()}
+        served = self._served(config.get("served"))
         table = RoutingTable.from_config(config)
         tables = {self.model_name: table}
         for model, routing in (config.get("models") or {}).items():
-            if model not in self.served:
+            if model not in served:
                 raise ValueError(f"routing names a model that is not deployed: {model[:200]!r}")
             tables[model] = RoutingTable.from_config({**routing, "shadow_grace_s": table.shadow_grace_s})
         for model, t in tables.items():
-            unknown = (set(t.weights) | set(t.shadows)) - set(self.served[model])
+            unknown = (set(t.weights) | set(t.shadows)) - set(served.get(model, {}))
             if unknown:
                 raise ValueError(f"routing of {model} names versions that are not deployed: {sorted(unknown)}")
+        self.served = served
         self.table = table
-        self.tables.update(tables)  # a model the config does not name keeps its table
+        self.tables = {m: t for m, t in {**self.tables, **tables}.items() if m in served}
         self.rails.configure(guardrails)
         self.prices = prices
         journal = config.get("journal")
@@ -202,6 +209,23 @@ class Router:
                 except RuntimeError:
                     pass  # no loop yet: the old producer never started
         self.reloads += 1
+
+    def _served(self, where: Any) -> dict[str, dict[str, DeploymentHandle]]:
+        """The handles of the versions ``where`` places ({model: {version: [application,
+        deployment]}}, from :meth:`InferenceSettings.routing_config`); without it (a
+        router given handles), the ones it has. A handle is made once per place."""
+        if where is None:
+            return self.served
+        out: dict[str, dict[str, DeploymentHandle]] = {}
+        for model, versions in where.items():
+            out[model] = {}
+            for version, (app, deployment) in versions.items():
+                known = self.served.get(model, {}).get(version)
+                if known is None or self._where.get((model, version)) != (app, deployment):
+                    known = serve.get_deployment_handle(deployment, app_name=app)
+                    self._where[(model, version)] = (app, deployment)
+                out[model][version] = known
+        return out
 
     def routing(self) -> dict[str, Any]:
         return {

@@ -292,7 +292,24 @@ class InferenceSettings(ServiceSettings):
             },
             # where the HTTP route publishes its calls (connection settings and file paths, no secret)
             "journal": journal_config(self.kafka),
+            # where each version's replicas are: an application of its own per (model, version)
+            "served": {
+                model: {v.version: list(self.version_deployment(model, v.version)) for v in versions}
+                for model, versions in self.served_versions().items()
+            },
         }
+
+    def served_versions(self) -> dict[str, tuple[ModelVersion, ...]]:
+        """Every model served here (``model_name`` first) and its versions."""
+        return {self.model_name: self.versions, **{m.name: m.versions for m in self.models}}
+
+    def version_deployment(self, model: str, version: str) -> tuple[str, str]:
+        """(Serve application, deployment) of a model version's replicas: one application
+        per version, so that adding, changing or draining one version (a canary, a
+        promotion) starts or stops only its replicas, never another's (Serve replaces
+        every replica of an application whose build arguments change)."""
+        deployment = f"llm-{version}" if model == self.model_name else f"llm-{model}-{version}"
+        return f"{self.app_name}.{deployment}", deployment
 
     def engine_user_config(self) -> dict:
         e = self.engine

@@ -578,8 +578,9 @@ def test_kuberay_mode_renders_a_valid_rayservice_whose_serve_config_is_what_the_
         if doc["apiVersion"].split("/")[0] in ("apps", "v1", "batch", "policy", "autoscaling", "networking.k8s.io"):
             kubernetes_validate.validate(doc, "1.33", strict=True)
     assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == yaml.safe_load(committed)
-    app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
-    assert app["args"]["governance"] == {"allow_unsigned": False, "trust_file": TRUST_FILE}
+    app, *versions = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    assert [v["name"] for v in versions] == ["argus-inference.llm-v1"]  # each version an application of its own
+    assert versions[0]["args"]["governance"] == {"allow_unsigned": False, "trust_file": TRUST_FILE}
     cluster = svc["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] and cluster["authOptions"] == {
         "mode": "token",
@@ -610,7 +611,7 @@ def test_kuberay_mode_renders_a_valid_rayservice_whose_serve_config_is_what_the_
 
 
 def test_kuberay_on_gpu_nodes_asks_for_gpus_and_carries_the_vllm_serve_config() -> None:
-    from services.inference.gpu import gpu_serve_config  # noqa: F401 - the GPU builder the config names
+    from services.inference.gpu import gpu_serve_applications  # noqa: F401 - the GPU builders the config names
 
     gpu = {
         "engine": {"kind": "vllm", "numGpus": 1},
@@ -633,8 +634,9 @@ def test_kuberay_on_gpu_nodes_asks_for_gpus_and_carries_the_vllm_serve_config() 
     )
     (svc,) = [d for d in render(values) if d["kind"] == "RayService"]
     jsonschema.validate(svc, _crd_schema("kuberay.ray.io_rayservices.yaml", "v1"))
-    app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
-    assert app["import_path"] == "services.inference.gpu:gpu_app_builder" and app["args"]["llm_configs"]
+    app, version = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    assert app["import_path"] == "services.inference.gpu:gpu_app_builder"
+    assert version["import_path"] == "services.inference.gpu:gpu_version_builder" and version["args"]["llm_config"]
     worker = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker["containers"][0]["image"].startswith("ghcr.io/argus-llmops/argus-gpu:")
@@ -703,7 +705,7 @@ def test_a_guard_model_on_gpu_nodes_reaches_the_inference_settings_and_the_serve
     import json as _json
     import os
 
-    from services.inference.gpu import gpu_serve_config
+    from services.inference.gpu import gpu_serve_applications
     from services.inference.settings import InferenceSettings
 
     guard = {"model_path": "/models/llama-guard-3-1b", "sha256": "c" * 64, "gpu_memory_utilization": 0.25}
@@ -720,7 +722,7 @@ def test_a_guard_model_on_gpu_nodes_reaches_the_inference_settings_and_the_serve
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("ARGUS_INFERENCE_")})
     try:
-        cfg = gpu_serve_config(InferenceSettings())
+        cfg = gpu_serve_applications(InferenceSettings())[0]  # the router's application holds the guard
     finally:
         os.environ.clear()
         os.environ.update(saved)

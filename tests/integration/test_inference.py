@@ -200,7 +200,8 @@ async def test_weights_route_within_tolerance_and_rollback_reloads_without_resta
     again = await router.infer.remote(dict(base, request_id=str(uuid.uuid4()), tenant="t3", user="user-3"))
     assert again["primary"]["version"] == results[3]["primary"]["version"]
 
-    v2 = serve.get_deployment_handle("llm-v2", app_name=s.app_name)
+    app, name = s.version_deployment(s.model_name, "v2")  # each version an application of its own
+    v2 = serve.get_deployment_handle(name, app_name=app)
     replica_before = (await v2.info.remote())["replica"]
     reloads_before = (await router.routing.remote())["reloads"]
     in_flight = [
@@ -461,6 +462,77 @@ async def test_unsigned_or_forged_artifacts_are_refused_and_the_served_version_k
             }
         )
         assert reply["primary"]["version"] == "v1" and "error_type" not in reply["primary"]
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
+
+
+async def test_a_canary_on_the_second_model_moves_only_that_model(
+    ray_serve,  # noqa: ANN001
+    kafka_settings: KafkaSettings,
+    governance,  # noqa: ANN001
+) -> None:
+    """Two models served side by side; the retraining service's signed serving state for
+    the second (its v2 at half the traffic) is applied by the inference service like one
+    for the first: that model answers from both versions, the first keeps its routing,
+    its replica and its answers, and the canary starts only v2's replica (Serve replaces
+    every replica of an application whose build arguments change: one per version)."""
+    from ray import serve
+
+    from services.common.governance import Signer
+    from services.common.signing import load_key
+    from services.inference.serving import ServingStateApplier, state_record
+
+    terse = ServedModel(name="smollm2-terse", system_prompt="Answer with one word.", max_tokens=2)
+    s = settings(kafka_settings, ModelVersion(version="v1", weight=100.0), models=(terse,))
+    router = await asyncio.to_thread(deploy, s)
+    app, name = s.version_deployment(s.model_name, "v1")
+    first = serve.get_deployment_handle(name, app_name=app)
+    app, name = s.version_deployment("smollm2-terse", "v1")
+    terse_v1 = serve.get_deployment_handle(name, app_name=app)
+    replica_before = (await first.info.remote())["replica"]
+    terse_before = (await terse_v1.info.remote())["replica"]
+    producer = make_producer(kafka_settings)
+    await producer.start()
+    stop = asyncio.Event()
+    applier = ServingStateApplier(s, producer, deploy)
+    task = asyncio.create_task(applier.run(stop))
+    try:
+        started = await read_topic(kafka_settings, "serving-state", 2)  # each model's state from the settings
+        assert sorted((r["model"], r["status"]) for r in started[-2:]) == [
+            ("smollm2-135m-instruct", "applied"),
+            ("smollm2-terse", "applied"),
+        ]
+        codec = get_codec("serving-state")
+        service = Signer("argus-retraining", load_key(governance / "keys" / "argus-retraining.pem"))
+        live = [{"version": "v1", "weight": 50.0, "artifact_uri": "", "sha256": None, "shadow": False}]
+        canary = live + [{"version": "v2", "weight": 50.0, "artifact_uri": "", "sha256": None, "shadow": False}]
+        rec = codec.decode_plain(codec.encode(state_record("smollm2-terse", 1, "desired", canary, "t", "canary")))
+        rec = service.sign_record(codec.name, codec.version, rec)
+        await producer.send_and_wait(kafka_settings.topic("serving-state"), codec.encode(rec), key=b"smollm2-terse")
+        states = await read_topic(kafka_settings, "serving-state", len(started) + 2, timeout_s=180)
+        answer = [
+            r for r in states if r["model"] == "smollm2-terse" and r["revision"] == 1 and r["status"] != "desired"
+        ]
+        assert [r["status"] for r in answer] == ["applied"], [r["comment"][:300] for r in answer]
+        routing = await router.routing.remote()
+        assert routing["weights"] == {"v1": 100.0}
+        assert routing["models"]["smollm2-terse"]["weights"] == {"v1": 50.0, "v2": 50.0}
+
+        def ask(model: str, i: int) -> dict:
+            body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "tenant": "t", "user": f"u{i}"}
+            return body | {"model": model, "request_id": str(uuid.uuid4())}
+
+        terse_answers = [(await router.infer.remote(ask("smollm2-terse", i)))["primary"] for i in range(40)]
+        first_answers = [(await router.infer.remote(ask("smollm2-135m-instruct", i)))["primary"] for i in range(10)]
+        assert all("error_type" not in a for a in terse_answers + first_answers)
+        # 40 users at 50/50: both versions answer (P(one of them none) = 2 in 10^12)
+        assert {a["version"] for a in terse_answers} == {"v1", "v2"}
+        assert {a["version"] for a in first_answers} == {"v1"}
+        assert (await first.info.remote())["replica"] == replica_before, "the first model's replica was restarted"
+        # each version its own application: the canary started v2's replica only
+        assert (await terse_v1.info.remote())["replica"] == terse_before, "the live version's replica was restarted"
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)

