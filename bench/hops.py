@@ -12,9 +12,11 @@ round trips after a warm-up:
   it (broker, fetch). The response's timestamp is the broker record's (milliseconds).
 
 Ray Serve, a deployment that does nothing, called from the driver (what the bridge does)
-and through a second deployment (what the Router does to a model replica), in two
-processes: Ray Serve's defaults, and ``serve_low_latency`` (user code and handle routers on
-the replica's loop, gRPC between deployments, the bridge's handle router on its loop).
+and through a second deployment (what the Router does to a model replica), in the same
+application and in an application of its own found by name (what the Router does: one
+application per model version), in two processes: Ray Serve's defaults, and
+``serve_low_latency`` (user code and handle routers on the replica's loop, gRPC between
+deployments, the bridge's handle router on its loop).
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def run(n: int = 200, warmup: int = 30) -> list[Result]:
         k("bridge: round trip, no model p99", "round_trip", 0.99),
         s("Serve: driver -> replica, no-op call p50 (serve_low_latency)", "noop"),
         s("Serve: driver -> replica -> replica, no-op p50 (serve_low_latency)", "chain"),
+        Result(
+            "hops",
+            "Serve: driver -> replica -> replica of another application, no-op p50 (serve_low_latency)",
+            pct(fast["chain_apps"], 0.5),
+            "the same, both in one application",
+            pct(fast["chain"], 0.5),
+            "ms",
+            "ratio <= 1.25",
+            False,
+        ),
     ]
 
 
@@ -221,6 +233,7 @@ def _serve_measure(mode: str, n: int, warmup: int) -> dict[str, list[float]]:
     class Front:
         def __init__(self, leaf: DeploymentHandle) -> None:
             self.leaf = leaf
+            self.other: DeploymentHandle | None = None
 
         async def noop(self, x: Any) -> Any:
             return x
@@ -228,8 +241,14 @@ def _serve_measure(mode: str, n: int, warmup: int) -> dict[str, list[float]]:
         async def chain(self, x: Any) -> Any:
             return await self.leaf.call.remote(x)
 
+        async def chain_apps(self, x: Any) -> Any:  # the Router's way to a model version's replicas
+            if self.other is None:
+                self.other = serve.get_deployment_handle("Leaf", app_name="hops-leaf")
+            return await self.other.call.remote(x)
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    serve.run(Leaf.bind(), name="hops-leaf", route_prefix=None)
     serve.run(Front.bind(Leaf.bind()), name="hops", route_prefix=None)
     payload = {"request_id": "r", "tenant": "bench", "messages": [{"role": "user", "content": "x" * 200}]}
 
@@ -238,7 +257,7 @@ def _serve_measure(mode: str, n: int, warmup: int) -> dict[str, list[float]]:
         if fast:
             handle = current_loop_handle(handle, get_logger("bench.hops"))
         out: dict[str, list[float]] = {}
-        for method in ("noop", "chain"):
+        for method in ("noop", "chain", "chain_apps"):
             call = getattr(handle, method)
             lat = []
             for i in range(warmup + n):
