@@ -214,11 +214,7 @@ def deploy(settings: InferenceSettings, timeout_s: float = 180.0) -> DeploymentH
 
     changed = [n for n, a in versions.items() if n not in ours or ours[n].args != a.args]
     if changed and settings.app_name in ours:  # 1. the new versions' replicas, routed to by nobody yet
-        apply(
-            [ours[settings.app_name]]
-            + [versions.get(n) or c for n, c in ours.items() if n != settings.app_name]
-            + [versions[n] for n in changed if n not in ours]
-        )
+        apply(list({**ours, **{n: versions[n] for n in changed}}.values()))
         wait(changed)
     removed = [n for n in ours if n != settings.app_name and n not in versions]
     # 2. the router's new routing (the versions it no longer routes to still there)

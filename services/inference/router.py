@@ -139,22 +139,16 @@ class Router:
         model_name: str,
         guard: DeploymentHandle | None = None,
         guard_info: dict[str, str] | None = None,
-        versions: dict[str, DeploymentHandle] | None = None,
-        models: dict[str, dict[str, DeploymentHandle]] | None = None,
     ) -> None:
-        """``versions`` and ``models`` (handles, for a router built without Serve's
-        config) are the served versions until ``reconfigure`` brings ``served``: where
-        each model version's application is (one per version, called by name)."""
+        """The versions it serves come with ``reconfigure`` (``served``: where each model
+        version's application is, one per version, called by name), which Serve calls
+        with the ``user_config`` before the first request."""
         self.model_name = model_name
         # every model served here -> its versions' handles and routing table
-        self.served: dict[str, dict[str, DeploymentHandle]] = {model_name: dict(versions or {}), **(models or {})}
+        self.served: dict[str, dict[str, DeploymentHandle]] = {}
         self._where: dict[tuple[str, str], tuple[str, str]] = {}  # (model, version) -> (application, deployment)
-        self.tables: dict[str, RoutingTable] = {
-            m: RoutingTable.from_config({"weights": {v: 1.0 for v in handles}})
-            for m, handles in self.served.items()
-            if handles
-        }
-        self.table = self.tables.get(model_name)
+        self.tables: dict[str, RoutingTable] = {}
+        self.table: RoutingTable | None = None
         self.reloads = 0
         self.keys: KeyStore | None = None  # no key file: the HTTP routes refuse every call
         self.rate_per_minute = 60
@@ -212,10 +206,10 @@ class Router:
 
     def _served(self, where: Any) -> dict[str, dict[str, DeploymentHandle]]:
         """The handles of the versions ``where`` places ({model: {version: [application,
-        deployment]}}, from :meth:`InferenceSettings.routing_config`); without it (a
-        router given handles), the ones it has. A handle is made once per place."""
-        if where is None:
-            return self.served
+        deployment]}}, from :meth:`InferenceSettings.routing_config`). A handle is made
+        once per place."""
+        if not isinstance(where, dict):
+            raise ValueError("the routing config names no served versions (served)")
         out: dict[str, dict[str, DeploymentHandle]] = {}
         for model, versions in where.items():
             out[model] = {}

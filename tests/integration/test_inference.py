@@ -4,6 +4,7 @@ model (llama.cpp on CPU)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -390,7 +391,7 @@ async def test_unsigned_or_forged_artifacts_are_refused_and_the_served_version_k
     from services.common.governance import Signer, card_digest, ensure_identity
     from services.common.llm import packaged_model_path, sha256_of
     from services.common.signing import load_key
-    from services.inference.serving import ServingStateApplier, state_record
+    from services.inference.serving import state_record
 
     ensure_identity(governance, "serving-test-pipeline", ["pipeline"])
     ci = Signer("serving-test-pipeline", load_key(governance / "keys" / "serving-test-pipeline.pem"))
@@ -420,12 +421,7 @@ async def test_unsigned_or_forged_artifacts_are_refused_and_the_served_version_k
         allow_unsigned_models=False,
     )
     await asyncio.to_thread(deploy, s)  # the replica checks v1's signature, then its digest on the bytes it loads
-    producer = make_producer(kafka_settings)
-    await producer.start()
-    stop = asyncio.Event()
-    applier = ServingStateApplier(s, producer, deploy)
-    task = asyncio.create_task(applier.run(stop))
-    try:
+    async with serving_applier(s, kafka_settings) as producer:
         answers = await read_topic(kafka_settings, "serving-state", 1)  # v1 deployed from the settings
         assert answers[-1]["status"] == "applied", answers[-1]["comment"]
         codec = get_codec("serving-state")
@@ -462,10 +458,6 @@ async def test_unsigned_or_forged_artifacts_are_refused_and_the_served_version_k
             }
         )
         assert reply["primary"]["version"] == "v1" and "error_type" not in reply["primary"]
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await producer.stop()
 
 
 async def test_a_canary_on_the_second_model_moves_only_that_model(
@@ -482,7 +474,7 @@ async def test_a_canary_on_the_second_model_moves_only_that_model(
 
     from services.common.governance import Signer
     from services.common.signing import load_key
-    from services.inference.serving import ServingStateApplier, state_record
+    from services.inference.serving import state_record
 
     terse = ServedModel(name="smollm2-terse", system_prompt="Answer with one word.", max_tokens=2)
     s = settings(kafka_settings, ModelVersion(version="v1", weight=100.0), models=(terse,))
@@ -493,12 +485,7 @@ async def test_a_canary_on_the_second_model_moves_only_that_model(
     terse_v1 = serve.get_deployment_handle(name, app_name=app)
     replica_before = (await first.info.remote())["replica"]
     terse_before = (await terse_v1.info.remote())["replica"]
-    producer = make_producer(kafka_settings)
-    await producer.start()
-    stop = asyncio.Event()
-    applier = ServingStateApplier(s, producer, deploy)
-    task = asyncio.create_task(applier.run(stop))
-    try:
+    async with serving_applier(s, kafka_settings) as producer:
         started = await read_topic(kafka_settings, "serving-state", 2)  # each model's state from the settings
         assert sorted((r["model"], r["status"]) for r in started[-2:]) == [
             ("smollm2-135m-instruct", "applied"),
@@ -533,6 +520,20 @@ async def test_a_canary_on_the_second_model_moves_only_that_model(
         assert (await first.info.remote())["replica"] == replica_before, "the first model's replica was restarted"
         # each version its own application: the canary started v2's replica only
         assert (await terse_v1.info.remote())["replica"] == terse_before, "the live version's replica was restarted"
+
+
+@contextlib.asynccontextmanager
+async def serving_applier(s: InferenceSettings, kafka: KafkaSettings):  # noqa: ANN201
+    """The serving-state applier of ``s`` running on the real broker (as `python -m
+    services.inference states` runs it); yields the producer the test writes states with."""
+    from services.inference.serving import ServingStateApplier
+
+    producer = make_producer(kafka)
+    await producer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(ServingStateApplier(s, producer, deploy).run(stop))
+    try:
+        yield producer
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
