@@ -97,16 +97,17 @@ def spawn_ingest(kafka, dsn: str, topics: list[str], group: str) -> subprocess.P
 def _unsealed_copy(client, table: str, copy: str, spec) -> None:  # noqa: ANN001
     """``copy``: ``table`` (same engine, order, columns) with every sealed text stored in
     clear under its own name, and no key lookup on insert: the baseline without sealing."""
-    from services.common.subject_keys import SEALED
+    from services.common.subject_keys import stored, texts
 
     client.command(f"CREATE TABLE {copy} AS {table}")
     client.command(f"ALTER TABLE {copy} MODIFY COLUMN user REMOVE DEFAULT")
     client.command(f"ALTER TABLE {copy} MODIFY COLUMN subject_id REMOVE DEFAULT")
-    for c in SEALED.get(spec.table, ()):
-        if c in ("user", "subject"):
-            continue
+    for c in texts(spec.table):
         client.command(f"ALTER TABLE {copy} MODIFY COLUMN {c}_ct REMOVE DEFAULT")
         client.command(f"ALTER TABLE {copy} DROP COLUMN {c}")
+        for other in stored(spec.table, c):  # the text's later sealed columns: the copy keeps one, in clear
+            if other != f"{c}_ct":
+                client.command(f"ALTER TABLE {copy} DROP COLUMN {other}")
         client.command(f"ALTER TABLE {copy} DROP COLUMN {c}_in")
         client.command(f"ALTER TABLE {copy} RENAME COLUMN {c}_ct TO {c}")
     client.command(f"ALTER TABLE {copy} DROP COLUMN subject_key_bytes")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from services.common.clickhouse import check_database
 from services.common.signing import sign
-from services.common.subject_keys import ENSURE_DICTIONARY, SEALED, KeyServiceClient
+from services.common.subject_keys import ENSURE_DICTIONARY, SEALED, KeyServiceClient, stored, texts
 
 RECEIPT_VERSION = 1
 # the topics whose messages carry a subject's texts (and their dead-letter topics)
@@ -43,10 +43,6 @@ class ErasureError(RuntimeError):
 
 def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def texts(table: str) -> list[str]:
-    return [c for c in SEALED[table] if c not in ("user", "subject")]
 
 
 def _written_at(table: str) -> str:
@@ -200,7 +196,7 @@ def export(client: Any, db: str, keys: KeyServiceClient, tenant: str, subject: s
     check_database(db)
     sid = keys.resolve(tenant, subject)["subject_id"]
     for table in SEALED:
-        sealed = ", ".join(f"{c}_ct" for c in texts(table))
+        sealed = ", ".join(name for c in texts(table) for name in stored(table, c))
         result = client.query(
             f"SELECT * EXCEPT ({sealed}), {', '.join(texts(table))} FROM {db}.{table} FINAL "
             "WHERE subject_id = {sid:String}",

@@ -148,7 +148,7 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
     check_database(db)
     import time as _time
 
-    from services.common.subject_keys import SEALED
+    from services.common.subject_keys import SEALED, stored, texts
 
     policy = policy or Policy.load()
     days = policy.texts_days_expr()
@@ -156,18 +156,19 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
         return {}
     cutoff = int(now if now is not None else _time.time())
     out = {}
-    for table, columns in SEALED.items():
+    for table in SEALED:
         at = policy.time_column(table)
         if at is None:
             continue
-        texts = [c for c in columns if c not in ("user", "subject")]
-        left = " OR ".join(f"notEmpty({c}_ct)" if c == "metadata" else f"{c}_ct IS NOT NULL" for c in texts)
+        columns = [name for c in texts(table) for name in stored(table, c)]
+        # metadata_ct (rows before migration 0016) is a map of sealed values: cleared to empty
+        left = " OR ".join(f"notEmpty({c})" if c == "metadata_ct" else f"{c} IS NOT NULL" for c in columns)
         where = f"toDateTime({at}) < toDateTime({cutoff}) - toIntervalDay({days}) AND ({left})"
         n = int(client.query(f"SELECT count() FROM {db}.{table} WHERE {where}").result_rows[0][0])
         if n:
             sets = ", ".join(
-                f"{c}_ct = CAST(map(), 'Map(LowCardinality(String), String)')" if c == "metadata" else f"{c}_ct = NULL"
-                for c in texts
+                f"{c} = CAST(map(), 'Map(LowCardinality(String), String)')" if c == "metadata_ct" else f"{c} = NULL"
+                for c in columns
             )
             client.command(f"ALTER TABLE {db}.{table} UPDATE {sets} WHERE {where}", settings={"mutations_sync": 2})
         out[table] = n

@@ -46,14 +46,25 @@ SEALED: dict[str, tuple[str, ...]] = {
     "feedback": ("user", "user_id", "label", "comment"),
     "dead_letters": ("subject", "user", "original_key", "original_value"),
 }
+# texts stored in more than one sealed column: rows before migration 0016 hold the
+# metadata values one by one (``metadata_ct``), later rows the whole map as one text
+STORED_AS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("inference_requests", "metadata"): ("metadata_ct", "metadata_json_ct"),
+}
+
+
+def stored(table: str, text: str) -> tuple[str, ...]:
+    """The columns that hold ``text`` of ``table`` sealed (``<text>_ct`` unless :data:`STORED_AS` says more)."""
+    return STORED_AS.get((table, text), (f"{text}_ct",))
+
+
+def texts(table: str) -> list[str]:
+    """The sealed texts of ``table`` (its pseudonymised ``user``/``subject`` are not texts)."""
+    return [c for c in SEALED[table] if c not in ("user", "subject")]
+
+
 # what a role without text access may not name: the texts, clear or sealed
-TEXT_COLUMNS = frozenset(
-    f"{c}{suffix}"
-    for cols in SEALED.values()
-    for c in cols
-    if c not in ("user", "subject")
-    for suffix in ("", "_ct", "_in")
-)
+TEXT_COLUMNS = frozenset(name for table in SEALED for c in texts(table) for name in (c, f"{c}_in", *stored(table, c)))
 
 ENSURE_DICTIONARY = "subject_keys_ensure"
 ENSURE_CACHE_CELLS = 100_000

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from services.common.audit import check_submission
 from services.common.clickhouse import get_client
-from services.common.erasure import texts
 from services.common.governance import Trust, ensure_identity
 from services.common.pii import PiiPolicy
 from services.common.signing import create_key, load_key, public_key_b64
-from services.common.subject_keys import SEALED
+from services.common.subject_keys import SEALED, KeyServiceClient, texts
 from services.ingest.settings import PiiSettings
 from tests.conftest import REPO
 from tests.integration.helpers import read_topic
@@ -228,7 +227,8 @@ async def test_erasure_makes_a_subject_unreadable_everywhere_and_only_that_subje
         client.command(f"ALTER TABLE {db}.restored ATTACH PART '{part.name}'")
     total, readable, theirs = client.query(
         f"SELECT countIf(subject_id = {{s:String}}), countIf(subject_id = {{s:String}} AND (prompt IS NOT NULL "
-        "OR system_prompt IS NOT NULL)), countIf(subject_id != {s:String} AND prompt IS NOT NULL) "
+        "OR system_prompt IS NOT NULL OR arrayExists(v -> v IS NOT NULL, mapValues(metadata)))), "
+        "countIf(subject_id != {s:String} AND prompt IS NOT NULL) "
         f"FROM {db}.restored",
         parameters={"s": sid},
     ).result_rows[0]
@@ -323,3 +323,78 @@ async def test_sealed_texts_read_in_a_block_that_mixes_them_with_nulls(
     assert sorted(r[0] for r in rows if r[0] is not None) == sorted(f"answer {i}" for i in range(30))
     assert sorted(r[1] for r in rows if r[1] is not None) == sorted(f"deadline exceeded {i}" for i in range(10))
     assert all((r[0] is None) != (r[1] is None) for r in rows)
+
+
+def test_metadata_sealed_value_by_value_before_0016_still_opens_expires_and_erases(
+    clickhouse_settings, key_service, tmp_path: Path
+) -> None:
+    """Requests written at migration 0015 hold each metadata value sealed on its own under
+    a clear key; later ones the whole map as one sealed text (no key in clear). After
+    0016 both open through ``metadata``, ``expire-texts`` clears both, and a destroyed
+    subject key leaves neither readable, for that subject only."""
+    from services.common import migrations
+    from services.common.retention import Policy, expire_texts
+
+    db = clickhouse_settings.database
+    admin = get_client(clickhouse_settings, database="default")
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for path in sorted(migrations.MIGRATIONS_DIR.glob("*.sql")):
+        if int(path.name[:4]) <= 15:
+            shutil.copy(path, old / path.name)
+    migrations.apply(admin, db, directory=old)
+
+    def insert(rows: list[tuple[str, str, str]], first: int) -> None:
+        values = ", ".join(
+            f"('{uuid.uuid4()}', now64(3), 'm', 'acme', '{user}', 'hello', map('app', 'chat', '{key}', '{value}'), "
+            f"1, 5, '_t', 0, {first + i})"
+            for i, (user, key, value) in enumerate(rows)
+        )
+        admin.command(
+            f"INSERT INTO {db}.inference_requests (request_id, created_at, model, tenant, user_in, prompt_in, "
+            f"metadata_in, message_count, prompt_chars, _topic, _partition, _offset) VALUES {values}"
+        )
+
+    insert([("alice", "home", "12 Elm Road"), ("bob", "home", "3 Oak Lane")], 0)
+    assert migrations.apply(admin, db) == ["0016_sealed_metadata_as_one_text"]
+    insert([("alice", "office", "1 Main Street"), ("bob", "office", "9 Pine Court")], 2)
+
+    def metadata() -> list:
+        return admin.query(f"SELECT user, _offset, metadata FROM {db}.inference_requests ORDER BY _offset").result_rows
+
+    got = metadata()
+    assert [m for _, _, m in got] == [
+        {"app": "chat", "home": "12 Elm Road"},
+        {"app": "chat", "home": "3 Oak Lane"},
+        {"app": "chat", "office": "1 Main Street"},
+        {"app": "chat", "office": "9 Pine Court"},
+    ]
+    stored = admin.query(
+        f"SELECT mapKeys(metadata_ct), metadata_json_ct IS NOT NULL FROM {db}.inference_requests ORDER BY _offset"
+    ).result_rows
+    assert stored == [(["app", "home"], False), (["app", "home"], False), ([], True), ([], True)]
+    raw = admin.raw_query(f"SELECT * FROM {db}.inference_requests WHERE _offset >= 2 FORMAT TSV").decode(
+        errors="replace"
+    )
+    assert "office" not in raw and "Main Street" not in raw  # keys sealed with the values
+
+    # a destroyed key: that subject's metadata opens to nothing, old rows and new
+    KeyServiceClient(key_service).destroy("acme", "alice")
+    alice = got[0][0]
+    assert [(u == alice, m) for u, _, m in metadata()] == [
+        (True, {"app": None, "home": None}),  # 0015's rows keep their keys in clear, values unreadable
+        (False, {"app": "chat", "home": "3 Oak Lane"}),
+        (True, {}),
+        (False, {"app": "chat", "office": "9 Pine Court"}),
+    ]
+
+    # texts past their days: both forms cleared, the rows stay
+    policy = Policy.parse(
+        {"families": {"inference": {"days": 90, "tables": {"inference_requests": "created_at"}}}, "texts": {"days": 1}}
+    )
+    assert expire_texts(admin, db, policy, now=time.time() + 2 * 86400)["inference_requests"] == 4
+    assert [m for _, _, m in metadata()] == [{}, {}, {}, {}]
+    assert admin.query(
+        f"SELECT countIf(notEmpty(metadata_ct) OR metadata_json_ct IS NOT NULL), count() FROM {db}.inference_requests"
+    ).result_rows == [(0, 4)]
+    admin.close()

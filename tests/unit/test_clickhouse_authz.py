@@ -120,7 +120,13 @@ def test_sealed_texts_and_key_dictionaries() -> None:
     """Texts are for roles with text access; nobody but the admin reads a key dictionary
     or calls a dictionary function (it would hand out subject keys)."""
     sre, analyst = (Grants(ROLES[n], ("argus",)) for n in ("argus_sre", "argus_analyst"))
-    for column in ("Identifier prompt", "Identifier prompt_ct", "Identifier r.output (alias o)", "Asterisk"):
+    for column in (
+        "Identifier prompt",
+        "Identifier prompt_ct",
+        "Identifier metadata_json_ct",
+        "Identifier r.output (alias o)",
+        "Asterisk",
+    ):
         sre.check(parse_ast(_select(column)), "argus")
         with pytest.raises(AccessDenied):
             analyst.check(parse_ast(_select(column)), "argus")
