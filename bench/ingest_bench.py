@@ -97,17 +97,20 @@ def spawn_ingest(kafka, dsn: str, topics: list[str], group: str) -> subprocess.P
 def _unsealed_copy(client, table: str, copy: str, spec) -> None:  # noqa: ANN001
     """``copy``: ``table`` (same engine, order, columns) with every sealed text stored in
     clear under its own name, and no key lookup on insert: the baseline without sealing."""
-    from services.common.subject_keys import stored, texts
+    from services.common.subject_keys import sealed_columns, texts
 
     client.command(f"CREATE TABLE {copy} AS {table}")
     client.command(f"ALTER TABLE {copy} MODIFY COLUMN user REMOVE DEFAULT")
     client.command(f"ALTER TABLE {copy} MODIFY COLUMN subject_id REMOVE DEFAULT")
-    for c in texts(spec.table):
-        client.command(f"ALTER TABLE {copy} MODIFY COLUMN {c}_ct REMOVE DEFAULT")
+    names = texts(spec.table)
+    for c in names:  # the ALIASes that open the texts
         client.command(f"ALTER TABLE {copy} DROP COLUMN {c}")
-        for other in stored(spec.table, c):  # the text's later sealed columns: the copy keeps one, in clear
-            if other != f"{c}_ct":
-                client.command(f"ALTER TABLE {copy} DROP COLUMN {other}")
+    for column in sealed_columns(spec.table):  # each text keeps <text>_ct, in clear under its own name
+        if column.removesuffix("_ct") in names:
+            client.command(f"ALTER TABLE {copy} MODIFY COLUMN {column} REMOVE DEFAULT")
+        else:
+            client.command(f"ALTER TABLE {copy} DROP COLUMN {column}")
+    for c in names:
         client.command(f"ALTER TABLE {copy} DROP COLUMN {c}_in")
         client.command(f"ALTER TABLE {copy} RENAME COLUMN {c}_ct TO {c}")
     client.command(f"ALTER TABLE {copy} DROP COLUMN subject_key_bytes")
@@ -123,6 +126,18 @@ def _insert_rate(client, table: str) -> float:  # noqa: ANN001 - clickhouse-conn
         f"FROM {table}"
     ).result_rows[0]
     return (total - in_first) / (last - first).total_seconds()
+
+
+def _settle(client, timeout_s: float = 60.0) -> None:  # noqa: ANN001 - clickhouse-connect Client
+    """Wait until the engine merges nothing (the parts an earlier phase wrote), so each
+    timed phase starts on an idle engine: a phase that ran while the one before it was
+    still merging paid for both."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not client.query("SELECT count() FROM system.merges WHERE database = 'argus'").result_rows[0][0]:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
 
 
 def run(n: int = 400_000, rate: int = 5000, freshness_s: int = 15) -> list[Result]:
@@ -248,6 +263,7 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
     # raw pipe: consume the same messages, insert the prepared rows, same batch size; into
     # a table with the texts in clear, then into one that seals them (encryption off / on)
     for target, columns in ((raw_table, list(spec.columns)), (sealed_raw, spec.insert_columns)):
+        _settle(client)
         await consumer.seek_to_beginning(*tps)
         done = 0
         while done < n:
@@ -263,6 +279,7 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
     del rows_by_pos
 
     # Argus ingest, one process
+    _settle(client)
     proc = spawn_ingest(kafka, dsn, [key], "bench-ingest")
     count = lambda: client.query(f"SELECT count() FROM {table}").result_rows[0][0]  # noqa: E731
     what = "responses" if spec.table == "inference_responses" else "requests"

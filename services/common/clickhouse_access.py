@@ -181,7 +181,7 @@ def grants(role: Role, database: str = "argus") -> list[str]:
     access hold that grant; the others also lose SELECT on the text columns. The writer
     needs the ensuring dictionary for its inserts' defaults. Nobody but the admin may
     read the dictionaries as tables (their DDL holds the key service's token)."""
-    from services.common.subject_keys import ENSURE_DICTIONARY, READ_DICTIONARY, SEALED, stored, texts
+    from services.common.subject_keys import ENSURE_DICTIONARY, READ_DICTIONARY, SEALED, sealed_columns, texts
 
     out = []
     if "*" in role.select:
@@ -196,7 +196,7 @@ def grants(role: Role, database: str = "argus") -> list[str]:
         out.append(f"GRANT dictGet ON {database}.{READ_DICTIONARY}")
     elif "*" in role.select:
         for table in SEALED:
-            names = [name for c in texts(table) for name in (c, *stored(table, c))]
+            names = [*texts(table), *sealed_columns(table)]
             out.append(f"REVOKE SELECT({', '.join(names)}) ON {database}.{table}")
     return out
 

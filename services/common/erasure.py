@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from services.common.clickhouse import check_database
 from services.common.signing import sign
-from services.common.subject_keys import ENSURE_DICTIONARY, SEALED, KeyServiceClient, stored, texts
+from services.common.subject_keys import ENSURE_DICTIONARY, SEALED, KeyServiceClient, sealed_columns, texts
 
 RECEIPT_VERSION = 1
 # the topics whose messages carry a subject's texts (and their dead-letter topics)
@@ -196,7 +196,7 @@ def export(client: Any, db: str, keys: KeyServiceClient, tenant: str, subject: s
     check_database(db)
     sid = keys.resolve(tenant, subject)["subject_id"]
     for table in SEALED:
-        sealed = ", ".join(name for c in texts(table) for name in stored(table, c))
+        sealed = ", ".join(sealed_columns(table))
         result = client.query(
             f"SELECT * EXCEPT ({sealed}), {', '.join(texts(table))} FROM {db}.{table} FINAL "
             "WHERE subject_id = {sid:String}",

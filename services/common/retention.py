@@ -148,7 +148,7 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
     check_database(db)
     import time as _time
 
-    from services.common.subject_keys import SEALED, stored, texts
+    from services.common.subject_keys import SEALED, sealed_columns
 
     policy = policy or Policy.load()
     days = policy.texts_days_expr()
@@ -160,7 +160,7 @@ def expire_texts(client: Any, db: str, policy: Policy | None = None, now: float 
         at = policy.time_column(table)
         if at is None:
             continue
-        columns = [name for c in texts(table) for name in stored(table, c)]
+        columns = sealed_columns(table)
         # metadata_ct (rows before migration 0016) is a map of sealed values: cleared to empty
         left = " OR ".join(f"notEmpty({c})" if c == "metadata_ct" else f"{c} IS NOT NULL" for c in columns)
         where = f"toDateTime({at}) < toDateTime({cutoff}) - toIntervalDay({days}) AND ({left})"

@@ -46,16 +46,24 @@ SEALED: dict[str, tuple[str, ...]] = {
     "feedback": ("user", "user_id", "label", "comment"),
     "dead_letters": ("subject", "user", "original_key", "original_value"),
 }
-# texts stored in more than one sealed column: rows before migration 0016 hold the
-# metadata values one by one (``metadata_ct``), later rows the whole map as one text
+# texts stored in more than one sealed column: rows before migration 0016 hold each text
+# of a request on its own (``prompt_ct``, ``system_prompt_ct``, and ``metadata_ct`` value
+# by value), later rows the three as one (``texts_ct``)
 STORED_AS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("inference_requests", "metadata"): ("metadata_ct", "metadata_json_ct"),
+    ("inference_requests", "prompt"): ("prompt_ct", "texts_ct"),
+    ("inference_requests", "system_prompt"): ("system_prompt_ct", "texts_ct"),
+    ("inference_requests", "metadata"): ("metadata_ct", "texts_ct"),
 }
 
 
 def stored(table: str, text: str) -> tuple[str, ...]:
     """The columns that hold ``text`` of ``table`` sealed (``<text>_ct`` unless :data:`STORED_AS` says more)."""
     return STORED_AS.get((table, text), (f"{text}_ct",))
+
+
+def sealed_columns(table: str) -> list[str]:
+    """Every column of ``table`` that holds sealed texts, once each, in order."""
+    return list(dict.fromkeys(name for c in texts(table) for name in stored(table, c)))
 
 
 def texts(table: str) -> list[str]:
