@@ -46,13 +46,10 @@ SEALED: dict[str, tuple[str, ...]] = {
     "feedback": ("user", "user_id", "label", "comment"),
     "dead_letters": ("subject", "user", "original_key", "original_value"),
 }
-# texts stored in more than one sealed column: rows before migration 0016 hold each text
-# of a request on its own (``prompt_ct``, ``system_prompt_ct``, and ``metadata_ct`` value
-# by value), later rows the three as one (``texts_ct``)
+# texts stored in more than one sealed column: rows before migration 0016 hold the
+# metadata values one by one (``metadata_ct``), later rows the whole map as one text
 STORED_AS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("inference_requests", "prompt"): ("prompt_ct", "texts_ct"),
-    ("inference_requests", "system_prompt"): ("system_prompt_ct", "texts_ct"),
-    ("inference_requests", "metadata"): ("metadata_ct", "texts_ct"),
+    ("inference_requests", "metadata"): ("metadata_ct", "metadata_json_ct"),
 }
 
 

@@ -747,7 +747,7 @@ def test_the_v2_migrations_apply_on_a_database_that_holds_v1_rows(clickhouse_set
         "0013_guardrail_verdicts",
         "0014_answer_cost",
         "0015_sealed_reads_with_nulls",
-        "0016_sealed_request_texts_as_one",
+        "0016_sealed_metadata_as_one_text",
     ], applied
     admin.command(
         f"INSERT INTO {db}.inference_responses ({cols}, guard_action, guard_verdict, cost) VALUES "

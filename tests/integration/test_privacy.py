@@ -325,14 +325,13 @@ async def test_sealed_texts_read_in_a_block_that_mixes_them_with_nulls(
     assert all((r[0] is None) != (r[1] is None) for r in rows)
 
 
-def test_texts_sealed_one_by_one_before_0016_still_open_expire_and_erase(
+def test_metadata_sealed_value_by_value_before_0016_still_opens_expires_and_erases(
     clickhouse_settings, key_service, tmp_path: Path
 ) -> None:
-    """Requests written at migration 0015 hold their prompt, system prompt and each
-    metadata value sealed on their own (metadata keys in clear); later ones the three as
-    one sealed text (no key in clear). After 0016 both open through the same columns,
-    ``expire-texts`` clears both, and a destroyed subject key leaves neither readable, for
-    that subject only."""
+    """Requests written at migration 0015 hold each metadata value sealed on its own under
+    a clear key; later ones the whole map as one sealed text (no key in clear). After
+    0016 both open through ``metadata``, ``expire-texts`` clears both, and a destroyed
+    subject key leaves neither readable, for that subject only."""
     from services.common import migrations
     from services.common.retention import Policy, expire_texts
 
@@ -345,57 +344,48 @@ def test_texts_sealed_one_by_one_before_0016_still_open_expire_and_erase(
             shutil.copy(path, old / path.name)
     migrations.apply(admin, db, directory=old)
 
-    def insert(rows: list[tuple[str, str | None, str, str]], first: int) -> None:
+    def insert(rows: list[tuple[str, str, str]], first: int) -> None:
         values = ", ".join(
-            f"('{uuid.uuid4()}', now64(3), 'm', 'acme', '{user}', 'hi from {value}', "
-            f"{'NULL' if system is None else repr(system)}, map('app', 'chat', '{key}', '{value}'), "
+            f"('{uuid.uuid4()}', now64(3), 'm', 'acme', '{user}', 'hello', map('app', 'chat', '{key}', '{value}'), "
             f"1, 5, '_t', 0, {first + i})"
-            for i, (user, system, key, value) in enumerate(rows)
+            for i, (user, key, value) in enumerate(rows)
         )
         admin.command(
             f"INSERT INTO {db}.inference_requests (request_id, created_at, model, tenant, user_in, prompt_in, "
-            f"system_prompt_in, metadata_in, message_count, prompt_chars, _topic, _partition, _offset) VALUES {values}"
+            f"metadata_in, message_count, prompt_chars, _topic, _partition, _offset) VALUES {values}"
         )
 
-    insert([("alice", "be brief", "home", "12 Elm Road"), ("bob", None, "home", "3 Oak Lane")], 0)
-    assert migrations.apply(admin, db) == ["0016_sealed_request_texts_as_one"]
-    insert([("alice", "be brief", "office", "1 Main Street"), ("bob", None, "office", "9 Pine Court")], 2)
+    insert([("alice", "home", "12 Elm Road"), ("bob", "home", "3 Oak Lane")], 0)
+    assert migrations.apply(admin, db) == ["0016_sealed_metadata_as_one_text"]
+    insert([("alice", "office", "1 Main Street"), ("bob", "office", "9 Pine Court")], 2)
 
-    def opened() -> list:
-        return admin.query(
-            f"SELECT user, prompt, system_prompt, metadata FROM {db}.inference_requests ORDER BY _offset"
-        ).result_rows
+    def metadata() -> list:
+        return admin.query(f"SELECT user, _offset, metadata FROM {db}.inference_requests ORDER BY _offset").result_rows
 
-    got = opened()
-    assert [r[1:] for r in got] == [
-        ("hi from 12 Elm Road", "be brief", {"app": "chat", "home": "12 Elm Road"}),
-        ("hi from 3 Oak Lane", None, {"app": "chat", "home": "3 Oak Lane"}),
-        ("hi from 1 Main Street", "be brief", {"app": "chat", "office": "1 Main Street"}),
-        ("hi from 9 Pine Court", None, {"app": "chat", "office": "9 Pine Court"}),
+    got = metadata()
+    assert [m for _, _, m in got] == [
+        {"app": "chat", "home": "12 Elm Road"},
+        {"app": "chat", "home": "3 Oak Lane"},
+        {"app": "chat", "office": "1 Main Street"},
+        {"app": "chat", "office": "9 Pine Court"},
     ]
     stored = admin.query(
-        f"SELECT prompt_ct IS NOT NULL, mapKeys(metadata_ct), texts_ct IS NOT NULL FROM {db}.inference_requests "
-        "ORDER BY _offset"
+        f"SELECT mapKeys(metadata_ct), metadata_json_ct IS NOT NULL FROM {db}.inference_requests ORDER BY _offset"
     ).result_rows
-    assert stored == [
-        (True, ["app", "home"], False),
-        (True, ["app", "home"], False),
-        (False, [], True),
-        (False, [], True),
-    ]
+    assert stored == [(["app", "home"], False), (["app", "home"], False), ([], True), ([], True)]
     raw = admin.raw_query(f"SELECT * FROM {db}.inference_requests WHERE _offset >= 2 FORMAT TSV").decode(
         errors="replace"
     )
-    assert "office" not in raw and "Main Street" not in raw and "brief" not in raw  # keys sealed with the values
+    assert "office" not in raw and "Main Street" not in raw  # keys sealed with the values
 
-    # a destroyed key: that subject's texts open to nothing, old rows and new
+    # a destroyed key: that subject's metadata opens to nothing, old rows and new
     KeyServiceClient(key_service).destroy("acme", "alice")
     alice = got[0][0]
-    assert [(u == alice, *r) for u, *r in opened()] == [
-        (True, None, None, {"app": None, "home": None}),  # 0015's rows keep their keys in clear, values unreadable
-        (False, "hi from 3 Oak Lane", None, {"app": "chat", "home": "3 Oak Lane"}),
-        (True, None, None, {}),
-        (False, "hi from 9 Pine Court", None, {"app": "chat", "office": "9 Pine Court"}),
+    assert [(u == alice, m) for u, _, m in metadata()] == [
+        (True, {"app": None, "home": None}),  # 0015's rows keep their keys in clear, values unreadable
+        (False, {"app": "chat", "home": "3 Oak Lane"}),
+        (True, {}),
+        (False, {"app": "chat", "office": "9 Pine Court"}),
     ]
 
     # texts past their days: both forms cleared, the rows stay
@@ -403,9 +393,8 @@ def test_texts_sealed_one_by_one_before_0016_still_open_expire_and_erase(
         {"families": {"inference": {"days": 90, "tables": {"inference_requests": "created_at"}}}, "texts": {"days": 1}}
     )
     assert expire_texts(admin, db, policy, now=time.time() + 2 * 86400)["inference_requests"] == 4
-    assert [r[1:] for r in opened()] == [(None, None, {})] * 4
+    assert [m for _, _, m in metadata()] == [{}, {}, {}, {}]
     assert admin.query(
-        f"SELECT countIf(prompt_ct IS NOT NULL OR system_prompt_ct IS NOT NULL OR notEmpty(metadata_ct) "
-        f"OR texts_ct IS NOT NULL), count() FROM {db}.inference_requests"
+        f"SELECT countIf(notEmpty(metadata_ct) OR metadata_json_ct IS NOT NULL), count() FROM {db}.inference_requests"
     ).result_rows == [(0, 4)]
     admin.close()

@@ -123,7 +123,7 @@ def test_sealed_texts_and_key_dictionaries() -> None:
     for column in (
         "Identifier prompt",
         "Identifier prompt_ct",
-        "Identifier texts_ct",
+        "Identifier metadata_json_ct",
         "Identifier r.output (alias o)",
         "Asterisk",
     ):
