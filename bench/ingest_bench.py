@@ -280,7 +280,8 @@ async def _topic(kafka, client, dsn: str, key: str, event, n: int, rate: int, fr
 
     # Argus ingest, one process
     _settle(client)
-    proc = spawn_ingest(kafka, dsn, [key], "bench-ingest")
+    # a consumer group of its own per topic: nothing of the run before (its group) to rejoin
+    proc = spawn_ingest(kafka, dsn, [key], f"bench-ingest-{key}")
     count = lambda: client.query(f"SELECT count() FROM {table}").result_rows[0][0]  # noqa: E731
     what = "responses" if spec.table == "inference_responses" else "requests"
     try:
