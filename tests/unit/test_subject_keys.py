@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidTag
 from pydantic import SecretStr
 
 from services.common.signing import SignatureError, create_key, load_key, sign, verify
-from services.common.subject_keys import TEXT_COLUMNS, bounded_subject, subject_of
+from services.common.subject_keys import TEXT_COLUMNS, bounded_subject, sealed_columns, stored, subject_of, texts
 from services.keys.store import KeyStore
 
 MASTER = b"m" * 32
@@ -58,6 +58,22 @@ def test_subject_ids_match_what_clickhouse_asks_for() -> None:
     assert bounded_subject(long).startswith("sha256:") and len(bounded_subject(long)) == 71
     assert bounded_subject("é" * 128) == "é" * 128 and bounded_subject("é" * 129).startswith("sha256:")  # bytes
     assert {"prompt", "prompt_ct", "output", "original_value"} <= TEXT_COLUMNS and "user" not in TEXT_COLUMNS
+
+
+def test_every_column_that_holds_a_sealed_text_is_named_once() -> None:
+    """Erasure, export, expire-texts and the grants reach a text through every column that
+    may hold it: a request's metadata in both its forms (before and since migration 0016)."""
+    assert stored("inference_requests", "metadata") == ("metadata_ct", "metadata_json_ct")
+    assert stored("inference_responses", "output") == ("output_ct",)
+    assert sealed_columns("inference_requests") == [
+        "user_id_ct",
+        "prompt_ct",
+        "system_prompt_ct",
+        "metadata_ct",
+        "metadata_json_ct",
+    ]
+    assert {"metadata_json_ct", "metadata_in"} <= TEXT_COLUMNS
+    assert "user" not in texts("inference_requests") and "subject" not in texts("dead_letters")
 
 
 def test_signed_documents_verify_only_unaltered_and_from_trusted_keys(tmp_path) -> None:
