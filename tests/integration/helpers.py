@@ -77,6 +77,21 @@ def start_key_service(home: Path, port: int):  # noqa: ANN201 - (KeyServiceLocal
     return keys, KeyServiceRef.local(settings)
 
 
+def migrate_up_to(admin, db: str, last: int, scratch: Path) -> None:  # noqa: ANN001 - clickhouse-connect Client
+    """Apply the shipped migrations to ``db`` up to version ``last`` only (a database as an
+    older release left it), from a copy of them under ``scratch``."""
+    import shutil
+
+    from services.common import migrations
+
+    old = scratch / f"migrations-{last:04d}"
+    old.mkdir()
+    for path in sorted(migrations.MIGRATIONS_DIR.glob("*.sql")):
+        if int(path.name[:4]) <= last:
+            shutil.copy(path, old / path.name)
+    migrations.apply(admin, db, directory=old)
+
+
 async def read_topic(kafka: KafkaSettings, key: str) -> list[dict]:
     """Every record of a one-partition topic (decoded with its contract), from the beginning."""
     from services.common.statetopic import read_topic as read_whole

@@ -27,7 +27,7 @@ from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings, PiiSettings
 from services.stack.kafka_local import free_port
 from tests.conftest import REPO
-from tests.integration.helpers import start_clickhouse_endpoint
+from tests.integration.helpers import migrate_up_to, start_clickhouse_endpoint
 
 REG = default_registry()
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
@@ -718,18 +718,11 @@ def test_the_v2_migrations_apply_on_a_database_that_holds_v1_rows(clickhouse_set
     """A database at migration 0012 with answers written before InferenceResponse v2 is
     migrated to the guard-rail verdicts and the cost: its rows keep their content with NULL
     verdicts and costs, the rollups and the log view work, new rows carry both."""
-    import shutil
-
     from services.common import migrations
 
     db = clickhouse_settings.database
     admin = get_client(clickhouse_settings, database="default")
-    old = tmp_path / "migrations"
-    old.mkdir()
-    for path in sorted(migrations.MIGRATIONS_DIR.glob("*.sql")):
-        if int(path.name[:4]) <= 12:
-            shutil.copy(path, old / path.name)
-    migrations.apply(admin, db, directory=old)
+    migrate_up_to(admin, db, 12, tmp_path)
     cols = (
         "request_id, response_id, served_at, model, response_model, model_version, tenant, user_in, output_in, "
         "output_chars, finish_reason, input_tokens, output_tokens, latency_ms, status, shadow, _topic, _partition, _offset"

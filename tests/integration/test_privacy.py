@@ -23,7 +23,7 @@ from services.common.signing import create_key, load_key, public_key_b64
 from services.common.subject_keys import SEALED, KeyServiceClient, texts
 from services.ingest.settings import PiiSettings
 from tests.conftest import REPO
-from tests.integration.helpers import read_topic
+from tests.integration.helpers import migrate_up_to, read_topic
 from tests.integration.test_ingest import NOW, as_user, count, ingest_settings, produce, response, run_ingest
 
 # Names and postal addresses: no detector finds them (docs/privacy.md); erasure must.
@@ -337,12 +337,7 @@ def test_metadata_sealed_value_by_value_before_0016_still_opens_expires_and_eras
 
     db = clickhouse_settings.database
     admin = get_client(clickhouse_settings, database="default")
-    old = tmp_path / "migrations"
-    old.mkdir()
-    for path in sorted(migrations.MIGRATIONS_DIR.glob("*.sql")):
-        if int(path.name[:4]) <= 15:
-            shutil.copy(path, old / path.name)
-    migrations.apply(admin, db, directory=old)
+    migrate_up_to(admin, db, 15, tmp_path)
 
     def insert(rows: list[tuple[str, str, str]], first: int) -> None:
         values = ", ".join(
